@@ -1,0 +1,32 @@
+"""lakeimg: turn image collections into a Delta Lake lakehouse.
+
+Example:
+    >>> import lakeimg
+    >>> lakeimg.Lake("/tmp/lake")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from lakeimg._version import __version__
+from lakeimg.errors import (
+    ConcurrentWriteError,
+    ImageDecodeError,
+    LakeImgError,
+    LakeNotWritableError,
+    SourceNotFoundError,
+    SpecError,
+    TableNotFoundError,
+)
+from lakeimg.lake import Lake
+
+__all__ = [
+    "ConcurrentWriteError",
+    "ImageDecodeError",
+    "Lake",
+    "LakeImgError",
+    "LakeNotWritableError",
+    "SourceNotFoundError",
+    "SpecError",
+    "TableNotFoundError",
+    "__version__",
+]

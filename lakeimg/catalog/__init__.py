@@ -1,0 +1,1 @@
+"""The catalog: runs table, lineage, time travel, reproduction, training sets, maintenance."""

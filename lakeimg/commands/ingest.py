@@ -1,0 +1,59 @@
+"""`lakeimg ingest SOURCE... --lake LAKE`: land image files as Delta tables."""
+
+from __future__ import annotations
+
+import argparse
+
+from lakeimg.commands._common import add_engine_options, print_json, progress_bar
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text}")
+    return value
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("ingest", help="ingest image files, folders or globs into a lake")
+    p.add_argument("sources", nargs="+", metavar="SOURCE", help="files, folders (recursive) or globs")
+    p.add_argument("--lake", required=True, help="the lake's root folder")
+    p.add_argument("--table", default="images", help="images table name (default: images)")
+    p.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: CPU count)")
+    p.add_argument("--label-from-path", default=None, metavar="parent|REGEX", help="label from the parent folder or a regex group")
+    p.add_argument("--inline-max-bytes", type=_positive_int, default=16 << 20, help="keep original bytes up to this size (default 16 MiB)")
+    p.add_argument("--max-pixels", type=_positive_int, default=None, help="reject larger images that must be decoded whole")
+    p.add_argument("--file-timeout", type=float, default=120.0, help="per-file decode time limit in seconds")
+    p.add_argument("--sync-deletes", action="store_true", help="delete rows of files that vanished from the sources")
+    p.add_argument("--codec", action="append", default=[], metavar="MODULE:ATTR", help="extra reader tried before the built-in ones")
+    p.add_argument("--json", action="store_true", help="print one JSON summary line")
+    add_engine_options(p)
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from lakeimg.jobs.ingest import ingest_files
+
+    options = dict(
+        table=args.table,
+        workers=args.workers,
+        label_from_path=args.label_from_path,
+        inline_max_bytes=args.inline_max_bytes,
+        max_pixels=args.max_pixels,
+        file_timeout_s=args.file_timeout,
+        sync_deletes=args.sync_deletes,
+        codecs=args.codec,
+    )
+    with progress_bar("decoding", enabled=not args.json) as on_progress:
+        summary = ingest_files(args.lake, args.sources, on_progress=on_progress, **options)
+    if args.json:
+        result = summary.to_dict()
+        result.pop("rejects_version", None)
+        print_json(result)
+    else:
+        print(
+            f"{args.lake}/{summary.table} version {summary.version}: {summary.added} added, {summary.updated} updated, "
+            f"{summary.unchanged} unchanged, {summary.deleted} deleted, {summary.rejected} rejected "
+            f"({summary.seconds:.1f} s, run {summary.run_id})"
+        )
+    return 0

@@ -1,0 +1,425 @@
+"""The embedded engine: Delta tables through delta-rs, kernels mapped over a process pool. No JVM.
+
+`LocalEngine` is the one place the embedded engine touches Delta. Reads never go through
+deltalake's pyarrow-dataset path (`to_pyarrow_dataset`/`to_pyarrow_table`): on these machines it
+aborts the interpreter at exit about half the time (delta-rs #2184), which breaks the exit codes
+scheduled jobs rely on. Instead delta-rs resolves the snapshot's file list from the log and
+pyarrow.parquet reads those files. lakeimg's tables never use deletion vectors or column
+mapping (see schemas/README.md), so the file list is the table.
+
+Example:
+    >>> import tempfile, pyarrow as pa
+    >>> eng = LocalEngine(tempfile.mkdtemp())
+    >>> eng.version("images") is None
+    True
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lakeimg.errors import ConcurrentWriteError, LakeImgError, TableNotFoundError
+from lakeimg.schemas import TableContract
+
+__all__ = ["LocalEngine", "MergeResult", "VersionLike", "map_kernel", "table_location", "cast_to_schema"]
+
+VersionLike = int | str | dt.datetime | None
+
+_COMMIT_ATTEMPTS = 4
+META_KEY = "userMetadata"
+
+
+def table_location(lake: str | os.PathLike[str], name: str) -> str:
+    """Where a table lives inside a lake: `LAKE/<name>`, and `LAKE/_lakeimg/runs` for runs."""
+    root = str(lake).rstrip("/")
+    if name in ("runs", "_lakeimg/runs"):
+        return f"{root}/_lakeimg/runs"
+    return f"{root}/{name}"
+
+
+@dataclass(frozen=True)
+class MergeResult:
+    """What a MERGE did. `committed` is False when there was nothing to do (no new version)."""
+
+    version: int | None
+    inserted: int = 0
+    updated: int = 0
+    deleted: int = 0
+    committed: bool = False
+
+
+def _to_datetime(value: str | dt.datetime) -> dt.datetime:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if value.tzinfo is None:  # naive means UTC (delta-rs' convention)
+        value = value.replace(tzinfo=dt.timezone.utc)
+    return value
+
+
+def cast_to_schema(table: pa.Table, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
+    """Give a table read from Parquet the Delta schema's exact Arrow types (Spark writes INT96 etc.)."""
+    names = list(columns) if columns is not None else [n for n in schema.names if n in table.column_names]
+    arrays, fields = [], []
+    for name in names:
+        target = schema.field(name) if name in schema.names else table.schema.field(name)
+        col = table[name]
+        if col.type != target.type:
+            try:
+                col = col.cast(target.type)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                target = table.schema.field(name)
+        arrays.append(col)
+        fields.append(target.with_nullable(True))
+    return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
+
+
+class LocalEngine:
+    """delta-rs handle for one lake: versions, snapshot reads, MERGE, append, history."""
+
+    name = "local"
+
+    def __init__(self, lake: str | os.PathLike[str], *, storage_options: dict[str, str] | None = None):
+        self.lake = str(lake)
+        self.storage_options = storage_options
+
+    # --- reading -------------------------------------------------------------------------
+
+    def location(self, name: str) -> str:
+        return table_location(self.lake, name)
+
+    def exists(self, name: str) -> bool:
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(self.location(name), storage_options=self.storage_options)
+
+    def delta_table(self, name: str, version: VersionLike = None):
+        """delta-rs DeltaTable at a version (int), timestamp (datetime or ISO string) or latest."""
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+
+        try:
+            table = DeltaTable(
+                self.location(name),
+                version=version if isinstance(version, int) else None,
+                storage_options=self.storage_options,
+            )
+        except DeltaTableNotFound as exc:
+            raise TableNotFoundError(name, self.lake) from exc
+        except Exception as exc:  # noqa: BLE001 - delta-rs says "version not found" as DeltaError
+            if isinstance(version, int):
+                raise TableNotFoundError(f"{name}@{version}", self.lake) from exc
+            raise
+        if isinstance(version, (str, dt.datetime)):
+            table.load_as_version(_to_datetime(version))
+        return table
+
+    def version(self, name: str) -> int | None:
+        """Current version of a table, or None when it does not exist."""
+        if not self.exists(name):
+            return None
+        return self.delta_table(name).version()
+
+    def data_files(self, name: str, version: VersionLike = None) -> list[str]:
+        """Local paths of the Parquet files that make up a snapshot."""
+        table = self.delta_table(name, version)
+        features = table.protocol().reader_features or []
+        if "deletionVectors" in features:
+            actions = pa.table(table.get_add_actions(flatten=True))
+            if "deletionVector.storageType" in actions.column_names and actions[
+                "deletionVector.storageType"
+            ].null_count < len(actions):
+                raise LakeImgError(f"{name} uses deletion vectors; lakeimg tables are written without them")
+        return [_local_path(uri) for uri in table.file_uris()]
+
+    def read(
+        self,
+        name: str,
+        *,
+        version: VersionLike = None,
+        columns: Sequence[str] | None = None,
+        filter: pc.Expression | None = None,
+    ) -> pa.Table:
+        """A snapshot as an Arrow table, typed by the table's Delta schema; only `columns` are read.
+
+        `version` is an int, a datetime (naive means UTC), an ISO timestamp string, or None.
+        """
+        table = self.delta_table(name, version)
+        schema = pa.schema(table.schema().to_arrow())
+        files = self.data_files(name, version)
+        if not files:
+            empty = pa.schema([f.with_nullable(True) for f in schema]).empty_table()
+            return empty.select(list(columns)) if columns else empty
+        dataset = pq.ParquetDataset(files, filters=filter)
+        result = dataset.read(columns=list(columns) if columns else None)
+        return cast_to_schema(result, schema, columns)
+
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Commit infos, newest first, with lakeimg's run record parsed from userMetadata."""
+        out = []
+        for entry in self.delta_table(name).history(limit):
+            record = entry.get(META_KEY)
+            if isinstance(record, str):
+                try:
+                    entry = {**entry, "lakeimg": json.loads(record)}
+                except json.JSONDecodeError:
+                    pass
+            out.append(entry)
+        return out
+
+    # --- writing -------------------------------------------------------------------------
+
+    def _commit_properties(self, metadata: dict[str, Any] | None):
+        from deltalake import CommitProperties
+
+        if metadata is None:
+            return None
+        return CommitProperties(custom_metadata={META_KEY: json.dumps(metadata, sort_keys=True, default=str)})
+
+    def create_empty(self, name: str, contract: TableContract, metadata: dict[str, Any] | None = None) -> int:
+        """Create a table with the contract's schema and properties (no rows)."""
+        from deltalake import DeltaTable
+
+        table = DeltaTable.create(
+            self.location(name),
+            schema=contract.arrow_schema,
+            mode="ignore",
+            name=name.rsplit("/", 1)[-1],
+            description=contract.description,
+            configuration=contract.properties,
+            storage_options=self.storage_options,
+            commit_properties=self._commit_properties(metadata),
+        )
+        return table.version()
+
+    def append(self, name: str, rows: pa.Table, contract: TableContract, metadata: dict[str, Any] | None = None) -> int:
+        """Append rows (creating the table on first write); returns the new version."""
+        from deltalake import write_deltalake
+
+        data = rows.select(contract.column_names).cast(contract.arrow_schema)
+        exists = self.exists(name)
+        self._with_retries(
+            name,
+            lambda: write_deltalake(
+                self.location(name),
+                data,
+                mode="append",
+                configuration=None if exists else contract.properties,
+                name=None if exists else name.rsplit("/", 1)[-1],
+                description=None if exists else contract.description,
+                storage_options=self.storage_options,
+                commit_properties=self._commit_properties(metadata),
+            ),
+        )
+        return self.delta_table(name).version()
+
+    def merge_by_key(
+        self,
+        name: str,
+        contract: TableContract,
+        *,
+        upserts: pa.Table | None,
+        delete_keys: Sequence[Any] = (),
+        key: str | Sequence[str] = "uri",
+        metadata: dict[str, Any] | None = None,
+    ) -> MergeResult:
+        """Upsert rows and delete keys in one Delta commit (MERGE keyed on `key`).
+
+        Inserts rows whose key is new, updates rows whose key exists, deletes rows whose key is
+        in `delete_keys` (values, or tuples for composite keys). Nothing to do: no commit.
+        """
+        keys = [key] if isinstance(key, str) else list(key)
+        upserts = upserts if upserts is not None and upserts.num_rows else None
+        if upserts is None and not delete_keys:
+            return MergeResult(self.version(name))
+        source_schema = pa.schema([f.with_nullable(True) for f in contract.arrow_schema] + [pa.field("_delete", pa.bool_())])
+        parts = []
+        if upserts is not None:
+            data = upserts.select(contract.column_names).cast(pa.schema(list(source_schema)[:-1]))
+            parts.append(data.append_column("_delete", pa.array([False] * data.num_rows, pa.bool_())))
+        if delete_keys:
+            columns = {}
+            for field in source_schema:
+                if field.name in keys:
+                    values = [k if len(keys) == 1 else k[keys.index(field.name)] for k in delete_keys]
+                    columns[field.name] = pa.array(values, field.type)
+                elif field.name == "_delete":
+                    columns[field.name] = pa.array([True] * len(delete_keys), pa.bool_())
+                else:
+                    columns[field.name] = pa.nulls(len(delete_keys), field.type)
+            parts.append(pa.table(columns, schema=source_schema))
+        source = pa.concat_tables(parts).combine_chunks()
+
+        if not self.exists(name):
+            inserts = source.filter(pc.invert(source["_delete"])).drop_columns(["_delete"])
+            if inserts.num_rows == 0:
+                return MergeResult(None)
+            version = self.append(name, inserts, contract, metadata)
+            return MergeResult(version, inserted=inserts.num_rows, committed=True)
+
+        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+
+        def run_merge():
+            table = self.delta_table(name)
+            return (
+                table.merge(
+                    source=source,
+                    predicate=predicate,
+                    source_alias="s",
+                    target_alias="t",
+                    error_on_type_mismatch=False,
+                    commit_properties=self._commit_properties(metadata),
+                )
+                .when_matched_delete(predicate="s._delete = true")
+                .when_matched_update_all(predicate="s._delete = false", except_cols=["_delete"])
+                .when_not_matched_insert_all(predicate="s._delete = false", except_cols=["_delete"])
+                .execute()
+            )
+
+        before = self.version(name)
+        metrics = self._with_retries(name, run_merge)
+        after = self.version(name)
+        return MergeResult(
+            after,
+            inserted=int(metrics.get("num_target_rows_inserted", 0)),
+            updated=int(metrics.get("num_target_rows_updated", 0)),
+            deleted=int(metrics.get("num_target_rows_deleted", 0)),
+            committed=after != before,
+        )
+
+    def restore(self, name: str, version: int | None) -> None:
+        """Undo this run's commit: restore to `version`, or remove a table this run created."""
+        if version is None:
+            shutil.rmtree(_local_path(self.location(name)), ignore_errors=True)
+            return
+        table = self.delta_table(name)
+        if table.version() != version:
+            table.restore(version)
+
+    def _with_retries(self, name: str, operation: Callable[[], Any]) -> Any:
+        from deltalake.exceptions import CommitFailedError
+
+        last: Exception | None = None
+        for _attempt in range(_COMMIT_ATTEMPTS):
+            try:
+                return operation()
+            except CommitFailedError as exc:  # a concurrent writer won; re-read and try again
+                last = exc
+        raise ConcurrentWriteError(name, _COMMIT_ATTEMPTS, str(last))
+
+    # --- kernels -------------------------------------------------------------------------
+
+    def map_kernel(self, kernel, inputs: pa.Table, **kwargs) -> Iterator[pa.RecordBatch]:
+        """Run a mapInArrow-shaped kernel over `inputs` in a process pool (see `map_kernel`)."""
+        return map_kernel(kernel, inputs, **kwargs)
+
+
+def _local_path(uri: str) -> str:
+    if uri.startswith("file://"):
+        return uri[len("file://") :]
+    return uri
+
+
+def _run_kernel_on_batch(kernel, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
+    return list(kernel(iter([batch])))
+
+
+def map_kernel(
+    kernel: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
+    inputs: pa.Table,
+    *,
+    workers: int = 0,
+    batch_rows: int = 16,
+    task_timeout_s: float = 600.0,
+    on_failure: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None,
+    on_progress: Callable[[int], None] | None = None,
+    output_schema: pa.Schema | None = None,
+) -> Iterator[pa.RecordBatch]:
+    """Map `kernel` over `inputs` in `workers` spawned processes (0: in this process).
+
+    A batch whose worker crashes or overruns `task_timeout_s` (scaled by its rows) is split
+    and its rows retried one by one; a row that still fails is turned into an output row by
+    `on_failure(row, error_class, message)` so one bad input never stops the run.
+    """
+    batches = inputs.to_batches(max_chunksize=max(1, batch_rows))
+    if workers <= 0:
+        for batch in batches:
+            yield from kernel(iter([batch]))
+            if on_progress:
+                on_progress(batch.num_rows)
+        return
+
+    from pebble import ProcessExpired, ProcessPool
+
+    context = multiprocessing.get_context("spawn")  # never fork a process that runs delta-rs threads
+    with ProcessPool(max_workers=workers, context=context) as pool:
+
+        def submit(batch: pa.RecordBatch):
+            return pool.schedule(_run_kernel_on_batch, args=(kernel, batch), timeout=task_timeout_s * batch.num_rows)
+
+        pending = {submit(b): b for b in batches}
+        while pending:
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in finished:
+                batch = pending.pop(future)
+                try:
+                    yield from future.result()
+                    if on_progress:
+                        on_progress(batch.num_rows)
+                    continue
+                except FutureTimeout:
+                    failure = ("timeout", f"decoding ran past the {task_timeout_s:g} s per-file limit; the worker was killed")
+                except ProcessExpired as exc:
+                    failure = ("decoder_crash", f"the decoding process died ({exc})")
+                except Exception as exc:  # noqa: BLE001 - a kernel bug surfaces on that batch's rows
+                    failure = ("corrupt", f"{type(exc).__name__}: {exc}")
+                if batch.num_rows > 1:  # isolate the culprit: retry the batch's rows one by one
+                    for single in (batch.slice(i, 1) for i in range(batch.num_rows)):
+                        pending[submit(single)] = single
+                    continue
+                row = batch.to_pylist()[0]
+                if on_failure is None:
+                    raise LakeImgError(f"kernel failed on {row}: {failure[1]}")
+                yield pa.RecordBatch.from_pylist([on_failure(row, *failure)], schema=output_schema)
+                if on_progress:
+                    on_progress(1)
+
+
+def file_sha256(path: str) -> str | None:
+    """SHA-256 of a local file, or None when it cannot be read."""
+    try:
+        digest = hashlib.sha256()
+        with open(_local_path(path), "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    except OSError:
+        return None
+
+
+def ensure_lake(lake: str) -> None:
+    """Create the lake folder; raise LakeNotWritableError when that or writing into it fails."""
+    from lakeimg.errors import LakeNotWritableError
+
+    path = Path(_local_path(lake))
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / ".lakeimg-write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise LakeNotWritableError(lake, f"{type(exc).__name__}: {exc.strerror or exc}") from exc

@@ -1,0 +1,73 @@
+"""Typed errors of lakeimg. Every error carries its fields and pickles across processes."""
+
+from __future__ import annotations
+
+
+class LakeImgError(Exception):
+    """Base class of every error lakeimg raises on purpose."""
+
+    def __reduce__(self):
+        # Keyword fields survive pickling through process pools and Spark workers (dlt's habit).
+        return (_rebuild, (type(self), self.args, self.__dict__))
+
+
+def _rebuild(cls, args, state):
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
+
+
+class ImageDecodeError(LakeImgError):
+    """A file could not be read as an image; `error_class` is a short stable code.
+
+    Example:
+        >>> ImageDecodeError("file:///x.jpg", "truncated", "image file is truncated").error_class
+        'truncated'
+    """
+
+    def __init__(self, uri: str, error_class: str, message: str):
+        super().__init__(f"{uri}: {error_class}: {message}")
+        self.uri = uri
+        self.error_class = error_class
+        self.message = message
+
+
+class TableNotFoundError(LakeImgError):
+    """The named table does not exist in the lake (or not at the requested version)."""
+
+    def __init__(self, table: str, lake: str):
+        super().__init__(f"table {table!r} not found in lake {lake}")
+        self.table = table
+        self.lake = lake
+
+
+class ConcurrentWriteError(LakeImgError):
+    """Another writer kept winning the Delta commit race after bounded retries."""
+
+    def __init__(self, table: str, attempts: int, cause: str):
+        super().__init__(f"{table}: gave up after {attempts} conflicting commits: {cause}")
+        self.table = table
+        self.attempts = attempts
+        self.cause = cause
+
+
+class SourceNotFoundError(LakeImgError):
+    """An ingest source (file, folder or glob) matched nothing that exists."""
+
+    def __init__(self, source: str):
+        super().__init__(f"source not found: {source}")
+        self.source = source
+
+
+class LakeNotWritableError(LakeImgError):
+    """The lake's location cannot be created or written."""
+
+    def __init__(self, lake: str, reason: str):
+        super().__init__(f"lake {lake} is not writable: {reason}")
+        self.lake = lake
+        self.reason = reason
+
+
+class SpecError(LakeImgError):
+    """A job spec or option is invalid."""

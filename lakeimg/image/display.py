@@ -1,0 +1,101 @@
+"""8-bit display renderings: windowing of 16-bit and float pixels, thumbnails as JPEG.
+
+Example:
+    >>> import numpy as np
+    >>> to_display_uint8(np.array([[0, 1000]], np.uint16)[:, :, None]).dtype
+    dtype('uint8')
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+__all__ = ["to_display_uint8", "make_thumbnail", "THUMBNAIL_SIZE"]
+
+THUMBNAIL_SIZE = 256
+
+
+def _percentile_window(arr: np.ndarray) -> tuple[float, float]:
+    sample = arr.reshape(-1)
+    if sample.size > 1_000_000:  # a strided sample is plenty for a display window
+        sample = sample[:: sample.size // 1_000_000]
+    sample = sample.astype(np.float64)
+    sample = sample[np.isfinite(sample)]
+    if sample.size == 0:
+        return 0.0, 1.0
+    low, high = np.percentile(sample, [0.5, 99.5])
+    if high <= low:
+        low, high = float(sample.min()), float(sample.max())
+    return float(low), float(high if high > low else low + 1)
+
+
+def to_display_uint8(
+    pixels: np.ndarray,
+    *,
+    window: tuple[float, float] | None = None,
+    invert: bool = False,
+) -> np.ndarray:
+    """Render HWC pixels of any dtype as uint8 gray or RGB (alpha composited on white).
+
+    uint8 passes through; bool becomes 0/255; other dtypes are windowed to `window`
+    (low, high) or, without one, to the 0.5th..99.5th percentile of finite values.
+    """
+    arr = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    channels = arr.shape[2]
+    alpha = None
+    if channels in (2, 4):
+        alpha, arr = arr[:, :, -1], arr[:, :, :-1]
+    elif channels > 4:
+        arr = arr[:, :, :3]
+    if arr.dtype == np.uint8:
+        out = arr
+    elif arr.dtype == np.bool_:
+        out = arr.astype(np.uint8) * 255
+    else:
+        low, high = window or _percentile_window(arr)
+        scaled = (arr.astype(np.float32) - low) * (255.0 / (high - low))
+        out = np.nan_to_num(np.clip(scaled, 0, 255), nan=0.0).astype(np.uint8)
+    if invert:
+        out = 255 - out
+    if alpha is not None:
+        a = alpha.astype(np.float32)
+        a = a / 255.0 if alpha.dtype == np.uint8 else a / max(float(a.max()), 1.0)
+        out = (out.astype(np.float32) * a[:, :, None] + 255.0 * (1 - a[:, :, None])).astype(np.uint8)
+    return np.ascontiguousarray(out)
+
+
+def make_thumbnail(
+    pixels: np.ndarray,
+    *,
+    size: int = THUMBNAIL_SIZE,
+    window: tuple[float, float] | None = None,
+    invert: bool = False,
+    quality: int = 85,
+) -> bytes:
+    """JPEG bytes of an 8-bit rendering whose longest side is at most `size`.
+
+    Example:
+        >>> import numpy as np
+        >>> make_thumbnail(np.zeros((600, 300, 3), np.uint8))[:2]
+        b'\\xff\\xd8'
+    """
+    h, w = pixels.shape[:2]
+    scale = min(1.0, size / max(h, w))
+    small = pixels
+    if scale < 1.0:
+        new = (max(1, round(w * scale)), max(1, round(h * scale)))
+        # Area averaging on the native dtype before windowing keeps 16-bit detail.
+        src = pixels if pixels.dtype != np.bool_ else pixels.astype(np.uint8)
+        if src.dtype in (np.float16, np.int64, np.uint64, np.uint32):
+            src = src.astype(np.float32)
+        small = cv2.resize(src, new, interpolation=cv2.INTER_AREA)
+        if small.ndim == 2:
+            small = small[:, :, None]
+    display = to_display_uint8(small, window=window, invert=invert)
+    if display.shape[2] == 3:
+        display = cv2.cvtColor(display, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", display, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("JPEG encoding of the thumbnail failed")
+    return buf.tobytes()

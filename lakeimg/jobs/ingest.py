@@ -1,0 +1,292 @@
+"""The ingest job: list sources, decode what changed, MERGE into images and rejects, record the run.
+
+Incremental and idempotent: a file whose (uri, size, modification time) is already in the images
+or rejects table is not read again; with nothing to do no image table gets a new version. Every
+listed file ends up in exactly one of the two tables. All decoding happens before the first
+commit, and a failure during the commits restores the tables already committed, so a failed run
+leaves every table at its previous version.
+
+Example:
+    >>> import tempfile, pathlib, numpy as np
+    >>> from PIL import Image
+    >>> src = pathlib.Path(tempfile.mkdtemp()); Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / "a.png")
+    >>> ingest_files(tempfile.mkdtemp(), [str(src)], workers=0).added
+    1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
+from lakeimg.engine.local import LocalEngine, ensure_lake, file_sha256
+from lakeimg.errors import ImageDecodeError
+from lakeimg.jobs.listing import list_sources, source_scope, to_uri
+from lakeimg.kernels.ingest import IngestOptions, ingest_kernel, ingest_result_schema, reject_row
+from lakeimg.schemas import table_contract
+
+__all__ = ["IngestSummary", "ingest_files", "rejects_table_name"]
+
+_KEY_COLUMNS = ["uri", "size_bytes", "modified_at"]
+
+
+def rejects_table_name(table: str) -> str:
+    return f"{table}_rejects"
+
+
+@dataclass(frozen=True)
+class IngestSummary:
+    """What an ingest run did; `version` is the images table's version after the run."""
+
+    run_id: str
+    table: str
+    version: int | None
+    added: int
+    updated: int
+    unchanged: int
+    deleted: int
+    rejected: int
+    seconds: float
+    rejects_version: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _keys(engine: LocalEngine, name: str) -> pa.Table:
+    if not engine.exists(name):
+        return pa.table({"uri": pa.array([], pa.string()), "size_bytes": pa.array([], pa.int64()),
+                         "modified_at": pa.array([], pa.timestamp("us", tz="UTC"))})
+    return engine.read(name, columns=_KEY_COLUMNS)
+
+
+def plan_ingest(listing: pa.Table, images_keys: pa.Table, rejects_keys: pa.Table) -> pa.Table:
+    """Rows of `listing` that must be read: not already in images or rejects with equal size and mtime."""
+    known = pa.concat_tables([images_keys.select(_KEY_COLUMNS), rejects_keys.select(_KEY_COLUMNS)]).cast(
+        listing.select(_KEY_COLUMNS).schema
+    )
+    todo = listing.join(known, keys=_KEY_COLUMNS, join_type="left anti")
+    return todo.sort_by("uri").select(listing.column_names)
+
+
+def ingest_files(
+    lake: str | os.PathLike[str],
+    sources: Sequence[str],
+    *,
+    table: str = "images",
+    workers: int | None = None,
+    label_from_path: str | None = None,
+    inline_max_bytes: int = 16 << 20,
+    max_pixels: int | None = None,
+    file_timeout_s: float = 120.0,
+    sync_deletes: bool = False,
+    codecs: Sequence[str] = (),
+    on_progress: Callable[[int, int], None] | None = None,
+    engine: LocalEngine | None = None,
+) -> IngestSummary:
+    """Ingest image files into `LAKE/<table>` (+ `<table>_rejects`) and record the run.
+
+    Args:
+        lake: the lake's root folder.
+        sources: files, folders (recursive) and globs.
+        workers: decoding processes (default: CPU count; 0 decodes in this process).
+        label_from_path: "parent" or a regex whose first group (or group "label") is the label.
+        inline_max_bytes: files above this keep `content` null.
+        sync_deletes: delete rows of files under the sources that no longer exist.
+        codecs: extra readers as "module:attribute" tried before the built-in ones.
+        on_progress: called as on_progress(done, total) while files are decoded.
+    """
+    started = time.monotonic()
+    started_at = utc_now()
+    lake = str(lake)
+    ensure_lake(lake)
+    engine = engine or LocalEngine(lake)
+    rejects_name = rejects_table_name(table)
+    run_id = new_run_id()
+    workers = (os.cpu_count() or 1) if workers is None else workers
+
+    listing = list_sources(sources, exclude=[lake], label_from_path=label_from_path)
+    images_keys, rejects_keys = _keys(engine, table), _keys(engine, rejects_name)
+    todo = plan_ingest(listing, images_keys, rejects_keys)
+
+    vanished_images: list[str] = []
+    vanished_rejects: list[str] = []
+    if sync_deletes:
+        scope = source_scope(sources)
+        listed = set(listing["uri"].to_pylist())
+        vanished_images = [u for u in images_keys["uri"].to_pylist() if u not in listed and scope.covers(u)]
+        vanished_rejects = [u for u in rejects_keys["uri"].to_pylist() if u not in listed and scope.covers(u)]
+
+    options = IngestOptions(
+        run_id=run_id,
+        inline_max_bytes=inline_max_bytes,
+        max_pixels=max_pixels if max_pixels is not None else IngestOptions.max_pixels,
+        file_timeout_s=file_timeout_s,
+        codecs=tuple(codecs),
+        ingested_at=started_at,
+    )
+    results = decode_listing(engine, todo, options, workers=workers, on_progress=on_progress)
+    image_rows = results.filter(pc.equal(results["outcome"], "image"))
+    reject_rows = results.filter(pc.equal(results["outcome"], "reject"))
+
+    in_images = set(images_keys["uri"].to_pylist())
+    in_rejects = set(rejects_keys["uri"].to_pylist())
+    images_delete = vanished_images + [u for u in reject_rows["uri"].to_pylist() if u in in_images]
+    rejects_delete = vanished_rejects + [u for u in image_rows["uri"].to_pylist() if u in in_rejects]
+
+    spec = {
+        "sources": [to_uri(s) for s in sources],
+        "table": table,
+        "label_from_path": label_from_path,
+        "inline_max_bytes": inline_max_bytes,
+        "max_pixels": options.max_pixels,
+        "sync_deletes": sync_deletes,
+        "codecs": list(codecs),
+    }
+    record = RunRecord(
+        run_id=run_id,
+        job="ingest",
+        engine=engine.name,
+        target_table=table,
+        spec=spec,
+        started_at=started_at,
+        sources=[to_uri(s) for s in sources],
+    )
+    images_result, rejects_result = commit_ingest(
+        engine,
+        table,
+        image_rows=image_rows,
+        reject_rows=reject_rows,
+        images_delete=images_delete,
+        rejects_delete=rejects_delete,
+        record=record,
+        unchanged=listing.num_rows - todo.num_rows,
+        deleted=len(vanished_images) + len(vanished_rejects),
+    )
+    summary = IngestSummary(
+        run_id=run_id,
+        table=table,
+        version=images_result.version,
+        added=images_result.inserted,
+        updated=images_result.updated,
+        unchanged=listing.num_rows - todo.num_rows,
+        deleted=len(vanished_images) + len(vanished_rejects),
+        rejected=reject_rows.num_rows,
+        seconds=round(time.monotonic() - started, 3),
+        rejects_version=rejects_result.version,
+    )
+    return summary
+
+
+def decode_listing(
+    engine: LocalEngine,
+    todo: pa.Table,
+    options: IngestOptions,
+    *,
+    workers: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> pa.Table:
+    """Run the ingest kernel over the files to read; crashes and hangs become reject rows."""
+    schema = ingest_result_schema()
+    total, done = todo.num_rows, 0
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_progress:
+            on_progress(done, total)
+
+    def failed(listing: dict[str, Any], error_class: str, message: str) -> dict[str, Any]:
+        error = ImageDecodeError(listing["uri"], error_class, message)
+        return reject_row(listing, error, file_sha256(listing["uri"]), options)
+
+    batch_rows = max(1, min(16, total // max(1, workers * 4)))
+    batches = engine.map_kernel(
+        partial(ingest_kernel, options=options),
+        todo,
+        workers=workers,
+        batch_rows=batch_rows,
+        task_timeout_s=options.file_timeout_s + 30,
+        on_failure=failed,
+        on_progress=progress,
+        output_schema=schema,
+    )
+    return pa.Table.from_batches(list(batches), schema=schema)
+
+
+def commit_ingest(
+    engine: LocalEngine,
+    table: str,
+    *,
+    image_rows: pa.Table,
+    reject_rows: pa.Table,
+    images_delete: list[str],
+    rejects_delete: list[str],
+    record: RunRecord,
+    unchanged: int = 0,
+    deleted: int = 0,
+):
+    """MERGE into images and rejects, append the runs row; undo the data commits if any step fails."""
+    rejects_name = rejects_table_name(table)
+    images_contract, rejects_contract = table_contract("images"), table_contract("rejects")
+    before = {table: engine.version(table), rejects_name: engine.version(rejects_name)}
+    metadata = record.commit_metadata()
+    committed: list[str] = []
+    try:
+        images_result = engine.merge_by_key(
+            table, images_contract, upserts=image_rows, delete_keys=images_delete, metadata=metadata
+        )
+        if images_result.committed:
+            committed.append(table)
+        rejects_result = engine.merge_by_key(
+            rejects_name,
+            rejects_contract,
+            upserts=_as_rejects(reject_rows),
+            delete_keys=rejects_delete,
+            metadata=metadata,
+        )
+        if rejects_result.committed:
+            committed.append(rejects_name)
+        if rejects_result.version is None and images_result.version is not None:
+            # Create the (empty) rejects table with the first images commit so SQL can name it.
+            engine.create_empty(rejects_name, rejects_contract, metadata)
+            committed.append(rejects_name)
+            rejects_result = dataclasses.replace(rejects_result, version=engine.version(rejects_name))
+        record.status = "succeeded"
+        record.target_version = images_result.version
+        record.outputs = [
+            {"table": table, "version": images_result.version},
+            {"table": rejects_name, "version": rejects_result.version},
+        ]
+        record.finished_at = utc_now()
+        record.counts = {
+            "added": images_result.inserted,
+            "updated": images_result.updated,
+            "unchanged": unchanged,
+            "deleted": deleted,
+            "rejected": reject_rows.num_rows,
+        }
+        engine.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
+    except BaseException:
+        for name in reversed(committed):
+            engine.restore(name, before[name])
+        raise
+    return images_result, rejects_result
+
+
+def _as_rejects(rows: pa.Table) -> pa.Table:
+    contract = table_contract("rejects")
+    data = {name: rows[name] for name in contract.column_names if name in rows.column_names}
+    data["rejected_at"] = rows["ingested_at"]
+    return pa.table({n: data[n] for n in contract.column_names}).cast(
+        pa.schema([f.with_nullable(True) for f in contract.arrow_schema])
+    )

@@ -1,0 +1,241 @@
+"""The ingest kernel: file listings in, image rows and reject rows out, as Arrow batches.
+
+`ingest_kernel(batches, options)` has exactly the shape of Spark's `mapInArrow` function, so
+the Spark engine runs it as `df.mapInArrow(partial(ingest_kernel, options=o), schema)` and the
+embedded engine maps it over batches in a process pool. All per-file work lives here.
+
+Input batches carry `uri`, `size_bytes`, `modified_at`, `label` (see `LISTING_SCHEMA`).
+Output batches follow `ingest_result_schema()`: every images column plus `outcome`
+("image" or "reject"), `error_class` and `error_message`.
+
+Example:
+    >>> import pyarrow as pa
+    >>> opts = IngestOptions(run_id="r1")
+    >>> empty = pa.RecordBatch.from_pylist([], schema=LISTING_SCHEMA)
+    >>> list(ingest_kernel(iter([empty]), opts))
+    []
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from lakeimg.errors import ImageDecodeError
+from lakeimg.image.decode import DEFAULT_MAX_PIXELS, read_image
+from lakeimg.image.display import THUMBNAIL_SIZE, make_thumbnail
+from lakeimg.schemas import table_contract
+
+__all__ = [
+    "IngestOptions",
+    "LISTING_SCHEMA",
+    "ingest_kernel",
+    "ingest_result_schema",
+    "ingest_one_file",
+    "read_file_bytes",
+    "reject_row",
+]
+
+LISTING_SCHEMA = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("size_bytes", pa.int64(), nullable=False),
+        pa.field("modified_at", pa.timestamp("us", tz="UTC"), nullable=False),
+        pa.field("label", pa.string()),
+    ]
+)
+
+_OUTPUT_BATCH_BYTES = 64 << 20
+_OUTPUT_BATCH_ROWS = 256
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """Per-file settings of an ingest run (picklable: shipped to workers and executors).
+
+    Attributes:
+        run_id: stamped on every row written.
+        inline_max_bytes: files above this keep `content` null (original bytes stay in place).
+        max_pixels: reject above this many pixels per page for formats decoded whole.
+        thumbnail_size: longest side of the thumbnail.
+        file_timeout_s: per-file time limit; a file over it becomes a `timeout` reject.
+        codecs: extra readers as "module:attribute" (see `lakeimg.image.codecs`).
+    """
+
+    run_id: str = ""
+    inline_max_bytes: int = 16 << 20
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    thumbnail_size: int = THUMBNAIL_SIZE
+    file_timeout_s: float = 120.0
+    codecs: tuple[str, ...] = ()
+    ingested_at: dt.datetime | None = None
+
+
+def ingest_result_schema() -> pa.Schema:
+    """The kernel's output schema: images columns (nullable) + outcome, error_class, error_message."""
+    images = table_contract("images").arrow_schema
+    fields = [f.with_nullable(True) for f in images]
+    fields += [
+        pa.field("outcome", pa.string(), nullable=False),
+        pa.field("error_class", pa.string()),
+        pa.field("error_message", pa.string()),
+    ]
+    return pa.schema(fields)
+
+
+def read_file_bytes(uri: str) -> bytes:
+    """Read a whole file through pyarrow.fs (local paths and file:// URIs today, object stores later)."""
+    fs, path = pafs.FileSystem.from_uri(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+class _FileTimeout(Exception):
+    pass
+
+
+@contextmanager
+def _time_limit(seconds: float):
+    """Interrupt Python-level work after `seconds` (main thread only; the pool also kills hung workers)."""
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(_signum, _frame):
+        raise _FileTimeout()
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _load_codecs(specs: Iterable[str]) -> list[Any]:
+    codecs = []
+    for spec in specs:
+        module, _, attr = spec.partition(":")
+        codecs.append(getattr(importlib.import_module(module), attr))
+    try:
+        from importlib.metadata import entry_points
+
+        codecs += [ep.load() for ep in entry_points(group="lakeimg.codecs")]
+    except Exception:  # noqa: BLE001 - a broken plugin must not break ingest of plain files
+        pass
+    return codecs
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def reject_row(listing: dict[str, Any], error: ImageDecodeError, sha: str | None, options: IngestOptions) -> dict[str, Any]:
+    """One reject row in the kernel's output schema."""
+    return {
+        "uri": listing["uri"],
+        "size_bytes": listing["size_bytes"],
+        "modified_at": listing["modified_at"],
+        "content_sha256": sha,
+        "label": listing.get("label"),
+        "outcome": "reject",
+        "error_class": error.error_class,
+        "error_message": error.message[:2000],
+        "run_id": options.run_id,
+        "ingested_at": options.ingested_at or _now(),
+    }
+
+
+def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: list[Any] | None = None) -> dict[str, Any]:
+    """Read, hash and describe one file; return an image row or a reject row (never raises)."""
+    uri = listing["uri"]
+    sha = None
+    try:
+        try:
+            data = read_file_bytes(uri)
+        except FileNotFoundError as exc:
+            raise ImageDecodeError(uri, "unreadable", f"file vanished before it was read: {exc}") from exc
+        except OSError as exc:
+            raise ImageDecodeError(uri, "unreadable", f"{type(exc).__name__}: {exc}") from exc
+        sha = hashlib.sha256(data).hexdigest()
+        with _time_limit(options.file_timeout_s):
+            decoded = None
+            for codec in codecs or ():
+                if codec.can_read(uri, data[:132]):
+                    decoded = codec.read(data, uri)
+                    break
+            if decoded is None:
+                decoded = read_image(data, uri, max_pixels=options.max_pixels, preview=options.thumbnail_size)
+            thumbnail = make_thumbnail(
+                decoded.pixels,
+                size=options.thumbnail_size,
+                window=decoded.display_window,
+                invert=decoded.invert_display,
+            )
+    except ImageDecodeError as exc:
+        return reject_row(listing, exc, sha, options)
+    except _FileTimeout:
+        err = ImageDecodeError(uri, "timeout", f"decoding took longer than the {options.file_timeout_s:g} s per-file limit")
+        return reject_row(listing, err, sha, options)
+    except MemoryError as exc:
+        return reject_row(listing, ImageDecodeError(uri, "too_large", f"out of memory: {exc}"), sha, options)
+    except Exception as exc:  # noqa: BLE001 - e.g. a thumbnail of a degenerate array
+        return reject_row(listing, ImageDecodeError(uri, "corrupt", f"{type(exc).__name__}: {exc}"), sha, options)
+    inline = len(data) <= options.inline_max_bytes
+    return {
+        "uri": uri,
+        "content_sha256": sha,
+        "size_bytes": listing["size_bytes"],
+        "modified_at": listing["modified_at"],
+        "format": decoded.format,
+        "width": decoded.width,
+        "height": decoded.height,
+        "channels": decoded.channels,
+        "dtype": decoded.dtype,
+        "mode": decoded.mode,
+        "pages": decoded.pages,
+        "exif": list(decoded.exif.items()) if decoded.exif else None,
+        "dicom": decoded.dicom,
+        "geo": decoded.geo,
+        "content": data if inline else None,
+        "thumbnail": thumbnail,
+        "tiled": False,
+        "tile_size": None,
+        "levels": None,
+        "label": listing.get("label"),
+        "run_id": options.run_id,
+        "ingested_at": options.ingested_at or _now(),
+        "outcome": "image",
+        "error_class": None,
+        "error_message": None,
+    }
+
+
+def ingest_kernel(batches: Iterator[pa.RecordBatch], options: IngestOptions) -> Iterator[pa.RecordBatch]:
+    """mapInArrow-shaped kernel: listing batches in, result batches (images + rejects) out."""
+    schema = ingest_result_schema()
+    codecs = _load_codecs(options.codecs)
+    rows: list[dict[str, Any]] = []
+    pending_bytes = 0
+    for batch in batches:
+        for listing in batch.to_pylist():
+            row = ingest_one_file(listing, options, codecs)
+            rows.append(row)
+            pending_bytes += len(row.get("content") or b"") + len(row.get("thumbnail") or b"")
+            if pending_bytes >= _OUTPUT_BATCH_BYTES or len(rows) >= _OUTPUT_BATCH_ROWS:
+                yield pa.RecordBatch.from_pylist(rows, schema=schema)
+                rows, pending_bytes = [], 0
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows, schema=schema)
+

@@ -1,0 +1,42 @@
+"""Shared fixtures: every test gets its own lake under tmp_path; sample folders are generated."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+# Spawned decoding workers must import the same lakeimg as the tests.
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("PYTHONPATH", str(ROOT))
+
+
+@pytest.fixture
+def lake_dir(tmp_path: Path) -> Path:
+    """A fresh lake folder (not yet created)."""
+    return tmp_path / "lake"
+
+
+@pytest.fixture
+def samples_dir(tmp_path: Path) -> Path:
+    """A mixed folder of every supported format plus one broken file per class."""
+    from lakeimg.samples import write_sample_folder
+
+    folder = tmp_path / "samples"
+    write_sample_folder(folder)
+    return folder
+
+
+def run_cli(*args: str, timeout: float = 300):
+    """Run the lakeimg CLI in a fresh interpreter; returns CompletedProcess (text mode)."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, "-m", "lakeimg.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=str(ROOT),
+    )
