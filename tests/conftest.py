@@ -40,3 +40,23 @@ def run_cli(*args: str, timeout: float = 300):
         timeout=timeout,
         cwd=str(ROOT),
     )
+
+
+@pytest.fixture(scope="session")
+def spark():
+    """One local[2] Spark session with Delta for the whole test run (marked tests only start it)."""
+    from lakeimg.engine.spark import spark_session_builder
+
+    conf = {
+        "spark.ui.enabled": "false",
+        "spark.sql.shuffle.partitions": "2",
+        "spark.default.parallelism": "2",
+        "spark.driver.host": "127.0.0.1",
+        "spark.driver.bindAddress": "127.0.0.1",
+        "spark.driver.memory": "1g",
+        "spark.pyspark.python": sys.executable,
+    }
+    session = spark_session_builder("local[2]", conf, app_name="lakeimg-tests").getOrCreate()
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
