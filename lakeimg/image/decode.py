@@ -327,6 +327,8 @@ def _read_png16(data: bytes, uri: str, *, max_pixels: int | None) -> DecodedImag
         raise ImageDecodeError(uri, "corrupt", "OpenCV could not decode this 16-bit PNG")
     if arr.ndim == 2:
         arr, mode = arr[:, :, None], "I;16"
+    elif data[25] == 4:  # gray + alpha: OpenCV expands it to BGRA; keep the file's two channels
+        arr, mode = arr[:, :, [0, 3]], "LA"
     elif arr.shape[2] == 3:
         arr, mode = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB), "RGB"
     else:
@@ -370,10 +372,13 @@ def _tiff_hwc(arr: np.ndarray, axes: str) -> np.ndarray:
 
 
 def _tiff_orientation(page) -> int:
+    # TiffPage has no orientation attribute: read the Orientation tag (274) itself.
+    tag = page.tags.get(274)
     try:
-        return int(page.orientation)
-    except Exception:  # noqa: BLE001
+        value = int(tag.value) if tag is not None else 1
+    except (TypeError, ValueError):
         return 1
+    return value if 1 <= value <= 8 else 1
 
 
 def _read_tiff(data: bytes, uri: str, *, max_pixels: int | None) -> DecodedImage:
