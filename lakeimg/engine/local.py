@@ -310,6 +310,47 @@ class LocalEngine:
         if table.version() != version:
             table.restore(version)
 
+    def changes(
+        self,
+        name: str,
+        starting_version: int,
+        ending_version: int | None = None,
+        columns: Sequence[str] = ("uri",),
+    ) -> pa.Table:
+        """The change data feed between two versions (inclusive): `columns` plus `_change_type`
+        (insert, update_preimage, update_postimage, delete) and `_commit_version`.
+
+        delta-rs' `load_cdf` runs on DataFusion and hands back an Arrow stream; unlike the
+        pyarrow-dataset path it does not abort the interpreter at exit (tests/test_transform_cli
+        runs a CDF-reading CLI many times and checks every exit status).
+        """
+        table = self.delta_table(name)
+        wanted = list(dict.fromkeys([*columns, "_change_type", "_commit_version"]))
+        reader = table.load_cdf(starting_version=starting_version, ending_version=ending_version, columns=wanted)
+        return pa.table(reader).select(wanted)
+
+    def overwrite(self, name: str, rows: pa.Table, contract: TableContract, metadata: dict[str, Any] | None = None) -> int:
+        """Replace all rows and the schema in one commit (a transform whose columns changed)."""
+        from deltalake import write_deltalake
+
+        data = rows.select(contract.column_names).cast(contract.arrow_schema)
+        exists = self.exists(name)
+        self._with_retries(
+            name,
+            lambda: write_deltalake(
+                self.location(name),
+                data,
+                mode="overwrite",
+                schema_mode="overwrite",
+                configuration=None if exists else contract.properties,
+                name=None if exists else name.rsplit("/", 1)[-1],
+                description=None if exists else contract.description,
+                storage_options=self.storage_options,
+                commit_properties=self._commit_properties(metadata),
+            ),
+        )
+        return self.delta_table(name).version()
+
     def _with_retries(self, name: str, operation: Callable[[], Any]) -> Any:
         from deltalake.exceptions import CommitFailedError
 

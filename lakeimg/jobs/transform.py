@@ -1,0 +1,414 @@
+"""The transform job: a derived table from a source table and a spec, MERGE keyed on (uri, variant).
+
+Planning decides which source rows to (re)compute:
+
+- incremental (the default): read only the source's change data feed since the source version
+  that the last successful run for this target recorded in the runs table; inserted and updated
+  uris are recomputed, deleted uris are deleted (every variant). Unchanged source version: no work
+  and no commit. Changed rows whose content, label and spec are the same are skipped.
+- full (`full=True`, the first run, a different source, or a new `spec_hash`): every source row
+  that passes `where` is recomputed, and target rows whose source row is gone (or filtered out)
+  are deleted, all in one commit. When the spec's feature columns changed, the commit replaces
+  the table (schema included) instead of merging.
+- when the change data feed between those versions cannot be read (e.g. vacuumed), the job
+  compares the whole source with the target by content hash and label instead.
+
+Images an op cannot handle go to `<target>_rejects` (rejects contract) and the run goes on.
+Every run appends its runs row (inputs: the source and its version; outputs: target and rejects
+with versions; spec and spec_hash) and puts the same record in each commit's metadata. A failure
+while committing restores the tables this run already committed.
+
+Example:
+    >>> transform_table("/tmp/lake", "images", "small", {"ops": [{"op": "resize", "width": 64, "height": 64}]})  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
+from lakeimg.engine.local import LocalEngine, ensure_lake
+from lakeimg.errors import SpecError, TableNotFoundError
+from lakeimg.kernels.transform import (
+    SOURCE_COLUMNS,
+    TransformOptions,
+    transform_kernel,
+    transform_result_schema,
+)
+from lakeimg.schemas import table_contract
+from lakeimg.transform_spec import TransformSpec, parse_spec
+
+__all__ = ["TransformSummary", "transform_table", "last_transform_run"]
+
+_KEY = ["uri", "variant"]
+_SKIP_FOR_WHERE = {"content", "thumbnail"}
+
+
+@dataclass(frozen=True)
+class TransformSummary:
+    """What a transform run did; `version` is the derived table's version after the run."""
+
+    run_id: str
+    table: str
+    version: int | None
+    added: int
+    updated: int
+    unchanged: int
+    deleted: int
+    rejected: int
+    seconds: float
+    mode: str = "incremental"
+    source: str = "images"
+    source_version: int | None = None
+    spec_hash: str = ""
+    rejects_version: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def last_transform_run(engine: LocalEngine, target: str) -> dict[str, Any] | None:
+    """The newest succeeded transform run into `target`: source, source_version, spec_hash, run_id."""
+    if not engine.exists(RUNS_TABLE):
+        return None
+    runs = engine.read(RUNS_TABLE, columns=["run_id", "job", "status", "target_table", "inputs", "spec_hash", "finished_at"])
+    mask = pc.and_(pc.and_(pc.equal(runs["job"], "transform"), pc.equal(runs["target_table"], target)), pc.equal(runs["status"], "succeeded"))
+    runs = runs.filter(mask)
+    if runs.num_rows == 0:
+        return None
+    row = runs.sort_by([("finished_at", "descending")]).slice(0, 1).to_pylist()[0]
+    inputs = row["inputs"] or [{}]
+    return {"run_id": row["run_id"], "source": inputs[0].get("table"), "source_version": inputs[0].get("version"), "spec_hash": row["spec_hash"]}
+
+
+def _where(meta: pa.Table, where: str | None) -> set[str]:
+    """uris of `meta` rows passing the spec's SQL condition (DuckDB over the source's columns)."""
+    if not where:
+        return set(meta["uri"].to_pylist())
+    import duckdb
+
+    con = duckdb.connect()
+    try:
+        con.register("source", meta)
+        result = con.execute(f"SELECT uri FROM source WHERE {where}").fetch_arrow_table()
+    except duckdb.Error as exc:
+        raise SpecError(f"where {where!r} does not work on the source table: {exc}") from exc
+    finally:
+        con.close()
+    return set(result["uri"].to_pylist())
+
+
+def _read_uris(engine: LocalEngine, name: str, version: int, columns: list[str], uris: set[str] | None) -> pa.Table:
+    """Rows of a snapshot whose uri is in `uris` (all rows for None).
+
+    Filtered after the read: pyarrow's dataset filters have no kernels for the string_view
+    columns delta-rs writes. The caller's column list keeps the read narrow.
+    """
+    table = engine.read(name, version=version, columns=columns)
+    if uris is None:
+        return table
+    return table.filter(pc.is_in(table["uri"], value_set=pa.array(sorted(uris), pa.string())))
+
+
+def _net_changes(changes: pa.Table) -> tuple[set[str], set[str]]:
+    """(upserted uris, deleted uris): each uri's last change in commit order wins."""
+    last: dict[str, str] = {}
+    rows = changes.filter(pc.not_equal(changes["_change_type"], "update_preimage"))
+    rows = rows.sort_by([("_commit_version", "ascending")])
+    for uri, kind in zip(rows["uri"].to_pylist(), rows["_change_type"].to_pylist(), strict=True):
+        last[uri] = kind
+    deleted = {u for u, k in last.items() if k == "delete"}
+    return set(last) - deleted, deleted
+
+
+@dataclass
+class _Plan:
+    mode: str
+    todo: set[str]  # uris to compute
+    drop: set[str]  # uris whose target rows (every variant) and rejects go
+    skipped: int = 0
+
+
+def _plan(
+    engine: LocalEngine,
+    source: str,
+    source_version: int,
+    spec: TransformSpec,
+    target_keys: pa.Table,
+    last: dict[str, Any] | None,
+    *,
+    full: bool,
+    target_exists: bool,
+) -> _Plan:
+    meta_columns = [f.name for f in engine.delta_table(source, source_version).schema().to_arrow() if f.name not in _SKIP_FOR_WHERE]
+
+    def read_meta(uris: set[str] | None) -> pa.Table:
+        return _read_uris(engine, source, source_version, meta_columns, uris)
+
+    if full or not target_exists or last is None or last["source"] != source or last["spec_hash"] != spec.spec_hash:
+        mode = "full" if full else ("spec_change" if last is not None and target_exists and last["source"] == source else "initial")
+        selected = _where(read_meta(None), spec.where)
+        return _Plan(mode, selected, set(target_keys["uri"].to_pylist()) - selected)
+
+    if last["source_version"] == source_version:
+        return _Plan("incremental", set(), set())
+    try:
+        changes = engine.changes(source, int(last["source_version"]) + 1, source_version, columns=["uri"])
+        upserted, deleted = _net_changes(changes)
+        meta = read_meta(upserted) if upserted else None
+        mode = "incremental"
+    except Exception:  # noqa: BLE001 - no readable change feed for this range: compare everything
+        meta = read_meta(None)
+        upserted, deleted = set(meta["uri"].to_pylist()), set(target_keys["uri"].to_pylist()) - set(meta["uri"].to_pylist())
+        mode = "compare"
+    selected = _where(meta, spec.where) if meta is not None else set()
+    drop = deleted | (upserted - selected)
+    # Skip rows whose inputs did not change (same bytes, label and spec for every variant).
+    done: dict[str, list[tuple[Any, Any, Any]]] = {}
+    for row in target_keys.to_pylist():
+        done.setdefault(row["uri"], []).append((row["source_sha256"], row["label"], row["spec_hash"]))
+    current = {r["uri"]: (r["content_sha256"], r["label"]) for r in meta.select(["uri", "content_sha256", "label"]).to_pylist()} if meta is not None else {}
+    todo = set()
+    for uri in selected:
+        rows = done.get(uri, [])
+        if len(rows) == spec.variants and all(r == (*current[uri], spec.spec_hash) for r in rows):
+            continue
+        todo.add(uri)
+    return _Plan(mode, todo, drop, skipped=len(selected) - len(todo))
+
+
+def transform_table(
+    lake: str | os.PathLike[str],
+    source: str,
+    target: str,
+    spec: TransformSpec | dict[str, Any] | str | os.PathLike[str],
+    *,
+    full: bool = False,
+    engine: str | LocalEngine = "local",
+    workers: int | None = None,
+    spark: Any = None,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> TransformSummary:
+    """Compute `LAKE/<target>` from `LAKE/<source>` with a transform spec; record the run.
+
+    Args:
+        lake: the lake's root folder.
+        source: source table (an images table).
+        target: derived table to write (created on the first run).
+        spec: a TransformSpec, a dict, JSON/YAML text, or a path to a spec file.
+        full: recompute every row and delete rows whose source row is gone.
+        engine: "local" (process pool, delta-rs) or "spark" (mapInArrow of the same kernel).
+        workers: processes for the local engine (default: CPU count; 0 runs in this process).
+        spark: the SparkSession for engine="spark".
+
+    Example:
+        >>> transform_table("/tmp/lake", "images", "gray", {"ops": [{"op": "color", "to": "gray"}]}).added  # doctest: +SKIP
+        12
+    """
+    started = time.monotonic()
+    started_at = utc_now()
+    lake = str(lake)
+    spec = parse_spec(spec)
+    if not target or target == source or target.startswith("_") or "/" in target:
+        raise SpecError(f"bad target table name {target!r}")
+    ensure_lake(lake)
+    local = engine if isinstance(engine, LocalEngine) else LocalEngine(lake)
+    engine_name = engine if isinstance(engine, str) else local.name
+    if engine_name not in ("local", "spark"):
+        raise SpecError(f"unknown engine {engine_name!r}; use local or spark")
+    if not local.exists(source):
+        raise TableNotFoundError(source, lake)
+    rejects_name = f"{target}_rejects"
+    run_id = new_run_id()
+    workers = (os.cpu_count() or 1) if workers is None else workers
+
+    source_version = local.version(source)
+    target_exists = local.exists(target)
+    key_columns = ["uri", "variant", "source_sha256", "label", "spec_hash"]
+    target_keys = local.read(target, columns=key_columns) if target_exists else pa.table({c: pa.array([], pa.int32() if c == "variant" else pa.string()) for c in key_columns})
+    last = last_transform_run(local, target)
+    plan = _plan(local, source, source_version, spec, target_keys, last, full=full, target_exists=target_exists)
+
+    options = TransformOptions(spec=spec, run_id=run_id)
+    schema = transform_result_schema(spec)
+    if plan.todo:
+        if engine_name == "spark":
+            results = _run_spark(spark, local, source, source_version, plan.todo, options)
+        else:
+            todo_rows = _read_uris(local, source, source_version, SOURCE_COLUMNS, plan.todo).sort_by("uri")
+            results = _run_local(local, todo_rows, options, workers=workers, on_progress=on_progress)
+    else:
+        results = schema.empty_table()
+    rows = results.filter(pc.equal(results["outcome"], "row"))
+    rejects = results.filter(pc.equal(results["outcome"], "reject"))
+
+    # Target rows to delete: dropped uris, rejected uris (their old rows are stale), variants
+    # the spec no longer makes.
+    produced = set(zip(rows["uri"].to_pylist(), rows["variant"].to_pylist(), strict=True))
+    rejected_uris = set(rejects["uri"].to_pylist())
+    gone_uris = plan.drop | rejected_uris
+    delete_keys = [
+        (u, v)
+        for u, v in zip(target_keys["uri"].to_pylist(), target_keys["variant"].to_pylist(), strict=True)
+        if u in gone_uris or (u in plan.todo and (u, v) not in produced)
+    ]
+    existing_rejects = set(local.read(rejects_name, columns=["uri"])["uri"].to_pylist()) if local.exists(rejects_name) else set()
+    if plan.mode in ("full", "initial", "spec_change"):
+        rejects_delete = sorted(existing_rejects - rejected_uris)
+    else:
+        rejects_delete = sorted(existing_rejects & ((plan.todo - rejected_uris) | plan.drop))
+
+    record = RunRecord(
+        run_id=run_id,
+        job="transform",
+        engine=engine_name,
+        target_table=target,
+        spec=spec.to_dict(),
+        started_at=started_at,
+        inputs=[{"table": source, "version": source_version}],
+    )
+    contract = spec.contract()
+    replace = target_exists and pa.schema(local.delta_table(target).schema().to_arrow()).names != contract.column_names
+    before = {target: local.version(target), rejects_name: local.version(rejects_name)}
+    metadata = record.commit_metadata()
+    committed: list[str] = []
+    old_keys = set(zip(target_keys["uri"].to_pylist(), target_keys["variant"].to_pylist(), strict=True))
+    try:
+        if replace:
+            version = local.overwrite(target, rows, contract, metadata)
+            committed.append(target)
+            inserted, updated, deleted = len(produced - old_keys), len(produced & old_keys), len(old_keys - produced)
+        else:
+            result = local.merge_by_key(target, contract, upserts=rows, delete_keys=delete_keys, key=_KEY, metadata=metadata)
+            if result.committed:
+                committed.append(target)
+            version, inserted, updated, deleted = result.version, result.inserted, result.updated, result.deleted
+        rejects_contract = table_contract("rejects")
+        rej = local.merge_by_key(rejects_name, rejects_contract, upserts=_as_rejects(rejects, started_at), delete_keys=rejects_delete, metadata=metadata)
+        if rej.committed:
+            committed.append(rejects_name)
+        rejects_version = rej.version
+        if rejects_version is None and version is not None:
+            # Create the (empty) rejects table with the first target commit so SQL can name it.
+            local.create_empty(rejects_name, rejects_contract, metadata)
+            committed.append(rejects_name)
+            rejects_version = local.version(rejects_name)
+        unchanged = len(old_keys) - updated - deleted
+        record.target_version = version
+        record.outputs = [{"table": target, "version": version}, {"table": rejects_name, "version": rejects_version}]
+        record.finished_at = utc_now()
+        record.counts = {"added": inserted, "updated": updated, "unchanged": unchanged, "deleted": deleted, "rejected": rejects.num_rows}
+        local.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
+    except BaseException:
+        for name in reversed(committed):
+            local.restore(name, before[name])
+        raise
+    return TransformSummary(
+        run_id=run_id,
+        table=target,
+        version=version,
+        added=inserted,
+        updated=updated,
+        unchanged=unchanged,
+        deleted=deleted,
+        rejected=rejects.num_rows,
+        seconds=round(time.monotonic() - started, 3),
+        mode=plan.mode,
+        source=source,
+        source_version=source_version,
+        spec_hash=spec.spec_hash,
+        rejects_version=rejects_version,
+    )
+
+
+def _run_local(engine: LocalEngine, todo: pa.Table, options: TransformOptions, *, workers: int, on_progress=None) -> pa.Table:
+    """The kernel over the rows to compute in a process pool; a crashing image becomes a reject."""
+    schema = transform_result_schema(options.spec)
+    total, done = todo.num_rows, 0
+
+    def progress(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_progress:
+            on_progress(done, total)
+
+    def failed(src: dict[str, Any], error_class: str, message: str) -> dict[str, Any]:
+        return {
+            "uri": src["uri"], "variant": 0, "source_sha256": src.get("content_sha256"), "label": src.get("label"),
+            "run_id": options.run_id, "outcome": "reject", "error_class": error_class, "error_message": message,
+            "size_bytes": src.get("size_bytes"), "modified_at": src.get("modified_at"),
+        }  # fmt: skip
+
+    if workers > 0 and total < 4 * workers:
+        workers = 0  # a pool costs more than it saves on a handful of images
+    batch_rows = max(1, min(16, total // max(1, workers * 4)))
+    batches = engine.map_kernel(
+        partial(transform_kernel, options=options),
+        todo,
+        workers=workers,
+        batch_rows=batch_rows,
+        on_failure=failed,
+        on_progress=progress,
+        output_schema=schema,
+    )
+    return pa.Table.from_batches(list(batches), schema=schema)
+
+
+def _run_spark(spark: Any, engine: LocalEngine, source: str, source_version: int, todo: set[str], options: TransformOptions) -> pa.Table:
+    """The same kernel through Spark's mapInArrow over the source rows to compute."""
+    if spark is None:
+        raise SpecError("engine spark needs a SparkSession (pass spark=...; the CLI builds one)")
+    from pyspark.sql import functions as F
+
+    from lakeimg.schemas import TableContract
+
+    schema = transform_result_schema(options.spec)
+    out_contract = TableContract("transform_result", 1, "", {"type": "struct", "fields": _struct_fields(schema)}, (), {})
+    df = (
+        spark.read.format("delta")
+        .option("versionAsOf", source_version)
+        .load(engine.location(source))
+        .where(F.col("uri").isin(sorted(todo)))
+        .select(*SOURCE_COLUMNS)
+    )
+    result = df.mapInArrow(partial(transform_kernel, options=options), out_contract.spark_schema())
+    table = result.toArrow()
+    return table.cast(schema) if table.num_rows else schema.empty_table()
+
+
+def _struct_fields(schema: pa.Schema) -> list[dict[str, Any]]:
+    """Spark StructType JSON of the kernel's Arrow output schema."""
+    names = {pa.string(): "string", pa.binary(): "binary", pa.int32(): "integer", pa.int64(): "long", pa.float64(): "double", pa.timestamp("us", tz="UTC"): "timestamp"}
+    fields = []
+    for f in schema:
+        if pa.types.is_list(f.type):
+            kind: Any = {"type": "array", "elementType": names[f.type.value_type], "containsNull": False}
+        else:
+            kind = names[f.type]
+        fields.append({"name": f.name, "type": kind, "nullable": True, "metadata": {}})
+    return fields
+
+
+def _as_rejects(rows: pa.Table, at) -> pa.Table:
+    contract = table_contract("rejects")
+    n = rows.num_rows
+    data = {
+        "uri": rows["uri"],
+        "size_bytes": rows["size_bytes"],
+        "modified_at": rows["modified_at"],
+        "content_sha256": rows["source_sha256"],
+        "error_class": rows["error_class"],
+        "error_message": rows["error_message"],
+        "run_id": rows["run_id"],
+        "rejected_at": pa.array([at] * n, pa.timestamp("us", tz="UTC")),
+    }
+    return pa.table({c: data[c] for c in contract.column_names}).cast(pa.schema([f.with_nullable(True) for f in contract.arrow_schema]))
