@@ -67,6 +67,29 @@ class Lake:
         """The table's commits, newest first, with lakeimg's run record under "lakeimg"."""
         return self._local.history(table, limit)
 
+    def table(self, name: str):
+        """A fluent transform builder over table `name` (see `lakeimg.fluent.TableBuilder`).
+
+        Example:
+            >>> Lake("/tmp/lake").table("images").where("label = 'cats'").resize(256, 256).normalize("imagenet").save("cats_256")  # doctest: +SKIP
+        """
+        from lakeimg.fluent import TableBuilder
+
+        return TableBuilder(self, name)
+
+    def transform(self, source: str, target: str, spec: Any, **options: Any):
+        """Run a transform spec from `source` into `target`; options as `jobs.transform.transform_table`.
+
+        Example:
+            >>> Lake("/tmp/lake").transform("images", "gray", {"ops": [{"op": "color", "to": "gray"}]})  # doctest: +SKIP
+        """
+        from lakeimg.jobs.transform import transform_table
+
+        options.setdefault("engine", self.engine_name)
+        if options["engine"] == "spark":
+            options.setdefault("spark", self.spark)
+        return transform_table(self.path, source, target, spec, **options)
+
     def ingest(self, sources: str | Sequence[str], **options: Any) -> IngestSummary:
         """Ingest files, folders or globs; options as `lakeimg.jobs.ingest.ingest_files`.
 
@@ -76,3 +99,98 @@ class Lake:
         if isinstance(sources, (str, os.PathLike)):
             sources = [os.fspath(sources)]
         return ingest_files(self.path, list(sources), **options)
+
+    def read_region(
+        self,
+        table: str,
+        uri: str,
+        x: int,
+        y: int,
+        width: int,
+        height: int,
+        level: int = 0,
+        page: int = 0,
+        version: VersionLike = None,
+    ):
+        """Exact pixels (HWC ndarray, native dtype) of a window; tiled images read only the tiles it needs.
+
+        Example:
+            >>> Lake("/tmp/lake").read_region("images", "/scans/slide.tif", 1000, 2000, 512, 512, level=1)  # doctest: +SKIP
+        """
+        from lakeimg.catalog.regions import read_region
+
+        return read_region(self._local, table, uri, x, y, width, height, level=level, page=page, version=version)
+
+    # --- catalog: history, lineage, reproduce, training sets, maintenance (lakeimg.catalog) ---
+
+    def versions(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """The table's versions, newest first: operation, run, job, counts, timestamp.
+
+        Example:
+            >>> Lake("/tmp/lake").versions("images")[0]["job"]  # doctest: +SKIP
+            'ingest'
+        """
+        from lakeimg.catalog.history import table_history
+
+        return table_history(self._local, table, limit=limit)
+
+    def lineage(self, table: str, version: VersionLike = None) -> list[dict[str, Any]]:
+        """Steps from `table@version` (or "trainset:NAME") back to ingest runs and source folders.
+
+        Example:
+            >>> [s["job"] for s in Lake("/tmp/lake").lineage("cats_256")]  # doctest: +SKIP
+            ['transform', 'ingest']
+        """
+        from lakeimg.catalog.lineage import table_lineage, trainset_lineage
+
+        if table.startswith("trainset:"):
+            return trainset_lineage(self._local, table.split(":", 1)[1])
+        return table_lineage(self._local, table, version)
+
+    def reproduce(self, table: str, version: VersionLike = None, **options: Any) -> dict[str, Any]:
+        """Re-run what made `table@version` and compare content hashes (see catalog.reproduce).
+
+        Example:
+            >>> Lake("/tmp/lake").reproduce("cats_256", 2)["identical"]  # doctest: +SKIP
+            True
+        """
+        from lakeimg.catalog.reproduce import reproduce
+
+        return reproduce(self._local, table, version, **options)
+
+    def create_training_set(self, name: str, table: str, version: VersionLike = None, **options: Any):
+        """Record an immutable training set on `table@version`; options as `create_trainset`.
+
+        Example:
+            >>> Lake("/tmp/lake").create_training_set("cats-v1", "images", splits="train=0.8,test=0.2", seed=7)  # doctest: +SKIP
+        """
+        from lakeimg.catalog.trainsets import TrainingSet, create_trainset
+
+        create_trainset(self._local, name, table, version=version, **options)
+        return TrainingSet(self._local, name)
+
+    def training_set(self, name: str):
+        """A pinned training set: rows(split), iter_numpy(...), torch(...), to_spark(...).
+
+        Example:
+            >>> Lake("/tmp/lake").training_set("cats-v1").rows("train")  # doctest: +SKIP
+        """
+        from lakeimg.catalog.trainsets import TrainingSet
+
+        return TrainingSet(self._local, name)
+
+    def training_sets(self) -> list[dict[str, Any]]:
+        """Every training set record, oldest first."""
+        from lakeimg.catalog.trainsets import list_trainsets
+
+        return list_trainsets(self._local)
+
+    def maintain(self, **options: Any) -> dict[str, Any]:
+        """Compact and vacuum, keeping every version a training set or its lineage reads.
+
+        Example:
+            >>> Lake("/tmp/lake").maintain(optimize=True, vacuum_hours=0)  # doctest: +SKIP
+        """
+        from lakeimg.catalog.maintenance import maintain
+
+        return maintain(self._local, **options)

@@ -8,4 +8,12 @@ from __future__ import annotations
 COMMAND_MODULES = (
     "lakeimg.commands.ingest",
     "lakeimg.commands.demo",
+    "lakeimg.commands.region",
+    "lakeimg.commands.transform",
+    "lakeimg.commands.export",
+    "lakeimg.commands.history",
+    "lakeimg.commands.lineage",
+    "lakeimg.commands.reproduce",
+    "lakeimg.commands.trainset",
+    "lakeimg.commands.maintain",
 )

@@ -181,6 +181,84 @@ class LocalEngine:
             out.append(entry)
         return out
 
+    def resolve_version(self, name: str, version: VersionLike = None) -> int:
+        """The concrete version number a version-like (int, timestamp, None = latest) selects."""
+        return self.delta_table(name, version).version()
+
+    def arrow_schema(self, name: str, version: VersionLike = None) -> pa.Schema:
+        """The table's Delta schema as Arrow (at a version)."""
+        return pa.schema(self.delta_table(name, version).schema().to_arrow())
+
+    def iter_batches(
+        self,
+        name: str,
+        *,
+        version: VersionLike = None,
+        columns: Sequence[str] | None = None,
+        batch_rows: int = 256,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream a snapshot file by file (bounded memory), same typing rules as `read`."""
+        schema = self.arrow_schema(name, version)
+        for path in self.data_files(name, version):
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None):
+                yield from cast_to_schema(pa.Table.from_batches([batch]), schema, columns).to_batches()
+
+    def table_properties(self, name: str) -> dict[str, str]:
+        """The table's Delta configuration (table properties)."""
+        return dict(self.delta_table(name).metadata().configuration)
+
+    # --- maintenance ---------------------------------------------------------------------
+
+    def optimize(self, name: str, *, target_size: int | None = None, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Compact small files into larger ones (a new version with the same rows)."""
+        table = self.delta_table(name)
+        return self._with_retries(
+            name, lambda: table.optimize.compact(target_size=target_size, commit_properties=self._commit_properties(metadata))
+        )
+
+    def vacuum(
+        self,
+        name: str,
+        *,
+        retention_hours: float,
+        keep_versions: Sequence[int] = (),
+        dry_run: bool = True,
+    ) -> list[str]:
+        """Files vacuum removes (or would, with `dry_run`): unreferenced by the versions it keeps.
+
+        `keep_versions` are versions whose files stay whatever their age (pinned training sets
+        and the versions their lineage needs).
+        """
+        table = self.delta_table(name)
+        return table.vacuum(
+            retention_hours=int(retention_hours),
+            dry_run=dry_run,
+            enforce_retention_duration=False,
+            keep_versions=sorted(set(int(v) for v in keep_versions)) or None,
+            full=True,
+        )
+
+    def set_table_properties(self, name: str, properties: dict[str, str]) -> None:
+        """Set Delta table properties (one commit), e.g. to keep old log entries for time travel."""
+        table = self.delta_table(name)
+        self._with_retries(name, lambda: table.alter.set_table_properties(properties, raise_if_not_exists=False))
+
+    def copy_snapshot(self, name: str, version: VersionLike, target: LocalEngine, target_name: str) -> int:
+        """Write one snapshot of a table as a new table (same schema and properties) elsewhere."""
+        from deltalake import write_deltalake
+
+        source = self.delta_table(name, version)
+        schema = pa.schema([f.with_nullable(True) for f in source.schema().to_arrow()])
+        data = self.read(name, version=version).cast(schema)
+        write_deltalake(
+            target.location(target_name),
+            data,
+            mode="overwrite",
+            configuration=dict(source.metadata().configuration),
+            storage_options=target.storage_options,
+        )
+        return target.delta_table(target_name).version()
+
     # --- writing -------------------------------------------------------------------------
 
     def _commit_properties(self, metadata: dict[str, Any] | None):
@@ -300,6 +378,52 @@ class LocalEngine:
             deleted=int(metrics.get("num_target_rows_deleted", 0)),
             committed=after != before,
         )
+
+    def replace_by_uri(
+        self,
+        name: str,
+        contract: TableContract,
+        data: pa.RecordBatchReader | None,
+        *,
+        uris: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+        max_row_group_size: int | None = None,
+    ) -> MergeResult:
+        """Delete every row whose uri is in `uris` and write `data` (streamed) in one commit.
+
+        The tiles table's update: all tiles of a changed image are replaced together (a MERGE
+        keyed on (uri, page, level, tile_row, tile_col) would leave stale tiles behind when the
+        grid shrinks). `data` is a RecordBatchReader, so a huge image's tiles never sit in memory.
+        Nothing to do: no commit.
+        """
+        from deltalake import WriterProperties, write_deltalake
+
+        exists = self.exists(name)
+        if data is None and (not uris or not exists):
+            return MergeResult(self.version(name))
+        if data is None:
+            data = pa.RecordBatchReader.from_batches(contract.arrow_schema, iter(()))
+        props = WriterProperties(max_row_group_size=max_row_group_size) if max_row_group_size else None
+        quoted = ", ".join("'" + u.replace("'", "''") + "'" for u in uris)
+        overwrite = exists and bool(uris)
+        before = self.version(name)
+        self._with_retries(
+            name,
+            lambda: write_deltalake(
+                self.location(name),
+                data,
+                mode="overwrite" if overwrite else "append",
+                predicate=f"uri IN ({quoted})" if overwrite else None,
+                configuration=None if exists else contract.properties,
+                name=None if exists else name.rsplit("/", 1)[-1],
+                description=None if exists else contract.description,
+                storage_options=self.storage_options,
+                writer_properties=props,
+                commit_properties=self._commit_properties(metadata),
+            ),
+        )
+        after = self.version(name)
+        return MergeResult(after, committed=after != before)
 
     def restore(self, name: str, version: int | None) -> None:
         """Undo this run's commit: restore to `version`, or remove a table this run created."""

@@ -1,0 +1,75 @@
+"""The PyTorch face of a training set split (imported only when torch is installed).
+
+Example:
+    >>> ds = Lake("/tmp/lake").training_set("cats-v1").torch("train")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from lakeimg.catalog.loaders import SplitData, epoch_order, shard_positions, to_chw_float32
+
+__all__ = ["LakeImageDataset"]
+
+
+class LakeImageDataset(IterableDataset):
+    """Global (seed, epoch) shuffle, sharded by rank x DataLoader worker: each sample once per epoch."""
+
+    def __init__(
+        self,
+        data: SplitData,
+        *,
+        seed: int,
+        epoch: int = 0,
+        shuffle: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+        transform: Callable[[Any], Any] | None = None,
+        decode_batch: int = 16,
+    ):
+        super().__init__()
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+        self.data = data
+        self.seed = seed
+        self.epoch = epoch
+        self.shuffle = shuffle
+        self.rank = rank
+        self.world_size = world_size
+        self.transform = transform
+        self.decode_batch = decode_batch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose order the next iteration follows."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        """Samples this rank yields per epoch (over all its workers)."""
+        return len(shard_positions(np.arange(len(self.data)), self.rank, self.world_size))
+
+    def positions(self, worker: int = 0, workers: int = 1) -> np.ndarray:
+        """Set positions one worker of this rank reads this epoch, in order."""
+        order = epoch_order(len(self.data), seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
+        return shard_positions(order, self.rank * workers + worker, self.world_size * workers)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        mine = self.positions(worker, workers)
+        for start in range(0, len(mine), self.decode_batch):
+            chunk = mine[start : start + self.decode_batch]
+            for position, image in zip(chunk, self.data.decode(chunk), strict=True):
+                tensor = torch.from_numpy(to_chw_float32(image))
+                if self.transform is not None:
+                    tensor = self.transform(tensor)
+                yield {
+                    "image": tensor,
+                    "label": int(self.data.labels[int(position)]),
+                    "uri": self.data.uris[int(position)],
+                }

@@ -1,0 +1,360 @@
+"""Loaders of pinned training sets: NumPy batches, a PyTorch IterableDataset, a Spark DataFrame.
+
+NumPy and PyTorch read through delta-rs at the pinned version (`LocalEngine`), no Spark. A split
+is materialised once per process as an Arrow table of the encoded pixels (only the split's rows
+and only the pixel columns), either in memory or, with `cache_dir`, as a memory-mapped Arrow IPC
+file that every DataLoader worker and later run shares (the set is immutable, so the cache never
+goes stale; its name is derived from the set's run id).
+
+Order and sharding: the epoch's order is one global permutation from (seed, epoch) (seed
+defaults to the set's seed); shard k of n takes positions k, k+n, k+2n, ... where
+n = world_size * DataLoader workers and k = rank * workers + worker id. Every sample therefore
+appears exactly once per epoch across all shards, and the same seed and epoch give the same order.
+
+Decoding follows the table: an ingest table's `content` goes through
+`lakeimg.image.decode_image` (native dtype, HWC); a derived table's `data` through
+`lakeimg.image.codecs.decode_pixels` by its `encoding`. PyTorch gets CHW float32 (integer
+dtypes scaled to [0, 1] by their maximum, like torchvision's ToTensor; floats unchanged).
+
+Example:
+    >>> ts = Lake("/tmp/lake").training_set("cats-v1")  # doctest: +SKIP
+    >>> for batch in iter_numpy(ts, "train", 16, epoch=3):  # doctest: +SKIP
+    ...     batch["image"].shape, batch["label"][:4]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakeimg.errors import LakeImgError
+
+if TYPE_CHECKING:
+    from lakeimg.catalog.trainsets import TrainingSet
+
+__all__ = ["SplitData", "iter_numpy", "torch_dataset", "to_spark", "epoch_order", "shard_positions", "to_chw_float32"]
+
+_PIXEL_COLUMNS_DERIVED = ["data", "width", "height", "channels", "dtype", "encoding"]
+
+
+def epoch_order(n: int, *, seed: int, epoch: int, shuffle: bool = True) -> np.ndarray:
+    """The epoch's global order of sample positions: a permutation from (seed, epoch).
+
+    Example:
+        >>> epoch_order(4, seed=1, epoch=0, shuffle=False).tolist()
+        [0, 1, 2, 3]
+    """
+    if not shuffle:
+        return np.arange(n, dtype=np.int64)
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(epoch) & 0xFFFFFFFF, 0x1A4E]).permutation(n).astype(np.int64)
+
+
+def shard_positions(order: np.ndarray, shard: int, shards: int) -> np.ndarray:
+    """Shard `shard` of `shards`: positions shard, shard+shards, ... of the global order.
+
+    Example:
+        >>> shard_positions(np.arange(7), 1, 3).tolist()
+        [1, 4]
+    """
+    if not 0 <= shard < shards:
+        raise ValueError(f"shard {shard} out of range for {shards} shards")
+    return order[shard::shards]
+
+
+def to_chw_float32(image: np.ndarray) -> np.ndarray:
+    """HWC (or HW) native dtype -> CHW float32; integer types scaled to [0, 1] by their maximum.
+
+    Example:
+        >>> to_chw_float32(np.full((2, 3, 1), 255, np.uint8)).max()
+        np.float32(1.0)
+    """
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.dtype == np.bool_:
+        out = image.astype(np.float32)
+    elif np.issubdtype(image.dtype, np.integer):
+        out = image.astype(np.float32) * np.float32(1.0 / np.iinfo(image.dtype).max)
+    else:
+        out = image.astype(np.float32, copy=False)
+    return np.ascontiguousarray(out.transpose(2, 0, 1))
+
+
+class SplitData:
+    """One split's encoded pixels in the set's row order, decodable by position.
+
+    Built from the pinned table version through delta-rs, reading only the pixel columns and
+    keeping only the split's rows. Pickles by reference (lake, set, split, cache file), so
+    DataLoader workers re-open a memory-mapped cache instead of copying the data.
+    """
+
+    def __init__(self, trainset: TrainingSet, split: str, *, cache_dir: str | os.PathLike[str] | None = None):
+        self.lake = trainset.engine.lake
+        self.name = trainset.name
+        self.split = split
+        self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
+        rows = trainset.rows(split)
+        self.uris: list[str] = rows["uri"].to_pylist()
+        self.labels = rows["label_index"].to_numpy(zero_copy_only=False).astype(np.int64)
+        self.table = trainset.table
+        self.version = trainset.version
+        self.run_id = trainset.record["run_id"]
+        self._pixels: pa.Table | None = None
+        self._keys = rows.select([c for c in ("uri", "variant") if c in rows.column_names])
+
+    def __len__(self) -> int:
+        return len(self.uris)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        if self.cache_dir is not None:
+            state["_pixels"] = None  # re-opened (memory-mapped) in the worker
+        return state
+
+    @property
+    def cache_path(self) -> str | None:
+        if self.cache_dir is None:
+            return None
+        key = hashlib.sha256(f"{os.path.abspath(self.lake)}\0{self.name}\0{self.run_id}\0{self.split}".encode()).hexdigest()[:24]
+        return os.path.join(self.cache_dir, f"{self.name}-{self.split}-{key}.arrow")
+
+    def pixels(self) -> pa.Table:
+        """The split's pixel columns as Arrow, in row order (built or memory-mapped once)."""
+        if self._pixels is not None:
+            return self._pixels
+        path = self.cache_path
+        if path and os.path.exists(path):
+            with pa.memory_map(path, "r") as source:
+                self._pixels = pa.ipc.open_file(source).read_all()
+            return self._pixels
+        table = self._read()
+        if path:
+            os.makedirs(self.cache_dir, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=self.cache_dir, suffix=".tmp")
+            os.close(fd)
+            with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                writer.write_table(table, max_chunksize=64)
+            os.replace(tmp, path)  # atomic: concurrent builders leave one complete file
+            with pa.memory_map(path, "r") as source:
+                table = pa.ipc.open_file(source).read_all()
+        self._pixels = table
+        return table
+
+    def _read(self) -> pa.Table:
+        from lakeimg.engine.local import LocalEngine
+
+        engine = LocalEngine(self.lake)
+        schema = engine.arrow_schema(self.table, self.version)
+        keys = self._keys.column_names
+        if "data" in schema.names and "encoding" in schema.names:
+            columns = keys + _PIXEL_COLUMNS_DERIVED
+        elif "content" in schema.names:
+            columns = keys + ["content"]
+        else:
+            raise LakeImgError(f"{self.table} has neither content nor data/encoding columns to load pixels from")
+        wanted = pa.array(sorted(set(self.uris)), pa.string())
+        parts = []
+        for batch in engine.iter_batches(self.table, version=self.version, columns=columns, batch_rows=128):
+            mask = pc.is_in(batch.column("uri"), value_set=wanted)
+            if pc.any(mask).as_py():
+                parts.append(pa.Table.from_batches([batch]).filter(mask))
+        empty = pa.schema([engine.arrow_schema(self.table, self.version).field(c) for c in columns]).empty_table()
+        found = pa.concat_tables(parts) if parts else empty
+        # Put the rows in the set's order by key.
+        index = pc.index_in(_key(self._keys), value_set=_key(found.select(keys)))
+        if index.null_count:
+            missing = self._keys.filter(pc.is_null(index)).column("uri")[0].as_py()
+            raise LakeImgError(f"{self.table}@{self.version} has no pixels for {missing}")
+        out = found.take(index).drop_columns(keys)
+        if "content" in out.column_names and out["content"].null_count:
+            raise LakeImgError(
+                f"{self.table}@{self.version}: {out['content'].null_count} rows keep no inline content (large or "
+                "tiled files); make the set from a derived table (lakeimg transform) instead"
+            )
+        return out.combine_chunks()
+
+    def decode(self, positions: np.ndarray | list[int]) -> list[np.ndarray]:
+        """Decoded images (HWC, native dtype) at set positions."""
+        chunk = self.pixels().take(pa.array(np.asarray(positions, dtype=np.int64)))
+        if "content" in chunk.column_names:
+            from lakeimg.image import decode_image
+
+            return [decode_image(data, uri) for data, uri in zip(chunk["content"].to_pylist(), (self.uris[int(p)] for p in positions), strict=True)]
+        from lakeimg.image.codecs import decode_pixels
+
+        cols = [chunk[c].to_pylist() for c in _PIXEL_COLUMNS_DERIVED]
+        return [decode_pixels(d, e, w, h, c, t) for d, w, h, c, t, e in zip(*cols, strict=True)]
+
+
+def _key(table: pa.Table) -> pa.Array:
+    if "variant" not in table.column_names:
+        return table["uri"].combine_chunks()
+    return pc.binary_join_element_wise(table["uri"], pc.cast(table["variant"], pa.string()), "\0")
+
+
+def _stack(images: list[np.ndarray]) -> np.ndarray:
+    if images and all(im.shape == images[0].shape and im.dtype == images[0].dtype for im in images):
+        return np.stack(images)
+    out = np.empty(len(images), dtype=object)  # ragged: sizes differ (resize in `transform`)
+    out[:] = images
+    return out
+
+
+def iter_numpy(
+    trainset: TrainingSet,
+    split: str,
+    batch_size: int = 32,
+    *,
+    shuffle: bool = True,
+    seed: int | None = None,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = False,
+    transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    data: SplitData | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Batches {"image": ndarray (N, H, W, C) native dtype, "label": int64 ndarray, "uri": list}.
+
+    Images of different sizes come as an object array unless `transform` makes them equal.
+
+    Example:
+        >>> batch = next(iter_numpy(ts, "train", 8, seed=1, epoch=2, rank=0, world_size=2))  # doctest: +SKIP
+    """
+    data = data or SplitData(trainset, split, cache_dir=cache_dir)
+    order = epoch_order(len(data), seed=trainset.seed if seed is None else seed, epoch=epoch, shuffle=shuffle)
+    mine = shard_positions(order, rank, world_size)
+    for start in range(0, len(mine), batch_size):
+        positions = mine[start : start + batch_size]
+        if drop_last and len(positions) < batch_size:
+            return
+        images = data.decode(positions)
+        if transform is not None:
+            images = [transform(im) for im in images]
+        yield {
+            "image": _stack(images),
+            "label": data.labels[positions],
+            "uri": [data.uris[int(p)] for p in positions],
+        }
+
+
+def torch_dataset(
+    trainset: TrainingSet,
+    split: str,
+    *,
+    shuffle: bool = True,
+    seed: int | None = None,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    transform: Callable[[Any], Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+):
+    """A torch IterableDataset of {"image": CHW float32 tensor, "label": int64, "uri": str}.
+
+    Call `.set_epoch(e)` before each epoch (like DistributedSampler). Needs `pip install lakeimg[torch]`.
+
+    Example:
+        >>> ds = ts.torch("train", rank=0, world_size=2)  # doctest: +SKIP
+        >>> loader = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=2)  # doctest: +SKIP
+    """
+    try:
+        from lakeimg.catalog._torch import LakeImageDataset
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise LakeImgError("PyTorch is not installed: pip install 'lakeimg[torch]'") from exc
+    data = SplitData(trainset, split, cache_dir=cache_dir)
+    data.pixels()  # build before DataLoader forks its workers, so they share it
+    return LakeImageDataset(
+        data,
+        seed=trainset.seed if seed is None else seed,
+        epoch=epoch,
+        shuffle=shuffle,
+        rank=rank,
+        world_size=world_size,
+        transform=transform,
+    )
+
+
+def to_spark(spark: Any, trainset: TrainingSet, split: str, *, features: str = "features"):
+    """The split as a Spark DataFrame: uri, label, label_index and an MLlib vector of the pixels.
+
+    Spark reads the pinned version itself (Delta time travel); only the small (uri, label_index)
+    list goes from the driver to the cluster. Pixels are decoded to float32 in an Arrow batch
+    kernel (mapInArrow), then `array_to_vector` makes the MLlib column: no row-at-a-time UDF.
+
+    Example:
+        >>> df = ts.to_spark(spark, "train")  # doctest: +SKIP
+        >>> df.select("label_index", "features").first()  # doctest: +SKIP
+    """
+    from functools import partial
+
+    from pyspark.ml.functions import array_to_vector
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import (
+        ArrayType,
+        FloatType,
+        LongType,
+        StringType,
+        StructField,
+        StructType,
+    )
+
+    from lakeimg.engine.local import LocalEngine
+
+    engine = LocalEngine(trainset.engine.lake)
+    schema = engine.arrow_schema(trainset.table, trainset.version)
+    rows = trainset.rows(split)
+    keys = [c for c in ("uri", "variant") if c in rows.column_names]
+    wanted = spark.createDataFrame(rows.select([*keys, "label", "label_index"]))  # Arrow in: no pandas
+    if "data" in schema.names and "encoding" in schema.names:
+        pixel_columns = _PIXEL_COLUMNS_DERIVED
+    else:
+        pixel_columns = ["content"]
+    source = (
+        spark.read.format("delta")
+        .option("versionAsOf", trainset.version)
+        .load(engine.location(trainset.table))
+        .select(*keys, *pixel_columns)
+    )
+    joined = wanted.join(source, on=keys, how="inner")
+    out_schema = StructType(
+        [StructField("uri", StringType())]
+        + ([StructField("variant", LongType())] if "variant" in keys else [])
+        + [StructField("label", StringType()), StructField("label_index", LongType()),
+           StructField(features, ArrayType(FloatType(), containsNull=False))]
+    )
+    kernel = partial(_features_kernel, pixel_columns=tuple(pixel_columns), keys=tuple(keys), features=features)
+    arrays = joined.mapInArrow(kernel, out_schema)
+    return arrays.withColumn(features, array_to_vector(F.col(features)))
+
+
+def _features_kernel(batches, *, pixel_columns, keys, features):
+    """mapInArrow kernel: encoded pixels -> flat float32 arrays (HWC order, values as stored)."""
+    for batch in batches:
+        table = pa.Table.from_batches([batch])
+        if "content" in pixel_columns:
+            from lakeimg.image import decode_image
+
+            images = [decode_image(d, u) for d, u in zip(table["content"].to_pylist(), table["uri"].to_pylist(), strict=True)]
+        else:
+            from lakeimg.image.codecs import decode_pixels
+
+            cols = [table[c].to_pylist() for c in _PIXEL_COLUMNS_DERIVED]
+            images = [decode_pixels(d, e, w, h, c, t) for d, w, h, c, t, e in zip(*cols, strict=True)]
+        flat = [np.ascontiguousarray(im, dtype=np.float32).ravel() for im in images]
+        offsets = np.zeros(len(flat) + 1, dtype=np.int32)
+        np.cumsum([f.size for f in flat], out=offsets[1:])
+        values = pa.array(np.concatenate(flat) if flat else np.empty(0, np.float32), pa.float32())
+        vectors = pa.ListArray.from_arrays(pa.array(offsets), values)
+        columns = {k: table[k] for k in keys}
+        columns["label"] = table["label"]
+        columns["label_index"] = table["label_index"].cast(pa.int64())
+        columns[features] = vectors
+        yield from pa.table(columns).to_batches()

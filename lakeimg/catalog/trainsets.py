@@ -1,0 +1,417 @@
+"""Training sets: immutable records in `LAKE/_lakeimg/trainsets` and deterministic hash splits.
+
+A training set pins a table version and records the filter, the split rule, the seed and the
+label-to-index map; its rows are re-derived from that record on every read, so it costs one
+small row and reads the same images as long as the pinned version is readable (maintenance
+keeps it so).
+
+Splits. An image's split depends only on (seed, uri): u = first 8 bytes of
+sha256(f"{seed}\\0{uri}") / 2**64 falls into one of the cumulative intervals of the split rule
+(train=0.8,val=0.1,test=0.1 -> [0, .8), [.8, .9), [.9, 1)). So an image keeps its split when the
+table grows and a new set is made on a later version: no train/test leakage across versions.
+All variants of an image (augmented rows of a derived table) share the image's split.
+
+Stratified sets (`stratify=True`) trade a little of that property for exact per-label quotas:
+within each label, images are taken in hash order and each goes to the split furthest below its
+quota. Quotas depend on how many images a label has, so on their own they would move images
+across splits as the table grows. To keep images where they were, a stratified set builds on
+the newest earlier stratified set with the same table, seed, split rule and label column
+(`base_set`): images of the base keep their split, and only new images fill each label's
+deficits. The price: a stratified set's assignment depends on its chain of base sets (all
+recorded, so it is still reproducible), and quotas are exact only up to what the base fixed.
+
+Example:
+    >>> split_of("file:///a.jpg", 7, [("train", 0.8), ("val", 0.1), ("test", 0.1)]) in {"train", "val", "test"}
+    True
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from lakeimg._version import __version__
+from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
+from lakeimg.engine.local import LocalEngine, VersionLike, ensure_lake
+from lakeimg.errors import LakeImgError, SpecError
+from lakeimg.schemas import table_contract
+
+__all__ = [
+    "TRAINSETS_TABLE",
+    "TrainingSet",
+    "create_trainset",
+    "list_trainsets",
+    "load_trainset_record",
+    "parse_split_rule",
+    "split_of",
+    "hash_unit",
+]
+
+TRAINSETS_TABLE = "_lakeimg/trainsets"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_BINARY = (pa.binary(), pa.large_binary())
+
+
+def parse_split_rule(text: str | dict[str, float] | Sequence[tuple[str, float]]) -> list[tuple[str, float]]:
+    """`train=0.8,val=0.1,test=0.1` (or a dict) -> [(name, fraction)]; fractions must sum to 1.
+
+    Example:
+        >>> parse_split_rule("train=0.9,test=0.1")
+        [('train', 0.9), ('test', 0.1)]
+    """
+    if isinstance(text, str):
+        pairs = []
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, value = part.partition("=")
+            if not sep:
+                raise SpecError(f"split {part!r}: write NAME=FRACTION, e.g. train=0.8")
+            try:
+                pairs.append((name.strip(), float(value)))
+            except ValueError as exc:
+                raise SpecError(f"split {part!r}: {value!r} is not a number") from exc
+    elif isinstance(text, dict):
+        pairs = [(str(k), float(v)) for k, v in text.items()]
+    else:
+        pairs = [(str(k), float(v)) for k, v in text]
+    names = [n for n, _ in pairs]
+    if not pairs or len(set(names)) != len(names) or any(not n for n in names):
+        raise SpecError(f"split rule {text!r}: give distinct names, e.g. train=0.8,val=0.1,test=0.1")
+    if any(f < 0 for _, f in pairs) or abs(sum(f for _, f in pairs) - 1.0) > 1e-6:
+        raise SpecError(f"split rule {text!r}: fractions must be >= 0 and sum to 1")
+    return pairs
+
+
+def hash_unit(seed: int, uri: str) -> float:
+    """u(seed, uri) in [0, 1): the only input of an unstratified split.
+
+    Example:
+        >>> hash_unit(1, "file:///a.jpg") == hash_unit(1, "file:///a.jpg")
+        True
+    """
+    digest = hashlib.sha256(f"{int(seed)}\0{uri}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def split_of(uri: str, seed: int, splits: Sequence[tuple[str, float]]) -> str:
+    """The split an image falls in under an unstratified rule.
+
+    Example:
+        >>> split_of("file:///a.jpg", 0, [("all", 1.0)])
+        'all'
+    """
+    u, edge = hash_unit(seed, uri), 0.0
+    for name, fraction in splits:
+        edge += fraction
+        if u < edge:
+            return name
+    return splits[-1][0]
+
+
+def list_trainsets(engine: LocalEngine) -> list[dict[str, Any]]:
+    """Every training set record, oldest first.
+
+    Example:
+        >>> list_trainsets(LocalEngine("/tmp/empty-lake"))
+        []
+    """
+    if not engine.exists(TRAINSETS_TABLE):
+        return []
+    rows = engine.read(TRAINSETS_TABLE).sort_by("created_at").to_pylist()
+    for row in rows:
+        row["splits"] = [(s["name"], s["fraction"]) for s in row["splits"]]
+        row["label_index"] = dict(row["label_index"] or [])
+        row["counts"] = dict(row["counts"] or [])
+    return rows
+
+
+def load_trainset_record(engine: LocalEngine, name: str) -> dict[str, Any]:
+    """One training set's record; LakeImgError when there is none."""
+    for row in list_trainsets(engine):
+        if row["name"] == name:
+            return row
+    raise LakeImgError(f"no training set named {name!r} in lake {engine.lake}")
+
+
+@dataclass(frozen=True)
+class _Spec:
+    table: str
+    version: int
+    where: str | None
+    splits: tuple[tuple[str, float], ...]
+    seed: int
+    label_column: str | None
+    stratify: bool
+    base_set: str | None
+
+
+def _spec_of(record: dict[str, Any]) -> _Spec:
+    return _Spec(record["table"], int(record["version"]), record["where"], tuple(map(tuple, record["splits"])),
+                 int(record["seed"]), record["label_column"], bool(record["stratify"]), record.get("base_set"))
+
+
+def _selected_rows(engine: LocalEngine, spec: _Spec) -> pa.Table:
+    """uri, [variant], label of the rows the filter keeps, sorted by key."""
+    schema = engine.arrow_schema(spec.table, spec.version)
+    if "uri" not in schema.names:
+        raise SpecError(f"{spec.table} has no uri column; training sets need one")
+    if spec.label_column and spec.label_column not in schema.names:
+        raise SpecError(f"{spec.table}@{spec.version} has no column {spec.label_column!r}")
+    keys = ["uri"] + (["variant"] if "variant" in schema.names else [])
+    if spec.where:
+        columns = [f.name for f in schema if f.type not in _BINARY]
+    else:
+        columns = list(dict.fromkeys(keys + ([spec.label_column] if spec.label_column else [])))
+    table = engine.read(spec.table, version=spec.version, columns=columns)
+    if spec.where:
+        import duckdb
+
+        con = duckdb.connect()
+        try:
+            con.register("t", table.append_column("_lakeimg_row", pa.array(np.arange(table.num_rows, dtype=np.int64))))
+            kept = con.execute(f"SELECT _lakeimg_row FROM t WHERE {spec.where}").fetch_arrow_table()
+        except duckdb.Error as exc:
+            raise SpecError(f"--where {spec.where!r}: {exc}") from exc
+        finally:
+            con.close()
+        table = table.take(kept["_lakeimg_row"])
+    labels = (
+        table[spec.label_column].cast(pa.string()) if spec.label_column else pa.nulls(table.num_rows, pa.string())
+    )
+    out = {k: table[k] for k in keys}
+    out["label"] = labels
+    result = pa.table(out)
+    return result.sort_by([(k, "ascending") for k in keys])
+
+
+def _assign(engine: LocalEngine, spec: _Spec, rows: pa.Table, depth: int = 0) -> np.ndarray:
+    """Split name per row (object array), following the module docstring's rules."""
+    uris = rows["uri"].to_pylist()
+    names = [n for n, _ in spec.splits]
+    if not spec.stratify:
+        return np.array([split_of(u, spec.seed, spec.splits) for u in uris], dtype=object)
+    base: dict[str, str] = {}
+    if spec.base_set and depth < 1000:
+        base_record = load_trainset_record(engine, spec.base_set)
+        base_spec = _spec_of(base_record)
+        base_rows = _selected_rows(engine, base_spec)
+        base = dict(zip(base_rows["uri"].to_pylist(), _assign(engine, base_spec, base_rows, depth + 1), strict=True))
+    labels = rows["label"].to_pylist()
+    out = np.empty(len(uris), dtype=object)
+    by_label: dict[Any, list[int]] = {}
+    for i, label in enumerate(labels):
+        by_label.setdefault(label, []).append(i)
+    for members in by_label.values():
+        distinct = list(dict.fromkeys(uris[i] for i in members))  # variants share an image
+        targets = {n: f * len(distinct) for n, f in spec.splits}
+        counts = dict.fromkeys(names, 0)
+        chosen: dict[str, str] = {}
+        for uri in distinct:
+            if uri in base and base[uri] in counts:
+                chosen[uri] = base[uri]
+                counts[base[uri]] += 1
+        for uri in sorted((u for u in distinct if u not in chosen), key=lambda u: hash_unit(spec.seed, u)):
+            split = max(names, key=lambda n: (targets[n] - counts[n], -names.index(n)))
+            chosen[uri] = split
+            counts[split] += 1
+        for i in members:
+            out[i] = chosen[uris[i]]
+    return out
+
+
+def _label_index(rows: pa.Table) -> dict[str, int]:
+    labels = sorted(set(v for v in rows["label"].to_pylist() if v is not None))
+    return {label: i for i, label in enumerate(labels)}
+
+
+def create_trainset(
+    engine: LocalEngine,
+    name: str,
+    table: str,
+    *,
+    version: VersionLike = None,
+    splits: str | dict[str, float] | Sequence[tuple[str, float]] = "train=0.8,val=0.1,test=0.1",
+    seed: int = 0,
+    where: str | None = None,
+    label_column: str | None = "label",
+    stratify: bool = False,
+) -> dict[str, Any]:
+    """Record a training set on `table@version` (latest when None); returns its record.
+
+    Example:
+        >>> create_trainset(LocalEngine("/tmp/lake"), "cats-v1", "images", seed=7)  # doctest: +SKIP
+    """
+    if not _NAME.match(name):
+        raise SpecError(f"training set name {name!r}: use letters, digits, '.', '_' and '-'")
+    ensure_lake(engine.lake)
+    existing = {r["name"]: r for r in list_trainsets(engine)}
+    if name in existing:
+        raise SpecError(f"training set {name!r} already exists (training sets are immutable; pick a new name)")
+    rule = parse_split_rule(splits)
+    pinned = engine.resolve_version(table, version)
+    if label_column == "":
+        label_column = None
+    base_set = None
+    if stratify:
+        candidates = [
+            r for r in existing.values()
+            if r["stratify"] and r["table"] == table and int(r["seed"]) == int(seed) and r["splits"] == rule
+            and r["label_column"] == label_column and int(r["version"]) <= pinned
+        ]
+        if candidates:
+            base_set = max(candidates, key=lambda r: (int(r["version"]), r["created_at"]))["name"]
+    spec = _Spec(table, pinned, where, tuple(rule), int(seed), label_column, bool(stratify), base_set)
+    rows = _selected_rows(engine, spec)
+    assigned = _assign(engine, spec, rows)
+    counts = {n: int((assigned == n).sum()) for n, _ in rule}
+    run_id = new_run_id()
+    record = {
+        "name": name,
+        "table": table,
+        "version": pinned,
+        "where": where,
+        "splits": [{"name": n, "fraction": f} for n, f in rule],
+        "seed": int(seed),
+        "label_column": label_column,
+        "stratify": bool(stratify),
+        "base_set": base_set,
+        "label_index": list(_label_index(rows).items()),
+        "counts": list(counts.items()),
+        "run_id": run_id,
+        "code_version": __version__,
+        "created_at": utc_now(),
+    }
+    run = RunRecord(
+        run_id=run_id,
+        job="trainset",
+        engine=engine.name,
+        target_table=TRAINSETS_TABLE,
+        spec={"name": name, "where": where, "splits": rule, "seed": int(seed), "label_column": label_column,
+              "stratify": bool(stratify), "base_set": base_set},
+        started_at=record["created_at"],
+        inputs=[{"table": table, "version": pinned}],
+    )
+    contract = table_contract("trainsets")
+    version_after = engine.append(TRAINSETS_TABLE, pa.Table.from_pylist([record], schema=contract.arrow_schema),
+                                  contract, run.commit_metadata())
+    run.target_version = version_after
+    run.outputs = [{"table": TRAINSETS_TABLE, "version": version_after}]
+    run.finished_at = utc_now()
+    run.counts = {"rows": rows.num_rows, **counts}
+    engine.append(RUNS_TABLE, run.to_arrow(), table_contract("runs"), run.commit_metadata())
+    return load_trainset_record(engine, name)
+
+
+class TrainingSet:
+    """A pinned training set: rows per split, NumPy batches, a PyTorch dataset, a Spark DataFrame.
+
+    Example:
+        >>> ts = Lake("/tmp/lake").training_set("cats-v1")  # doctest: +SKIP
+        >>> ts.rows("train").column_names  # doctest: +SKIP
+        ['uri', 'label', 'label_index']
+    """
+
+    def __init__(self, engine: LocalEngine, name: str):
+        self.engine = engine
+        self.name = name
+        self.record = load_trainset_record(engine, name)
+        self._spec = _spec_of(self.record)
+        self._assigned: tuple[pa.Table, np.ndarray] | None = None
+
+    def __repr__(self) -> str:
+        return f"TrainingSet({self.name!r}, table={self.table}@{self.version})"
+
+    @property
+    def table(self) -> str:
+        return self.record["table"]
+
+    @property
+    def version(self) -> int:
+        return int(self.record["version"])
+
+    @property
+    def seed(self) -> int:
+        return int(self.record["seed"])
+
+    @property
+    def splits(self) -> list[str]:
+        return [n for n, _ in self.record["splits"]]
+
+    @property
+    def label_index(self) -> dict[str, int]:
+        return dict(self.record["label_index"])
+
+    @property
+    def classes(self) -> list[str]:
+        """Labels in class-index order."""
+        return [k for k, _ in sorted(self.label_index.items(), key=lambda kv: kv[1])]
+
+    def _all(self) -> tuple[pa.Table, np.ndarray]:
+        if self._assigned is None:
+            rows = _selected_rows(self.engine, self._spec)
+            self._assigned = (rows, _assign(self.engine, self._spec, rows))
+        return self._assigned
+
+    def rows(self, split: str | None = None) -> pa.Table:
+        """The split's rows (all when None): uri, [variant,] label, label_index (-1: no label), split.
+
+        Example:
+            >>> Lake("/tmp/lake").training_set("cats-v1").rows("val").num_rows  # doctest: +SKIP
+            12
+        """
+        if split is not None and split not in self.splits:
+            raise SpecError(f"training set {self.name!r} has splits {self.splits}, not {split!r}")
+        rows, assigned = self._all()
+        index = self.label_index
+        label_index = pa.array([index.get(v, -1) if v is not None else -1 for v in rows["label"].to_pylist()], pa.int64())
+        out = rows.append_column("label_index", label_index).append_column("split", pa.array(assigned.tolist(), pa.string()))
+        if split is not None:
+            out = out.filter(pc.equal(out["split"], split))
+        return out
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """Rows per split and label: {split: {label: n}} (label None shown as "")."""
+        table = self.rows()
+        out: dict[str, dict[str, int]] = {s: {} for s in self.splits}
+        for split, label in zip(table["split"].to_pylist(), table["label"].to_pylist(), strict=True):
+            key = "" if label is None else label
+            out[split][key] = out[split].get(key, 0) + 1
+        return out
+
+    def iter_numpy(self, split: str, batch_size: int = 32, **options: Any):
+        """Batches {"image": ndarray, "label": ndarray, "uri": list}; see `loaders.iter_numpy`.
+
+        Example:
+            >>> next(ts.iter_numpy("train", 8, epoch=0))["image"].shape  # doctest: +SKIP
+            (8, 48, 64, 3)
+        """
+        from lakeimg.catalog.loaders import iter_numpy
+
+        return iter_numpy(self, split, batch_size, **options)
+
+    def torch(self, split: str, **options: Any):
+        """A PyTorch IterableDataset of {"image": CHW float32, "label", "uri"}; see `loaders.torch_dataset`."""
+        from lakeimg.catalog.loaders import torch_dataset
+
+        return torch_dataset(self, split, **options)
+
+    def to_spark(self, spark: Any, split: str, **options: Any):
+        """A Spark DataFrame (uri, label, label_index, features: MLlib vector); see `loaders.to_spark`."""
+        from lakeimg.catalog.loaders import to_spark
+
+        return to_spark(spark, self, split, **options)
+
+    def describe(self) -> dict[str, Any]:
+        """The record plus counts per split and label, JSON-ready."""
+        record = dict(self.record)
+        record["splits"] = [{"name": n, "fraction": f} for n, f in record["splits"]]
+        record["created_at"] = str(record["created_at"])
+        record["by_split_and_label"] = self.counts()
+        return json.loads(json.dumps(record, default=str))

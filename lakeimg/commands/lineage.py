@@ -1,0 +1,42 @@
+"""`lakeimg lineage --lake LAKE TABLE[@VERSION] [--json]`: the chain back to ingest runs and sources."""
+
+from __future__ import annotations
+
+from lakeimg.commands._common import print_json
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("lineage", help="which runs, specs and source folders made a table version or training set")
+    p.add_argument("ref", metavar="TABLE[@VERSION]", help="table, table@7, table@2026-01-31T12:00:00, or trainset:NAME")
+    p.add_argument("--lake", required=True, help="the lake's root folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from lakeimg.catalog.history import parse_table_ref
+    from lakeimg.catalog.lineage import table_lineage, trainset_lineage
+    from lakeimg.engine.local import LocalEngine
+
+    engine = LocalEngine(args.lake)
+    if args.ref.startswith("trainset:"):
+        steps = trainset_lineage(engine, args.ref.split(":", 1)[1])
+    else:
+        name, version = parse_table_ref(args.ref)
+        steps = table_lineage(engine, name, version)
+    if args.json:
+        print_json({"ref": args.ref, "steps": steps})
+        return 0
+    for step in steps:
+        indent = "  " * step.get("depth", 0)
+        where = step["table"] if step["version"] is None else f"{step['table']}@{step['version']}"
+        print(f"{indent}{where}  job={step['job']}  run={step['run_id']}  lakeimg={step['code_version']}  at={step['timestamp']}")
+        if step.get("spec_hash"):
+            print(f"{indent}  spec {step['spec_hash'][:16]}: {step['spec']}")
+        elif step["job"] == "trainset":
+            print(f"{indent}  spec: {step['spec']}")
+        for ingest in step.get("ingest_runs", []):
+            print(f"{indent}  ingest run {ingest['run_id']} (version {ingest['version']}): {', '.join(ingest['sources'])}")
+        for parent in step["inputs"]:
+            print(f"{indent}  input {parent['table']}@{parent['version']}")
+    return 0

@@ -1,0 +1,47 @@
+"""`lakeimg maintain --lake LAKE [--optimize] [--vacuum-hours H] [--json]`: compact and vacuum safely.
+
+Exit 0 when done, 7 when a table was refused (it would have broken a pinned training set).
+"""
+
+from __future__ import annotations
+
+from lakeimg.commands._common import print_json
+
+EXIT_REFUSED = 7
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("maintain", help="compact small files and vacuum, keeping what training sets read")
+    p.add_argument("--lake", required=True, help="the lake's root folder")
+    p.add_argument("--optimize", action="store_true", help="compact small files")
+    p.add_argument("--vacuum-hours", type=float, default=None, metavar="H", help="delete unreferenced files older than H hours")
+    p.add_argument("--dry-run", action="store_true", help="report what would be vacuumed; change nothing")
+    p.add_argument("--table", action="append", default=None, help="only this table (repeatable)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from lakeimg.catalog.maintenance import maintain
+    from lakeimg.engine.local import LocalEngine
+
+    report = maintain(LocalEngine(args.lake), optimize=args.optimize, vacuum_hours=args.vacuum_hours,
+                      dry_run=args.dry_run, tables=args.table)
+    if args.json:
+        print_json(report)
+    else:
+        for name, entry in report["tables"].items():
+            parts = []
+            if "optimize" in entry:
+                parts.append(f"compacted {entry['optimize']['files_removed']} -> {entry['optimize']['files_added']} files")
+            vacuum = entry.get("vacuum", {})
+            if "removed" in vacuum:
+                parts.append(f"{'would vacuum' if vacuum['dry_run'] else 'vacuumed'} {vacuum['removed']} files")
+            if entry["kept_versions"]:
+                parts.append(f"kept versions {entry['kept_versions']}")
+            print(f"{name}: {'; '.join(parts) or 'nothing to do'}")
+        for message in report["refused"] + report["problems"]:
+            print(f"lakeimg: {message}")
+        for name, ok in report["pinned_sets_readable"].items():
+            print(f"training set {name}: {'readable' if ok else 'NOT READABLE'}")
+    return 0 if not report["refused"] else EXIT_REFUSED

@@ -1,0 +1,36 @@
+"""`lakeimg reproduce --lake LAKE TABLE@VERSION [--json]`: re-run what made a version, compare hashes.
+
+Exit 0 when identical, 6 when rows differ (so scripts can check reproducibility).
+"""
+
+from __future__ import annotations
+
+from lakeimg.commands._common import format_table, print_json
+
+EXIT_DIFFERENT = 6
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("reproduce", help="re-run the recorded spec on the recorded input version and compare rows")
+    p.add_argument("ref", metavar="TABLE[@VERSION]", help="table@7 or table@2026-01-31T12:00:00 (latest when no @)")
+    p.add_argument("--lake", required=True, help="the lake's root folder")
+    p.add_argument("--scratch", default=None, help="keep the re-run's scratch lake in this folder")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from lakeimg.catalog.history import parse_table_ref
+    from lakeimg.catalog.reproduce import reproduce
+    from lakeimg.engine.local import LocalEngine
+
+    name, version = parse_table_ref(args.ref)
+    result = reproduce(LocalEngine(args.lake), name, version, scratch=args.scratch)
+    if args.json:
+        print_json(result)
+    else:
+        print(f"{result['ref']} (job {result['job']}, run {result['run_id']}): {result['rows']} rows, "
+              f"identical {str(result['identical']).lower()}")
+        if result["differences"]:
+            print(format_table(result["differences"], ["uri", "variant", "reason", "recorded_hash", "reproduced_hash"], max_width=70))
+    return 0 if result["identical"] else EXIT_DIFFERENT
