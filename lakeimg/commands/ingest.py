@@ -26,6 +26,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--file-timeout", type=float, default=120.0, help="per-file decode time limit in seconds")
     p.add_argument("--sync-deletes", action="store_true", help="delete rows of files that vanished from the sources")
     p.add_argument("--codec", action="append", default=[], metavar="MODULE:ATTR", help="extra reader tried before the built-in ones")
+    p.add_argument("--tile-above-pixels", type=_positive_int, default=64_000_000, help="store images with more pixels as tiles + pyramid in <table>_tiles (default 64 megapixels; 0: never)")
+    p.add_argument("--tile-size", type=_positive_int, default=512, help="tile edge in pixels (default 512)")
     p.add_argument("--json", action="store_true", help="print one JSON summary line")
     add_engine_options(p)
     p.set_defaults(handler=run)
@@ -43,6 +45,8 @@ def run(args) -> int:
         file_timeout_s=args.file_timeout,
         sync_deletes=args.sync_deletes,
         codecs=args.codec,
+        tile_above_pixels=args.tile_above_pixels,
+        tile_size=args.tile_size,
     )
     with progress_bar("decoding", enabled=not args.json) as on_progress:
         summary = ingest_files(args.lake, args.sources, on_progress=on_progress, **options)

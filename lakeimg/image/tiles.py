@@ -49,6 +49,7 @@ __all__ = [
     "level_count",
     "level_shape",
     "open_image",
+    "page_shapes",
     "probe_image",
     "tile_geotransform",
 ]
@@ -401,6 +402,32 @@ def open_image(path: str) -> OpenedImage:
         (40, 200, 1)
     """
     return OpenedImage(path)
+
+
+def page_shapes(path: str) -> list[tuple[int, int]]:
+    """(height, width) of every page of a local image file, from headers only.
+
+    Example:
+        >>> import tempfile, os, numpy as np, tifffile
+        >>> p = os.path.join(tempfile.mkdtemp(), "a.tif")
+        >>> tifffile.imwrite(p, np.ones((2, 30, 20), np.uint8))
+        >>> page_shapes(p)
+        [(30, 20), (30, 20)]
+    """
+    header = probe_image(path)
+    if header.format != "TIFF":
+        return [(header.height, header.width)] * header.pages
+    import tifffile
+
+    from lakeimg.image.decode import _tiff_orientation
+
+    shapes = []
+    with tifffile.TiffFile(path) as tif:
+        for page in tif.pages:
+            _planes, _depth, height, width, _contig = page.shaped
+            swap = _tiff_orientation(page) in (5, 6, 7, 8)
+            shapes.append((int(width), int(height)) if swap else (int(height), int(width)))
+    return shapes
 
 
 def probe_image(path: str) -> ImageHeader:

@@ -30,8 +30,17 @@ import pyarrow.compute as pc
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
 from lakeimg.engine.local import LocalEngine, ensure_lake, file_sha256
 from lakeimg.errors import ImageDecodeError
+from lakeimg.image.tiles import DEFAULT_TILE_ABOVE_PIXELS, DEFAULT_TILE_ENCODING, DEFAULT_TILE_SIZE
 from lakeimg.jobs.listing import list_sources, source_scope, to_uri
+from lakeimg.jobs.tiling import (
+    TilingResult,
+    commit_tiles,
+    previously_tiled,
+    tile_images,
+    tiles_table_name,
+)
 from lakeimg.kernels.ingest import IngestOptions, ingest_kernel, ingest_result_schema, reject_row
+from lakeimg.kernels.tiles import TileOptions
 from lakeimg.schemas import table_contract
 
 __all__ = ["IngestSummary", "ingest_files", "rejects_table_name"]
@@ -92,6 +101,11 @@ def ingest_files(
     codecs: Sequence[str] = (),
     on_progress: Callable[[int, int], None] | None = None,
     engine: LocalEngine | None = None,
+    tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    tile_overlap: int = 0,
+    tile_encoding: str = DEFAULT_TILE_ENCODING,
+    tile_rows_per_task: int = 0,
 ) -> IngestSummary:
     """Ingest image files into `LAKE/<table>` (+ `<table>_rejects`) and record the run.
 
@@ -104,6 +118,10 @@ def ingest_files(
         sync_deletes: delete rows of files under the sources that no longer exist.
         codecs: extra readers as "module:attribute" tried before the built-in ones.
         on_progress: called as on_progress(done, total) while files are decoded.
+        tile_above_pixels: files with more pixels (or more bytes than inline_max_bytes) are
+            stored as tiles and a pyramid in `<table>_tiles` (0: never); see jobs/tiling.py.
+        tile_size, tile_overlap, tile_encoding: the tiles' edge, overlap and codec.
+        tile_rows_per_task: split one huge page into tasks of this many tile rows (0: no split).
     """
     started = time.monotonic()
     started_at = utc_now()
@@ -133,10 +151,22 @@ def ingest_files(
         file_timeout_s=file_timeout_s,
         codecs=tuple(codecs),
         ingested_at=started_at,
+        tile_above_pixels=tile_above_pixels,
+        tile_size=tile_size,
     )
     results = decode_listing(engine, todo, options, workers=workers, on_progress=on_progress)
     image_rows = results.filter(pc.equal(results["outcome"], "image"))
     reject_rows = results.filter(pc.equal(results["outcome"], "reject"))
+    tiling = tile_images(
+        engine, lake, image_rows,
+        TileOptions(tile_size=tile_size, overlap=tile_overlap, encoding=tile_encoding,
+                    rows_per_task=tile_rows_per_task, run_id=run_id, ingested_at=started_at),
+        workers=workers, thumbnail_size=options.thumbnail_size,
+    )
+    image_rows = tiling.image_rows
+    if tiling.failures:
+        failed = [reject_row(row, ImageDecodeError(row["uri"], c, m), row["content_sha256"], options) for row, c, m in tiling.failures]
+        reject_rows = pa.concat_tables([reject_rows, pa.Table.from_pylist(failed, schema=results.schema)])
 
     in_images = set(images_keys["uri"].to_pylist())
     in_rejects = set(rejects_keys["uri"].to_pylist())
@@ -151,6 +181,10 @@ def ingest_files(
         "max_pixels": options.max_pixels,
         "sync_deletes": sync_deletes,
         "codecs": list(codecs),
+        "tile_above_pixels": tile_above_pixels,
+        "tile_size": tile_size,
+        "tile_overlap": tile_overlap,
+        "tile_encoding": tile_encoding,
     }
     record = RunRecord(
         run_id=run_id,
@@ -161,17 +195,25 @@ def ingest_files(
         started_at=started_at,
         sources=[to_uri(s) for s in sources],
     )
-    images_result, rejects_result = commit_ingest(
-        engine,
-        table,
-        image_rows=image_rows,
-        reject_rows=reject_rows,
-        images_delete=images_delete,
-        rejects_delete=rejects_delete,
-        record=record,
-        unchanged=listing.num_rows - todo.num_rows,
-        deleted=len(vanished_images) + len(vanished_rejects),
-    )
+    # Old tiles go when their file changed, vanished or failed; new ones come from `tiling`.
+    was_tiled = previously_tiled(engine, table)
+    tiles_replace = was_tiled & (set(todo["uri"].to_pylist()) | set(vanished_images))
+    try:
+        images_result, rejects_result = commit_ingest(
+            engine,
+            table,
+            image_rows=image_rows,
+            reject_rows=reject_rows,
+            images_delete=images_delete,
+            rejects_delete=rejects_delete,
+            record=record,
+            unchanged=listing.num_rows - todo.num_rows,
+            deleted=len(vanished_images) + len(vanished_rejects),
+            tiling=tiling,
+            tiles_replace=tiles_replace,
+        )
+    finally:
+        tiling.cleanup()
     summary = IngestSummary(
         run_id=run_id,
         table=table,
@@ -234,6 +276,8 @@ def commit_ingest(
     record: RunRecord,
     unchanged: int = 0,
     deleted: int = 0,
+    tiling: TilingResult | None = None,
+    tiles_replace: set[str] = frozenset(),
 ):
     """MERGE into images and rejects, append the runs row; undo the data commits if any step fails."""
     rejects_name = rejects_table_name(table)
@@ -241,7 +285,14 @@ def commit_ingest(
     before = {table: engine.version(table), rejects_name: engine.version(rejects_name)}
     metadata = record.commit_metadata()
     committed: list[str] = []
+    tiles_name = tiles_table_name(table)
+    before[tiles_name] = engine.version(tiles_name)
     try:
+        # Tiles first, in one commit (old tiles of replaced uris out, new ones in); undone below
+        # with the other tables if a later step fails.
+        tiles_result = commit_tiles(engine, table, tiling, replace_uris=tiles_replace, metadata=metadata)
+        if tiles_result.committed:
+            committed.append(tiles_name)
         images_result = engine.merge_by_key(
             table, images_contract, upserts=image_rows, delete_keys=images_delete, metadata=metadata
         )
@@ -267,6 +318,8 @@ def commit_ingest(
             {"table": table, "version": images_result.version},
             {"table": rejects_name, "version": rejects_result.version},
         ]
+        if tiles_result.version is not None:
+            record.outputs.append({"table": tiles_name, "version": tiles_result.version})
         record.finished_at = utc_now()
         record.counts = {
             "added": images_result.inserted,

@@ -34,6 +34,12 @@ import pyarrow.fs as pafs
 from lakeimg.errors import ImageDecodeError
 from lakeimg.image.decode import DEFAULT_MAX_PIXELS, read_image
 from lakeimg.image.display import THUMBNAIL_SIZE, make_thumbnail
+from lakeimg.image.tiles import (
+    DEFAULT_TILE_ABOVE_PIXELS,
+    DEFAULT_TILE_SIZE,
+    level_count,
+    probe_image,
+)
 from lakeimg.schemas import table_contract
 
 __all__ = [
@@ -79,6 +85,10 @@ class IngestOptions:
     file_timeout_s: float = 120.0
     codecs: tuple[str, ...] = ()
     ingested_at: dt.datetime | None = None
+    # Huge images (more pixels than this, or more bytes than inline_max_bytes) become tiles
+    # (see lakeimg/jobs/tiling.py); 0 turns tiling off.
+    tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS
+    tile_size: int = DEFAULT_TILE_SIZE
 
 
 def ingest_result_schema() -> pa.Schema:
@@ -161,6 +171,9 @@ def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: lis
     """Read, hash and describe one file; return an image row or a reject row (never raises)."""
     uri = listing["uri"]
     sha = None
+    huge = _huge_header(listing, options)
+    if huge is not None:
+        return _tiled_row(listing, huge, options)
     try:
         try:
             data = read_file_bytes(uri)
@@ -213,6 +226,69 @@ def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: lis
         "tiled": False,
         "tile_size": None,
         "levels": None,
+        "label": listing.get("label"),
+        "run_id": options.run_id,
+        "ingested_at": options.ingested_at or _now(),
+        "outcome": "image",
+        "error_class": None,
+        "error_message": None,
+    }
+
+
+def _huge_header(listing: dict[str, Any], options: IngestOptions):
+    """The header of a file to tile (too many pixels or bytes), or None to ingest it whole."""
+    if options.tile_above_pixels <= 0 or not listing["uri"].startswith(("file://", "/")):
+        return None
+    path = listing["uri"][len("file://") :] if listing["uri"].startswith("file://") else listing["uri"]
+    try:
+        header = probe_image(path)
+    except Exception:  # noqa: BLE001 - unreadable headers take the normal path and become rejects
+        return None
+    if header.width * header.height > options.tile_above_pixels or listing["size_bytes"] > options.inline_max_bytes:
+        return header
+    return None
+
+
+def _tiled_row(listing: dict[str, Any], header, options: IngestOptions) -> dict[str, Any]:
+    """The images row of a tiled file: header facts, streamed SHA-256, no content; the tiling
+    step (lakeimg/jobs/tiling.py) cuts the tiles and fills the thumbnail from the top level."""
+    uri = listing["uri"]
+    path = uri[len("file://") :] if uri.startswith("file://") else uri
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as handle:  # streamed: a huge file is never read whole
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    except OSError as exc:
+        return reject_row(listing, ImageDecodeError(uri, "unreadable", f"{type(exc).__name__}: {exc}"), None, options)
+    sha = digest.hexdigest()
+    if header.format != "TIFF" and header.width * header.height > options.max_pixels:
+        error = ImageDecodeError(
+            uri, "too_large",
+            f"header claims {header.width}x{header.height} pixels, above the limit of {options.max_pixels:,} "
+            "for formats that must be decoded whole",
+        )
+        return reject_row(listing, error, sha, options)
+    return {
+        "uri": uri,
+        "content_sha256": sha,
+        "size_bytes": listing["size_bytes"],
+        "modified_at": listing["modified_at"],
+        "format": header.format,
+        "width": header.width,
+        "height": header.height,
+        "channels": header.channels,
+        "dtype": header.dtype,
+        "mode": header.mode,
+        "pages": header.pages,
+        "exif": list(header.exif.items()) if header.exif else None,
+        "dicom": header.dicom,
+        "geo": header.geo,
+        "content": None,
+        "thumbnail": None,
+        "tiled": True,
+        "tile_size": options.tile_size,
+        "levels": level_count(header.height, header.width, options.tile_size),
         "label": listing.get("label"),
         "run_id": options.run_id,
         "ingested_at": options.ingested_at or _now(),

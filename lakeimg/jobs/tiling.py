@@ -1,0 +1,204 @@
+"""The tiling step of ingest: which files are tiled, cutting their tiles, committing `<table>_tiles`.
+
+The ingest kernel marks a file `tiled` when it has more pixels than `tile_above_pixels` or more
+bytes than the inline limit (it then streams the file's SHA-256 and reads only its header).
+`tile_images` turns each such file into tiling tasks (one per page, or per share of a page's
+tile rows with `rows_per_task`, see `lakeimg.kernels.tiles.plan_tile_tasks`), runs them in the
+engine's process pool, each task writing its tiles to one staged Parquet file under
+`LAKE/_lakeimg/staging/<run_id>`, and fills each row's thumbnail from its top pyramid level.
+`commit_tiles` then streams the staged files into the tiles table in one Delta commit that also
+deletes every old tile of the uris it replaces (changed, vanished or no longer tiled files), so
+memory stays bounded however big the image.
+
+Example:
+    >>> tiles_table_name("images")
+    'images_tiles'
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import partial
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lakeimg.engine.local import LocalEngine, MergeResult
+from lakeimg.image.display import make_thumbnail
+from lakeimg.image.tiles import decode_tile, page_shapes
+from lakeimg.kernels.tiles import (
+    STAGED_SCHEMA,
+    TILE_TASK_SCHEMA,
+    TileOptions,
+    local_path,
+    plan_tile_tasks,
+    stage_tiles_kernel,
+    top_tile,
+)
+from lakeimg.schemas import table_contract
+
+__all__ = ["TilingResult", "commit_tiles", "previously_tiled", "tile_images", "tiles_table_name"]
+
+# Tiles per Parquet row group in the tiles table: a region read skips the row groups whose
+# (uri, level, tile_row) statistics miss the window.
+TILE_ROW_GROUP = 16
+
+
+def tiles_table_name(table: str) -> str:
+    return f"{table}_tiles"
+
+
+@dataclass
+class TilingResult:
+    """What `tile_images` produced: rows to commit, failures, staged tile files to stream in."""
+
+    image_rows: pa.Table
+    failures: list[tuple[dict[str, Any], str, str]] = field(default_factory=list)  # (row, class, message)
+    staged_files: list[str] = field(default_factory=list)
+    staging: str | None = None
+    tiled_uris: list[str] = field(default_factory=list)
+
+    def cleanup(self) -> None:
+        """Remove the staged files (after the commit, or after a failed run)."""
+        if self.staging:
+            shutil.rmtree(local_path(self.staging), ignore_errors=True)
+
+
+def previously_tiled(engine: LocalEngine, table: str) -> set[str]:
+    """Uris whose rows in the images table say `tiled` (their tiles live in `<table>_tiles`)."""
+    if not engine.exists(table):
+        return set()
+    rows = engine.read(table, columns=["uri", "tiled"], filter=pc.field("tiled") == True)  # noqa: E712
+    return set(rows["uri"].to_pylist())
+
+
+def _thumbnail(staging: str, uri: str, mode: str | None, size: int) -> bytes | None:
+    tile = top_tile(staging, uri, 0)
+    if tile is None:
+        return None
+    arr = decode_tile(tile["data"], tile["encoding"], tile["height"], tile["width"], tile["channels"], tile["dtype"])
+    return make_thumbnail(arr, size=size, invert=mode in ("MINISWHITE", "MONOCHROME1"))
+
+
+def tile_images(
+    engine: LocalEngine,
+    lake: str,
+    image_rows: pa.Table,
+    options: TileOptions,
+    *,
+    workers: int,
+    thumbnail_size: int = 256,
+    task_timeout_s: float = 6 * 3600.0,
+) -> TilingResult:
+    """Cut the tiles of every `tiled` row of `image_rows` into staged Parquet; fill thumbnails.
+
+    Rows whose tiling fails leave `image_rows` and come back in `failures` (they become rejects).
+    """
+    if "tiled" not in image_rows.column_names or image_rows.num_rows == 0:
+        return TilingResult(image_rows)
+    mask = pc.fill_null(image_rows["tiled"], False)
+    tiled = image_rows.filter(mask).to_pylist()
+    if not tiled:
+        return TilingResult(image_rows)
+    staging = os.path.join(lake, "_lakeimg", "staging", options.run_id or "run")
+    tasks: list[dict[str, Any]] = []
+    failures: list[tuple[dict[str, Any], str, str]] = []
+    for row in tiled:
+        try:
+            shapes = page_shapes(local_path(row["uri"])) if options.rows_per_task > 0 else None
+            tasks += plan_tile_tasks(
+                row["uri"], row["content_sha256"], row["height"], row["width"],
+                pages=row["pages"] or 1, tile_size=options.tile_size,
+                rows_per_task=options.rows_per_task, staging=staging, page_shapes=shapes,
+            )
+        except Exception as exc:  # noqa: BLE001 - one bad file becomes a reject
+            failures.append((row, "corrupt", f"{type(exc).__name__}: {exc}"))
+
+    summaries: list[dict[str, Any]] = []
+    kernel = partial(stage_tiles_kernel, options=options, staging=staging)
+
+    def failed(task: dict[str, Any], error_class: str, message: str) -> dict[str, Any]:
+        return {"uri": task["uri"], "page": task["page"], "from_level": task["from_level"],
+                "error_class": error_class, "error_message": message}
+
+    # Shares and whole pages first; then the top tasks, which read the shares' staged tiles.
+    for phase in (pc.equal, pc.greater):
+        todo = pa.Table.from_pylist(tasks, schema=TILE_TASK_SCHEMA)
+        todo = todo.filter(phase(todo["from_level"], 0))
+        if todo.num_rows == 0:
+            continue
+        for batch in engine.map_kernel(
+            kernel, todo, workers=min(workers, todo.num_rows), batch_rows=1,
+            task_timeout_s=task_timeout_s, on_failure=failed, output_schema=STAGED_SCHEMA,
+        ):
+            summaries += batch.to_pylist()
+        if phase is pc.equal:  # a file whose share failed gets no top task
+            bad = {s["uri"] for s in summaries if s.get("error_class")}
+            tasks = [t for t in tasks if t["uri"] not in bad]
+
+    errors: dict[str, tuple[str, str]] = {}
+    for s in summaries:
+        if s.get("error_class") and s["uri"] not in errors:
+            errors[s["uri"]] = (s["error_class"], s["error_message"] or "tiling failed")
+    by_uri = {row["uri"]: row for row in tiled}
+    for uri, (error_class, message) in errors.items():
+        failures.append((by_uri[uri], error_class, f"tiling failed: {message}"))
+    failed_uris = {row["uri"] for row, _c, _m in failures}
+
+    thumbnails: dict[str, bytes | None] = {}
+    for row in tiled:
+        if row["uri"] not in failed_uris:
+            try:
+                thumbnails[row["uri"]] = _thumbnail(staging, row["uri"], row.get("mode"), thumbnail_size)
+            except Exception as exc:  # noqa: BLE001
+                failures.append((row, "corrupt", f"thumbnail from the top level failed: {exc}"))
+                failed_uris.add(row["uri"])
+
+    keep = pc.invert(pc.is_in(image_rows["uri"], pa.array(sorted(failed_uris), pa.string())))
+    kept = image_rows.filter(keep)
+    if thumbnails:
+        uris = kept["uri"].to_pylist()
+        old = kept["thumbnail"].to_pylist()
+        new = [thumbnails.get(u, t) for u, t in zip(uris, old, strict=True)]
+        index = kept.column_names.index("thumbnail")
+        kept = kept.set_column(index, kept.schema.field(index), pa.array(new, kept.schema.field(index).type))
+    staged = [s["path"] for s in summaries if s.get("path") and s["uri"] not in failed_uris]
+    return TilingResult(
+        kept, failures, staged, staging, sorted(u for u in by_uri if u not in failed_uris)
+    )
+
+
+def _staged_batches(paths: list[str], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    for path in paths:
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=TILE_ROW_GROUP):
+            yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
+
+
+def commit_tiles(
+    engine: LocalEngine,
+    table: str,
+    result: TilingResult | None,
+    *,
+    replace_uris: set[str] | list[str] = (),
+    metadata: dict[str, Any] | None = None,
+) -> MergeResult:
+    """One commit to `<table>_tiles`: drop every tile of `replace_uris`, stream in the staged tiles.
+
+    No tiles to write and none to drop: no commit (the table stays at its version).
+    """
+    name = tiles_table_name(table)
+    contract = table_contract("tiles")
+    files = result.staged_files if result is not None else []
+    uris = sorted(set(replace_uris) | set(result.tiled_uris if result is not None else []))
+    reader = None
+    if files:
+        schema = contract.arrow_schema
+        reader = pa.RecordBatchReader.from_batches(schema, _staged_batches(files, schema))
+    return engine.replace_by_uri(
+        name, contract, reader, uris=uris, metadata=metadata, max_row_group_size=TILE_ROW_GROUP
+    )

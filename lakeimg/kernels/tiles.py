@@ -1,0 +1,300 @@
+"""The tiles kernel: tiling tasks in, tile rows out, as Arrow batches (Spark's mapInArrow shape).
+
+A task is one page of one huge image, or a share of it: level-0 tile rows [row_start, row_end)
+with the levels that lie wholly inside them (`max_level`). A "top" task (`from_level` > 0)
+reads the finished tiles of level `from_level` back from `staging` (Parquet written by the
+share tasks) and builds the levels above it, so one huge image spreads over many tasks without
+any task holding the whole image (see `plan_tile_tasks`).
+
+`tile_kernel` emits rows in the tiles table's schema (`schemas/tiles.v1.json`); the embedded
+engine wraps it in `stage_tiles_kernel`, which writes each task's tiles to one Parquet file
+and emits a small summary row instead, so tile bytes never travel between processes.
+
+Example:
+    >>> import tempfile, os, numpy as np, tifffile
+    >>> p = os.path.join(tempfile.mkdtemp(), "a.tif"); tifffile.imwrite(p, np.zeros((300, 200), np.uint8))
+    >>> tasks = pa.RecordBatch.from_pylist(plan_tile_tasks(p, "sha", 300, 200, pages=1, tile_size=128), schema=TILE_TASK_SCHEMA)
+    >>> sum(b.num_rows for b in tile_kernel(iter([tasks]), TileOptions(tile_size=128)))
+    9
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import os
+import traceback
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from lakeimg.image.tiles import (
+    DEFAULT_TILE_ENCODING,
+    DEFAULT_TILE_SIZE,
+    ArraySource,
+    assemble_region,
+    encode_tile,
+    iter_tiles,
+    level_count,
+    open_image,
+    tile_geotransform,
+)
+from lakeimg.schemas import table_contract
+
+__all__ = [
+    "STAGED_SCHEMA",
+    "TILE_TASK_SCHEMA",
+    "TileOptions",
+    "local_path",
+    "plan_tile_tasks",
+    "stage_tiles_kernel",
+    "tile_kernel",
+    "tiles_schema",
+]
+
+TILE_TASK_SCHEMA = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("content_sha256", pa.string()),
+        pa.field("page", pa.int32(), nullable=False),
+        pa.field("row_start", pa.int32(), nullable=False),
+        pa.field("row_end", pa.int32(), nullable=False),  # level-0 tile rows; exclusive
+        pa.field("max_level", pa.int32(), nullable=False),  # -1: every level
+        pa.field("from_level", pa.int32(), nullable=False),  # > 0: a top task built from staging
+        pa.field("staging", pa.string()),
+    ]
+)
+
+STAGED_SCHEMA = pa.schema(
+    [
+        pa.field("uri", pa.string(), nullable=False),
+        pa.field("page", pa.int32(), nullable=False),
+        pa.field("from_level", pa.int32(), nullable=False),
+        pa.field("path", pa.string()),
+        pa.field("tiles", pa.int64()),
+        pa.field("data_bytes", pa.int64()),
+        pa.field("error_class", pa.string()),
+        pa.field("error_message", pa.string()),
+    ]
+)
+
+_BATCH_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """Settings of a tiling run (picklable: shipped to workers and executors).
+
+    Attributes:
+        tile_size: tile edge in pixels; overlap: extra pixels stored on each side of a tile.
+        encoding: tile codec (see `lakeimg.image.tiles.TILE_ENCODINGS`).
+        rows_per_task: split a page into tasks of this many level-0 tile rows (0: one task
+            per page). Rounded up to a power of two so every level's rows align.
+    """
+
+    tile_size: int = DEFAULT_TILE_SIZE
+    overlap: int = 0
+    encoding: str = DEFAULT_TILE_ENCODING
+    rows_per_task: int = 0
+    run_id: str = ""
+    ingested_at: dt.datetime | None = None
+
+
+def tiles_schema() -> pa.Schema:
+    """The tiles table's Arrow schema (from schemas/tiles.v1.json)."""
+    return table_contract("tiles").arrow_schema
+
+
+def local_path(uri: str) -> str:
+    return uri[len("file://") :] if uri.startswith("file://") else uri
+
+
+def plan_tile_tasks(
+    uri: str,
+    sha: str | None,
+    height: int,
+    width: int,
+    *,
+    pages: int,
+    tile_size: int,
+    rows_per_task: int = 0,
+    staging: str | None = None,
+    page_shapes: list[tuple[int, int]] | None = None,
+) -> list[dict[str, Any]]:
+    """Task rows (TILE_TASK_SCHEMA) for one file: per page, one task or shares plus a top task.
+
+    With `rows_per_task` = R > 0 and more than R level-0 tile rows, a page becomes shares of
+    2**m >= R tile rows that emit levels 0..m, and one top task that builds levels above m
+    from staged level-m tiles (`staging` names where the shares' Parquet files land).
+
+    Example:
+        >>> [(t["row_start"], t["row_end"], t["max_level"], t["from_level"]) for t in
+        ...  plan_tile_tasks("a", None, 3000, 2000, pages=1, tile_size=256, rows_per_task=4, staging="s")]
+        [(0, 4, 2, 0), (4, 8, 2, 0), (8, 12, 2, 0), (0, 0, -1, 2)]
+    """
+    tasks = []
+    for page in range(pages):
+        h, w = page_shapes[page] if page_shapes else (height, width)
+        rows = math.ceil(h / tile_size)
+        levels = level_count(h, w, tile_size)
+        base = {"uri": uri, "content_sha256": sha, "page": page, "staging": staging}
+        if rows_per_task <= 0 or rows <= rows_per_task or levels <= 1:
+            tasks.append({**base, "row_start": 0, "row_end": rows, "max_level": -1, "from_level": 0})
+            continue
+        m = min(levels - 1, max(0, math.ceil(math.log2(rows_per_task))))
+        share = 2**m
+        for start in range(0, rows, share):
+            tasks.append({**base, "row_start": start, "row_end": min(rows, start + share), "max_level": m, "from_level": 0})
+        if m < levels - 1:
+            tasks.append({**base, "row_start": 0, "row_end": 0, "max_level": -1, "from_level": m})
+    return tasks
+
+
+def _tile_row(task: dict[str, Any], tile, level: int, geotransform, options: TileOptions, now) -> dict[str, Any]:
+    data, used = encode_tile(tile.pixels, options.encoding)
+    return {
+        "uri": task["uri"],
+        "content_sha256": task["content_sha256"] or "",
+        "page": task["page"],
+        "level": level,
+        "tile_row": tile.tile_row,
+        "tile_col": tile.tile_col,
+        "x": tile.x,
+        "y": tile.y,
+        "width": tile.width,
+        "height": tile.height,
+        "channels": int(tile.pixels.shape[2]),
+        "dtype": str(tile.pixels.dtype),
+        "encoding": used,
+        "data": data,
+        "overlap": options.overlap,
+        "geotransform": geotransform,
+        "run_id": options.run_id,
+        "ingested_at": now,
+    }
+
+
+def _staged_level(task: dict[str, Any], level: int) -> tuple[np.ndarray, list[float] | None, int, int]:
+    """Rebuild one finished level of a page from its staged tiles (a top task's input)."""
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(local_path(task["staging"]), format="parquet")
+    flt = (ds.field("uri") == task["uri"]) & (ds.field("page") == task["page"]) & (ds.field("level") == level)
+    rows = dataset.to_table(filter=flt).to_pylist()
+    if not rows:
+        raise ValueError(f"no staged level-{level} tiles for {task['uri']} page {task['page']}")
+    width = max(r["x"] + r["width"] for r in rows)
+    height = max(r["y"] + r["height"] for r in rows)
+    first = min(rows, key=lambda r: (r["y"], r["x"]))
+    arr = assemble_region(rows, 0, 0, width, height, channels=first["channels"], dtype=first["dtype"])
+    gt = first["geotransform"]
+    if gt is not None:  # back to the level-0 transform the tiles' transforms derive from
+        scale = float(2**level)
+        gt = [gt[0], gt[1] / scale, gt[2] / scale, gt[3], gt[4] / scale, gt[5] / scale]
+    return arr, gt, height, width
+
+
+def _task_tiles(task: dict[str, Any], options: TileOptions) -> Iterator[tuple[Any, int, Any]]:
+    """(tile, true level, geotransform) for one task."""
+    from_level = task["from_level"]
+    if from_level > 0:
+        arr, gt, _h, _w = _staged_level(task, from_level)
+        for tile in iter_tiles(ArraySource(arr), tile_size=options.tile_size, overlap=options.overlap, page=task["page"]):
+            if tile.level == 0:
+                continue  # level `from_level` itself is already staged
+            level = tile.level + from_level
+            yield tile, level, tile_geotransform(gt, tile.x, tile.y, level)
+        return
+    with open_image(local_path(task["uri"])) as img:
+        source = img.page(task["page"])
+        max_level = None if task["max_level"] < 0 else task["max_level"]
+        for tile in iter_tiles(
+            source,
+            tile_size=options.tile_size,
+            overlap=options.overlap,
+            page=task["page"],
+            rows=(task["row_start"], task["row_end"]),
+            max_level=max_level,
+        ):
+            yield tile, tile.level, tile.geotransform
+
+
+def tile_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions) -> Iterator[pa.RecordBatch]:
+    """mapInArrow-shaped: task batches (TILE_TASK_SCHEMA) in, tile rows (tiles schema) out.
+
+    Memory per task: one band of level-0 rows plus the pyramid's partial rows, and at most
+    ~32 MiB of encoded tiles waiting in an output batch.
+    """
+    schema = tiles_schema()
+    for batch in batches:
+        for task in batch.to_pylist():
+            yield from _task_batches(task, options, schema)
+
+
+def _task_batches(task: dict[str, Any], options: TileOptions, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    now = options.ingested_at or dt.datetime.now(dt.timezone.utc)
+    rows: list[dict[str, Any]] = []
+    pending = 0
+    for tile, level, gt in _task_tiles(task, options):
+        row = _tile_row(task, tile, level, gt, options, now)
+        rows.append(row)
+        pending += len(row["data"])
+        if pending >= _BATCH_BYTES:
+            yield pa.RecordBatch.from_pylist(rows, schema=schema)
+            rows, pending = [], 0
+    if rows:
+        yield pa.RecordBatch.from_pylist(rows, schema=schema)
+
+
+def stage_tiles_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions, staging: str) -> Iterator[pa.RecordBatch]:
+    """Like `tile_kernel`, but each task's tiles go to one Parquet file under `staging`; emits
+    one STAGED_SCHEMA row per task (path, counts, or the error that stopped it)."""
+    schema = tiles_schema()
+    os.makedirs(local_path(staging), exist_ok=True)
+    for batch in batches:
+        for task in batch.to_pylist():
+            name = f"part-{uuid.uuid4().hex}.parquet"
+            path = os.path.join(local_path(staging), name)
+            # Written under a hidden name, renamed when whole: a top task listing the folder
+            # meanwhile (pyarrow skips "."-names) never sees a half-written file.
+            partial = os.path.join(local_path(staging), f".{name}.tmp")
+            tiles = size = 0
+            summary = {"uri": task["uri"], "page": task["page"], "from_level": task["from_level"]}
+            try:
+                # Small row groups: region reads skip every row group whose tile range misses.
+                with pq.ParquetWriter(partial, schema, compression="none") as writer:
+                    for out in _task_batches(task, options, schema):
+                        writer.write_batch(out, row_group_size=16)
+                        tiles += out.num_rows
+                        size += out["data"].nbytes
+                os.replace(partial, path)
+                summary.update(path=path, tiles=tiles, data_bytes=size)
+            except Exception as exc:  # noqa: BLE001 - one bad file becomes a reject, not a failed run
+                if os.path.exists(partial):
+                    os.remove(partial)
+                summary.update(
+                    error_class="corrupt",
+                    error_message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"[:2000],
+                )
+            yield pa.RecordBatch.from_pylist([summary], schema=STAGED_SCHEMA)
+
+
+def top_tile(staging: str, uri: str, page: int = 0) -> dict[str, Any] | None:
+    """The single tile of a page's top level from staged Parquet (for the thumbnail)."""
+    import pyarrow.dataset as ds
+
+    dataset = ds.dataset(local_path(staging), format="parquet")
+    flt = (ds.field("uri") == uri) & (ds.field("page") == page)
+    levels = dataset.to_table(columns=["level"], filter=flt)["level"]
+    if len(levels) == 0:
+        return None
+    import pyarrow.compute as pc
+
+    top = pc.max(levels).as_py()
+    rows = dataset.to_table(filter=flt & (ds.field("level") == top)).to_pylist()
+    return rows[0] if rows else None
