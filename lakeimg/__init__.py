@@ -17,11 +17,13 @@ from lakeimg.errors import (
     SpecError,
     TableNotFoundError,
 )
+from lakeimg.image.ops import ImageTransformer
 from lakeimg.lake import Lake
 
 __all__ = [
     "ConcurrentWriteError",
     "ImageDecodeError",
+    "ImageTransformer",
     "Lake",
     "LakeImgError",
     "LakeNotWritableError",

@@ -1,0 +1,28 @@
+"""`lakeimg export --lake LAKE TABLE[@VERSION] --out DIR --format jpeg|png|tiff|bmp`: rows back to files."""
+
+from __future__ import annotations
+
+from lakeimg.commands._common import print_json
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("export", help="write a table's images (derived or source) back as files")
+    p.add_argument("table", metavar="TABLE[@VERSION]", help="table to export, optionally at a version or ISO timestamp")
+    p.add_argument("--lake", required=True, help="the lake's root folder")
+    p.add_argument("--out", required=True, help="output folder (created; nothing is written outside it)")
+    p.add_argument("--format", choices=("jpeg", "png", "tiff", "bmp"), default="png", help="file format (default: png)")
+    p.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100 (default: 90)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary line")
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from lakeimg.jobs.export import export_table, parse_table_ref
+
+    table, version = parse_table_ref(args.table)
+    summary = export_table(args.lake, table, args.out, fmt=args.format, version=version, quality=args.quality)
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"{summary['written']} files written to {summary['out']} ({summary['failed']} failed) from {table}@{summary['version']}")
+    return 0

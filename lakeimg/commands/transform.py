@@ -1,0 +1,55 @@
+"""`lakeimg transform --lake LAKE --source images --target NAME --spec spec.json`: derived tables."""
+
+from __future__ import annotations
+
+from lakeimg.commands._common import add_engine_options, print_json, progress_bar
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("transform", help="compute a derived table from a source table and a transform spec")
+    p.add_argument("--lake", required=True, help="the lake's root folder")
+    p.add_argument("--source", default="images", help="source table (default: images)")
+    p.add_argument("--target", required=True, help="derived table to write (MERGE keyed on uri, variant)")
+    p.add_argument("--spec", required=True, help="spec file (.json, .yaml) or inline JSON")
+    p.add_argument("--full", action="store_true", help="recompute every row and delete rows whose source row is gone")
+    p.add_argument("--workers", type=int, default=None, help="processes for the embedded engine (default: CPU count)")
+    p.add_argument("--json", action="store_true", help="print one JSON summary line")
+    add_engine_options(p)
+    p.set_defaults(handler=run)
+
+
+def run(args) -> int:
+    from lakeimg.jobs.transform import transform_table
+
+    spark = None
+    if args.engine == "spark":
+        from lakeimg.engine.spark import spark_session_builder
+
+        spark = spark_session_builder(args.master or "local[*]", args.spark_conf).getOrCreate()
+    try:
+        with progress_bar("transforming", enabled=not args.json) as on_progress:
+            summary = transform_table(
+                args.lake,
+                args.source,
+                args.target,
+                args.spec,
+                full=args.full,
+                engine=args.engine,
+                workers=args.workers,
+                spark=spark,
+                on_progress=on_progress,
+            )
+    finally:
+        if spark is not None:
+            spark.stop()
+    if args.json:
+        result = summary.to_dict()
+        result.pop("rejects_version", None)
+        print_json(result)
+    else:
+        print(
+            f"{args.lake}/{summary.table} version {summary.version} ({summary.mode}): {summary.added} added, "
+            f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.deleted} deleted, "
+            f"{summary.rejected} rejected ({summary.seconds:.1f} s, run {summary.run_id})"
+        )
+    return 0
