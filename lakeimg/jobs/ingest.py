@@ -257,7 +257,9 @@ def decode_listing(
         todo,
         workers=workers,
         batch_rows=batch_rows,
-        task_timeout_s=options.file_timeout_s + 30,
+        # The kernel's own alarm stops Python-level hangs at file_timeout_s; the pool's limit
+        # only catches decoders stuck where no signal reaches (C loops), so its margin is short.
+        task_timeout_s=options.file_timeout_s + min(30.0, options.file_timeout_s + 5),
         on_failure=failed,
         on_progress=progress,
         output_schema=schema,

@@ -1,0 +1,52 @@
+"""Misbehaving readers for the broken-file tests, loaded through ingest's `codecs=("module:attr",)`.
+
+Each claims only files with its own suffix. Spawned decoding workers import this module by name:
+multiprocessing's spawn start method hands the parent's sys.path (which holds tests/ under
+pytest) to the child.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+
+class _Claims:
+    suffix = ""
+
+    def can_read(self, uri: str, head: bytes) -> bool:
+        return uri.endswith(self.suffix)
+
+
+class _Crash(_Claims):
+    """Kills its process the way a segfaulting C decoder would."""
+
+    suffix = ".crash"
+
+    def read(self, data: bytes, uri: str):
+        os.abort()
+
+
+class _Sleep(_Claims):
+    """Hangs in Python: the kernel's per-file alarm interrupts it."""
+
+    suffix = ".sleep"
+
+    def read(self, data: bytes, uri: str):
+        time.sleep(3600)
+
+
+class _Stuck(_Claims):
+    """Hangs where no alarm reaches it (like a C loop holding the GIL): only killing the worker helps."""
+
+    suffix = ".stuck"
+
+    def read(self, data: bytes, uri: str):
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+        time.sleep(3600)
+
+
+CRASH = _Crash()
+SLEEP = _Sleep()
+STUCK = _Stuck()
