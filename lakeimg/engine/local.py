@@ -164,9 +164,17 @@ class LocalEngine:
         if not files:
             empty = pa.schema([f.with_nullable(True) for f in schema]).empty_table()
             return empty.select(list(columns)) if columns else empty
-        dataset = pq.ParquetDataset(files, filters=filter)
-        result = dataset.read(columns=list(columns) if columns else None)
-        return cast_to_schema(result, schema, columns)
+        if filter is None:
+            result = pq.ParquetDataset(files).read(columns=list(columns) if columns else None)
+            return cast_to_schema(result, schema, columns)
+        # Filter after casting: files written by delta-rs' MERGE hold string_view columns, which
+        # pyarrow's dataset filter kernels reject ("array_filter ... string_view").
+        needed = None
+        if columns:
+            needed = list(dict.fromkeys([*columns, *_expression_fields(filter, schema.names)]))
+        result = cast_to_schema(pq.ParquetDataset(files).read(columns=needed), schema, needed)
+        result = result.filter(filter)
+        return result.select(list(columns)) if columns else result
 
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commit infos, newest first, with lakeimg's run record parsed from userMetadata."""
@@ -491,6 +499,12 @@ class LocalEngine:
     def map_kernel(self, kernel, inputs: pa.Table, **kwargs) -> Iterator[pa.RecordBatch]:
         """Run a mapInArrow-shaped kernel over `inputs` in a process pool (see `map_kernel`)."""
         return map_kernel(kernel, inputs, **kwargs)
+
+
+def _expression_fields(expression: pc.Expression, names: Sequence[str]) -> list[str]:
+    """Column names a filter expression mentions (pyarrow has no public accessor for them)."""
+    text = str(expression)
+    return [n for n in names if n in text]
 
 
 def _local_path(uri: str) -> str:
