@@ -289,6 +289,10 @@ def commit_ingest(
     committed: list[str] = []
     tiles_name = tiles_table_name(table)
     before[tiles_name] = engine.version(tiles_name)
+    if not engine.exists(RUNS_TABLE):
+        # Create the runs table before any data commit: a lake whose runs table cannot be
+        # written then fails here, with every table still at its previous version.
+        engine.create_empty(RUNS_TABLE, table_contract("runs"))
     try:
         # Tiles first, in one commit (old tiles of replaced uris out, new ones in); undone below
         # with the other tables if a later step fails.
