@@ -169,6 +169,13 @@ class LocalEngine:
             return cast_to_schema(result, schema, columns)
         # Filter after casting: files written by delta-rs' MERGE hold string_view columns, which
         # pyarrow's dataset filter kernels reject ("array_filter ... string_view").
+        try:
+            # Pushdown first: row groups whose statistics miss the filter are never read (the
+            # tiles table's region reads rely on it); binding fails up front on string_view files.
+            pushed = pq.ParquetDataset(files, filters=filter).read(columns=list(columns) if columns else None)
+            return cast_to_schema(pushed, schema, columns)
+        except pa.ArrowNotImplementedError:
+            pass
         needed = None
         if columns:
             needed = list(dict.fromkeys([*columns, *_expression_fields(filter, schema.names)]))

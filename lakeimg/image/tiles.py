@@ -370,7 +370,7 @@ class OpenedImage:
         from pydicom.pixels import iter_pixels
 
         if self._dicom_frames is None or index < self._dicom_next:
-            self._dicom_frames = iter_pixels(self.path, raw=True)
+            self._dicom_frames = iter_pixels(self.path)  # converted as ds.pixel_array is
             self._dicom_next = 0
         for frame in self._dicom_frames:
             self._dicom_next += 1

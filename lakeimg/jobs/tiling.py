@@ -67,6 +67,10 @@ class TilingResult:
         """Remove the staged files (after the commit, or after a failed run)."""
         if self.staging:
             shutil.rmtree(local_path(self.staging), ignore_errors=True)
+            try:  # the shared staging folder goes too once no other run uses it
+                os.rmdir(os.path.dirname(local_path(self.staging)))
+            except OSError:
+                pass
 
 
 def previously_tiled(engine: LocalEngine, table: str) -> set[str]:
