@@ -43,7 +43,7 @@ class TableBuilder:
         self._lake = lake
         self.source = source
         self._ops = ops
-        self._output = output or {"encoding": "png"}
+        self._output = output or {"encoding": "auto"}
         self._seed = seed
         self._variants = variants
         self._where = where
@@ -70,8 +70,8 @@ class TableBuilder:
         """N rows per image (needs a random op such as augment)."""
         return self._with(variants=n)
 
-    def encode(self, encoding: str = "png", **params: Any) -> TableBuilder:
-        """Output encoding: png, jpeg (quality), webp (quality, lossless), raw (compression)."""
+    def encode(self, encoding: str = "auto", **params: Any) -> TableBuilder:
+        """Output encoding: auto, png, jpeg (quality), webp (quality, lossless), raw (compression)."""
         return self._with(output={"encoding": encoding, **params})
 
     # --- ops --------------------------------------------------------------------------------

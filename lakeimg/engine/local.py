@@ -465,8 +465,13 @@ class LocalEngine:
         """
         table = self.delta_table(name)
         wanted = list(dict.fromkeys([*columns, "_change_type", "_commit_version"]))
-        reader = table.load_cdf(starting_version=starting_version, ending_version=ending_version, columns=wanted)
-        return pa.table(reader).select(wanted)
+        try:
+            result = pa.table(table.load_cdf(starting_version=starting_version, ending_version=ending_version, columns=wanted))
+        except Exception as exc:  # noqa: BLE001 - e.g. log entries or change files already vacuumed
+            raise LakeImgError(f"{name}: no change data feed for versions {starting_version}..{ending_version}: {exc}") from exc
+        # DataFusion hands out string_view columns, which many pyarrow kernels cannot take yet.
+        result = result.select(wanted)
+        return result.cast(pa.schema([pa.field(f.name, pa.string() if pa.types.is_string_view(f.type) else f.type) for f in result.schema]))
 
     def overwrite(self, name: str, rows: pa.Table, contract: TableContract, metadata: dict[str, Any] | None = None) -> int:
         """Replace all rows and the schema in one commit (a transform whose columns changed)."""

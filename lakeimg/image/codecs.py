@@ -1,7 +1,7 @@
 """Output encodings of derived tables (png, jpeg, webp, raw) and export file formats.
 
 An *encoding* turns an HWC ndarray into the bytes of a derived table's `data` column and back:
-"png" (uint8/uint16; 1, 3 or 4 channels), "jpeg" (uint8; 1 or 3 channels), "webp" (uint8; 3 or 4
+"auto" (the default: png when png holds the pixels, else raw+zstd), "png" (uint8/uint16; 1, 3 or 4 channels), "jpeg" (uint8; 1 or 3 channels), "webp" (uint8; 3 or 4
 channels), and "raw" (the array's C-order bytes in any dtype, optionally compressed with zstd or
 deflate; the `encoding` column then reads "raw+zstd" / "raw+deflate"). Plugins add encodings
 through the entry-point group `lakeimg.encodings` (an object or class with `name`,
@@ -192,7 +192,25 @@ class Raw(Encoding):
         return np.frombuffer(data, dtype=np.dtype(dtype).newbyteorder("<")).astype(dtype).reshape(height, width, channels)
 
 
-_BUILTIN: dict[str, Encoding] = {e.name: e for e in (Png(), Jpeg(), Webp(), Raw())}
+class Auto(Encoding):
+    """png when png holds the pixels losslessly (uint8/uint16 with 1, 3 or 4 channels), else raw
+    compressed with zstd; the `encoding` column names what each row got."""
+
+    name = "auto"
+
+    def pick(self, image: np.ndarray) -> tuple[Encoding, dict[str, Any]]:
+        try:
+            _BUILTIN["png"].check(image)
+            return _BUILTIN["png"], dict(Png.defaults)
+        except ValueError:
+            return _BUILTIN["raw"], {"compression": "zstd", "level": None}
+
+    def encode(self, image, **params):
+        encoding, chosen = self.pick(image)
+        return encoding.encode(image, **chosen)
+
+
+_BUILTIN: dict[str, Encoding] = {e.name: e for e in (Png(), Jpeg(), Webp(), Raw(), Auto())}
 
 
 def _plugins() -> dict[str, Any]:
@@ -233,11 +251,11 @@ def normalize_output(output: dict[str, Any] | str | None) -> dict[str, Any]:
         {'encoding': 'jpeg', 'quality': 90}
     """
     if output is None:
-        output = {"encoding": "png"}
+        output = {"encoding": "auto"}
     if isinstance(output, str):
         output = {"encoding": output}
     params = dict(output)
-    name = params.pop("encoding", "png")
+    name = params.pop("encoding", "auto")
     encoding = get_encoding(name)
     defaults = getattr(encoding, "defaults", {}) or {}
     unknown = set(params) - set(defaults)
@@ -253,6 +271,8 @@ def encode_pixels(image: np.ndarray, output: dict[str, Any]) -> tuple[str, bytes
     """Encode pixels per a normalized output; returns (encoding column value, bytes)."""
     params = dict(output)
     encoding = get_encoding(params.pop("encoding"))
+    if isinstance(encoding, Auto):
+        encoding, params = encoding.pick(image)
     value = encoding.column_value(params) if hasattr(encoding, "column_value") else encoding.name
     return value, encoding.encode(image, **params)
 

@@ -37,7 +37,7 @@ import pyarrow.compute as pc
 
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
 from lakeimg.engine.local import LocalEngine, ensure_lake
-from lakeimg.errors import SpecError, TableNotFoundError
+from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
 from lakeimg.kernels.transform import (
     SOURCE_COLUMNS,
     TransformOptions,
@@ -99,12 +99,12 @@ def _where(meta: pa.Table, where: str | None) -> set[str]:
     con = duckdb.connect()
     try:
         con.register("source", meta)
-        result = con.execute(f"SELECT uri FROM source WHERE {where}").fetch_arrow_table()
+        result = con.execute(f"SELECT uri FROM source WHERE {where}").fetchall()
     except duckdb.Error as exc:
         raise SpecError(f"where {where!r} does not work on the source table: {exc}") from exc
     finally:
         con.close()
-    return set(result["uri"].to_pylist())
+    return {row[0] for row in result}
 
 
 def _read_uris(engine: LocalEngine, name: str, version: int, columns: list[str], uris: set[str] | None) -> pa.Table:
@@ -166,7 +166,7 @@ def _plan(
         upserted, deleted = _net_changes(changes)
         meta = read_meta(upserted) if upserted else None
         mode = "incremental"
-    except Exception:  # noqa: BLE001 - no readable change feed for this range: compare everything
+    except LakeImgError:  # no readable change feed for this range (e.g. vacuumed): compare everything
         meta = read_meta(None)
         upserted, deleted = set(meta["uri"].to_pylist()), set(target_keys["uri"].to_pylist()) - set(meta["uri"].to_pylist())
         mode = "compare"
@@ -348,7 +348,7 @@ def _run_local(engine: LocalEngine, todo: pa.Table, options: TransformOptions, *
             "size_bytes": src.get("size_bytes"), "modified_at": src.get("modified_at"),
         }  # fmt: skip
 
-    if workers > 0 and total < 4 * workers:
+    if workers > 0 and total < 2 * workers:
         workers = 0  # a pool costs more than it saves on a handful of images
     batch_rows = max(1, min(16, total // max(1, workers * 4)))
     batches = engine.map_kernel(
