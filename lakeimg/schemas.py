@@ -107,10 +107,14 @@ def arrow_type(spark_type: Any) -> pa.DataType:
     kind = spark_type["type"]
     if kind == "struct":
         return pa.struct([_arrow_field(f) for f in spark_type["fields"]])
+    # Element and value nullability are part of the contract: Delta records containsNull /
+    # valueContainsNull from the Arrow field, so carry them over.
     if kind == "array":
-        return pa.list_(arrow_type(spark_type["elementType"]))
+        element = pa.field("element", arrow_type(spark_type["elementType"]), nullable=spark_type.get("containsNull", True))
+        return pa.list_(element)
     if kind == "map":
-        return pa.map_(arrow_type(spark_type["keyType"]), arrow_type(spark_type["valueType"]))
+        value = pa.field("value", arrow_type(spark_type["valueType"]), nullable=spark_type.get("valueContainsNull", True))
+        return pa.map_(arrow_type(spark_type["keyType"]), value)
     raise ValueError(f"unsupported type {spark_type!r}")
 
 
