@@ -18,4 +18,6 @@ COMMAND_MODULES = (
     "lakeimg.commands.reproduce",
     "lakeimg.commands.trainset",
     "lakeimg.commands.maintain",
+    "lakeimg.commands.sql",
+    "lakeimg.commands.show",
 )
