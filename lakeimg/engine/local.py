@@ -440,6 +440,89 @@ class LocalEngine:
         after = self.version(name)
         return MergeResult(after, committed=after != before)
 
+    def commit_files_by_uri(
+        self,
+        name: str,
+        contract: TableContract,
+        files: Sequence[str],
+        *,
+        uris: Sequence[str] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> MergeResult:
+        """Move finished Parquet `files` into the table and drop every row whose uri is in `uris`,
+        in one Delta commit (add + remove actions), without rewriting the new files.
+
+        For huge-image tiles: workers write each task's tiles once, straight to Parquet, and the
+        commit only renames them into the table (local file systems). Old files holding only
+        replaced uris are removed; a file mixing replaced and kept uris is rewritten without them.
+        Nothing to do: no commit.
+        """
+        import contextlib
+        import uuid
+
+        from deltalake import Schema as DeltaSchema
+        from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+
+        exists = self.exists(name)
+        drop = set(uris)
+        if not files and (not drop or not exists):
+            return MergeResult(self.version(name))
+        root = _local_path(self.location(name))
+        os.makedirs(root, exist_ok=True)
+        now_ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
+        actions: list[Any] = []
+        moved: list[str] = []
+
+        def add_file(path: str) -> None:
+            target = f"part-{uuid.uuid4().hex}.parquet"
+            os.replace(path, os.path.join(root, target))
+            moved.append(os.path.join(root, target))
+            actions.append(AddAction(target, os.path.getsize(os.path.join(root, target)), {}, now_ms, True,
+                                     _file_stats(os.path.join(root, target))))
+
+        before = self.version(name)
+        if exists and drop:
+            for uri in self.delta_table(name).file_uris():
+                path = _local_path(uri)
+                held = pq.read_table(path, columns=["uri"])["uri"]
+                hit = pc.is_in(held, pa.array(sorted(drop), held.type))
+                if not pc.any(hit).as_py():
+                    continue
+                rel = os.path.relpath(path, root)
+                actions.append(RemoveAction(rel, True, now_ms, os.path.getsize(path), {}))
+                if not pc.all(hit).as_py():  # keep the other uris' rows in a rewritten file
+                    kept = pq.read_table(path).filter(pc.invert(hit))
+                    tmp = os.path.join(root, f".rewrite-{uuid.uuid4().hex}.parquet")
+                    pq.write_table(kept, tmp, row_group_size=16)
+                    add_file(tmp)
+        for path in files:
+            add_file(path)
+        if not actions:
+            return MergeResult(before)
+        props = self._commit_properties(metadata)
+        try:
+            if not exists:
+                create_table_with_add_actions(
+                    self.location(name), DeltaSchema.from_arrow(contract.arrow_schema), actions, mode="error",
+                    name=name.rsplit("/", 1)[-1], description=contract.description,
+                    configuration=contract.properties, storage_options=self.storage_options, commit_properties=props,
+                )
+            else:
+                table = self.delta_table(name)
+                self._with_retries(
+                    name,
+                    lambda: table.create_write_transaction(
+                        actions, mode="append", schema=contract.arrow_schema, commit_properties=props
+                    ),
+                )
+        except BaseException:
+            for path in moved:  # never committed: not part of any version
+                with contextlib.suppress(OSError):
+                    os.remove(path)
+            raise
+        after = self.version(name)
+        return MergeResult(after, inserted=sum(1 for a in actions if isinstance(a, AddAction)), committed=after != before)
+
     def restore(self, name: str, version: int | None) -> None:
         """Undo this run's commit: restore to `version`, or remove a table this run created."""
         if version is None:
@@ -523,6 +606,22 @@ def _local_path(uri: str) -> str:
     if uri.startswith("file://"):
         return uri[len("file://") :]
     return uri
+
+
+def _file_stats(path: str) -> str:
+    """Delta add-action stats (numRecords, min/max/nullCount of scalar columns) from a Parquet file."""
+    meta = pq.ParquetFile(path)
+    table_schema = meta.schema_arrow
+    scalar = [f.name for f in table_schema if pa.types.is_integer(f.type) or pa.types.is_string(f.type)]
+    data = meta.read(columns=scalar)
+    mins, maxs, nulls = {}, {}, {}
+    for name in scalar:
+        col = data[name]
+        nulls[name] = col.null_count
+        if len(col) > col.null_count:
+            bounds = pc.min_max(col)
+            mins[name], maxs[name] = bounds["min"].as_py(), bounds["max"].as_py()
+    return json.dumps({"numRecords": data.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
 
 
 def _run_kernel_on_batch(kernel, batch: pa.RecordBatch) -> list[pa.RecordBatch]:

@@ -121,6 +121,12 @@ def downsample2(rows: np.ndarray) -> np.ndarray:
     if rows.shape[1] % 2:
         rows = np.concatenate([rows, rows[:, -1:]], axis=1)
     dtype = rows.dtype
+    if dtype in (np.uint8, np.uint16) and rows.shape[2] <= 4:
+        import cv2
+
+        # OpenCV's 2x INTER_AREA fast path computes exactly (a + b + c + d + 2) >> 2, ~20x faster.
+        out = cv2.resize(rows, (rows.shape[1] // 2, rows.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        return out[:, :, None] if out.ndim == 2 else out
     if dtype == np.bool_:
         acc = rows.astype(np.uint8)
     elif dtype.kind == "f":
@@ -558,7 +564,7 @@ class _Level:
         self.n_cols = math.ceil(width / tile_size)
 
     def push(self, rows: np.ndarray, y0: int) -> Iterator[Tile]:
-        if self.buf is None:
+        if self.buf is None or self.buf.shape[0] == 0:  # nothing kept: no copy
             self.buf, self.buf_y0 = rows, y0
         else:
             self.buf = np.concatenate([self.buf, rows], axis=0)

@@ -105,7 +105,7 @@ def ingest_files(
     tile_size: int = DEFAULT_TILE_SIZE,
     tile_overlap: int = 0,
     tile_encoding: str = DEFAULT_TILE_ENCODING,
-    tile_rows_per_task: int = 0,
+    tile_rows_per_task: int = 8,
 ) -> IngestSummary:
     """Ingest image files into `LAKE/<table>` (+ `<table>_rejects`) and record the run.
 

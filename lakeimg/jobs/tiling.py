@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from lakeimg.engine.local import LocalEngine, MergeResult
 from lakeimg.image.display import make_thumbnail
@@ -137,7 +135,9 @@ def tile_images(
         if todo.num_rows == 0:
             continue
         for batch in engine.map_kernel(
-            kernel, todo, workers=min(workers, todo.num_rows), batch_rows=1,
+            # a single top task (it only reads staged tiles) runs here: no pool to spawn for it
+            kernel, todo, workers=0 if phase is pc.greater and todo.num_rows == 1 else min(workers, todo.num_rows),
+            batch_rows=1,
             task_timeout_s=task_timeout_s, on_failure=failed, output_schema=STAGED_SCHEMA,
         ):
             summaries += batch.to_pylist()
@@ -177,12 +177,6 @@ def tile_images(
     )
 
 
-def _staged_batches(paths: list[str], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
-    for path in paths:
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=TILE_ROW_GROUP):
-            yield pa.RecordBatch.from_arrays(batch.columns, schema=schema)
-
-
 def commit_tiles(
     engine: LocalEngine,
     table: str,
@@ -191,18 +185,12 @@ def commit_tiles(
     replace_uris: set[str] | list[str] = (),
     metadata: dict[str, Any] | None = None,
 ) -> MergeResult:
-    """One commit to `<table>_tiles`: drop every tile of `replace_uris`, stream in the staged tiles.
+    """One commit to `<table>_tiles`: drop every tile of `replace_uris`, add the staged tile files.
 
     No tiles to write and none to drop: no commit (the table stays at its version).
     """
     name = tiles_table_name(table)
-    contract = table_contract("tiles")
     files = result.staged_files if result is not None else []
     uris = sorted(set(replace_uris) | set(result.tiled_uris if result is not None else []))
-    reader = None
-    if files:
-        schema = contract.arrow_schema
-        reader = pa.RecordBatchReader.from_batches(schema, _staged_batches(files, schema))
-    return engine.replace_by_uri(
-        name, contract, reader, uris=uris, metadata=metadata, max_row_group_size=TILE_ROW_GROUP
-    )
+    # The staged files become the table's files as they are (renamed, not rewritten).
+    return engine.commit_files_by_uri(name, table_contract("tiles"), files, uris=uris, metadata=metadata)

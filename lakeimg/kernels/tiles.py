@@ -83,7 +83,7 @@ STAGED_SCHEMA = pa.schema(
     ]
 )
 
-_BATCH_BYTES = 32 << 20
+_BATCH_BYTES = 8 << 20  # encoded tiles waiting per output batch: bounds a worker's memory
 
 
 @dataclass(frozen=True)
@@ -100,7 +100,7 @@ class TileOptions:
     tile_size: int = DEFAULT_TILE_SIZE
     overlap: int = 0
     encoding: str = DEFAULT_TILE_ENCODING
-    rows_per_task: int = 0
+    rows_per_task: int = 8
     run_id: str = ""
     ingested_at: dt.datetime | None = None
 
@@ -267,11 +267,19 @@ def stage_tiles_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions, 
             summary = {"uri": task["uri"], "page": task["page"], "from_level": task["from_level"]}
             try:
                 # Small row groups: region reads skip every row group whose tile range misses.
-                with pq.ParquetWriter(partial, schema, compression="none") as writer:
+                codecs = {f.name: "none" if f.name == "data" else "snappy" for f in schema}  # tiles are compressed already
+                small = [f.name for f in schema if f.name != "data"]
+                # No dictionary, statistics or compression on the tile bytes: all three would
+                # hash, copy or squeeze ~1 MB values for nothing (and stats would bloat footers).
+                with pq.ParquetWriter(
+                    partial, schema, compression=codecs, use_dictionary=small, write_statistics=small
+                ) as writer:
                     for out in _task_batches(task, options, schema):
                         writer.write_batch(out, row_group_size=16)
                         tiles += out.num_rows
                         size += out["data"].nbytes
+                        del out
+                        pa.default_memory_pool().release_unused()  # mimalloc keeps freed pages otherwise
                 os.replace(partial, path)
                 summary.update(path=path, tiles=tiles, data_bytes=size)
             except Exception as exc:  # noqa: BLE001 - one bad file becomes a reject, not a failed run
