@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import tempfile
 from typing import Any
@@ -92,33 +93,48 @@ def _reproduce_ingest(engine: LocalEngine, table: str, version: int) -> tuple[in
     return len(rows), diffs
 
 
-def _reproduce_transform(engine: LocalEngine, step: dict[str, Any], scratch: str | None) -> tuple[int, list[dict[str, Any]], str]:
+def _reproduce_transform(
+    engine: LocalEngine, step: dict[str, Any], scratch: str | None, workers: int | None
+) -> tuple[int, list[dict[str, Any]], str]:
     from lakeimg.jobs.transform import transform_table
 
     inputs = step["inputs"]
     if len(inputs) != 1 or inputs[0].get("version") is None:
         raise LakeImgError(f"{step['table']}@{step['version']}: expected one recorded input version, found {inputs}")
     source, source_version = inputs[0]["table"], int(inputs[0]["version"])
-    try:
-        engine.resolve_version(source, source_version)
-        engine.data_files(source, source_version)
-    except TableNotFoundError as exc:
-        raise LakeImgError(f"cannot reproduce {step['table']}@{step['version']}: its input {source}@{source_version} is no longer readable") from exc
+    _require_readable(engine, source, source_version, f"its input {source}@{source_version}")
     workdir = scratch or tempfile.mkdtemp(prefix="lakeimg-reproduce-")
     scratch_engine = LocalEngine(workdir)
     try:
         engine.copy_snapshot(source, source_version, scratch_engine, source)
+        tiles = f"{source}_tiles"  # tiled sources: pyramid levels live beside the images table
+        if engine.exists(tiles):
+            engine.copy_snapshot(tiles, None, scratch_engine, tiles)
         spec = step["spec"]
         if isinstance(spec, str):
             spec = json.loads(spec)
         target = step["table"]
-        transform_table(workdir, source, target, spec, full=True)
+        transform_table(workdir, source, target, spec, full=True, workers=workers)
         recorded = row_hashes(_content(engine, target, step["version"]))
         reproduced = row_hashes(_content(scratch_engine, target, None))
     finally:
         if scratch is None:
             shutil.rmtree(workdir, ignore_errors=True)
     return len(recorded), _compare(recorded, reproduced), f"{source}@{source_version}"
+
+
+def _require_readable(engine: LocalEngine, table: str, version: int, what: str) -> None:
+    """Fail clearly when a version's log or files are gone (vacuumed or log-expired)."""
+    try:
+        files = engine.data_files(table, version)
+    except TableNotFoundError as exc:
+        raise LakeImgError(f"cannot reproduce: {what} is no longer readable ({exc})") from exc
+    missing = [f for f in files if not os.path.exists(f)]
+    if missing:
+        raise LakeImgError(
+            f"cannot reproduce: {what} is no longer readable: {len(missing)} of its files were vacuumed "
+            "(maintenance keeps only versions that training sets and their lineage need)"
+        )
 
 
 def _content(engine: LocalEngine, table: str, version: int | None) -> pa.Table:
@@ -132,10 +148,12 @@ def reproduce(
     version: VersionLike = None,
     *,
     scratch: str | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """Re-run what made `table@version`; {"identical", "differences", "rows", "job", ...}.
 
-    `scratch` keeps the re-run's lake in that folder (default: a temporary folder, removed).
+    `scratch` keeps the re-run's lake in that folder (default: a temporary folder, removed);
+    `workers` are the re-run's processes (default: CPU count; 0 runs in this process).
 
     Example:
         >>> reproduce(LocalEngine("/tmp/lake"), "images", 0)["job"]  # doctest: +SKIP
@@ -143,6 +161,7 @@ def reproduce(
     """
     resolved = engine.resolve_version(table, version)
     step = producing_step(engine, table, resolved)
+    _require_readable(engine, table, resolved, f"{table}@{resolved}")
     result: dict[str, Any] = {
         "table": table,
         "version": resolved,
@@ -153,7 +172,7 @@ def reproduce(
         "made_at_version": step["made_at_version"],
     }
     if step["job"] == "transform":
-        rows, diffs, input_ref = _reproduce_transform(engine, step, scratch)
+        rows, diffs, input_ref = _reproduce_transform(engine, step, scratch, workers)
         result["input"] = input_ref
         result["method"] = "re-ran the recorded spec on the recorded input version; compared row hashes"
     elif step["job"] == "ingest" or (step["job"] is None and not step["inputs"]):

@@ -15,6 +15,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("ref", metavar="TABLE[@VERSION]", help="table@7 or table@2026-01-31T12:00:00 (latest when no @)")
     p.add_argument("--lake", required=True, help="the lake's root folder")
     p.add_argument("--scratch", default=None, help="keep the re-run's scratch lake in this folder")
+    p.add_argument("--workers", type=int, default=None, help="processes for the re-run (default: CPU count)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(handler=run)
 
@@ -25,7 +26,7 @@ def run(args) -> int:
     from lakeimg.engine.local import LocalEngine
 
     name, version = parse_table_ref(args.ref)
-    result = reproduce(LocalEngine(args.lake), name, version, scratch=args.scratch)
+    result = reproduce(LocalEngine(args.lake), name, version, scratch=args.scratch, workers=args.workers)
     if args.json:
         print_json(result)
     else:
