@@ -263,7 +263,7 @@ class LocalEngine:
         from deltalake import write_deltalake
 
         source = self.delta_table(name, version)
-        schema = pa.schema([f.with_nullable(True) for f in source.schema().to_arrow()])
+        schema = pa.schema([f.with_nullable(True) for f in self.arrow_schema(name, version)])
         data = self.read(name, version=version).cast(schema)
         write_deltalake(
             target.location(target_name),
