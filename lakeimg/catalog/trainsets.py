@@ -176,7 +176,9 @@ def _selected_rows(engine: LocalEngine, spec: _Spec) -> pa.Table:
         con = duckdb.connect()
         try:
             con.register("t", table.append_column("_lakeimg_row", pa.array(np.arange(table.num_rows, dtype=np.int64))))
-            kept = con.execute(f"SELECT _lakeimg_row FROM t WHERE {spec.where}").fetch_arrow_table()
+            relation = con.sql(f"SELECT _lakeimg_row FROM t WHERE {spec.where}")
+            # duckdb 2 names it to_arrow_table; 1.x fetch_arrow_table
+            kept = (getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table)()
         except duckdb.Error as exc:
             raise SpecError(f"--where {spec.where!r}: {exc}") from exc
         finally:
