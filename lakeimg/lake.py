@@ -121,7 +121,18 @@ class Lake:
         """
         if isinstance(sources, (str, os.PathLike)):
             sources = [os.fspath(sources)]
+        if self.engine_name == "spark" and "engine" not in options:
+            options["engine"] = self.spark_engine()
         return ingest_files(self.path, list(sources), **options)
+
+    def spark_engine(self):
+        """The lake's SparkEngine on the session given as `Lake(path, engine="spark", spark=...)`."""
+        from lakeimg.engine import open_engine
+        from lakeimg.errors import SpecError
+
+        if self.spark is None:
+            raise SpecError("Lake(..., engine='spark') needs spark=<SparkSession>; lakeimg never builds a hidden one")
+        return open_engine(self.path, "spark", spark=self.spark)
 
     def read_region(
         self,

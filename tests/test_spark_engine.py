@@ -2,9 +2,31 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import json
+import time
+
+import pyarrow as pa
 import pytest
 
+from lakeimg.engine import open_engine
+from lakeimg.engine.local import LocalEngine
+from lakeimg.errors import TableNotFoundError
+from lakeimg.schemas import table_contract
+
 pytestmark = pytest.mark.spark
+
+
+def _reject_rows(uris: list[str], error_class: str = "corrupt") -> pa.Table:
+    now = dt.datetime(2024, 5, 1, 12, 0, tzinfo=dt.timezone.utc)
+    return pa.Table.from_pylist(
+        [
+            {"uri": u, "size_bytes": 10, "modified_at": now, "content_sha256": None, "error_class": error_class,
+             "error_message": "bad", "run_id": "r", "rejected_at": now}
+            for u in uris
+        ],
+        schema=table_contract("rejects").arrow_schema,
+    )
 
 
 def test_session_has_delta(spark, tmp_path):
@@ -15,3 +37,101 @@ def test_session_has_delta(spark, tmp_path):
 
     assert DeltaTable.isDeltaTable(spark, path)
     assert spark.read.format("delta").load(path).count() == 5
+
+
+def test_engine_surface(spark, tmp_path):
+    eng = open_engine(tmp_path / "lake", "spark", spark=spark)
+    contract = table_contract("rejects")
+    assert eng.version("r") is None and not eng.exists("r")
+    with pytest.raises(TableNotFoundError):
+        eng.read("r")
+
+    meta = {"run_id": "run-1", "job": "test"}
+    assert eng.create_empty("r", contract, meta) == 0
+    assert eng.protocol("r") == (1, 4)
+    props = eng.table_properties("r")
+    assert props["delta.enableChangeDataFeed"] == "true" and props["delta.enableDeletionVectors"] == "false"
+    # The contract's NOT NULL columns stay NOT NULL (delta-rs creates them the same way).
+    schema = spark.read.format("delta").load(eng.location("r")).schema
+    assert not schema["uri"].nullable and schema["content_sha256"].nullable
+
+    first = eng.merge_by_key("r", contract, upserts=_reject_rows(["a", "b", "c"]), metadata={"run_id": "run-2"})
+    assert (first.version, first.inserted, first.updated, first.committed) == (1, 3, 0, True)
+    time.sleep(1.1)  # commit timestamps have millisecond resolution; keep versions apart
+    between = dt.datetime.now(dt.timezone.utc)
+    time.sleep(1.1)
+    second = eng.merge_by_key(
+        "r", contract, upserts=_reject_rows(["c", "d"], "truncated"), delete_keys=["a"], metadata={"run_id": "run-3"}
+    )
+    assert (second.version, second.inserted, second.updated, second.deleted) == (2, 1, 1, 1)
+    # Nothing to do: no commit.
+    nothing = eng.merge_by_key("r", contract, upserts=_reject_rows([]), delete_keys=[])
+    assert (nothing.version, nothing.committed) == (2, False)
+
+    latest = eng.read("r")
+    assert sorted(latest["uri"].to_pylist()) == ["b", "c", "d"]
+    assert latest.schema.field("rejected_at").type == pa.timestamp("us", tz="UTC")
+    assert dict(zip(latest["uri"].to_pylist(), latest["error_class"].to_pylist()))["c"] == "truncated"
+    assert sorted(eng.read("r", version=1, columns=["uri"])["uri"].to_pylist()) == ["a", "b", "c"]
+    assert eng.read("r", version=0).num_rows == 0
+    assert sorted(eng.read("r", version=between)["uri"].to_pylist()) == ["a", "b", "c"]
+    assert sorted(eng.read("r", version=between.isoformat())["uri"].to_pylist()) == ["a", "b", "c"]
+    with pytest.raises(TableNotFoundError):
+        eng.read("r", version=7)
+
+    history = eng.history("r")
+    assert [h["version"] for h in history] == [2, 1, 0]
+    assert [h["lakeimg"]["run_id"] for h in history] == ["run-3", "run-2", "run-1"]
+    assert history[0]["operation"] == "MERGE"
+    # The session setting is unset after each commit: a plain write carries no run record.
+    plain = str(tmp_path / "plain")
+    spark.range(1).write.format("delta").save(plain)
+    from delta.tables import DeltaTable
+
+    assert DeltaTable.forPath(spark, plain).history().first()["userMetadata"] is None
+
+    # delta-rs sees the same history and metadata.
+    local = LocalEngine(eng.lake)
+    assert json.loads(local.history("r")[0]["userMetadata"])["run_id"] == "run-3"
+
+    eng.restore("r", 1)
+    assert eng.version("r") == 3
+    assert sorted(eng.read("r")["uri"].to_pylist()) == ["a", "b", "c"]
+
+    version = eng.append("runs", _reject_rows(["x"]), contract, {"run_id": "run-4"})
+    assert eng.read("runs")["uri"].to_pylist() == ["x"] and version == 1
+
+
+def test_ingest_on_spark_and_noop_rerun(spark, tmp_path):
+    from lakeimg import Lake
+    from lakeimg.samples import write_photo_jpegs
+
+    src = tmp_path / "src"
+    write_photo_jpegs(src / "cats", 3, width=64, height=48)
+    (src / "empty.jpg").write_bytes(b"")
+    (src / "notes.jpg").write_bytes(b"not a jpeg\n" * 10)
+    lake = Lake(tmp_path / "lake", engine="spark", spark=spark)
+
+    first = lake.ingest([str(src)], label_from_path="parent")
+    assert (first.added, first.updated, first.unchanged, first.rejected) == (3, 0, 0, 2)
+    images = lake.read("images")  # read back through delta-rs
+    assert sorted(images["label"].to_pylist()) == ["batch000"] * 3
+    assert set(images["width"].to_pylist()) == {64} and set(images["format"].to_pylist()) == {"JPEG"}
+    rejects = lake.read("images_rejects")
+    assert sorted(zip(rejects["uri"].to_pylist(), rejects["error_class"].to_pylist())) == [
+        ((src / "empty.jpg").as_uri(), "empty"),
+        ((src / "notes.jpg").as_uri(), "unsupported_format"),
+    ]
+    runs = lake.read("_lakeimg/runs")
+    assert runs["engine"].to_pylist() == ["spark"] and runs["status"].to_pylist() == ["succeeded"]
+    assert dict(runs["counts"][0].as_py()) == {"added": 3, "updated": 0, "unchanged": 0, "deleted": 0, "rejected": 2}
+    record = lake.history("images")[0]["lakeimg"]
+    assert record["run_id"] == first.run_id and record["engine"] == "spark"
+    # Staging is cleaned up.
+    assert not any((tmp_path / "lake" / "_lakeimg" / "staging").glob("*"))
+
+    versions = (lake.version("images"), lake.version("images_rejects"))
+    again = lake.ingest([str(src)], label_from_path="parent")
+    assert (again.added, again.updated, again.unchanged, again.rejected) == (0, 0, 5, 0)
+    assert (lake.version("images"), lake.version("images_rejects")) == versions
+    assert lake.read("_lakeimg/runs").num_rows == 2

@@ -48,8 +48,17 @@ def run(args) -> int:
         tile_above_pixels=args.tile_above_pixels,
         tile_size=args.tile_size,
     )
-    with progress_bar("decoding", enabled=not args.json) as on_progress:
-        summary = ingest_files(args.lake, args.sources, on_progress=on_progress, **options)
+    engine = None
+    if args.engine == "spark":
+        from lakeimg.engine import open_engine
+
+        engine = open_engine(args.lake, "spark", master=args.master, spark_conf=args.spark_conf)
+    try:
+        with progress_bar("decoding", enabled=not args.json) as on_progress:
+            summary = ingest_files(args.lake, args.sources, on_progress=on_progress, engine=engine, **options)
+    finally:
+        if engine is not None:
+            engine.close()
     if args.json:
         result = summary.to_dict()
         result.pop("rejects_version", None)

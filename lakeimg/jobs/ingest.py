@@ -123,6 +123,18 @@ def ingest_files(
         tile_size, tile_overlap, tile_encoding: the tiles' edge, overlap and codec.
         tile_rows_per_task: split one huge page into tasks of this many tile rows (0: no split).
     """
+    if getattr(engine, "distributed", False):
+        # The Spark engine: the same plan and commit rules, decoding on the executors and
+        # MERGE from staged Parquet (lakeimg/jobs/ingest_spark.py).
+        from lakeimg.jobs.ingest_spark import ingest_files_spark
+
+        return ingest_files_spark(
+            lake, sources, engine=engine, table=table, label_from_path=label_from_path,
+            inline_max_bytes=inline_max_bytes, max_pixels=max_pixels, file_timeout_s=file_timeout_s,
+            sync_deletes=sync_deletes, codecs=codecs, on_progress=on_progress,
+            tile_above_pixels=tile_above_pixels, tile_size=tile_size, tile_overlap=tile_overlap,
+            tile_encoding=tile_encoding,
+        )
     started = time.monotonic()
     started_at = utc_now()
     lake = str(lake)

@@ -1,0 +1,53 @@
+"""Engines: where lakeimg touches Delta. `open_engine` picks one by name.
+
+- "local" (default): `LocalEngine`, delta-rs and a process pool, no JVM.
+- "spark": `SparkEngine`, delta-spark on a SparkSession (pyspark is imported only then).
+
+Example:
+    >>> open_engine("/tmp/lake").name
+    'local'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["open_engine", "ENGINES"]
+
+ENGINES = ("local", "spark")
+
+
+def open_engine(
+    lake: str | os.PathLike[str],
+    engine: str = "local",
+    *,
+    master: str | None = None,
+    spark_conf: Mapping[str, str] | Iterable[str] = (),
+    spark: Any = None,
+):
+    """The engine handle for a lake.
+
+    For "spark", pass an existing `spark` session; without one (the CLI's case) a session is
+    built from `spark_session_builder(master, spark_conf)` and owned by the engine, which then
+    stops it on `close()`.
+
+    Example:
+        >>> eng = open_engine("/tmp/lake", "spark", master="local[2]")  # doctest: +SKIP
+        >>> eng.close()  # doctest: +SKIP
+    """
+    from lakeimg.errors import SpecError
+
+    if engine == "local":
+        from lakeimg.engine.local import LocalEngine
+
+        return LocalEngine(os.fspath(lake))
+    if engine == "spark":
+        from lakeimg.engine.spark import SparkEngine, spark_session_builder
+
+        owns = spark is None
+        if owns:
+            spark = spark_session_builder(master, spark_conf).getOrCreate()
+        return SparkEngine(os.fspath(lake), spark, owns_session=owns)
+    raise SpecError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
