@@ -297,14 +297,7 @@ def to_spark(spark: Any, trainset: TrainingSet, split: str, *, features: str = "
 
     from pyspark.ml.functions import array_to_vector
     from pyspark.sql import functions as F
-    from pyspark.sql.types import (
-        ArrayType,
-        FloatType,
-        LongType,
-        StringType,
-        StructField,
-        StructType,
-    )
+    from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
     from lakeimg.engine.local import LocalEngine
 
@@ -325,9 +318,8 @@ def to_spark(spark: Any, trainset: TrainingSet, split: str, *, features: str = "
     )
     joined = wanted.join(source, on=keys, how="inner")
     out_schema = StructType(
-        [StructField("uri", StringType())]
-        + ([StructField("variant", LongType())] if "variant" in keys else [])
-        + [StructField("label", StringType()), StructField("label_index", LongType()),
+        [joined.schema[k] for k in keys]
+        + [joined.schema["label"], joined.schema["label_index"],
            StructField(features, ArrayType(FloatType(), containsNull=False))]
     )
     kernel = partial(_features_kernel, pixel_columns=tuple(pixel_columns), keys=tuple(keys), features=features)
