@@ -227,7 +227,6 @@ def transform_table(
         raise SpecError(f"unknown engine {engine_name!r}; use local or spark")
     if not local.exists(source):
         raise TableNotFoundError(source, lake)
-    rejects_name = f"{target}_rejects"
     run_id = new_run_id()
     workers = (os.cpu_count() or 1) if workers is None else workers
 
@@ -239,21 +238,62 @@ def transform_table(
     plan = _plan(local, source, source_version, spec, target_keys, last, full=full, target_exists=target_exists)
 
     options = TransformOptions(spec=spec, run_id=run_id)
-    schema = transform_result_schema(spec)
-    if plan.todo:
-        if engine_name == "spark":
-            results = _run_spark(spark, local, source, source_version, plan.todo, options)
+    contract = spec.contract()
+    writer: Any = local
+    staged = None
+    if engine_name == "spark":
+        writer = _spark_engine(lake, spark)
+    try:
+        if plan.todo and engine_name == "spark":
+            staged = _run_spark(writer, source, source_version, plan.todo, options)
+            rows: Any = staged.conform(contract, where="outcome = 'row'")
+            produced = {(r[0], r[1]) for r in staged.frame("outcome = 'row'").select("uri", "variant").collect()}
+            rejects = _staged_rejects(staged, options)
         else:
-            todo_rows = _read_uris(local, source, source_version, SOURCE_COLUMNS, plan.todo).sort_by("uri")
-            results = _run_local(local, todo_rows, options, workers=workers, on_progress=on_progress)
-    else:
-        results = schema.empty_table()
-    rows = results.filter(pc.equal(results["outcome"], "row"))
-    rejects = results.filter(pc.equal(results["outcome"], "reject"))
+            if plan.todo:
+                todo_rows = _read_uris(local, source, source_version, SOURCE_COLUMNS, plan.todo).sort_by("uri")
+                results = _run_local(local, todo_rows, options, workers=workers, on_progress=on_progress)
+            else:
+                results = transform_result_schema(spec).empty_table()
+            rows = results.filter(pc.equal(results["outcome"], "row"))
+            rejects = results.filter(pc.equal(results["outcome"], "reject"))
+            produced = set(zip(rows["uri"].to_pylist(), rows["variant"].to_pylist(), strict=True))
+        return _commit(
+            local, writer, staged, rows, rejects, produced,
+            spec=spec, contract=contract, plan=plan, source=source, source_version=source_version, target=target,
+            target_keys=target_keys, target_exists=target_exists, run_id=run_id, engine_name=engine_name,
+            started=started, started_at=started_at,
+        )  # fmt: skip
+    finally:
+        if staged is not None:
+            staged.drop()
 
+
+def _commit(
+    local: LocalEngine,
+    writer: Any,
+    staged: Any,
+    rows: Any,
+    rejects: pa.Table,
+    produced: set[tuple[str, int]],
+    *,
+    spec: TransformSpec,
+    contract: Any,
+    plan: _Plan,
+    source: str,
+    source_version: int,
+    target: str,
+    target_keys: pa.Table,
+    target_exists: bool,
+    run_id: str,
+    engine_name: str,
+    started: float,
+    started_at: Any,
+) -> TransformSummary:
+    """MERGE rows into the target and rejects, append the runs row; undo data commits on failure."""
+    rejects_name = f"{target}_rejects"
     # Target rows to delete: dropped uris, rejected uris (their old rows are stale), variants
     # the spec no longer makes.
-    produced = set(zip(rows["uri"].to_pylist(), rows["variant"].to_pylist(), strict=True))
     rejected_uris = set(rejects["uri"].to_pylist())
     gone_uris = plan.drop | rejected_uris
     delete_keys = [
@@ -276,7 +316,6 @@ def transform_table(
         started_at=started_at,
         inputs=[{"table": source, "version": source_version}],
     )
-    contract = spec.contract()
     replace = target_exists and pa.schema(local.delta_table(target).schema().to_arrow()).names != contract.column_names
     before = {target: local.version(target), rejects_name: local.version(rejects_name)}
     metadata = record.commit_metadata()
@@ -284,22 +323,24 @@ def transform_table(
     old_keys = set(zip(target_keys["uri"].to_pylist(), target_keys["variant"].to_pylist(), strict=True))
     try:
         if replace:
-            version = local.overwrite(target, rows, contract, metadata)
+            # The columns changed (other feature ops): replace the table, schema included.
+            data = rows if staged is None else _staged_arrow(staged, contract)
+            version = local.overwrite(target, data, contract, metadata)
             committed.append(target)
             inserted, updated, deleted = len(produced - old_keys), len(produced & old_keys), len(old_keys - produced)
         else:
-            result = local.merge_by_key(target, contract, upserts=rows, delete_keys=delete_keys, key=_KEY, metadata=metadata)
+            result = writer.merge_by_key(target, contract, upserts=rows, delete_keys=delete_keys, key=_KEY, metadata=metadata)
             if result.committed:
                 committed.append(target)
             version, inserted, updated, deleted = result.version, result.inserted, result.updated, result.deleted
         rejects_contract = table_contract("rejects")
-        rej = local.merge_by_key(rejects_name, rejects_contract, upserts=_as_rejects(rejects, started_at), delete_keys=rejects_delete, metadata=metadata)
+        rej = writer.merge_by_key(rejects_name, rejects_contract, upserts=_as_rejects(rejects, started_at), delete_keys=rejects_delete, metadata=metadata)
         if rej.committed:
             committed.append(rejects_name)
         rejects_version = rej.version
         if rejects_version is None and version is not None:
             # Create the (empty) rejects table with the first target commit so SQL can name it.
-            local.create_empty(rejects_name, rejects_contract, metadata)
+            writer.create_empty(rejects_name, rejects_contract, metadata)
             committed.append(rejects_name)
             rejects_version = local.version(rejects_name)
         unchanged = len(old_keys) - updated - deleted
@@ -307,10 +348,10 @@ def transform_table(
         record.outputs = [{"table": target, "version": version}, {"table": rejects_name, "version": rejects_version}]
         record.finished_at = utc_now()
         record.counts = {"added": inserted, "updated": updated, "unchanged": unchanged, "deleted": deleted, "rejected": rejects.num_rows}
-        local.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
+        writer.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
     except BaseException:
         for name in reversed(committed):
-            local.restore(name, before[name])
+            writer.restore(name, before[name])
         raise
     return TransformSummary(
         run_id=run_id,
@@ -363,39 +404,50 @@ def _run_local(engine: LocalEngine, todo: pa.Table, options: TransformOptions, *
     return pa.Table.from_batches(list(batches), schema=schema)
 
 
-def _run_spark(spark: Any, engine: LocalEngine, source: str, source_version: int, todo: set[str], options: TransformOptions) -> pa.Table:
-    """The same kernel through Spark's mapInArrow over the source rows to compute."""
+def _spark_engine(lake: str, spark: Any):
     if spark is None:
         raise SpecError("engine spark needs a SparkSession (pass spark=...; the CLI builds one)")
+    from lakeimg.engine.spark import SparkEngine
+
+    return SparkEngine(lake, spark)
+
+
+def _run_spark(engine: Any, source: str, source_version: int, todo: set[str], options: TransformOptions):
+    """The same kernel through Spark's mapInArrow over the source rows to compute, staged as
+    Parquet under the lake (pixels never reach the driver)."""
+    import math
+    import uuid
+
     from pyspark.sql import functions as F
 
-    from lakeimg.schemas import TableContract
+    from lakeimg.engine.local import table_location
+    from lakeimg.engine.spark import StagedRows, _struct_of
 
+    spark = engine.spark
+    frame = engine.frame(source, source_version).where(F.col("uri").isin(sorted(todo))).select(*SOURCE_COLUMNS)
+    partitions = max(1, min(len(todo), max(2 * spark.sparkContext.defaultParallelism, math.ceil(len(todo) / 16))))
     schema = transform_result_schema(options.spec)
-    out_contract = TableContract("transform_result", 1, "", {"type": "struct", "fields": _struct_fields(schema)}, (), {})
-    df = (
-        spark.read.format("delta")
-        .option("versionAsOf", source_version)
-        .load(engine.location(source))
-        .where(F.col("uri").isin(sorted(todo)))
-        .select(*SOURCE_COLUMNS)
-    )
-    result = df.mapInArrow(partial(transform_kernel, options=options), out_contract.spark_schema())
-    table = result.toArrow()
-    return table.cast(schema) if table.num_rows else schema.empty_table()
+    results = frame.repartition(partitions).mapInArrow(partial(transform_kernel, options=options), _struct_of(schema))
+    location = table_location(engine.lake, f"_lakeimg/staging/{uuid.uuid4().hex}")
+    results.write.mode("overwrite").parquet(location)
+    return StagedRows(engine, location)
 
 
-def _struct_fields(schema: pa.Schema) -> list[dict[str, Any]]:
-    """Spark StructType JSON of the kernel's Arrow output schema."""
-    names = {pa.string(): "string", pa.binary(): "binary", pa.int32(): "integer", pa.int64(): "long", pa.float64(): "double", pa.timestamp("us", tz="UTC"): "timestamp"}
-    fields = []
-    for f in schema:
-        if pa.types.is_list(f.type):
-            kind: Any = {"type": "array", "elementType": names[f.type.value_type], "containsNull": False}
-        else:
-            kind = names[f.type]
-        fields.append({"name": f.name, "type": kind, "nullable": True, "metadata": {}})
-    return fields
+def _staged_rejects(staged: Any, options: TransformOptions) -> pa.Table:
+    """The (small, pixel-free) reject rows of a staged Spark result, as Arrow on the driver."""
+    schema = transform_result_schema(options.spec)
+    names = ["uri", "source_sha256", "run_id", "error_class", "error_message", "size_bytes", "modified_at"]
+    found = staged.frame("outcome = 'reject'").select(*names).collect()
+    return pa.Table.from_pylist([r.asDict() for r in found], schema=pa.schema([schema.field(n) for n in names]))
+
+
+def _staged_arrow(staged: Any, contract: Any) -> pa.Table:
+    """Staged Spark rows read back with pyarrow (only for a schema-changing commit on a local lake)."""
+    import pyarrow.dataset as ds
+
+    location = staged.location[len("file://") :] if staged.location.startswith("file://") else staged.location
+    table = ds.dataset(location, format="parquet").to_table()
+    return table.filter(pc.equal(table["outcome"], "row")).select(contract.column_names)
 
 
 def _as_rejects(rows: pa.Table, at) -> pa.Table:
