@@ -157,3 +157,28 @@ def test_decoded_arrays_never_silently_change_dtype_on_reject_paths():
     with pytest.raises(ImageDecodeError) as info:
         read_image(data[: len(data) // 2], "half16.png")
     assert info.value.error_class in ("truncated", "corrupt")
+
+
+def test_file_that_vanished_after_listing_is_unreadable(tmp_path):
+    import datetime as dt
+
+    from lakeimg.kernels.ingest import IngestOptions, ingest_one_file
+
+    listing = {
+        "uri": (tmp_path / "gone.jpg").as_uri(),
+        "size_bytes": 10,
+        "modified_at": dt.datetime.now(dt.timezone.utc),
+        "label": None,
+    }
+    row = ingest_one_file(listing, IngestOptions(run_id="r"))
+    assert (row["outcome"], row["error_class"], row["content_sha256"]) == ("reject", "unreadable", None)
+    assert "vanished" in row["error_message"]
+
+
+def test_progress_reaches_the_total(tmp_path):
+    src = tmp_path / "src"
+    write_broken_files(src)
+    calls = []
+    Lake(tmp_path / "lake").ingest([str(src)], workers=2, on_progress=lambda done, total: calls.append((done, total)))
+    assert calls and calls[-1] == (7, 7)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls)
