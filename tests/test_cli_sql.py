@@ -168,3 +168,23 @@ def test_show_needs_the_thumbnail_column(lake, tmp_path):
     done = run_cli("show", "--lake", lake.path, "--out", str(tmp_path / "x.png"), "SELECT uri FROM images")
     assert done.returncode == 2
     assert "thumbnail" in done.stderr
+
+
+def test_jsonable_rows_give_valid_json():
+    import pyarrow as pa
+
+    from lakeimg.catalog.sql import jsonable_rows
+
+    table = pa.table(
+        {
+            "f": [float("nan"), 1.5],
+            "m": pa.array([[("a", "1")], []], pa.map_(pa.string(), pa.string())),
+            "b": [b"\x00\xff", None],
+            "t": pa.array([dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc), None], pa.timestamp("us", tz="UTC")),
+        }
+    )
+    rows = jsonable_rows(table)
+    assert json.loads(json.dumps(rows, allow_nan=False)) == [
+        {"f": None, "m": {"a": "1"}, "b": "AP8=", "t": "2026-01-02T03:04:05+00:00"},
+        {"f": 1.5, "m": {}, "b": None, "t": None},
+    ]

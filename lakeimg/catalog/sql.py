@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import decimal
+import math
 import os
 import re
 from collections.abc import Iterator
@@ -225,22 +226,27 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _jsonable(value: Any, binary: str) -> Any:
+def _jsonable(value: Any, kind: pa.DataType, binary: str) -> Any:
+    """One value as JSON-ready Python, guided by its Arrow type (maps become objects, even empty)."""
+    if value is None:
+        return None
+    if pa.types.is_map(kind):
+        return {str(k): _jsonable(v, kind.item_type, binary) for k, v in value}
+    if pa.types.is_struct(kind):
+        return {f.name: _jsonable(value.get(f.name), f.type, binary) for f in kind}
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return [_jsonable(v, kind.value_type, binary) for v in value]
     if isinstance(value, (bytes, bytearray, memoryview)):
         data = bytes(value)
         return base64.b64encode(data).decode("ascii") if binary == "base64" else data
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v, binary) for k, v in value.items()}
-    if isinstance(value, list):
-        if value and all(isinstance(v, tuple) and len(v) == 2 for v in value):  # Arrow maps
-            return {str(k): _jsonable(v, binary) for k, v in value}
-        return [_jsonable(v, binary) for v in value]
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
         return value.total_seconds()
     if isinstance(value, decimal.Decimal):
-        return float(value)
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or infinity
     return value
 
 
@@ -253,4 +259,5 @@ def jsonable_rows(table: pa.Table, *, binary: str = "base64") -> list[dict[str, 
         >>> jsonable_rows(pa.table({"b": [b"hi"]}))
         [{'b': 'aGk='}]
     """
-    return [{k: _jsonable(v, binary) for k, v in row.items()} for row in table.to_pylist()]
+    types = {f.name: f.type for f in table.schema}
+    return [{k: _jsonable(v, types[k], binary) for k, v in row.items()} for row in table.to_pylist()]
