@@ -35,7 +35,7 @@ import pyarrow as pa
 from lakeimg.engine.local import LocalEngine, table_location
 from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
 
-__all__ = ["run_sql", "lake_tables", "TableRef", "table_refs", "jsonable_rows", "RUNS_SQL_NAME"]
+__all__ = ["run_sql", "run_spark_sql", "lake_tables", "TableRef", "table_refs", "jsonable_rows", "RUNS_SQL_NAME"]
 
 RUNS_SQL_NAME = "lakeimg_runs"
 _RUNS_PATH = "_lakeimg/runs"
@@ -219,6 +219,34 @@ def run_sql(lake: str | os.PathLike[str], query: str, *, engine: LocalEngine | N
             raise LakeImgError(f"SQL: {_first_line(exc)}") from exc
     finally:
         con.close()
+
+
+def run_spark_sql(spark, lake: str | os.PathLike[str], query: str) -> pa.Table:
+    """Run one query in Spark SQL with the lake's tables registered in the session catalog.
+
+    Spark SQL reads Delta's `VERSION AS OF` / `TIMESTAMP AS OF` natively. The result comes back
+    as Arrow (`DataFrame.toArrow`); it is a query's result, so it is meant to be small.
+
+    Example:
+        >>> run_spark_sql(spark, "/data/lake", "SELECT count(*) FROM images VERSION AS OF 0")  # doctest: +SKIP
+    """
+    from pyspark.errors import AnalysisException, ParseException
+
+    from lakeimg.spark import register
+
+    register(spark, os.fspath(lake))
+    try:
+        frame = spark.sql(query)
+        if hasattr(frame, "toArrow"):  # Spark >= 4.0
+            return frame.toArrow()
+        return pa.Table.from_pandas(frame.toPandas(), preserve_index=False)  # pragma: no cover - older Spark
+    except ParseException as exc:
+        raise SpecError(f"SQL: {_first_line(exc)}") from exc
+    except AnalysisException as exc:
+        missing = re.search(r"TABLE_OR_VIEW_NOT_FOUND\]?[^`]*`?([^`\s]+)`?", str(exc))
+        if missing:
+            raise TableNotFoundError(missing.group(1), os.fspath(lake)) from exc
+        raise SpecError(f"SQL: {_first_line(exc)}") from exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -46,23 +46,14 @@ def query_rows(args, *, binary: str = "base64") -> tuple[list[dict[str, Any]], l
 
 def _spark_query(args):
     """The query through Spark SQL with the lake's tables registered in the session catalog."""
-    from lakeimg import spark as lakeimg_spark
+    from lakeimg.catalog.sql import run_spark_sql
     from lakeimg.engine.spark import spark_session_builder
 
     spark = spark_session_builder(args.master or "local[*]", args.spark_conf).getOrCreate()
     try:
-        lakeimg_spark.register(spark, args.lake)
-        return _to_arrow(spark.sql(args.query))
+        return run_spark_sql(spark, args.lake, args.query)
     finally:
         spark.stop()
-
-
-def _to_arrow(frame):
-    import pyarrow as pa
-
-    if hasattr(frame, "toArrow"):  # Spark >= 4.0
-        return frame.toArrow()
-    return pa.Table.from_pandas(frame.toPandas())  # pragma: no cover - older Spark
 
 
 def run(args) -> int:
