@@ -70,6 +70,8 @@ WRITERS = {
     "jpeg.tif": lambda p: tifffile.imwrite(p, RGB, compression="jpeg"),
     "tiled.tif": lambda p: tifffile.imwrite(p, GRAY16, tile=(16, 16)),
     "big.tif": lambda p: tifffile.imwrite(p, GRAY16, bigtiff=True),
+    "bits12.tif": lambda p: tifffile.imwrite(p, GRAY16 >> 4, bitspersample=12),  # Pillow cannot read this
+    "bilevel.tif": lambda p: tifffile.imwrite(p, RGB[:, :, 0] > 120),
     "picture.bmp": lambda p: _pil(p, RGB, "BMP"),
     "palette.gif": lambda p: Image.fromarray(RGB).convert("P").save(p, "GIF"),
     "animated.gif": lambda p: Image.fromarray(RGB).save(p, "GIF", save_all=True, append_images=[Image.fromarray(RGB[::-1].copy())]),
@@ -218,6 +220,8 @@ EXPECTED_META = {
     "int16.tif": ("TIFF", "int16", 1, 1),
     "uint32.tif": ("TIFF", "uint32", 1, 1),
     "multipage.tif": ("TIFF", "uint16", 1, 3),
+    "bits12.tif": ("TIFF", "uint16", 1, 1),
+    "bilevel.tif": ("TIFF", "bool", 1, 1),
     "deflate16.tif": ("TIFF", "uint16", 3, 1),
     "picture.bmp": ("BMP", "uint8", 3, 1),
     "palette.gif": ("GIF", "uint8", 3, 1),
