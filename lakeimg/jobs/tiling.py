@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 
 from lakeimg.engine.local import LocalEngine, MergeResult
 from lakeimg.image.display import make_thumbnail
-from lakeimg.image.tiles import decode_tile, page_shapes
+from lakeimg.image.tiles import decode_tile, level_count, page_shapes
 from lakeimg.kernels.tiles import (
     STAGED_SCHEMA,
     TILE_TASK_SCHEMA,
@@ -40,7 +40,16 @@ from lakeimg.kernels.tiles import (
 )
 from lakeimg.schemas import table_contract
 
-__all__ = ["TilingResult", "commit_tiles", "previously_tiled", "tile_images", "tiles_table_name"]
+__all__ = [
+    "SparkTiling",
+    "TilingResult",
+    "commit_tiles",
+    "commit_tiles_spark",
+    "previously_tiled",
+    "tile_images",
+    "tile_images_spark",
+    "tiles_table_name",
+]
 
 # Tiles per Parquet row group in the tiles table: a region read skips the row groups whose
 # (uri, level, tile_row) statistics miss the window.
@@ -75,6 +84,9 @@ def previously_tiled(engine: LocalEngine, table: str) -> set[str]:
     """Uris whose rows in the images table say `tiled` (their tiles live in `<table>_tiles`)."""
     if not engine.exists(table):
         return set()
+    if getattr(engine, "distributed", False):  # the Spark engine filters with SQL
+        rows = engine.read(table, columns=["uri"], filter="tiled")
+        return set(rows["uri"].to_pylist())
     rows = engine.read(table, columns=["uri", "tiled"], filter=pc.field("tiled") == True)  # noqa: E712
     return set(rows["uri"].to_pylist())
 
@@ -194,3 +206,103 @@ def commit_tiles(
     uris = sorted(set(replace_uris) | set(result.tiled_uris if result is not None else []))
     # The staged files become the table's files as they are (renamed, not rewritten).
     return engine.commit_files_by_uri(name, table_contract("tiles"), files, uris=uris, metadata=metadata)
+
+
+# --- the Spark engine --------------------------------------------------------------------
+
+
+@dataclass
+class SparkTiling:
+    """What `tile_images_spark` produced: tiles staged as Parquet by the executors."""
+
+    staged: list[Any] = field(default_factory=list)  # the engine's StagedRows, one per phase
+    thumbnails: dict[str, bytes | None] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)  # uri -> message
+    tiled_uris: list[str] = field(default_factory=list)
+
+    def cleanup(self) -> None:
+        for staged in self.staged:
+            staged.drop()
+
+
+def tile_images_spark(engine, rows: list[dict[str, Any]], options: TileOptions, *, thumbnail_size: int = 256) -> SparkTiling:
+    """Cut the tiles of `rows` (images rows marked tiled) on Spark executors, one task per share.
+
+    A huge page is split by tile-row ranges (`options.rows_per_task`) into many Spark tasks,
+    then one task per page builds the top levels from the staged level; tiles stay on the
+    executors' side (staged Parquet under the lake) and never reach the driver.
+    """
+    from lakeimg.kernels.tiles import safe_tile_kernel, tiles_schema
+
+    result = SparkTiling()
+    if not rows:
+        return result
+    tasks: list[dict[str, Any]] = []
+    for row in rows:
+        try:
+            shapes = page_shapes(local_path(row["uri"])) if options.rows_per_task > 0 else None
+            tasks += plan_tile_tasks(
+                row["uri"], row["content_sha256"], row["height"], row["width"],
+                pages=row["pages"] or 1, tile_size=options.tile_size,
+                rows_per_task=options.rows_per_task, staging=None, page_shapes=shapes,
+            )
+        except Exception as exc:  # noqa: BLE001
+            result.failures[row["uri"]] = f"{type(exc).__name__}: {exc}"
+    kernel = partial(safe_tile_kernel, options=options)
+    first = [t for t in tasks if t["from_level"] == 0 and t["uri"] not in result.failures]
+    if first:
+        result.staged.append(engine.map_kernel_to_stage(
+            kernel, pa.Table.from_pylist(first, schema=TILE_TASK_SCHEMA), output_schema=tiles_schema(), rows_per_task=1
+        ))
+        for r in result.staged[0].frame("level < 0").select("uri", "data").collect():
+            result.failures.setdefault(r[0], bytes(r[1]).decode("utf-8", "replace"))
+        top = [
+            {**t, "staging": result.staged[0].location}
+            for t in tasks if t["from_level"] > 0 and t["uri"] not in result.failures
+        ]
+        if top:
+            result.staged.append(engine.map_kernel_to_stage(
+                kernel, pa.Table.from_pylist(top, schema=TILE_TASK_SCHEMA), output_schema=tiles_schema(), rows_per_task=1
+            ))
+            for r in result.staged[1].frame("level < 0").select("uri", "data").collect():
+                result.failures.setdefault(r[0], bytes(r[1]).decode("utf-8", "replace"))
+    for row in rows:
+        uri = row["uri"]
+        if uri in result.failures:
+            continue
+        top_level = level_count(row["height"], row["width"], options.tile_size) - 1
+        quoted = uri.replace("\\", "\\\\").replace("'", "\\'")
+        found = None
+        for staged in result.staged:
+            hits = staged.frame(f"uri = '{quoted}' AND page = 0 AND level = {top_level}").limit(1).collect()
+            if hits:
+                found = hits[0].asDict()
+                break
+        if found is None:
+            result.failures[uri] = "no top-level tile was produced"
+            continue
+        arr = decode_tile(bytes(found["data"]), found["encoding"], found["height"], found["width"], found["channels"], found["dtype"])
+        mode = row.get("mode")
+        result.thumbnails[uri] = make_thumbnail(arr, size=thumbnail_size, invert=mode in ("MINISWHITE", "MONOCHROME1"))
+        result.tiled_uris.append(uri)
+    return result
+
+
+def commit_tiles_spark(
+    engine,
+    table: str,
+    result: SparkTiling | None,
+    *,
+    replace_uris: set[str] | list[str] = (),
+    metadata: dict[str, Any] | None = None,
+) -> MergeResult:
+    """One Delta commit (replaceWhere) to `<table>_tiles`: old tiles of `replace_uris` out, new in."""
+    contract = table_contract("tiles")
+    frame = None
+    uris = sorted(set(replace_uris) | set(result.tiled_uris if result is not None else []))
+    if result is not None and result.tiled_uris:
+        keep = ", ".join("'" + u.replace("\\", "\\\\").replace("'", "\\'") + "'" for u in result.tiled_uris)
+        for staged in result.staged:
+            part = staged.conform(contract, where=f"level >= 0 AND uri IN ({keep})")
+            frame = part if frame is None else frame.unionByName(part)
+    return engine.replace_by_uri(tiles_table_name(table), contract, frame, uris=uris, metadata=metadata)

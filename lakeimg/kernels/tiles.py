@@ -52,6 +52,7 @@ __all__ = [
     "TileOptions",
     "local_path",
     "plan_tile_tasks",
+    "safe_tile_kernel",
     "stage_tiles_kernel",
     "tile_kernel",
     "tiles_schema",
@@ -234,6 +235,27 @@ def tile_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions) -> Iter
     for batch in batches:
         for task in batch.to_pylist():
             yield from _task_batches(task, options, schema)
+
+
+def safe_tile_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions) -> Iterator[pa.RecordBatch]:
+    """`tile_kernel` for engines without per-task isolation (Spark): a task that fails emits one
+    error row (level -1, encoding "error", data = the message) instead of failing the job; the
+    job drops every row of that uri and rejects the file."""
+    schema = tiles_schema()
+    for batch in batches:
+        for task in batch.to_pylist():
+            try:
+                yield from _task_batches(task, options, schema)
+            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the job
+                message = f"{type(exc).__name__}: {exc}"[:2000]
+                row = {
+                    "uri": task["uri"], "content_sha256": task["content_sha256"] or "", "page": task["page"],
+                    "level": -1, "tile_row": 0, "tile_col": 0, "x": 0, "y": 0, "width": 0, "height": 0,
+                    "channels": 0, "dtype": "", "encoding": "error", "data": message.encode(), "overlap": 0,
+                    "geotransform": None, "run_id": options.run_id,
+                    "ingested_at": options.ingested_at or dt.datetime.now(dt.timezone.utc),
+                }
+                yield pa.RecordBatch.from_pylist([row], schema=schema)
 
 
 def _task_batches(task: dict[str, Any], options: TileOptions, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
