@@ -209,3 +209,25 @@ def test_yaml_spec_equals_json_spec(tmp_path: Path):
     path = tmp_path / "spec.yaml"
     path.write_text("ops:\n  - op: resize\n    width: 16\n    height: 12\noutput:\n  encoding: png\n")
     assert parse_spec(path).spec_hash == parse_spec(json.dumps(RESIZE)).spec_hash
+
+
+def test_tiled_sources_read_the_smallest_large_enough_pyramid_level(tmp_path: Path):
+    from lakeimg.jobs.transform import pyramid_level
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(photo_like(200, 300, seed=9)).save(src / "big.png")
+    lake = Lake(tmp_path / "lake")
+    lake.ingest([str(src)], workers=0, tile_above_pixels=1000, tile_size=64)
+    row = lake.read("images", columns=["uri", "tiled", "levels", "width", "height"]).to_pylist()[0]
+    assert row["tiled"] and row["levels"] >= 3
+    spec = {"ops": [{"op": "resize", "width": 40, "height": 30}], "output": "png"}
+    assert pyramid_level(300, 200, row["levels"], parse_spec(spec)) == 2  # 75x50 >= 40x30 > 38x25
+    summary = lake.transform("images", "small", spec, workers=0)
+    assert (summary.added, summary.rejected) == (1, 0)
+    level2 = lake.read_region("images", row["uri"], 0, 0, 75, 50, level=2)
+    out = pixels(lake.read("small").to_pylist()[0])
+    assert np.array_equal(out, cv2.resize(level2, (40, 30), interpolation=cv2.INTER_AREA))
+    # an op list that does not start by shrinking reads level 0
+    full = lake.transform("images", "flipped", {"ops": [{"op": "flip"}], "output": "png"}, workers=0)
+    assert full.added == 1 and pixels(lake.read("flipped").to_pylist()[0]).shape == (200, 300, 3)

@@ -310,9 +310,14 @@ def export_bytes(image: np.ndarray, fmt: str, *, quality: int = 90) -> bytes:
         import tifffile
 
         buf = io.BytesIO()
-        photometric = "rgb" if image.shape[2] in (3, 4) and image.dtype in (np.uint8, np.uint16) else "minisblack"
-        extrasamples = ["unassalpha"] if photometric == "rgb" and image.shape[2] == 4 else None
-        tifffile.imwrite(buf, image if image.shape[2] > 1 else image[:, :, 0], photometric=photometric, extrasamples=extrasamples)
+        channels = image.shape[2]
+        if channels == 1:
+            tifffile.imwrite(buf, image[:, :, 0], photometric="minisblack")
+        elif channels in (3, 4):
+            extra = ["unassalpha"] if channels == 4 else None
+            tifffile.imwrite(buf, image, photometric="rgb", planarconfig="contig", extrasamples=extra)
+        else:  # any other sample count: gray plus unspecified extra samples, interleaved
+            tifffile.imwrite(buf, image, photometric="minisblack", planarconfig="contig", extrasamples=["unspecified"] * (channels - 1))
         return buf.getvalue()
     if fmt == "png":
         if image.dtype not in (np.uint8, np.uint16) or image.shape[2] not in (1, 3, 4):

@@ -251,7 +251,8 @@ def transform_table(
             rejects = _staged_rejects(staged, options)
         else:
             if plan.todo:
-                todo_rows = _read_uris(local, source, source_version, SOURCE_COLUMNS, plan.todo).sort_by("uri")
+                todo_rows = _read_uris(local, source, source_version, [*SOURCE_COLUMNS, "levels"], plan.todo).sort_by("uri")
+                todo_rows = _inline_tiled(local, source, source_version, todo_rows, spec)
                 results = _run_local(local, todo_rows, options, workers=workers, on_progress=on_progress)
             else:
                 results = transform_result_schema(spec).empty_table()
@@ -369,6 +370,56 @@ def _commit(
         spec_hash=spec.spec_hash,
         rejects_version=rejects_version,
     )
+
+
+def pyramid_level(width: int, height: int, levels: int, spec: TransformSpec) -> int:
+    """The smallest pyramid level still at least as large as what the spec's leading resize
+    needs (0 when the spec does not start by shrinking).
+
+    Example:
+        >>> s = parse_spec({"ops": [{"op": "resize", "width": 256, "height": 256}]})
+        >>> pyramid_level(4096, 3072, 5, s)
+        3
+    """
+    from lakeimg.image.tiles import level_shape
+
+    need = spec.shrink_target(width, height)
+    if need is None:
+        return 0
+    level = 0
+    for candidate in range(1, max(1, levels)):
+        h, w = level_shape(height, width, candidate)
+        if w < need[0] or h < need[1]:
+            break
+        level = candidate
+    return level
+
+
+def _inline_tiled(engine: LocalEngine, source: str, version: int, rows: pa.Table, spec: TransformSpec) -> pa.Table:
+    """Give tiled source rows the pixels of the pyramid level the spec needs, as lossless TIFF
+    bytes in `content` (the kernel decodes them like any file). Read on the driver through
+    `read_region`, which touches only that level's tiles; a failure leaves content null and the
+    kernel rejects the image with the reason."""
+    if not pc.any(pc.fill_null(rows["tiled"], False)).as_py():
+        return rows
+    from lakeimg.catalog.regions import read_region
+    from lakeimg.image.codecs import export_bytes
+    from lakeimg.image.tiles import level_shape
+
+    contents = rows["content"].to_pylist()
+    for i, row in enumerate(rows.select(["uri", "tiled", "width", "height", "levels"]).to_pylist()):
+        if not row["tiled"]:
+            continue
+        level = pyramid_level(row["width"], row["height"], row["levels"] or 1, spec)
+        h, w = level_shape(row["height"], row["width"], level)
+        try:
+            pixels = read_region(engine, source, row["uri"], 0, 0, w, h, level=level, version=version)
+        except LakeImgError:
+            contents[i] = None
+            continue
+        contents[i] = export_bytes(pixels, "tiff")  # lossless, any dtype and channel count
+    index = rows.column_names.index("content")
+    return rows.set_column(index, "content", pa.array(contents, pa.binary()))
 
 
 def _run_local(engine: LocalEngine, todo: pa.Table, options: TransformOptions, *, workers: int, on_progress=None) -> pa.Table:

@@ -145,7 +145,7 @@ def _source_pixels(src: dict[str, Any]) -> np.ndarray:
     content = src.get("content")
     if content is None:
         if src.get("tiled"):
-            raise ImageDecodeError(src["uri"], "tiled_source", "the source is tiled and has no inline content; tiled reads are not wired into transform yet")
+            raise ImageDecodeError(src["uri"], "tiled_source", "the source is tiled and its pyramid level could not be read (engine spark reads no tiles yet)")
         from lakeimg.kernels.ingest import read_file_bytes
 
         try:  # not inlined at ingest (above --inline-max-bytes): read the original file
