@@ -77,13 +77,13 @@ def to_chw_float32(image: np.ndarray) -> np.ndarray:
     """
     if image.ndim == 2:
         image = image[:, :, None]
-    if image.dtype == np.bool_:
-        out = image.astype(np.float32)
-    elif np.issubdtype(image.dtype, np.integer):
-        out = image.astype(np.float32) * np.float32(1.0 / np.iinfo(image.dtype).max)
+    chw = image.transpose(2, 0, 1)
+    out = np.empty(chw.shape, np.float32)
+    if np.issubdtype(image.dtype, np.integer):  # one pass: cast, scale and transpose together
+        np.multiply(chw, np.float32(1.0 / np.iinfo(image.dtype).max), out=out, casting="unsafe")
     else:
-        out = image.astype(np.float32, copy=False)
-    return np.ascontiguousarray(out.transpose(2, 0, 1))
+        out[...] = chw
+    return out
 
 
 class SplitData:
