@@ -394,52 +394,6 @@ class LocalEngine:
             committed=after != before,
         )
 
-    def replace_by_uri(
-        self,
-        name: str,
-        contract: TableContract,
-        data: pa.RecordBatchReader | None,
-        *,
-        uris: Sequence[str] = (),
-        metadata: dict[str, Any] | None = None,
-        max_row_group_size: int | None = None,
-    ) -> MergeResult:
-        """Delete every row whose uri is in `uris` and write `data` (streamed) in one commit.
-
-        The tiles table's update: all tiles of a changed image are replaced together (a MERGE
-        keyed on (uri, page, level, tile_row, tile_col) would leave stale tiles behind when the
-        grid shrinks). `data` is a RecordBatchReader, so a huge image's tiles never sit in memory.
-        Nothing to do: no commit.
-        """
-        from deltalake import WriterProperties, write_deltalake
-
-        exists = self.exists(name)
-        if data is None and (not uris or not exists):
-            return MergeResult(self.version(name))
-        if data is None:
-            data = pa.RecordBatchReader.from_batches(contract.arrow_schema, iter(()))
-        props = WriterProperties(max_row_group_size=max_row_group_size) if max_row_group_size else None
-        quoted = ", ".join("'" + u.replace("'", "''") + "'" for u in uris)
-        overwrite = exists and bool(uris)
-        before = self.version(name)
-        self._with_retries(
-            name,
-            lambda: write_deltalake(
-                self.location(name),
-                data,
-                mode="overwrite" if overwrite else "append",
-                predicate=f"uri IN ({quoted})" if overwrite else None,
-                configuration=None if exists else contract.properties,
-                name=None if exists else name.rsplit("/", 1)[-1],
-                description=None if exists else contract.description,
-                storage_options=self.storage_options,
-                writer_properties=props,
-                commit_properties=self._commit_properties(metadata),
-            ),
-        )
-        after = self.version(name)
-        return MergeResult(after, committed=after != before)
-
     def commit_files_by_uri(
         self,
         name: str,
