@@ -8,6 +8,7 @@ Example:
 from __future__ import annotations
 
 from lakeimg._version import __version__
+from lakeimg.catalog.trainsets import TrainingSet
 from lakeimg.errors import (
     ConcurrentWriteError,
     ImageDecodeError,
@@ -30,5 +31,6 @@ __all__ = [
     "SourceNotFoundError",
     "SpecError",
     "TableNotFoundError",
+    "TrainingSet",
     "__version__",
 ]
