@@ -333,8 +333,6 @@ class OpenedImage:
         self._handle.seek(0)
         self.format = sniff_format(head, path)
         self._tif = None
-        self._dicom_frames: Iterator[np.ndarray] | None = None
-        self._dicom_next = 0
         if self.format == "TIFF":
             import tifffile
 
@@ -372,16 +370,12 @@ class OpenedImage:
         return ArraySource(decode_image(data, self.path, page=index))
 
     def _dicom_frame(self, index: int) -> np.ndarray:
-        # Frames one at a time (pydicom decodes only the frame asked for); restart if going back.
+        # Only the frame asked for is decoded (pydicom's iter_pixels with indices), converted
+        # as ds.pixel_array converts it.
         from pydicom.pixels import iter_pixels
 
-        if self._dicom_frames is None or index < self._dicom_next:
-            self._dicom_frames = iter_pixels(self.path)  # converted as ds.pixel_array is
-            self._dicom_next = 0
-        for frame in self._dicom_frames:
-            self._dicom_next += 1
-            if self._dicom_next - 1 == index:
-                return np.ascontiguousarray(frame[:, :, None] if frame.ndim == 2 else frame)
+        for frame in iter_pixels(self.path, indices=[index]):
+            return np.ascontiguousarray(frame[:, :, None] if frame.ndim == 2 else frame)
         raise IndexError(f"frame {index} out of range")
 
     def close(self) -> None:

@@ -99,6 +99,18 @@ def _thumbnail(staging: str, uri: str, mode: str | None, size: int) -> bytes | N
     return make_thumbnail(arr, size=size, invert=mode in ("MINISWHITE", "MONOCHROME1"))
 
 
+def _plan(row: dict[str, Any], options: TileOptions, staging: str | None) -> list[dict[str, Any]]:
+    # Only TIFF pages are read by windows; splitting any other format would decode it whole
+    # in every share, so those get one task per page (decoded once, streamed out as tiles).
+    split = options.rows_per_task if row.get("format") in (None, "TIFF") else 0
+    shapes = page_shapes(local_path(row["uri"])) if split > 0 else None
+    return plan_tile_tasks(
+        row["uri"], row["content_sha256"], row["height"], row["width"],
+        pages=row["pages"] or 1, tile_size=options.tile_size,
+        rows_per_task=split, staging=staging, page_shapes=shapes,
+    )
+
+
 def tile_images(
     engine: LocalEngine,
     lake: str,
@@ -124,12 +136,7 @@ def tile_images(
     failures: list[tuple[dict[str, Any], str, str]] = []
     for row in tiled:
         try:
-            shapes = page_shapes(local_path(row["uri"])) if options.rows_per_task > 0 else None
-            tasks += plan_tile_tasks(
-                row["uri"], row["content_sha256"], row["height"], row["width"],
-                pages=row["pages"] or 1, tile_size=options.tile_size,
-                rows_per_task=options.rows_per_task, staging=staging, page_shapes=shapes,
-            )
+            tasks += _plan(row, options, staging)
         except Exception as exc:  # noqa: BLE001 - one bad file becomes a reject
             failures.append((row, "corrupt", f"{type(exc).__name__}: {exc}"))
 
@@ -240,12 +247,7 @@ def tile_images_spark(engine, rows: list[dict[str, Any]], options: TileOptions, 
     tasks: list[dict[str, Any]] = []
     for row in rows:
         try:
-            shapes = page_shapes(local_path(row["uri"])) if options.rows_per_task > 0 else None
-            tasks += plan_tile_tasks(
-                row["uri"], row["content_sha256"], row["height"], row["width"],
-                pages=row["pages"] or 1, tile_size=options.tile_size,
-                rows_per_task=options.rows_per_task, staging=None, page_shapes=shapes,
-            )
+            tasks += _plan(row, options, None)
         except Exception as exc:  # noqa: BLE001
             result.failures[row["uri"]] = f"{type(exc).__name__}: {exc}"
     kernel = partial(safe_tile_kernel, options=options)
