@@ -299,3 +299,19 @@ def test_inline_byte_limit_also_tiles(tmp_path):
     row = lake.read("images", columns=["tiled", "levels", "content"]).to_pylist()[0]
     assert row["tiled"] and row["levels"] == 3 and row["content"] is None
     assert np.array_equal(lake.read_region("images", str(src / "bytes.tif"), 0, 0, 300, 300), arr)
+
+
+def test_tiled_file_whose_tiles_cannot_be_read_becomes_a_reject(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    tifffile.imwrite(src / "good.tif", photo_like(700, 600, seed=1), tile=(256, 256))
+    tifffile.imwrite(src / "cut.tif", photo_like(1400, 1200, seed=2), tile=(256, 256), compression="zlib")
+    data = (src / "cut.tif").read_bytes()
+    (src / "cut.tif").write_bytes(data[: len(data) // 2])  # header intact, later tiles missing
+    lake = Lake(tmp_path / "lake")
+    summary = _ingest(lake, src, workers=2)
+    assert (summary.added, summary.rejected) == (1, 1)
+    rejects = lake.read("images_rejects", columns=["uri", "error_class", "error_message"]).to_pylist()
+    assert rejects[0]["uri"].endswith("cut.tif") and "tiling failed" in rejects[0]["error_message"]
+    assert set(lake.read("images_tiles", columns=["uri"])["uri"].to_pylist()) == {f"file://{src}/good.tif"}
+    assert not os.path.exists(os.path.join(lake.path, "_lakeimg", "staging"))
