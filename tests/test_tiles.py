@@ -315,3 +315,12 @@ def test_tiled_file_whose_tiles_cannot_be_read_becomes_a_reject(tmp_path):
     assert rejects[0]["uri"].endswith("cut.tif") and "tiling failed" in rejects[0]["error_message"]
     assert set(lake.read("images_tiles", columns=["uri"])["uri"].to_pylist()) == {f"file://{src}/good.tif"}
     assert not os.path.exists(os.path.join(lake.path, "_lakeimg", "staging"))
+
+
+def test_bad_tile_settings_are_a_clear_cli_error(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    tifffile.imwrite(src / "a.tif", np.zeros((10, 10), np.uint8))
+    done = run_cli("ingest", str(src), "--lake", str(tmp_path / "lake"), "--tile-size", "0")
+    assert done.returncode == 2 and "tile_size" in done.stderr
+    assert not (tmp_path / "lake" / "images").exists()

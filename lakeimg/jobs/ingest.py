@@ -30,7 +30,12 @@ import pyarrow.compute as pc
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
 from lakeimg.engine.local import LocalEngine, ensure_lake, file_sha256
 from lakeimg.errors import ImageDecodeError
-from lakeimg.image.tiles import DEFAULT_TILE_ABOVE_PIXELS, DEFAULT_TILE_ENCODING, DEFAULT_TILE_SIZE
+from lakeimg.image.tiles import (
+    DEFAULT_TILE_ABOVE_PIXELS,
+    DEFAULT_TILE_ENCODING,
+    DEFAULT_TILE_SIZE,
+    TILE_ENCODINGS,
+)
 from lakeimg.jobs.listing import list_sources, source_scope, to_uri
 from lakeimg.jobs.tiling import (
     TilingResult,
@@ -123,6 +128,13 @@ def ingest_files(
         tile_size, tile_overlap, tile_encoding: the tiles' edge, overlap and codec.
         tile_rows_per_task: split one huge page into tasks of this many tile rows (0: no split).
     """
+    if tile_size < 16 or tile_overlap < 0 or tile_overlap >= tile_size or tile_encoding not in TILE_ENCODINGS:
+        from lakeimg.errors import SpecError
+
+        raise SpecError(
+            f"tiles need tile_size >= 16, 0 <= overlap < tile_size and an encoding in {', '.join(TILE_ENCODINGS)}; "
+            f"got tile_size={tile_size}, overlap={tile_overlap}, encoding={tile_encoding!r}"
+        )
     if getattr(engine, "distributed", False):
         # The Spark engine: the same plan and commit rules, decoding on the executors and
         # MERGE from staged Parquet (lakeimg/jobs/ingest_spark.py).
