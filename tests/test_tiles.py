@@ -324,3 +324,16 @@ def test_bad_tile_settings_are_a_clear_cli_error(tmp_path):
     done = run_cli("ingest", str(src), "--lake", str(tmp_path / "lake"), "--tile-size", "0")
     assert done.returncode == 2 and "tile_size" in done.stderr
     assert not (tmp_path / "lake" / "images").exists()
+
+
+def test_overlapping_tiles_still_read_back_exactly(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    arr = np.random.default_rng(8).integers(0, 65535, (900, 700, 1)).astype(np.uint16)
+    tifffile.imwrite(src / "o.tif", arr, tile=(128, 128))
+    lake = Lake(tmp_path / "lake")
+    _ingest(lake, src, tile_size=256, tile_overlap=8, tile_encoding="png")
+    tiles = lake.read("images_tiles", columns=["level", "tile_row", "tile_col", "x", "y", "width", "overlap", "encoding"]).to_pylist()
+    inner = next(t for t in tiles if (t["level"], t["tile_row"], t["tile_col"]) == (0, 1, 1))
+    assert (inner["x"], inner["y"], inner["width"], inner["overlap"], inner["encoding"]) == (248, 248, 272, 8, "png")
+    assert np.array_equal(lake.read_region("images", str(src / "o.tif"), 200, 250, 500, 650), arr[250:900, 200:700])
