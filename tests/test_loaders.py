@@ -106,7 +106,7 @@ def test_to_spark_gives_an_mllib_vector_column(pinned, spark):
     from pyspark.ml.linalg import DenseVector
 
     ts = pinned.training_set("derived")
-    df = ts.to_spark(spark, "train")
+    df = pinned.to_spark(spark, "derived", "train")  # to_spark(spark, NAME, split)
     rows = {r["uri"]: r for r in df.collect()}
     expected = ts.rows("train")
     assert sorted(rows) == sorted(expected["uri"].to_pylist())

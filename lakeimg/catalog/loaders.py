@@ -282,8 +282,10 @@ def torch_dataset(
     )
 
 
-def to_spark(spark: Any, trainset: TrainingSet, split: str, *, features: str = "features"):
+def to_spark(spark: Any, trainset: TrainingSet | str, split: str, *, features: str = "features", lake: str | None = None):
     """The split as a Spark DataFrame: uri, label, label_index and an MLlib vector of the pixels.
+
+    `trainset` is a TrainingSet, or a set's name together with `lake=` (the lake's folder).
 
     Spark reads the pinned version itself (Delta time travel); only the small (uri, label_index)
     list goes from the driver to the cluster. Pixels are decoded to float32 in an Arrow batch
@@ -301,6 +303,12 @@ def to_spark(spark: Any, trainset: TrainingSet, split: str, *, features: str = "
 
     from lakeimg.engine.local import LocalEngine
 
+    if isinstance(trainset, str):
+        from lakeimg.catalog.trainsets import TrainingSet
+
+        if lake is None:
+            raise LakeImgError("to_spark(spark, NAME, split) needs lake=<the lake's folder>")
+        trainset = TrainingSet(LocalEngine(lake), trainset)
     engine = LocalEngine(trainset.engine.lake)
     schema = engine.arrow_schema(trainset.table, trainset.version)
     rows = trainset.rows(split)
