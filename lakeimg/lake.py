@@ -206,16 +206,6 @@ class Lake:
     def training_set(self, name: str):
         """A pinned training set: rows(split), iter_numpy(...), torch(...), to_spark(...).
 
-    def to_spark(self, spark: Any, name: str, split: str, **options: Any):
-        """Training set `name`'s split as a Spark DataFrame with an MLlib vector column.
-
-        Example:
-            >>> Lake("/lakes/main").to_spark(spark, "cats-v1", "train").printSchema()  # doctest: +SKIP
-        """
-        from lakeimg.catalog.loaders import to_spark
-
-        return to_spark(spark, self.training_set(name), split, **options)
-
         Example:
             >>> Lake("/tmp/lake").training_set("cats-v1").rows("train")  # doctest: +SKIP
         """
@@ -238,3 +228,13 @@ class Lake:
         from lakeimg.catalog.maintenance import maintain
 
         return maintain(self._local, **options)
+
+    def to_spark(self, spark: Any, name: str, split: str, **options: Any):
+        """Training set `name`'s split as a Spark DataFrame with an MLlib vector column.
+
+        Example:
+            >>> Lake("/lakes/main").to_spark(spark, "cats-v1", "train").printSchema()  # doctest: +SKIP
+        """
+        from lakeimg.catalog.loaders import to_spark
+
+        return to_spark(spark, self.training_set(name), split, **options)
