@@ -59,6 +59,10 @@ def test_same_seed_and_epoch_same_order_and_shards_cover_once(pinned):
     def order(**kw):
         return [u for b in ts.iter_numpy("train", batch_size=4, **kw) for u in b["uri"]]
     assert order(epoch=1) == order(epoch=1)
+    assert order(epoch=1, threads=2) == order(epoch=1)  # threaded decoding keeps the order
+    threaded = next(ts.iter_numpy("train", batch_size=5, epoch=1, threads=3))
+    plain = next(ts.iter_numpy("train", batch_size=5, epoch=1))
+    assert np.array_equal(threaded["image"], plain["image"]) and threaded["uri"] == plain["uri"]
     assert order(epoch=1) != order(epoch=2)
     assert order(seed=99, epoch=1) != order(epoch=1)
     everything = sorted(ts.rows("train")["uri"].to_pylist())

@@ -219,11 +219,13 @@ def iter_numpy(
     drop_last: bool = False,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
+    threads: int = 0,
     data: SplitData | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Batches {"image": ndarray (N, H, W, C) native dtype, "label": int64 ndarray, "uri": list}.
 
     Images of different sizes come as an object array unless `transform` makes them equal.
+    `threads` > 0 decodes in that many threads and prefetches the next batch (same order).
 
     Example:
         >>> batch = next(iter_numpy(ts, "train", 8, seed=1, epoch=2, rank=0, world_size=2))  # doctest: +SKIP
@@ -231,18 +233,36 @@ def iter_numpy(
     data = data or SplitData(trainset, split, cache_dir=cache_dir)
     order = epoch_order(len(data), seed=trainset.seed if seed is None else seed, epoch=epoch, shuffle=shuffle)
     mine = shard_positions(order, rank, world_size)
-    for start in range(0, len(mine), batch_size):
-        positions = mine[start : start + batch_size]
-        if drop_last and len(positions) < batch_size:
-            return
+    batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
+    if drop_last and batches and len(batches[-1]) < batch_size:
+        batches.pop()
+
+    def load(positions: np.ndarray) -> list[np.ndarray]:
         images = data.decode(positions)
-        if transform is not None:
-            images = [transform(im) for im in images]
-        yield {
-            "image": _stack(images),
-            "label": data.labels[positions],
-            "uri": [data.uris[int(p)] for p in positions],
-        }
+        return [transform(im) for im in images] if transform is not None else images
+
+    def batch_of(positions: np.ndarray, images: list[np.ndarray]) -> dict[str, Any]:
+        return {"image": _stack(images), "label": data.labels[positions], "uri": [data.uris[int(p)] for p in positions]}
+
+    if threads <= 0:
+        for positions in batches:
+            yield batch_of(positions, load(positions))
+        return
+    from concurrent.futures import ThreadPoolExecutor
+
+    # Decoders release the GIL: split each batch over the threads and keep the next batch in
+    # flight while the caller works on this one.
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+
+        def submit(positions: np.ndarray):
+            parts = np.array_split(positions, min(threads, max(1, len(positions))))
+            return [pool.submit(load, part) for part in parts]
+
+        pending = submit(batches[0]) if batches else None
+        for index, positions in enumerate(batches):
+            current = pending
+            pending = submit(batches[index + 1]) if index + 1 < len(batches) else None
+            yield batch_of(positions, [im for future in current for im in future.result()])
 
 
 def torch_dataset(
