@@ -293,6 +293,8 @@ def _commit(
 ) -> TransformSummary:
     """MERGE rows into the target and rejects, append the runs row; undo data commits on failure."""
     rejects_name = f"{target}_rejects"
+    if staged is None:  # no Spark DataFrame of rows to merge (nothing to compute): delta-rs does the rest
+        writer = local
     # Target rows to delete: dropped uris, rejected uris (their old rows are stale), variants
     # the spec no longer makes.
     rejected_uris = set(rejects["uri"].to_pylist())
@@ -335,13 +337,15 @@ def _commit(
                 committed.append(target)
             version, inserted, updated, deleted = result.version, result.inserted, result.updated, result.deleted
         rejects_contract = table_contract("rejects")
-        rej = writer.merge_by_key(rejects_name, rejects_contract, upserts=_as_rejects(rejects, started_at), delete_keys=rejects_delete, metadata=metadata)
+        # Rejects and the runs row are small and pixel-free: delta-rs writes them on either engine
+        # (a Spark MERGE or append of a handful of rows costs seconds of JVM work each).
+        rej = local.merge_by_key(rejects_name, rejects_contract, upserts=_as_rejects(rejects, started_at), delete_keys=rejects_delete, metadata=metadata)
         if rej.committed:
             committed.append(rejects_name)
         rejects_version = rej.version
         if rejects_version is None and version is not None:
             # Create the (empty) rejects table with the first target commit so SQL can name it.
-            writer.create_empty(rejects_name, rejects_contract, metadata)
+            local.create_empty(rejects_name, rejects_contract, metadata)
             committed.append(rejects_name)
             rejects_version = local.version(rejects_name)
         unchanged = len(old_keys) - updated - deleted
@@ -349,10 +353,10 @@ def _commit(
         record.outputs = [{"table": target, "version": version}, {"table": rejects_name, "version": rejects_version}]
         record.finished_at = utc_now()
         record.counts = {"added": inserted, "updated": updated, "unchanged": unchanged, "deleted": deleted, "rejected": rejects.num_rows}
-        writer.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
+        local.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
     except BaseException:
         for name in reversed(committed):
-            writer.restore(name, before[name])
+            (writer if name == target else local).restore(name, before[name])
         raise
     return TransformSummary(
         run_id=run_id,
