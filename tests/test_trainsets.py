@@ -96,6 +96,14 @@ def test_training_sets_are_immutable_and_pinned(grown):
     grown.ingest([str(src)], workers=0, label_from_path="parent")
     assert grown.version("images") == 2
     assert grown.training_set("pinned").rows().num_rows == 30 == ts.rows().num_rows
+    # The live trainsets table follows its contract (schemas/trainsets.v1.json).
+    from lakeimg.engine.local import LocalEngine
+    from lakeimg.schemas import table_contract
+
+    live = LocalEngine(grown.path).arrow_schema("_lakeimg/trainsets")
+    contract = table_contract("trainsets")
+    assert live.names == contract.column_names
+    assert [f.type for f in live] == [f.type for f in contract.arrow_schema]
 
 
 def test_trainset_cli_create_show_list(grown):
