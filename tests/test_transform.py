@@ -231,3 +231,39 @@ def test_tiled_sources_read_the_smallest_large_enough_pyramid_level(tmp_path: Pa
     # an op list that does not start by shrinking reads level 0
     full = lake.transform("images", "flipped", {"ops": [{"op": "flip"}], "output": "png"}, workers=0)
     assert full.added == 1 and pixels(lake.read("flipped").to_pylist()[0]).shape == (200, 300, 3)
+
+
+def test_without_a_readable_change_feed_the_job_compares_everything(lake: Lake):
+    import shutil
+
+    lake.transform("images", "small", RESIZE, workers=0)
+    src = lake.src  # type: ignore[attr-defined]
+    write_images(src, {"cats/a.png": 21, "cats/new.png": 22})
+    (src / "dogs" / "e.png").unlink()
+    lake.ingest([str(src)], workers=0, label_from_path="parent", sync_deletes=True)
+    shutil.rmtree(Path(lake.path) / "images" / "_change_data")  # e.g. vacuumed change files
+    summary = lake.transform("images", "small", RESIZE, workers=0)
+    assert (summary.mode, summary.updated, summary.added, summary.deleted, summary.unchanged) == ("compare", 1, 1, 1, 3)
+
+
+def test_plugins_from_entry_points(tmp_path: Path, lake: Lake, monkeypatch):
+    plugin = tmp_path / "plugin"
+    (plugin / "lakeimg_test_plugin-1.0.dist-info").mkdir(parents=True)
+    (plugin / "lakeimg_test_plugin-1.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: lakeimg-test-plugin\nVersion: 1.0\n")
+    (plugin / "lakeimg_test_plugin-1.0.dist-info" / "entry_points.txt").write_text(
+        "[lakeimg.ops]\nep_threshold = lakeimg_test_plugin:Threshold\n\n[lakeimg.encodings]\nnpy = lakeimg_test_plugin:Npy\n"
+    )
+    (plugin / "lakeimg_test_plugin.py").write_text(
+        "import io\nimport numpy as np\nfrom lakeimg.image.ops import ImageTransformer\n"
+        "class Threshold(ImageTransformer):\n    version = 1\n    defaults = {'at': 128}\n"
+        "    def transform(self, image):\n        return ((image >= self.params['at']) * 255).astype(image.dtype)\n"
+        "Threshold.name = 'ep_threshold'\n"
+        "class Npy:\n    name = 'npy'\n    defaults = {}\n"
+        "    def encode(self, image):\n        buf = io.BytesIO(); np.save(buf, image); return buf.getvalue()\n"
+        "    def decode(self, data, width, height, channels, dtype):\n        return np.load(io.BytesIO(data))\n"
+    )
+    monkeypatch.syspath_prepend(str(plugin))
+    summary = lake.transform("images", "bw", {"ops": [{"op": "ep_threshold", "at": 100}], "output": "npy"}, workers=0)
+    assert (summary.added, summary.rejected) == (5, 0)
+    row = lake.read("bw").to_pylist()[0]
+    assert row["encoding"] == "npy" and set(np.unique(pixels(row)).tolist()) <= {0, 255}
