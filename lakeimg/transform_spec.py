@@ -158,7 +158,7 @@ def parse_spec(value: TransformSpec | dict[str, Any] | str | os.PathLike[str]) -
     """
     if isinstance(value, TransformSpec):
         return value
-    if isinstance(value, os.PathLike) or (isinstance(value, str) and not value.lstrip().startswith(("{", "ops"))):
+    if isinstance(value, os.PathLike) or (isinstance(value, str) and not value.lstrip().startswith("{") and "\n" not in value):
         path = Path(value)
         if not path.is_file():
             raise SpecError(f"spec file not found: {value}")
