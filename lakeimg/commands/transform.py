@@ -25,7 +25,8 @@ def run(args) -> int:
     if args.engine == "spark":
         from lakeimg.engine.spark import spark_session_builder
 
-        spark = spark_session_builder(args.master or "local[*]", args.spark_conf).getOrCreate()
+        # no --master: spark-submit's master, or local[*] when run directly
+        spark = spark_session_builder(args.master, args.spark_conf).getOrCreate()
     try:
         with progress_bar("transforming", enabled=not args.json) as on_progress:
             summary = transform_table(
