@@ -109,7 +109,7 @@ class TransformSpec:
         within resampling error, at a fraction of the decode cost.
         """
         ops = self.build_ops()
-        if not ops or ops[0].name != "resize":
+        if not ops or ops[0].name != "resize" or not ops[0].params.get("reduce_on_load", True):
             return None
         size = ops[0].output_size(width, height)
         if size is None or size[0] >= width or size[1] >= height:

@@ -267,3 +267,32 @@ def test_plugins_from_entry_points(tmp_path: Path, lake: Lake, monkeypatch):
     assert (summary.added, summary.rejected) == (5, 0)
     row = lake.read("bw").to_pylist()[0]
     assert row["encoding"] == "npy" and set(np.unique(pixels(row)).tolist()) <= {0, 255}
+
+
+def test_shrinking_resize_of_jpegs_uses_dct_scaling_unless_disabled(tmp_path: Path):
+    import io
+
+    from PIL import ImageOps
+
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(photo_like(240, 320, seed=4)).save(src / "plain.jpg", quality=92)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, displayed portrait
+    Image.fromarray(photo_like(240, 320, seed=5)).save(src / "rotated.jpg", quality=92, exif=exif)
+    lake = Lake(tmp_path / "lake")
+    lake.ingest([str(src)], workers=0)
+    spec = {"ops": [{"op": "resize", "width": 60, "height": 60, "fit": "inside"}], "output": "png"}
+    lake.transform("images", "reduced", spec, workers=0)
+    lake.transform("images", "exact", {**spec, "ops": [{**spec["ops"][0], "reduce_on_load": False}]}, workers=0)
+    reduced, exact = rows_by_key(lake, "reduced"), rows_by_key(lake, "exact")
+    for (uri, variant), row in reduced.items():
+        data = (src / uri.rsplit("/", 1)[1]).read_bytes()
+        im = Image.open(io.BytesIO(data))
+        im.draft("RGB", (60, 45))  # both are stored 320x240; 1/4 scale (80x60) still covers 60x45
+        small = np.asarray(ImageOps.exif_transpose(im))
+        assert small.shape[:2] == ((80, 60) if "rotated" in uri else (60, 80))
+        target = (45, 60) if "rotated" in uri else (60, 45)
+        assert np.array_equal(pixels(row), cv2.resize(small, target, interpolation=cv2.INTER_AREA))
+        full = decode_image(data)
+        assert np.array_equal(pixels(exact[(uri, variant)]), cv2.resize(full, target, interpolation=cv2.INTER_AREA))

@@ -228,14 +228,21 @@ def resize_to(image: np.ndarray, width: int, height: int, interpolation: str = "
 
 class Resize(ImageTransformer):
     """Resize: fit "exact" (width x height), "inside" (keep aspect, within the box), "cover"
-    (keep aspect, fill the box, center crop) or "shorter" (shorter side = size)."""
+    (keep aspect, fill the box, center crop) or "shorter" (shorter side = size).
+
+    As the first op of a spec with `reduce_on_load` (default), a shrinking resize starts from a
+    reduced-resolution read that is still at least as large as the result on both axes: the
+    smallest large-enough pyramid level of a tiled source, or JPEG's DCT scaling (1/2, 1/4,
+    1/8 — "shrink on load", as libvips and Pillow's `draft` do). Set it to false for a resize
+    computed from full-resolution pixels."""
 
     name = "resize"
     version = 1
-    defaults = {"width": None, "height": None, "size": None, "fit": "exact", "interpolation": "auto"}
+    defaults = {"width": None, "height": None, "size": None, "fit": "exact", "interpolation": "auto", "reduce_on_load": True}
 
     def validate(self, params):
         _check_choice(params, "fit", {"exact", "inside", "cover", "shorter"})
+        _check_choice(params, "reduce_on_load", {True, False})
         _check_choice(params, "interpolation", {"auto", *_INTERPOLATION})
         if params["fit"] == "shorter":
             _check_int(params, "size")

@@ -141,8 +141,35 @@ def _reject(src: dict[str, Any], error_class: str, message: str, run_id: str) ->
     }
 
 
-def _source_pixels(src: dict[str, Any]) -> np.ndarray:
+def _reduced_jpeg(content: bytes, need: tuple[int, int]) -> np.ndarray | None:
+    """JPEG pixels decoded with DCT scaling to the smallest size still >= `need` (displayed
+    orientation), or None when the reduction does not apply (not a plain RGB/L JPEG, no gain)."""
+    import io
+
+    from PIL import Image
+
+    from lakeimg.image.decode import apply_orientation
+
+    im = Image.open(io.BytesIO(content))
+    if im.format != "JPEG" or im.mode not in ("RGB", "L"):
+        return None
+    orientation = int(im.getexif().get(0x0112, 1) or 1)
+    want = need if orientation < 5 else (need[1], need[0])  # the stored image is transposed
+    if want[0] * 2 > im.size[0] or want[1] * 2 > im.size[1]:
+        return None  # not even a 1/2 scale fits: a full decode is what is needed
+    im.draft(im.mode, want)
+    arr = np.asarray(im)
+    return np.ascontiguousarray(apply_orientation(arr if arr.ndim == 3 else arr[:, :, None], orientation))
+
+
+def _source_pixels(src: dict[str, Any], spec: TransformSpec | None = None) -> np.ndarray:
     content = src.get("content")
+    if content is not None and spec is not None and content[:2] == b"\xff\xd8" and src.get("width") and src.get("height"):
+        need = spec.shrink_target(src["width"], src["height"])
+        if need is not None:
+            reduced = _reduced_jpeg(content, need)
+            if reduced is not None:
+                return reduced
     if content is None:
         if src.get("tiled"):
             raise ImageDecodeError(src["uri"], "tiled_source", "the source is tiled and its pyramid level could not be read (engine spark reads no tiles yet)")
@@ -159,7 +186,7 @@ def transform_rows(src: dict[str, Any], options: TransformOptions) -> list[dict[
     """All output rows of one source row: one per variant, or one reject row."""
     spec = options.spec
     try:
-        pixels = _source_pixels(src)
+        pixels = _source_pixels(src, spec)
     except ImageDecodeError as exc:
         return [_reject(src, exc.error_class, exc.message, options.run_id)]
     except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
