@@ -71,7 +71,7 @@ def test_engine_surface(spark, tmp_path):
     latest = eng.read("r")
     assert sorted(latest["uri"].to_pylist()) == ["b", "c", "d"]
     assert latest.schema.field("rejected_at").type == pa.timestamp("us", tz="UTC")
-    assert dict(zip(latest["uri"].to_pylist(), latest["error_class"].to_pylist()))["c"] == "truncated"
+    assert dict(zip(latest["uri"].to_pylist(), latest["error_class"].to_pylist(), strict=True))["c"] == "truncated"
     assert sorted(eng.read("r", version=1, columns=["uri"])["uri"].to_pylist()) == ["a", "b", "c"]
     assert eng.read("r", version=0).num_rows == 0
     assert sorted(eng.read("r", version=between)["uri"].to_pylist()) == ["a", "b", "c"]
@@ -118,7 +118,7 @@ def test_ingest_on_spark_and_noop_rerun(spark, tmp_path):
     assert sorted(images["label"].to_pylist()) == ["batch000"] * 3
     assert set(images["width"].to_pylist()) == {64} and set(images["format"].to_pylist()) == {"JPEG"}
     rejects = lake.read("images_rejects")
-    assert sorted(zip(rejects["uri"].to_pylist(), rejects["error_class"].to_pylist())) == [
+    assert sorted(zip(rejects["uri"].to_pylist(), rejects["error_class"].to_pylist(), strict=True)) == [
         ((src / "empty.jpg").as_uri(), "empty"),
         ((src / "notes.jpg").as_uri(), "unsupported_format"),
     ]
@@ -135,3 +135,30 @@ def test_ingest_on_spark_and_noop_rerun(spark, tmp_path):
     assert (again.added, again.updated, again.unchanged, again.rejected) == (0, 0, 5, 0)
     assert (lake.version("images"), lake.version("images_rejects")) == versions
     assert lake.read("_lakeimg/runs").num_rows == 2
+
+
+def test_spark_ingest_tiles_huge_files_like_the_embedded_engine(spark, tmp_path):
+    import numpy as np
+    import tifffile
+
+    from lakeimg.jobs.ingest import ingest_files
+
+    src = tmp_path / "src"
+    src.mkdir()
+    arr = np.random.default_rng(4).integers(0, 255, (300, 200, 3), dtype=np.uint8)
+    tifffile.imwrite(src / "big.tif", arr, tile=(128, 128))
+    options = dict(tile_above_pixels=10_000, tile_size=128)
+    ingest_files(str(tmp_path / "L"), [str(src)], workers=0, **options)
+    spark_engine = open_engine(tmp_path / "P", "spark", spark=spark)
+    summary = ingest_files(str(tmp_path / "P"), [str(src)], engine=spark_engine, **options)
+    assert (summary.added, summary.rejected) == (1, 0)
+
+    local_l, local_p = LocalEngine(str(tmp_path / "L")), LocalEngine(str(tmp_path / "P"))
+    drop = ["run_id", "ingested_at"]
+    assert local_p.read("images").drop_columns(drop).equals(local_l.read("images").drop_columns(drop))
+    cols = ["uri", "page", "level", "tile_row", "tile_col", "width", "height", "encoding", "data"]
+    order = [(c, "ascending") for c in cols[:5]]
+    tiles_p = local_p.read("images_tiles", columns=cols).sort_by(order)
+    assert tiles_p.num_rows > 4 and tiles_p.equals(local_l.read("images_tiles", columns=cols).sort_by(order))
+    runs = local_p.read("_lakeimg/runs").to_pylist()[0]
+    assert {o["table"] for o in runs["outputs"]} == {"images", "images_rejects", "images_tiles"}

@@ -252,11 +252,12 @@ class SparkEngine:
         reader = self.spark.read.format("delta")
         if version is not None:
             resolved = self.resolve_version(name, version)
-            latest = self.version(name)
-            if resolved > (latest if latest is not None else -1):
-                raise TableNotFoundError(f"{name}@{resolved}", self.lake)
             reader = reader.option("versionAsOf", resolved)
-        elif not self.exists(name):
+            try:
+                return reader.load(self.location(name))
+            except Exception as exc:  # delta-spark: the version does not exist (yet, or any more)
+                raise TableNotFoundError(f"{name}@{resolved}", self.lake) from exc
+        if not self.exists(name):
             raise TableNotFoundError(name, self.lake)
         return reader.load(self.location(name))
 

@@ -145,7 +145,7 @@ def ingest_files(
             inline_max_bytes=inline_max_bytes, max_pixels=max_pixels, file_timeout_s=file_timeout_s,
             sync_deletes=sync_deletes, codecs=codecs, on_progress=on_progress,
             tile_above_pixels=tile_above_pixels, tile_size=tile_size, tile_overlap=tile_overlap,
-            tile_encoding=tile_encoding,
+            tile_encoding=tile_encoding, tile_rows_per_task=tile_rows_per_task,
         )
     started = time.monotonic()
     started_at = utc_now()

@@ -22,9 +22,12 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+import pyarrow as pa
+
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
 from lakeimg.engine.local import MergeResult, ensure_lake
 from lakeimg.jobs.listing import list_sources, source_scope, to_uri
+from lakeimg.jobs.tiling import previously_tiled
 from lakeimg.kernels.ingest import IngestOptions, ingest_kernel, ingest_result_schema
 from lakeimg.schemas import table_contract
 
@@ -45,12 +48,14 @@ def ingest_files_spark(
     codecs: Sequence[str] = (),
     on_progress: Callable[[int, int], None] | None = None,
     workers: int | None = None,
+    tile_rows_per_task: int = 0,
     **extra_spec: Any,
 ):
     """`lakeimg.jobs.ingest.ingest_files` on a `SparkEngine`; returns the same `IngestSummary`.
 
     `workers` is ignored (Spark's executors are the workers). `extra_spec` holds options of the
-    embedded job that go into the run's spec unchanged (e.g. tiling settings).
+    embedded job that go into the run's spec unchanged (the tiling settings: tile_above_pixels,
+    tile_size, tile_overlap, tile_encoding); huge files are tiled on the executors.
 
     Example:
         >>> ingest_files_spark("/tmp/lake", ["/data"], engine=spark_engine)  # doctest: +SKIP
@@ -84,26 +89,54 @@ def ingest_files_spark(
         codecs=tuple(codecs),
         ingested_at=started_at,
     )
-    if any(f.name == "tile_above_pixels" for f in dataclasses.fields(IngestOptions)):
-        # Tiling huge images is an embedded-engine step so far; on Spark they land whole
-        # (content stays null above inline_max_bytes, so no cell ever holds a huge file).
-        options = dataclasses.replace(options, tile_above_pixels=0)
+    tile_settings = {k: extra_spec[k] for k in ("tile_above_pixels", "tile_size") if k in extra_spec}
+    if tile_settings:  # the kernel decides what is huge exactly as on the embedded engine
+        options = dataclasses.replace(options, **tile_settings)
 
     staged = None
     if todo.num_rows:
         staged = engine.map_kernel_to_stage(
             partial(ingest_kernel, options=options), todo, output_schema=ingest_result_schema()
         )
+    tiling = None
     try:
         outcomes = staged.frame().select("uri", "outcome").collect() if staged is not None else []
         if on_progress:
             on_progress(len(outcomes), todo.num_rows)
         image_uris = [r[0] for r in outcomes if r[1] == "image"]
         reject_uris = [r[0] for r in outcomes if r[1] == "reject"]
+        image_rows = staged.conform(table_contract("images"), where="outcome = 'image'") if image_uris else None
+        reject_rows = (
+            staged.conform(table_contract("rejects"), where="outcome = 'reject'", renames={"rejected_at": "ingested_at"})
+            if reject_uris
+            else None
+        )
+
+        # Huge files (the kernel marked them `tiled`): tiles cut on the executors, as on the
+        # embedded engine; a file whose tiling fails becomes a reject.
+        if image_uris and "tiled" in staged.frame().columns:
+            huge = [r.asDict() for r in staged.frame("outcome = 'image' AND tiled").select(*_TILED_COLUMNS).collect()]
+            if huge:
+                tiling, image_rows, failed_rows = _tile_on_spark(
+                    engine, huge, image_rows, run_id=run_id, started_at=started_at, options=options,
+                    tile_rows_per_task=tile_rows_per_task, extra_spec=extra_spec,
+                )
+                if failed_rows is not None:
+                    failed = set(tiling.failures)
+                    image_uris = [u for u in image_uris if u not in failed]
+                    reject_uris += sorted(failed)
+                    failed_frame = engine._frame_of(failed_rows, table_contract("rejects"))
+                    reject_rows = failed_frame if reject_rows is None else reject_rows.unionByName(failed_frame)
+                    if not image_uris:
+                        image_rows = None
+
         in_images = set(images_keys["uri"].to_pylist())
         in_rejects = set(rejects_keys["uri"].to_pylist())
         images_delete = vanished_images + [u for u in reject_uris if u in in_images]
         rejects_delete = vanished_rejects + [u for u in image_uris if u in in_rejects]
+        # Old tiles go when their file changed, vanished or failed; new ones come from `tiling`.
+        was_tiled = previously_tiled(engine, table) if engine.exists(table) else set()
+        tiles_replace = was_tiled & (set(todo["uri"].to_pylist()) | set(vanished_images))
 
         spec = {
             "sources": [to_uri(s) for s in sources],
@@ -127,16 +160,20 @@ def ingest_files_spark(
         images_result, rejects_result = commit_ingest_spark(
             engine,
             table,
-            staged=staged,
-            has_images=bool(image_uris),
+            image_rows=image_rows,
+            reject_rows=reject_rows,
             rejected=len(reject_uris),
             images_delete=images_delete,
             rejects_delete=rejects_delete,
             record=record,
             unchanged=listing.num_rows - todo.num_rows,
             deleted=len(vanished_images) + len(vanished_rejects),
+            tiling=tiling,
+            tiles_replace=tiles_replace,
         )
     finally:
+        if tiling is not None:
+            tiling.cleanup()
         if staged is not None:
             staged.drop()
     return IngestSummary(
@@ -153,38 +190,89 @@ def ingest_files_spark(
     )
 
 
+_TILED_COLUMNS = ("uri", "content_sha256", "size_bytes", "modified_at", "label", "height", "width", "pages", "mode")
+
+
+def _tile_on_spark(engine, huge, image_rows, *, run_id, started_at, options, tile_rows_per_task, extra_spec):
+    """Cut tiles of the `huge` rows on the executors; returns (tiling, image rows with the tiled
+    files' thumbnails and without failed files, reject rows of failed files or None)."""
+    from pyspark.sql import functions as F
+
+    from lakeimg.errors import ImageDecodeError
+    from lakeimg.jobs.tiling import tile_images_spark
+    from lakeimg.kernels.ingest import reject_row
+    from lakeimg.kernels.tiles import TileOptions
+
+    tile_options = TileOptions(
+        **{k: v for k, v in (("tile_size", extra_spec.get("tile_size")), ("overlap", extra_spec.get("tile_overlap")),
+                             ("encoding", extra_spec.get("tile_encoding"))) if v is not None},
+        rows_per_task=tile_rows_per_task, run_id=run_id, ingested_at=started_at,
+    )
+    tiling = tile_images_spark(engine, huge, tile_options, thumbnail_size=options.thumbnail_size)
+    spark = engine.spark
+    if tiling.thumbnails:
+        thumbs = spark.createDataFrame(
+            [(u, t) for u, t in tiling.thumbnails.items()], "uri string, _new_thumbnail binary"
+        )
+        image_rows = (
+            image_rows.join(thumbs, "uri", "left")
+            .withColumn("thumbnail", F.coalesce(F.col("_new_thumbnail"), F.col("thumbnail")))
+            .drop("_new_thumbnail")
+        )
+    failed_rows = None
+    if tiling.failures:
+        image_rows = image_rows.where(~F.col("uri").isin(sorted(tiling.failures)))
+        by_uri = {row["uri"]: row for row in huge}
+        rows = []
+        for uri, message in sorted(tiling.failures.items()):
+            row = reject_row(by_uri[uri], ImageDecodeError(uri, "corrupt", f"tiling failed: {message}"),
+                             by_uri[uri]["content_sha256"], options)
+            row["rejected_at"] = row.pop("ingested_at")
+            rows.append(row)
+        contract = table_contract("rejects")
+        failed_rows = pa.Table.from_pylist(
+            [{c: r.get(c) for c in contract.column_names} for r in rows],
+            schema=pa.schema([f.with_nullable(True) for f in contract.arrow_schema]),
+        )
+    return tiling, image_rows, failed_rows
+
+
 def commit_ingest_spark(
     engine,
     table: str,
     *,
-    staged,
-    has_images: bool,
+    image_rows,
+    reject_rows,
     rejected: int,
     images_delete: list[str],
     rejects_delete: list[str],
     record: RunRecord,
     unchanged: int = 0,
     deleted: int = 0,
+    tiling=None,
+    tiles_replace: set[str] = frozenset(),
 ) -> tuple[MergeResult, MergeResult]:
     """MERGE staged results into images and rejects, append the runs row; undo on failure.
 
-    The same steps and rules as `lakeimg.jobs.ingest.commit_ingest`, reading the rows to
-    upsert from the staged Parquet instead of driver memory.
+    The same steps and rules as `lakeimg.jobs.ingest.commit_ingest` (tiles first, then images,
+    rejects, the runs row), reading the rows to upsert from staged Parquet (DataFrames)
+    instead of driver memory.
     """
     from lakeimg.jobs.ingest import rejects_table_name
+    from lakeimg.jobs.tiling import commit_tiles_spark, tiles_table_name
 
     rejects_name = rejects_table_name(table)
+    tiles_name = tiles_table_name(table)
     images_contract, rejects_contract = table_contract("images"), table_contract("rejects")
-    before = {table: engine.version(table), rejects_name: engine.version(rejects_name)}
+    before = {name: engine.version(name) for name in (table, rejects_name, tiles_name)}
     metadata = record.commit_metadata()
     committed: list[str] = []
-    image_rows = staged.conform(images_contract, where="outcome = 'image'") if staged is not None and has_images else None
-    reject_rows = (
-        staged.conform(rejects_contract, where="outcome = 'reject'", renames={"rejected_at": "ingested_at"})
-        if staged is not None and rejected
-        else None
-    )
     try:
+        tiles_result = MergeResult(before[tiles_name])
+        if tiling is not None or tiles_replace:
+            tiles_result = commit_tiles_spark(engine, table, tiling, replace_uris=tiles_replace, metadata=metadata)
+            if tiles_result.committed:
+                committed.append(tiles_name)
         images_result = engine.merge_by_key(
             table, images_contract, upserts=image_rows, delete_keys=images_delete, metadata=metadata
         )
@@ -206,6 +294,8 @@ def commit_ingest_spark(
             {"table": table, "version": images_result.version},
             {"table": rejects_name, "version": rejects_result.version},
         ]
+        if tiles_result.version is not None:
+            record.outputs.append({"table": tiles_name, "version": tiles_result.version})
         record.finished_at = utc_now()
         record.counts = {
             "added": images_result.inserted,
