@@ -461,7 +461,9 @@ class SparkEngine:
                 return MergeResult(None)
             self.create_empty(name, contract, metadata)
             version = self.append(name, inserts, contract, metadata)
-            return MergeResult(version, inserted=self.spark.read.format("delta").load(self.location(name)).count(), committed=True)
+            # The rows written, from the commit's own metrics (no second pass over the data).
+            metrics = self._delta(name).history(1).select("operationMetrics").first()[0] or {}
+            return MergeResult(version, inserted=int(metrics.get("numOutputRows", 0)), committed=True)
 
         condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
         values = {f.name: f"s.`{f.name}`" for f in schema.fields}
