@@ -55,6 +55,8 @@ def spark():
         "spark.driver.bindAddress": "127.0.0.1",
         "spark.driver.memory": "1g",
         "spark.pyspark.python": sys.executable,
+        # Delta replays its log with 50 tasks by default; test tables have a handful of commits.
+        "spark.databricks.delta.snapshotPartitions": "2",
     }
     session = spark_session_builder("local[2]", conf, app_name="lakeimg-tests").getOrCreate()
     session.sparkContext.setLogLevel("ERROR")

@@ -91,6 +91,7 @@ def test_ingest_on_standalone_cluster(tmp_path):
 
         conf = ["spark.ui.enabled=false", "spark.driver.host=127.0.0.1", "spark.driver.bindAddress=127.0.0.1",
                 "spark.executor.memory=512m", "spark.executor.cores=1", "spark.sql.shuffle.partitions=2",
+                "spark.databricks.delta.snapshotPartitions=2",
                 f"spark.pyspark.python={sys.executable}"]
         command = [sys.executable, "-m", "lakeimg.cli", "ingest", str(src), "--lake", str(lake), "--json",
                    "--engine", "spark", "--master", master_url]
