@@ -85,6 +85,10 @@ def spark_session_builder(
     # Python workers import lakeimg; Arrow batches carry whole files, so keep them modest.
     builder = builder.config("spark.sql.execution.arrow.maxRecordsPerBatch", "64")
     builder = builder.config("spark.ui.showConsoleProgress", "false")  # jobs print their own summary
+    if master and master.startswith("local"):
+        # Delta replays its log with 50 tasks by default (sized for clusters); on one machine
+        # that is pure task overhead on every snapshot.
+        builder = builder.config("spark.databricks.delta.snapshotPartitions", "2")
     pairs = _pairs(conf)
     extra_packages = [v for k, v in pairs if k == "spark.jars.packages"]
     builder = configure_spark_with_delta_pip(builder, extra_packages=extra_packages or None)
