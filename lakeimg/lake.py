@@ -90,29 +90,6 @@ class Lake:
             options.setdefault("spark", self.spark)
         return transform_table(self.path, source, target, spec, **options)
 
-    def table(self, name: str):
-        """A fluent transform builder over table `name` (see `lakeimg.fluent.TableBuilder`).
-
-        Example:
-            >>> Lake("/tmp/lake").table("images").where("label = 'cats'").resize(256, 256).normalize("imagenet").save("cats_256")  # doctest: +SKIP
-        """
-        from lakeimg.fluent import TableBuilder
-
-        return TableBuilder(self, name)
-
-    def transform(self, source: str, target: str, spec: Any, **options: Any):
-        """Run a transform spec from `source` into `target`; options as `jobs.transform.transform_table`.
-
-        Example:
-            >>> Lake("/tmp/lake").transform("images", "gray", {"ops": [{"op": "color", "to": "gray"}]})  # doctest: +SKIP
-        """
-        from lakeimg.jobs.transform import transform_table
-
-        options.setdefault("engine", self.engine_name)
-        if options["engine"] == "spark":
-            options.setdefault("spark", self.spark)
-        return transform_table(self.path, source, target, spec, **options)
-
     def ingest(self, sources: str | Sequence[str], **options: Any) -> IngestSummary:
         """Ingest files, folders or globs; options as `lakeimg.jobs.ingest.ingest_files`.
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 COMMAND_MODULES = (
     "lakeimg.commands.ingest",
     "lakeimg.commands.demo",
-    "lakeimg.commands.transform",
-    "lakeimg.commands.export",
     "lakeimg.commands.region",
     "lakeimg.commands.transform",
     "lakeimg.commands.export",
