@@ -15,7 +15,13 @@ import sys
 
 from lakeimg._version import __version__
 from lakeimg.commands import COMMAND_MODULES
-from lakeimg.errors import LakeImgError, LakeNotWritableError, SourceNotFoundError, SpecError, TableNotFoundError
+from lakeimg.errors import (
+    LakeImgError,
+    LakeNotWritableError,
+    SourceNotFoundError,
+    SpecError,
+    TableNotFoundError,
+)
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOURCE, EXIT_LAKE, EXIT_TABLE = 0, 1, 2, 3, 4, 5
 
