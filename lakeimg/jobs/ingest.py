@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
-from lakeimg.engine.local import LocalEngine, ensure_lake, file_sha256
+from lakeimg.engine.local import LocalEngine, MergeResult, ensure_lake, file_sha256
 from lakeimg.errors import ImageDecodeError
 from lakeimg.image.tiles import (
     DEFAULT_TILE_ABOVE_PIXELS,
@@ -38,7 +38,6 @@ from lakeimg.image.tiles import (
 )
 from lakeimg.jobs.listing import list_sources, source_scope, to_uri
 from lakeimg.jobs.tiling import (
-    TilingResult,
     commit_tiles,
     previously_tiled,
     tile_images,
@@ -135,39 +134,11 @@ def ingest_files(
             f"tiles need tile_size >= 16, 0 <= overlap < tile_size and an encoding in {', '.join(TILE_ENCODINGS)}; "
             f"got tile_size={tile_size}, overlap={tile_overlap}, encoding={tile_encoding!r}"
         )
-    if getattr(engine, "distributed", False):
-        # The Spark engine: the same plan and commit rules, decoding on the executors and
-        # MERGE from staged Parquet (lakeimg/jobs/ingest_spark.py).
-        from lakeimg.jobs.ingest_spark import ingest_files_spark
-
-        return ingest_files_spark(
-            lake, sources, engine=engine, table=table, label_from_path=label_from_path,
-            inline_max_bytes=inline_max_bytes, max_pixels=max_pixels, file_timeout_s=file_timeout_s,
-            sync_deletes=sync_deletes, codecs=codecs, on_progress=on_progress,
-            tile_above_pixels=tile_above_pixels, tile_size=tile_size, tile_overlap=tile_overlap,
-            tile_encoding=tile_encoding, tile_rows_per_task=tile_rows_per_task,
-        )
     started = time.monotonic()
-    started_at = utc_now()
     lake = str(lake)
     ensure_lake(lake)
     engine = engine or LocalEngine(lake)
-    rejects_name = rejects_table_name(table)
-    run_id = new_run_id()
-    workers = (os.cpu_count() or 1) if workers is None else workers
-
-    listing = list_sources(sources, exclude=[lake], label_from_path=label_from_path)
-    images_keys, rejects_keys = _keys(engine, table), _keys(engine, rejects_name)
-    todo = plan_ingest(listing, images_keys, rejects_keys)
-
-    vanished_images: list[str] = []
-    vanished_rejects: list[str] = []
-    if sync_deletes:
-        scope = source_scope(sources)
-        listed = set(listing["uri"].to_pylist())
-        vanished_images = [u for u in images_keys["uri"].to_pylist() if u not in listed and scope.covers(u)]
-        vanished_rejects = [u for u in rejects_keys["uri"].to_pylist() if u not in listed and scope.covers(u)]
-
+    run_id, started_at = new_run_id(), utc_now()
     options = IngestOptions(
         run_id=run_id,
         inline_max_bytes=inline_max_bytes,
@@ -178,25 +149,8 @@ def ingest_files(
         tile_above_pixels=tile_above_pixels,
         tile_size=tile_size,
     )
-    results = decode_listing(engine, todo, options, workers=workers, on_progress=on_progress)
-    image_rows = results.filter(pc.equal(results["outcome"], "image"))
-    reject_rows = results.filter(pc.equal(results["outcome"], "reject"))
-    tiling = tile_images(
-        engine, lake, image_rows,
-        TileOptions(tile_size=tile_size, overlap=tile_overlap, encoding=tile_encoding,
-                    rows_per_task=tile_rows_per_task, run_id=run_id, ingested_at=started_at),
-        workers=workers, thumbnail_size=options.thumbnail_size,
-    )
-    image_rows = tiling.image_rows
-    if tiling.failures:
-        failed = [reject_row(row, ImageDecodeError(row["uri"], c, m), row["content_sha256"], options) for row, c, m in tiling.failures]
-        reject_rows = pa.concat_tables([reject_rows, pa.Table.from_pylist(failed, schema=results.schema)])
-
-    in_images = set(images_keys["uri"].to_pylist())
-    in_rejects = set(rejects_keys["uri"].to_pylist())
-    images_delete = vanished_images + [u for u in reject_rows["uri"].to_pylist() if u in in_images]
-    rejects_delete = vanished_rejects + [u for u in image_rows["uri"].to_pylist() if u in in_rejects]
-
+    tile_options = TileOptions(tile_size=tile_size, overlap=tile_overlap, encoding=tile_encoding,
+                               rows_per_task=tile_rows_per_task, run_id=run_id, ingested_at=started_at)
     spec = {
         "sources": [to_uri(s) for s in sources],
         "table": table,
@@ -210,47 +164,136 @@ def ingest_files(
         "tile_overlap": tile_overlap,
         "tile_encoding": tile_encoding,
     }
-    record = RunRecord(
-        run_id=run_id,
-        job="ingest",
-        engine=engine.name,
-        target_table=table,
-        spec=spec,
-        started_at=started_at,
-        sources=[to_uri(s) for s in sources],
-    )
-    # Old tiles go when their file changed, vanished or failed; new ones come from `tiling`.
-    was_tiled = previously_tiled(engine, table)
-    tiles_replace = was_tiled & (set(todo["uri"].to_pylist()) | set(vanished_images))
+    record = RunRecord(run_id=run_id, job="ingest", engine=engine.name, target_table=table, spec=spec,
+                       started_at=started_at, sources=spec["sources"])
+    run = plan_run(engine, lake, sources, table=table, label_from_path=label_from_path,
+                   sync_deletes=sync_deletes, options=options, record=record)
+
+    if getattr(engine, "distributed", False):
+        # The Spark engine: decoding and tiling on the executors, MERGE from staged Parquet.
+        from lakeimg.jobs.ingest_spark import decode_files_spark
+
+        decoded = decode_files_spark(engine, run, tile_options, on_progress=on_progress)
+    else:
+        workers = (os.cpu_count() or 1) if workers is None else workers
+        decoded = decode_files_local(engine, run, tile_options, workers=workers, on_progress=on_progress)
     try:
-        images_result, rejects_result = commit_ingest(
-            engine,
-            table,
-            image_rows=image_rows,
-            reject_rows=reject_rows,
-            images_delete=images_delete,
-            rejects_delete=rejects_delete,
-            record=record,
-            unchanged=listing.num_rows - todo.num_rows,
-            deleted=len(vanished_images) + len(vanished_rejects),
-            tiling=tiling,
-            tiles_replace=tiles_replace,
-        )
+        images_result, rejects_result = commit_ingest(engine, run, decoded)
     finally:
-        tiling.cleanup()
-    summary = IngestSummary(
+        decoded.cleanup()
+    return IngestSummary(
         run_id=run_id,
         table=table,
         version=images_result.version,
         added=images_result.inserted,
         updated=images_result.updated,
-        unchanged=listing.num_rows - todo.num_rows,
-        deleted=len(vanished_images) + len(vanished_rejects),
-        rejected=reject_rows.num_rows,
+        unchanged=run.unchanged,
+        deleted=run.deleted,
+        rejected=len(decoded.reject_uris),
         seconds=round(time.monotonic() - started, 3),
         rejects_version=rejects_result.version,
     )
-    return summary
+
+
+@dataclass
+class IngestRun:
+    """One run's plan, the same on both engines: the files to read and the rows to delete."""
+
+    table: str
+    options: IngestOptions
+    record: RunRecord
+    listing: pa.Table
+    todo: pa.Table  # the listing rows to read (new or changed files)
+    known_images: set[str]
+    known_rejects: set[str]
+    vanished_images: list[str]
+    vanished_rejects: list[str]
+    tiles_replace: set[str]  # uris whose old tiles go (changed or vanished tiled files)
+
+    @property
+    def unchanged(self) -> int:
+        return self.listing.num_rows - self.todo.num_rows
+
+    @property
+    def deleted(self) -> int:
+        return len(self.vanished_images) + len(self.vanished_rejects)
+
+
+@dataclass
+class DecodedFiles:
+    """What decoding and tiling produced, ready to commit.
+
+    Rows are in the images and rejects contracts' shape: Arrow tables on the embedded engine,
+    DataFrames over staged Parquet on Spark (None: no rows).
+    """
+
+    image_rows: Any
+    reject_rows: Any
+    image_uris: list[str]
+    reject_uris: list[str]
+    commit_tiles: Callable[[set[str], dict[str, Any]], MergeResult]  # (uris to replace, metadata)
+    cleanup: Callable[[], None] = lambda: None
+
+
+def plan_run(
+    engine: Any,
+    lake: str,
+    sources: Sequence[str],
+    *,
+    table: str,
+    label_from_path: str | None,
+    sync_deletes: bool,
+    options: IngestOptions,
+    record: RunRecord,
+) -> IngestRun:
+    """List the sources and compare them with the tables: what to read, what vanished."""
+    listing = list_sources(sources, exclude=[lake], label_from_path=label_from_path)
+    images_keys, rejects_keys = _keys(engine, table), _keys(engine, rejects_table_name(table))
+    todo = plan_ingest(listing, images_keys, rejects_keys)
+    known_images = set(images_keys["uri"].to_pylist())
+    known_rejects = set(rejects_keys["uri"].to_pylist())
+    vanished_images: list[str] = []
+    vanished_rejects: list[str] = []
+    if sync_deletes:
+        scope = source_scope(sources)
+        listed = set(listing["uri"].to_pylist())
+        vanished_images = sorted(u for u in known_images if u not in listed and scope.covers(u))
+        vanished_rejects = sorted(u for u in known_rejects if u not in listed and scope.covers(u))
+    # Old tiles go when their file changed or vanished (or failed); new ones come from tiling.
+    tiles_replace = previously_tiled(engine, table) & (set(todo["uri"].to_pylist()) | set(vanished_images))
+    return IngestRun(table, options, record, listing, todo, known_images, known_rejects,
+                     vanished_images, vanished_rejects, tiles_replace)
+
+
+def decode_files_local(
+    engine: LocalEngine,
+    run: IngestRun,
+    tile_options: TileOptions,
+    *,
+    workers: int,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> DecodedFiles:
+    """Decode the files to read in a process pool, then cut the tiles of huge ones."""
+    results = decode_listing(engine, run.todo, run.options, workers=workers, on_progress=on_progress)
+    image_rows = results.filter(pc.equal(results["outcome"], "image"))
+    reject_rows = results.filter(pc.equal(results["outcome"], "reject"))
+    tiling = tile_images(engine, engine.lake, image_rows, tile_options, workers=workers,
+                         thumbnail_size=run.options.thumbnail_size)
+    image_rows = tiling.image_rows
+    if tiling.failures:
+        failed = [reject_row(row, ImageDecodeError(row["uri"], c, m), row["content_sha256"], run.options)
+                  for row, c, m in tiling.failures]
+        reject_rows = pa.concat_tables([reject_rows, pa.Table.from_pylist(failed, schema=results.schema)])
+    return DecodedFiles(
+        image_rows=image_rows,
+        reject_rows=_as_rejects(reject_rows),
+        image_uris=image_rows["uri"].to_pylist(),
+        reject_uris=reject_rows["uri"].to_pylist(),
+        commit_tiles=lambda replace, metadata: commit_tiles(
+            engine, run.table, tiling, replace_uris=replace, metadata=metadata
+        ),
+        cleanup=tiling.cleanup,
+    )
 
 
 def decode_listing(
@@ -291,28 +334,20 @@ def decode_listing(
     return pa.Table.from_batches(list(batches), schema=schema)
 
 
-def commit_ingest(
-    engine: LocalEngine,
-    table: str,
-    *,
-    image_rows: pa.Table,
-    reject_rows: pa.Table,
-    images_delete: list[str],
-    rejects_delete: list[str],
-    record: RunRecord,
-    unchanged: int = 0,
-    deleted: int = 0,
-    tiling: TilingResult | None = None,
-    tiles_replace: set[str] = frozenset(),
-):
-    """MERGE into images and rejects, append the runs row; undo the data commits if any step fails."""
-    rejects_name = rejects_table_name(table)
+def commit_ingest(engine: Any, run: IngestRun, decoded: DecodedFiles) -> tuple[MergeResult, MergeResult]:
+    """MERGE into images and rejects, append the runs row; undo the data commits if any step fails.
+
+    The same steps on both engines: tiles (one commit), images, rejects, then the runs row.
+    """
+    table = run.table
+    rejects_name, tiles_name = rejects_table_name(table), tiles_table_name(table)
     images_contract, rejects_contract = table_contract("images"), table_contract("rejects")
-    before = {table: engine.version(table), rejects_name: engine.version(rejects_name)}
+    before = {name: engine.version(name) for name in (table, rejects_name, tiles_name)}
+    record = run.record
     metadata = record.commit_metadata()
+    images_delete = run.vanished_images + [u for u in decoded.reject_uris if u in run.known_images]
+    rejects_delete = run.vanished_rejects + [u for u in decoded.image_uris if u in run.known_rejects]
     committed: list[str] = []
-    tiles_name = tiles_table_name(table)
-    before[tiles_name] = engine.version(tiles_name)
     if not engine.exists(RUNS_TABLE):
         # Create the runs table before any data commit: a lake whose runs table cannot be
         # written then fails here, with every table still at its previous version.
@@ -320,20 +355,16 @@ def commit_ingest(
     try:
         # Tiles first, in one commit (old tiles of replaced uris out, new ones in); undone below
         # with the other tables if a later step fails.
-        tiles_result = commit_tiles(engine, table, tiling, replace_uris=tiles_replace, metadata=metadata)
+        tiles_result = decoded.commit_tiles(run.tiles_replace, metadata)
         if tiles_result.committed:
             committed.append(tiles_name)
         images_result = engine.merge_by_key(
-            table, images_contract, upserts=image_rows, delete_keys=images_delete, metadata=metadata
+            table, images_contract, upserts=decoded.image_rows, delete_keys=images_delete, metadata=metadata
         )
         if images_result.committed:
             committed.append(table)
         rejects_result = engine.merge_by_key(
-            rejects_name,
-            rejects_contract,
-            upserts=_as_rejects(reject_rows),
-            delete_keys=rejects_delete,
-            metadata=metadata,
+            rejects_name, rejects_contract, upserts=decoded.reject_rows, delete_keys=rejects_delete, metadata=metadata
         )
         if rejects_result.committed:
             committed.append(rejects_name)
@@ -354,9 +385,9 @@ def commit_ingest(
         record.counts = {
             "added": images_result.inserted,
             "updated": images_result.updated,
-            "unchanged": unchanged,
-            "deleted": deleted,
-            "rejected": reject_rows.num_rows,
+            "unchanged": run.unchanged,
+            "deleted": run.deleted,
+            "rejected": len(decoded.reject_uris),
         }
         engine.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
     except BaseException:

@@ -1,0 +1,91 @@
+"""The OpenCV fast path for plain JPEGs gives exactly Pillow's pixels (the path it replaces)."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lakeimg.image import decode_image, read_image
+from lakeimg.image.decode import _decode_plain_jpeg, apply_orientation
+
+
+def _photo(height: int = 61, width: int = 83) -> np.ndarray:
+    """Smooth gradients plus noise: exercises IDCT rounding and chroma upsampling."""
+    rng = np.random.default_rng(5)
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 3 % 256, yy * 4 % 256, (xx + yy) * 2 % 256], axis=-1).astype(np.int16)
+    return np.clip(base + rng.integers(-40, 40, base.shape), 0, 255).astype(np.uint8)
+
+
+def _pillow_pixels(data: bytes) -> np.ndarray:
+    with Image.open(io.BytesIO(data)) as im:
+        orientation = im.getexif().get(0x0112, 1)
+        arr = np.asarray(im.convert("L" if im.mode == "L" else "RGB"))
+    if arr.ndim == 2:
+        arr = arr[:, :, None]
+    return apply_orientation(arr, orientation)
+
+
+def _takes_fast_path(data: bytes) -> bool:
+    with Image.open(io.BytesIO(data)) as im:
+        return _decode_plain_jpeg(im, data) is not None
+
+
+def _jpeg(pixels: np.ndarray, **options) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", **options)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"quality": 90, "subsampling": 0},  # 4:4:4
+        {"quality": 75, "subsampling": 1},  # 4:2:2
+        {"quality": 75, "subsampling": 2},  # 4:2:0
+        {"quality": 60, "progressive": True},
+        {"quality": 95, "optimize": True, "subsampling": 2},
+    ],
+)
+def test_colour_jpegs_decode_bit_equal_to_pillow(options):
+    data = _jpeg(_photo(), **options)
+    assert _takes_fast_path(data)
+    got = decode_image(data)
+    assert got.dtype == np.uint8 and got.shape == (61, 83, 3)
+    assert np.array_equal(got, _pillow_pixels(data))
+
+
+def test_gray_jpeg_keeps_one_channel():
+    data = _jpeg(_photo()[:, :, 0])
+    assert _takes_fast_path(data)
+    got = decode_image(data)
+    assert got.shape == (61, 83, 1)
+    assert np.array_equal(got, _pillow_pixels(data))
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_applied_like_pillow(orientation):
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _jpeg(_photo(), exif=exif.tobytes())
+    got = read_image(data)
+    expected = _pillow_pixels(data)
+    assert np.array_equal(got.pixels, expected)
+    assert (got.height, got.width) == expected.shape[:2]
+
+
+def test_cmyk_and_truncated_jpegs_keep_the_pillow_path():
+    buf = io.BytesIO()
+    Image.fromarray(_photo()).convert("CMYK").save(buf, "JPEG")
+    cmyk = buf.getvalue()
+    assert not _takes_fast_path(cmyk)
+    assert np.array_equal(decode_image(cmyk), np.asarray(Image.open(io.BytesIO(cmyk)).convert("RGB")))
+    data = _jpeg(_photo(), quality=90)
+    from lakeimg.errors import ImageDecodeError
+
+    with pytest.raises(ImageDecodeError) as err:
+        read_image(data[: len(data) // 2], "file:///half.jpg")
+    assert err.value.error_class == "truncated"
