@@ -162,3 +162,37 @@ def test_spark_ingest_tiles_huge_files_like_the_embedded_engine(spark, tmp_path)
     assert tiles_p.num_rows > 4 and tiles_p.equals(local_l.read("images_tiles", columns=cols).sort_by(order))
     runs = local_p.read("_lakeimg/runs").to_pylist()[0]
     assert {o["table"] for o in runs["outputs"]} == {"images", "images_rejects", "images_tiles"}
+
+
+def test_crashing_and_hanging_decoders_become_rejects_on_spark(spark, tmp_path):
+    """A decoder that kills or hangs its process costs one reject row on Spark too, not the job."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    from lakeimg import Lake
+    from lakeimg.samples import photo_like
+
+    # The executors' Python workers import the misbehaving readers from Spark's files folder.
+    spark.sparkContext.addPyFile(str(Path(__file__).with_name("lakeimg_test_codecs.py")))
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(photo_like(32, 48, seed=i)).save(src / f"good{i}.png")
+    for name in ("a.crash", "b.sleep", "c.stuck"):
+        (src / name).write_bytes(b"payload " + name.encode())
+    lake = Lake(tmp_path / "lake", engine="spark", spark=spark)
+    summary = lake.ingest(
+        [str(src)],
+        file_timeout_s=1,
+        codecs=("lakeimg_test_codecs:CRASH", "lakeimg_test_codecs:SLEEP", "lakeimg_test_codecs:STUCK"),
+    )
+    assert (summary.added, summary.rejected) == (3, 3)
+    rejects = {r["uri"].rsplit("/", 1)[-1]: r for r in lake.read("images_rejects").to_pylist()}
+    assert rejects["a.crash"]["error_class"] == "decoder_crash" and "died" in rejects["a.crash"]["error_message"]
+    assert rejects["b.sleep"]["error_class"] == "timeout"  # the kernel's alarm, inside the child
+    assert rejects["c.stuck"]["error_class"] == "timeout"  # the child was killed
+    assert all(r["content_sha256"] for r in rejects.values())  # the bytes were readable
+    assert sorted(u.rsplit("/", 1)[-1] for u in lake.read("images", columns=["uri"])["uri"].to_pylist()) == [
+        "good0.png", "good1.png", "good2.png"
+    ]

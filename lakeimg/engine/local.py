@@ -19,12 +19,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +33,7 @@ import pyarrow.parquet as pq
 from lakeimg.errors import ConcurrentWriteError, LakeImgError, TableNotFoundError
 from lakeimg.schemas import TableContract
 
-__all__ = ["LocalEngine", "MergeResult", "VersionLike", "map_kernel", "table_location", "cast_to_schema"]
+__all__ = ["LocalEngine", "MergeResult", "VersionLike", "table_location", "cast_to_schema"]
 
 VersionLike = int | str | dt.datetime | None
 
@@ -547,6 +544,8 @@ class LocalEngine:
 
     def map_kernel(self, kernel, inputs: pa.Table, **kwargs) -> Iterator[pa.RecordBatch]:
         """Run a mapInArrow-shaped kernel over `inputs` in a process pool (see `map_kernel`)."""
+        from lakeimg.engine.pool import map_kernel
+
         return map_kernel(kernel, inputs, **kwargs)
 
 
@@ -576,85 +575,6 @@ def _file_stats(path: str) -> str:
             bounds = pc.min_max(col)
             mins[name], maxs[name] = bounds["min"].as_py(), bounds["max"].as_py()
     return json.dumps({"numRecords": data.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
-
-
-def _run_kernel_on_batch(kernel, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
-    return list(kernel(iter([batch])))
-
-
-def _pool_context():
-    """Start method of the decoding pool: forkserver where the platform has it, else spawn.
-
-    Never plain fork: the parent runs delta-rs' threads. The forkserver is a fresh single-threaded
-    process that imports the kernels once and forks every worker from there, so workers start
-    without re-importing numpy, Pillow, OpenCV and pyarrow (with spawn each worker paid ~0.6 s
-    CPU for that, which the ingest benchmark measured as 10-20% of a 520-JPEG run on 2 cores).
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["lakeimg.engine.local", "lakeimg.kernels.ingest"])
-    return context
-
-
-def map_kernel(
-    kernel: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
-    inputs: pa.Table,
-    *,
-    workers: int = 0,
-    batch_rows: int = 16,
-    task_timeout_s: float = 600.0,
-    on_failure: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None,
-    on_progress: Callable[[int], None] | None = None,
-    output_schema: pa.Schema | None = None,
-) -> Iterator[pa.RecordBatch]:
-    """Map `kernel` over `inputs` in `workers` spawned processes (0: in this process).
-
-    A batch whose worker crashes or overruns `task_timeout_s` (scaled by its rows) is split
-    and its rows retried one by one; a row that still fails is turned into an output row by
-    `on_failure(row, error_class, message)` so one bad input never stops the run.
-    """
-    batches = inputs.to_batches(max_chunksize=max(1, batch_rows))
-    if workers <= 0:
-        for batch in batches:
-            yield from kernel(iter([batch]))
-            if on_progress:
-                on_progress(batch.num_rows)
-        return
-
-    from pebble import ProcessExpired, ProcessPool
-
-    with ProcessPool(max_workers=workers, context=_pool_context()) as pool:
-
-        def submit(batch: pa.RecordBatch):
-            return pool.schedule(_run_kernel_on_batch, args=(kernel, batch), timeout=task_timeout_s * batch.num_rows)
-
-        pending = {submit(b): b for b in batches}
-        while pending:
-            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-            for future in finished:
-                batch = pending.pop(future)
-                try:
-                    yield from future.result()
-                    if on_progress:
-                        on_progress(batch.num_rows)
-                    continue
-                except FutureTimeout:
-                    failure = ("timeout", f"decoding ran past the {task_timeout_s:g} s per-file limit; the worker was killed")
-                except ProcessExpired as exc:
-                    failure = ("decoder_crash", f"the decoding process died ({exc})")
-                except Exception as exc:  # noqa: BLE001 - a kernel bug surfaces on that batch's rows
-                    failure = ("corrupt", f"{type(exc).__name__}: {exc}")
-                if batch.num_rows > 1:  # isolate the culprit: retry the batch's rows one by one
-                    for single in (batch.slice(i, 1) for i in range(batch.num_rows)):
-                        pending[submit(single)] = single
-                    continue
-                row = batch.to_pylist()[0]
-                if on_failure is None:
-                    raise LakeImgError(f"kernel failed on {row}: {failure[1]}")
-                yield pa.RecordBatch.from_pylist([on_failure(row, *failure)], schema=output_schema)
-                if on_progress:
-                    on_progress(1)
 
 
 def file_sha256(path: str) -> str | None:

@@ -527,13 +527,27 @@ class SparkEngine:
         output_schema: pa.Schema,
         output_struct=None,
         rows_per_task: int = 32,
+        on_failure: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None,
+        task_timeout_s: float = 600.0,
     ) -> StagedRows:
         """Run a mapInArrow kernel over `inputs` on the executors and stage its output as Parquet.
 
         `inputs` is small (paths and stat results, listed on the driver); executors open the
         files by path. The output never reaches the driver: it lands under
         `LAKE/_lakeimg/staging/<id>` (a location every executor can write, like the lake).
+        With `on_failure`, each task runs the kernel in a child process (`isolated_kernel`):
+        an input row whose decoding crashes or overruns `task_timeout_s` becomes
+        `on_failure(row, error_class, message)`, as on the embedded engine.
         """
+        if on_failure is not None:
+            from functools import partial
+
+            from lakeimg.engine.pool import isolated_kernel
+
+            kernel = partial(
+                isolated_kernel, kernel=kernel, on_failure=on_failure, output_schema=output_schema,
+                task_timeout_s=task_timeout_s,
+            )
         struct = output_struct if output_struct is not None else _struct_of(output_schema)
         listing = self.spark.createDataFrame(inputs)
         parallelism = max(1, self.spark.sparkContext.defaultParallelism)

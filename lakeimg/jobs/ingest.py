@@ -314,24 +314,33 @@ def decode_listing(
         if on_progress:
             on_progress(done, total)
 
-    def failed(listing: dict[str, Any], error_class: str, message: str) -> dict[str, Any]:
-        error = ImageDecodeError(listing["uri"], error_class, message)
-        return reject_row(listing, error, file_sha256(listing["uri"]), options)
-
     batch_rows = max(1, min(16, total // max(1, workers * 4)))
     batches = engine.map_kernel(
         partial(ingest_kernel, options=options),
         todo,
         workers=workers,
         batch_rows=batch_rows,
-        # The kernel's own alarm stops Python-level hangs at file_timeout_s; the pool's limit
-        # only catches decoders stuck where no signal reaches (C loops), so its margin is short.
-        task_timeout_s=options.file_timeout_s + min(30.0, options.file_timeout_s + 5),
-        on_failure=failed,
+        task_timeout_s=worker_time_limit(options),
+        on_failure=partial(failed_file_row, options=options),
         on_progress=progress,
         output_schema=schema,
     )
     return pa.Table.from_batches(list(batches), schema=schema)
+
+
+def worker_time_limit(options: IngestOptions) -> float:
+    """Seconds per file after which a decoding worker is killed.
+
+    The kernel's own alarm stops Python-level hangs at file_timeout_s; this limit only catches
+    decoders stuck where no signal reaches (C loops), so its margin is short.
+    """
+    return options.file_timeout_s + min(30.0, options.file_timeout_s + 5)
+
+
+def failed_file_row(listing: dict[str, Any], error_class: str, message: str, *, options: IngestOptions) -> dict[str, Any]:
+    """The reject row of a file whose decoding worker crashed or was killed (`map_kernel`'s `on_failure`)."""
+    error = ImageDecodeError(listing["uri"], error_class, message)
+    return reject_row(listing, error, file_sha256(listing["uri"]), options)
 
 
 def commit_ingest(engine: Any, run: IngestRun, decoded: DecodedFiles) -> tuple[MergeResult, MergeResult]:

@@ -28,7 +28,7 @@ __all__ = ["decode_files_spark"]
 
 def decode_files_spark(engine, run, tile_options, *, on_progress: Callable[[int, int], None] | None = None):
     """Decode `run.todo` on the executors and tile its huge files; a `DecodedFiles` over staged rows."""
-    from lakeimg.jobs.ingest import DecodedFiles
+    from lakeimg.jobs.ingest import DecodedFiles, failed_file_row, worker_time_limit
     from lakeimg.jobs.tiling import commit_tiles_spark
 
     todo, options = run.todo, run.options
@@ -46,7 +46,11 @@ def decode_files_spark(engine, run, tile_options, *, on_progress: Callable[[int,
     try:
         if todo.num_rows:
             staged = engine.map_kernel_to_stage(
-                partial(ingest_kernel, options=options), todo, output_schema=ingest_result_schema()
+                partial(ingest_kernel, options=options),
+                todo,
+                output_schema=ingest_result_schema(),
+                on_failure=partial(failed_file_row, options=options),
+                task_timeout_s=worker_time_limit(options),
             )
             outcomes = staged.frame().select("uri", "outcome").collect()
             image_uris = [r[0] for r in outcomes if r[1] == "image"]
