@@ -120,8 +120,11 @@ def isolated_kernel(
     output_schema: pa.Schema,
     task_timeout_s: float,
     batch_rows: int = 8,
+    prepare: Callable[[], None] | None = None,
 ) -> Iterator[pa.RecordBatch]:
     """`kernel` over `batches` in forked children, with `map_kernel`'s crash and hang rules.
+
+    `prepare` runs once here before the first fork, to fill caches every child then inherits.
 
     For the Spark engine (bind the keywords with functools.partial and hand it to mapInArrow):
     the executor's Python worker only waits, so a decoder that kills or hangs its process costs
@@ -131,6 +134,8 @@ def isolated_kernel(
     (a pebble pool respawning children from its manager thread deadlocked them here; a
     forkserver child re-imports PySpark's worker as its main module, about a second a task).
     """
+    if prepare is not None:
+        prepare()
     for batch in batches:
         for start in range(0, batch.num_rows, batch_rows):
             piece = batch.slice(start, batch_rows)

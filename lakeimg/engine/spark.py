@@ -529,6 +529,7 @@ class SparkEngine:
         rows_per_task: int = 32,
         on_failure: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None,
         task_timeout_s: float = 600.0,
+        prepare: Callable[[], None] | None = None,
     ) -> StagedRows:
         """Run a mapInArrow kernel over `inputs` on the executors and stage its output as Parquet.
 
@@ -537,7 +538,8 @@ class SparkEngine:
         `LAKE/_lakeimg/staging/<id>` (a location every executor can write, like the lake).
         With `on_failure`, each task runs the kernel in a child process (`isolated_kernel`):
         an input row whose decoding crashes or overruns `task_timeout_s` becomes
-        `on_failure(row, error_class, message)`, as on the embedded engine.
+        `on_failure(row, error_class, message)`, as on the embedded engine; `prepare` runs in
+        the task's Python worker before the first child is forked (caches the children share).
         """
         if on_failure is not None:
             from functools import partial
@@ -546,7 +548,7 @@ class SparkEngine:
 
             kernel = partial(
                 isolated_kernel, kernel=kernel, on_failure=on_failure, output_schema=output_schema,
-                task_timeout_s=task_timeout_s,
+                task_timeout_s=task_timeout_s, prepare=prepare,
             )
         struct = output_struct if output_struct is not None else _struct_of(output_schema)
         listing = self.spark.createDataFrame(inputs)

@@ -20,7 +20,7 @@ from functools import partial
 
 import pyarrow as pa
 
-from lakeimg.kernels.ingest import ingest_kernel, ingest_result_schema
+from lakeimg.kernels.ingest import ingest_kernel, ingest_result_schema, prepare_ingest_kernel
 from lakeimg.schemas import table_contract
 
 __all__ = ["decode_files_spark"]
@@ -51,6 +51,7 @@ def decode_files_spark(engine, run, tile_options, *, on_progress: Callable[[int,
                 output_schema=ingest_result_schema(),
                 on_failure=partial(failed_file_row, options=options),
                 task_timeout_s=worker_time_limit(options),
+                prepare=partial(prepare_ingest_kernel, options),
             )
             outcomes = staged.frame().select("uri", "outcome").collect()
             image_uris = [r[0] for r in outcomes if r[1] == "image"]

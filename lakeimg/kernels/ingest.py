@@ -306,6 +306,22 @@ def _tiled_row(listing: dict[str, Any], header, options: IngestOptions) -> dict[
     }
 
 
+def prepare_ingest_kernel(options: IngestOptions) -> None:
+    """Do the one-time work of `ingest_kernel` in this process: codecs, plugins, lazy imports.
+
+    For a parent that forks a child per batch (`lakeimg.engine.pool.isolated_kernel`): done
+    once there, not in every child. Measured in a Spark Python worker: the codec entry-point
+    scan walks PySpark's zip archives on sys.path (~2 s), and pyarrow imports pandas the first
+    time it builds a batch from Python rows (~0.3 s).
+    """
+    import cv2  # noqa: F401 - imported lazily by the JPEG and 16-bit PNG paths
+    from PIL import Image
+
+    _load_codecs(options.codecs)
+    Image.init()  # every Pillow plugin
+    pa.RecordBatch.from_pylist([], schema=ingest_result_schema())
+
+
 def ingest_kernel(batches: Iterator[pa.RecordBatch], options: IngestOptions) -> Iterator[pa.RecordBatch]:
     """mapInArrow-shaped kernel: listing batches in, result batches (images + rejects) out."""
     schema = ingest_result_schema()
