@@ -57,3 +57,18 @@ def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None =
     lines.append("  ".join("-" * w for w in widths))
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
     return "\n".join(lines)
+
+
+def print_run_summary(lake: str, summary: Any, as_json: bool) -> None:
+    """An ingest or transform summary: one JSON object, or one human line."""
+    if as_json:
+        result = summary.to_dict()
+        result.pop("rejects_version", None)
+        print_json(result)
+        return
+    mode = f" ({summary.mode})" if getattr(summary, "mode", None) else ""
+    print(
+        f"{lake}/{summary.table} version {summary.version}{mode}: {summary.added} added, {summary.updated} updated, "
+        f"{summary.unchanged} unchanged, {summary.deleted} deleted, {summary.rejected} rejected "
+        f"({summary.seconds:.1f} s, run {summary.run_id})"
+    )

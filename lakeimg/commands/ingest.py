@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lakeimg.commands._common import add_engine_options, print_json, progress_bar
+from lakeimg.commands._common import add_engine_options, print_run_summary, progress_bar
 
 
 def _positive_int(text: str) -> int:
@@ -59,14 +59,5 @@ def run(args) -> int:
     finally:
         if engine is not None:
             engine.close()
-    if args.json:
-        result = summary.to_dict()
-        result.pop("rejects_version", None)
-        print_json(result)
-    else:
-        print(
-            f"{args.lake}/{summary.table} version {summary.version}: {summary.added} added, {summary.updated} updated, "
-            f"{summary.unchanged} unchanged, {summary.deleted} deleted, {summary.rejected} rejected "
-            f"({summary.seconds:.1f} s, run {summary.run_id})"
-        )
+    print_run_summary(args.lake, summary, args.json)
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lakeimg.commands._common import add_engine_options, print_json, progress_bar
+from lakeimg.commands._common import add_engine_options, print_run_summary, progress_bar
 
 
 def add_parser(subparsers) -> None:
@@ -43,14 +43,5 @@ def run(args) -> int:
     finally:
         if spark is not None:
             spark.stop()
-    if args.json:
-        result = summary.to_dict()
-        result.pop("rejects_version", None)
-        print_json(result)
-    else:
-        print(
-            f"{args.lake}/{summary.table} version {summary.version} ({summary.mode}): {summary.added} added, "
-            f"{summary.updated} updated, {summary.unchanged} unchanged, {summary.deleted} deleted, "
-            f"{summary.rejected} rejected ({summary.seconds:.1f} s, run {summary.run_id})"
-        )
+    print_run_summary(args.lake, summary, args.json)
     return 0

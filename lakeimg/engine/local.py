@@ -298,6 +298,10 @@ class LocalEngine:
 
     def append(self, name: str, rows: pa.Table, contract: TableContract, metadata: dict[str, Any] | None = None) -> int:
         """Append rows (creating the table on first write); returns the new version."""
+        return self._write(name, rows, contract, metadata, mode="append")
+
+    def _write(self, name: str, rows: pa.Table, contract: TableContract, metadata: dict[str, Any] | None, **mode: Any) -> int:
+        """One write_deltalake commit in `mode` (the contract's properties on a new table)."""
         from deltalake import write_deltalake
 
         data = rows.select(contract.column_names).cast(contract.arrow_schema)
@@ -307,7 +311,7 @@ class LocalEngine:
             lambda: write_deltalake(
                 self.location(name),
                 data,
-                mode="append",
+                **mode,
                 configuration=None if exists else contract.properties,
                 name=None if exists else name.rsplit("/", 1)[-1],
                 description=None if exists else contract.description,
@@ -509,25 +513,7 @@ class LocalEngine:
 
     def overwrite(self, name: str, rows: pa.Table, contract: TableContract, metadata: dict[str, Any] | None = None) -> int:
         """Replace all rows and the schema in one commit (a transform whose columns changed)."""
-        from deltalake import write_deltalake
-
-        data = rows.select(contract.column_names).cast(contract.arrow_schema)
-        exists = self.exists(name)
-        self._with_retries(
-            name,
-            lambda: write_deltalake(
-                self.location(name),
-                data,
-                mode="overwrite",
-                schema_mode="overwrite",
-                configuration=None if exists else contract.properties,
-                name=None if exists else name.rsplit("/", 1)[-1],
-                description=None if exists else contract.description,
-                storage_options=self.storage_options,
-                commit_properties=self._commit_properties(metadata),
-            ),
-        )
-        return self.delta_table(name).version()
+        return self._write(name, rows, contract, metadata, mode="overwrite", schema_mode="overwrite")
 
     def _with_retries(self, name: str, operation: Callable[[], Any]) -> Any:
         from deltalake.exceptions import CommitFailedError
