@@ -158,3 +158,25 @@ def test_reproduce_detects_a_tampered_derived_version(chain):
     result = lake.reproduce("small", 2, workers=0)
     assert result["identical"] is False
     assert [d["reason"] for d in result["differences"]] == ["content_differs"]
+
+
+def test_reproduce_an_old_version_over_a_tiled_source_uses_the_tiles_of_that_version(tmp_path):
+    """A changed huge image gets new tiles; reproducing the derived version made before the change
+    must read the tiles as they were at its input version, not the latest ones."""
+    src = tmp_path / "src"
+    src.mkdir()
+    huge = src / "scan.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(huge)
+    lake = Lake(tmp_path / "lake")
+    tiling = {"tile_above_pixels": 1000, "tile_size": 32}
+    lake.ingest([str(src)], workers=0, **tiling)
+    assert lake.read("images", columns=["tiled"])["tiled"].to_pylist() == [True]
+    spec = {"ops": [{"op": "resize", "width": 12, "height": 10}], "output": {"encoding": "raw"}}
+    assert transform_table(lake.path, "images", "thumbs", spec, workers=0).version == 0
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (80, 96, 3), dtype=np.uint8)).save(huge)
+    assert lake.ingest([str(src)], workers=0, **tiling).updated == 1
+    assert transform_table(lake.path, "images", "thumbs", spec, workers=0).updated == 1
+    old = lake.reproduce("thumbs", 0, workers=0)
+    assert old["input"] == "images@0"
+    assert old["identical"], old["differences"]
+    assert lake.reproduce("thumbs", workers=0)["identical"]

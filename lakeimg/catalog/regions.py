@@ -26,7 +26,7 @@ from lakeimg.image.tiles import assemble_region, downsample2, level_shape
 from lakeimg.jobs.listing import to_uri
 from lakeimg.jobs.tiling import tiles_table_name
 
-__all__ = ["read_region", "image_record"]
+__all__ = ["read_region", "image_record", "tiles_as_of"]
 
 _META = ["uri", "content_sha256", "width", "height", "channels", "dtype", "pages", "tiled", "tile_size", "levels"]
 
@@ -40,7 +40,7 @@ def image_record(engine: LocalEngine, table: str, uri: str, version: VersionLike
     return rows[0]
 
 
-def _tiles_as_of(engine: LocalEngine, table: str, version: VersionLike):
+def tiles_as_of(engine: LocalEngine, table: str, version: VersionLike):
     """The tiles table's version-like matching `version` of the images table."""
     if version is None or isinstance(version, (str, dt.datetime)):
         return version
@@ -103,7 +103,7 @@ def read_region(
         & (pc.field("tile_col") >= c0)
         & (pc.field("tile_col") <= c1)
     )
-    tiles = engine.read(tiles_table_name(table), version=_tiles_as_of(engine, table, version), filter=flt)
+    tiles = engine.read(tiles_table_name(table), version=tiles_as_of(engine, table, version), filter=flt)
     tiles = tiles.filter(pc.field("content_sha256") == row["content_sha256"]).to_pylist()
     if not tiles:
         raise LakeImgError(f"no tiles of {uri} page {page} level {level} cover {x},{y} {width}x{height}")

@@ -108,8 +108,10 @@ def _reproduce_transform(
     try:
         engine.copy_snapshot(source, source_version, scratch_engine, source)
         tiles = f"{source}_tiles"  # tiled sources: pyramid levels live beside the images table
-        if engine.exists(tiles):
-            engine.copy_snapshot(tiles, None, scratch_engine, tiles)
+        if engine.exists(tiles):  # as they were when the input version was committed
+            from lakeimg.catalog.regions import tiles_as_of
+
+            engine.copy_snapshot(tiles, tiles_as_of(engine, source, source_version), scratch_engine, tiles)
         spec = step["spec"]
         if isinstance(spec, str):
             spec = json.loads(spec)
