@@ -204,6 +204,8 @@ class Lake:
         """
         from lakeimg.catalog.maintenance import maintain
 
+        if self.engine_name == "spark":
+            options.setdefault("spark_engine", self.spark_engine())
         return maintain(self._local, **options)
 
     def to_spark(self, spark: Any, name: str, split: str, **options: Any):

@@ -6,6 +6,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 from conftest import run_cli
 from test_catalog import SPEC_A, SPEC_B, write_pngs
 
@@ -74,3 +75,38 @@ def test_maintain_cli_dry_run_changes_nothing(tmp_path):
     text = run_cli("maintain", "--lake", lake.path, "--optimize", "--vacuum-hours", "0")
     assert text.returncode == 0 and "training set first: readable" in text.stdout
     assert lake.training_set("first").rows().num_rows == 2
+
+
+@pytest.mark.spark
+def test_maintenance_on_spark_compacts_and_refuses_what_it_cannot_keep(spark, tmp_path):
+    """OPTIMIZE and VACUUM through delta-spark. Spark's VACUUM cannot keep chosen old versions,
+    so a table whose pinned version would lose files is refused (nothing deleted, exit 7 in the
+    CLI); unprotected tables are vacuumed, and the pinned set reads as before."""
+    src = tmp_path / "src"
+    lake = Lake(tmp_path / "lake")
+    for start in (0, 2):  # images@0 and images@1: two small files to compact
+        write_pngs(src, per_label=1, start=start)
+        lake.ingest([str(src)], workers=0, label_from_path="parent")
+    pinned = lake.create_training_set("first", "images", 0, splits="train=1.0", seed=1)
+    before = _read_all(pinned)
+    transform_table(lake.path, "images", "small", SPEC_A, workers=0)
+    transform_table(lake.path, "images", "small", SPEC_B, workers=0)  # small@0's file is now unreferenced
+    old_small = LocalEngine(lake.path).data_files("small", 0)
+    images_files = set(LocalEngine(lake.path).data_files("images", 0))
+
+    on_spark = Lake(lake.path, engine="spark", spark=spark)
+    report = on_spark.maintain(optimize=True, vacuum_hours=0, tables=["images", "small"])
+
+    assert report["tables"]["images"]["optimize"]["files_removed"] == 2
+    assert report["tables"]["images"]["optimize"]["files_added"] == 1
+    assert report["refused"] and "images" in report["refused"][0] and "[0]" in report["refused"][0]
+    assert report["tables"]["images"]["vacuum"] == {"refused": report["refused"][0]}
+    assert report["ok"] is False
+    assert all(os.path.exists(f) for f in images_files)  # refused: nothing of images@0 deleted
+    assert report["tables"]["small"]["vacuum"]["removed"] >= 1
+    assert not any(os.path.exists(f) for f in old_small)
+    assert report["pinned_sets_readable"] == {"first": True}
+    after = _read_all(Lake(lake.path).training_set("first"))
+    assert after.keys() == before.keys() and all(np.array_equal(after[u], before[u]) for u in before)
+    runs = lake.read("_lakeimg/runs").to_pylist()
+    assert [r["engine"] for r in runs if r["job"] == "maintain"] == ["spark"]

@@ -76,17 +76,22 @@ def maintain(
     vacuum_hours: float | None = None,
     dry_run: bool = False,
     tables: list[str] | None = None,
+    spark_engine: Any = None,
 ) -> dict[str, Any]:
     """Compact (`optimize`) and vacuum files older than `vacuum_hours`, keeping protected versions.
 
     Returns a report per table: optimize metrics, files vacuumed, versions kept, refusals.
-    `ok` is False when a table was refused or a pinned set no longer reads.
+    `ok` is False when a table was refused or a pinned set no longer reads. With `spark_engine`
+    (a `SparkEngine` on the same lake) OPTIMIZE and VACUUM run on Spark; which versions to keep
+    is still read through delta-rs. Spark's VACUUM cannot keep chosen old versions, so a table
+    whose protected versions would lose files is refused there rather than vacuumed.
 
     Example:
         >>> maintain(LocalEngine("/tmp/lake"), vacuum_hours=168, dry_run=True)["ok"]  # doctest: +SKIP
         True
     """
-    run = RunRecord(run_id=new_run_id(), job="maintain", engine=engine.name, target_table="*",
+    files_engine = spark_engine or engine  # the engine that compacts and deletes files
+    run = RunRecord(run_id=new_run_id(), job="maintain", engine=files_engine.name, target_table="*",
                     spec={"optimize": optimize, "vacuum_hours": vacuum_hours, "dry_run": dry_run},
                     started_at=utc_now())
     names = tables or lake_tables(engine)
@@ -101,13 +106,13 @@ def maintain(
             engine.set_table_properties(name, _KEEP_LOGS)
             entry["log_cleanup_disabled"] = True
         if optimize and not dry_run and name != RUNS_TABLE:
-            metrics = engine.optimize(name, metadata=metadata)
+            metrics = files_engine.optimize(name, metadata=metadata)
             entry["optimize"] = {"files_added": int(metrics.get("numFilesAdded", 0)),
                                  "files_removed": int(metrics.get("numFilesRemoved", 0))}
         if vacuum_hours is None:
             continue
         protected = sorted(keep.get(name, ()))
-        candidates = engine.vacuum(name, retention_hours=vacuum_hours, keep_versions=protected, dry_run=True)
+        candidates = files_engine.vacuum(name, retention_hours=vacuum_hours, keep_versions=protected, dry_run=True)
         location = engine.location(name)
         doomed = {os.path.normpath(c if os.path.isabs(c) else os.path.join(location, c)) for c in candidates}
         clash = {}
@@ -125,7 +130,7 @@ def maintain(
             report["refused"].append(message)
             entry["vacuum"] = {"refused": message}
             continue
-        removed = candidates if dry_run else engine.vacuum(
+        removed = candidates if dry_run else files_engine.vacuum(
             name, retention_hours=vacuum_hours, keep_versions=protected, dry_run=False
         )
         entry["vacuum"] = {"removed": len(removed), "dry_run": dry_run}

@@ -1,11 +1,11 @@
-"""`lakeimg maintain --lake LAKE [--optimize] [--vacuum-hours H] [--json]`: compact and vacuum safely.
+"""`lakeimg maintain --lake LAKE [--optimize] [--vacuum-hours H] [--engine spark] [--json]`: compact and vacuum safely.
 
 Exit 0 when done, 7 when a table was refused (it would have broken a pinned training set).
 """
 
 from __future__ import annotations
 
-from lakeimg.commands._common import print_json
+from lakeimg.commands._common import add_engine_options, print_json
 
 EXIT_REFUSED = 7
 
@@ -18,6 +18,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--dry-run", action="store_true", help="report what would be vacuumed; change nothing")
     p.add_argument("--table", action="append", default=None, help="only this table (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_engine_options(p)
     p.set_defaults(handler=run)
 
 
@@ -25,8 +26,17 @@ def run(args) -> int:
     from lakeimg.catalog.maintenance import maintain
     from lakeimg.engine.local import LocalEngine
 
-    report = maintain(LocalEngine(args.lake), optimize=args.optimize, vacuum_hours=args.vacuum_hours,
-                      dry_run=args.dry_run, tables=args.table)
+    spark_engine = None
+    if args.engine == "spark":
+        from lakeimg.engine import open_engine
+
+        spark_engine = open_engine(args.lake, "spark", master=args.master, spark_conf=args.spark_conf)
+    try:
+        report = maintain(LocalEngine(args.lake), optimize=args.optimize, vacuum_hours=args.vacuum_hours,
+                          dry_run=args.dry_run, tables=args.table, spark_engine=spark_engine)
+    finally:
+        if spark_engine is not None:
+            spark_engine.close()
     if args.json:
         print_json(report)
     else:

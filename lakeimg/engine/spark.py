@@ -331,6 +331,12 @@ class SparkEngine:
         settings = {_ALLOW_NESTED_NOT_NULL_CONF: "true"}
         if metadata is not None:
             settings[_USER_METADATA_CONF] = json.dumps(metadata, sort_keys=True, default=str)
+        with self._session_conf(settings):
+            yield
+
+    @contextmanager
+    def _session_conf(self, settings: dict[str, str]):
+        """Set session settings for the block, restoring the previous values after."""
         previous = {key: self.spark.conf.get(key, None) for key in settings}
         for key, value in settings.items():
             self.spark.conf.set(key, value)
@@ -342,6 +348,31 @@ class SparkEngine:
                     self.spark.conf.unset(key)
                 else:
                     self.spark.conf.set(key, value)
+
+    # --- maintenance ---------------------------------------------------------------------
+
+    def optimize(self, name: str, *, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Compact small files (delta-spark's OPTIMIZE); metrics as delta-rs names them."""
+        table = self._delta(name)
+        with self._user_metadata(metadata):
+            metrics = self._with_retries(name, lambda: table.optimize().executeCompaction().collect()[0]["metrics"])
+        return {"numFilesAdded": int(metrics["numFilesAdded"]), "numFilesRemoved": int(metrics["numFilesRemoved"])}
+
+    def vacuum(self, name: str, *, retention_hours: float, keep_versions: Sequence[int] = (), dry_run: bool = True) -> list[str]:
+        """Local paths of the files VACUUM removes (or would, with `dry_run`).
+
+        delta-spark's VACUUM keeps only what the versions inside the retention window read;
+        it has no `keep_versions`. Callers check the dry run against the versions they must
+        keep (`lakeimg.catalog.maintenance` refuses the table when one would lose files).
+        """
+        location = self.location(name).replace("`", "``")
+        query = f"VACUUM delta.`{location}` RETAIN {max(0.0, float(retention_hours)):g} HOURS"
+        # A retention under Delta's 7-day safety check is the caller's explicit choice.
+        with self._session_conf({"spark.databricks.delta.retentionDurationCheck.enabled": "false"}):
+            doomed = [_local_path(row[0]) or row[0] for row in self.spark.sql(query + " DRY RUN").collect()]
+            if not dry_run and doomed:
+                self.spark.sql(query).collect()
+        return doomed
 
     def _frame_of(self, rows, contract: TableContract):
         """A Spark DataFrame in the contract's columns from an Arrow table or a DataFrame."""
