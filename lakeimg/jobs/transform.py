@@ -245,7 +245,7 @@ def transform_table(
         writer = _spark_engine(lake, spark)
     try:
         if plan.todo and engine_name == "spark":
-            staged = _run_spark(writer, source, source_version, plan.todo, options)
+            staged = _run_spark(writer, local, source, source_version, plan.todo, options)
             rows: Any = staged.conform(contract, where="outcome = 'row'")
             produced = {(r[0], r[1]) for r in staged.frame("outcome = 'row'").select("uri", "variant").collect()}
             rejects = _staged_rejects(staged, options)
@@ -474,9 +474,10 @@ def _spark_engine(lake: str, spark: Any):
     return SparkEngine(lake, spark)
 
 
-def _run_spark(engine: Any, source: str, source_version: int, todo: set[str], options: TransformOptions):
+def _run_spark(engine: Any, local: LocalEngine, source: str, source_version: int, todo: set[str], options: TransformOptions):
     """The same kernel through Spark's mapInArrow over the source rows to compute, staged as
-    Parquet under the lake (pixels never reach the driver)."""
+    Parquet under the lake. Pixels never reach the driver, except the pyramid level a tiled
+    source row needs, read there as on the embedded engine (`_inline_tiled`)."""
     import math
     import uuid
 
@@ -486,7 +487,14 @@ def _run_spark(engine: Any, source: str, source_version: int, todo: set[str], op
     from lakeimg.engine.spark import StagedRows, _struct_of
 
     spark = engine.spark
-    frame = engine.frame(source, source_version).where(F.col("uri").isin(sorted(todo))).select(*SOURCE_COLUMNS)
+    meta = _read_uris(local, source, source_version, ["uri", "tiled"], todo)
+    tiled = set(meta.filter(pc.fill_null(meta["tiled"], False))["uri"].to_pylist())
+    frame = engine.frame(source, source_version).where(F.col("uri").isin(sorted(todo - tiled))).select(*SOURCE_COLUMNS)
+    if tiled:
+        rows = _read_uris(local, source, source_version, [*SOURCE_COLUMNS, "levels"], tiled)
+        rows = _inline_tiled(local, source, source_version, rows, options.spec).select(SOURCE_COLUMNS)
+        inlined = spark.createDataFrame(rows).select(*[F.col(f.name).cast(f.dataType) for f in frame.schema.fields])
+        frame = frame.unionByName(inlined)
     partitions = max(1, min(len(todo), max(2 * spark.sparkContext.defaultParallelism, math.ceil(len(todo) / 16))))
     schema = transform_result_schema(options.spec)
     results = frame.repartition(partitions).mapInArrow(partial(transform_kernel, options=options), _struct_of(schema))

@@ -172,7 +172,7 @@ def _source_pixels(src: dict[str, Any], spec: TransformSpec | None = None) -> np
                 return reduced
     if content is None:
         if src.get("tiled"):
-            raise ImageDecodeError(src["uri"], "tiled_source", "the source is tiled and its pyramid level could not be read (engine spark reads no tiles yet)")
+            raise ImageDecodeError(src["uri"], "tiled_source", "the source is tiled and its pyramid level could not be read")
         from lakeimg.kernels.ingest import read_file_bytes
 
         try:  # not inlined at ingest (above --inline-max-bytes): read the original file
