@@ -367,8 +367,16 @@ class SparkEngine:
         """
         location = self.location(name).replace("`", "``")
         query = f"VACUUM delta.`{location}` RETAIN {max(0.0, float(retention_hours)):g} HOURS"
-        # A retention under Delta's 7-day safety check is the caller's explicit choice.
-        with self._session_conf({"spark.databricks.delta.retentionDurationCheck.enabled": "false"}):
+        settings = {
+            # A retention under Delta's 7-day safety check is the caller's explicit choice.
+            "spark.databricks.delta.retentionDurationCheck.enabled": "false",
+            # VACUUM lists the table's folders with this many tasks (default 10,000: minutes of
+            # task overhead on a small cluster for a table of a few folders).
+            "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(
+                max(2, self.spark.sparkContext.defaultParallelism)
+            ),
+        }
+        with self._session_conf(settings):
             doomed = [_local_path(row[0]) or row[0] for row in self.spark.sql(query + " DRY RUN").collect()]
             if not dry_run and doomed:
                 self.spark.sql(query).collect()
