@@ -124,8 +124,6 @@ def isolated_kernel(
 ) -> Iterator[pa.RecordBatch]:
     """`kernel` over `batches` in forked children, with `map_kernel`'s crash and hang rules.
 
-    `prepare` runs once here before the first fork, to fill caches every child then inherits.
-
     For the Spark engine (bind the keywords with functools.partial and hand it to mapInArrow):
     the executor's Python worker only waits, so a decoder that kills or hangs its process costs
     one reject row instead of the Spark task and with it the job. Each batch of `batch_rows`
@@ -133,6 +131,7 @@ def isolated_kernel(
     holds the kernel's modules, and no pool threads exist to leave locks held across the fork
     (a pebble pool respawning children from its manager thread deadlocked them here; a
     forkserver child re-imports PySpark's worker as its main module, about a second a task).
+    `prepare` runs once here before the first fork, to fill caches every child then inherits.
     """
     if prepare is not None:
         prepare()
