@@ -1,4 +1,5 @@
-"""Misbehaving readers for the broken-file tests, loaded through ingest's `codecs=("module:attr",)`.
+"""Misbehaving readers for the broken-file tests, loaded through ingest's `codecs=("module:attr",)`,
+and a transform op that crashes (`CrashOnRed`).
 
 Each claims only files with its own suffix. Spawned decoding workers import this module by name:
 multiprocessing's spawn start method hands the parent's sys.path (which holds tests/ under
@@ -10,6 +11,10 @@ from __future__ import annotations
 import os
 import signal
 import time
+
+import numpy as np
+
+from lakeimg.image.ops import ImageTransformer
 
 
 class _Claims:
@@ -50,3 +55,14 @@ class _Stuck(_Claims):
 CRASH = _Crash()
 SLEEP = _Sleep()
 STUCK = _Stuck()
+
+
+class CrashOnRed(ImageTransformer):
+    """A transform op that aborts its process on a pure red image (like a crashing native op)."""
+
+    name, version = "crash_on_red", 1
+
+    def transform(self, image):
+        if image.shape[-1] == 3 and (image[..., 0] == 255).all() and (image[..., 1:] == 0).all():
+            os.abort()
+        return np.ascontiguousarray(image[::-1])

@@ -71,3 +71,27 @@ def test_tiled_sources_transform_on_spark_like_the_embedded_engine(tmp_path: Pat
     a = {r["uri"]: r["data"] for r in lake.read("local_t").to_pylist()}
     b = {r["uri"]: r["data"] for r in lake.read("spark_t").to_pylist()}
     assert a == b
+
+
+def test_an_op_that_crashes_costs_a_reject_on_spark_not_the_job(tmp_path: Path, spark):
+    import numpy as np
+
+    spark.sparkContext.addPyFile(str(Path(__file__).with_name("lakeimg_test_codecs.py")))
+    src = tmp_path / "src"
+    src.mkdir()
+    red = np.zeros((8, 10, 3), np.uint8)
+    red[..., 0] = 255
+    Image.fromarray(red).save(src / "red.png")
+    for i in range(3):
+        Image.fromarray(photo_like(8, 10, seed=i)).save(src / f"p{i}.png")
+    lake = Lake(tmp_path / "lake")
+    lake.ingest([str(src)], workers=0)
+    spec = {"ops": [{"op": "crash_on_red", "impl": "lakeimg_test_codecs:CrashOnRed"}], "output": {"encoding": "png"}}
+    summary = lake.transform("images", "flipped", spec, engine="spark", spark=spark)
+    assert (summary.added, summary.rejected) == (3, 1)
+    rejects = lake.read("flipped_rejects").to_pylist()
+    assert [r["uri"].rsplit("/", 1)[-1] for r in rejects] == ["red.png"]
+    assert rejects[0]["error_class"] == "decoder_crash" and "died" in rejects[0]["error_message"]
+    assert sorted(u.rsplit("/", 1)[-1] for u in lake.read("flipped", columns=["uri"])["uri"].to_pylist()) == [
+        "p0.png", "p1.png", "p2.png"
+    ]

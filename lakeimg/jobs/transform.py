@@ -41,6 +41,7 @@ from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
 from lakeimg.kernels.transform import (
     SOURCE_COLUMNS,
     TransformOptions,
+    prepare_transform_kernel,
     transform_kernel,
     transform_result_schema,
 )
@@ -437,13 +438,6 @@ def _run_local(engine: LocalEngine, todo: pa.Table, options: TransformOptions, *
         if on_progress:
             on_progress(done, total)
 
-    def failed(src: dict[str, Any], error_class: str, message: str) -> dict[str, Any]:
-        return {
-            "uri": src["uri"], "variant": 0, "source_sha256": src.get("content_sha256"), "label": src.get("label"),
-            "run_id": options.run_id, "outcome": "reject", "error_class": error_class, "error_message": message,
-            "size_bytes": src.get("size_bytes"), "modified_at": src.get("modified_at"),
-        }  # fmt: skip
-
     if workers > 0 and total < 2 * workers:
         workers = 0  # a pool costs more than it saves on a handful of images
     batch_rows = max(1, min(16, total // max(1, workers * 4)))
@@ -459,11 +453,20 @@ def _run_local(engine: LocalEngine, todo: pa.Table, options: TransformOptions, *
         todo,
         workers=workers,
         batch_rows=batch_rows,
-        on_failure=failed,
+        on_failure=partial(failed_transform_row, run_id=options.run_id),
         on_progress=progress,
         output_schema=schema,
     )
     return pa.Table.from_batches(list(batches), schema=schema)
+
+
+def failed_transform_row(src: dict[str, Any], error_class: str, message: str, *, run_id: str) -> dict[str, Any]:
+    """The reject row of a source row whose worker crashed or was killed (`on_failure` of the pools)."""
+    return {
+        "uri": src["uri"], "variant": 0, "source_sha256": src.get("content_sha256"), "label": src.get("label"),
+        "run_id": run_id, "outcome": "reject", "error_class": error_class, "error_message": message,
+        "size_bytes": src.get("size_bytes"), "modified_at": src.get("modified_at"),
+    }  # fmt: skip
 
 
 def _spark_engine(lake: str, spark: Any):
@@ -484,6 +487,7 @@ def _run_spark(engine: Any, local: LocalEngine, source: str, source_version: int
     from pyspark.sql import functions as F
 
     from lakeimg.engine.local import table_location
+    from lakeimg.engine.pool import isolated_kernel
     from lakeimg.engine.spark import StagedRows, _struct_of
 
     spark = engine.spark
@@ -497,7 +501,14 @@ def _run_spark(engine: Any, local: LocalEngine, source: str, source_version: int
         frame = frame.unionByName(inlined)
     partitions = max(1, min(len(todo), max(2 * spark.sparkContext.defaultParallelism, math.ceil(len(todo) / 16))))
     schema = transform_result_schema(options.spec)
-    results = frame.repartition(partitions).mapInArrow(partial(transform_kernel, options=options), _struct_of(schema))
+    # Each task computes in forked children (engine/pool.py): an op that crashes or hangs costs
+    # a reject row, as on the embedded engine, not the job.
+    kernel = partial(
+        isolated_kernel, kernel=partial(transform_kernel, options=options), output_schema=schema,
+        on_failure=partial(failed_transform_row, run_id=options.run_id), task_timeout_s=600.0,
+        prepare=partial(prepare_transform_kernel, options),
+    )
+    results = frame.repartition(partitions).mapInArrow(kernel, _struct_of(schema))
     location = table_location(engine.lake, f"_lakeimg/staging/{uuid.uuid4().hex}")
     results.write.mode("overwrite").parquet(location)
     return StagedRows(engine, location)

@@ -224,6 +224,17 @@ def transform_rows(src: dict[str, Any], options: TransformOptions) -> list[dict[
     return rows
 
 
+def prepare_transform_kernel(options: TransformOptions) -> None:
+    """Do the one-time work of `transform_kernel` in this process (see `prepare_ingest_kernel`):
+    the spec's op objects (custom ops import their modules), encoders, pyarrow's lazy imports."""
+    import cv2  # noqa: F401 - resize, colour and encoders
+    from PIL import Image
+
+    _ops_for(options.spec)
+    Image.init()
+    pa.RecordBatch.from_pylist([], schema=transform_result_schema(options.spec))
+
+
 def transform_kernel(batches: Iterator[pa.RecordBatch], *, options: TransformOptions) -> Iterator[pa.RecordBatch]:
     """mapInArrow-shaped: source batches (`SOURCE_COLUMNS`) in, result batches out."""
     schema = transform_result_schema(options.spec)
