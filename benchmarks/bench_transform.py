@@ -3,9 +3,10 @@
 Compares, in one run on this machine:
   (a) `transform_table` on the embedded engine (Delta read of `content`, process pool of
       `workers` processes, MERGE into a new derived table, runs row)
-  (b) a bare loop doing the same per-image work (JPEG decode with the same DCT shrink-on-load,
-      resize to 256x256 with INTER_AREA, JPEG encode at quality 90) in the same number of
-      processes, reading the same files
+  (b) a bare loop doing the same per-image work with OpenCV alone (JPEG decode with the same
+      DCT shrink-on-load, resize to 256x256 with INTER_AREA, JPEG encode at quality 90; BGR
+      throughout, so not even a colour swap) in the same number of processes, reading the
+      same files
   (c) a PySpark row-at-a-time Python UDF (plain pyspark local[workers], binaryFile source, no
       Delta) that decodes (full resolution) and resizes and returns the pixels as a list of
       ints — the seed project's pattern; its rows are stored as Parquet (a derived table, as
@@ -39,17 +40,13 @@ SPEC = {"ops": [{"op": "resize", "width": SIZE, "height": SIZE, "interpolation":
 def _bare_one(path: str) -> int:
     import cv2
     import numpy as np
-    from PIL import Image
 
     cv2.setNumThreads(1)
-    data = Path(path).read_bytes()
-    import io
-
-    im = Image.open(io.BytesIO(data))
-    im.draft("RGB", (SIZE, SIZE))  # the same shrink-on-load the transform's resize does
-    pixels = np.asarray(im)
+    data = np.fromfile(path, np.uint8)
+    # the same shrink-on-load the transform's resize does: libjpeg's DCT scaling to 1/2
+    pixels = cv2.imdecode(data, cv2.IMREAD_REDUCED_COLOR_2)
     small = cv2.resize(pixels, (SIZE, SIZE), interpolation=cv2.INTER_AREA)
-    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(small, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
+    ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
     return len(buf)
 
 
@@ -126,21 +123,22 @@ def main() -> int:
         lake.ingest([str(folder)], workers=args.workers)
         print(f"setup: ingested {args.count} JPEGs 1024x768 in {time.perf_counter() - t0:.1f} s")
 
-        # The bare loop runs before and after the transform and keeps its better time, so a
-        # noisy neighbour during one run does not flatter the transform.
-        bare = bare_loop(paths, args.workers)
-        t0 = time.perf_counter()
-        summary = lake.transform("images", "small", SPEC, workers=args.workers)
-        ours = time.perf_counter() - t0
-        bare = min(bare, bare_loop(paths, args.workers))
+        # Both sides run twice, interleaved, and keep their better time, so a noisy neighbour
+        # during one run flatters neither (the second transform writes a second new table).
+        bare, ours = float("inf"), float("inf")
+        for attempt in range(2):
+            bare = min(bare, bare_loop(paths, args.workers))
+            t0 = time.perf_counter()
+            summary = lake.transform("images", f"small_{attempt}", SPEC, workers=args.workers)
+            ours = min(ours, time.perf_counter() - t0)
+            assert summary.added == args.count and summary.rejected == 0, summary
         full_spec = {**SPEC, "ops": [{**SPEC["ops"][0], "reduce_on_load": False}]}
         t0 = time.perf_counter()
         lake.transform("images", "small_full", full_spec, workers=args.workers)
         ours_full = time.perf_counter() - t0
-        assert summary.added == args.count and summary.rejected == 0, summary
         rate_ours, rate_bare = args.count / ours, args.count / bare
-        print(f"lakeimg transform : {ours:7.2f} s  {rate_ours:7.1f} img/s  (workers={args.workers}, incl. Delta read, MERGE, runs row)")
-        print(f"bare loop         : {bare:7.2f} s  {rate_bare:7.1f} img/s  (same ops, {args.workers} processes, no tables; best of 2)")
+        print(f"lakeimg transform : {ours:7.2f} s  {rate_ours:7.1f} img/s  (workers={args.workers}, incl. Delta read, MERGE, runs row; best of 2 each)")
+        print(f"bare loop         : {bare:7.2f} s  {rate_bare:7.1f} img/s  (same ops, {args.workers} processes, no tables)")
         print(f"ratio vs bare loop: {rate_ours / rate_bare:.2f}x (target >= 0.8x)")
         rate_full = args.count / ours_full
         print(f"lakeimg, full-res : {ours_full:7.2f} s  {rate_full:7.1f} img/s  (reduce_on_load=false: full decode, as the UDF)")

@@ -89,3 +89,39 @@ def test_cmyk_and_truncated_jpegs_keep_the_pillow_path():
     with pytest.raises(ImageDecodeError) as err:
         read_image(data[: len(data) // 2], "file:///half.jpg")
     assert err.value.error_class == "truncated"
+
+
+@pytest.mark.parametrize("scale", [2, 4, 8])
+@pytest.mark.parametrize(
+    "options",
+    [{"quality": 90, "subsampling": 0}, {"quality": 75, "subsampling": 2}, {"quality": 60, "progressive": True}, "gray"],
+)
+def test_scaled_decode_bit_equal_to_pillow_draft(scale, options):
+    """The transform's shrink-on-load decodes through OpenCV at 1/2, 1/4, 1/8: Pillow's `draft` pixels."""
+    pixels = _photo(203, 157)  # odd sizes: the scaled size rounds up
+    data = _jpeg(pixels[:, :, 0], quality=80) if options == "gray" else _jpeg(pixels, **options)
+    with Image.open(io.BytesIO(data)) as im:
+        got = _decode_plain_jpeg(im, data, scale)
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft(im.mode, (157 // scale, 203 // scale))
+        expected = np.asarray(im)
+    expected = expected if expected.ndim == 3 else expected[:, :, None]
+    assert got is not None and got.shape == (-(-203 // scale), -(-157 // scale), 1 if options == "gray" else 3)
+    assert np.array_equal(got, expected)
+
+
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_transform_reduced_read_matches_pillow_draft(orientation):
+    from lakeimg.kernels.transform import _reduced_jpeg
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = _jpeg(_photo(240, 320), quality=85, exif=exif.tobytes())
+    need = (70, 50) if orientation == 1 else (50, 70)  # displayed size wanted; stored is 320x240
+    got = _reduced_jpeg(data, need)
+    with Image.open(io.BytesIO(data)) as im:
+        im.draft("RGB", (70, 50))  # 1/4 scale: 80x60 still covers 70x50
+        expected = apply_orientation(np.asarray(im), orientation)
+    assert got is not None and np.array_equal(got, expected)
+    assert got.shape == ((60, 80, 3) if orientation == 1 else (80, 60, 3))
+    assert _reduced_jpeg(data, (200, 200)) is None  # not even half scale covers it: full decode

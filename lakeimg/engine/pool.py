@@ -29,8 +29,48 @@ from lakeimg.errors import LakeImgError
 __all__ = ["isolated_kernel", "map_kernel"]
 
 
-def _run_kernel_on_batch(kernel, batch: pa.RecordBatch) -> list[pa.RecordBatch]:
-    return list(kernel(iter([batch])))
+_SPOOLS: dict[str, Any] = {}  # per worker process: spool path -> its open Arrow IPC file reader
+
+
+def _spool_reader(path: str):
+    reader = _SPOOLS.get(path)
+    if reader is None:
+        _SPOOLS.clear()  # one spool per run; a pooled worker never needs an older one
+        reader = _SPOOLS[path] = pa.ipc.open_file(pa.memory_map(path))
+    return reader
+
+
+def _run_kernel_on_spooled(kernel, path: str, index: int, offset: int, length: int) -> bytes:
+    """Worker side: the kernel over rows [offset, offset+length) of spooled batch `index`
+    (memory-mapped, not copied); its output goes back as one Arrow IPC stream."""
+    batch = _spool_reader(path).get_batch(index).slice(offset, length)
+    sink = pa.BufferOutputStream()
+    writer = None
+    for out in kernel(iter([batch])):
+        if writer is None:
+            writer = pa.ipc.new_stream(sink, out.schema)
+        writer.write_batch(out)
+    if writer is None:
+        return b""
+    writer.close()
+    return sink.getvalue().to_pybytes()
+
+
+def _spool(inputs: pa.Table, batch_rows: int, folder: str) -> str:
+    """Write `inputs` as an Arrow IPC file of `batch_rows`-row batches (one task each).
+
+    Workers memory-map it: a task ships (path, batch index) instead of a pickled batch. Pickling
+    a 16-image batch cost the parent ~10 ms of CPU and the worker as much again (3.6 MB of JPEG
+    bytes), a quarter of the parent's time in a 520-image transform on 2 cores, taken from the
+    workers' cores.
+    """
+    import os
+
+    path = os.path.join(folder, "inputs.arrow")
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, inputs.schema) as writer:
+        for batch in inputs.to_batches(max_chunksize=batch_rows):
+            writer.write_batch(batch)
+    return path
 
 
 def _pool_context():
@@ -68,31 +108,38 @@ def map_kernel(
     and its rows retried one by one; a row that still fails is turned into an output row by
     `on_failure(row, error_class, message)` so one bad input never stops the run.
     """
-    batches = inputs.to_batches(max_chunksize=max(1, batch_rows))
+    batch_rows = max(1, batch_rows)
     if workers <= 0:
-        for batch in batches:
+        for batch in inputs.to_batches(max_chunksize=batch_rows):
             yield from kernel(iter([batch]))
             if on_progress:
                 on_progress(batch.num_rows)
         return
 
+    import tempfile
+
     from pebble import ProcessExpired, ProcessPool
 
     context = multiprocessing.get_context(start_method) if start_method else _pool_context()
-    with ProcessPool(max_workers=workers, context=context) as pool:
+    with tempfile.TemporaryDirectory(prefix="lakeimg-spool-") as folder, ProcessPool(max_workers=workers, context=context) as pool:
+        path = _spool(inputs, batch_rows, folder)
+        spooled = pa.ipc.open_file(pa.memory_map(path))
 
-        def submit(batch: pa.RecordBatch):
-            return pool.schedule(_run_kernel_on_batch, args=(kernel, batch), timeout=task_timeout_s * batch.num_rows)
+        def submit(task: tuple[int, int, int]):
+            return pool.schedule(_run_kernel_on_spooled, args=(kernel, path, *task), timeout=task_timeout_s * task[2])
 
-        pending = {submit(b): b for b in batches}
+        tasks = ((i, 0, spooled.get_batch(i).num_rows) for i in range(spooled.num_record_batches))
+        pending = {submit(task): task for task in tasks}
         while pending:
             finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for future in finished:
-                batch = pending.pop(future)
+                index, offset, length = pending.pop(future)
                 try:
-                    yield from future.result()
+                    result = future.result()
+                    if result:
+                        yield from pa.ipc.open_stream(result)
                     if on_progress:
-                        on_progress(batch.num_rows)
+                        on_progress(length)
                     continue
                 except FutureTimeout:
                     failure = ("timeout", f"decoding ran past the {task_timeout_s:g} s per-file limit; the worker was killed")
@@ -100,11 +147,11 @@ def map_kernel(
                     failure = ("decoder_crash", f"the decoding process died ({exc})")
                 except Exception as exc:  # noqa: BLE001 - a kernel bug surfaces on that batch's rows
                     failure = ("corrupt", f"{type(exc).__name__}: {exc}")
-                if batch.num_rows > 1:  # isolate the culprit: retry the batch's rows one by one
-                    for single in (batch.slice(i, 1) for i in range(batch.num_rows)):
+                if length > 1:  # isolate the culprit: retry the batch's rows one by one
+                    for single in ((index, offset + i, 1) for i in range(length)):
                         pending[submit(single)] = single
                     continue
-                row = batch.to_pylist()[0]
+                row = spooled.get_batch(index).slice(offset, 1).to_pylist()[0]
                 if on_failure is None:
                     raise LakeImgError(f"kernel failed on {row}: {failure[1]}")
                 yield pa.RecordBatch.from_pylist([on_failure(row, *failure)], schema=output_schema)

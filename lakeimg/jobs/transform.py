@@ -441,13 +441,6 @@ def _run_local(engine: LocalEngine, todo: pa.Table, options: TransformOptions, *
     if workers > 0 and total < 2 * workers:
         workers = 0  # a pool costs more than it saves on a handful of images
     batch_rows = max(1, min(16, total // max(1, workers * 4)))
-    if workers > 0:
-        # Pickling a sliced batch ships its parent's whole buffers (every image's bytes, per
-        # task); give each task its own compact copy instead.
-        todo = pa.Table.from_batches(
-            [b for i in range(0, total, batch_rows) for b in todo.take(pa.array(range(i, min(total, i + batch_rows)))).to_batches()],
-            schema=todo.schema,
-        )
     batches = engine.map_kernel(
         partial(transform_kernel, options=options),
         todo,

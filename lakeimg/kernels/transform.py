@@ -106,10 +106,12 @@ def transform_image(pixels: np.ndarray, spec: TransformSpec, uri: str, variant: 
         >>> out.shape, feats["mean"]
         ((2, 2, 1), [9.0])
     """
-    rng = variant_rng(spec.seed, uri, variant)
+    ops = _ops_for(spec)
+    # Seeding costs ~0.2 ms an image (a tenth of a small resize): only for ops that may draw.
+    rng = variant_rng(spec.seed, uri, variant) if any(_may_draw(op) for op in ops) else None
     arr = as_hwc(pixels)
     features: dict[str, Any] = {}
-    for op in _ops_for(spec):
+    for op in ops:
         try:
             if isinstance(op, FeatureOp):
                 features.update(op.features(arr))
@@ -118,6 +120,11 @@ def transform_image(pixels: np.ndarray, spec: TransformSpec, uri: str, variant: 
         except Exception as exc:  # noqa: BLE001 - becomes a reject naming the op
             raise _OpError(op.name, f"{type(exc).__name__}: {exc}") from exc
     return np.ascontiguousarray(arr), features
+
+
+def _may_draw(op: ImageTransformer) -> bool:
+    """Random ops, and any custom op (it may use its rng without declaring `random`)."""
+    return bool(op.random) or type(op).__module__ != ImageTransformer.__module__
 
 
 class _OpError(Exception):
@@ -143,23 +150,32 @@ def _reject(src: dict[str, Any], error_class: str, message: str, run_id: str) ->
 
 def _reduced_jpeg(content: bytes, need: tuple[int, int]) -> np.ndarray | None:
     """JPEG pixels decoded with DCT scaling to the smallest size still >= `need` (displayed
-    orientation), or None when the reduction does not apply (not a plain RGB/L JPEG, no gain)."""
+    orientation), or None when the reduction does not apply (not a plain RGB/L JPEG, no gain).
+
+    The scale is the one Pillow's `draft` picks (the largest of 8, 4, 2 that still covers
+    `need`); the pixels are the same as `draft`'s, decoded through OpenCV (`_decode_plain_jpeg`).
+    """
     import io
 
     from PIL import Image
 
-    from lakeimg.image.decode import apply_orientation
+    from lakeimg.image.decode import _decode_plain_jpeg, apply_orientation
 
     im = Image.open(io.BytesIO(content))
     if im.format != "JPEG" or im.mode not in ("RGB", "L"):
         return None
     orientation = int(im.getexif().get(0x0112, 1) or 1)
     want = need if orientation < 5 else (need[1], need[0])  # the stored image is transposed
-    if want[0] * 2 > im.size[0] or want[1] * 2 > im.size[1]:
+    fits = min(im.size[0] // max(1, want[0]), im.size[1] // max(1, want[1]))
+    scale = next((s for s in (8, 4, 2) if fits >= s), 1)
+    if scale == 1:
         return None  # not even a 1/2 scale fits: a full decode is what is needed
-    im.draft(im.mode, want)
-    arr = np.asarray(im)
-    return np.ascontiguousarray(apply_orientation(arr if arr.ndim == 3 else arr[:, :, None], orientation))
+    arr = _decode_plain_jpeg(im, content, scale)
+    if arr is None:  # unusual JPEG (Adobe colour, trailing bytes): Pillow's own scaled decode
+        im.draft(im.mode, want)
+        arr = np.asarray(im)
+        arr = arr if arr.ndim == 3 else arr[:, :, None]
+    return np.ascontiguousarray(apply_orientation(arr, orientation))
 
 
 def _source_pixels(src: dict[str, Any], spec: TransformSpec | None = None) -> np.ndarray:
