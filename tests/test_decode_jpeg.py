@@ -111,14 +111,18 @@ def test_scaled_decode_bit_equal_to_pillow_draft(scale, options):
 
 
 @pytest.mark.parametrize("orientation", [1, 6])
-def test_transform_reduced_read_matches_pillow_draft(orientation):
+@pytest.mark.parametrize("icc_bytes", [0, 150_000])  # a header longer than the 64 KiB first parse
+def test_transform_reduced_read_matches_pillow_draft(orientation, icc_bytes):
     from lakeimg.kernels.transform import _reduced_jpeg
 
     exif = Image.Exif()
     exif[0x0112] = orientation
-    data = _jpeg(_photo(240, 320), quality=85, exif=exif.tobytes())
+    icc = {"icc_profile": np.random.default_rng(1).bytes(icc_bytes)} if icc_bytes else {}
+    data = _jpeg(_photo(240, 320), quality=85, exif=exif.tobytes(), **icc)
+    assert len(data) > icc_bytes
     need = (70, 50) if orientation == 1 else (50, 70)  # displayed size wanted; stored is 320x240
     got = _reduced_jpeg(data, need)
+    assert np.array_equal(_reduced_jpeg(memoryview(data), need), got)  # as the kernel passes it
     with Image.open(io.BytesIO(data)) as im:
         im.draft("RGB", (70, 50))  # 1/4 scale: 80x60 still covers 70x50
         expected = apply_orientation(np.asarray(im), orientation)

@@ -315,7 +315,7 @@ def _read_pillow(data: bytes, uri: str, *, max_pixels: int | None, preview: int 
     )
 
 
-def _decode_plain_jpeg(im: Image.Image, data: bytes, scale: int = 1) -> np.ndarray | None:
+def _decode_plain_jpeg(im: Image.Image, data: bytes | memoryview, scale: int = 1) -> np.ndarray | None:
     """Pixels of a complete 8-bit gray or YCbCr JPEG through OpenCV, else None (use Pillow);
     `scale` 2, 4 or 8 decodes at that fraction with libjpeg's DCT scaling (Pillow's `draft`).
 
@@ -327,7 +327,7 @@ def _decode_plain_jpeg(im: Image.Image, data: bytes, scale: int = 1) -> np.ndarr
     or Adobe-transformed colour, bytes after the end marker, a file that looks truncated)
     keeps the Pillow path and its error messages.
     """
-    if im.format != "JPEG" or im.mode not in ("L", "RGB") or "adobe" in im.info or not data.endswith(b"\xff\xd9"):
+    if im.format != "JPEG" or im.mode not in ("L", "RGB") or "adobe" in im.info or data[-2:] != b"\xff\xd9":
         return None
     import cv2
 

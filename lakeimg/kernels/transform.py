@@ -148,7 +148,10 @@ def _reject(src: dict[str, Any], error_class: str, message: str, run_id: str) ->
     }
 
 
-def _reduced_jpeg(content: bytes, need: tuple[int, int]) -> np.ndarray | None:
+_HEADER_BYTES = 1 << 16
+
+
+def _reduced_jpeg(content: bytes | memoryview, need: tuple[int, int]) -> np.ndarray | None:
     """JPEG pixels decoded with DCT scaling to the smallest size still >= `need` (displayed
     orientation), or None when the reduction does not apply (not a plain RGB/L JPEG, no gain).
 
@@ -161,7 +164,10 @@ def _reduced_jpeg(content: bytes, need: tuple[int, int]) -> np.ndarray | None:
 
     from lakeimg.image.decode import _decode_plain_jpeg, apply_orientation
 
-    im = Image.open(io.BytesIO(content))
+    try:  # Pillow only parses the header here (markers up to the scan); OpenCV decodes
+        im = Image.open(io.BytesIO(content[:_HEADER_BYTES]))
+    except Exception:  # noqa: BLE001 - a header longer than that (big ICC or EXIF segments)
+        im = Image.open(io.BytesIO(content))
     if im.format != "JPEG" or im.mode not in ("RGB", "L"):
         return None
     orientation = int(im.getexif().get(0x0112, 1) or 1)
@@ -195,7 +201,7 @@ def _source_pixels(src: dict[str, Any], spec: TransformSpec | None = None) -> np
             content = read_file_bytes(src["uri"])
         except OSError as exc:
             raise ImageDecodeError(src["uri"], "unreadable", f"content not inlined and the file cannot be read: {exc}") from exc
-    return decode_image(content, src["uri"])
+    return decode_image(bytes(content), src["uri"])
 
 
 def transform_rows(src: dict[str, Any], options: TransformOptions) -> list[dict[str, Any]]:
@@ -251,12 +257,25 @@ def prepare_transform_kernel(options: TransformOptions) -> None:
     pa.RecordBatch.from_pylist([], schema=transform_result_schema(options.spec))
 
 
+def _source_rows(batch: pa.RecordBatch) -> Iterator[dict[str, Any]]:
+    """The batch's rows as dicts, `content` as a memoryview of the Arrow buffer: copying each
+    image's bytes out cost ~0.2 ms an image, a twentieth of a resize-and-encode."""
+    if "content" not in batch.schema.names:
+        yield from batch.to_pylist()
+        return
+    contents = batch.column("content")
+    for i, src in enumerate(batch.drop_columns(["content"]).to_pylist()):
+        buffer = contents[i].as_buffer()
+        src["content"] = None if buffer is None else memoryview(buffer).cast("B")  # Arrow exports signed bytes
+        yield src
+
+
 def transform_kernel(batches: Iterator[pa.RecordBatch], *, options: TransformOptions) -> Iterator[pa.RecordBatch]:
     """mapInArrow-shaped: source batches (`SOURCE_COLUMNS`) in, result batches out."""
     schema = transform_result_schema(options.spec)
     pending: list[dict[str, Any]] = []
     for batch in batches:
-        for src in batch.to_pylist():
+        for src in _source_rows(batch):
             pending.extend(transform_rows(src, options))
             if len(pending) >= _OUTPUT_BATCH_ROWS:
                 yield pa.RecordBatch.from_pylist(pending, schema=schema)
