@@ -16,8 +16,9 @@ Example:
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -35,7 +36,8 @@ _SPOOLS: dict[str, Any] = {}  # per worker process: spool path -> its open Arrow
 def _spool_reader(path: str):
     reader = _SPOOLS.get(path)
     if reader is None:
-        _SPOOLS.clear()  # one spool per run; a pooled worker never needs an older one
+        if len(_SPOOLS) >= 4:  # a run spools chunk after chunk; keep only the latest few open
+            del _SPOOLS[next(iter(_SPOOLS))]
         reader = _SPOOLS[path] = pa.ipc.open_file(pa.memory_map(path))
     return reader
 
@@ -56,21 +58,42 @@ def _run_kernel_on_spooled(kernel, path: str, index: int, offset: int, length: i
     return sink.getvalue().to_pybytes()
 
 
-def _spool(inputs: pa.Table, batch_rows: int, folder: str) -> str:
-    """Write `inputs` as an Arrow IPC file of `batch_rows`-row batches (one task each).
+def _rechunk(pieces: Iterable[pa.Table | pa.RecordBatch], batch_rows: int) -> Iterator[pa.RecordBatch]:
+    """Compact batches of exactly `batch_rows` rows (the last may be shorter) from a stream of
+    tables or batches of any sizes (a filtered read leaves uneven pieces)."""
+    held: list[pa.Table] = []
+    rows = 0
+    for piece in pieces:
+        if piece.num_rows == 0:
+            continue
+        held.append(piece if isinstance(piece, pa.Table) else pa.Table.from_batches([piece]))
+        rows += piece.num_rows
+        while rows >= batch_rows:
+            table = pa.concat_tables(held)
+            yield from table.slice(0, batch_rows).combine_chunks().to_batches()
+            rest = table.slice(batch_rows)
+            held, rows = ([rest] if rest.num_rows else []), rest.num_rows
+    if rows:
+        yield from pa.concat_tables(held).combine_chunks().to_batches()
 
-    Workers memory-map it: a task ships (path, batch index) instead of a pickled batch. Pickling
-    a 16-image batch cost the parent ~10 ms of CPU and the worker as much again (3.6 MB of JPEG
-    bytes), a quarter of the parent's time in a 520-image transform on 2 cores, taken from the
-    workers' cores.
+
+def _spool_chunk(batches: Iterator[pa.RecordBatch], count: int, path: str) -> bool:
+    """Write the next `count` batches to an Arrow IPC file at `path` (one task each); False when
+    `batches` had none left (no file is written).
+
+    Workers memory-map the file: a task ships (path, batch index) instead of a pickled batch.
+    Pickling a 16-image batch cost the parent ~10 ms of CPU and the worker as much again (3.6 MB
+    of JPEG bytes), a quarter of the parent's time in a 520-image transform on 2 cores, taken
+    from the workers' cores.
     """
-    import os
-
-    path = os.path.join(folder, "inputs.arrow")
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, inputs.schema) as writer:
-        for batch in inputs.to_batches(max_chunksize=batch_rows):
+    first = next(batches, None)
+    if first is None:
+        return False
+    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, first.schema) as writer:
+        writer.write_batch(first)
+        for batch in itertools.islice(batches, count - 1):
             writer.write_batch(batch)
-    return path
+    return True
 
 
 def _pool_context():
@@ -90,7 +113,7 @@ def _pool_context():
 
 def map_kernel(
     kernel: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
-    inputs: pa.Table,
+    inputs: pa.Table | Iterable[pa.Table | pa.RecordBatch],
     *,
     workers: int = 0,
     batch_rows: int = 16,
@@ -102,38 +125,60 @@ def map_kernel(
 ) -> Iterator[pa.RecordBatch]:
     """Map `kernel` over `inputs` in `workers` child processes (0: in this process).
 
-    Children start from a forkserver (see `_pool_context`) unless `start_method` names another.
+    `inputs` is a table or a stream of tables/batches (read lazily: the parent holds a few
+    chunks of it at a time, spooled to Arrow IPC files the workers memory-map, while the
+    workers already compute on the earlier ones). Children start from a forkserver (see
+    `_pool_context`) unless `start_method` names another.
 
     A batch whose worker crashes or overruns `task_timeout_s` (scaled by its rows) is split
     and its rows retried one by one; a row that still fails is turned into an output row by
     `on_failure(row, error_class, message)` so one bad input never stops the run.
     """
     batch_rows = max(1, batch_rows)
+    batches = _rechunk([inputs] if isinstance(inputs, pa.Table) else inputs, batch_rows)
     if workers <= 0:
-        for batch in inputs.to_batches(max_chunksize=batch_rows):
+        for batch in batches:
             yield from kernel(iter([batch]))
             if on_progress:
                 on_progress(batch.num_rows)
         return
 
+    import os
     import tempfile
 
     from pebble import ProcessExpired, ProcessPool
 
+    chunk_tasks = 4 * workers  # tasks per spool file; two files stay ahead of the workers
     context = multiprocessing.get_context(start_method) if start_method else _pool_context()
     with tempfile.TemporaryDirectory(prefix="lakeimg-spool-") as folder, ProcessPool(max_workers=workers, context=context) as pool:
-        path = _spool(inputs, batch_rows, folder)
-        spooled = pa.ipc.open_file(pa.memory_map(path))
+        spools: dict[str, Any] = {}  # path -> reader, while tasks of that file are outstanding
+        outstanding: dict[str, int] = {}
+        pending: dict[Any, tuple[str, int, int, int]] = {}
 
-        def submit(task: tuple[int, int, int]):
-            return pool.schedule(_run_kernel_on_spooled, args=(kernel, path, *task), timeout=task_timeout_s * task[2])
+        def submit(task: tuple[str, int, int, int]) -> None:
+            pending[pool.schedule(_run_kernel_on_spooled, args=(kernel, *task), timeout=task_timeout_s * task[3])] = task
+            outstanding[task[0]] += 1
 
-        tasks = ((i, 0, spooled.get_batch(i).num_rows) for i in range(spooled.num_record_batches))
-        pending = {submit(task): task for task in tasks}
-        while pending:
+        def spool_next() -> bool:
+            path = os.path.join(folder, f"inputs-{len(outstanding)}.arrow")
+            if not _spool_chunk(batches, chunk_tasks, path):
+                return False
+            reader = spools[path] = pa.ipc.open_file(pa.memory_map(path))
+            outstanding[path] = 0
+            for i in range(reader.num_record_batches):
+                submit((path, i, 0, reader.get_batch(i).num_rows))
+            return True
+
+        exhausted = False
+        while True:
+            while not exhausted and len(pending) < 2 * chunk_tasks:
+                exhausted = not spool_next()
+            if not pending:
+                break
             finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for future in finished:
-                index, offset, length = pending.pop(future)
+                path, index, offset, length = pending.pop(future)
+                outstanding[path] -= 1
                 try:
                     result = future.result()
                     if result:
@@ -148,15 +193,18 @@ def map_kernel(
                 except Exception as exc:  # noqa: BLE001 - a kernel bug surfaces on that batch's rows
                     failure = ("corrupt", f"{type(exc).__name__}: {exc}")
                 if length > 1:  # isolate the culprit: retry the batch's rows one by one
-                    for single in ((index, offset + i, 1) for i in range(length)):
-                        pending[submit(single)] = single
+                    for i in range(length):
+                        submit((path, index, offset + i, 1))
                     continue
-                row = spooled.get_batch(index).slice(offset, 1).to_pylist()[0]
+                row = spools[path].get_batch(index).slice(offset, 1).to_pylist()[0]
                 if on_failure is None:
                     raise LakeImgError(f"kernel failed on {row}: {failure[1]}")
                 yield pa.RecordBatch.from_pylist([on_failure(row, *failure)], schema=output_schema)
                 if on_progress:
                     on_progress(1)
+            for path in [p for p, n in outstanding.items() if n == 0 and p in spools]:
+                del spools[path]  # every task of this file is done: free its disk space
+                os.remove(path)
 
 
 def isolated_kernel(

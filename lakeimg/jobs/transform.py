@@ -27,7 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -252,9 +252,7 @@ def transform_table(
             rejects = _staged_rejects(staged, options)
         else:
             if plan.todo:
-                todo_rows = _read_uris(local, source, source_version, [*SOURCE_COLUMNS, "levels"], plan.todo).sort_by("uri")
-                todo_rows = _inline_tiled(local, source, source_version, todo_rows, spec)
-                results = _run_local(local, todo_rows, options, workers=workers, on_progress=on_progress)
+                results = _run_local(local, _todo_rows(local, source, source_version, plan.todo, spec), len(plan.todo), options, workers=workers, on_progress=on_progress)
             else:
                 results = transform_result_schema(spec).empty_table()
             rows = results.filter(pc.equal(results["outcome"], "row"))
@@ -427,10 +425,21 @@ def _inline_tiled(engine: LocalEngine, source: str, version: int, rows: pa.Table
     return rows.set_column(index, "content", pa.array(contents, pa.binary()))
 
 
-def _run_local(engine: LocalEngine, todo: pa.Table, options: TransformOptions, *, workers: int, on_progress=None) -> pa.Table:
-    """The kernel over the rows to compute in a process pool; a crashing image becomes a reject."""
+def _todo_rows(engine: LocalEngine, source: str, version: int, todo: set[str], spec: TransformSpec) -> Iterator[pa.Table]:
+    """The source rows to compute, streamed from the snapshot a few dozen at a time (tiled rows
+    with their pyramid level inlined): the driver never holds the whole table's image bytes."""
+    wanted = pa.array(sorted(todo), pa.string())
+    for piece in engine.read_batches(source, version=version, columns=[*SOURCE_COLUMNS, "levels"]):
+        piece = piece.filter(pc.is_in(piece["uri"], value_set=wanted))
+        if piece.num_rows:
+            yield _inline_tiled(engine, source, version, piece, spec)
+
+
+def _run_local(engine: LocalEngine, todo: Iterable[pa.Table], total: int, options: TransformOptions, *, workers: int, on_progress=None) -> pa.Table:
+    """The kernel over the rows to compute (`total` of them) in a process pool; a crashing
+    image becomes a reject."""
     schema = transform_result_schema(options.spec)
-    total, done = todo.num_rows, 0
+    done = 0
 
     def progress(n: int) -> None:
         nonlocal done
