@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from lakeimg.image import decode_image, read_image
-from lakeimg.image.decode import _decode_plain_jpeg, apply_orientation
+from lakeimg.image.decode import apply_orientation, decode_plain_jpeg
 
 
 def _photo(height: int = 61, width: int = 83) -> np.ndarray:
@@ -31,7 +31,7 @@ def _pillow_pixels(data: bytes) -> np.ndarray:
 
 def _takes_fast_path(data: bytes) -> bool:
     with Image.open(io.BytesIO(data)) as im:
-        return _decode_plain_jpeg(im, data) is not None
+        return decode_plain_jpeg(im, data) is not None
 
 
 def _jpeg(pixels: np.ndarray, **options) -> bytes:
@@ -101,7 +101,7 @@ def test_scaled_decode_bit_equal_to_pillow_draft(scale, options):
     pixels = _photo(203, 157)  # odd sizes: the scaled size rounds up
     data = _jpeg(pixels[:, :, 0], quality=80) if options == "gray" else _jpeg(pixels, **options)
     with Image.open(io.BytesIO(data)) as im:
-        got = _decode_plain_jpeg(im, data, scale)
+        got = decode_plain_jpeg(im, data, scale)
     with Image.open(io.BytesIO(data)) as im:
         im.draft(im.mode, (157 // scale, 203 // scale))
         expected = np.asarray(im)
@@ -129,3 +129,18 @@ def test_transform_reduced_read_matches_pillow_draft(orientation, icc_bytes):
     assert got is not None and np.array_equal(got, expected)
     assert got.shape == ((60, 80, 3) if orientation == 1 else (80, 60, 3))
     assert _reduced_jpeg(data, (200, 200)) is None  # not even half scale covers it: full decode
+
+
+def test_transform_reduced_read_of_unusual_jpeg_longer_than_the_header_parse():
+    """Bytes after the end marker keep the Pillow path; a file past the 64 KiB header parse
+    must still decode whole (not as a truncated image)."""
+    from lakeimg.kernels.transform import _HEADER_BYTES, _reduced_jpeg
+
+    data = _jpeg(np.random.default_rng(3).integers(0, 256, (400, 600, 3), np.uint8), quality=95) + b"trailer"
+    assert len(data) > _HEADER_BYTES
+    with Image.open(io.BytesIO(data)) as im:
+        assert decode_plain_jpeg(im, data, 2) is None  # the OpenCV path declines it
+        im.draft("RGB", (250, 150))
+        expected = np.asarray(im)
+    got = _reduced_jpeg(memoryview(data), (250, 150))
+    assert got is not None and np.array_equal(got, expected)

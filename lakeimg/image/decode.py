@@ -295,7 +295,7 @@ def _read_pillow(data: bytes, uri: str, *, max_pixels: int | None, preview: int 
         raw_w, raw_h = im.size
         _check_pixels(uri, raw_w, raw_h, pages, max_pixels)
         target, channels, dtype = _pillow_target(im)
-        arr = None if preview else _decode_plain_jpeg(im, data)
+        arr = None if preview else decode_plain_jpeg(im, data)
         if arr is None:
             if preview and im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
                 im.draft(im.mode, (preview, preview))
@@ -315,7 +315,7 @@ def _read_pillow(data: bytes, uri: str, *, max_pixels: int | None, preview: int 
     )
 
 
-def _decode_plain_jpeg(im: Image.Image, data: bytes | memoryview, scale: int = 1) -> np.ndarray | None:
+def decode_plain_jpeg(im: Image.Image, data: bytes | memoryview, scale: int = 1) -> np.ndarray | None:
     """Pixels of a complete 8-bit gray or YCbCr JPEG through OpenCV, else None (use Pillow);
     `scale` 2, 4 or 8 decodes at that fraction with libjpeg's DCT scaling (Pillow's `draft`).
 

@@ -156,13 +156,13 @@ def _reduced_jpeg(content: bytes | memoryview, need: tuple[int, int]) -> np.ndar
     orientation), or None when the reduction does not apply (not a plain RGB/L JPEG, no gain).
 
     The scale is the one Pillow's `draft` picks (the largest of 8, 4, 2 that still covers
-    `need`); the pixels are the same as `draft`'s, decoded through OpenCV (`_decode_plain_jpeg`).
+    `need`); the pixels are the same as `draft`'s, decoded through OpenCV (`decode_plain_jpeg`).
     """
     import io
 
     from PIL import Image
 
-    from lakeimg.image.decode import _decode_plain_jpeg, apply_orientation
+    from lakeimg.image.decode import apply_orientation, decode_plain_jpeg
 
     try:  # Pillow only parses the header here (markers up to the scan); OpenCV decodes
         im = Image.open(io.BytesIO(content[:_HEADER_BYTES]))
@@ -176,8 +176,9 @@ def _reduced_jpeg(content: bytes | memoryview, need: tuple[int, int]) -> np.ndar
     scale = next((s for s in (8, 4, 2) if fits >= s), 1)
     if scale == 1:
         return None  # not even a 1/2 scale fits: a full decode is what is needed
-    arr = _decode_plain_jpeg(im, content, scale)
-    if arr is None:  # unusual JPEG (Adobe colour, trailing bytes): Pillow's own scaled decode
+    arr = decode_plain_jpeg(im, content, scale)
+    if arr is None:  # unusual JPEG (Adobe colour, trailing bytes): Pillow's own scaled decode,
+        im = Image.open(io.BytesIO(content))  # of the whole file, not the header parsed above
         im.draft(im.mode, want)
         arr = np.asarray(im)
         arr = arr if arr.ndim == 3 else arr[:, :, None]
