@@ -103,11 +103,14 @@ def _pool_context():
     process that imports the kernels once and forks every worker from there, so workers start
     without re-importing numpy, Pillow, OpenCV and pyarrow (with spawn each worker paid ~0.6 s
     CPU for that, which the ingest benchmark measured as 10-20% of a 520-JPEG run on 2 cores).
+    pandas is preloaded too: pyarrow imports it the first time a row holds a timezone-aware
+    timestamp (every kernel's `modified_at`), 0.3-0.4 s in each fresh worker of each pool, which
+    was most of the gap between a 520-image transform and a bare loop of the same ops.
     """
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["lakeimg.engine.pool", "lakeimg.kernels.ingest"])
+    context.set_forkserver_preload(["pandas", "lakeimg.engine.pool", "lakeimg.kernels.ingest", "lakeimg.kernels.transform"])
     return context
 
 
