@@ -14,6 +14,11 @@ Compares, in one run on this machine:
       timed with `reduce_on_load: false` (full decode too) for a like-for-like figure.
 Targets: (a) >= 0.8x the bare loop's throughput and >= 10x the UDF's.
 
+lakeimg's workers keep freed memory for the next image (`keep_freed_memory` in
+lakeimg/engine/pool.py); a plain loop pays fresh page faults for every image's buffers. The
+bare loop is timed once more with that setting, so the figures show what the allocator buys
+and what the pipeline itself (Delta read, spooling, MERGE) costs.
+
 Usage: python benchmarks/bench_transform.py [--count 500] [--workers 2] [--udf-count 500]
 """
 
@@ -50,11 +55,15 @@ def _bare_one(path: str) -> int:
     return len(buf)
 
 
-def bare_loop(paths: list[str], workers: int) -> float:
+def bare_loop(paths: list[str], workers: int, *, keep_freed_memory: bool = False) -> float:
+    """Seconds of the bare loop; `keep_freed_memory` gives its workers lakeimg's malloc setting."""
     import multiprocessing
 
+    from lakeimg.engine.pool import keep_freed_memory as tune
+
     start = time.perf_counter()  # process start-up counts on both sides
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=tune if keep_freed_memory else None) as pool:
         total = sum(pool.map(_bare_one, paths, chunksize=8))
     elapsed = time.perf_counter() - start
     assert total > 0
@@ -132,6 +141,7 @@ def main() -> int:
             summary = lake.transform("images", f"small_{attempt}", SPEC, workers=args.workers)
             ours = min(ours, time.perf_counter() - t0)
             assert summary.added == args.count and summary.rejected == 0, summary
+        bare_tuned = min(bare_loop(paths, args.workers, keep_freed_memory=True) for _ in range(2))
         full_spec = {**SPEC, "ops": [{**SPEC["ops"][0], "reduce_on_load": False}]}
         t0 = time.perf_counter()
         lake.transform("images", "small_full", full_spec, workers=args.workers)
@@ -140,6 +150,8 @@ def main() -> int:
         print(f"lakeimg transform : {ours:7.2f} s  {rate_ours:7.1f} img/s  (workers={args.workers}, incl. Delta read, MERGE, runs row; best of 2 each)")
         print(f"bare loop         : {bare:7.2f} s  {rate_bare:7.1f} img/s  (same ops, {args.workers} processes, no tables)")
         print(f"ratio vs bare loop: {rate_ours / rate_bare:.2f}x (target >= 0.8x)")
+        print(f"bare loop, tuned  : {bare_tuned:7.2f} s  {args.count / bare_tuned:7.1f} img/s  (its workers keep freed memory, "
+              f"as lakeimg's do; lakeimg / this: {bare_tuned / ours:.2f}x)")
         rate_full = args.count / ours_full
         print(f"lakeimg, full-res : {ours_full:7.2f} s  {rate_full:7.1f} img/s  (reduce_on_load=false: full decode, as the UDF)")
         if not args.skip_udf:
@@ -151,8 +163,8 @@ def main() -> int:
             print(f"  same, no output : {udf['noop']:7.2f} s  {rate_udf_noop:7.1f} img/s  (noop sink: the UDF alone)")
             print(f"ratio vs UDF      : {rate_ours / rate_udf:.1f}x (target >= 10x); full-res decode on both sides: "
                   f"{rate_full / rate_udf:.1f}x; vs the UDF alone: {rate_ours / rate_udf_noop:.1f}x")
-            print(f"ceiling           : the bare loop itself is {rate_bare / rate_udf:.1f}x the stored UDF and "
-                  f"{rate_bare / rate_udf_noop:.1f}x the UDF alone (no job doing this work can beat it)")
+            print(f"for scale         : the bare loop itself is {rate_bare / rate_udf:.1f}x the stored UDF and "
+                  f"{rate_bare / rate_udf_noop:.1f}x the UDF alone")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

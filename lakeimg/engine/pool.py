@@ -58,6 +58,28 @@ def _run_kernel_on_spooled(kernel, path: str, index: int, offset: int, length: i
     return sink.getvalue().to_pybytes()
 
 
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
+
+
+def keep_freed_memory() -> None:
+    """Have glibc keep freed memory in this process for reuse (workers call it as they start).
+
+    With glibc's defaults a worker handed each image's buffers back to the kernel when it freed
+    them (heap trimming; large blocks mmapped), so the next image touched ~250 fresh pages: on
+    this VM 0.6 ms of a 3.9 ms decode-resize-encode of a 1024x768 JPEG. A worker now keeps up to
+    64 MiB of freed memory; blocks over 32 MiB are still mapped and unmapped on their own.
+    Does nothing where the C library has no mallopt (not glibc).
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_TRIM_THRESHOLD, 64 << 20)
+    mallopt(_M_MMAP_THRESHOLD, 32 << 20)
+
+
 def _rechunk(pieces: Iterable[pa.Table | pa.RecordBatch], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Compact batches of exactly `batch_rows` rows (the last may be shorter) from a stream of
     tables or batches of any sizes (a filtered read leaves uneven pieces)."""
@@ -153,7 +175,7 @@ def map_kernel(
 
     chunk_tasks = 4 * workers  # tasks per spool file; two files stay ahead of the workers
     context = multiprocessing.get_context(start_method) if start_method else _pool_context()
-    with tempfile.TemporaryDirectory(prefix="lakeimg-spool-") as folder, ProcessPool(max_workers=workers, context=context) as pool:
+    with tempfile.TemporaryDirectory(prefix="lakeimg-spool-") as folder, ProcessPool(max_workers=workers, context=context, initializer=keep_freed_memory) as pool:
         spools: dict[str, Any] = {}  # path -> reader, while tasks of that file are outstanding
         outstanding: dict[str, int] = {}
         pending: dict[Any, tuple[str, int, int, int]] = {}
@@ -272,6 +294,7 @@ def _run_in_child(kernel, batch: pa.RecordBatch, schema: pa.Schema, timeout_s: f
         code = 0
         try:
             os.close(read_fd)
+            keep_freed_memory()
             with os.fdopen(write_fd, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
                 for out in kernel(iter([batch])):
                     writer.write_batch(out)
