@@ -2,7 +2,7 @@
 
 Compares, in one run on this machine:
   (a) `transform_table` on the embedded engine (Delta read of `content`, process pool of
-      `workers` processes, MERGE into a new derived table, runs row)
+      `workers` processes, rows staged as Parquet and committed to a new derived table, runs row)
   (b) a bare loop doing the same per-image work with OpenCV alone (JPEG decode with the same
       DCT shrink-on-load, resize to 256x256 with INTER_AREA, JPEG encode at quality 90; BGR
       throughout, so not even a colour swap) in the same number of processes, reading the
@@ -147,7 +147,7 @@ def main() -> int:
         lake.transform("images", "small_full", full_spec, workers=args.workers)
         ours_full = time.perf_counter() - t0
         rate_ours, rate_bare = args.count / ours, args.count / bare
-        print(f"lakeimg transform : {ours:7.2f} s  {rate_ours:7.1f} img/s  (workers={args.workers}, incl. Delta read, MERGE, runs row; best of 2 each)")
+        print(f"lakeimg transform : {ours:7.2f} s  {rate_ours:7.1f} img/s  (workers={args.workers}, incl. Delta read, commit, runs row; best of 2 each)")
         print(f"bare loop         : {bare:7.2f} s  {rate_bare:7.1f} img/s  (same ops, {args.workers} processes, no tables)")
         print(f"ratio vs bare loop: {rate_ours / rate_bare:.2f}x (target >= 0.8x)")
         print(f"bare loop, tuned  : {bare_tuned:7.2f} s  {args.count / bare_tuned:7.1f} img/s  (its workers keep freed memory, "

@@ -296,3 +296,46 @@ def test_shrinking_resize_of_jpegs_uses_dct_scaling_unless_disabled(tmp_path: Pa
         assert np.array_equal(pixels(row), cv2.resize(small, target, interpolation=cv2.INTER_AREA))
         full = decode_image(data)
         assert np.array_equal(pixels(exact[(uri, variant)]), cv2.resize(full, target, interpolation=cv2.INTER_AREA))
+
+
+def test_rows_stream_to_staged_files_and_a_failed_commit_leaves_the_table_as_it_was(lake: Lake, monkeypatch):
+    from lakeimg.catalog.runs import RUNS_TABLE
+    from lakeimg.engine.local import LocalEngine
+
+    lake.transform("images", "small", RESIZE, workers=0)
+    staging = Path(lake.path) / "_lakeimg" / "staging"
+    assert not staging.exists()  # the staged files were moved into the table, the folder removed
+    before = rows_by_key(lake, "small")
+    write_images(lake.src, {"cats/a.png": 21, "cats/new.png": 22})  # type: ignore[attr-defined]
+    lake.ingest([str(lake.src)], workers=0, label_from_path="parent")  # type: ignore[attr-defined]
+
+    real_append = LocalEngine.append
+
+    def failing_append(self, name, *args, **kwargs):
+        if name == RUNS_TABLE:
+            raise OSError("disk full while writing the runs row")
+        return real_append(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(LocalEngine, "append", failing_append)
+    with pytest.raises(OSError, match="disk full"):
+        lake.transform("images", "small", RESIZE, workers=0)
+    monkeypatch.undo()
+    assert rows_by_key(lake, "small") == before  # the data commit was undone
+    assert not staging.exists()
+    summary = lake.transform("images", "small", RESIZE, workers=0)  # and the next run does the work
+    assert (summary.added, summary.updated, summary.unchanged) == (1, 1, 4)
+
+
+def test_net_changes_of_a_commit_that_rewrites_files():
+    import pyarrow as pa
+
+    from lakeimg.jobs.transform import _net_changes
+
+    # A commit adding and removing whole files shows the rows it kept from a rewritten file as
+    # a delete and an insert in the same version: still there. A later delete wins.
+    changes = pa.table({
+        "uri": ["kept", "kept", "gone", "gone", "new", "changed", "changed"],
+        "_change_type": ["insert", "delete", "insert", "delete", "insert", "update_preimage", "update_postimage"],
+        "_commit_version": [3, 3, 2, 3, 3, 4, 4],
+    })  # fmt: skip
+    assert _net_changes(changes) == ({"kept", "new", "changed"}, {"gone"})

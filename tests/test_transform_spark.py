@@ -95,3 +95,33 @@ def test_an_op_that_crashes_costs_a_reject_on_spark_not_the_job(tmp_path: Path, 
     assert sorted(u.rsplit("/", 1)[-1] for u in lake.read("flipped", columns=["uri"])["uri"].to_pylist()) == [
         "p0.png", "p1.png", "p2.png"
     ]
+
+
+def test_engines_take_turns_on_one_derived_table(tmp_path: Path, spark):
+    """A table whose files the embedded engine staged and moved in is read, queried and MERGEd
+    by delta-spark, and the embedded engine carries on after Spark's commits."""
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(4):
+        Image.fromarray(photo_like(24, 32, seed=i)).save(src / f"p{i}.png")
+    lake = Lake(tmp_path / "lake")
+    lake.ingest([str(src)], workers=0)
+    assert lake.transform("images", "mixed", SPEC, workers=0).added == 8
+    location = str(tmp_path / "lake" / "mixed")
+    assert spark.read.format("delta").load(location).where("variant = 1").count() == 4
+
+    Image.fromarray(photo_like(24, 32, seed=60)).save(src / "p1.png")  # changed
+    lake.ingest([str(src)], workers=0)
+    on_spark = lake.transform("images", "mixed", SPEC, engine="spark", spark=spark)
+    assert (on_spark.mode, on_spark.updated, on_spark.added, on_spark.unchanged) == ("incremental", 2, 0, 6)
+
+    (src / "p2.png").unlink()  # deleted
+    Image.fromarray(photo_like(24, 32, seed=61)).save(src / "p7.png")  # new
+    lake.ingest([str(src)], workers=0, sync_deletes=True)
+    local = lake.transform("images", "mixed", SPEC, workers=0)
+    assert (local.mode, local.added, local.deleted, local.unchanged) == ("incremental", 2, 2, 6)
+    assert lake.transform("images", "reference", SPEC, workers=0).added == 8
+    mixed = {(r["uri"], r["variant"]): r["data"] for r in lake.read("mixed").to_pylist()}
+    reference = {(r["uri"], r["variant"]): r["data"] for r in lake.read("reference").to_pylist()}
+    assert mixed == reference
+    assert spark.read.format("delta").load(location).count() == 8

@@ -85,6 +85,64 @@ def cast_to_schema(table: pa.Table, schema: pa.Schema, columns: Sequence[str] | 
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
+class StagedParquet:
+    """Rows streamed to Parquet files in a local staging folder (path or file:// URI), in a
+    table contract's schema, to be moved into the table by `LocalEngine.commit_files_by_uri`:
+    a job's output is written as it comes and never has to fit in the driver's memory (a MERGE
+    from Arrow needs all of it).
+
+    Files roll over at `file_bytes`; row groups hold `row_group_rows` rows, so a later streamed
+    read (`read_batches`) holds a few images, not a whole file.
+
+    Example:
+        >>> from lakeimg.schemas import table_contract
+        >>> staged = StagedParquet("/tmp/lakeimg-doc-stage", table_contract("rejects"))
+        >>> staged.finish(), staged.rows
+        ([], 0)
+        >>> staged.discard()
+    """
+
+    def __init__(self, folder: str, contract: TableContract, *, file_bytes: int = 256 << 20, row_group_rows: int = 64):
+        self.folder, self.contract = _local_path(folder), contract
+        self.file_bytes, self.row_group_rows = file_bytes, row_group_rows
+        self.files: list[str] = []
+        self.rows = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._written = 0
+
+    def write(self, rows: pa.Table | pa.RecordBatch) -> None:
+        """Append rows (any column order; cast to the contract's schema)."""
+        if rows.num_rows == 0:
+            return
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
+        table = table.select(self.contract.column_names).cast(self.contract.arrow_schema)
+        if self._writer is None:
+            os.makedirs(self.folder, exist_ok=True)
+            self.files.append(os.path.join(self.folder, f"part-{len(self.files):05d}.parquet"))
+            self._writer = pq.ParquetWriter(self.files[-1], self.contract.arrow_schema)
+            self._written = 0
+        self._writer.write_table(table, row_group_size=self.row_group_rows)
+        self.rows += table.num_rows
+        self._written += table.nbytes
+        if self._written >= self.file_bytes:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def finish(self) -> list[str]:
+        """Close the open file; the finished files, in write order."""
+        self._close_file()
+        return list(self.files)
+
+    def discard(self) -> None:
+        """Remove the staging folder and what is left in it (after the commit, or a failure)."""
+        self._close_file()
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 class LocalEngine:
     """delta-rs handle for one lake: versions, snapshot reads, MERGE, append, history."""
 

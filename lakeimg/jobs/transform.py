@@ -13,6 +13,11 @@ Planning decides which source rows to (re)compute:
 - when the change data feed between those versions cannot be read (e.g. vacuumed), the job
   compares the whole source with the target by content hash and label instead.
 
+The embedded engine streams the computed rows to Parquet files in `LAKE/_lakeimg/staging/`
+(`StagedParquet`) and commits them together with the removal of every row of the recomputed and
+gone uris (`commit_files_by_uri`): the MERGE's effect, in one commit, without the driver holding
+the output. Spark stages its rows the same way and MERGEs them with delta-spark.
+
 Images an op cannot handle go to `<target>_rejects` (rejects contract) and the run goes on.
 Every run appends its runs row (inputs: the source and its version; outputs: target and rejects
 with versions; spec and spec_hash) and puts the same record in each commit's metadata. A failure
@@ -34,9 +39,10 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
-from lakeimg.engine.local import LocalEngine, ensure_lake
+from lakeimg.engine.local import LocalEngine, StagedParquet, ensure_lake, table_location
 from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
 from lakeimg.kernels.transform import (
     SOURCE_COLUMNS,
@@ -121,13 +127,17 @@ def _read_uris(engine: LocalEngine, name: str, version: int, columns: list[str],
 
 
 def _net_changes(changes: pa.Table) -> tuple[set[str], set[str]]:
-    """(upserted uris, deleted uris): each uri's last change in commit order wins."""
-    last: dict[str, str] = {}
+    """(upserted uris, deleted uris): each uri's last change in commit order wins.
+
+    Within one commit an insert beats a delete: a commit that adds and removes whole files
+    (`commit_files_by_uri`) shows the rows it kept from a rewritten file as both.
+    """
+    rank = {"delete": 0, "insert": 1, "update_postimage": 1}
+    last: dict[str, tuple[int, int]] = {}
     rows = changes.filter(pc.not_equal(changes["_change_type"], "update_preimage"))
-    rows = rows.sort_by([("_commit_version", "ascending")])
-    for uri, kind in zip(rows["uri"].to_pylist(), rows["_change_type"].to_pylist(), strict=True):
-        last[uri] = kind
-    deleted = {u for u, k in last.items() if k == "delete"}
+    for uri, kind, version in zip(rows["uri"].to_pylist(), rows["_change_type"].to_pylist(), rows["_commit_version"].to_pylist(), strict=True):
+        last[uri] = max(last.get(uri, (-1, -1)), (version, rank[kind]))
+    deleted = {u for u, (_, r) in last.items() if r == 0}
     return set(last) - deleted, deleted
 
 
@@ -244,6 +254,8 @@ def transform_table(
     staged = None
     if engine_name == "spark":
         writer = _spark_engine(lake, spark)
+    # The embedded engine streams its rows to Parquet here, then moves the files into the table.
+    local_rows = StagedParquet(table_location(lake, f"_lakeimg/staging/{run_id}/{target}"), contract)
     try:
         if plan.todo and engine_name == "spark":
             staged = _run_spark(writer, local, source, source_version, plan.todo, options)
@@ -251,13 +263,10 @@ def transform_table(
             produced = {(r[0], r[1]) for r in staged.frame("outcome = 'row'").select("uri", "variant").collect()}
             rejects = _staged_rejects(staged, options)
         else:
+            rows, rejects, produced = local_rows, transform_result_schema(spec).empty_table(), set()
             if plan.todo:
-                results = _run_local(local, _todo_rows(local, source, source_version, plan.todo, spec), len(plan.todo), options, workers=workers, on_progress=on_progress)
-            else:
-                results = transform_result_schema(spec).empty_table()
-            rows = results.filter(pc.equal(results["outcome"], "row"))
-            rejects = results.filter(pc.equal(results["outcome"], "reject"))
-            produced = set(zip(rows["uri"].to_pylist(), rows["variant"].to_pylist(), strict=True))
+                todo = _todo_rows(local, source, source_version, plan.todo, spec)
+                rejects, produced = _run_local(local, todo, len(plan.todo), options, local_rows, workers=workers, on_progress=on_progress)
         return _commit(
             local, writer, staged, rows, rejects, produced,
             spec=spec, contract=contract, plan=plan, source=source, source_version=source_version, target=target,
@@ -265,6 +274,8 @@ def transform_table(
             started=started, started_at=started_at,
         )  # fmt: skip
     finally:
+        local_rows.discard()
+        _remove_if_empty(os.path.dirname(local_rows.folder))
         if staged is not None:
             staged.drop()
 
@@ -290,7 +301,8 @@ def _commit(
     started: float,
     started_at: Any,
 ) -> TransformSummary:
-    """MERGE rows into the target and rejects, append the runs row; undo data commits on failure."""
+    """Commit rows into the target (staged files, a Spark MERGE, or a replace when the columns
+    changed) and the rejects, append the runs row; undo data commits on failure."""
     rejects_name = f"{target}_rejects"
     if staged is None:  # no Spark DataFrame of rows to merge (nothing to compute): delta-rs does the rest
         writer = local
@@ -326,10 +338,17 @@ def _commit(
     try:
         if replace:
             # The columns changed (other feature ops): replace the table, schema included.
-            data = rows if staged is None else _staged_arrow(staged, contract)
+            data = _staged_local(rows, contract) if staged is None else _staged_arrow(staged, contract)
             version = local.overwrite(target, data, contract, metadata)
             committed.append(target)
             inserted, updated, deleted = len(produced - old_keys), len(produced & old_keys), len(old_keys - produced)
+        elif isinstance(rows, StagedParquet):
+            # Every variant of a recomputed or gone uri is replaced: the staged files go in and
+            # the old rows of those uris out, in one commit (no MERGE holding all rows in memory).
+            result = local.commit_files_by_uri(target, contract, rows.finish(), uris=sorted(plan.todo | gone_uris), metadata=metadata)
+            if result.committed:
+                committed.append(target)
+            version, inserted, updated, deleted = result.version, len(produced - old_keys), len(produced & old_keys), len(delete_keys)
         else:
             result = writer.merge_by_key(target, contract, upserts=rows, delete_keys=delete_keys, key=_KEY, metadata=metadata)
             if result.committed:
@@ -435,10 +454,14 @@ def _todo_rows(engine: LocalEngine, source: str, version: int, todo: set[str], s
             yield _inline_tiled(engine, source, version, piece, spec)
 
 
-def _run_local(engine: LocalEngine, todo: Iterable[pa.Table], total: int, options: TransformOptions, *, workers: int, on_progress=None) -> pa.Table:
-    """The kernel over the rows to compute (`total` of them) in a process pool; a crashing
-    image becomes a reject."""
+def _run_local(
+    engine: LocalEngine, todo: Iterable[pa.Table], total: int, options: TransformOptions, staged: StagedParquet, *, workers: int, on_progress=None
+) -> tuple[pa.Table, set[tuple[str, int]]]:
+    """The kernel over the rows to compute (`total` of them) in a process pool, its rows
+    written to `staged` as they come; returns (reject rows, the (uri, variant) keys staged).
+    A crashing image becomes a reject."""
     schema = transform_result_schema(options.spec)
+    contract = options.spec.contract()
     done = 0
 
     def progress(n: int) -> None:
@@ -459,7 +482,14 @@ def _run_local(engine: LocalEngine, todo: Iterable[pa.Table], total: int, option
         on_progress=progress,
         output_schema=schema,
     )
-    return pa.Table.from_batches(list(batches), schema=schema)
+    rejects, produced = [], set()
+    for batch in batches:
+        is_row = pc.equal(batch["outcome"], "row")
+        rows = batch.filter(is_row)
+        staged.write(rows.select(contract.column_names))
+        produced.update(zip(rows["uri"].to_pylist(), rows["variant"].to_pylist(), strict=True))
+        rejects.append(batch.filter(pc.invert(is_row)))
+    return pa.Table.from_batches(rejects, schema=schema), produced
 
 
 def failed_transform_row(src: dict[str, Any], error_class: str, message: str, *, run_id: str) -> dict[str, Any]:
@@ -522,6 +552,21 @@ def _staged_rejects(staged: Any, options: TransformOptions) -> pa.Table:
     names = ["uri", "source_sha256", "run_id", "error_class", "error_message", "size_bytes", "modified_at"]
     found = staged.frame("outcome = 'reject'").select(*names).collect()
     return pa.Table.from_pylist([r.asDict() for r in found], schema=pa.schema([schema.field(n) for n in names]))
+
+
+def _staged_local(rows: StagedParquet, contract: Any) -> pa.Table:
+    """The embedded engine's staged rows read back (only for a schema-changing commit)."""
+    files = rows.finish()
+    return pa.concat_tables([pq.read_table(f) for f in files]) if files else contract.arrow_schema.empty_table()
+
+
+def _remove_if_empty(folder: str) -> None:
+    """Remove a run's staging folder and the shared staging folder once nothing is left in them."""
+    for path in (folder, os.path.dirname(folder)):
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
 
 
 def _staged_arrow(staged: Any, contract: Any) -> pa.Table:
