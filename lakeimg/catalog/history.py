@@ -123,11 +123,24 @@ def table_history(engine: LocalEngine, table: str, *, limit: int | None = None) 
                 "inputs": run.get("inputs") or record.get("inputs") or [],
                 "sources": run.get("sources") or record.get("sources") or [],
                 "counts": counts,
-                "data_change": entry.get("operation") not in DATA_NEUTRAL_OPERATIONS,
+                "data_change": _changes_data(engine, table, entry),
                 "operation_parameters": entry.get("operationParameters") or {},
             }
         )
     return out
+
+
+def _changes_data(engine: LocalEngine, table: str, entry: dict[str, Any]) -> bool:
+    """Whether a commit changed the table's rows. A CREATE TABLE usually only makes the schema
+    (delta-spark's create-then-MERGE), but a table created from staged files
+    (`commit_files_by_uri`) gets its rows in that same commit."""
+    operation = entry.get("operation")
+    if operation != "CREATE TABLE":
+        return operation not in DATA_NEUTRAL_OPERATIONS
+    try:
+        return bool(engine.delta_table(table, entry.get("version")).file_uris())
+    except Exception:  # noqa: BLE001 - that version's log is gone: the schema-only reading
+        return False
 
 
 def _metric_counts(metrics: dict[str, Any]) -> dict[str, int]:

@@ -138,9 +138,17 @@ class StagedParquet:
         return list(self.files)
 
     def discard(self) -> None:
-        """Remove the staging folder and what is left in it (after the commit, or a failure)."""
+        """Remove the staging folder and what is left in it (after the commit, or a failure),
+        then its parents while they are empty, up to the lake's `_lakeimg` folder."""
         self._close_file()
         shutil.rmtree(self.folder, ignore_errors=True)
+        parent = os.path.dirname(self.folder)
+        while os.path.basename(parent) not in ("_lakeimg", ""):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                return
+            parent = os.path.dirname(parent)
 
 
 class LocalEngine:
@@ -404,7 +412,7 @@ class LocalEngine:
         name: str,
         contract: TableContract,
         *,
-        upserts: pa.Table | None,
+        upserts: pa.Table | StagedParquet | None,
         delete_keys: Sequence[Any] = (),
         key: str | Sequence[str] = "uri",
         metadata: dict[str, Any] | None = None,
@@ -413,8 +421,14 @@ class LocalEngine:
 
         Inserts rows whose key is new, updates rows whose key exists, deletes rows whose key is
         in `delete_keys` (values, or tuples for composite keys). Nothing to do: no commit.
+        `upserts` may be a `StagedParquet` for tables keyed on `uri` alone: its files are moved
+        into the table in the same one commit (`commit_files_by_uri`), never read into memory.
         """
         keys = [key] if isinstance(key, str) else list(key)
+        if isinstance(upserts, StagedParquet):
+            if keys != ["uri"]:
+                raise ValueError(f"staged upserts merge on uri alone, not on {keys}")
+            return self._merge_staged_by_uri(name, contract, upserts, list(delete_keys), metadata)
         upserts = upserts if upserts is not None and upserts.num_rows else None
         if upserts is None and not delete_keys:
             return MergeResult(self.version(name))
@@ -473,6 +487,26 @@ class LocalEngine:
             committed=after != before,
         )
 
+    def _merge_staged_by_uri(
+        self, name: str, contract: TableContract, staged: StagedParquet, delete_uris: list[str], metadata: dict[str, Any] | None
+    ) -> MergeResult:
+        """`merge_by_key` of staged files: every row of a staged or deleted uri is replaced."""
+        files = staged.finish()
+        upserted = set().union(*(pq.read_table(f, columns=["uri"])["uri"].to_pylist() for f in files))
+        touched = upserted | set(delete_uris)
+        existing: set[str] = set()
+        if touched and self.exists(name):
+            held = self.read(name, columns=["uri"])["uri"]
+            existing = set(held.filter(pc.is_in(held, pa.array(sorted(touched), held.type))).to_pylist())
+        result = self.commit_files_by_uri(name, contract, files, uris=sorted(touched), metadata=metadata)
+        return MergeResult(
+            result.version,
+            inserted=len(upserted - existing),
+            updated=len(upserted & existing),
+            deleted=len(existing - upserted),
+            committed=result.committed,
+        )
+
     def commit_files_by_uri(
         self,
         name: str,
@@ -524,7 +558,7 @@ class LocalEngine:
                 rel = os.path.relpath(path, root)
                 actions.append(RemoveAction(rel, True, now_ms, os.path.getsize(path), {}))
                 if not pc.all(hit).as_py():  # keep the other uris' rows in a rewritten file
-                    kept = pq.read_table(path).filter(pc.invert(hit))
+                    kept = _as_contract(pq.read_table(path).filter(pc.invert(hit)), contract)
                     tmp = os.path.join(root, f".rewrite-{uuid.uuid4().hex}.parquet")
                     pq.write_table(kept, tmp, row_group_size=16)
                     add_file(tmp)
@@ -611,6 +645,15 @@ class LocalEngine:
         from lakeimg.engine.pool import map_kernel
 
         return map_kernel(kernel, inputs, **kwargs)
+
+
+def _as_contract(rows: pa.Table, contract: TableContract) -> pa.Table:
+    """Rows read from any writer's Parquet file (Spark's INT96 timestamps, an older schema
+    without later columns) in exactly the contract's Arrow schema, to be written again."""
+    for field in contract.arrow_schema:
+        if field.name not in rows.column_names:
+            rows = rows.append_column(field.name, pa.nulls(rows.num_rows, field.type))
+    return cast_to_schema(rows, contract.arrow_schema, contract.column_names).cast(contract.arrow_schema)
 
 
 def _expression_fields(expression: pc.Expression, names: Sequence[str]) -> list[str]:

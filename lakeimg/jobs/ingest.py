@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -28,7 +28,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
-from lakeimg.engine.local import LocalEngine, MergeResult, ensure_lake, file_sha256
+from lakeimg.engine.local import (
+    LocalEngine,
+    MergeResult,
+    StagedParquet,
+    ensure_lake,
+    file_sha256,
+    table_location,
+)
 from lakeimg.errors import ImageDecodeError
 from lakeimg.image.tiles import (
     DEFAULT_TILE_ABOVE_PIXELS,
@@ -273,26 +280,54 @@ def decode_files_local(
     workers: int,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> DecodedFiles:
-    """Decode the files to read in a process pool, then cut the tiles of huge ones."""
-    results = decode_listing(engine, run.todo, run.options, workers=workers, on_progress=on_progress)
-    image_rows = results.filter(pc.equal(results["outcome"], "image"))
-    reject_rows = results.filter(pc.equal(results["outcome"], "reject"))
-    tiling = tile_images(engine, engine.lake, image_rows, tile_options, workers=workers,
-                         thumbnail_size=run.options.thumbnail_size)
-    image_rows = tiling.image_rows
+    """Decode the files to read in a process pool, then cut the tiles of huge ones.
+
+    Image rows are written to staged Parquet as the workers return them (`StagedParquet`), so
+    the driver never holds the run's image bytes; only the rows of tiled files (their tiling
+    fills in the thumbnail) and the rejects stay in memory until the end.
+    """
+    images_contract = table_contract("images")
+    staged = StagedParquet(table_location(engine.lake, f"_lakeimg/staging/{run.options.run_id}-rows/{run.table}"), images_contract)
+    schema = ingest_result_schema()
+    tiled_parts: list[pa.Table] = []
+    reject_parts: list[pa.Table] = []
+    image_uris: list[str] = []
+    try:
+        for batch in decode_listing(engine, run.todo, run.options, workers=workers, on_progress=on_progress):
+            results = pa.Table.from_batches([batch])
+            images = results.filter(pc.equal(results["outcome"], "image"))
+            tiled = pc.fill_null(images["tiled"], False)
+            whole = images.filter(pc.invert(tiled))
+            staged.write(whole.select(images_contract.column_names))
+            image_uris += whole["uri"].to_pylist()
+            tiled_parts.append(images.filter(tiled))
+            reject_parts.append(results.filter(pc.equal(results["outcome"], "reject")))
+        tiling = tile_images(engine, engine.lake, pa.concat_tables(tiled_parts) if tiled_parts else schema.empty_table(),
+                             tile_options, workers=workers, thumbnail_size=run.options.thumbnail_size)
+    except BaseException:
+        staged.discard()
+        raise
+    staged.write(tiling.image_rows.select(images_contract.column_names))
+    image_uris += tiling.image_rows["uri"].to_pylist()
+    reject_rows = pa.concat_tables(reject_parts) if reject_parts else schema.empty_table()
     if tiling.failures:
         failed = [reject_row(row, ImageDecodeError(row["uri"], c, m), row["content_sha256"], run.options)
                   for row, c, m in tiling.failures]
-        reject_rows = pa.concat_tables([reject_rows, pa.Table.from_pylist(failed, schema=results.schema)])
+        reject_rows = pa.concat_tables([reject_rows, pa.Table.from_pylist(failed, schema=schema)])
+
+    def cleanup() -> None:
+        tiling.cleanup()
+        staged.discard()
+
     return DecodedFiles(
-        image_rows=image_rows,
+        image_rows=staged,
         reject_rows=_as_rejects(reject_rows),
-        image_uris=image_rows["uri"].to_pylist(),
+        image_uris=image_uris,
         reject_uris=reject_rows["uri"].to_pylist(),
         commit_tiles=lambda replace, metadata: commit_tiles(
             engine, run.table, tiling, replace_uris=replace, metadata=metadata
         ),
-        cleanup=tiling.cleanup,
+        cleanup=cleanup,
     )
 
 
@@ -303,8 +338,9 @@ def decode_listing(
     *,
     workers: int,
     on_progress: Callable[[int, int], None] | None = None,
-) -> pa.Table:
-    """Run the ingest kernel over the files to read; crashes and hangs become reject rows."""
+) -> Iterator[pa.RecordBatch]:
+    """Run the ingest kernel over the files to read, streaming its result batches; crashes and
+    hangs become reject rows."""
     schema = ingest_result_schema()
     total, done = todo.num_rows, 0
 
@@ -315,7 +351,7 @@ def decode_listing(
             on_progress(done, total)
 
     batch_rows = max(1, min(16, total // max(1, workers * 4)))
-    batches = engine.map_kernel(
+    return engine.map_kernel(
         partial(ingest_kernel, options=options),
         todo,
         workers=workers,
@@ -325,7 +361,6 @@ def decode_listing(
         on_progress=progress,
         output_schema=schema,
     )
-    return pa.Table.from_batches(list(batches), schema=schema)
 
 
 def worker_time_limit(options: IngestOptions) -> float:

@@ -275,7 +275,6 @@ def transform_table(
         )  # fmt: skip
     finally:
         local_rows.discard()
-        _remove_if_empty(os.path.dirname(local_rows.folder))
         if staged is not None:
             staged.drop()
 
@@ -558,15 +557,6 @@ def _staged_local(rows: StagedParquet, contract: Any) -> pa.Table:
     """The embedded engine's staged rows read back (only for a schema-changing commit)."""
     files = rows.finish()
     return pa.concat_tables([pq.read_table(f) for f in files]) if files else contract.arrow_schema.empty_table()
-
-
-def _remove_if_empty(folder: str) -> None:
-    """Remove a run's staging folder and the shared staging folder once nothing is left in them."""
-    for path in (folder, os.path.dirname(folder)):
-        try:
-            os.rmdir(path)
-        except OSError:
-            return
 
 
 def _staged_arrow(staged: Any, contract: Any) -> pa.Table:
