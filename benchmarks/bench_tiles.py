@@ -82,8 +82,8 @@ class TreeRSS:
     their summed PSS (proportional set size: a page shared by n processes counts 1/n in each,
     so the forked workers' copy-on-write pages inherited from the forkserver count once)."""
 
-    def __init__(self, interval: float = 0.05):
-        self.interval = interval
+    def __init__(self, interval: float = 0.05, *, children: bool = True):
+        self.interval, self.children = interval, children
         self.peak = 0
         self.peak_pss = 0
         self._stop = threading.Event()
@@ -93,7 +93,7 @@ class TreeRSS:
         me = psutil.Process()
         while not self._stop.is_set():
             total = pss = 0
-            for proc in [me, *me.children(recursive=True)]:
+            for proc in [me, *(me.children(recursive=True) if self.children else [])]:
                 try:
                     info = proc.memory_full_info()
                     total, pss = total + info.rss, pss + info.pss

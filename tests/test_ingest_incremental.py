@@ -160,11 +160,39 @@ def test_failed_run_leaves_every_table_at_its_previous_version(src, lake_dir):
     assert {t: lake.version(t) for t in TABLES} == before
     assert lake.read("images").equals(images_before)
     assert lake.read("images_rejects").equals(rejects_before)
+    assert not (lake_dir / "_lakeimg" / "staging").exists()  # the staged rows went with the run
     # Put the runs table back: the next run does the work.
     runs_dir.unlink()
     shutil.move(lake_dir / "runs-saved", runs_dir)
     summary = lake.ingest([str(src)], workers=0)
     assert (summary.added, summary.updated, summary.rejected) == (1, 1, 1)
+
+
+def test_failure_after_the_staged_images_commit_undoes_it(src, lake_dir, monkeypatch):
+    from lakeimg.catalog.runs import RUNS_TABLE
+    from lakeimg.engine.local import LocalEngine
+
+    lake = Lake(lake_dir)
+    lake.ingest([str(src)], workers=2)
+    images_before, rejects_before = _by_name(lake, "images"), _by_name(lake, "images_rejects")
+    _png(src / "img1.png", seed=51, size=(12, 12))  # changed: its old row sits in a file with others
+    _png(src / "new.png", seed=52)
+    real_append = LocalEngine.append
+
+    def failing_append(self, name, *args, **kwargs):
+        if name == RUNS_TABLE:  # after the images and rejects commits
+            raise OSError("lost the runs table's disk")
+        return real_append(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(LocalEngine, "append", failing_append)
+    with pytest.raises(OSError, match="runs table"):
+        lake.ingest([str(src)], workers=2)
+    monkeypatch.undo()
+    assert _by_name(lake, "images") == images_before and _by_name(lake, "images_rejects") == rejects_before
+    assert not (lake_dir / "_lakeimg" / "staging").exists()
+    summary = lake.ingest([str(src)], workers=2)
+    assert (summary.added, summary.updated, summary.unchanged) == (1, 1, 4)
+    assert _by_name(lake, "images")["img1.png"]["width"] == 12 and _by_name(lake, "images")["img2.png"] == images_before["img2.png"]
 
 
 def test_runs_row_and_commit_metadata_carry_the_same_record(src, lake_dir):
