@@ -519,76 +519,89 @@ class LocalEngine:
         """Move finished Parquet `files` into the table and drop every row whose uri is in `uris`,
         in one Delta commit (add + remove actions), without rewriting the new files.
 
-        For huge-image tiles: workers write each task's tiles once, straight to Parquet, and the
-        commit only renames them into the table (local file systems). Old files holding only
-        replaced uris are removed; a file mixing replaced and kept uris is rewritten without them.
-        Nothing to do: no commit.
+        For huge-image tiles and the embedded engine's staged rows: the files are written once
+        and the commit only renames them into the table (local file systems). Old files holding
+        only replaced uris are removed; a file mixing replaced and kept uris is rewritten without
+        them. Nothing to do: no commit.
+
+        Optimistic concurrency: the removals are planned on one snapshot and the commit must land
+        right after it; if another writer committed in between, the plan is made again on the
+        new snapshot (so a row it added for one of `uris` is removed too, never duplicated).
         """
         import contextlib
         import uuid
 
+        from deltalake import CommitProperties
         from deltalake import Schema as DeltaSchema
+        from deltalake.exceptions import CommitFailedError
         from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
-        exists = self.exists(name)
         drop = set(uris)
-        if not files and (not drop or not exists):
+        if not files and (not drop or not self.exists(name)):
             return MergeResult(self.version(name))
         root = _local_path(self.location(name))
         os.makedirs(root, exist_ok=True)
         now_ms = int(dt.datetime.now(dt.timezone.utc).timestamp() * 1000)
-        actions: list[Any] = []
         moved: list[str] = []
 
-        def add_file(path: str) -> None:
+        def move_in(path: str) -> AddAction:
             target = f"part-{uuid.uuid4().hex}.parquet"
             os.replace(path, os.path.join(root, target))
             moved.append(os.path.join(root, target))
-            actions.append(AddAction(target, os.path.getsize(os.path.join(root, target)), {}, now_ms, True,
-                                     _file_stats(os.path.join(root, target))))
+            return AddAction(target, os.path.getsize(moved[-1]), {}, now_ms, True, _file_stats(moved[-1]))
 
-        before = self.version(name)
-        if exists and drop:
-            for uri in self.delta_table(name).file_uris():
+        def removals(table: Any) -> list[Any]:
+            """Remove actions (and adds of rewritten files) that drop `uris` from this snapshot."""
+            actions: list[Any] = []
+            for uri in table.file_uris() if drop else []:
                 path = _local_path(uri)
                 held = pq.read_table(path, columns=["uri"])["uri"]
                 hit = pc.is_in(held, pa.array(sorted(drop), held.type))
                 if not pc.any(hit).as_py():
                     continue
-                rel = os.path.relpath(path, root)
-                actions.append(RemoveAction(rel, True, now_ms, os.path.getsize(path), {}))
+                actions.append(RemoveAction(os.path.relpath(path, root), True, now_ms, os.path.getsize(path), {}))
                 if not pc.all(hit).as_py():  # keep the other uris' rows in a rewritten file
                     kept = _as_contract(pq.read_table(path).filter(pc.invert(hit)), contract)
                     tmp = os.path.join(root, f".rewrite-{uuid.uuid4().hex}.parquet")
                     pq.write_table(kept, tmp, row_group_size=16)
-                    add_file(tmp)
-        for path in files:
-            add_file(path)
-        if not actions:
-            return MergeResult(before)
-        props = self._commit_properties(metadata)
+                    actions.append(move_in(tmp))
+            return actions
+
+        before = self.version(name)
+        custom = {META_KEY: json.dumps(metadata, sort_keys=True, default=str)} if metadata is not None else None
         try:
-            if not exists:
+            adds = [move_in(path) for path in files]
+            if before is None:
                 create_table_with_add_actions(
-                    self.location(name), DeltaSchema.from_arrow(contract.arrow_schema), actions, mode="error",
+                    self.location(name), DeltaSchema.from_arrow(contract.arrow_schema), adds, mode="error",
                     name=name.rsplit("/", 1)[-1], description=contract.description,
-                    configuration=contract.properties, storage_options=self.storage_options, commit_properties=props,
+                    configuration=contract.properties, storage_options=self.storage_options,
+                    commit_properties=CommitProperties(custom_metadata=custom),
                 )
             else:
-                table = self.delta_table(name)
-                self._with_retries(
-                    name,
-                    lambda: table.create_write_transaction(
-                        actions, mode="append", schema=contract.arrow_schema, commit_properties=props
-                    ),
-                )
+                for attempt in range(1, _COMMIT_ATTEMPTS + 1):
+                    table = self.delta_table(name)
+                    actions = removals(table) + adds
+                    if not actions:
+                        return MergeResult(table.version())
+                    try:  # no silent rebase onto a newer version: the removals were planned on this one
+                        table.create_write_transaction(actions, mode="append", schema=contract.arrow_schema,
+                                                       commit_properties=CommitProperties(custom_metadata=custom, max_commit_retries=0))
+                        break
+                    except CommitFailedError as exc:
+                        for action in actions:  # this attempt's rewritten files (the new files stay)
+                            if isinstance(action, AddAction) and action not in adds:
+                                with contextlib.suppress(OSError):
+                                    os.remove(os.path.join(root, action.path))
+                        if attempt == _COMMIT_ATTEMPTS:
+                            raise ConcurrentWriteError(name, _COMMIT_ATTEMPTS, str(exc)) from exc
         except BaseException:
             for path in moved:  # never committed: not part of any version
                 with contextlib.suppress(OSError):
                     os.remove(path)
             raise
         after = self.version(name)
-        return MergeResult(after, inserted=sum(1 for a in actions if isinstance(a, AddAction)), committed=after != before)
+        return MergeResult(after, inserted=len(adds), committed=after != before)
 
     def restore(self, name: str, version: int | None) -> None:
         """Undo this run's commit: restore to `version`, or remove a table this run created."""

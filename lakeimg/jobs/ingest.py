@@ -304,10 +304,11 @@ def decode_files_local(
             reject_parts.append(results.filter(pc.equal(results["outcome"], "reject")))
         tiling = tile_images(engine, engine.lake, pa.concat_tables(tiled_parts) if tiled_parts else schema.empty_table(),
                              tile_options, workers=workers, thumbnail_size=run.options.thumbnail_size)
+        staged.write(tiling.image_rows.select(images_contract.column_names))
+        staged.finish()
     except BaseException:
         staged.discard()
         raise
-    staged.write(tiling.image_rows.select(images_contract.column_names))
     image_uris += tiling.image_rows["uri"].to_pylist()
     reject_rows = pa.concat_tables(reject_parts) if reject_parts else schema.empty_table()
     if tiling.failures:
