@@ -21,13 +21,18 @@ SPEC = {
 }
 
 
-def test_spark_and_embedded_engines_give_bit_identical_data(tmp_path: Path, spark):
+def _four_image_lake(tmp_path: Path) -> tuple[Path, Lake]:
     src = tmp_path / "src"
     src.mkdir()
     for i in range(4):
         Image.fromarray(photo_like(24, 32, seed=i)).save(src / f"p{i}.png")
     lake = Lake(tmp_path / "lake")
     lake.ingest([str(src)], workers=0)
+    return src, lake
+
+
+def test_spark_and_embedded_engines_give_bit_identical_data(tmp_path: Path, spark):
+    src, lake = _four_image_lake(tmp_path)
     local = lake.transform("images", "local_t", SPEC, workers=0)
     remote = lake.transform("images", "spark_t", SPEC, engine="spark", spark=spark)
     assert (local.added, remote.added, remote.rejected) == (8, 8, 0)
@@ -100,12 +105,7 @@ def test_an_op_that_crashes_costs_a_reject_on_spark_not_the_job(tmp_path: Path, 
 def test_engines_take_turns_on_one_derived_table(tmp_path: Path, spark):
     """A table whose files the embedded engine staged and moved in is read, queried and MERGEd
     by delta-spark, and the embedded engine carries on after Spark's commits."""
-    src = tmp_path / "src"
-    src.mkdir()
-    for i in range(4):
-        Image.fromarray(photo_like(24, 32, seed=i)).save(src / f"p{i}.png")
-    lake = Lake(tmp_path / "lake")
-    lake.ingest([str(src)], workers=0)
+    src, lake = _four_image_lake(tmp_path)
     assert lake.transform("images", "mixed", SPEC, workers=0).added == 8
     location = str(tmp_path / "lake" / "mixed")
     assert spark.read.format("delta").load(location).where("variant = 1").count() == 4
