@@ -386,17 +386,26 @@ class LocalEngine:
         """Append rows (creating the table on first write); returns the new version."""
         return self._write(name, rows, contract, metadata, mode="append")
 
-    def _write(self, name: str, rows: pa.Table, contract: TableContract, metadata: dict[str, Any] | None, **mode: Any) -> int:
+    def _write(self, name: str, rows: pa.Table | StagedParquet, contract: TableContract, metadata: dict[str, Any] | None, **mode: Any) -> int:
         """One write_deltalake commit in `mode` (the contract's properties on a new table)."""
         from deltalake import write_deltalake
 
-        data = rows.select(contract.column_names).cast(contract.arrow_schema)
+        if isinstance(rows, StagedParquet):
+            import pyarrow.dataset as ds
+
+            files = rows.finish()  # a fresh stream for every attempt: a retry cannot rewind one
+            data = lambda: pa.RecordBatchReader.from_batches(  # noqa: E731
+                contract.arrow_schema, ds.dataset(files, schema=contract.arrow_schema, format="parquet").to_batches()
+            )
+        else:
+            table = rows.select(contract.column_names).cast(contract.arrow_schema)
+            data = lambda: table  # noqa: E731
         exists = self.exists(name)
         self._with_retries(
             name,
             lambda: write_deltalake(
                 self.location(name),
-                data,
+                data(),
                 **mode,
                 configuration=None if exists else contract.properties,
                 name=None if exists else name.rsplit("/", 1)[-1],
@@ -636,8 +645,9 @@ class LocalEngine:
         result = result.select(wanted)
         return result.cast(pa.schema([pa.field(f.name, pa.string() if pa.types.is_string_view(f.type) else f.type) for f in result.schema]))
 
-    def overwrite(self, name: str, rows: pa.Table, contract: TableContract, metadata: dict[str, Any] | None = None) -> int:
-        """Replace all rows and the schema in one commit (a transform whose columns changed)."""
+    def overwrite(self, name: str, rows: pa.Table | StagedParquet, contract: TableContract, metadata: dict[str, Any] | None = None) -> int:
+        """Replace all rows and the schema in one commit (a transform whose columns changed);
+        staged rows are streamed from their files, not read into memory first."""
         return self._write(name, rows, contract, metadata, mode="overwrite", schema_mode="overwrite")
 
     def _with_retries(self, name: str, operation: Callable[[], Any]) -> Any:

@@ -39,7 +39,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
 from lakeimg.engine.local import LocalEngine, StagedParquet, ensure_lake, table_location
@@ -337,7 +336,7 @@ def _commit(
     try:
         if replace:
             # The columns changed (other feature ops): replace the table, schema included.
-            data = _staged_local(rows, contract) if staged is None else _staged_arrow(staged, contract)
+            data = rows if staged is None else _staged_arrow(staged, contract)
             version = local.overwrite(target, data, contract, metadata)
             committed.append(target)
             inserted, updated, deleted = len(produced - old_keys), len(produced & old_keys), len(old_keys - produced)
@@ -551,12 +550,6 @@ def _staged_rejects(staged: Any, options: TransformOptions) -> pa.Table:
     names = ["uri", "source_sha256", "run_id", "error_class", "error_message", "size_bytes", "modified_at"]
     found = staged.frame("outcome = 'reject'").select(*names).collect()
     return pa.Table.from_pylist([r.asDict() for r in found], schema=pa.schema([schema.field(n) for n in names]))
-
-
-def _staged_local(rows: StagedParquet, contract: Any) -> pa.Table:
-    """The embedded engine's staged rows read back (only for a schema-changing commit)."""
-    files = rows.finish()
-    return pa.concat_tables([pq.read_table(f) for f in files]) if files else contract.arrow_schema.empty_table()
 
 
 def _staged_arrow(staged: Any, contract: Any) -> pa.Table:
