@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 import json
@@ -58,6 +59,7 @@ class MergeResult:
     updated: int = 0
     deleted: int = 0
     committed: bool = False
+    replaced: frozenset[str] = frozenset()  # commit_files_by_uri: the dropped uris the table held
 
 
 def _to_datetime(value: str | dt.datetime) -> dt.datetime:
@@ -97,8 +99,8 @@ class StagedParquet:
     Example:
         >>> from lakeimg.schemas import table_contract
         >>> staged = StagedParquet("/tmp/lakeimg-doc-stage", table_contract("rejects"))
-        >>> staged.finish(), staged.rows
-        ([], 0)
+        >>> staged.finish(), staged.uris
+        ([], [])
         >>> staged.discard()
     """
 
@@ -106,7 +108,7 @@ class StagedParquet:
         self.folder, self.contract = _local_path(folder), contract
         self.file_bytes, self.row_group_rows = file_bytes, row_group_rows
         self.files: list[str] = []
-        self.rows = 0
+        self.uris: list[str] = []  # of every row written, in order (a commit counts with them)
         self._writer: pq.ParquetWriter | None = None
         self._written = 0
 
@@ -122,7 +124,7 @@ class StagedParquet:
             self._writer = pq.ParquetWriter(self.files[-1], self.contract.arrow_schema)
             self._written = 0
         self._writer.write_table(table, row_group_size=self.row_group_rows)
-        self.rows += table.num_rows
+        self.uris += table["uri"].to_pylist()
         self._written += table.nbytes
         if self._written >= self.file_bytes:
             self._close_file()
@@ -500,20 +502,11 @@ class LocalEngine:
         self, name: str, contract: TableContract, staged: StagedParquet, delete_uris: list[str], metadata: dict[str, Any] | None
     ) -> MergeResult:
         """`merge_by_key` of staged files: every row of a staged or deleted uri is replaced."""
-        files = staged.finish()
-        upserted = set().union(*(pq.read_table(f, columns=["uri"])["uri"].to_pylist() for f in files))
-        touched = upserted | set(delete_uris)
-        existing: set[str] = set()
-        if touched and self.exists(name):
-            held = self.read(name, columns=["uri"])["uri"]
-            existing = set(held.filter(pc.is_in(held, pa.array(sorted(touched), held.type))).to_pylist())
-        result = self.commit_files_by_uri(name, contract, files, uris=sorted(touched), metadata=metadata)
-        return MergeResult(
-            result.version,
-            inserted=len(upserted - existing),
-            updated=len(upserted & existing),
-            deleted=len(existing - upserted),
-            committed=result.committed,
+        upserted = set(staged.uris)
+        result = self.commit_files_by_uri(name, contract, staged.finish(), uris=sorted(upserted | set(delete_uris)), metadata=metadata)
+        existing = result.replaced
+        return dataclasses.replace(
+            result, inserted=len(upserted - existing), updated=len(upserted & existing), deleted=len(existing - upserted)
         )
 
     def commit_files_by_uri(
@@ -559,24 +552,28 @@ class LocalEngine:
             moved.append(os.path.join(root, target))
             return AddAction(target, os.path.getsize(moved[-1]), {}, now_ms, True, _file_stats(moved[-1]))
 
-        def removals(table: Any) -> list[Any]:
-            """Remove actions (and adds of rewritten files) that drop `uris` from this snapshot."""
+        def removals(table: Any) -> tuple[list[Any], set[str]]:
+            """Remove actions (and adds of rewritten files) that drop `uris` from this snapshot,
+            and which of `uris` it held."""
             actions: list[Any] = []
+            found: set[str] = set()
             for uri in table.file_uris() if drop else []:
                 path = _local_path(uri)
                 held = pq.read_table(path, columns=["uri"])["uri"]
                 hit = pc.is_in(held, pa.array(sorted(drop), held.type))
                 if not pc.any(hit).as_py():
                     continue
+                found.update(held.filter(hit).to_pylist())
                 actions.append(RemoveAction(os.path.relpath(path, root), True, now_ms, os.path.getsize(path), {}))
                 if not pc.all(hit).as_py():  # keep the other uris' rows in a rewritten file
                     kept = _as_contract(pq.read_table(path).filter(pc.invert(hit)), contract)
                     tmp = os.path.join(root, f".rewrite-{uuid.uuid4().hex}.parquet")
                     pq.write_table(kept, tmp, row_group_size=16)
                     actions.append(move_in(tmp))
-            return actions
+            return actions, found
 
         before = self.version(name)
+        found: set[str] = set()
         custom = {META_KEY: json.dumps(metadata, sort_keys=True, default=str)} if metadata is not None else None
         try:
             adds = [move_in(path) for path in files]
@@ -590,7 +587,8 @@ class LocalEngine:
             else:
                 for attempt in range(1, _COMMIT_ATTEMPTS + 1):
                     table = self.delta_table(name)
-                    actions = removals(table) + adds
+                    removed, found = removals(table)
+                    actions = removed + adds
                     if not actions:
                         return MergeResult(table.version())
                     try:  # no silent rebase onto a newer version: the removals were planned on this one
@@ -610,7 +608,7 @@ class LocalEngine:
                     os.remove(path)
             raise
         after = self.version(name)
-        return MergeResult(after, inserted=len(adds), committed=after != before)
+        return MergeResult(after, inserted=len(adds), committed=after != before, replaced=frozenset(found))
 
     def restore(self, name: str, version: int | None) -> None:
         """Undo this run's commit: restore to `version`, or remove a table this run created."""

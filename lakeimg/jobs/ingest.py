@@ -291,7 +291,6 @@ def decode_files_local(
     schema = ingest_result_schema()
     tiled_parts: list[pa.Table] = []
     reject_parts: list[pa.Table] = []
-    image_uris: list[str] = []
     try:
         for batch in decode_listing(engine, run.todo, run.options, workers=workers, on_progress=on_progress):
             results = pa.Table.from_batches([batch])
@@ -299,7 +298,6 @@ def decode_files_local(
             tiled = pc.fill_null(images["tiled"], False)
             whole = images.filter(pc.invert(tiled))
             staged.write(whole.select(images_contract.column_names))
-            image_uris += whole["uri"].to_pylist()
             tiled_parts.append(images.filter(tiled))
             reject_parts.append(results.filter(pc.equal(results["outcome"], "reject")))
         tiling = tile_images(engine, engine.lake, pa.concat_tables(tiled_parts) if tiled_parts else schema.empty_table(),
@@ -309,7 +307,6 @@ def decode_files_local(
     except BaseException:
         staged.discard()
         raise
-    image_uris += tiling.image_rows["uri"].to_pylist()
     reject_rows = pa.concat_tables(reject_parts) if reject_parts else schema.empty_table()
     if tiling.failures:
         failed = [reject_row(row, ImageDecodeError(row["uri"], c, m), row["content_sha256"], run.options)
@@ -323,7 +320,7 @@ def decode_files_local(
     return DecodedFiles(
         image_rows=staged,
         reject_rows=_as_rejects(reject_rows),
-        image_uris=image_uris,
+        image_uris=staged.uris,
         reject_uris=reject_rows["uri"].to_pylist(),
         commit_tiles=lambda replace, metadata: commit_tiles(
             engine, run.table, tiling, replace_uris=replace, metadata=metadata
