@@ -1,7 +1,10 @@
 """The `lakeimg` command line: argument parsing, exit codes, one-line error messages.
 
 Exit codes: 0 success (rejects are data, not failures); 2 bad arguments; 3 a source is missing;
-4 the lake cannot be written; 5 a table is missing; 1 any other error.
+4 the lake cannot be written; 5 a table is missing; 6 `reproduce` found differences; 7 `maintain`
+refused to vacuum files a pinned version needs; 8 the lake is damaged (a data file missing or
+unreadable, or stored bytes that do not match their content_sha256: LakeDamagedError,
+ContentMismatchError); 9 `verify` found problems; 1 any other error.
 
 Example:
     >>> main(["--version"])  # doctest: +SKIP
@@ -16,6 +19,7 @@ import sys
 from lakeimg._version import __version__
 from lakeimg.commands import COMMAND_MODULES
 from lakeimg.errors import (
+    LakeDamagedError,
     LakeImgError,
     LakeNotWritableError,
     SourceNotFoundError,
@@ -24,6 +28,7 @@ from lakeimg.errors import (
 )
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOURCE, EXIT_LAKE, EXIT_TABLE = 0, 1, 2, 3, 4, 5
+EXIT_DAMAGED, EXIT_VERIFY_FAILED = 8, 9
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(exc, EXIT_LAKE)
     except TableNotFoundError as exc:
         return _fail(exc, EXIT_TABLE)
+    except LakeDamagedError as exc:
+        return _fail(exc, EXIT_DAMAGED)
     except LakeImgError as exc:
         return _fail(exc, EXIT_ERROR)
     except KeyboardInterrupt:

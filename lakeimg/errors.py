@@ -71,3 +71,45 @@ class LakeNotWritableError(LakeImgError):
 
 class SpecError(LakeImgError):
     """A job spec or option is invalid."""
+
+
+class LakeDamagedError(LakeImgError):
+    """Stored data of a table is damaged: a data file (or log entry) is missing, unreadable or
+    holds bytes other than those committed. `file` names the damaged file when one is known.
+
+    Example:
+        >>> LakeDamagedError("images", "Couldn't deserialize thrift", version=3, file="/lake/images/part-1.parquet").file
+        '/lake/images/part-1.parquet'
+    """
+
+    def __init__(self, table: str, reason: str, *, version: int | None = None, file: str | None = None):
+        where = table if version is None else f"{table}@{version}"
+        super().__init__(f"damaged lake: {where}: " + (f"data file {file}: " if file else "") + reason)
+        self.table = table
+        self.version = version
+        self.file = file
+        self.reason = reason
+
+
+class ContentMismatchError(LakeDamagedError):
+    """A row's stored image bytes do not hash to its recorded `content_sha256` (silent damage
+    that Parquet's own checks let through).
+
+    Example:
+        >>> ContentMismatchError("images", 2, "file:///a.jpg", "ab" * 32, "cd" * 32).uri
+        'file:///a.jpg'
+    """
+
+    def __init__(self, table: str, version: int | None, uri: str, expected: str, actual: str, *, file: str | None = None):
+        LakeImgError.__init__(
+            self,
+            f"damaged lake: {table}@{version}: content of {uri} does not match its content_sha256 "
+            f"(recorded {expected[:16]}..., stored bytes hash to {actual[:16]}...); run `lakeimg verify {table}@{version}`",
+        )
+        self.table = table
+        self.version = version
+        self.uri = uri
+        self.expected = expected
+        self.actual = actual
+        self.file = file
+        self.reason = "content_mismatch"

@@ -55,13 +55,30 @@ class Lake:
         version: VersionLike = None,
         *,
         columns: Sequence[str] | None = None,
+        verify: bool = True,
     ) -> pa.Table:
         """The table as Arrow at a version (int), timestamp (datetime or ISO string) or latest.
+
+        With `verify` (the default), whenever `content` is read every returned row's bytes are
+        hashed and compared with its `content_sha256` (read too, then dropped if not asked for):
+        a mismatch raises ContentMismatchError naming the uri. Reads without `content` cost
+        nothing extra. A missing or unreadable data file raises LakeDamagedError naming it.
 
         Example:
             >>> Lake("/tmp/lake").read("images", 0, columns=["uri", "width"])  # doctest: +SKIP
         """
-        return self._local.read(table, version=version, columns=columns)
+        wanted = list(columns) if columns is not None else None
+        if not verify or (wanted is not None and "content" not in wanted):
+            return self._local.read(table, version=version, columns=columns)
+        from lakeimg.catalog.verify import check_content
+
+        resolved = self._local.resolve_version(table, version)
+        if not {"uri", "content", "content_sha256"} <= set(self._local.arrow_schema(table, resolved).names):
+            return self._local.read(table, version=resolved, columns=columns)
+        extra = [c for c in ("uri", "content_sha256") if wanted is not None and c not in wanted]
+        result = self._local.read(table, version=resolved, columns=None if wanted is None else wanted + extra)
+        check_content(result, table, resolved)
+        return result.drop_columns(extra) if extra else result
 
     def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
         """The table's commits, newest first, with lakeimg's run record under "lakeimg"."""
@@ -168,6 +185,23 @@ class Lake:
         from lakeimg.catalog.reproduce import reproduce
 
         return reproduce(self._local, table, version, **options)
+
+    def verify(self, table: str, version: VersionLike = None, *, tiles: bool = True):
+        """Check every data file and row of `table@version`: a frozen `VerifyReport` (never raises
+        for damage it finds; see `lakeimg.catalog.verify`).
+
+        Example:
+            >>> report = Lake("/tmp/lake").verify("images")  # doctest: +SKIP
+            >>> report.ok, report.rows_hashed, [p.uri for p in report.problems]  # doctest: +SKIP
+            (True, 12, [])
+        """
+        from lakeimg.catalog.verify import verify_table
+
+        if not self._local.exists(table):
+            from lakeimg.errors import TableNotFoundError
+
+            raise TableNotFoundError(table, self.path)
+        return verify_table(self._local, table, version, tiles=tiles)
 
     def create_training_set(self, name: str, table: str, version: VersionLike = None, **options: Any):
         """Record an immutable training set on `table@version`; options as `create_trainset`.

@@ -11,6 +11,12 @@ defaults to the set's seed); shard k of n takes positions k, k+n, k+2n, ... wher
 n = world_size * DataLoader workers and k = rank * workers + worker id. Every sample therefore
 appears exactly once per epoch across all shards, and the same seed and epoch give the same order.
 
+Integrity: an ingest table's `content` is checked against `content_sha256` when the split is
+read (ContentMismatchError names the uri); a damaged data file raises LakeDamagedError. A
+derived table's `data` has no hash of its own (`source_sha256` is the source file's), so only
+Parquet's own checks apply to it; `lakeimg verify` reads it in full. `to_spark` reads through
+Spark and does not check hashes.
+
 Decoding follows the table: an ingest table's `content` goes through
 `lakeimg.image.decode_image` (native dtype, HWC); a derived table's `data` through
 `lakeimg.image.codecs.decode_pixels` by its `encoding`. PyTorch gets CHW float32 (integer
@@ -147,6 +153,7 @@ class SplitData:
         return table
 
     def _read(self) -> pa.Table:
+        from lakeimg.catalog.verify import check_content
         from lakeimg.engine.local import LocalEngine
 
         engine = LocalEngine(self.lake)
@@ -155,7 +162,7 @@ class SplitData:
         if "data" in schema.names and "encoding" in schema.names:
             columns = keys + _PIXEL_COLUMNS_DERIVED
         elif "content" in schema.names:
-            columns = keys + ["content"]
+            columns = keys + ["content"] + (["content_sha256"] if "content_sha256" in schema.names else [])
         else:
             raise LakeImgError(f"{self.table} has neither content nor data/encoding columns to load pixels from")
         wanted = pa.array(sorted(set(self.uris)), pa.string())
@@ -163,7 +170,10 @@ class SplitData:
         for batch in engine.iter_batches(self.table, version=self.version, columns=columns, batch_rows=128):
             mask = pc.is_in(batch.column("uri"), value_set=wanted)
             if pc.any(mask).as_py():
-                parts.append(pa.Table.from_batches([batch]).filter(mask))
+                part = pa.Table.from_batches([batch]).filter(mask)
+                if "content_sha256" in columns:  # hash the split's rows only: they are read anyway
+                    check_content(part, self.table, self.version)
+                parts.append(part)
         empty = pa.schema([engine.arrow_schema(self.table, self.version).field(c) for c in columns]).empty_table()
         found = pa.concat_tables(parts) if parts else empty
         # Put the rows in the set's order by key.
@@ -171,7 +181,7 @@ class SplitData:
         if index.null_count:
             missing = self._keys.filter(pc.is_null(index)).column("uri")[0].as_py()
             raise LakeImgError(f"{self.table}@{self.version} has no pixels for {missing}")
-        out = found.take(index).drop_columns(keys)
+        out = found.take(index).drop_columns(keys + [c for c in ("content_sha256",) if c in found.column_names])
         if "content" in out.column_names and out["content"].null_count:
             raise LakeImgError(
                 f"{self.table}@{self.version}: {out['content'].null_count} rows keep no inline content (large or "

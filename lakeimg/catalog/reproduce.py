@@ -5,7 +5,9 @@
   hash (all columns but `run_id` and `*_at` timestamps, keyed by uri and variant) is compared
   with the recorded version's. Works for any version whose input version is still readable.
 - An ingest-made version: every row's recorded source file is read again and its SHA-256
-  compared with `content_sha256`; a file changed or removed without a re-ingest is a difference.
+  compared with `content_sha256`; a file changed or removed without a re-ingest is a difference,
+  and so is a row whose stored `content` no longer hashes to `content_sha256`
+  (`stored_content_differs`: damage in the lake, see `lakeimg verify`).
 
 Example:
     >>> result = reproduce(LocalEngine("/tmp/lake"), "cats_256", 2)  # doctest: +SKIP
@@ -75,10 +77,17 @@ def _compare(recorded: dict, reproduced: dict) -> list[dict[str, Any]]:
 
 
 def _reproduce_ingest(engine: LocalEngine, table: str, version: int) -> tuple[int, list[dict[str, Any]]]:
+    from lakeimg.catalog.verify import content_mismatches
     from lakeimg.jobs.listing import uri_to_path
 
     rows = engine.read(table, version=version, columns=["uri", "content_sha256"]).to_pylist()
     diffs = []
+    # The stored bytes too: a row whose inline content no longer hashes to content_sha256 is
+    # damage in the lake, whatever the source file says (streamed: a few images in memory).
+    for batch in engine.read_batches(table, columns=["uri", "content", "content_sha256"], version=version):
+        for uri, expected, actual in content_mismatches(batch):
+            diffs.append({"uri": uri, "variant": None, "reason": "stored_content_differs",
+                          "recorded_hash": expected, "reproduced_hash": actual})
     for row in sorted(rows, key=lambda r: r["uri"]):
         current = file_sha256(uri_to_path(row["uri"]))
         if current == row["content_sha256"]:
@@ -180,7 +189,7 @@ def reproduce(
     elif step["job"] == "ingest" or (step["job"] is None and not step["inputs"]):
         rows, diffs = _reproduce_ingest(engine, table, resolved)
         result["sources"] = step["sources"]
-        result["method"] = "re-read the recorded source files; compared SHA-256 with content_sha256"
+        result["method"] = "re-read the recorded source files and the stored content; compared SHA-256 with content_sha256"
     else:
         raise LakeImgError(f"{table}@{resolved} was made by job {step['job']!r}, which lakeimg cannot re-run")
     result["rows"] = rows

@@ -14,6 +14,7 @@ COMMAND_MODULES = (
     "lakeimg.commands.history",
     "lakeimg.commands.lineage",
     "lakeimg.commands.reproduce",
+    "lakeimg.commands.verify",
     "lakeimg.commands.trainset",
     "lakeimg.commands.maintain",
     "lakeimg.commands.sql",

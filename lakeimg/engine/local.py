@@ -16,6 +16,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -31,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lakeimg.errors import ConcurrentWriteError, LakeImgError, TableNotFoundError
+from lakeimg.errors import ConcurrentWriteError, LakeDamagedError, LakeImgError, TableNotFoundError
 from lakeimg.schemas import TableContract
 
 __all__ = ["LocalEngine", "MergeResult", "VersionLike", "table_location", "cast_to_schema"]
@@ -121,7 +122,8 @@ class StagedParquet:
         if self._writer is None:
             os.makedirs(self.folder, exist_ok=True)
             self.files.append(os.path.join(self.folder, f"part-{len(self.files):05d}.parquet"))
-            self._writer = pq.ParquetWriter(self.files[-1], self.contract.arrow_schema)
+            # Page checksums let `lakeimg verify` catch damage in columns that have no hash of their own.
+            self._writer = pq.ParquetWriter(self.files[-1], self.contract.arrow_schema, write_page_checksum=True)
             self._written = 0
         self._writer.write_table(table, row_group_size=self.row_group_rows)
         self.uris += table["uri"].to_pylist()
@@ -220,11 +222,18 @@ class LocalEngine:
             >>> sum(t.num_rows for t in LocalEngine("/tmp/lake").read_batches("images", columns=["uri"]))  # doctest: +SKIP
             12
         """
-        schema = pa.schema(self.delta_table(name, version).schema().to_arrow())
+        delta = self.delta_table(name, version)
+        schema = pa.schema(delta.schema().to_arrow())
         for path in self.data_files(name, version):
-            parquet = pq.ParquetFile(path, memory_map=True)
-            present = [c for c in columns if c in parquet.schema_arrow.names]
-            for batch in parquet.iter_batches(batch_size=batch_rows, columns=present):
+            with _damage_as_error(name, delta.version(), path):
+                parquet = pq.ParquetFile(path, memory_map=True)
+                present = [c for c in columns if c in parquet.schema_arrow.names]
+                batches = parquet.iter_batches(batch_size=batch_rows, columns=present)
+            while True:
+                with _damage_as_error(name, delta.version(), path):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
                 piece = pa.Table.from_batches([batch])
                 for c in columns:  # a column added after this file was written reads as nulls
                     if c not in present:
@@ -250,21 +259,24 @@ class LocalEngine:
             empty = pa.schema([f.with_nullable(True) for f in schema]).empty_table()
             return empty.select(list(columns)) if columns else empty
         if filter is None:
-            result = pq.ParquetDataset(files).read(columns=list(columns) if columns else None)
+            with _damage_as_error(name, table.version(), files, columns):
+                result = pq.ParquetDataset(files).read(columns=list(columns) if columns else None)
             return cast_to_schema(result, schema, columns)
         # Filter after casting: files written by delta-rs' MERGE hold string_view columns, which
         # pyarrow's dataset filter kernels reject ("array_filter ... string_view").
         try:
             # Pushdown first: row groups whose statistics miss the filter are never read (the
             # tiles table's region reads rely on it); binding fails up front on string_view files.
-            pushed = pq.ParquetDataset(files, filters=filter).read(columns=list(columns) if columns else None)
+            with _damage_as_error(name, table.version(), files, columns, passthrough=pa.ArrowNotImplementedError):
+                pushed = pq.ParquetDataset(files, filters=filter).read(columns=list(columns) if columns else None)
             return cast_to_schema(pushed, schema, columns)
         except pa.ArrowNotImplementedError:
             pass
         needed = None
         if columns:
             needed = list(dict.fromkeys([*columns, *_expression_fields(filter, schema.names)]))
-        result = cast_to_schema(pq.ParquetDataset(files).read(columns=needed), schema, needed)
+        with _damage_as_error(name, table.version(), files, needed):
+            result = cast_to_schema(pq.ParquetDataset(files).read(columns=needed), schema, needed)
         result = result.filter(filter)
         return result.select(list(columns)) if columns else result
 
@@ -298,9 +310,16 @@ class LocalEngine:
         batch_rows: int = 256,
     ) -> Iterator[pa.RecordBatch]:
         """Stream a snapshot file by file (bounded memory), same typing rules as `read`."""
-        schema = self.arrow_schema(name, version)
+        delta = self.delta_table(name, version)
+        schema = pa.schema(delta.schema().to_arrow())
         for path in self.data_files(name, version):
-            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None):
+            with _damage_as_error(name, delta.version(), path):
+                batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=list(columns) if columns else None)
+            while True:
+                with _damage_as_error(name, delta.version(), path):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
                 yield from cast_to_schema(pa.Table.from_batches([batch]), schema, columns).to_batches()
 
     def table_properties(self, name: str) -> dict[str, str]:
@@ -675,6 +694,41 @@ def _as_contract(rows: pa.Table, contract: TableContract) -> pa.Table:
         if field.name not in rows.column_names:
             rows = rows.append_column(field.name, pa.nulls(rows.num_rows, field.type))
     return cast_to_schema(rows, contract.arrow_schema, contract.column_names).cast(contract.arrow_schema)
+
+
+@contextlib.contextmanager
+def _damage_as_error(
+    name: str,
+    version: int,
+    files: str | Sequence[str],
+    columns: Sequence[str] | None = None,
+    *,
+    passthrough: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> Iterator[None]:
+    """Turn pyarrow's errors on a missing or damaged data file (a bad footer, page header or
+    codec stream) into LakeDamagedError naming the table, version and file. When several files
+    were read at once, the damaged one is found by reading them one by one (failure path only)."""
+    try:
+        yield
+    except passthrough:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        paths = [files] if isinstance(files, str) else list(files)
+        culprit = paths[0] if len(paths) == 1 else None
+        for path in paths if culprit is None else ():
+            try:
+                pq.ParquetFile(path).read(columns=list(columns) if columns else None)
+            except (OSError, pa.ArrowException):
+                culprit = path
+                break
+        reason = "missing (deleted or vacuumed)" if culprit and not os.path.exists(culprit) else _one_line(exc)
+        raise LakeDamagedError(name, f"{reason}; run `lakeimg verify {name}@{version}`", version=version, file=culprit) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one printable line (pyarrow's thrift errors carry raw bytes and newlines)."""
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in str(exc)).split())
+    return f"{type(exc).__name__}: {text}"
 
 
 def _expression_fields(expression: pc.Expression, names: Sequence[str]) -> list[str]:

@@ -16,14 +16,17 @@ import hashlib
 import os
 import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lakeimg.catalog.verify import READ_ERRORS, content_mismatches
 from lakeimg.engine.local import LocalEngine, VersionLike
-from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
+from lakeimg.errors import LakeDamagedError, LakeImgError, SpecError, TableNotFoundError
 from lakeimg.image.codecs import EXPORT_FORMATS, decode_pixels, export_bytes
 
 __all__ = ["export_table", "parse_table_ref", "safe_name"]
@@ -82,7 +85,11 @@ def export_table(
 ) -> dict[str, Any]:
     """Write every image of `table@version` into `out` as `fmt` files; returns a summary.
 
-    Derived tables export their `data` (decoded per `encoding`); source tables their `content`.
+    Derived tables export their `data` (decoded per `encoding`); source tables their `content`,
+    each row's bytes first checked against its `content_sha256`. Damage (a row whose bytes do
+    not match, a missing or unreadable data file) is never written as a good file: the rest is
+    exported, then LakeDamagedError names what was left out. A row that fails to decode is
+    counted in `failed` and reported on stderr.
 
     Example:
         >>> export_table("/tmp/lake", "cats_256", "/tmp/out", fmt="jpeg")["written"]  # doctest: +SKIP
@@ -96,16 +103,25 @@ def export_table(
     if not engine.exists(table):
         raise TableNotFoundError(table, str(lake))
     delta = engine.delta_table(table, version)
+    resolved = delta.version()
     names = [f.name for f in delta.schema().to_arrow()]
     derived = "data" in names
-    columns = [c for c in _PIXEL_COLUMNS if c in names] if derived else ["uri", "content"]
+    hashed = not derived and "content_sha256" in names
+    columns = [c for c in _PIXEL_COLUMNS if c in names] if derived else ["uri", "content"] + (["content_sha256"] if hashed else [])
     folder = Path(out).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     ext = EXPORT_FORMATS[fmt].lstrip(".")
     written = failed = 0
-    for path in engine.data_files(table, version):
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=32, columns=columns):
+    mismatched: list[str] = []  # uris whose stored bytes do not match content_sha256
+    unreadable: list[tuple[str, str]] = []  # (data file, why)
+    for path in engine.data_files(table, resolved):
+        for batch in _batches(path, columns, unreadable):
+            bad = {m[0] for m in content_mismatches(batch)} if hashed else set()
             for row in batch.to_pylist():
+                if row["uri"] in bad:  # damage, not a decode failure: never written as a good file
+                    mismatched.append(row["uri"])
+                    failed += 1
+                    continue
                 try:
                     if derived:
                         pixels = decode_pixels(row["data"], row["encoding"], row["width"], row["height"], row["channels"], row["dtype"])
@@ -123,4 +139,45 @@ def export_table(
                 target = _inside(folder, safe_name(row["uri"], ext, row.get("variant")))
                 target.write_bytes(data)
                 written += 1
-    return {"table": table, "version": delta.version(), "out": str(folder), "format": fmt, "written": written, "failed": failed}
+    if mismatched or unreadable:
+        parts = []
+        if mismatched:
+            shown = ", ".join(mismatched[:5]) + (", ..." if len(mismatched) > 5 else "")
+            parts.append(f"{len(mismatched)} rows whose content does not match content_sha256 ({shown})")
+        if unreadable:
+            parts.append(f"unreadable data ({len(unreadable)} files or row groups; {unreadable[0][0]}: {unreadable[0][1]})")
+        raise LakeDamagedError(
+            table,
+            f"export wrote {written} files to {folder} but left out " + " and ".join(parts)
+            + f"; run `lakeimg verify {table}@{resolved}`",
+            version=resolved,
+            file=unreadable[0][0] if unreadable else None,
+        )
+    return {"table": table, "version": resolved, "out": str(folder), "format": fmt, "written": written, "failed": failed}
+
+
+def _batches(path: str, columns: list[str], unreadable: list[tuple[str, str]]) -> Iterator[pa.RecordBatch]:
+    """A data file's batches, row group by row group; a missing file or a damaged row group
+    (bad page, page checksum or codec stream) is noted in `unreadable` and skipped. Only reads
+    are guarded: a failed write of an exported file stays an error."""
+
+    def note(where: str, exc: BaseException) -> None:
+        why = "missing (deleted or vacuumed)" if not os.path.exists(path) else f"{where}{type(exc).__name__}: {exc}"
+        unreadable.append((path, " ".join("".join(ch if ch.isprintable() else " " for ch in why).split())))
+
+    try:
+        parquet = pq.ParquetFile(path, page_checksum_verification=True)
+        groups = parquet.num_row_groups
+    except READ_ERRORS as exc:
+        note("", exc)
+        return
+    for group in range(groups):
+        try:
+            batches = parquet.iter_batches(batch_size=32, columns=columns, row_groups=[group])
+            while True:
+                batch = next(batches, None)
+                if batch is None:
+                    break
+                yield batch
+        except READ_ERRORS as exc:
+            note(f"row group {group}: ", exc)
