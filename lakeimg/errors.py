@@ -113,3 +113,33 @@ class ContentMismatchError(LakeDamagedError):
         self.actual = actual
         self.file = file
         self.reason = "content_mismatch"
+
+
+class InvalidNameError(SpecError):
+    """A table, training-set or split name breaks the naming rule (lakeimg.names) or leaves the lake.
+
+    Example:
+        >>> InvalidNameError("target table", "../x", "a table's path must stay inside the lake").name
+        '../x'
+    """
+
+    def __init__(self, kind: str, name: str, reason: str):
+        super().__init__(f"{kind} name {name!r}: {reason}")
+        self.kind = kind
+        self.name = name
+        self.reason = reason
+
+
+class SqlError(SpecError):
+    """A query or stored `where` was refused: more than one statement, not read-only, or it
+    reaches outside the lake's tables (files, extensions, settings).
+
+    Example:
+        >>> SqlError("COPY (SELECT 1) TO 'x'", "only one read-only query (SELECT, WITH, ...) runs").reason
+        'only one read-only query (SELECT, WITH, ...) runs'
+    """
+
+    def __init__(self, sql: str, reason: str):
+        super().__init__(f"SQL refused: {reason}")
+        self.sql = sql
+        self.reason = reason

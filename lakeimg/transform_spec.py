@@ -34,6 +34,7 @@ from lakeimg.errors import SpecError
 from lakeimg.image.codecs import normalize_output
 from lakeimg.image.ops import FeatureOp, ImageTransformer, make_op
 from lakeimg.schemas import TableContract, table_contract
+from lakeimg.sqlguard import parse_where
 
 __all__ = ["TransformSpec", "parse_spec", "load_spec_text", "SPEC_FORMAT"]
 
@@ -187,6 +188,8 @@ def parse_spec(value: TransformSpec | dict[str, Any] | str | os.PathLike[str]) -
     where = value.get("where")
     if where is not None and (not isinstance(where, str) or not where.strip()):
         raise SpecError("where must be a non-empty SQL condition string")
+    if where is not None:
+        parse_where(where)  # one boolean expression; its columns are checked against the source
     names = [n for op in ops if isinstance(op, FeatureOp) for n, _ in op.columns()]
     base = set(table_contract("derived").column_names)
     clash = sorted({n for n in names if names.count(n) > 1 or n in base})

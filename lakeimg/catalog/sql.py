@@ -33,9 +33,11 @@ from typing import Any
 import pyarrow as pa
 
 from lakeimg.engine.local import LocalEngine, table_location
-from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
+from lakeimg.errors import LakeImgError, SpecError, SqlError, TableNotFoundError
+from lakeimg.names import is_table_name
+from lakeimg.sqlguard import check_spark_query, check_statement, confined_connection, parse_where
 
-__all__ = ["run_sql", "run_spark_sql", "lake_tables", "TableRef", "table_refs", "jsonable_rows", "RUNS_SQL_NAME"]
+__all__ = ["run_sql", "run_spark_sql", "lake_tables", "TableRef", "table_refs", "jsonable_rows", "parse_where", "RUNS_SQL_NAME"]
 
 RUNS_SQL_NAME = "lakeimg_runs"
 _RUNS_PATH = "_lakeimg/runs"
@@ -61,7 +63,9 @@ def lake_tables(lake: str | os.PathLike[str], engine: LocalEngine | None = None)
     names: dict[str, str] = {}
     if os.path.isdir(root):
         for entry in sorted(os.listdir(root)):
-            if entry.startswith((".", "_")) or not os.path.isdir(os.path.join(root, entry)):
+            # Only names that follow the naming rule: a folder the lake could not have created
+            # (a hidden one, `_lakeimg`, `My Table`) is not a table SQL sees.
+            if not is_table_name(entry) or not os.path.isdir(os.path.join(root, entry)):
                 continue
             if os.path.isdir(os.path.join(root, entry, "_delta_log")):
                 names[entry] = entry
@@ -149,7 +153,16 @@ def _files_literal(files: list[str]) -> str:
     return "[" + ", ".join("'" + f.replace("'", "''") + "'" for f in files) + "]"
 
 
-def _snapshot_view(con, engine: LocalEngine, view: str, table_path: str, version: int | str | None) -> None:
+@dataclass
+class _Views:
+    """What the confined connection gets before its settings are locked."""
+
+    selects: dict[str, str]
+    empties: dict[str, pa.Table]
+    files: list[str]
+
+
+def _snapshot_view(views: _Views, engine: LocalEngine, view: str, table_path: str, version: int | str | None) -> None:
     try:
         files = engine.data_files(table_path, version)
     except TableNotFoundError:
@@ -159,19 +172,25 @@ def _snapshot_view(con, engine: LocalEngine, view: str, table_path: str, version
         raise LakeImgError(f"cannot read {table_path}{at}: {exc}") from exc
     if not files:
         schema = engine.delta_table(table_path, version).schema().to_arrow()
-        empty = pa.schema([pa.field(f.name, f.type) for f in pa.schema(schema)]).empty_table()
-        con.register(f"__empty_{view}", empty)
-        con.execute(f"CREATE OR REPLACE VIEW {_quote(view)} AS SELECT * FROM {_quote('__empty_' + view)}")
+        views.empties[f"__empty_{view}"] = pa.schema([pa.field(f.name, f.type) for f in pa.schema(schema)]).empty_table()
+        views.selects[view] = f"SELECT * FROM {_quote('__empty_' + view)}"
         return
-    con.execute(
-        f"CREATE OR REPLACE VIEW {_quote(view)} AS SELECT * FROM read_parquet({_files_literal(files)}, union_by_name = true)"
-    )
+    # Absolute paths: DuckDB's allowed_paths compares the paths it opens with these.
+    files = [f if "://" in f else os.path.abspath(f) for f in files]
+    views.files += files
+    views.selects[view] = f"SELECT * FROM read_parquet({_files_literal(files)}, union_by_name = true)"
 
 
 def run_sql(lake: str | os.PathLike[str], query: str, *, engine: LocalEngine | None = None) -> pa.Table:
-    """Run one SQL query over the lake's tables with DuckDB; returns the result as Arrow.
+    """Run one read-only SQL query over the lake's tables with DuckDB; returns the result as Arrow.
+
+    The query reaches the lake's tables and nothing else: exactly one statement, a query
+    (SELECT, WITH, VALUES, ...), on a connection with external access off except the snapshots'
+    Parquet files and its settings locked (lakeimg.sqlguard), so `read_blob`, `read_csv`,
+    `COPY ... TO`, `ATTACH`, `INSTALL`/`LOAD` and `SET` are refused.
 
     Raises:
+        SqlError: the text is not exactly one read-only query, or it reaches outside the lake.
         SpecError: the query does not parse or names an unknown column.
         TableNotFoundError: it names a table (or version) the lake does not have.
 
@@ -186,30 +205,30 @@ def run_sql(lake: str | os.PathLike[str], query: str, *, engine: LocalEngine | N
     masked = _mask(query)
     words = {w.lower() for w in re.findall(r"[A-Za-z_]\w*", masked)}
     quoted = {_unquote(q) for q in re.findall(r"\"[^\"]+\"|`[^`]+`", query)}
-    con = duckdb.connect(":memory:")
+    views = _Views({}, {}, [])
+    for sql_name, path in tables.items():
+        if sql_name.lower() in words or sql_name in quoted:
+            _snapshot_view(views, engine, sql_name, path, None)
+    # Rewrite time-travel references back to front so earlier offsets stay valid.
+    rewritten = query
+    for ref in sorted(table_refs(query), key=lambda r: r.start, reverse=True):
+        path = tables.get(ref.name)
+        if path is None:
+            raise TableNotFoundError(ref.name, lake)
+        tag = re.sub(r"\W", "_", str(ref.version))
+        view = f"{ref.name}@{tag}"
+        _snapshot_view(views, engine, view, path, ref.version)
+        replacement = _quote(view) + ("" if ref.has_alias else f" AS {_quote(ref.name)}")
+        rewritten = rewritten[: ref.start] + replacement + rewritten[ref.end :]
+    con = confined_connection(views.empties, allowed_paths=views.files, views=views.selects)
     try:
-        con.execute("SET TimeZone = 'UTC'")
-        for sql_name, path in tables.items():
-            if sql_name.lower() in words or sql_name in quoted:
-                _snapshot_view(con, engine, sql_name, path, None)
-        # Rewrite time-travel references back to front so earlier offsets stay valid.
-        rewritten = query
-        for ref in sorted(table_refs(query), key=lambda r: r.start, reverse=True):
-            path = tables.get(ref.name)
-            if path is None:
-                raise TableNotFoundError(ref.name, lake)
-            tag = re.sub(r"\W", "_", str(ref.version))
-            view = f"{ref.name}@{tag}"
-            _snapshot_view(con, engine, view, path, ref.version)
-            replacement = _quote(view) + ("" if ref.has_alias else f" AS {_quote(ref.name)}")
-            rewritten = rewritten[: ref.start] + replacement + rewritten[ref.end :]
+        check_statement(con, rewritten)
         try:
-            relation = con.sql(rewritten)
-            if relation is None:  # a statement without a result (e.g. SET)
-                return pa.table({})
-            return relation.to_arrow_table()
+            return con.sql(rewritten).to_arrow_table()
+        except duckdb.PermissionException as exc:
+            raise SqlError(query, f"it reaches outside the lake's tables: {_first_line(exc)}") from exc
         except duckdb.CatalogException as exc:
-            missing = re.search(r"with name (\S+) does not exist", str(exc))
+            missing = re.search(r"with name (.+?) does not exist", str(exc))
             if missing:
                 raise TableNotFoundError(missing.group(1).strip("\"'!"), lake) from exc
             raise SpecError(f"SQL: {_first_line(exc)}") from exc
@@ -234,6 +253,7 @@ def run_spark_sql(spark, lake: str | os.PathLike[str], query: str) -> pa.Table:
 
     from lakeimg.spark import register
 
+    check_spark_query(query)
     register(spark, os.fspath(lake))
     try:
         frame = spark.sql(query)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,7 +41,9 @@ from lakeimg._version import __version__
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
 from lakeimg.engine.local import LocalEngine, VersionLike, ensure_lake
 from lakeimg.errors import LakeImgError, SpecError
+from lakeimg.names import validate_name
 from lakeimg.schemas import table_contract
+from lakeimg.sqlguard import filter_table, parse_where
 
 __all__ = [
     "TRAINSETS_TABLE",
@@ -56,7 +57,6 @@ __all__ = [
 ]
 
 TRAINSETS_TABLE = "_lakeimg/trainsets"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _BINARY = (pa.binary(), pa.large_binary())
 
 
@@ -84,6 +84,8 @@ def parse_split_rule(text: str | dict[str, float] | Sequence[tuple[str, float]])
     names = [n for n, _ in pairs]
     if not pairs or len(set(names)) != len(names) or any(not n for n in names):
         raise SpecError(f"split rule {text!r}: give distinct names, e.g. train=0.8,val=0.1,test=0.1")
+    for name in names:
+        validate_name("split", name)
     if any(f < 0 for _, f in pairs) or abs(sum(f for _, f in pairs) - 1.0) > 1e-6:
         raise SpecError(f"split rule {text!r}: fractions must be >= 0 and sum to 1")
     return pairs
@@ -165,25 +167,16 @@ def _selected_rows(engine: LocalEngine, spec: _Spec) -> pa.Table:
     if spec.label_column and spec.label_column not in schema.names:
         raise SpecError(f"{spec.table}@{spec.version} has no column {spec.label_column!r}")
     keys = ["uri"] + (["variant"] if "variant" in schema.names else [])
+    condition = None
     if spec.where:
         columns = [f.name for f in schema if f.type not in _BINARY]
+        # Checked again on every read: a record written by an older lakeimg (or by hand) is data.
+        condition = parse_where(spec.where, columns)
     else:
         columns = list(dict.fromkeys(keys + ([spec.label_column] if spec.label_column else [])))
     table = engine.read(spec.table, version=spec.version, columns=columns)
-    if spec.where:
-        import duckdb
-
-        con = duckdb.connect()
-        try:
-            con.register("t", table.append_column("_lakeimg_row", pa.array(np.arange(table.num_rows, dtype=np.int64))))
-            relation = con.sql(f"SELECT _lakeimg_row FROM t WHERE {spec.where}")
-            # duckdb 2 names it to_arrow_table; 1.x fetch_arrow_table
-            kept = (getattr(relation, "to_arrow_table", None) or relation.fetch_arrow_table)()
-        except duckdb.Error as exc:
-            raise SpecError(f"--where {spec.where!r}: {exc}") from exc
-        finally:
-            con.close()
-        table = table.take(kept["_lakeimg_row"])
+    if condition is not None:
+        table = filter_table(table, condition)
     labels = (
         table[spec.label_column].cast(pa.string()) if spec.label_column else pa.nulls(table.num_rows, pa.string())
     )
@@ -250,13 +243,15 @@ def create_trainset(
     Example:
         >>> create_trainset(LocalEngine("/tmp/lake"), "cats-v1", "images", seed=7)  # doctest: +SKIP
     """
-    if not _NAME.match(name):
-        raise SpecError(f"training set name {name!r}: use letters, digits, '.', '_' and '-'")
+    validate_name("training set", name)
+    validate_name("table", table)
+    rule = parse_split_rule(splits)
+    if where is not None:
+        parse_where(where)  # refused before anything is read; columns are checked on the read
     ensure_lake(engine.lake)
     existing = {r["name"]: r for r in list_trainsets(engine)}
     if name in existing:
         raise SpecError(f"training set {name!r} already exists (training sets are immutable; pick a new name)")
-    rule = parse_split_rule(splits)
     pinned = engine.resolve_version(table, version)
     if label_column == "":
         label_column = None

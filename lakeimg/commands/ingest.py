@@ -35,7 +35,9 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from lakeimg.jobs.ingest import ingest_files
+    from lakeimg.names import validate_name
 
+    validate_name("target table", args.table)  # before a JVM starts or the lake is created
     options = dict(
         table=args.table,
         workers=args.workers,

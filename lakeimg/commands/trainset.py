@@ -14,7 +14,8 @@ def add_parser(subparsers) -> None:
     c.add_argument("--lake", required=True, help="the lake's root folder")
     c.add_argument("--name", required=True, help="training set name (unique, immutable)")
     c.add_argument("--table", required=True, metavar="TABLE[@VERSION]", help="table to pin (latest version when no @)")
-    c.add_argument("--where", default=None, metavar="SQL", help="filter over the table's non-binary columns (DuckDB SQL)")
+    c.add_argument("--where", default=None, metavar="CONDITION",
+                   help="one condition over the table's non-binary columns, e.g. \"label IN ('cats', 'dogs')\" (README: Names and filters)")
     c.add_argument("--split", default="train=0.8,val=0.1,test=0.1", help="split rule NAME=FRACTION,... (default train=0.8,val=0.1,test=0.1)")
     c.add_argument("--seed", type=int, required=True, help="seed of the split hash and the default shuffle")
     c.add_argument("--label-column", default="label", help="column holding labels ('' for none; default label)")

@@ -20,7 +20,11 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from lakeimg.jobs.transform import transform_table
+    from lakeimg.names import validate_name
 
+    # Before a JVM starts: a bad name fails in a moment.
+    validate_name("table", args.source)
+    validate_name("target table", args.target)
     spark = None
     if args.engine == "spark":
         from lakeimg.engine.spark import spark_session_builder

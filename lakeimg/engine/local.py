@@ -33,6 +33,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakeimg.errors import ConcurrentWriteError, LakeDamagedError, LakeImgError, TableNotFoundError
+from lakeimg.names import lake_relative
 from lakeimg.schemas import TableContract
 
 __all__ = ["LocalEngine", "MergeResult", "VersionLike", "table_location", "cast_to_schema"]
@@ -44,11 +45,15 @@ META_KEY = "userMetadata"
 
 
 def table_location(lake: str | os.PathLike[str], name: str) -> str:
-    """Where a table lives inside a lake: `LAKE/<name>`, and `LAKE/_lakeimg/runs` for runs."""
+    """Where a table lives inside a lake: `LAKE/<name>`, and `LAKE/_lakeimg/runs` for runs.
+
+    The last guard of the naming rule (lakeimg.names): a name whose path would leave the lake
+    (`../x`, `/abs`) raises InvalidNameError, whichever caller it came through.
+    """
     root = str(lake).rstrip("/")
     if name in ("runs", "_lakeimg/runs"):
         return f"{root}/_lakeimg/runs"
-    return f"{root}/{name}"
+    return f"{root}/{lake_relative(name)}"
 
 
 @dataclass(frozen=True)

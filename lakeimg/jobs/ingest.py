@@ -52,6 +52,7 @@ from lakeimg.jobs.tiling import (
 )
 from lakeimg.kernels.ingest import IngestOptions, ingest_kernel, ingest_result_schema, reject_row
 from lakeimg.kernels.tiles import TileOptions
+from lakeimg.names import validate_name
 from lakeimg.schemas import table_contract
 
 __all__ = ["IngestSummary", "ingest_files", "rejects_table_name"]
@@ -141,6 +142,7 @@ def ingest_files(
             f"tiles need tile_size >= 16, 0 <= overlap < tile_size and an encoding in {', '.join(TILE_ENCODINGS)}; "
             f"got tile_size={tile_size}, overlap={tile_overlap}, encoding={tile_encoding!r}"
         )
+    validate_name("target table", table)  # before anything is created: `../x` must not leave the lake
     started = time.monotonic()
     lake = str(lake)
     ensure_lake(lake)
@@ -254,6 +256,7 @@ def plan_run(
     record: RunRecord,
 ) -> IngestRun:
     """List the sources and compare them with the tables: what to read, what vanished."""
+    validate_name("target table", table)
     listing = list_sources(sources, exclude=[lake], label_from_path=label_from_path)
     images_keys, rejects_keys = _keys(engine, table), _keys(engine, rejects_table_name(table))
     todo = plan_ingest(listing, images_keys, rejects_keys)

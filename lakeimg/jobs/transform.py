@@ -50,7 +50,9 @@ from lakeimg.kernels.transform import (
     transform_kernel,
     transform_result_schema,
 )
+from lakeimg.names import validate_name
 from lakeimg.schemas import table_contract
+from lakeimg.sqlguard import filter_table
 from lakeimg.transform_spec import TransformSpec, parse_spec
 
 __all__ = ["TransformSummary", "transform_table", "last_transform_run"]
@@ -100,17 +102,8 @@ def _where(meta: pa.Table, where: str | None) -> set[str]:
     """uris of `meta` rows passing the spec's SQL condition (DuckDB over the source's columns)."""
     if not where:
         return set(meta["uri"].to_pylist())
-    import duckdb
-
-    con = duckdb.connect()
-    try:
-        con.register("source", meta)
-        result = con.execute(f"SELECT uri FROM source WHERE {where}").fetchall()
-    except duckdb.Error as exc:
-        raise SpecError(f"where {where!r} does not work on the source table: {exc}") from exc
-    finally:
-        con.close()
-    return {row[0] for row in result}
+    # Validated (again: the spec may come from a stored run) and evaluated from its parsed tree.
+    return set(filter_table(meta, where)["uri"].to_pylist())
 
 
 def _read_uris(engine: LocalEngine, name: str, version: int, columns: list[str], uris: set[str] | None) -> pa.Table:
@@ -228,8 +221,10 @@ def transform_table(
     started_at = utc_now()
     lake = str(lake)
     spec = parse_spec(spec)
-    if not target or target == source or target.startswith("_") or "/" in target:
-        raise SpecError(f"bad target table name {target!r}")
+    validate_name("table", source)
+    validate_name("target table", target)
+    if target == source:
+        raise SpecError(f"bad target table name {target!r}: it is the source")
     ensure_lake(lake)
     local = engine if isinstance(engine, LocalEngine) else LocalEngine(lake)
     engine_name = engine if isinstance(engine, str) else local.name
