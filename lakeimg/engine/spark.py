@@ -26,7 +26,6 @@ import pyarrow as pa
 from lakeimg.engine.local import META_KEY, MergeResult, VersionLike, cast_to_schema, table_location
 from lakeimg.errors import ConcurrentWriteError, LakeImgError, TableNotFoundError
 from lakeimg.schemas import TableContract, arrow_type
-from lakeimg.uris import local_path_or_none
 
 __all__ = ["spark_session_builder", "DELTA_SQL_CONF", "SparkEngine", "StagedRows"]
 
@@ -108,8 +107,11 @@ def _to_datetime(value: str | dt.datetime) -> dt.datetime:
 
 
 def _local_path(location: str) -> str | None:
-    """The local path of a location (a path, `file:///p` or Hadoop's `file:/p`); None for a remote URL."""
-    return local_path_or_none(location)
+    if location.startswith("file://"):
+        return location[len("file://") :]
+    if location.startswith("file:"):
+        return location[len("file:") :]
+    return None if "://" in location else location
 
 
 def spark_struct(fields: Sequence[dict[str, Any]]):
