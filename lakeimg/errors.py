@@ -73,6 +73,36 @@ class SpecError(LakeImgError):
     """A job spec or option is invalid."""
 
 
+class InvalidNameError(SpecError):
+    """A table, training-set or split name breaks the naming rule (lakeimg.names) or leaves the lake.
+
+    Example:
+        >>> InvalidNameError("target table", "../x", "a table's path must stay inside the lake").name
+        '../x'
+    """
+
+    def __init__(self, kind: str, name: str, reason: str):
+        super().__init__(f"{kind} name {name!r}: {reason}")
+        self.kind = kind
+        self.name = name
+        self.reason = reason
+
+
+class SqlError(SpecError):
+    """A query or stored `where` was refused: more than one statement, not read-only, or it
+    reaches outside the lake's tables (files, extensions, settings).
+
+    Example:
+        >>> SqlError("COPY (SELECT 1) TO 'x'", "only one read-only query (SELECT, WITH, ...) runs").reason
+        'only one read-only query (SELECT, WITH, ...) runs'
+    """
+
+    def __init__(self, sql: str, reason: str):
+        super().__init__(f"SQL refused: {reason}")
+        self.sql = sql
+        self.reason = reason
+
+
 class LakeDamagedError(LakeImgError):
     """Stored data of a table is damaged: a data file (or log entry) is missing, unreadable or
     holds bytes other than those committed. `file` names the damaged file when one is known.
@@ -115,31 +145,75 @@ class ContentMismatchError(LakeDamagedError):
         self.reason = "content_mismatch"
 
 
-class InvalidNameError(SpecError):
-    """A table, training-set or split name breaks the naming rule (lakeimg.names) or leaves the lake.
+class UriError(LakeImgError):
+    """A URI that does not name a local file lakeimg can read (another scheme or host, a NUL byte).
 
     Example:
-        >>> InvalidNameError("target table", "../x", "a table's path must stay inside the lake").name
-        '../x'
+        >>> UriError("s3://b/a.jpg", "not a local file").reason
+        'not a local file'
     """
 
-    def __init__(self, kind: str, name: str, reason: str):
-        super().__init__(f"{kind} name {name!r}: {reason}")
-        self.kind = kind
-        self.name = name
+    def __init__(self, uri: str, reason: str):
+        super().__init__(f"{uri}: {reason}")
+        self.uri = uri
         self.reason = reason
 
 
-class SqlError(SpecError):
-    """A query or stored `where` was refused: more than one statement, not read-only, or it
-    reaches outside the lake's tables (files, extensions, settings).
+class PartialRunError(LakeImgError):
+    """A run failed after some of its commits landed. They stay: each is correct on its own,
+    the runs table holds the run as `failed`, and the next run completes the work.
 
     Example:
-        >>> SqlError("COPY (SELECT 1) TO 'x'", "only one read-only query (SELECT, WITH, ...) runs").reason
-        'only one read-only query (SELECT, WITH, ...) runs'
+        >>> PartialRunError("r1", {"images_rejects": 3}, OSError(28, "No space left on device")).landed
+        {'images_rejects': 3}
     """
 
-    def __init__(self, sql: str, reason: str):
-        super().__init__(f"SQL refused: {reason}")
-        self.sql = sql
+    def __init__(self, run_id: str, landed: dict[str, int], cause: BaseException):
+        tables = ", ".join(f"{t}@{v}" for t, v in landed.items())
+        super().__init__(
+            f"run {run_id} stopped after committing {tables}: {type(cause).__name__}: {cause}; "
+            "those commits stay and the next run completes the work"
+        )
+        self.run_id = run_id
+        self.landed = landed
+        self.cause = f"{type(cause).__name__}: {cause}"
+
+
+class PoolError(LakeImgError):
+    """The worker pool failed, not any one input (workers could not start, the kernel could not
+    be loaded, the pool broke): the run fails and commits nothing.
+
+    Example:
+        >>> str(PoolError("All workers expired"))
+        'All workers expired'
+    """
+
+
+class LakeNotFoundError(LakeImgError):
+    """No lake at `lake` (only jobs that create a lake, ingest and demo, make one).
+
+    Example:
+        >>> LakeNotFoundError("/lakes/mian").lake
+        '/lakes/mian'
+    """
+
+    def __init__(self, lake: str):
+        super().__init__(f"no lake at {lake}")
+        self.lake = lake
+
+
+class VersionNotFoundError(TableNotFoundError):
+    """The table exists, but not at the requested version or time (before its first version,
+    or a version whose log entry or files are gone).
+
+    Example:
+        >>> VersionNotFoundError("images", "2000-01-01", "/lake", "before the table's first version").version
+        '2000-01-01'
+    """
+
+    def __init__(self, table: str, version: object, lake: str, reason: str):
+        LakeImgError.__init__(self, f"{table}@{version}: {reason} (lake {lake})")
+        self.table = table
+        self.version = version
+        self.lake = lake
         self.reason = reason

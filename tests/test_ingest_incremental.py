@@ -168,31 +168,38 @@ def test_failed_run_leaves_every_table_at_its_previous_version(src, lake_dir):
     assert (summary.added, summary.updated, summary.rejected) == (1, 1, 1)
 
 
-def test_failure_after_the_staged_images_commit_undoes_it(src, lake_dir, monkeypatch):
+def test_failure_after_the_data_commits_keeps_them_and_the_next_run_completes(src, lake_dir, monkeypatch):
     from lakeimg.catalog.runs import RUNS_TABLE
     from lakeimg.engine.local import LocalEngine
+    from lakeimg.errors import PartialRunError
 
     lake = Lake(lake_dir)
     lake.ingest([str(src)], workers=2)
-    images_before, rejects_before = _by_name(lake, "images"), _by_name(lake, "images_rejects")
     _png(src / "img1.png", seed=51, size=(12, 12))  # changed: its old row sits in a file with others
     _png(src / "new.png", seed=52)
     real_append = LocalEngine.append
 
     def failing_append(self, name, *args, **kwargs):
-        if name == RUNS_TABLE:  # after the images and rejects commits
-            raise OSError("lost the runs table's disk")
+        if name == RUNS_TABLE and args and args[0]["status"][0].as_py() == "succeeded":
+            raise OSError(28, "No space left on device")  # after the rejects and images commits
         return real_append(self, name, *args, **kwargs)
 
     monkeypatch.setattr(LocalEngine, "append", failing_append)
-    with pytest.raises(OSError, match="runs table"):
+    with pytest.raises(PartialRunError, match="No space left") as failed:
         lake.ingest([str(src)], workers=2)
     monkeypatch.undo()
-    assert _by_name(lake, "images") == images_before and _by_name(lake, "images_rejects") == rejects_before
+    # Nothing undone: the committed images version holds the new rows, correct on its own.
+    images = _by_name(lake, "images")
+    assert images["img1.png"]["width"] == 12 and "new.png" in images
+    assert failed.value.landed == {"images": lake.version("images")}
+    runs = {r["run_id"]: r for r in lake.read(RUNS_TABLE).to_pylist()}
+    assert runs[failed.value.run_id]["status"] == "failed"
     assert not (lake_dir / "_lakeimg" / "staging").exists()
+    # The next run finds nothing left to do, and history says what happened.
     summary = lake.ingest([str(src)], workers=2)
-    assert (summary.added, summary.updated, summary.unchanged) == (1, 1, 4)
-    assert _by_name(lake, "images")["img1.png"]["width"] == 12 and _by_name(lake, "images")["img2.png"] == images_before["img2.png"]
+    assert (summary.added, summary.updated, summary.unchanged) == (0, 0, 6)
+    statuses = {h["run_id"]: h["status"] for h in lake.versions("images")}
+    assert statuses[failed.value.run_id] == "failed"
 
 
 def test_runs_row_and_commit_metadata_carry_the_same_record(src, lake_dir):

@@ -94,10 +94,6 @@ def test_engine_surface(spark, tmp_path):
     local = LocalEngine(eng.lake)
     assert json.loads(local.history("r")[0]["userMetadata"])["run_id"] == "run-3"
 
-    eng.restore("r", 1)
-    assert eng.version("r") == 3
-    assert sorted(eng.read("r")["uri"].to_pylist()) == ["a", "b", "c"]
-
     version = eng.append("runs", _reject_rows(["x"]), contract, {"run_id": "run-4"})
     assert eng.read("runs")["uri"].to_pylist() == ["x"] and version == 1
 

@@ -300,32 +300,43 @@ def test_shrinking_resize_of_jpegs_uses_dct_scaling_unless_disabled(tmp_path: Pa
         assert np.array_equal(pixels(exact[(uri, variant)]), cv2.resize(full, target, interpolation=cv2.INTER_AREA))
 
 
-def test_rows_stream_to_staged_files_and_a_failed_commit_leaves_the_table_as_it_was(lake: Lake, monkeypatch):
+def test_rows_stream_to_staged_files_and_a_failed_run_is_completed_by_the_next(lake: Lake, monkeypatch):
     from lakeimg.catalog.runs import RUNS_TABLE
     from lakeimg.engine.local import LocalEngine
+    from lakeimg.errors import PartialRunError
 
     lake.transform("images", "small", RESIZE, workers=0)
     staging = Path(lake.path) / "_lakeimg" / "staging"
     assert not staging.exists()  # the staged files were moved into the table, the folder removed
-    before = rows_by_key(lake, "small")
     write_images(lake.src, {"cats/a.png": 21, "cats/new.png": 22})  # type: ignore[attr-defined]
     lake.ingest([str(lake.src)], workers=0, label_from_path="parent")  # type: ignore[attr-defined]
 
     real_append = LocalEngine.append
 
     def failing_append(self, name, *args, **kwargs):
-        if name == RUNS_TABLE:
-            raise OSError("disk full while writing the runs row")
+        if name == RUNS_TABLE and args and args[0]["status"][0].as_py() == "succeeded":
+            raise OSError(28, "No space left on device")
         return real_append(self, name, *args, **kwargs)
 
     monkeypatch.setattr(LocalEngine, "append", failing_append)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(PartialRunError, match="No space left") as failed:
         lake.transform("images", "small", RESIZE, workers=0)
     monkeypatch.undo()
-    assert rows_by_key(lake, "small") == before  # the data commit was undone
+    assert failed.value.landed == {"small": lake.version("small")}  # kept: correct on its own
     assert not staging.exists()
-    summary = lake.transform("images", "small", RESIZE, workers=0)  # and the next run does the work
-    assert (summary.added, summary.updated, summary.unchanged) == (1, 1, 4)
+    after_failure = rows_by_key(lake, "small")
+    # The next run is planned from the last succeeded run: it redoes the failed run's work
+    # (same rows) and records itself.
+    summary = lake.transform("images", "small", RESIZE, workers=0)
+    assert (summary.added, summary.updated, summary.unchanged) == (0, 2, 4)
+    assert rows_by_key(lake, "small").keys() == after_failure.keys()
+    fresh = Lake(str(Path(lake.path).parent / "fresh"))
+    fresh.ingest([str(lake.src)], workers=0, label_from_path="parent")  # type: ignore[attr-defined]
+    fresh.transform("images", "small", RESIZE, workers=0)
+    ours, theirs = rows_by_key(lake, "small"), rows_by_key(fresh, "small")
+    assert ours.keys() == theirs.keys() and all(ours[k]["data"] == theirs[k]["data"] for k in ours)
+    statuses = {r["run_id"]: r["status"] for r in lake.read(RUNS_TABLE).to_pylist()}
+    assert statuses[failed.value.run_id] == "failed" and statuses[summary.run_id] == "succeeded"
 
 
 def test_net_changes_of_a_commit_that_rewrites_files():

@@ -18,7 +18,7 @@ import datetime as dt
 import json
 from typing import Any
 
-from lakeimg.catalog.runs import RUNS_TABLE
+from lakeimg.catalog.runs import RUN_STATUS_RANK, RUNS_TABLE
 from lakeimg.engine.local import LocalEngine, VersionLike
 from lakeimg.errors import SpecError
 
@@ -66,7 +66,8 @@ def format_table_ref(name: str, version: int | None) -> str:
 
 
 def run_records(engine: LocalEngine) -> dict[str, dict[str, Any]]:
-    """Rows of the runs table by run id (empty when the lake has no runs yet)."""
+    """Rows of the runs table by run id (empty when the lake has no runs yet); of a run's two
+    rows (`incomplete`, recorded by a later run, and its own) the final one wins."""
     if not engine.exists(RUNS_TABLE):
         return {}
     rows = engine.read(RUNS_TABLE).to_pylist()
@@ -78,7 +79,9 @@ def run_records(engine: LocalEngine) -> dict[str, dict[str, Any]]:
                 row["spec"] = json.loads(row["spec"])
             except json.JSONDecodeError:
                 pass
-        out[row["run_id"]] = row
+        seen = out.get(row["run_id"])
+        if seen is None or RUN_STATUS_RANK.get(row["status"], 0) >= RUN_STATUS_RANK.get(seen["status"], 0):
+            out[row["run_id"]] = row
     return out
 
 
@@ -89,7 +92,11 @@ def _timestamp(ms: Any) -> str | None:
 
 
 def table_history(engine: LocalEngine, table: str, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """The table's versions, newest first: version, timestamp, operation, run, job, counts.
+    """The table's versions, newest first: version, timestamp, operation, run, job, status, counts.
+
+    `status` is the run's: succeeded, failed (it stopped after this commit; the next run
+    completes the work), incomplete (killed after this commit, found by a later run) or
+    unrecorded (no runs row yet: the run is still going, or was killed and no run came since).
 
     Example:
         >>> table_history(LocalEngine("/tmp/lake"), "images")[0]["operation"]  # doctest: +SKIP
@@ -116,6 +123,7 @@ def table_history(engine: LocalEngine, table: str, *, limit: int | None = None) 
                 "operation": entry.get("operation"),
                 "run_id": run_id,
                 "job": record.get("job"),
+                "status": run.get("status") or (None if not run_id else "unrecorded"),
                 "engine": record.get("engine"),
                 "code_version": record.get("code_version"),
                 "spec_hash": record.get("spec_hash"),

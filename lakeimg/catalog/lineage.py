@@ -67,6 +67,7 @@ def producing_step(engine: LocalEngine, table: str, version: int, *, history=Non
         "timestamp": producer["timestamp"],
         "job": producer["job"],
         "run_id": producer["run_id"],
+        "status": producer.get("status"),
         "engine": producer["engine"],
         "code_version": producer["code_version"],
         "spec_hash": producer["spec_hash"],
@@ -79,7 +80,7 @@ def producing_step(engine: LocalEngine, table: str, version: int, *, history=Non
         for entry in reversed(entries):  # oldest first
             if entry["job"] != "ingest" or not entry["data_change"]:
                 continue
-            runs.append({"run_id": entry["run_id"], "version": entry["version"], "sources": entry["sources"],
+            runs.append({"run_id": entry["run_id"], "version": entry["version"], "sources": entry["sources"], "status": entry.get("status"),
                          "spec_hash": entry["spec_hash"], "timestamp": entry["timestamp"]})
             sources += [s for s in entry["sources"] if s not in sources]
         step["ingest_runs"] = runs

@@ -10,21 +10,40 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
 from lakeimg._version import __version__
+from lakeimg.errors import PartialRunError
 from lakeimg.schemas import table_contract
 
-__all__ = ["RunRecord", "canonical_json", "spec_hash", "new_run_id", "RUNS_TABLE"]
+__all__ = [
+    "RunRecord",
+    "canonical_json",
+    "spec_hash",
+    "new_run_id",
+    "RUNS_TABLE",
+    "RUN_STATUS_RANK",
+    "record_unfinished_runs",
+    "run_commits",
+]
 
 RUNS_TABLE = "_lakeimg/runs"
+
+# A run may have two rows: `incomplete` (written by a later run that found its commits but no
+# row, possibly while it was still running) and its own final row. The higher rank wins.
+RUN_STATUS_RANK = {"incomplete": 0, "failed": 1, "succeeded": 2}
+
+# Commits per table a run looks back through for runs that never wrote their row.
+_UNFINISHED_LOOKBACK = 50
 
 
 def canonical_json(value: Any) -> str:
@@ -86,3 +105,96 @@ class RunRecord:
         row["counts"] = list(self.counts.items())
         row["finished_at"] = self.finished_at or utc_now()
         return pa.Table.from_pylist([row], schema=table_contract("runs").arrow_schema)
+
+
+def record_unfinished_runs(engine: Any, tables: Sequence[str], *, current_run_id: str) -> list[str]:
+    """Append an `incomplete` runs row for each run that committed to `tables` but has no row.
+
+    A run killed between its commits leaves data committed (each commit correct on its own)
+    and no runs row; its commits still carry its record in their `userMetadata`. This finds
+    them among the tables' recent commits and records them, so history and lineage say what
+    happened. `engine` is a `LocalEngine`; returns the run ids recorded.
+
+    Example:
+        >>> from lakeimg.engine.local import LocalEngine
+        >>> import tempfile
+        >>> record_unfinished_runs(LocalEngine(tempfile.mkdtemp()), ["images"], current_run_id="x")
+        []
+    """
+    known = set(engine.read(RUNS_TABLE, columns=["run_id"])["run_id"].to_pylist()) if engine.exists(RUNS_TABLE) else set()
+    found: dict[str, dict[str, Any]] = {}
+    for table in tables:
+        if not engine.exists(table):
+            continue
+        for entry in engine.history(table, _UNFINISHED_LOOKBACK):
+            meta = entry.get("lakeimg")
+            run_id = meta.get("run_id") if isinstance(meta, dict) else None
+            if not run_id or run_id in known or run_id == current_run_id or meta.get("job") not in ("ingest", "transform"):
+                continue
+            outputs = found.setdefault(run_id, {"meta": meta, "outputs": {}})["outputs"]
+            outputs[table] = max(outputs.get(table, -1), int(entry["version"]))
+    if not found:
+        return []
+    rows = [_incomplete_record(run["meta"], run["outputs"]).to_arrow() for run in found.values()]
+    engine.append(RUNS_TABLE, pa.concat_tables(rows), table_contract("runs"), {"job": "record_unfinished_runs"})
+    return sorted(found)
+
+
+def _incomplete_record(meta: dict[str, Any], outputs: dict[str, int]) -> RunRecord:
+    spec = meta.get("spec")
+    started = meta.get("started_at")
+    started_at = dt.datetime.fromisoformat(str(started)) if started else utc_now()
+    return RunRecord(
+        run_id=meta["run_id"],
+        job=meta["job"],
+        engine=meta.get("engine") or "local",
+        target_table=meta.get("target_table") or "",
+        spec=json.loads(spec) if isinstance(spec, str) else (spec or {}),
+        started_at=started_at if started_at.tzinfo else started_at.replace(tzinfo=dt.timezone.utc),
+        status="incomplete",
+        target_version=outputs.get(meta.get("target_table") or ""),
+        inputs=list(meta.get("inputs") or []),
+        outputs=[{"table": t, "version": v} for t, v in sorted(outputs.items())],
+        sources=list(meta.get("sources") or []),
+        code_version=meta.get("code_version") or __version__,
+    )
+
+
+@contextlib.contextmanager
+def run_commits(engine: Any, record: RunRecord, tables: Sequence[str]) -> Iterator[dict[str, int]]:
+    """The bookkeeping around a run's commits to `tables` (a `LocalEngine` writes the runs table).
+
+    Before: the runs table exists (a lake whose runs table cannot be written fails here, before
+    any data commit) and runs that committed to `tables` without a row are recorded
+    `incomplete`. Yields a dict the job fills with table -> version as its commits land; the
+    job's last step is its own runs row. If the job fails after a commit landed, nothing is
+    undone (another writer may have committed on top): the run is recorded `failed` with what
+    landed and a `PartialRunError` is raised (a Ctrl-C stays a KeyboardInterrupt).
+
+    Example:
+        >>> from lakeimg.engine.local import LocalEngine
+        >>> import tempfile
+        >>> record = RunRecord(run_id="r1", job="ingest", engine="local", target_table="images", spec={}, started_at=utc_now())
+        >>> with run_commits(LocalEngine(tempfile.mkdtemp()), record, ["images"]) as landed:
+        ...     landed
+        {}
+    """
+    if not engine.exists(RUNS_TABLE):
+        engine.create_empty(RUNS_TABLE, table_contract("runs"))
+    record_unfinished_runs(engine, tables, current_run_id=record.run_id)
+    landed: dict[str, int] = {}
+    try:
+        yield landed
+    except BaseException as exc:
+        if not landed:
+            raise
+        record.status = "failed"
+        record.outputs = [{"table": t, "version": v} for t, v in landed.items()]
+        record.target_version = landed.get(record.target_table)
+        record.finished_at = utc_now()
+        # Best effort: when this write fails too, the next run records the run as incomplete.
+        with contextlib.suppress(Exception):
+            engine.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), record.commit_metadata())
+        if isinstance(exc, Exception) and not isinstance(exc, PartialRunError):
+            raise PartialRunError(record.run_id, dict(landed), exc) from exc
+        raise

@@ -33,7 +33,7 @@ from typing import Any
 import pyarrow as pa
 
 from lakeimg.engine.local import LocalEngine, table_location
-from lakeimg.errors import LakeImgError, SpecError, SqlError, TableNotFoundError
+from lakeimg.errors import LakeDamagedError, LakeImgError, SpecError, SqlError, TableNotFoundError
 from lakeimg.names import is_table_name
 from lakeimg.sqlguard import check_spark_query, check_statement, confined_connection, parse_where
 
@@ -165,7 +165,7 @@ class _Views:
 def _snapshot_view(views: _Views, engine: LocalEngine, view: str, table_path: str, version: int | str | None) -> None:
     try:
         files = engine.data_files(table_path, version)
-    except TableNotFoundError:
+    except (TableNotFoundError, LakeDamagedError):
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a timestamp before the table existed
         at = "" if version is None else f" as of {version!r}"

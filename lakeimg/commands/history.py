@@ -30,6 +30,7 @@ def run(args) -> int:
             "operation": v["operation"],
             "job": v["job"] or "",
             "run": (v["run_id"] or "")[:12],
+            "status": v["status"] or "",
             "counts": ", ".join(f"{k} {n}" for k, n in (v["counts"] or {}).items()),
         }
         for v in versions

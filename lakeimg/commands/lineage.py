@@ -30,13 +30,19 @@ def run(args) -> int:
     for step in steps:
         indent = "  " * step.get("depth", 0)
         where = step["table"] if step["version"] is None else f"{step['table']}@{step['version']}"
-        print(f"{indent}{where}  job={step['job']}  run={step['run_id']}  lakeimg={step['code_version']}  at={step['timestamp']}")
+        print(f"{indent}{where}  job={step['job']}  run={step['run_id']}{_status(step)}  lakeimg={step['code_version']}  at={step['timestamp']}")
         if step.get("spec_hash"):
             print(f"{indent}  spec {step['spec_hash'][:16]}: {step['spec']}")
         elif step["job"] == "trainset":
             print(f"{indent}  spec: {step['spec']}")
         for ingest in step.get("ingest_runs", []):
-            print(f"{indent}  ingest run {ingest['run_id']} (version {ingest['version']}): {', '.join(ingest['sources'])}")
+            print(f"{indent}  ingest run {ingest['run_id']}{_status(ingest)} (version {ingest['version']}): {', '.join(ingest['sources'])}")
         for parent in step["inputs"]:
             print(f"{indent}  input {parent['table']}@{parent['version']}")
     return 0
+
+
+def _status(step: dict) -> str:
+    """A run's status when it is not plain success (a failed or killed run's commits)."""
+    status = step.get("status")
+    return "" if status in (None, "succeeded") else f" ({status})"

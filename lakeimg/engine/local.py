@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import shutil
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ import pyarrow.parquet as pq
 from lakeimg.errors import ConcurrentWriteError, LakeDamagedError, LakeImgError, TableNotFoundError
 from lakeimg.names import lake_relative
 from lakeimg.schemas import TableContract
+from lakeimg.uris import has_scheme, open_regular_file, uri_to_path
 
 __all__ = ["LocalEngine", "MergeResult", "VersionLike", "table_location", "cast_to_schema"]
 
@@ -180,9 +182,15 @@ class LocalEngine:
         return DeltaTable.is_deltatable(self.location(name), storage_options=self.storage_options)
 
     def delta_table(self, name: str, version: VersionLike = None):
-        """delta-rs DeltaTable at a version (int), timestamp (datetime or ISO string) or latest."""
+        """delta-rs DeltaTable at a version (int), timestamp (datetime or ISO string) or latest.
+
+        The latest version is loaded only when the log's last entry is whole (`check_log_tail`).
+        """
         from deltalake import DeltaTable
         from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+
+        if version is None:
+            check_log_tail(self.location(name), name)
 
         try:
             table = DeltaTable(
@@ -197,7 +205,9 @@ class LocalEngine:
                 raise TableNotFoundError(f"{name}@{version}", self.lake) from exc
             raise
         if isinstance(version, (str, dt.datetime)):
-            table.load_as_version(_to_datetime(version))
+            when = _to_datetime(version)
+            table.load_as_version(when)
+            _check_not_before_first(self.location(name), table.version(), when, name, version, self.lake)
         return table
 
     def version(self, name: str) -> int | None:
@@ -216,7 +226,7 @@ class LocalEngine:
                 "deletionVector.storageType"
             ].null_count < len(actions):
                 raise LakeImgError(f"{name} uses deletion vectors; lakeimg tables are written without them")
-        return [_local_path(uri) for uri in table.file_uris()]
+        return [_delta_file_path(uri) for uri in table.file_uris()]
 
     def read_batches(self, name: str, *, columns: Sequence[str], version: VersionLike = None, batch_rows: int = 64) -> Iterator[pa.Table]:
         """A snapshot as a stream of small tables typed like `read`'s, file by file: the memory
@@ -582,7 +592,7 @@ class LocalEngine:
             actions: list[Any] = []
             found: set[str] = set()
             for uri in table.file_uris() if drop else []:
-                path = _local_path(uri)
+                path = _delta_file_path(uri)
                 held = pq.read_table(path, columns=["uri"])["uri"]
                 hit = pc.is_in(held, pa.array(sorted(drop), held.type))
                 if not pc.any(hit).as_py():
@@ -601,14 +611,21 @@ class LocalEngine:
         custom = {META_KEY: json.dumps(metadata, sort_keys=True, default=str)} if metadata is not None else None
         try:
             adds = [move_in(path) for path in files]
+            created = False
             if before is None:
-                create_table_with_add_actions(
-                    self.location(name), DeltaSchema.from_arrow(contract.arrow_schema), adds, mode="error",
-                    name=name.rsplit("/", 1)[-1], description=contract.description,
-                    configuration=contract.properties, storage_options=self.storage_options,
-                    commit_properties=CommitProperties(custom_metadata=custom),
-                )
-            else:
+                try:
+                    create_table_with_add_actions(
+                        self.location(name), DeltaSchema.from_arrow(contract.arrow_schema), adds, mode="error",
+                        name=name.rsplit("/", 1)[-1], description=contract.description,
+                        configuration=contract.properties, storage_options=self.storage_options,
+                        commit_properties=CommitProperties(custom_metadata=custom),
+                    )
+                    created = True
+                except Exception:
+                    if not self.exists(name):
+                        raise
+                    # Another writer created the table first: commit into it like any other.
+            if not created:
                 for attempt in range(1, _COMMIT_ATTEMPTS + 1):
                     table = self.delta_table(name)
                     removed, found = removals(table)
@@ -633,15 +650,6 @@ class LocalEngine:
             raise
         after = self.version(name)
         return MergeResult(after, inserted=len(adds), committed=after != before, replaced=frozenset(found))
-
-    def restore(self, name: str, version: int | None) -> None:
-        """Undo this run's commit: restore to `version`, or remove a table this run created."""
-        if version is None:
-            shutil.rmtree(_local_path(self.location(name)), ignore_errors=True)
-            return
-        table = self.delta_table(name)
-        if table.version() != version:
-            table.restore(version)
 
     def changes(
         self,
@@ -743,8 +751,15 @@ def _expression_fields(expression: pc.Expression, names: Sequence[str]) -> list[
 
 
 def _local_path(uri: str) -> str:
-    if uri.startswith("file://"):
-        return uri[len("file://") :]
+    """A lake, table or staging location (a path or file:// URI) as a local path."""
+    return uri_to_path(uri)
+
+
+def _delta_file_path(uri: str) -> str:
+    """The local path of a data file as delta-rs' `file_uris()` gives it: a URL, or an absolute
+    path percent-encoded like one ("/my%20lake/images/part-0.parquet")."""
+    if has_scheme(uri) or uri.startswith("/"):
+        return uri_to_path(uri if has_scheme(uri) else "file://" + uri)
     return uri
 
 
@@ -764,11 +779,57 @@ def _file_stats(path: str) -> str:
     return json.dumps({"numRecords": data.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
 
 
+def check_log_tail(location: str, name: str) -> None:
+    """Raise `LakeDamagedError` when a table's newest log entry is empty or cut short.
+
+    A crash before a commit reached the disk can leave `_delta_log/N.json` empty or partial.
+    delta-rs reads an empty entry as a version with no actions, so version N's rows vanish
+    from reads, and the next commit (N+1) makes that permanent. Refuse instead, with the
+    repair. Only local tables are checked here.
+
+    Example:
+        >>> check_log_tail("/nonexistent/table", "images")
+    """
+    log = os.path.join(_local_path(location), "_delta_log")
+    try:
+        entries = [e for e in os.scandir(log) if len(e.name) == 25 and e.name.endswith(".json") and e.name[:20].isdigit()]
+    except OSError:
+        return
+    if not entries:
+        return
+    newest = max(entries, key=lambda e: e.name)
+    version = int(newest.name[:20])
+    try:
+        with open(newest.path, "rb") as handle:
+            text = handle.read()
+        lines = [line for line in text.splitlines() if line.strip()]
+        if not lines:
+            reason = "is empty"
+        else:
+            for line in lines:
+                json.loads(line)
+            reason = ""
+    except json.JSONDecodeError:
+        reason = "is cut short (not valid JSON)"
+    except OSError as exc:
+        reason = f"cannot be read ({exc.strerror or exc})"
+    if reason:
+        raise LakeDamagedError(
+            name,
+            f"the newest log entry {newest.path} {reason}: commit {version} never reached the disk whole "
+            f"(a crash during the commit). No write goes on top of it. Repair: with no writer running, move "
+            f"that file out of _delta_log to return the table to "
+            + (f"version {version - 1}" if version else "no versions (then remove the table's folder)")
+            + f", then run `lakeimg verify {name}`",
+            version=version,
+        )
+
+
 def file_sha256(path: str) -> str | None:
     """SHA-256 of a local file, or None when it cannot be read."""
     try:
         digest = hashlib.sha256()
-        with open(_local_path(path), "rb") as handle:
+        with open_regular_file(_local_path(path)) as handle:  # a FIFO in its place must not hang
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
         return digest.hexdigest()
@@ -783,8 +844,74 @@ def ensure_lake(lake: str) -> None:
     path = Path(_local_path(lake))
     try:
         path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".lakeimg-write-probe"
+        probe = path / f".lakeimg-write-probe-{os.getpid()}-{uuid.uuid4().hex}"  # concurrent writers probe too
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
         raise LakeNotWritableError(lake, f"{type(exc).__name__}: {exc.strerror or exc}") from exc
+
+
+def lake_exists(lake: str | os.PathLike[str]) -> bool:
+    """Whether `lake` is a lake: a folder with lakeimg's `_lakeimg` folder or a Delta table in it.
+
+    Example:
+        >>> lake_exists("/nonexistent/lake")
+        False
+    """
+    text = str(lake)
+    if "://" in text and not text.startswith("file://"):
+        return True  # an object store or cluster file system: the engine finds out when it reads
+    root = Path(_local_path(text))
+    if (root / "_lakeimg").is_dir():
+        return True
+    try:
+        return any((entry / "_delta_log").is_dir() for entry in root.iterdir() if entry.is_dir())
+    except OSError:
+        return False
+
+
+def require_lake(lake: str | os.PathLike[str]) -> None:
+    """Raise `LakeNotFoundError` unless `lake` is a lake (every job but ingest and demo reads or
+    writes an existing lake, and never creates one from a mistyped path).
+
+    Example:
+        >>> require_lake("/nonexistent/lake")
+        Traceback (most recent call last):
+        ...
+        lakeimg.errors.LakeNotFoundError: no lake at /nonexistent/lake
+    """
+    if not lake_exists(lake):
+        from lakeimg.errors import LakeNotFoundError
+
+        raise LakeNotFoundError(str(lake))
+
+
+def _check_not_before_first(location: str, loaded: int, when: dt.datetime, name: str, ref: Any, lake: str) -> None:
+    """delta-rs loads the first version for a time before it; Delta (and lakeimg) refuse."""
+    from lakeimg.errors import VersionNotFoundError
+
+    log = os.path.join(_local_path(location), "_delta_log")
+    try:
+        first = min(int(n[:20]) for n in os.listdir(log) if len(n) == 25 and n.endswith(".json") and n[:20].isdigit())
+    except (OSError, ValueError):
+        return
+    if loaded != first:
+        return
+    entry = os.path.join(log, f"{first:020d}.json")
+    stamp_ms = None
+    try:
+        with open(entry, encoding="utf-8") as handle:
+            for line in handle:
+                info = json.loads(line).get("commitInfo") if line.strip() else None
+                if info and info.get("timestamp") is not None:
+                    stamp_ms = int(info["timestamp"])
+                    break
+        if stamp_ms is None:
+            stamp_ms = int(os.path.getmtime(entry) * 1000)
+    except (OSError, ValueError):
+        return
+    committed = dt.datetime.fromtimestamp(stamp_ms / 1000, dt.timezone.utc)
+    if when < committed:
+        raise VersionNotFoundError(
+            name, ref, lake, f"before the table's first readable version ({first}, committed {committed.isoformat()})"
+        )

@@ -23,9 +23,17 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakeimg.engine.local import META_KEY, MergeResult, VersionLike, cast_to_schema, table_location
+from lakeimg.engine.local import (
+    META_KEY,
+    MergeResult,
+    VersionLike,
+    cast_to_schema,
+    check_log_tail,
+    table_location,
+)
 from lakeimg.errors import ConcurrentWriteError, LakeImgError, TableNotFoundError
 from lakeimg.schemas import TableContract, arrow_type
+from lakeimg.uris import local_path_or_none
 
 __all__ = ["spark_session_builder", "DELTA_SQL_CONF", "SparkEngine", "StagedRows"]
 
@@ -107,11 +115,8 @@ def _to_datetime(value: str | dt.datetime) -> dt.datetime:
 
 
 def _local_path(location: str) -> str | None:
-    if location.startswith("file://"):
-        return location[len("file://") :]
-    if location.startswith("file:"):
-        return location[len("file:") :]
-    return None if "://" in location else location
+    """The local path of a location (a path, `file:///p` or Hadoop's `file:/p`); None for a remote URL."""
+    return local_path_or_none(location)
 
 
 def spark_struct(fields: Sequence[dict[str, Any]]):
@@ -212,6 +217,7 @@ class SparkEngine:
 
         if not self.exists(name):
             raise TableNotFoundError(name, self.lake)
+        check_log_tail(self.location(name), name)
         return DeltaTable.forPath(self.spark, self.location(name))
 
     def exists(self, name: str) -> bool:
@@ -533,16 +539,6 @@ class SparkEngine:
             deleted=int(metrics.get("num_deleted_rows", 0) or 0),
             committed=after != before,
         )
-
-    def restore(self, name: str, version: int | None) -> None:
-        """Undo this run's commit: restore to `version`, or remove a table this run created."""
-        if version is None:
-            local = _local_path(self.location(name))
-            if local is not None:
-                shutil.rmtree(local, ignore_errors=True)
-            return
-        if self.version(name) != version:
-            self._delta(name).restoreToVersion(version)
 
     def _with_retries(self, name: str, operation: Callable[[], Any]) -> Any:
         last: Exception | None = None

@@ -3,8 +3,9 @@
 Incremental and idempotent: a file whose (uri, size, modification time) is already in the images
 or rejects table is not read again; with nothing to do no image table gets a new version. Every
 listed file ends up in exactly one of the two tables. All decoding happens before the first
-commit, and a failure during the commits restores the tables already committed, so a failed run
-leaves every table at its previous version.
+commit; a failure before it leaves every table as it was. A failure or kill between commits
+leaves what landed (each commit correct on its own) and the next run completes the work (see
+`commit_ingest`).
 
 Example:
     >>> import tempfile, pathlib, numpy as np
@@ -27,23 +28,25 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
+from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, run_commits, utc_now
 from lakeimg.engine.local import (
     LocalEngine,
     MergeResult,
     StagedParquet,
     ensure_lake,
-    file_sha256,
     table_location,
 )
+from lakeimg.engine.staging import claim_staging, remove_stale_staging
 from lakeimg.errors import ImageDecodeError
+from lakeimg.image.decode import default_max_decoded_bytes
 from lakeimg.image.tiles import (
+    DEFAULT_MAX_TILED_PIXELS,
     DEFAULT_TILE_ABOVE_PIXELS,
     DEFAULT_TILE_ENCODING,
     DEFAULT_TILE_SIZE,
     TILE_ENCODINGS,
 )
-from lakeimg.jobs.listing import list_sources, source_scope, to_uri
+from lakeimg.jobs.listing import list_sources, source_scope
 from lakeimg.jobs.tiling import (
     commit_tiles,
     previously_tiled,
@@ -54,6 +57,7 @@ from lakeimg.kernels.ingest import IngestOptions, ingest_kernel, ingest_result_s
 from lakeimg.kernels.tiles import TileOptions
 from lakeimg.names import validate_name
 from lakeimg.schemas import table_contract
+from lakeimg.uris import to_uri
 
 __all__ = ["IngestSummary", "ingest_files", "rejects_table_name"]
 
@@ -83,15 +87,38 @@ class IngestSummary:
         return dataclasses.asdict(self)
 
 
-def _keys(engine: LocalEngine, name: str) -> pa.Table:
+# Reject classes that say nothing about the file itself (a worker killed or a read that failed
+# this time): the next run reads such files again.
+TRANSIENT_REJECTS = ("timeout", "decoder_crash", "unreadable")
+
+
+def _keys(engine: LocalEngine, name: str, extra: Sequence[str] = ()) -> pa.Table:
     if not engine.exists(name):
         return pa.table({"uri": pa.array([], pa.string()), "size_bytes": pa.array([], pa.int64()),
-                         "modified_at": pa.array([], pa.timestamp("us", tz="UTC"))})
-    return engine.read(name, columns=_KEY_COLUMNS)
+                         "modified_at": pa.array([], pa.timestamp("us", tz="UTC")),
+                         **{c: pa.array([], pa.string()) for c in extra}})
+    return engine.read(name, columns=[*_KEY_COLUMNS, *extra])
 
 
-def plan_ingest(listing: pa.Table, images_keys: pa.Table, rejects_keys: pa.Table) -> pa.Table:
-    """Rows of `listing` that must be read: not already in images or rejects with equal size and mtime."""
+def plan_ingest(listing: pa.Table, images_keys: pa.Table, rejects_keys: pa.Table, *, retry_rejects: bool = False) -> pa.Table:
+    """Rows of `listing` that must be read: not already in images or rejects with equal size and mtime.
+
+    A reject counts as known only when its `error_class` (if given) is not transient
+    (`TRANSIENT_REJECTS`), and never with `retry_rejects`: those files are read again.
+
+    Example:
+        >>> import pyarrow as pa, datetime as dt
+        >>> t = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+        >>> listing = pa.table({"uri": ["a", "b"], "size_bytes": [1, 2], "modified_at": pa.array([t, t], pa.timestamp("us", tz="UTC"))})
+        >>> rejects = listing.append_column("error_class", pa.array(["timeout", "corrupt"]))
+        >>> plan_ingest(listing, listing.slice(0, 0), rejects)["uri"].to_pylist()
+        ['a']
+    """
+    if retry_rejects:
+        rejects_keys = rejects_keys.slice(0, 0)
+    elif "error_class" in rejects_keys.column_names:
+        transient = pc.is_in(rejects_keys["error_class"], pa.array(TRANSIENT_REJECTS, rejects_keys["error_class"].type))
+        rejects_keys = rejects_keys.filter(pc.invert(pc.fill_null(transient, False)))
     known = pa.concat_tables([images_keys.select(_KEY_COLUMNS), rejects_keys.select(_KEY_COLUMNS)]).cast(
         listing.select(_KEY_COLUMNS).schema
     )
@@ -108,8 +135,11 @@ def ingest_files(
     label_from_path: str | None = None,
     inline_max_bytes: int = 16 << 20,
     max_pixels: int | None = None,
+    max_decoded_bytes: int | None = None,
+    max_tiled_pixels: int = DEFAULT_MAX_TILED_PIXELS,
     file_timeout_s: float = 120.0,
     sync_deletes: bool = False,
+    retry_rejects: bool = False,
     codecs: Sequence[str] = (),
     on_progress: Callable[[int, int], None] | None = None,
     engine: LocalEngine | None = None,
@@ -127,7 +157,17 @@ def ingest_files(
         workers: decoding processes (default: CPU count; 0 decodes in this process).
         label_from_path: "parent" or a regex whose first group (or group "label") is the label.
         inline_max_bytes: files above this keep `content` null.
+        max_decoded_bytes: memory limit of one decoded image (width x height x channels x bytes
+            per sample), checked from headers before decoding; larger images are tiled when
+            their format reads by windows (TIFF), else rejected `too_large`. Default:
+            min(2 GiB, memory / (2 x workers)) (`lakeimg.image.decode.default_max_decoded_bytes`).
+        max_pixels: an extra cap on width x height of images decoded whole (default: none).
+        max_tiled_pixels: tiled images with more pixels (all pages) are rejected `too_large`.
+        file_timeout_s: per-file decode time limit; tiling a file gets this per started gigapixel
+            across all its tasks.
         sync_deletes: delete rows of files under the sources that no longer exist.
+        retry_rejects: read every rejected file again (transient rejects, `TRANSIENT_REJECTS`,
+            are read again by every run anyway).
         codecs: extra readers as "module:attribute" tried before the built-in ones.
         on_progress: called as on_progress(done, total) while files are decoded.
         tile_above_pixels: files with more pixels (or more bytes than inline_max_bytes) are
@@ -148,10 +188,16 @@ def ingest_files(
     ensure_lake(lake)
     engine = engine or LocalEngine(lake)
     run_id, started_at = new_run_id(), utc_now()
+    remove_stale_staging(lake)  # of runs killed before they could clean up
+    staging_claim = claim_staging(lake, run_id)  # noqa: F841 - held for this call (released when dropped)
     options = IngestOptions(
         run_id=run_id,
         inline_max_bytes=inline_max_bytes,
-        max_pixels=max_pixels if max_pixels is not None else IngestOptions.max_pixels,
+        max_pixels=max_pixels,
+        max_decoded_bytes=max_decoded_bytes if max_decoded_bytes is not None else default_max_decoded_bytes(
+            (os.cpu_count() or 1) if workers is None else workers
+        ),
+        max_tiled_pixels=max_tiled_pixels,
         file_timeout_s=file_timeout_s,
         codecs=tuple(codecs),
         ingested_at=started_at,
@@ -159,13 +205,16 @@ def ingest_files(
         tile_size=tile_size,
     )
     tile_options = TileOptions(tile_size=tile_size, overlap=tile_overlap, encoding=tile_encoding,
-                               rows_per_task=tile_rows_per_task, run_id=run_id, ingested_at=started_at)
+                               rows_per_task=tile_rows_per_task, run_id=run_id, ingested_at=started_at,
+                               file_timeout_s=file_timeout_s)
     spec = {
         "sources": [to_uri(s) for s in sources],
         "table": table,
         "label_from_path": label_from_path,
         "inline_max_bytes": inline_max_bytes,
         "max_pixels": options.max_pixels,
+        "max_decoded_bytes": options.max_decoded_bytes,
+        "max_tiled_pixels": max_tiled_pixels,
         "sync_deletes": sync_deletes,
         "codecs": list(codecs),
         "tile_above_pixels": tile_above_pixels,
@@ -176,7 +225,7 @@ def ingest_files(
     record = RunRecord(run_id=run_id, job="ingest", engine=engine.name, target_table=table, spec=spec,
                        started_at=started_at, sources=spec["sources"])
     run = plan_run(engine, lake, sources, table=table, label_from_path=label_from_path,
-                   sync_deletes=sync_deletes, options=options, record=record)
+                   sync_deletes=sync_deletes, options=options, record=record, retry_rejects=retry_rejects)
 
     if getattr(engine, "distributed", False):
         # The Spark engine: decoding and tiling on the executors, MERGE from staged Parquet.
@@ -218,6 +267,8 @@ class IngestRun:
     vanished_images: list[str]
     vanished_rejects: list[str]
     tiles_replace: set[str]  # uris whose old tiles go (changed or vanished tiled files)
+    stale_images: list[str] = dataclasses.field(default_factory=list)  # left by a stopped run
+    stale_rejects: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def unchanged(self) -> int:
@@ -254,12 +305,13 @@ def plan_run(
     sync_deletes: bool,
     options: IngestOptions,
     record: RunRecord,
+    retry_rejects: bool = False,
 ) -> IngestRun:
     """List the sources and compare them with the tables: what to read, what vanished."""
     validate_name("target table", table)
     listing = list_sources(sources, exclude=[lake], label_from_path=label_from_path)
-    images_keys, rejects_keys = _keys(engine, table), _keys(engine, rejects_table_name(table))
-    todo = plan_ingest(listing, images_keys, rejects_keys)
+    images_keys, rejects_keys = _keys(engine, table), _keys(engine, rejects_table_name(table), ["error_class"])
+    todo = plan_ingest(listing, images_keys, rejects_keys, retry_rejects=retry_rejects)
     known_images = set(images_keys["uri"].to_pylist())
     known_rejects = set(rejects_keys["uri"].to_pylist())
     vanished_images: list[str] = []
@@ -270,9 +322,19 @@ def plan_run(
         vanished_images = sorted(u for u in known_images if u not in listed and scope.covers(u))
         vanished_rejects = sorted(u for u in known_rejects if u not in listed and scope.covers(u))
     # Old tiles go when their file changed or vanished (or failed); new ones come from tiling.
-    tiles_replace = previously_tiled(engine, table) & (set(todo["uri"].to_pylist()) | set(vanished_images))
+    todo_uris = set(todo["uri"].to_pylist())
+    tiles_replace = previously_tiled(engine, table) & (todo_uris | set(vanished_images))
+    # A run stopped between its rejects and images commits can leave a file in both tables;
+    # the row whose key no longer matches the file goes now (this completes that run).
+    in_both = (known_images & known_rejects) - todo_uris
+    current_images: set[str] = set()
+    if in_both:
+        listed_keys = listing.select(_KEY_COLUMNS)
+        matched = listed_keys.join(images_keys.select(_KEY_COLUMNS).cast(listed_keys.schema), keys=_KEY_COLUMNS, join_type="inner")
+        current_images = set(matched["uri"].to_pylist())
     return IngestRun(table, options, record, listing, todo, known_images, known_rejects,
-                     vanished_images, vanished_rejects, tiles_replace)
+                     vanished_images, vanished_rejects, tiles_replace,
+                     stale_images=sorted(in_both - current_images), stale_rejects=sorted(in_both & current_images))
 
 
 def decode_files_local(
@@ -374,55 +436,57 @@ def worker_time_limit(options: IngestOptions) -> float:
 
 
 def failed_file_row(listing: dict[str, Any], error_class: str, message: str, *, options: IngestOptions) -> dict[str, Any]:
-    """The reject row of a file whose decoding worker crashed or was killed (`map_kernel`'s `on_failure`)."""
+    """The reject row of a file whose decoding worker crashed or was killed (`map_kernel`'s `on_failure`).
+
+    Without a hash: this runs in the driver, which never reads a source file (a FIFO or a stuck
+    mount would hang the run that the worker's time limit just saved).
+    """
     error = ImageDecodeError(listing["uri"], error_class, message)
-    return reject_row(listing, error, file_sha256(listing["uri"]), options)
+    return reject_row(listing, error, None, options)
 
 
 def commit_ingest(engine: Any, run: IngestRun, decoded: DecodedFiles) -> tuple[MergeResult, MergeResult]:
-    """MERGE into images and rejects, append the runs row; undo the data commits if any step fails.
+    """Commit a run: rejects, then tiles, then images, then the runs row that marks it complete.
 
-    The same steps on both engines: tiles (one commit), images, rejects, then the runs row.
+    Delta has no multi-table transaction, so the order makes every state a stop can leave
+    correct on its own (DEVELOPERS.md, "What a reader sees during a run"): each commit replaces
+    rows by uri, so a file is at worst in neither table (the next run reads it again) or, for
+    one run, in both (the next run's plan drops the stale row). A failure undoes nothing; see
+    `run_commits`. The same steps on both engines.
     """
     table = run.table
     rejects_name, tiles_name = rejects_table_name(table), tiles_table_name(table)
     images_contract, rejects_contract = table_contract("images"), table_contract("rejects")
-    before = {name: engine.version(name) for name in (table, rejects_name, tiles_name)}
     record = run.record
     metadata = record.commit_metadata()
-    images_delete = run.vanished_images + [u for u in decoded.reject_uris if u in run.known_images]
-    rejects_delete = run.vanished_rejects + [u for u in decoded.image_uris if u in run.known_rejects]
-    committed: list[str] = []
-    if not engine.exists(RUNS_TABLE):
-        # Create the runs table before any data commit: a lake whose runs table cannot be
-        # written then fails here, with every table still at its previous version.
-        engine.create_empty(RUNS_TABLE, table_contract("runs"))
-    try:
-        # Tiles first, in one commit (old tiles of replaced uris out, new ones in); undone below
-        # with the other tables if a later step fails.
-        tiles_result = decoded.commit_tiles(run.tiles_replace, metadata)
-        if tiles_result.committed:
-            committed.append(tiles_name)
-        images_result = engine.merge_by_key(
-            table, images_contract, upserts=decoded.image_rows, delete_keys=images_delete, metadata=metadata
-        )
-        if images_result.committed:
-            committed.append(table)
+    images_delete = sorted({*run.vanished_images, *run.stale_images, *(u for u in decoded.reject_uris if u in run.known_images)})
+    rejects_delete = sorted({*run.vanished_rejects, *run.stale_rejects, *(u for u in decoded.image_uris if u in run.known_rejects)})
+    bookkeeping = engine if isinstance(engine, LocalEngine) else LocalEngine(engine.lake)
+    with run_commits(bookkeeping, record, [table, rejects_name, tiles_name]) as landed:
+        if not engine.exists(rejects_name) and not decoded.reject_uris and (decoded.image_uris or images_delete):
+            # SQL can name the rejects table as soon as the images table exists.
+            engine.create_empty(rejects_name, rejects_contract, metadata)
+            landed[rejects_name] = engine.version(rejects_name)
         rejects_result = engine.merge_by_key(
             rejects_name, rejects_contract, upserts=decoded.reject_rows, delete_keys=rejects_delete, metadata=metadata
         )
         if rejects_result.committed:
-            committed.append(rejects_name)
-        if rejects_result.version is None and images_result.version is not None:
-            # Create the (empty) rejects table with the first images commit so SQL can name it.
-            engine.create_empty(rejects_name, rejects_contract, metadata)
-            committed.append(rejects_name)
-            rejects_result = dataclasses.replace(rejects_result, version=engine.version(rejects_name))
+            landed[rejects_name] = rejects_result.version
+        tiles_result = decoded.commit_tiles(run.tiles_replace, metadata)
+        if tiles_result.committed:
+            landed[tiles_name] = tiles_result.version
+        images_result = engine.merge_by_key(
+            table, images_contract, upserts=decoded.image_rows, delete_keys=images_delete, metadata=metadata
+        )
+        if images_result.committed:
+            landed[table] = images_result.version
+        rejects_version = engine.version(rejects_name)
+        rejects_result = dataclasses.replace(rejects_result, version=rejects_version)
         record.status = "succeeded"
         record.target_version = images_result.version
         record.outputs = [
             {"table": table, "version": images_result.version},
-            {"table": rejects_name, "version": rejects_result.version},
+            {"table": rejects_name, "version": rejects_version},
         ]
         if tiles_result.version is not None:
             record.outputs.append({"table": tiles_name, "version": tiles_result.version})
@@ -435,10 +499,6 @@ def commit_ingest(engine: Any, run: IngestRun, decoded: DecodedFiles) -> tuple[M
             "rejected": len(decoded.reject_uris),
         }
         engine.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
-    except BaseException:
-        for name in reversed(committed):
-            engine.restore(name, before[name])
-        raise
     return images_result, rejects_result
 
 

@@ -21,7 +21,8 @@ the output. Spark stages its rows the same way and MERGEs them with delta-spark.
 Images an op cannot handle go to `<target>_rejects` (rejects contract) and the run goes on.
 Every run appends its runs row (inputs: the source and its version; outputs: target and rejects
 with versions; spec and spec_hash) and puts the same record in each commit's metadata. A failure
-while committing restores the tables this run already committed.
+while committing undoes nothing: the run is recorded `failed` and the next run, planned from the
+last succeeded run, redoes its work.
 
 Example:
     >>> transform_table("/tmp/lake", "images", "small", {"ops": [{"op": "resize", "width": 64, "height": 64}]})  # doctest: +SKIP
@@ -40,8 +41,15 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
-from lakeimg.engine.local import LocalEngine, StagedParquet, ensure_lake, table_location
+from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, run_commits, utc_now
+from lakeimg.engine.local import (
+    LocalEngine,
+    StagedParquet,
+    ensure_lake,
+    require_lake,
+    table_location,
+)
+from lakeimg.engine.staging import claim_staging, remove_stale_staging
 from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
 from lakeimg.kernels.transform import (
     SOURCE_COLUMNS,
@@ -54,6 +62,7 @@ from lakeimg.names import validate_name
 from lakeimg.schemas import table_contract
 from lakeimg.sqlguard import filter_table
 from lakeimg.transform_spec import TransformSpec, parse_spec
+from lakeimg.uris import uri_to_path
 
 __all__ = ["TransformSummary", "transform_table", "last_transform_run"]
 
@@ -225,7 +234,8 @@ def transform_table(
     validate_name("target table", target)
     if target == source:
         raise SpecError(f"bad target table name {target!r}: it is the source")
-    ensure_lake(lake)
+    require_lake(lake)  # a transform reads an existing lake; it never creates one
+    ensure_lake(lake)  # ... that it can write
     local = engine if isinstance(engine, LocalEngine) else LocalEngine(lake)
     engine_name = engine if isinstance(engine, str) else local.name
     if engine_name not in ("local", "spark"):
@@ -233,6 +243,8 @@ def transform_table(
     if not local.exists(source):
         raise TableNotFoundError(source, lake)
     run_id = new_run_id()
+    remove_stale_staging(lake)  # of runs killed before they could clean up
+    staging_claim = claim_staging(lake, run_id)  # noqa: F841 - held for this call (released when dropped)
     workers = (os.cpu_count() or 1) if workers is None else workers
 
     source_version = local.version(source)
@@ -295,7 +307,7 @@ def _commit(
     started_at: Any,
 ) -> TransformSummary:
     """Commit rows into the target (staged files, a Spark MERGE, or a replace when the columns
-    changed) and the rejects, append the runs row; undo data commits on failure."""
+    changed) and the rejects, append the runs row; a failure undoes nothing (see `run_commits`)."""
     rejects_name = f"{target}_rejects"
     if staged is None:  # no Spark DataFrame of rows to merge (nothing to compute): delta-rs does the rest
         writer = local
@@ -324,51 +336,46 @@ def _commit(
         inputs=[{"table": source, "version": source_version}],
     )
     replace = target_exists and pa.schema(local.delta_table(target).schema().to_arrow()).names != contract.column_names
-    before = {target: local.version(target), rejects_name: local.version(rejects_name)}
     metadata = record.commit_metadata()
-    committed: list[str] = []
     old_keys = set(zip(target_keys["uri"].to_pylist(), target_keys["variant"].to_pylist(), strict=True))
-    try:
+    rejects_contract = table_contract("rejects")
+    # Rejects, then the target, then the runs row: a stop in between leaves commits correct on
+    # their own, and the next run (planned from the last succeeded run) redoes the rest.
+    with run_commits(local, record, [target, rejects_name]) as landed:
+        # Rejects and the runs row are small and pixel-free: delta-rs writes them on either engine
+        # (a Spark MERGE or append of a handful of rows costs seconds of JVM work each).
+        rej = local.merge_by_key(rejects_name, rejects_contract, upserts=_as_rejects(rejects, started_at), delete_keys=rejects_delete, metadata=metadata)
+        if rej.committed:
+            landed[rejects_name] = rej.version
         if replace:
             # The columns changed (other feature ops): replace the table, schema included.
             data = rows if staged is None else _staged_arrow(staged, contract)
             version = local.overwrite(target, data, contract, metadata)
-            committed.append(target)
+            landed[target] = version
             inserted, updated, deleted = len(produced - old_keys), len(produced & old_keys), len(old_keys - produced)
         elif isinstance(rows, StagedParquet):
             # Every variant of a recomputed or gone uri is replaced: the staged files go in and
             # the old rows of those uris out, in one commit (no MERGE holding all rows in memory).
             result = local.commit_files_by_uri(target, contract, rows.finish(), uris=sorted(plan.todo | gone_uris), metadata=metadata)
             if result.committed:
-                committed.append(target)
+                landed[target] = result.version
             version, inserted, updated, deleted = result.version, len(produced - old_keys), len(produced & old_keys), len(delete_keys)
         else:
             result = writer.merge_by_key(target, contract, upserts=rows, delete_keys=delete_keys, key=_KEY, metadata=metadata)
             if result.committed:
-                committed.append(target)
+                landed[target] = result.version
             version, inserted, updated, deleted = result.version, result.inserted, result.updated, result.deleted
-        rejects_contract = table_contract("rejects")
-        # Rejects and the runs row are small and pixel-free: delta-rs writes them on either engine
-        # (a Spark MERGE or append of a handful of rows costs seconds of JVM work each).
-        rej = local.merge_by_key(rejects_name, rejects_contract, upserts=_as_rejects(rejects, started_at), delete_keys=rejects_delete, metadata=metadata)
-        if rej.committed:
-            committed.append(rejects_name)
-        rejects_version = rej.version
+        rejects_version = local.version(rejects_name)
         if rejects_version is None and version is not None:
             # Create the (empty) rejects table with the first target commit so SQL can name it.
-            local.create_empty(rejects_name, rejects_contract, metadata)
-            committed.append(rejects_name)
-            rejects_version = local.version(rejects_name)
+            rejects_version = local.create_empty(rejects_name, rejects_contract, metadata)
+            landed[rejects_name] = rejects_version
         unchanged = len(old_keys) - updated - deleted
         record.target_version = version
         record.outputs = [{"table": target, "version": version}, {"table": rejects_name, "version": rejects_version}]
         record.finished_at = utc_now()
         record.counts = {"added": inserted, "updated": updated, "unchanged": unchanged, "deleted": deleted, "rejected": rejects.num_rows}
         local.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
-    except BaseException:
-        for name in reversed(committed):
-            (writer if name == target else local).restore(name, before[name])
-        raise
     return TransformSummary(
         run_id=run_id,
         table=target,
@@ -551,7 +558,7 @@ def _staged_arrow(staged: Any, contract: Any) -> pa.Table:
     """Staged Spark rows read back with pyarrow (only for a schema-changing commit on a local lake)."""
     import pyarrow.dataset as ds
 
-    location = staged.location[len("file://") :] if staged.location.startswith("file://") else staged.location
+    location = uri_to_path(staged.location)
     table = ds.dataset(location, format="parquet").to_table()
     return table.filter(pc.equal(table["outcome"], "row")).select(contract.column_names)
 
