@@ -14,9 +14,9 @@ import tifffile
 
 from lakeimg import Lake
 from lakeimg.engine.local import LocalEngine
-from lakeimg.jobs.listing import to_uri
 from lakeimg.jobs.tiling import commit_tiles_spark, tile_images_spark
 from lakeimg.kernels.tiles import TileOptions
+from lakeimg.uris import to_uri
 
 pytestmark = pytest.mark.spark
 

@@ -23,8 +23,8 @@ from lakeimg.engine.local import LocalEngine, VersionLike
 from lakeimg.errors import LakeImgError
 from lakeimg.image.decode import decode_image
 from lakeimg.image.tiles import assemble_region, downsample2, level_shape
-from lakeimg.jobs.listing import to_uri
 from lakeimg.jobs.tiling import tiles_table_name
+from lakeimg.uris import open_regular_file, to_uri, uri_to_path
 
 __all__ = ["read_region", "image_record", "tiles_as_of"]
 
@@ -121,9 +121,7 @@ def _from_content(engine, table, row, x, y, width, height, level, page, version)
     if data is None:  # not inlined: the source file is the content (its hash is checked)
         import hashlib
 
-        from lakeimg.kernels.tiles import local_path
-
-        with open(local_path(row["uri"]), "rb") as handle:
+        with open_regular_file(uri_to_path(row["uri"])) as handle:
             data = handle.read()
         if hashlib.sha256(data).hexdigest() != row["content_sha256"]:
             raise LakeImgError(f"{row['uri']} changed since it was ingested; re-ingest it to read it")

@@ -78,7 +78,7 @@ def _compare(recorded: dict, reproduced: dict) -> list[dict[str, Any]]:
 
 def _reproduce_ingest(engine: LocalEngine, table: str, version: int) -> tuple[int, list[dict[str, Any]]]:
     from lakeimg.catalog.verify import content_mismatches
-    from lakeimg.jobs.listing import uri_to_path
+    from lakeimg.uris import local_path_or_none
 
     rows = engine.read(table, version=version, columns=["uri", "content_sha256"]).to_pylist()
     diffs = []
@@ -89,7 +89,8 @@ def _reproduce_ingest(engine: LocalEngine, table: str, version: int) -> tuple[in
             diffs.append({"uri": uri, "variant": None, "reason": "stored_content_differs",
                           "recorded_hash": expected, "reproduced_hash": actual})
     for row in sorted(rows, key=lambda r: r["uri"]):
-        current = file_sha256(uri_to_path(row["uri"]))
+        path = local_path_or_none(row["uri"])
+        current = file_sha256(path) if path is not None else None
         if current == row["content_sha256"]:
             continue
         diffs.append({

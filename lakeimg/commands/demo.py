@@ -18,6 +18,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from lakeimg.lake import Lake
     from lakeimg.samples import write_sample_folder
+    from lakeimg.uris import printable, uri_to_path
 
     samples, lake_path = os.path.join(args.dir, "samples"), os.path.join(args.dir, "lake")
     write_sample_folder(samples)
@@ -29,7 +30,7 @@ def run(args) -> int:
         print_json({"summary": summary.to_dict(), "images": images, "rejects": rejects})
         return 0
     for row in images + rejects:
-        row["uri"] = os.path.relpath(row["uri"].removeprefix("file://"), samples)
+        row["uri"] = printable(os.path.relpath(uri_to_path(row["uri"]), samples))
     print(f"ingested {samples} into {lake_path}\n")
     print(format_table(images))
     print(f"\nrejects ({len(rejects)}):")

@@ -19,7 +19,6 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -28,6 +27,7 @@ from lakeimg.catalog.verify import READ_ERRORS, content_mismatches
 from lakeimg.engine.local import LocalEngine, VersionLike
 from lakeimg.errors import LakeDamagedError, LakeImgError, SpecError, TableNotFoundError
 from lakeimg.image.codecs import EXPORT_FORMATS, decode_pixels, export_bytes
+from lakeimg.uris import local_path_or_none
 
 __all__ = ["export_table", "parse_table_ref", "safe_name"]
 
@@ -57,7 +57,10 @@ def safe_name(uri: str, ext: str, variant: int | None = None) -> str:
         >>> safe_name("file:///photos/cat%201.jpg", "png", 2)
         'cat_1-8b41fb031f-v2.png'
     """
-    path = unquote(urlparse(uri).path or uri)
+    try:
+        path = local_path_or_none(uri) or uri
+    except LakeImgError:  # a file URI naming another host: its text is still a name
+        path = uri
     last = path.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1]
     stem = last.rsplit(".", 1)[0] if "." in last.lstrip(".") else last
     stem = _UNSAFE.sub("_", stem).strip("._-")[:80] or "image"

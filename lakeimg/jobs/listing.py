@@ -2,7 +2,14 @@
 
 Hidden files and folders (a name starting with ".") and anything inside the lake are skipped.
 The listing is an Arrow table in the kernel's input schema (`uri`, `size_bytes`, `modified_at`,
-`label`), so it feeds `ingest_kernel` on either engine.
+`label`, `kind`), so it feeds `ingest_kernel` on either engine. URIs come from
+`lakeimg.uris.path_to_uri`, so any file name the file system allows is listed (non-UTF-8 names too).
+
+What is not a regular file is listed too, never opened, with `kind` set to the reject class the
+kernel records for it: `not_regular_file` (FIFO, socket, device), `broken_symlink` (its target is
+missing), `symlink_loop` (a link that resolves to itself, or a folder link back to one of its own
+parents) or `unreadable` (a folder that cannot be listed). Listing only calls stat, so a FIFO or
+a device never blocks it; folder links are followed, each folder once per path.
 
 Example:
     >>> import tempfile, pathlib
@@ -14,36 +21,24 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import glob
 import os
 import re
-from collections.abc import Sequence
+import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import unquote, urlparse
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from lakeimg.errors import SourceNotFoundError, SpecError
 from lakeimg.kernels.ingest import LISTING_SCHEMA
+from lakeimg.uris import has_scheme, local_path_or_none, path_to_uri, printable, uri_to_path
 
-__all__ = ["list_sources", "source_scope", "SourceScope", "to_uri", "uri_to_path", "label_for"]
+__all__ = ["list_sources", "source_scope", "SourceScope", "label_for"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
-
-
-def to_uri(path: str) -> str:
-    """Absolute file:// URI of a local path (URIs with a scheme pass through)."""
-    if "://" in path:
-        return path
-    return "file://" + os.path.abspath(os.path.expanduser(path))
-
-
-def uri_to_path(uri: str) -> str:
-    """Local path of a file:// URI."""
-    parsed = urlparse(uri)
-    return unquote(parsed.path) if parsed.scheme == "file" else uri
 
 
 def label_for(uri: str, rule: str | None) -> str | None:
@@ -57,13 +52,17 @@ def label_for(uri: str, rule: str | None) -> str | None:
         return None
     path = uri_to_path(uri)
     if rule == "parent":
-        return os.path.basename(os.path.dirname(path)) or None
-    match = re.search(rule, path)
-    if not match:
-        return None
-    if "label" in match.re.groupindex:
-        return match.group("label")
-    return match.group(1) if match.re.groups else match.group(0)
+        label = os.path.basename(os.path.dirname(path)) or None
+    else:
+        match = re.search(rule, path)
+        if not match:
+            return None
+        if "label" in match.re.groupindex:
+            label = match.group("label")
+        else:
+            label = match.group(1) if match.re.groups else match.group(0)
+    # A non-UTF-8 folder name holds surrogate escapes, which a UTF-8 label column cannot store.
+    return printable(label) if label is not None else None
 
 
 def _hidden(relative: str) -> bool:
@@ -101,6 +100,9 @@ def list_sources(
 ) -> pa.Table:
     """List every file under `sources` (files, folders, globs) as a listing table.
 
+    A source that exists under its literal name is taken literally, even with glob characters
+    in it (`ü[1].jpg`, `q?mark.jpg`); otherwise `*`, `?` and `[` make it a glob.
+
     Raises:
         SourceNotFoundError: a source does not exist, or a glob matches nothing.
     """
@@ -109,36 +111,26 @@ def list_sources(
             re.compile(label_from_path)
         except re.error as exc:
             raise SpecError(f"--label-from-path: invalid regular expression {label_from_path!r}: {exc}") from exc
-    excluded = tuple(uri_to_path(to_uri(e)).rstrip("/") + "/" for e in exclude)
-    found: dict[str, tuple[int, int]] = {}
-    local = pafs.LocalFileSystem()
+    excluded = tuple(_source_path(e).rstrip("/") + "/" for e in exclude)
+    found: dict[str, tuple[int, int, str | None]] = {}
 
-    def add(path: str, info: pafs.FileInfo) -> None:
+    def add(path: str, st: os.stat_result, kind: str | None) -> None:
         if any((path + "/").startswith(e) for e in excluded):
             return
-        found[to_uri(path)] = (info.size, info.mtime_ns or 0)
+        found[path_to_uri(path)] = (st.st_size, st.st_mtime_ns, kind)
 
     for source in sources:
-        if "://" in source and not source.startswith("file://"):
-            raise SpecError(f"only local sources are supported so far: {source}")
-        path = os.path.abspath(os.path.expanduser(uri_to_path(source)))
-        if _GLOB_CHARS.search(source):
+        path = _source_path(source)
+        if _GLOB_CHARS.search(path) and not os.path.lexists(path):
             matches = [m for m in glob.glob(path, recursive=True) if not _hidden(m)]
-            files = [m for m in matches if os.path.isfile(m)]
             if not matches:
                 raise SourceNotFoundError(source)
-            for info in local.get_file_info(files):
-                add(info.path, info)
-            for folder in (m for m in matches if os.path.isdir(m)):
-                _walk(local, folder, add)
+            for match in matches:
+                _visit(match, add)
             continue
-        info = local.get_file_info(path)
-        if info.type == pafs.FileType.NotFound:
+        if not os.path.lexists(path):
             raise SourceNotFoundError(source)
-        if info.type == pafs.FileType.Directory:
-            _walk(local, path, add)
-        else:
-            add(path, info)
+        _visit(path, add)
     uris = sorted(found)
     return pa.table(
         {
@@ -146,19 +138,73 @@ def list_sources(
             "size_bytes": [found[u][0] for u in uris],
             "modified_at": [_ns_to_datetime(found[u][1]) for u in uris],
             "label": [label_for(u, label_from_path) for u in uris],
+            "kind": [found[u][2] for u in uris],
         },
         schema=LISTING_SCHEMA,
     )
 
 
-def _walk(fs: pafs.LocalFileSystem, root: str, add) -> None:
-    selector = pafs.FileSelector(root, recursive=True)
-    for info in fs.get_file_info(selector):
-        if info.type != pafs.FileType.File:
+def _source_path(source: str) -> str:
+    """The absolute local path of a source (a path, "~/...", or a file:// URI)."""
+    if not has_scheme(source):
+        return os.path.abspath(os.path.expanduser(source))
+    path = local_path_or_none(source)
+    if path is None:
+        raise SpecError(f"only local sources are supported so far: {source}")
+    return os.path.abspath(path)
+
+
+def _visit(path: str, add: Callable[[str, os.stat_result, str | None], None]) -> None:
+    """List `path`: a file, or a folder walked recursively (hidden names skipped).
+
+    Only stat calls: a FIFO or device is classified, never opened. Each folder carries the
+    (device, inode) of the folders above it, so a folder link back to one of them is a loop
+    instead of a walk that never ends.
+    """
+    stack: list[tuple[str, tuple[tuple[int, int], ...]]] = [(path, ())]
+    while stack:
+        path, ancestors = stack.pop()
+        try:
+            lst = os.lstat(path)
+        except FileNotFoundError:
+            continue  # vanished while listing
+        except OSError:
+            add(path, _NO_STAT, "unreadable")
             continue
-        if _hidden(os.path.relpath(info.path, root)):
+        st = lst
+        if stat.S_ISLNK(lst.st_mode):
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    kind = "symlink_loop"
+                elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    kind = "broken_symlink"
+                else:
+                    kind = "unreadable"
+                add(path, lst, kind)
+                continue
+        if stat.S_ISREG(st.st_mode):
+            add(path, st, None)
             continue
-        add(info.path, info)
+        if not stat.S_ISDIR(st.st_mode):
+            add(path, st, "not_regular_file")
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            add(path, lst, "symlink_loop")
+            continue
+        try:
+            with os.scandir(path) as entries:
+                names = [e.name for e in entries if not e.name.startswith(".")]
+        except OSError:
+            add(path, st, "unreadable")
+            continue
+        below = (*ancestors, key)
+        stack.extend((os.path.join(path, name), below) for name in names)
+
+
+_NO_STAT = os.stat_result((0,) * 10)
 
 
 def _ns_to_datetime(ns: int) -> dt.datetime:
@@ -170,11 +216,11 @@ def source_scope(sources: Sequence[str]) -> SourceScope:
     """The scope of `sources` for sync-deletes."""
     prefixes, files, patterns = [], set(), []
     for source in sources:
-        path = os.path.abspath(os.path.expanduser(uri_to_path(source)))
-        if _GLOB_CHARS.search(source):
+        path = _source_path(source)
+        if _GLOB_CHARS.search(path) and not os.path.lexists(path):
             patterns.append(path)
         elif os.path.isdir(path):
-            prefixes.append(to_uri(path).rstrip("/") + "/")
+            prefixes.append(path_to_uri(path).rstrip("/") + "/")
         else:
-            files.add(to_uri(path))
+            files.add(path_to_uri(path))
     return SourceScope(tuple(prefixes), frozenset(files), tuple(patterns))

@@ -33,12 +33,12 @@ from lakeimg.kernels.tiles import (
     STAGED_SCHEMA,
     TILE_TASK_SCHEMA,
     TileOptions,
-    local_path,
     plan_tile_tasks,
     stage_tiles_kernel,
     top_tile,
 )
 from lakeimg.schemas import table_contract
+from lakeimg.uris import uri_to_path
 
 __all__ = [
     "SparkTiling",
@@ -73,9 +73,9 @@ class TilingResult:
     def cleanup(self) -> None:
         """Remove the staged files (after the commit, or after a failed run)."""
         if self.staging:
-            shutil.rmtree(local_path(self.staging), ignore_errors=True)
+            shutil.rmtree(uri_to_path(self.staging), ignore_errors=True)
             try:  # the shared staging folder goes too once no other run uses it
-                os.rmdir(os.path.dirname(local_path(self.staging)))
+                os.rmdir(os.path.dirname(uri_to_path(self.staging)))
             except OSError:
                 pass
 
@@ -103,7 +103,7 @@ def _plan(row: dict[str, Any], options: TileOptions, staging: str | None) -> lis
     # Only TIFF pages are read by windows; splitting any other format would decode it whole
     # in every share, so those get one task per page (decoded once, streamed out as tiles).
     split = options.rows_per_task if row.get("format") in (None, "TIFF") else 0
-    shapes = page_shapes(local_path(row["uri"])) if split > 0 else None
+    shapes = page_shapes(uri_to_path(row["uri"])) if split > 0 else None
     return plan_tile_tasks(
         row["uri"], row["content_sha256"], row["height"], row["width"],
         pages=row["pages"] or 1, tile_size=options.tile_size,

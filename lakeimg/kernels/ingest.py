@@ -4,7 +4,8 @@
 the Spark engine runs it as `df.mapInArrow(partial(ingest_kernel, options=o), schema)` and the
 embedded engine maps it over batches in a process pool. All per-file work lives here.
 
-Input batches carry `uri`, `size_bytes`, `modified_at`, `label` (see `LISTING_SCHEMA`).
+Input batches carry `uri`, `size_bytes`, `modified_at`, `label` and `kind` (see `LISTING_SCHEMA`;
+a listed path that is not a regular file has its reject class in `kind` and is never opened).
 Output batches follow `ingest_result_schema()`: every images column plus `outcome`
 ("image" or "reject"), `error_class` and `error_message`.
 
@@ -22,6 +23,7 @@ import datetime as dt
 import functools
 import hashlib
 import importlib
+import os
 import signal
 import threading
 from collections.abc import Iterable, Iterator
@@ -42,6 +44,7 @@ from lakeimg.image.tiles import (
     probe_image,
 )
 from lakeimg.schemas import table_contract
+from lakeimg.uris import NotRegularFileError, local_path_or_none, open_regular_file, printable
 
 __all__ = [
     "IngestOptions",
@@ -59,6 +62,9 @@ LISTING_SCHEMA = pa.schema(
         pa.field("size_bytes", pa.int64(), nullable=False),
         pa.field("modified_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("label", pa.string()),
+        # Null for a regular file; else the reject class listing found (not_regular_file,
+        # broken_symlink, symlink_loop, unreadable): the kernel records it without opening the path.
+        pa.field("kind", pa.string()),
     ]
 )
 
@@ -105,10 +111,19 @@ def ingest_result_schema() -> pa.Schema:
 
 
 def read_file_bytes(uri: str) -> bytes:
-    """Read a whole file through pyarrow.fs (local paths and file:// URIs today, object stores later)."""
-    fs, path = pafs.FileSystem.from_uri(uri)
-    with fs.open_input_stream(path) as stream:
-        return stream.read()
+    """Read a whole file: a local path or file:// URI from exactly the path it names, other URLs
+    through pyarrow.fs (object stores).
+
+    Raises:
+        OSError: the file cannot be read, or is not a regular file (a FIFO or device is never read).
+    """
+    path = local_path_or_none(uri)
+    if path is None:
+        fs, remote = pafs.FileSystem.from_uri(uri)
+        with fs.open_input_stream(remote) as stream:
+            return stream.read()
+    with open_regular_file(path) as handle:
+        return handle.read()
 
 
 class _FileTimeout(Exception):
@@ -169,7 +184,8 @@ def reject_row(listing: dict[str, Any], error: ImageDecodeError, sha: str | None
         "label": listing.get("label"),
         "outcome": "reject",
         "error_class": error.error_class,
-        "error_message": error.message[:2000],
+        # A decoder's message may quote a non-UTF-8 path (surrogate escapes): not storable as is.
+        "error_message": printable(error.message[:2000]),
         "run_id": options.run_id,
         "ingested_at": options.ingested_at or _now(),
     }
@@ -179,6 +195,9 @@ def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: lis
     """Read, hash and describe one file; return an image row or a reject row (never raises)."""
     uri = listing["uri"]
     sha = None
+    if listing.get("kind"):
+        return reject_row(listing, ImageDecodeError(uri, listing["kind"], _KIND_MESSAGES.get(listing["kind"], listing["kind"])),
+                          None, options)
     huge = _huge_header(listing, options)
     if huge is not None:
         return _tiled_row(listing, huge, options)
@@ -187,6 +206,8 @@ def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: lis
             data = read_file_bytes(uri)
         except FileNotFoundError as exc:
             raise ImageDecodeError(uri, "unreadable", f"file vanished before it was read: {exc}") from exc
+        except NotRegularFileError as exc:
+            raise ImageDecodeError(uri, "not_regular_file", _KIND_MESSAGES["not_regular_file"]) from exc
         except OSError as exc:
             raise ImageDecodeError(uri, "unreadable", f"{type(exc).__name__}: {exc}") from exc
         sha = hashlib.sha256(data).hexdigest()
@@ -243,11 +264,20 @@ def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: lis
     }
 
 
+_KIND_MESSAGES = {
+    "not_regular_file": "not a regular file (a FIFO, socket or device); it was not opened",
+    "broken_symlink": "a symbolic link whose target does not exist",
+    "symlink_loop": "a symbolic link that leads back to itself or to a folder above it",
+    "unreadable": "the path could not be listed (permission denied?)",
+}
+
+
 def _huge_header(listing: dict[str, Any], options: IngestOptions):
     """The header of a file to tile (too many pixels or bytes), or None to ingest it whole."""
-    if options.tile_above_pixels <= 0 or not listing["uri"].startswith(("file://", "/")):
+    path = local_path_or_none(listing["uri"]) if options.tile_above_pixels > 0 else None
+    # stat never blocks; open() of a FIFO swapped in after listing would (the read path refuses it).
+    if path is None or not os.path.isfile(path):
         return None
-    path = listing["uri"][len("file://") :] if listing["uri"].startswith("file://") else listing["uri"]
     try:
         header = probe_image(path)
     except Exception:  # noqa: BLE001 - unreadable headers take the normal path and become rejects
@@ -261,10 +291,9 @@ def _tiled_row(listing: dict[str, Any], header, options: IngestOptions) -> dict[
     """The images row of a tiled file: header facts, streamed SHA-256, no content; the tiling
     step (lakeimg/jobs/tiling.py) cuts the tiles and fills the thumbnail from the top level."""
     uri = listing["uri"]
-    path = uri[len("file://") :] if uri.startswith("file://") else uri
     digest = hashlib.sha256()
     try:
-        with open(path, "rb") as handle:  # streamed: a huge file is never read whole
+        with open_regular_file(local_path_or_none(uri)) as handle:  # streamed: a huge file is never read whole
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
     except OSError as exc:

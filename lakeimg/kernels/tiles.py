@@ -45,12 +45,12 @@ from lakeimg.image.tiles import (
     tile_geotransform,
 )
 from lakeimg.schemas import table_contract
+from lakeimg.uris import uri_to_path
 
 __all__ = [
     "STAGED_SCHEMA",
     "TILE_TASK_SCHEMA",
     "TileOptions",
-    "local_path",
     "plan_tile_tasks",
     "safe_tile_kernel",
     "stage_tiles_kernel",
@@ -109,10 +109,6 @@ class TileOptions:
 def tiles_schema() -> pa.Schema:
     """The tiles table's Arrow schema (from schemas/tiles.v1.json)."""
     return table_contract("tiles").arrow_schema
-
-
-def local_path(uri: str) -> str:
-    return uri[len("file://") :] if uri.startswith("file://") else uri
 
 
 def plan_tile_tasks(
@@ -184,7 +180,7 @@ def _staged_level(task: dict[str, Any], level: int) -> tuple[np.ndarray, list[fl
     """Rebuild one finished level of a page from its staged tiles (a top task's input)."""
     import pyarrow.dataset as ds
 
-    dataset = ds.dataset(local_path(task["staging"]), format="parquet")
+    dataset = ds.dataset(uri_to_path(task["staging"]), format="parquet")
     flt = (ds.field("uri") == task["uri"]) & (ds.field("page") == task["page"]) & (ds.field("level") == level)
     rows = dataset.to_table(filter=flt).to_pylist()
     if not rows:
@@ -211,7 +207,7 @@ def _task_tiles(task: dict[str, Any], options: TileOptions) -> Iterator[tuple[An
             level = tile.level + from_level
             yield tile, level, tile_geotransform(gt, tile.x, tile.y, level)
         return
-    with open_image(local_path(task["uri"])) as img:
+    with open_image(uri_to_path(task["uri"])) as img:
         source = img.page(task["page"])
         max_level = None if task["max_level"] < 0 else task["max_level"]
         for tile in iter_tiles(
@@ -277,14 +273,14 @@ def stage_tiles_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions, 
     """Like `tile_kernel`, but each task's tiles go to one Parquet file under `staging`; emits
     one STAGED_SCHEMA row per task (path, counts, or the error that stopped it)."""
     schema = tiles_schema()
-    os.makedirs(local_path(staging), exist_ok=True)
+    os.makedirs(uri_to_path(staging), exist_ok=True)
     for batch in batches:
         for task in batch.to_pylist():
             name = f"part-{uuid.uuid4().hex}.parquet"
-            path = os.path.join(local_path(staging), name)
+            path = os.path.join(uri_to_path(staging), name)
             # Written under a hidden name, renamed when whole: a top task listing the folder
             # meanwhile (pyarrow skips "."-names) never sees a half-written file.
-            partial = os.path.join(local_path(staging), f".{name}.tmp")
+            partial = os.path.join(uri_to_path(staging), f".{name}.tmp")
             tiles = size = 0
             summary = {"uri": task["uri"], "page": task["page"], "from_level": task["from_level"]}
             try:
@@ -318,7 +314,7 @@ def top_tile(staging: str, uri: str, page: int = 0) -> dict[str, Any] | None:
     """The single tile of a page's top level from staged Parquet (for the thumbnail)."""
     import pyarrow.dataset as ds
 
-    dataset = ds.dataset(local_path(staging), format="parquet")
+    dataset = ds.dataset(uri_to_path(staging), format="parquet")
     flt = (ds.field("uri") == uri) & (ds.field("page") == page)
     levels = dataset.to_table(columns=["level"], filter=flt)["level"]
     if len(levels) == 0:
