@@ -150,8 +150,14 @@ def _yaml(text: str) -> dict[str, Any]:
     return value
 
 
-def parse_spec(value: TransformSpec | dict[str, Any] | str | os.PathLike[str]) -> TransformSpec:
+def parse_spec(
+    value: TransformSpec | dict[str, Any] | str | os.PathLike[str], *, max_decoded_bytes: int | None = None
+) -> TransformSpec:
     """Validate and normalize a spec given as a dict, JSON/YAML text, or a path to a file.
+
+    An op whose output size alone would need more memory than `max_decoded_bytes` (default:
+    `lakeimg.image.decode.default_max_decoded_bytes()`, sized to this machine) is refused here,
+    before any image is read: see `check_spec_memory`.
 
     Example:
         >>> parse_spec('{"ops": [{"op": "resize", "width": 8, "height": 8}], "seed": 3}').seed
@@ -177,6 +183,7 @@ def parse_spec(value: TransformSpec | dict[str, Any] | str | os.PathLike[str]) -
     if not isinstance(raw_ops, list):
         raise SpecError("'ops' must be a list")
     ops = [make_op(op) for op in raw_ops]
+    check_spec_memory(ops, max_decoded_bytes)
     seed = value.get("seed", 0)
     variants = value.get("variants", 1)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -202,3 +209,45 @@ def parse_spec(value: TransformSpec | dict[str, Any] | str | os.PathLike[str]) -
         variants=variants,
         where=where.strip() if where else None,
     )
+
+
+# Bytes per output pixel a transform holds: a 3-channel 8-bit result plus the working copy the
+# op chain keeps (a resize to 20,000 x 20,000 measured 3.2 GB per worker: 8 bytes a pixel).
+_BYTES_PER_OUTPUT_PIXEL = 8
+
+
+def _fixed_output_pixels(op: ImageTransformer) -> int:
+    """Pixels an op outputs whatever its input (a lower bound; 0 when it depends on the input)."""
+    p = op.params
+    if op.name == "resize":
+        if p.get("fit") == "shorter":
+            return int(p.get("size") or 0) ** 2
+        return int(p.get("width") or 0) * int(p.get("height") or 0)
+    if op.name == "pad" and p.get("width") and p.get("height"):
+        return int(p["width"]) * int(p["height"])
+    return 0
+
+
+def check_spec_memory(ops: list[ImageTransformer], max_decoded_bytes: int | None = None) -> None:
+    """Refuse (SpecError) a spec whose ops' fixed output sizes need more than `max_decoded_bytes`.
+
+    Example:
+        >>> check_spec_memory([make_op({"op": "resize", "width": 20_000, "height": 20_000})], 2 << 30)
+        Traceback (most recent call last):
+        ...
+        lakeimg.errors.SpecError: op 1 (resize) outputs 20000 x 20000 = 400,000,000 pixels, about 3,200,000,000 bytes per image at 8 bytes a pixel, above the memory limit of 2,147,483,648 bytes per image (max_decoded_bytes)
+    """
+    from lakeimg.image.decode import default_max_decoded_bytes
+
+    limit = default_max_decoded_bytes() if max_decoded_bytes is None else max_decoded_bytes
+    for index, op in enumerate(ops, start=1):
+        pixels = _fixed_output_pixels(op)
+        need = pixels * _BYTES_PER_OUTPUT_PIXEL
+        if need > limit:
+            p = op.params
+            size = f"{p['size']} (shorter side)" if op.name == "resize" and p.get("fit") == "shorter" else f"{p['width']} x {p['height']}"
+            raise SpecError(
+                f"op {index} ({op.name}) outputs {size} = {pixels:,} pixels, about {need:,} bytes per image at "
+                f"{_BYTES_PER_OUTPUT_PIXEL} bytes a pixel, above the memory limit of {limit:,} bytes per image "
+                "(max_decoded_bytes)"
+            )

@@ -14,6 +14,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _byte_size(text: str) -> int:
+    """Bytes as an integer or with a binary suffix: 2G, 512M, 64K (powers of 1024)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = units.get(value[-1:], 1)
+    try:
+        number = int(float(value[:-1] if scale > 1 else value) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte size: {text} (e.g. 2G, 512M, 1000000)") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text}")
+    return number
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("ingest", help="ingest image files, folders or globs into a lake")
     p.add_argument("sources", nargs="+", metavar="SOURCE", help="files, folders (recursive) or globs")
@@ -22,7 +36,13 @@ def add_parser(subparsers) -> None:
     p.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: CPU count)")
     p.add_argument("--label-from-path", default=None, metavar="parent|REGEX", help="label from the parent folder or a regex group")
     p.add_argument("--inline-max-bytes", type=_positive_int, default=16 << 20, help="keep original bytes up to this size (default 16 MiB)")
-    p.add_argument("--max-pixels", type=_positive_int, default=None, help="reject larger images that must be decoded whole")
+    p.add_argument("--max-decoded-bytes", type=_byte_size, default=None, metavar="BYTES",
+                   help="memory limit of one decoded image (width x height x channels x bytes per sample, from the header); "
+                        "larger images are tiled if TIFF, else rejected too_large (default: min(2G, RAM / (2 x workers)); "
+                        "suffixes K, M, G)")
+    p.add_argument("--max-pixels", type=_positive_int, default=None, help="also reject images decoded whole above this many pixels")
+    p.add_argument("--max-tiled-pixels", type=_positive_int, default=2**34,
+                   help="reject tiled images with more pixels, all pages together (default 2**34 = 17.2 gigapixels)")
     p.add_argument("--file-timeout", type=float, default=120.0, help="per-file decode time limit in seconds")
     p.add_argument("--sync-deletes", action="store_true", help="delete rows of files that vanished from the sources")
     p.add_argument("--codec", action="append", default=[], metavar="MODULE:ATTR", help="extra reader tried before the built-in ones")
@@ -44,6 +64,8 @@ def run(args) -> int:
         label_from_path=args.label_from_path,
         inline_max_bytes=args.inline_max_bytes,
         max_pixels=args.max_pixels,
+        max_decoded_bytes=args.max_decoded_bytes,
+        max_tiled_pixels=args.max_tiled_pixels,
         file_timeout_s=args.file_timeout,
         sync_deletes=args.sync_deletes,
         codecs=args.codec,

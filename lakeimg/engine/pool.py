@@ -80,6 +80,16 @@ def keep_freed_memory() -> None:
     mallopt(_M_MMAP_THRESHOLD, 32 << 20)
 
 
+def start_worker() -> None:
+    """Set up one of lakeimg's own worker processes (the pool's initializer, forked children):
+    keep freed memory, and keep lakeimg's image-library settings for good in it (the importing
+    process never gets them; see `lakeimg.image._settings`)."""
+    from lakeimg.image._settings import configure_worker
+
+    keep_freed_memory()
+    configure_worker()
+
+
 def _rechunk(pieces: Iterable[pa.Table | pa.RecordBatch], batch_rows: int) -> Iterator[pa.RecordBatch]:
     """Compact batches of exactly `batch_rows` rows (the last may be shorter) from a stream of
     tables or batches of any sizes (a filtered read leaves uneven pieces)."""
@@ -175,7 +185,7 @@ def map_kernel(
 
     chunk_tasks = 4 * workers  # tasks per spool file; two files stay ahead of the workers
     context = multiprocessing.get_context(start_method) if start_method else _pool_context()
-    with tempfile.TemporaryDirectory(prefix="lakeimg-spool-") as folder, ProcessPool(max_workers=workers, context=context, initializer=keep_freed_memory) as pool:
+    with tempfile.TemporaryDirectory(prefix="lakeimg-spool-") as folder, ProcessPool(max_workers=workers, context=context, initializer=start_worker) as pool:
         spools: dict[str, Any] = {}  # path -> reader, while tasks of that file are outstanding
         outstanding: dict[str, int] = {}
         pending: dict[Any, tuple[str, int, int, int]] = {}
@@ -294,7 +304,7 @@ def _run_in_child(kernel, batch: pa.RecordBatch, schema: pa.Schema, timeout_s: f
         code = 0
         try:
             os.close(read_fd)
-            keep_freed_memory()
+            start_worker()
             with os.fdopen(write_fd, "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
                 for out in kernel(iter([batch])):
                     writer.write_batch(out)

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import io
 import json
-import logging
+import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import ExifTags, Image, ImageFile, UnidentifiedImageError
+from PIL import ExifTags, Image, UnidentifiedImageError
 
 from lakeimg.errors import ImageDecodeError
+from lakeimg.image._settings import decoder_settings
 
 __all__ = [
     "DecodedImage",
@@ -33,17 +34,17 @@ __all__ = [
     "read_image",
     "sniff_format",
     "apply_orientation",
-    "DEFAULT_MAX_PIXELS",
+    "check_decoded_size",
+    "check_dtype",
+    "decoded_bytes",
+    "default_max_decoded_bytes",
+    "DEFAULT_MAX_DECODED_BYTES",
 ]
 
-# We check pixel counts ourselves from headers (before decoding) and want a typed reject,
-# not Pillow's warning or DecompressionBombError.
-Image.MAX_IMAGE_PIXELS = None
-ImageFile.LOAD_TRUNCATED_IMAGES = False
-# tifffile logs parse problems of broken files to stderr; they become reject rows instead.
-logging.getLogger("tifffile").setLevel(logging.CRITICAL)
-
-DEFAULT_MAX_PIXELS = 1_000_000_000
+# The ceiling of the per-image memory limit: the decoded array of one image (width x height x
+# channels x bytes per sample), checked from the header before any decoding. The default a job
+# uses is smaller on small machines: see `default_max_decoded_bytes`.
+DEFAULT_MAX_DECODED_BYTES = 2 << 30
 
 _PIL_FORMATS = {"JPEG2000": "JPEG2000", "MPO": "JPEG"}
 
@@ -89,7 +90,8 @@ def read_image(
     data: bytes,
     uri: str = "",
     *,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
+    max_pixels: int | None = None,
     preview: int | None = None,
 ) -> DecodedImage:
     """Read a file's header, metadata and page-0 pixels.
@@ -97,14 +99,16 @@ def read_image(
     Args:
         data: the whole file.
         uri: used in error messages and to recognise preamble-less DICOM.
-        max_pixels: images with more pixels (width x height x pages, read from the header
-            before any decoding) raise `ImageDecodeError(error_class="too_large")`.
+        max_bytes: images whose decoded array (width x height x channels x bytes per sample,
+            every frame a DICOM decodes) is larger, read from the header before any decoding,
+            raise `ImageDecodeError(error_class="too_large")`; None: no limit.
+        max_pixels: the same for width x height (an extra cap; None: none).
         preview: when set, pixels may be decoded at reduced scale whose longest side is at
             least this (JPEG DCT scaling), which is all a thumbnail needs.
 
     Raises:
-        ImageDecodeError: with error_class empty, truncated, unsupported_format, corrupt or
-            too_large.
+        ImageDecodeError: with error_class empty, truncated, unsupported_format,
+            unsupported_dtype (complex samples), corrupt or too_large.
 
     Example:
         >>> read_image(b"", "file:///x.png")
@@ -115,16 +119,19 @@ def read_image(
     if not data:
         raise ImageDecodeError(uri, "empty", "the file has no bytes")
     kind = sniff_format(data[:132], uri)
+    limits = (max_bytes, max_pixels)
     try:
-        if kind == "DICOM":
-            from lakeimg.image.dicom import read_dicom
+        with decoder_settings():
+            if kind == "DICOM":
+                from lakeimg.image.dicom import read_dicom
 
-            return read_dicom(data, uri, max_pixels=max_pixels)
-        if kind == "TIFF":
-            return _read_tiff(data, uri, max_pixels=max_pixels)
-        if kind == "PNG" and len(data) > 25 and data[24] == 16:
-            return _read_png16(data, uri, max_pixels=max_pixels)
-        return _read_pillow(data, uri, max_pixels=max_pixels, preview=preview)
+                decoded = read_dicom(data, uri, max_pixels=max_pixels, max_bytes=max_bytes)
+            elif kind == "TIFF":
+                decoded = _read_tiff(data, uri, limits=limits)
+            elif kind == "PNG" and len(data) > 25 and data[24] == 16:
+                decoded = _read_png16(data, uri, limits=limits)
+            else:
+                decoded = _read_pillow(data, uri, limits=limits, preview=preview)
     except ImageDecodeError:
         raise
     except MemoryError as exc:
@@ -133,6 +140,126 @@ def read_image(
         raise ImageDecodeError(uri, "unsupported_format", "not an image format that Pillow, tifffile or pydicom can read") from exc
     except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a typed reject
         raise ImageDecodeError(uri, _classify(exc), f"{type(exc).__name__}: {exc}") from exc
+    check_dtype(uri, decoded.dtype)
+    return decoded
+
+
+def check_dtype(uri: str, dtype: Any) -> None:
+    """Refuse sample types lakeimg does not store: complex values (a `unsupported_dtype` reject).
+
+    Every real numpy dtype (bool, int8..uint64, float16..float64) is kept as it is. Complex
+    samples (TIFF SampleFormat 6, e.g. radar or FFT data) are refused on purpose: thumbnails,
+    display windows and every op would silently drop the imaginary part (numpy's
+    ComplexWarning, once per file).
+
+    Example:
+        >>> check_dtype("x.tif", "complex64")
+        Traceback (most recent call last):
+        ...
+        lakeimg.errors.ImageDecodeError: x.tif: unsupported_dtype: complex-valued samples (complex64) are not supported: store the real and imaginary parts (or magnitude and phase) as separate float images
+    """
+    kind = np.dtype(dtype).kind if dtype is not None else "V"
+    if kind == "c":
+        raise ImageDecodeError(
+            uri, "unsupported_dtype",
+            f"complex-valued samples ({np.dtype(dtype)}) are not supported: store the real and imaginary "
+            "parts (or magnitude and phase) as separate float images",
+        )
+    if kind not in "biuf":
+        raise ImageDecodeError(uri, "unsupported_dtype", f"samples of type {dtype} are not supported")
+
+
+def decoded_bytes(width: int, height: int, channels: int, dtype: Any, frames: int = 1) -> int:
+    """Bytes of the decoded array: width x height x channels x bytes per sample (x frames).
+
+    Example:
+        >>> decoded_bytes(15_000, 15_000, 1, "uint8")
+        225000000
+    """
+    return int(width) * int(height) * max(1, int(channels)) * np.dtype(dtype).itemsize * max(1, int(frames))
+
+
+def _total_memory() -> int | None:
+    """Physical memory, or the cgroup's limit when the process runs in a smaller container."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        total = None
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(path) as handle:
+                text = handle.read().strip()
+        except OSError:
+            continue
+        if text.isdigit() and (total is None or int(text) < total):
+            total = int(text)
+    return total
+
+
+def default_max_decoded_bytes(workers: int | None = None) -> int:
+    """The per-image memory limit a job uses by default: min(2 GiB, memory / (2 x workers)).
+
+    Half the machine's memory (or its container's limit) shared by the decoding workers,
+    leaving room for each worker's second copy (orientation, colour conversion, the thumbnail)
+    and for the driver; never more than 2 GiB per image (`DEFAULT_MAX_DECODED_BYTES`), since
+    larger images are tiled when their format allows windowed reads.
+
+    Example:
+        >>> 0 < default_max_decoded_bytes(4) <= DEFAULT_MAX_DECODED_BYTES
+        True
+    """
+    workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+    total = _total_memory()
+    if not total:
+        return DEFAULT_MAX_DECODED_BYTES
+    return int(max(64 << 20, min(DEFAULT_MAX_DECODED_BYTES, total // (2 * workers))))
+
+
+def _size_text(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.1f} {unit}"
+    return f"{n} bytes"
+
+
+def check_decoded_size(
+    uri: str,
+    width: int,
+    height: int,
+    channels: int,
+    dtype: Any,
+    *,
+    max_bytes: int | None,
+    max_pixels: int | None = None,
+    frames: int = 1,
+    what: str = "for formats that must be decoded whole",
+) -> None:
+    """Raise a `too_large` (or `corrupt`, for an empty size) reject from header facts alone.
+
+    Example:
+        >>> check_decoded_size("x.png", 15_000, 15_000, 1, "uint8", max_bytes=64 << 20)
+        Traceback (most recent call last):
+        ...
+        lakeimg.errors.ImageDecodeError: x.png: too_large: header claims 15000x15000 = 225,000,000 pixels (1 x uint8): 225,000,000 bytes decoded (214.6 MiB), above the limit of 67,108,864 bytes (64.0 MiB, max_decoded_bytes) for formats that must be decoded whole
+    """
+    if width <= 0 or height <= 0:
+        raise ImageDecodeError(uri, "corrupt", f"header gives an empty size {width}x{height}")
+    pixels = width * height
+    frame_text = f" x {frames} frames" if frames > 1 else ""
+    if max_pixels is not None and pixels > max_pixels:
+        raise ImageDecodeError(
+            uri, "too_large",
+            f"header claims {width}x{height} = {pixels:,} pixels, above the limit of {max_pixels:,} pixels "
+            f"(max_pixels) {what}",
+        )
+    size = decoded_bytes(width, height, channels, dtype, frames)
+    if max_bytes is not None and size > max_bytes:
+        raise ImageDecodeError(
+            uri, "too_large",
+            f"header claims {width}x{height} = {pixels:,} pixels ({channels} x {np.dtype(dtype)}){frame_text}: "
+            f"{size:,} bytes decoded ({_size_text(size)}), above the limit of {max_bytes:,} bytes "
+            f"({_size_text(max_bytes)}, max_decoded_bytes) {what}",
+        )
 
 
 def decode_image(data: bytes, uri: str = "", *, page: int = 0) -> np.ndarray:
@@ -146,12 +273,17 @@ def decode_image(data: bytes, uri: str = "", *, page: int = 0) -> np.ndarray:
     """
     if page:
         return _decode_page(data, uri, page)
-    img = read_image(data, uri, max_pixels=None)
+    img = read_image(data, uri, max_bytes=None)
     assert img.pixels is not None
     return img.pixels
 
 
 def _decode_page(data: bytes, uri: str, page: int) -> np.ndarray:
+    with decoder_settings():
+        return _decode_page_unguarded(data, uri, page)
+
+
+def _decode_page_unguarded(data: bytes, uri: str, page: int) -> np.ndarray:
     kind = sniff_format(data[:132], uri)
     if kind == "TIFF":
         import tifffile
@@ -179,18 +311,6 @@ def _classify(exc: BaseException) -> str:
     if "not a tiff" in text or "invalid tiff" in text:
         return "corrupt"
     return "corrupt"
-
-
-def _check_pixels(uri: str, width: int, height: int, pages: int, max_pixels: int | None) -> None:
-    if width <= 0 or height <= 0:
-        raise ImageDecodeError(uri, "corrupt", f"header gives an empty size {width}x{height}")
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageDecodeError(
-            uri,
-            "too_large",
-            f"header claims {width}x{height} = {width * height:,} pixels, above the limit "
-            f"of {max_pixels:,} for formats that must be decoded whole",
-        )
 
 
 # --- orientation -------------------------------------------------------------------------
@@ -259,6 +379,11 @@ def _pillow_array(im: Image.Image, target_mode: str, channels: int, dtype: str) 
 
 
 def _exif_dict(im: Image.Image) -> tuple[dict[str, str], int]:
+    if im.format == "PNG" and "exif" not in im.info:
+        # Pillow decodes the whole image to look for an eXIf chunk after the pixel data (a
+        # 15,000 x 15,000 PNG header cost 215 MB here, before any size check); PNG wants
+        # eXIf before IDAT, where Image.open has already read it.
+        return {}, 1
     try:
         exif = im.getexif()
     except Exception:  # noqa: BLE001 - broken EXIF must not reject a readable image
@@ -285,16 +410,16 @@ def _exif_dict(im: Image.Image) -> tuple[dict[str, str], int]:
     return out, orientation if 1 <= orientation <= 8 else 1
 
 
-def _read_pillow(data: bytes, uri: str, *, max_pixels: int | None, preview: int | None) -> DecodedImage:
+def _read_pillow(data: bytes, uri: str, *, limits: tuple[int | None, int | None], preview: int | None) -> DecodedImage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         im = Image.open(io.BytesIO(data))
         fmt = _PIL_FORMATS.get(im.format or "", im.format or "UNKNOWN")
         pages = int(getattr(im, "n_frames", 1) or 1)
-        exif, orientation = _exif_dict(im)
         raw_w, raw_h = im.size
-        _check_pixels(uri, raw_w, raw_h, pages, max_pixels)
         target, channels, dtype = _pillow_target(im)
+        check_decoded_size(uri, raw_w, raw_h, channels, dtype, max_bytes=limits[0], max_pixels=limits[1])
+        exif, orientation = _exif_dict(im)
         arr = None if preview else decode_plain_jpeg(im, data)
         if arr is None:
             if preview and im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
@@ -342,12 +467,14 @@ def decode_plain_jpeg(im: Image.Image, data: bytes | memoryview, scale: int = 1)
 # --- 16-bit PNG --------------------------------------------------------------------------
 
 
-def _read_png16(data: bytes, uri: str, *, max_pixels: int | None) -> DecodedImage:
+def _read_png16(data: bytes, uri: str, *, limits: tuple[int | None, int | None]) -> DecodedImage:
     import cv2
 
     width = int.from_bytes(data[16:20], "big")
     height = int.from_bytes(data[20:24], "big")
-    _check_pixels(uri, width, height, 1, max_pixels)
+    # OpenCV decodes gray + alpha as 4 channels: that is what the decoder allocates.
+    channels = {0: 1, 2: 3, 4: 4, 6: 4}.get(data[25], 4)
+    check_decoded_size(uri, width, height, channels, "uint16", max_bytes=limits[0], max_pixels=limits[1])
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
         raise ImageDecodeError(uri, "corrupt", "OpenCV could not decode this 16-bit PNG")
@@ -407,7 +534,7 @@ def _tiff_orientation(page) -> int:
     return value if 1 <= value <= 8 else 1
 
 
-def _read_tiff(data: bytes, uri: str, *, max_pixels: int | None) -> DecodedImage:
+def _read_tiff(data: bytes, uri: str, *, limits: tuple[int | None, int | None]) -> DecodedImage:
     import tifffile
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
@@ -415,8 +542,11 @@ def _read_tiff(data: bytes, uri: str, *, max_pixels: int | None) -> DecodedImage
             raise ImageDecodeError(uri, "corrupt", "the TIFF header points at no readable page")
         page = tif.pages[0]
         pages = len(tif.pages)
-        width, height = int(page.imagewidth), int(page.imagelength)
-        _check_pixels(uri, width, height, pages, max_pixels)
+        planes, depth, height, width, contig = (int(v) for v in page.shaped)
+        if page.dtype is not None:
+            check_dtype(uri, page.dtype)
+            check_decoded_size(uri, width, height, planes * contig, page.dtype, frames=depth,
+                               max_bytes=limits[0], max_pixels=limits[1])
         arr = _tiff_hwc(page.asarray(), page.axes)
         geo = geotiff_info(page)
         orientation = _tiff_orientation(page)

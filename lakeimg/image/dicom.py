@@ -117,9 +117,13 @@ def decode_dicom_frame(data: bytes, frame: int = 0) -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)
 
 
-def read_dicom(data: bytes, uri: str = "", *, max_pixels: int | None = None):
-    """Read a DICOM file: header fields, first-frame pixels in the stored dtype."""
-    from lakeimg.image.decode import DecodedImage, _check_pixels
+def read_dicom(data: bytes, uri: str = "", *, max_pixels: int | None = None, max_bytes: int | None = None):
+    """Read a DICOM file: header fields, first-frame pixels in the stored dtype.
+
+    `max_bytes` limits every frame's decoded bytes together (pydicom decodes them all), read
+    from Rows, Columns, SamplesPerPixel, BitsAllocated and NumberOfFrames before decoding.
+    """
+    from lakeimg.image.decode import DecodedImage, check_decoded_size
 
     ds = _open(data)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
@@ -127,7 +131,8 @@ def read_dicom(data: bytes, uri: str = "", *, max_pixels: int | None = None):
     rows, cols = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
     frames = _int(ds.get("NumberOfFrames")) or 1
     samples = _int(ds.get("SamplesPerPixel")) or 1
-    _check_pixels(uri, cols, rows, frames, max_pixels)
+    sample_bytes = max(1, (_int(ds.get("BitsAllocated")) or 8) // 8)
+    check_decoded_size(uri, cols, rows, samples, f"u{sample_bytes}", frames=frames, max_bytes=max_bytes, max_pixels=max_pixels)
     try:
         full = ds.pixel_array
     except Exception as exc:  # noqa: BLE001

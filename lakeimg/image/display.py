@@ -54,13 +54,22 @@ def to_display_uint8(
         out = arr.astype(np.uint8) * 255
     else:
         low, high = window or _percentile_window(arr)
-        scaled = (arr.astype(np.float32) - low) * (255.0 / (high - low))
+        # float64 for wide types: float32 would overflow (a warning per file) on values past 3.4e38
+        work = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)
+        span = float(high) - float(low)
+        if not span > 0 or not np.isfinite(span):  # one value (1e300 + 1 == 1e300) or a window past float range
+            span = max(abs(float(low)), 1.0) if np.isfinite(low) else 1.0
+        with np.errstate(over="ignore", invalid="ignore"):  # inf and huge values clip to 0 / 255
+            scaled = (work - low) * (255.0 / span)
         out = np.nan_to_num(np.clip(scaled, 0, 255), nan=0.0).astype(np.uint8)
     if invert:
         out = 255 - out
     if alpha is not None:
-        a = alpha.astype(np.float32)
-        a = a / 255.0 if alpha.dtype == np.uint8 else a / max(float(a.max()), 1.0)
+        a = alpha.astype(np.float64)
+        with np.errstate(over="ignore", invalid="ignore"):  # an inf or NaN alpha: opaque
+            top = a[np.isfinite(a)]
+            a = a / 255.0 if alpha.dtype == np.uint8 else a / max(float(top.max()) if top.size else 1.0, 1.0)
+        a = np.clip(np.nan_to_num(a, nan=1.0, posinf=1.0, neginf=0.0), 0.0, 1.0).astype(np.float32)
         out = (out.astype(np.float32) * a[:, :, None] + 255.0 * (1 - a[:, :, None])).astype(np.uint8)
     return np.ascontiguousarray(out)
 
@@ -86,9 +95,14 @@ def make_thumbnail(
     if scale < 1.0:
         new = (max(1, round(w * scale)), max(1, round(h * scale)))
         # Area averaging on the native dtype before windowing keeps 16-bit detail.
-        src = pixels if pixels.dtype != np.bool_ else pixels.astype(np.uint8)
-        if src.dtype in (np.float16, np.int64, np.uint64, np.uint32):
-            src = src.astype(np.float32)
+        src = pixels if pixels.ndim == 3 else pixels[:, :, None]
+        if src.shape[2] > 4:  # OpenCV resizes up to 4 channels; the rendering shows the first 3
+            src = src[:, :, :3]
+        if src.dtype == np.bool_:
+            src = src.astype(np.uint8)
+        elif src.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
+            # int8, int32, uint32, (u)int64, float16: types cv2.resize has no kernel for
+            src = src.astype(np.float64 if src.dtype.itemsize > 4 else np.float32)
         small = cv2.resize(src, new, interpolation=cv2.INTER_AREA)
         if small.ndim == 2:
             small = small[:, :, None]

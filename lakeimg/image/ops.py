@@ -40,9 +40,9 @@ __all__ = [
     "cast_like",
 ]
 
-# Same determinism on every machine and process: OpenCV's own thread pool splits work in ways
-# that do not change results, but keep one thread per process so workers do not oversubscribe.
-cv2.setNumThreads(1)
+# OpenCV's own thread pool splits work in ways that do not change results; lakeimg's workers
+# run it on one thread each (lakeimg.image._settings.configure_worker) so they do not
+# oversubscribe, and the importing process keeps its own setting.
 
 _BUILTIN: dict[str, type[ImageTransformer]] = {}
 _CUSTOM: dict[str, type[ImageTransformer]] = {}

@@ -26,6 +26,7 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -33,8 +34,12 @@ from typing import Any
 
 import numpy as np
 
+from lakeimg.errors import ImageDecodeError
+from lakeimg.image._settings import decoder_settings
+
 __all__ = [
     "ArraySource",
+    "DEFAULT_MAX_TILED_PIXELS",
     "DEFAULT_TILE_ABOVE_PIXELS",
     "DEFAULT_TILE_ENCODING",
     "DEFAULT_TILE_SIZE",
@@ -42,6 +47,7 @@ __all__ = [
     "Tile",
     "TILE_ENCODINGS",
     "assemble_region",
+    "check_tileable",
     "decode_tile",
     "downsample2",
     "encode_tile",
@@ -56,6 +62,12 @@ __all__ = [
 
 DEFAULT_TILE_SIZE = 512
 DEFAULT_TILE_ABOVE_PIXELS = 64_000_000
+# The cap on a tiled image (every page's pixels together): 2**34 = 17.2 gigapixels, a
+# 131,072 x 131,072 page. The largest real images we know of fit (whole-slide scans at 40x are
+# up to ~150,000 x 100,000 = 1.5e10; Landsat/Sentinel scenes are < 1e9), while a few-hundred-byte
+# header claiming 1e14 pixels is refused before any task is planned. At ~50 megapixels/s per
+# worker, a file at the cap takes minutes, not days.
+DEFAULT_MAX_TILED_PIXELS = 2**34
 # Chosen by benchmarks/bench_tiles.py (codec table): zstd level 1 encodes at 200-500 MB/s and
 # keeps every dtype (best ratio on float32); PNG/deflate are 1.5-2x smaller on 8/16-bit photos
 # but encode at 13-40 MB/s, 10-20x slower, which would dominate ingest of a huge image.
@@ -326,6 +338,10 @@ class OpenedImage:
     dtype, geotransform and read_rows(y0, y1). Close it (or use it as a context manager)."""
 
     def __init__(self, path: str):
+        with decoder_settings():
+            self._open(path)
+
+    def _open(self, path: str) -> None:
         from lakeimg.image.decode import sniff_format
 
         self.path = path
@@ -351,6 +367,10 @@ class OpenedImage:
                 self.pages = int(getattr(im, "n_frames", 1) or 1)
 
     def page(self, index: int):
+        with decoder_settings():
+            return self._page(index)
+
+    def _page(self, index: int):
         if self._tif is not None:
             from lakeimg.image.decode import geotiff_info
 
@@ -423,7 +443,7 @@ def page_shapes(path: str) -> list[tuple[int, int]]:
     from lakeimg.image.decode import _tiff_orientation
 
     shapes = []
-    with tifffile.TiffFile(path) as tif:
+    with decoder_settings(), tifffile.TiffFile(path) as tif:
         for page in tif.pages:
             _planes, _depth, height, width, _contig = page.shaped
             swap = _tiff_orientation(page) in (5, 6, 7, 8)
@@ -441,6 +461,11 @@ def probe_image(path: str) -> ImageHeader:
         >>> probe_image(p).dtype, probe_image(p).width
         ('uint16', 20)
     """
+    with decoder_settings():
+        return _probe_image(path)
+
+
+def _probe_image(path: str) -> ImageHeader:
     from lakeimg.image.decode import sniff_format
 
     with open(path, "rb") as handle:
@@ -515,6 +540,122 @@ def probe_image(path: str) -> ImageHeader:
     if orientation in (5, 6, 7, 8):
         width, height = height, width
     return ImageHeader(fmt, width, height, channels, dtype, mode, pages, exif=exif or None)
+
+
+def check_tileable(
+    path: str,
+    uri: str = "",
+    *,
+    tile_size: int = DEFAULT_TILE_SIZE,
+    overlap: int = 0,
+    max_decoded_bytes: int | None = None,
+    max_tiled_pixels: int | None = DEFAULT_MAX_TILED_PIXELS,
+) -> ImageHeader:
+    """Check from headers alone that a file can be tiled within the limits; return its header.
+
+    Raises `ImageDecodeError` before any tiling task is planned:
+
+    * `corrupt`: a TIFF page's strips or tiles are missing (fewer offsets than its size needs),
+      or none of them holds data; `truncated`: some lie past the end of the file;
+    * `too_large`: every page's pixels together exceed `max_tiled_pixels`; a page that must be
+      decoded whole (not TIFF, or a TIFF page we do not read by windows) decodes to more than
+      `max_decoded_bytes`; a TIFF page read by windows needs a band (one strip or tile row,
+      at least `tile_size` rows, full width) larger than `max_decoded_bytes`;
+    * `unsupported_dtype`: complex samples.
+
+    Example:
+        >>> import tempfile, os, numpy as np, tifffile
+        >>> p = os.path.join(tempfile.mkdtemp(), "a.tif")
+        >>> tifffile.imwrite(p, np.ones((300, 200), np.uint8), tile=(128, 128))
+        >>> check_tileable(p, max_tiled_pixels=50_000)
+        Traceback (most recent call last):
+        ...
+        lakeimg.errors.ImageDecodeError: : too_large: 60,000 pixels over 1 page(s) to tile, above the limit of 50,000 (max_tiled_pixels)
+    """
+    from lakeimg.image.decode import check_decoded_size, check_dtype, decoded_bytes
+
+    with decoder_settings():
+        header = _probe_image(path)
+        check_dtype(uri, header.dtype)
+        if header.format != "TIFF":
+            _check_tiled_total(uri, header.width * header.height * header.pages, header.pages, max_tiled_pixels)
+            # Decoded one page (DICOM: one frame) at a time, each whole.
+            check_decoded_size(
+                uri, header.width, header.height, header.channels, header.dtype, max_bytes=max_decoded_bytes,
+                what=f"for a {header.format} page, which is decoded whole to be tiled",
+            )
+            return header
+        import tifffile
+
+        file_size = os.path.getsize(path)
+        with tifffile.TiffFile(path) as tif:
+            pages = list(tif.pages)
+            shapes = [tuple(int(v) for v in page.shaped) for page in pages]
+            # A header that does not describe its data is `corrupt` whatever size it claims.
+            for index, page in enumerate(pages):
+                _check_segments(uri, page, index, file_size)
+            _check_tiled_total(uri, sum(h * w * d for _p, d, h, w, _c in shapes), len(pages), max_tiled_pixels)
+            for index, (page, (planes, depth, height, width, contig)) in enumerate(zip(pages, shapes, strict=True)):
+                if page.dtype is None:
+                    raise ImageDecodeError(uri, "unsupported_format", f"TIFF page {index}: tifffile cannot decode its sample format")
+                check_dtype(uri, page.dtype)
+                channels = planes * contig
+                if not TiffPageSource.windowable(page):
+                    check_decoded_size(
+                        uri, width, height, channels, page.dtype, frames=depth, max_bytes=max_decoded_bytes,
+                        what=f"for TIFF page {index}, which cannot be read by windows (orientation, depth or layout) "
+                        "and is decoded whole to be tiled",
+                    )
+                    continue
+                seg_h = int(page.tilelength) if page.is_tiled else min(height, int(page.rowsperstrip or height))
+                band_rows = max(seg_h, min(height, tile_size + 2 * overlap))
+                band = decoded_bytes(width, band_rows, channels, page.dtype)
+                if max_decoded_bytes is not None and band > max_decoded_bytes:
+                    raise ImageDecodeError(
+                        uri, "too_large",
+                        f"TIFF page {index} ({width}x{height}, {channels} x {np.dtype(page.dtype)}) is tiled from bands "
+                        f"of {band_rows} rows at full width (its strips or tiles are {seg_h} rows high): {band:,} bytes "
+                        f"per band, above the limit of {max_decoded_bytes:,} bytes (max_decoded_bytes)",
+                    )
+    return header
+
+
+def _check_tiled_total(uri: str, pixels: int, pages: int, max_tiled_pixels: int | None) -> None:
+    if max_tiled_pixels is not None and pixels > max_tiled_pixels:
+        raise ImageDecodeError(
+            uri, "too_large",
+            f"{pixels:,} pixels over {pages} page(s) to tile, above the limit of {max_tiled_pixels:,} (max_tiled_pixels)",
+        )
+
+
+def _check_segments(uri: str, page, index: int, file_size: int) -> None:
+    """The page's strips or tiles are all declared and lie inside the file (else `corrupt`)."""
+    kind = "tiles" if page.is_tiled else "strips"
+    offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+    counts = np.asarray(page.databytecounts, dtype=np.int64)
+    needed = int(np.prod([int(v) for v in page.chunked], dtype=object))
+    where = f"TIFF page {index} ({int(page.imagewidth)} x {int(page.imagelength)} pixels)"
+    if offsets.size < needed or counts.size < needed:
+        raise ImageDecodeError(
+            uri, "corrupt",
+            f"{where} needs {needed:,} {kind} but declares {min(offsets.size, counts.size):,}: the header does not "
+            "describe the pixel data",
+        )
+    offsets, counts = offsets[:needed], counts[:needed]
+    used = counts > 0
+    if not used.any():
+        raise ImageDecodeError(uri, "corrupt", f"{where}: none of its {needed:,} {kind} holds any data")
+    if (used & ((offsets < 0) | (counts < 0))).any():
+        raise ImageDecodeError(uri, "corrupt", f"{where}: negative {kind[:-1]} offsets or byte counts")
+    outside = used & (offsets + counts > file_size)
+    if outside.any():
+        # Data past the end: a file cut short (or still being written), so `truncated`.
+        first = int(np.argmax(outside))
+        raise ImageDecodeError(
+            uri, "truncated",
+            f"{where}: {int(outside.sum()):,} of its {kind} lie outside the {file_size:,}-byte file (the first, "
+            f"#{first}, at offset {int(offsets[first]):,} + {int(counts[first]):,} bytes)",
+        )
 
 
 # --- the streaming pyramid ---------------------------------------------------------------

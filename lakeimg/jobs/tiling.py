@@ -33,6 +33,8 @@ from lakeimg.kernels.tiles import (
     STAGED_SCHEMA,
     TILE_TASK_SCHEMA,
     TileOptions,
+    file_budget_s,
+    mark_file_failed,
     plan_tile_tasks,
     stage_tiles_kernel,
     top_tile,
@@ -104,10 +106,12 @@ def _plan(row: dict[str, Any], options: TileOptions, staging: str | None) -> lis
     # in every share, so those get one task per page (decoded once, streamed out as tiles).
     split = options.rows_per_task if row.get("format") in (None, "TIFF") else 0
     shapes = page_shapes(uri_to_path(row["uri"])) if split > 0 else None
+    pixels = sum(h * w for h, w in shapes) if shapes else row["height"] * row["width"] * (row["pages"] or 1)
     return plan_tile_tasks(
         row["uri"], row["content_sha256"], row["height"], row["width"],
         pages=row["pages"] or 1, tile_size=options.tile_size,
         rows_per_task=split, staging=staging, page_shapes=shapes,
+        budget_s=file_budget_s(options.file_timeout_s, pixels),
     )
 
 
@@ -140,10 +144,14 @@ def tile_images(
         except Exception as exc:  # noqa: BLE001 - one bad file becomes a reject
             failures.append((row, "corrupt", f"{type(exc).__name__}: {exc}"))
 
+    budgets = [t["budget_s"] for t in tasks if t.get("budget_s")]
+    if budgets:  # no task outlives its file's budget; this kills one stuck where no alarm reaches
+        task_timeout_s = min(task_timeout_s, max(budgets) + 60.0)
     summaries: list[dict[str, Any]] = []
     kernel = partial(stage_tiles_kernel, options=options, staging=staging)
 
     def failed(task: dict[str, Any], error_class: str, message: str) -> dict[str, Any]:
+        mark_file_failed(staging, task["uri"])  # the file's other tasks stop instead of failing on
         return {"uri": task["uri"], "page": task["page"], "from_level": task["from_level"],
                 "error_class": error_class, "error_message": message}
 
@@ -165,8 +173,8 @@ def tile_images(
             tasks = [t for t in tasks if t["uri"] not in bad]
 
     errors: dict[str, tuple[str, str]] = {}
-    for s in summaries:
-        if s.get("error_class") and s["uri"] not in errors:
+    for s in summaries:  # one reject per file: the error that stopped it, not its skipped tasks
+        if s.get("error_class") and (s["uri"] not in errors or errors[s["uri"]][0] == "skipped"):
             errors[s["uri"]] = (s["error_class"], s["error_message"] or "tiling failed")
     by_uri = {row["uri"]: row for row in tiled}
     for uri, (error_class, message) in errors.items():

@@ -26,6 +26,7 @@ import importlib
 import os
 import signal
 import threading
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,11 +36,20 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from lakeimg.errors import ImageDecodeError
-from lakeimg.image.decode import DEFAULT_MAX_PIXELS, read_image
+from lakeimg.image._settings import decoder_settings
+from lakeimg.image.decode import (
+    DEFAULT_MAX_DECODED_BYTES,
+    check_decoded_size,
+    check_dtype,
+    decoded_bytes,
+    read_image,
+)
 from lakeimg.image.display import THUMBNAIL_SIZE, make_thumbnail
 from lakeimg.image.tiles import (
+    DEFAULT_MAX_TILED_PIXELS,
     DEFAULT_TILE_ABOVE_PIXELS,
     DEFAULT_TILE_SIZE,
+    check_tileable,
     level_count,
     probe_image,
 )
@@ -79,7 +89,12 @@ class IngestOptions:
     Attributes:
         run_id: stamped on every row written.
         inline_max_bytes: files above this keep `content` null (original bytes stay in place).
-        max_pixels: reject above this many pixels per page for formats decoded whole.
+        max_decoded_bytes: the memory limit of one decoded image (width x height x channels x
+            bytes per sample), checked from the header before decoding: larger images are
+            tiled when their format allows windowed reads (tiled or striped TIFF), else
+            rejected `too_large`. The job sizes it to the machine (`default_max_decoded_bytes`).
+        max_pixels: an extra cap on width x height for images decoded whole (None: none).
+        max_tiled_pixels: reject tiled images with more pixels (every page together).
         thumbnail_size: longest side of the thumbnail.
         file_timeout_s: per-file time limit; a file over it becomes a `timeout` reject.
         codecs: extra readers as "module:attribute" (see `lakeimg.image.codecs`).
@@ -87,7 +102,9 @@ class IngestOptions:
 
     run_id: str = ""
     inline_max_bytes: int = 16 << 20
-    max_pixels: int = DEFAULT_MAX_PIXELS
+    max_pixels: int | None = None
+    max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES
+    max_tiled_pixels: int = DEFAULT_MAX_TILED_PIXELS
     thumbnail_size: int = THUMBNAIL_SIZE
     file_timeout_s: float = 120.0
     codecs: tuple[str, ...] = ()
@@ -124,6 +141,8 @@ def read_file_bytes(uri: str) -> bytes:
             return stream.read()
     with open_regular_file(path) as handle:
         return handle.read()
+
+
 
 
 class _FileTimeout(Exception):
@@ -192,7 +211,18 @@ def reject_row(listing: dict[str, Any], error: ImageDecodeError, sha: str | None
 
 
 def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: list[Any] | None = None) -> dict[str, Any]:
-    """Read, hash and describe one file; return an image row or a reject row (never raises)."""
+    """Read, hash and describe one file; return an image row or a reject row (never raises).
+
+    Decoders' warnings about the file (pydicom's invalid values, numpy casts in an odd codec)
+    are dropped: what matters about a file lands in its row or its reject, and N workers
+    printing per-file warnings to one terminal tell nobody which file they were about.
+    """
+    with decoder_settings(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _ingest_one_file(listing, options, codecs)
+
+
+def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: list[Any] | None) -> dict[str, Any]:
     uri = listing["uri"]
     sha = None
     if listing.get("kind"):
@@ -216,9 +246,11 @@ def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: lis
             for codec in codecs or ():
                 if codec.can_read(uri, data[:132]):
                     decoded = codec.read(data, uri)
+                    check_dtype(uri, decoded.dtype)
                     break
             if decoded is None:
-                decoded = read_image(data, uri, max_pixels=options.max_pixels, preview=options.thumbnail_size)
+                decoded = read_image(data, uri, max_bytes=options.max_decoded_bytes, max_pixels=options.max_pixels,
+                                     preview=options.thumbnail_size)
             thumbnail = make_thumbnail(
                 decoded.pixels,
                 size=options.thumbnail_size,
@@ -273,7 +305,8 @@ _KIND_MESSAGES = {
 
 
 def _huge_header(listing: dict[str, Any], options: IngestOptions):
-    """The header of a file to tile (too many pixels or bytes), or None to ingest it whole."""
+    """The header of a file to tile (too many pixels or bytes, or above the memory limit), or
+    None to ingest it whole."""
     path = local_path_or_none(listing["uri"]) if options.tile_above_pixels > 0 else None
     # stat never blocks; open() of a FIFO swapped in after listing would (the read path refuses it).
     if path is None or not os.path.isfile(path):
@@ -283,6 +316,9 @@ def _huge_header(listing: dict[str, Any], options: IngestOptions):
     except Exception:  # noqa: BLE001 - unreadable headers take the normal path and become rejects
         return None
     if header.width * header.height > options.tile_above_pixels or listing["size_bytes"] > options.inline_max_bytes:
+        return header
+    # Above the memory limit: tiled if the format reads by windows, else `_tiled_row` rejects it.
+    if decoded_bytes(header.width, header.height, header.channels, header.dtype) > options.max_decoded_bytes:
         return header
     return None
 
@@ -299,13 +335,18 @@ def _tiled_row(listing: dict[str, Any], header, options: IngestOptions) -> dict[
     except OSError as exc:
         return reject_row(listing, ImageDecodeError(uri, "unreadable", f"{type(exc).__name__}: {exc}"), None, options)
     sha = digest.hexdigest()
-    if header.format != "TIFF" and header.width * header.height > options.max_pixels:
-        error = ImageDecodeError(
-            uri, "too_large",
-            f"header claims {header.width}x{header.height} pixels, above the limit of {options.max_pixels:,} "
-            "for formats that must be decoded whole",
-        )
-        return reject_row(listing, error, sha, options)
+    try:
+        if header.format != "TIFF":
+            check_decoded_size(uri, header.width, header.height, header.channels, header.dtype,
+                               max_bytes=None, max_pixels=options.max_pixels)
+        # Before any tiling task is planned: strips/tiles inside the file, the tiled-pixel cap,
+        # and the memory one task holds (a whole page, or one band of a windowed TIFF page).
+        check_tileable(local_path_or_none(uri), uri, tile_size=options.tile_size,
+                       max_decoded_bytes=options.max_decoded_bytes, max_tiled_pixels=options.max_tiled_pixels)
+    except ImageDecodeError as exc:
+        return reject_row(listing, exc, sha, options)
+    except Exception as exc:  # noqa: BLE001 - a header tifffile or Pillow cannot parse twice
+        return reject_row(listing, ImageDecodeError(uri, "corrupt", f"{type(exc).__name__}: {exc}"), sha, options)
     return {
         "uri": uri,
         "content_sha256": sha,

@@ -21,8 +21,10 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import os
+import time
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -33,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lakeimg.image._settings import decoder_settings
 from lakeimg.image.tiles import (
     DEFAULT_TILE_ENCODING,
     DEFAULT_TILE_SIZE,
@@ -44,6 +47,7 @@ from lakeimg.image.tiles import (
     open_image,
     tile_geotransform,
 )
+from lakeimg.kernels.ingest import _FileTimeout, _time_limit
 from lakeimg.schemas import table_contract
 from lakeimg.uris import uri_to_path
 
@@ -51,6 +55,8 @@ __all__ = [
     "STAGED_SCHEMA",
     "TILE_TASK_SCHEMA",
     "TileOptions",
+    "file_budget_s",
+    "mark_file_failed",
     "plan_tile_tasks",
     "safe_tile_kernel",
     "stage_tiles_kernel",
@@ -68,6 +74,9 @@ TILE_TASK_SCHEMA = pa.schema(
         pa.field("max_level", pa.int32(), nullable=False),  # -1: every level
         pa.field("from_level", pa.int32(), nullable=False),  # > 0: a top task built from staging
         pa.field("staging", pa.string()),
+        # Seconds all tasks of this file may take together, from its first task's start (see
+        # `file_budget_s`); null or <= 0: no budget.
+        pa.field("budget_s", pa.float64()),
     ]
 )
 
@@ -96,6 +105,8 @@ class TileOptions:
         encoding: tile codec (see `lakeimg.image.tiles.TILE_ENCODINGS`).
         rows_per_task: split a page into tasks of this many level-0 tile rows (0: one task
             per page). Rounded up to a power of two so every level's rows align.
+        file_timeout_s: the time budget of one file's tiling (every task of it together) per
+            started gigapixel (see `file_budget_s`); 0: none.
     """
 
     tile_size: int = DEFAULT_TILE_SIZE
@@ -104,6 +115,72 @@ class TileOptions:
     rows_per_task: int = 8
     run_id: str = ""
     ingested_at: dt.datetime | None = None
+    file_timeout_s: float = 0.0
+
+
+# Pixels one `file_timeout_s` pays for when tiling. Tiling runs at 20-100 megapixels/s per
+# worker (decode, pyramid, zstd), so a gigapixel takes 10-50 s: the default 120 s per started
+# gigapixel leaves a genuine slide (at most 2**34 pixels, `max_tiled_pixels`) room to spare on a
+# slow disk, while a file whose tasks stall or fail stops within that bound instead of holding
+# the run for hours.
+_BUDGET_PIXELS = 1_000_000_000
+
+
+def file_budget_s(file_timeout_s: float, pixels: int) -> float:
+    """The time budget of tiling one file: `file_timeout_s` per started gigapixel (0: none).
+
+    Example:
+        >>> file_budget_s(120.0, 2_500_000_000), file_budget_s(120.0, 1000)
+        (360.0, 120.0)
+    """
+    if file_timeout_s <= 0:
+        return 0.0
+    return float(file_timeout_s) * max(1, math.ceil(pixels / _BUDGET_PIXELS))
+
+
+def _marker(staging: str | None, uri: str, kind: str) -> str | None:
+    if not staging:
+        return None
+    name = hashlib.sha256(uri.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return os.path.join(uri_to_path(staging), ".files", f"{name}.{kind}")
+
+
+def mark_file_failed(staging: str | None, uri: str) -> None:
+    """Tell the file's other tiling tasks to stop: one failure rejects the whole file."""
+    path = _marker(staging, uri, "failed")
+    if path is not None:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "a"):
+            pass
+
+
+def _file_failed(staging: str | None, uri: str) -> bool:
+    path = _marker(staging, uri, "failed")
+    return path is not None and os.path.exists(path)
+
+
+def _file_started(staging: str | None, uri: str) -> float:
+    """When the file's first tiling task started (shared through the staging folder: the first
+    task creates the clock file, the others read its time); this task's start without staging."""
+    now = time.time()
+    path = _marker(staging, uri, "clock")
+    if path is None:
+        return now
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        os.close(fd)
+        return now
+    except FileExistsError:
+        return min(now, os.stat(path).st_mtime)
+
+
+class _BudgetSpent(Exception):
+    """The file's tiling ran out of time, or another of its tasks failed."""
+
+    def __init__(self, error_class: str, message: str):
+        super().__init__(message)
+        self.error_class, self.message = error_class, message
 
 
 def tiles_schema() -> pa.Schema:
@@ -122,6 +199,7 @@ def plan_tile_tasks(
     rows_per_task: int = 0,
     staging: str | None = None,
     page_shapes: list[tuple[int, int]] | None = None,
+    budget_s: float = 0.0,
 ) -> list[dict[str, Any]]:
     """Task rows (TILE_TASK_SCHEMA) for one file: per page, one task or shares plus a top task.
 
@@ -139,7 +217,7 @@ def plan_tile_tasks(
         h, w = page_shapes[page] if page_shapes else (height, width)
         rows = math.ceil(h / tile_size)
         levels = level_count(h, w, tile_size)
-        base = {"uri": uri, "content_sha256": sha, "page": page, "staging": staging}
+        base = {"uri": uri, "content_sha256": sha, "page": page, "staging": staging, "budget_s": budget_s}
         if rows_per_task <= 0 or rows <= rows_per_task or levels <= 1:
             tasks.append({**base, "row_start": 0, "row_end": rows, "max_level": -1, "from_level": 0})
             continue
@@ -241,9 +319,12 @@ def safe_tile_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions) ->
     for batch in batches:
         for task in batch.to_pylist():
             try:
-                yield from _task_batches(task, options, schema)
+                with decoder_settings():
+                    guard = _TaskGuard(task, None)  # executors share no folder: each task's own clock
+                    guard.check()
+                    yield from _task_batches(task, options, schema, guard)
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the job
-                message = f"{type(exc).__name__}: {exc}"[:2000]
+                message = exc.message if isinstance(exc, _BudgetSpent) else f"{type(exc).__name__}: {exc}"[:2000]
                 row = {
                     "uri": task["uri"], "content_sha256": task["content_sha256"] or "", "page": task["page"],
                     "level": -1, "tile_row": 0, "tile_col": 0, "x": 0, "y": 0, "width": 0, "height": 0,
@@ -254,11 +335,37 @@ def safe_tile_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions) ->
                 yield pa.RecordBatch.from_pylist([row], schema=schema)
 
 
-def _task_batches(task: dict[str, Any], options: TileOptions, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+class _TaskGuard:
+    """Stops a task once its file's time budget is spent or another task of the file failed."""
+
+    def __init__(self, task: dict[str, Any], staging: str | None):
+        self.uri, self.staging = task["uri"], staging
+        budget = task.get("budget_s") or 0.0
+        self.budget = budget
+        self.deadline = _file_started(staging, self.uri) + budget if budget > 0 else math.inf
+
+    def remaining(self) -> float:
+        return self.deadline - time.time()
+
+    def check(self) -> None:
+        if _file_failed(self.staging, self.uri):
+            raise _BudgetSpent("skipped", "another tiling task of this file failed")
+        if time.time() > self.deadline:
+            raise _BudgetSpent(
+                "timeout",
+                f"tiling this file took longer than its budget of {self.budget:g} s (--file-timeout per started gigapixel)",
+            )
+
+
+def _task_batches(
+    task: dict[str, Any], options: TileOptions, schema: pa.Schema, guard: _TaskGuard | None = None
+) -> Iterator[pa.RecordBatch]:
     now = options.ingested_at or dt.datetime.now(dt.timezone.utc)
     rows: list[dict[str, Any]] = []
     pending = 0
     for tile, level, gt in _task_tiles(task, options):
+        if guard is not None:
+            guard.check()  # between tiles: a stat() per tile, against milliseconds of decoding
         row = _tile_row(task, tile, level, gt, options, now)
         rows.append(row)
         pending += len(row["data"])
@@ -284,30 +391,53 @@ def stage_tiles_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions, 
             tiles = size = 0
             summary = {"uri": task["uri"], "page": task["page"], "from_level": task["from_level"]}
             try:
-                # Small row groups: region reads skip every row group whose tile range misses.
-                codecs = {f.name: "none" if f.name == "data" else "snappy" for f in schema}  # tiles are compressed already
-                small = [f.name for f in schema if f.name != "data"]
-                # No dictionary, statistics or compression on the tile bytes: all three would
-                # hash, copy or squeeze ~1 MB values for nothing (and stats would bloat footers).
-                with pq.ParquetWriter(
-                    partial, schema, compression=codecs, use_dictionary=small, write_statistics=small
-                ) as writer:
-                    for out in _task_batches(task, options, schema):
-                        writer.write_batch(out, row_group_size=16)
-                        tiles += out.num_rows
-                        size += out["data"].nbytes
-                        del out
-                        pa.default_memory_pool().release_unused()  # mimalloc keeps freed pages otherwise
+                with decoder_settings():
+                    guard = _TaskGuard(task, staging)
+                    guard.check()
+                    left = guard.remaining()
+                    # The alarm stops Python-level work at the deadline; between tiles the guard does.
+                    with _time_limit(0 if left == math.inf else max(left, 0.001)):
+                        tiles, size = _write_task(task, options, schema, guard, partial)
                 os.replace(partial, path)
                 summary.update(path=path, tiles=tiles, data_bytes=size)
+            except (_BudgetSpent, _FileTimeout) as exc:
+                _remove(partial)
+                if not isinstance(exc, _BudgetSpent):
+                    exc = _BudgetSpent("timeout", f"tiling this file took longer than its budget of {guard.budget:g} s")
+                if exc.error_class != "skipped":
+                    mark_file_failed(staging, task["uri"])
+                summary.update(error_class=exc.error_class, error_message=exc.message)
             except Exception as exc:  # noqa: BLE001 - one bad file becomes a reject, not a failed run
-                if os.path.exists(partial):
-                    os.remove(partial)
+                _remove(partial)
+                mark_file_failed(staging, task["uri"])
                 summary.update(
                     error_class="corrupt",
                     error_message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"[:2000],
                 )
             yield pa.RecordBatch.from_pylist([summary], schema=STAGED_SCHEMA)
+
+
+def _remove(path: str) -> None:
+    if os.path.exists(path):
+        os.remove(path)
+
+
+def _write_task(task: dict[str, Any], options: TileOptions, schema: pa.Schema, guard: _TaskGuard, partial: str) -> tuple[int, int]:
+    """One task's tiles into one Parquet file at `partial`; (tiles, tile bytes) written."""
+    tiles = size = 0
+    # Small row groups: region reads skip every row group whose tile range misses.
+    codecs = {f.name: "none" if f.name == "data" else "snappy" for f in schema}  # tiles are compressed already
+    small = [f.name for f in schema if f.name != "data"]
+    # No dictionary, statistics or compression on the tile bytes: all three would
+    # hash, copy or squeeze ~1 MB values for nothing (and stats would bloat footers).
+    with pq.ParquetWriter(partial, schema, compression=codecs, use_dictionary=small, write_statistics=small) as writer:
+        for out in _task_batches(task, options, schema, guard):
+            writer.write_batch(out, row_group_size=16)
+            tiles += out.num_rows
+            size += out["data"].nbytes
+            del out
+            pa.default_memory_pool().release_unused()  # mimalloc keeps freed pages otherwise
+    return tiles, size
 
 
 def top_tile(staging: str, uri: str, page: int = 0) -> dict[str, Any] | None:
