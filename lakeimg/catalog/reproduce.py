@@ -116,12 +116,14 @@ def _reproduce_transform(
     workdir = scratch or tempfile.mkdtemp(prefix="lakeimg-reproduce-")
     scratch_engine = LocalEngine(workdir)
     try:
-        engine.copy_snapshot(source, source_version, scratch_engine, source)
         tiles = f"{source}_tiles"  # tiled sources: pyramid levels live beside the images table
         if engine.exists(tiles):  # as they were when the input version was committed
             from lakeimg.catalog.regions import tiles_as_of
 
+            # Copied first: the scratch images commit must not predate its tiles (tiles_as_of
+            # matches them by commit time, and time travel before a first commit is an error).
             engine.copy_snapshot(tiles, tiles_as_of(engine, source, source_version), scratch_engine, tiles)
+        engine.copy_snapshot(source, source_version, scratch_engine, source)
         spec = step["spec"]
         if isinstance(spec, str):
             spec = json.loads(spec)
