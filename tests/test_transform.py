@@ -325,10 +325,10 @@ def test_rows_stream_to_staged_files_and_a_failed_run_is_completed_by_the_next(l
     assert failed.value.landed == {"small": lake.version("small")}  # kept: correct on its own
     assert not staging.exists()
     after_failure = rows_by_key(lake, "small")
-    # The next run is planned from the last succeeded run: it redoes the failed run's work
-    # (same rows) and records itself.
+    # The next run is planned from the last succeeded run: it looks at the failed run's
+    # uris again, finds their rows already made from the same source bytes, and records itself.
     summary = lake.transform("images", "small", RESIZE, workers=0)
-    assert (summary.added, summary.updated, summary.unchanged) == (0, 2, 4)
+    assert (summary.added, summary.updated, summary.unchanged) == (0, 0, 6)
     assert rows_by_key(lake, "small").keys() == after_failure.keys()
     fresh = Lake(str(Path(lake.path).parent / "fresh"))
     fresh.ingest([str(lake.src)], workers=0, label_from_path="parent")  # type: ignore[attr-defined]
