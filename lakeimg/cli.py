@@ -1,10 +1,25 @@
 """The `lakeimg` command line: argument parsing, exit codes, one-line error messages.
 
-Exit codes: 0 success (rejects are data, not failures); 2 bad arguments; 3 a source is missing;
-4 the lake cannot be written; 5 a table is missing; 6 `reproduce` found differences; 7 `maintain`
-refused to vacuum files a pinned version needs; 8 the lake is damaged (a data file missing or
-unreadable, or stored bytes that do not match their content_sha256: LakeDamagedError,
-ContentMismatchError); 9 `verify` found problems; 1 any other error.
+Every failure is one line on stderr, `lakeimg: error: ...`, never a traceback, and exits with:
+
+- 0 success (rejects are data, not failures)
+- 1 any other error: the worker pool failed (PoolError), a run stopped between its commits
+  (PartialRunError: what landed stays, the next run completes it), an unexpected error
+- 2 bad arguments: options, names, table references, specs, SQL
+- 3 a source is missing
+- 4 the lake cannot be written: permissions, a read-only file system, a full disk or quota
+- 5 something to read is missing: no lake at the path (only `ingest` and `demo` create one), a
+  table, or a table version (before the table's first version, or vacuumed: the message says
+  which versions are still readable)
+- 6 `reproduce` found differences
+- 7 `maintain` refused to vacuum files a pinned version needs
+- 8 the lake is damaged (a data file missing or unreadable, a broken log entry, or stored bytes
+  that do not match their content_sha256: LakeDamagedError, ContentMismatchError)
+- 9 `verify` found problems
+- 130 interrupted (Ctrl-C or SIGTERM): `lakeimg: interrupted`
+
+`lakeimg --debug COMMAND ...` (or the environment variable LAKEIMG_DEBUG=1) shows the traceback
+instead of the one line.
 
 Example:
     >>> main(["--version"])  # doctest: +SKIP
@@ -13,14 +28,21 @@ Example:
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
+import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 from lakeimg._version import __version__
 from lakeimg.commands import COMMAND_MODULES
 from lakeimg.errors import (
     LakeDamagedError,
     LakeImgError,
+    LakeNotFoundError,
     LakeNotWritableError,
     SourceNotFoundError,
     SpecError,
@@ -29,11 +51,24 @@ from lakeimg.errors import (
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOURCE, EXIT_LAKE, EXIT_TABLE = 0, 1, 2, 3, 4, 5
 EXIT_DAMAGED, EXIT_VERIFY_FAILED = 8, 9
+EXIT_INTERRUPTED = 130
+_CREATE_LAKE = ("ingest", "demo")  # the only commands that make a lake where there is none
+
+# OSErrors that mean "this cannot be written here", whatever file they name.
+_UNWRITABLE = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error (`lakeimg: error: ...`, exit 2) instead of usage + error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(EXIT_USAGE, f"lakeimg: error: {self.prog}: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lakeimg", description="Image collections as a Delta Lake lakehouse.")
+    parser = _Parser(prog="lakeimg", description="Image collections as a Delta Lake lakehouse.")
     parser.add_argument("--version", action="version", version=f"lakeimg {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error (also: LAKEIMG_DEBUG=1)")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:
@@ -42,30 +77,117 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    with _sigterm_as_interrupt():
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        debug = args.debug or os.environ.get("LAKEIMG_DEBUG", "") not in ("", "0")
+        try:
+            if args.command not in _CREATE_LAKE and getattr(args, "lake", None):
+                from lakeimg.engine.local import require_lake
+
+                require_lake(args.lake)
+            return int(args.handler(args) or 0)
+        except KeyboardInterrupt:
+            # No claim about the tables: a run stopped between commits keeps what landed and the
+            # next run completes it; one stopped before its first commit changed nothing.
+            print("lakeimg: interrupted", file=sys.stderr)
+            if debug:
+                raise
+            return EXIT_INTERRUPTED
+        except Exception as exc:  # noqa: BLE001 - every failure is one line and an exit code
+            if debug:
+                raise
+            code, message = classify_error(exc, getattr(args, "lake", None))
+            print(f"lakeimg: error: {message}", file=sys.stderr)
+            return code
+
+
+def classify_error(exc: BaseException, lake: str | None = None) -> tuple[int, str]:
+    """(exit code, one-line message) of an error that reached the command line.
+
+    Example:
+        >>> classify_error(OSError(28, "No space left on device", "/lake/images/part-0.parquet"))
+        (4, 'cannot write: No space left on device: /lake/images/part-0.parquet')
+    """
+    if isinstance(exc, SpecError):
+        return EXIT_USAGE, _one_line(exc)
+    if isinstance(exc, SourceNotFoundError):
+        return EXIT_SOURCE, _one_line(exc)
+    if isinstance(exc, LakeNotWritableError):
+        return EXIT_LAKE, _one_line(exc)
+    if isinstance(exc, (LakeNotFoundError, TableNotFoundError)):
+        return EXIT_TABLE, _one_line(exc)
+    if isinstance(exc, LakeDamagedError):
+        vacuumed = _vacuumed_version(exc, lake)
+        if vacuumed:
+            return EXIT_TABLE, vacuumed
+        return EXIT_DAMAGED, _one_line(exc)
+    if isinstance(exc, LakeImgError):
+        return EXIT_ERROR, _one_line(exc)
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        text = exc.strerror or str(exc)
+        if exc.errno in _UNWRITABLE:
+            return EXIT_LAKE, _one_line(f"cannot write: {text}{where}")
+        return EXIT_ERROR, _one_line(f"{type(exc).__name__}: {text}{where}")
+    text = str(exc)
+    lowered = text.lower()
+    if any(m in lowered for m in ("no space left on device", "read-only file system", "permission denied", "disk quota exceeded")):
+        return EXIT_LAKE, _one_line(f"cannot write: {type(exc).__name__}: {text}")
+    return EXIT_ERROR, _one_line(f"{type(exc).__name__}: {text} (run with --debug for the traceback)")
+
+
+def _vacuumed_version(exc: LakeDamagedError, lake: str | None) -> str | None:
+    """The message for a read of an old version whose files vacuum removed (exit 5, not damage),
+    naming the versions that are still readable; None when this is not such a read."""
+    if lake is None or exc.version is None or not exc.file or os.path.exists(exc.file):
+        return None
     try:
-        return int(args.handler(args) or 0)
-    except SpecError as exc:
-        return _fail(exc, EXIT_USAGE)
-    except SourceNotFoundError as exc:
-        return _fail(exc, EXIT_SOURCE)
-    except LakeNotWritableError as exc:
-        return _fail(exc, EXIT_LAKE)
-    except TableNotFoundError as exc:
-        return _fail(exc, EXIT_TABLE)
-    except LakeDamagedError as exc:
-        return _fail(exc, EXIT_DAMAGED)
-    except LakeImgError as exc:
-        return _fail(exc, EXIT_ERROR)
-    except KeyboardInterrupt:
-        print("lakeimg: interrupted; tables are left at their previous versions", file=sys.stderr)
-        return 130
+        from lakeimg.catalog.maintenance import readable_versions
+        from lakeimg.engine.local import LocalEngine
+
+        engine = LocalEngine(lake)
+        if exc.version >= (engine.version(exc.table) or 0):
+            return None  # the latest version lost a file: that is damage
+        readable = readable_versions(engine, exc.table)
+    except Exception:  # noqa: BLE001 - the plain damage message is still right
+        return None
+    return _one_line(
+        f"{exc.table}@{exc.version} is no longer readable: its files were vacuumed; "
+        f"readable versions of {exc.table}: {_ranges(readable) or 'none'}"
+    )
 
 
-def _fail(exc: Exception, code: int) -> int:
-    print(f"lakeimg: error: {exc}", file=sys.stderr)
-    return code
+def _ranges(versions: list[int]) -> str:
+    """[1, 2, 3, 7] -> '1-3, 7'."""
+    parts: list[str] = []
+    for v in sorted(versions):
+        if parts and parts[-1][1] == v - 1:
+            parts[-1] = (parts[-1][0], v)
+        else:
+            parts.append((v, v))  # type: ignore[arg-type]
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)  # type: ignore[misc]
+
+
+def _one_line(message: object) -> str:
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in str(message)).split())
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (a scheduler stopping the job, `kill PID`) ends the command like Ctrl-C."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(_signum, _frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def entry_point() -> None:

@@ -26,11 +26,12 @@ from typing import Any
 from lakeimg.catalog.lineage import lineage_nodes
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
 from lakeimg.catalog.trainsets import TRAINSETS_TABLE, list_trainsets
-from lakeimg.engine.local import LocalEngine
-from lakeimg.errors import LakeImgError
+from lakeimg.engine.local import LocalEngine, ensure_lake, require_lake
+from lakeimg.engine.staging import remove_stale_staging
+from lakeimg.errors import LakeImgError, SpecError
 from lakeimg.schemas import table_contract
 
-__all__ = ["maintain", "protected_versions", "lake_tables"]
+__all__ = ["maintain", "protected_versions", "lake_tables", "readable_versions"]
 
 _KEEP_LOGS = {"delta.enableExpiredLogCleanup": "false"}
 
@@ -90,6 +91,12 @@ def maintain(
         >>> maintain(LocalEngine("/tmp/lake"), vacuum_hours=168, dry_run=True)["ok"]  # doctest: +SKIP
         True
     """
+    if vacuum_hours is not None and not vacuum_hours >= 0:
+        raise SpecError(f"vacuum hours must be a number >= 0, not {vacuum_hours}")
+    require_lake(engine.lake)
+    if not dry_run:
+        ensure_lake(engine.lake)  # writable: fail before the first change, not halfway
+        remove_stale_staging(engine.lake)
     files_engine = spark_engine or engine  # the engine that compacts and deletes files
     run = RunRecord(run_id=new_run_id(), job="maintain", engine=files_engine.name, target_table="*",
                     spec={"optimize": optimize, "vacuum_hours": vacuum_hours, "dry_run": dry_run},
@@ -152,3 +159,25 @@ def _check_pinned(engine: LocalEngine) -> dict[str, bool]:
         except Exception:  # noqa: BLE001 - an unreadable pinned version is exactly what we report
             status[record["name"]] = False
     return status
+
+
+def readable_versions(engine: LocalEngine, table: str, *, newest: int = 500) -> list[int]:
+    """Versions of `table` (among the `newest` ones) whose log entry and data files all still
+    exist: what time travel can read after vacuum or log cleanup.
+
+    Example:
+        >>> readable_versions(LocalEngine("/tmp/lake"), "images")  # doctest: +SKIP
+        [4, 5, 6]
+    """
+    latest = engine.version(table)
+    if latest is None:
+        return []
+    out = []
+    for version in range(latest, max(-1, latest - newest), -1):
+        try:
+            files = engine.data_files(table, version)
+        except Exception:  # noqa: BLE001 - its log entry is gone: older ones are too
+            break
+        if all(os.path.exists(f) for f in files):
+            out.append(version)
+    return sorted(out)

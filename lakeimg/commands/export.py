@@ -17,7 +17,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from lakeimg.jobs.export import export_table, parse_table_ref
+    from lakeimg.catalog.history import parse_table_ref
+    from lakeimg.jobs.export import export_table
 
     table, version = parse_table_ref(args.table)
     summary = export_table(args.lake, table, args.out, fmt=args.format, version=version, quality=args.quality)

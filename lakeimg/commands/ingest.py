@@ -45,6 +45,8 @@ def add_parser(subparsers) -> None:
                    help="reject tiled images with more pixels, all pages together (default 2**34 = 17.2 gigapixels)")
     p.add_argument("--file-timeout", type=float, default=120.0, help="per-file decode time limit in seconds")
     p.add_argument("--sync-deletes", action="store_true", help="delete rows of files that vanished from the sources")
+    p.add_argument("--retry-rejects", action="store_true",
+                   help="read every rejected file again (timeout, decoder_crash and unreadable rejects are retried by every run)")
     p.add_argument("--codec", action="append", default=[], metavar="MODULE:ATTR", help="extra reader tried before the built-in ones")
     p.add_argument("--tile-above-pixels", type=_positive_int, default=64_000_000, help="store images with more pixels as tiles + pyramid in <table>_tiles (default 64 megapixels; 0: never)")
     p.add_argument("--tile-size", type=_positive_int, default=512, help="tile edge in pixels (default 512)")
@@ -68,6 +70,7 @@ def run(args) -> int:
         max_tiled_pixels=args.max_tiled_pixels,
         file_timeout_s=args.file_timeout,
         sync_deletes=args.sync_deletes,
+        retry_rejects=args.retry_rejects,
         codecs=args.codec,
         tile_above_pixels=args.tile_above_pixels,
         tile_size=args.tile_size,

@@ -10,11 +10,24 @@ from lakeimg.commands._common import add_engine_options, print_json
 EXIT_REFUSED = 7
 
 
+def _hours(text: str) -> float:
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of hours: {text}") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"must be a number of hours >= 0, not {text}")
+    return value
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("maintain", help="compact small files and vacuum, keeping what training sets read")
     p.add_argument("--lake", required=True, help="the lake's root folder")
     p.add_argument("--optimize", action="store_true", help="compact small files")
-    p.add_argument("--vacuum-hours", type=float, default=None, metavar="H", help="delete unreferenced files older than H hours")
+    p.add_argument("--vacuum-hours", type=_hours, default=None, metavar="H", help="delete unreferenced files older than H hours (H >= 0)")
     p.add_argument("--dry-run", action="store_true", help="report what would be vacuumed; change nothing")
     p.add_argument("--table", action="append", default=None, help="only this table (repeatable)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

@@ -39,18 +39,15 @@ def write_window(path: str, pixels) -> None:
 
 
 def run(args) -> int:
-    import sys
-
-    from lakeimg.errors import LakeImgError
+    from lakeimg.errors import SpecError
     from lakeimg.lake import Lake
 
+    pixels = Lake(args.lake).read_region(
+        args.table, args.uri, args.x, args.y, args.width, args.height, level=args.level, page=args.page, version=args.version
+    )
     try:
-        pixels = Lake(args.lake).read_region(
-            args.table, args.uri, args.x, args.y, args.width, args.height, level=args.level, page=args.page, version=args.version
-        )
         write_window(args.out, pixels)
-    except (LakeImgError, argparse.ArgumentTypeError) as exc:
-        print(f"lakeimg region: {exc}", file=sys.stderr)
-        return 2
+    except argparse.ArgumentTypeError as exc:
+        raise SpecError(str(exc)) from exc
     print(f"{args.out}: {pixels.shape[1]}x{pixels.shape[0]} {pixels.shape[2]} channel(s) {pixels.dtype}")
     return 0

@@ -16,8 +16,12 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import itertools
 import multiprocessing
+import multiprocessing.context
+import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, wait
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -25,9 +29,9 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakeimg.errors import LakeImgError
+from lakeimg.errors import LakeImgError, PoolError
 
-__all__ = ["isolated_kernel", "map_kernel"]
+__all__ = ["isolated_kernel", "map_kernel", "remove_stale_spools"]
 
 
 _SPOOLS: dict[str, Any] = {}  # per worker process: spool path -> its open Arrow IPC file reader
@@ -42,20 +46,64 @@ def _spool_reader(path: str):
     return reader
 
 
-def _run_kernel_on_spooled(kernel, path: str, index: int, offset: int, length: int) -> bytes:
+class _KernelRaised(Exception):
+    """Worker side: the kernel itself raised on a task's rows (the rows' failure, not the pool's)."""
+
+    def __init__(self, error_type: str, message: str):
+        super().__init__(error_type, message)
+        self.error_type, self.message = error_type, message
+
+
+_KERNELS: dict[bytes, Any] = {}  # per worker process: pickled kernel -> the kernel
+
+
+def _load_kernel(blob: bytes):
+    kernel = _KERNELS.get(blob)
+    if kernel is None:
+        import pickle
+
+        try:
+            kernel = pickle.loads(blob)
+        except Exception as exc:  # noqa: BLE001 - the pool's failure: no input could run
+            raise PoolError(
+                f"a worker process could not load the kernel ({type(exc).__name__}: {exc}); kernels run "
+                "in worker processes must be importable from a module, not defined in __main__"
+            ) from None
+        _KERNELS.clear()  # one kernel per pool
+        _KERNELS[blob] = kernel
+    return kernel
+
+
+def _run_kernel_on_spooled(blob: bytes, path: str, index: int, offset: int, length: int) -> bytes:
     """Worker side: the kernel over rows [offset, offset+length) of spooled batch `index`
-    (memory-mapped, not copied); its output goes back as one Arrow IPC stream."""
-    batch = _spool_reader(path).get_batch(index).slice(offset, length)
+    (memory-mapped, not copied); its output goes back as one Arrow IPC stream.
+
+    Only an exception of the kernel itself is the rows' failure (`_KernelRaised`); one loading
+    the kernel or reading the spool is the pool's, and fails the run.
+    """
+    kernel = _load_kernel(blob)
+    try:
+        batch = _spool_reader(path).get_batch(index).slice(offset, length)
+    except Exception as exc:  # noqa: BLE001 - a missing or damaged spool file
+        raise PoolError(f"a worker could not read its spooled inputs {path}: {type(exc).__name__}: {exc}") from None
     sink = pa.BufferOutputStream()
     writer = None
-    for out in kernel(iter([batch])):
-        if writer is None:
-            writer = pa.ipc.new_stream(sink, out.schema)
-        writer.write_batch(out)
+    try:
+        for out in kernel(iter([batch])):
+            if writer is None:
+                writer = pa.ipc.new_stream(sink, out.schema)
+            writer.write_batch(out)
+    except Exception as exc:  # noqa: BLE001 - reported as these rows' failure
+        raise _KernelRaised(type(exc).__name__, str(exc)) from None
     if writer is None:
         return b""
     writer.close()
     return sink.getvalue().to_pybytes()
+
+
+def _probe() -> int:
+    """A task that needs nothing but a working pool."""
+    return os.getpid()
 
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
@@ -128,6 +176,76 @@ def _spool_chunk(batches: Iterator[pa.RecordBatch], count: int, path: str) -> bo
     return True
 
 
+_LAUNCH = threading.local()  # .hide_main: this thread is starting one of lakeimg's workers
+
+
+def _preparation_data(name: str, _original=None) -> dict[str, Any]:
+    """`multiprocessing.spawn.get_preparation_data`, minus the main module for lakeimg's workers.
+
+    A child started by forkserver or spawn re-runs the parent's main script as `__mp_main__`
+    (or imports it by name) before it takes a task. For a script without
+    `if __name__ == "__main__":` that re-runs the whole ingest inside each worker, which then
+    refuses to start a pool of its own; from stdin (`python - < job.py`) it cannot find the file
+    `<stdin>`. Every worker died before its first task, and each file was blamed for it.
+    lakeimg's kernels live in importable modules, so its workers skip the main module; other
+    processes the program starts are prepared exactly as before.
+    """
+    data = _original(name)
+    if getattr(_LAUNCH, "hide_main", False):
+        data.pop("init_main_from_path", None)
+        data.pop("init_main_from_name", None)
+    return data
+
+
+def _install_preparation_hook() -> None:
+    from multiprocessing import spawn
+
+    if getattr(spawn.get_preparation_data, "_lakeimg_hook", False):
+        return
+    hook = functools.partial(_preparation_data, _original=spawn.get_preparation_data)
+    hook._lakeimg_hook = True  # type: ignore[attr-defined]
+    spawn.get_preparation_data = hook
+
+
+class _HideMain:
+    """Mixin of a Popen class: its `_launch` prepares the child without the main module."""
+
+    def _launch(self, process_obj):
+        _LAUNCH.hide_main = True
+        try:
+            super()._launch(process_obj)  # type: ignore[misc]
+        finally:
+            _LAUNCH.hide_main = False
+
+
+class _ForkServerWorker(multiprocessing.context.ForkServerProcess):
+    """A forkserver process that does not import `__main__` (module level: processes pickle)."""
+
+    @staticmethod
+    def _Popen(process_obj):
+        from multiprocessing.popen_forkserver import Popen
+
+        return type("WorkerPopen", (_HideMain, Popen), {})(process_obj)
+
+
+class _SpawnWorker(multiprocessing.context.SpawnProcess):
+    """A spawned process that does not import `__main__`."""
+
+    @staticmethod
+    def _Popen(process_obj):
+        from multiprocessing.popen_spawn_posix import Popen
+
+        return type("WorkerPopen", (_HideMain, Popen), {})(process_obj)
+
+
+class _ForkServerContext(multiprocessing.context.ForkServerContext):
+    Process = _ForkServerWorker
+
+
+class _SpawnContext(multiprocessing.context.SpawnContext):
+    Process = _SpawnWorker
+
+
 def _pool_context():
     """Start method of the decoding pool: forkserver where the platform has it, else spawn.
 
@@ -138,10 +256,13 @@ def _pool_context():
     pandas is preloaded too: pyarrow imports it the first time a row holds a timezone-aware
     timestamp (every kernel's `modified_at`), 0.3-0.4 s in each fresh worker of each pool, which
     was most of the gap between a 520-image transform and a bare loop of the same ops.
+    Workers never import the program's main module (see `_preparation_data`): the pool works
+    from a script without a main guard, from `python -c`, from stdin and from notebooks.
     """
+    _install_preparation_hook()
     if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
+        return _SpawnContext()
+    context = _ForkServerContext()
     context.set_forkserver_preload(["pandas", "lakeimg.engine.pool", "lakeimg.kernels.ingest", "lakeimg.kernels.transform"])
     return context
 
@@ -167,7 +288,16 @@ def map_kernel(
 
     A batch whose worker crashes or overruns `task_timeout_s` (scaled by its rows) is split
     and its rows retried one by one; a row that still fails is turned into an output row by
-    `on_failure(row, error_class, message)` so one bad input never stops the run.
+    `on_failure(row, error_class, message)` so one bad input never stops the run. Only a
+    failure of the row's own task counts: the kernel raised on it (`corrupt`), its worker died
+    (`decoder_crash`) or overran (`timeout`), and a fresh task on the same pool still runs
+    afterwards. Anything else is the pool's failure and raises `PoolError`: workers that cannot
+    start (BrokenProcessPool), a kernel the workers cannot load, unreadable spool files, a pool
+    that no longer runs a trivial task after a crash. With workers, the kernel must be
+    importable from a module (workers never import `__main__`, see `_pool_context`).
+
+    Spool files live in `<tempdir>/lakeimg-spool-<pid>-*`, removed when the map ends however it
+    ends; folders left by killed processes are removed by the next map.
     """
     batch_rows = max(1, batch_rows)
     batches = _rechunk([inputs] if isinstance(inputs, pa.Table) else inputs, batch_rows)
@@ -178,20 +308,32 @@ def map_kernel(
                 on_progress(batch.num_rows)
         return
 
-    import os
+    import pickle
+    import shutil
     import tempfile
 
     from pebble import ProcessExpired, ProcessPool
 
+    try:
+        blob = pickle.dumps(kernel)
+    except Exception as exc:  # noqa: BLE001 - e.g. a lambda or a closure
+        raise PoolError(f"the kernel cannot be sent to worker processes ({type(exc).__name__}: {exc})") from exc
     chunk_tasks = 4 * workers  # tasks per spool file; two files stay ahead of the workers
     context = multiprocessing.get_context(start_method) if start_method else _pool_context()
-    with tempfile.TemporaryDirectory(prefix="lakeimg-spool-") as folder, ProcessPool(max_workers=workers, context=context, initializer=start_worker) as pool:
+    remove_stale_spools()
+    folder = tempfile.mkdtemp(prefix=f"{_SPOOL_PREFIX}{os.getpid()}-")
+    pool = None
+    finished_cleanly = False
+    try:
+        pool = ProcessPool(max_workers=workers, context=context, initializer=start_worker)
         spools: dict[str, Any] = {}  # path -> reader, while tasks of that file are outstanding
         outstanding: dict[str, int] = {}
         pending: dict[Any, tuple[str, int, int, int]] = {}
+        suspects: list[tuple[dict[str, Any], tuple[str, str]]] = []  # crashed or hung rows awaiting the probe
+        probe = None  # a trivial task: does the pool still run tasks after those failures?
 
         def submit(task: tuple[str, int, int, int]) -> None:
-            pending[pool.schedule(_run_kernel_on_spooled, args=(kernel, *task), timeout=task_timeout_s * task[3])] = task
+            pending[pool.schedule(_run_kernel_on_spooled, args=(blob, *task), timeout=task_timeout_s * task[3])] = task
             outstanding[task[0]] += 1
 
         def spool_next() -> bool:
@@ -204,14 +346,36 @@ def map_kernel(
                 submit((path, i, 0, reader.get_batch(i).num_rows))
             return True
 
+        def failed_row(row: dict[str, Any], failure: tuple[str, str]) -> pa.RecordBatch:
+            if on_failure is None:
+                raise LakeImgError(f"kernel failed on {row}: {failure[1]}")
+            out = pa.RecordBatch.from_pylist([on_failure(row, *failure)], schema=output_schema)
+            if on_progress:
+                on_progress(1)
+            return out
+
         exhausted = False
         while True:
             while not exhausted and len(pending) < 2 * chunk_tasks:
                 exhausted = not spool_next()
-            if not pending:
+            if not pending and probe is None:
                 break
-            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            finished, _ = wait([*pending, *([probe] if probe is not None else [])], return_when=FIRST_COMPLETED)
             for future in finished:
+                if future is probe:
+                    probe = None
+                    try:
+                        future.result()
+                    except Exception as exc:  # noqa: BLE001 - the pool, not the rows, is broken
+                        rows = ", ".join(str(r.get("uri", r)) for r, _ in suspects[:3])
+                        raise PoolError(
+                            f"the worker pool stopped working ({_describe(exc)}) after tasks failed on {rows}; "
+                            "nothing is recorded as those inputs' failure"
+                        ) from exc
+                    for row, failure in suspects:
+                        yield failed_row(row, failure)
+                    suspects.clear()
+                    continue
                 path, index, offset, length = pending.pop(future)
                 outstanding[path] -= 1
                 try:
@@ -225,21 +389,86 @@ def map_kernel(
                     failure = ("timeout", f"decoding ran past the {task_timeout_s:g} s per-file limit; the worker was killed")
                 except ProcessExpired as exc:
                     failure = ("decoder_crash", f"the decoding process died ({exc})")
-                except Exception as exc:  # noqa: BLE001 - a kernel bug surfaces on that batch's rows
-                    failure = ("corrupt", f"{type(exc).__name__}: {exc}")
+                except _KernelRaised as exc:
+                    failure = ("corrupt", f"{exc.error_type}: {exc.message}")
+                except PoolError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, PoolError, pickling: not the rows'
+                    raise PoolError(f"the worker pool failed: {_describe(exc)}") from exc
                 if length > 1:  # isolate the culprit: retry the batch's rows one by one
                     for i in range(length):
                         submit((path, index, offset + i, 1))
                     continue
                 row = spools[path].get_batch(index).slice(offset, 1).to_pylist()[0]
-                if on_failure is None:
-                    raise LakeImgError(f"kernel failed on {row}: {failure[1]}")
-                yield pa.RecordBatch.from_pylist([on_failure(row, *failure)], schema=output_schema)
-                if on_progress:
-                    on_progress(1)
+                if failure[0] == "corrupt":
+                    yield failed_row(row, failure)
+                    continue
+                # A dead or killed worker is the row's failure only if the pool still works.
+                suspects.append((row, failure))
+                if probe is None:
+                    probe = pool.schedule(_probe, timeout=120)
             for path in [p for p, n in outstanding.items() if n == 0 and p in spools]:
                 del spools[path]  # every task of this file is done: free its disk space
                 os.remove(path)
+        finished_cleanly = True
+    finally:
+        if pool is not None:
+            if finished_cleanly:
+                pool.close()
+            else:  # an error, Ctrl-C or an abandoned generator: no waiting for queued tasks
+                pool.stop()
+            pool.join()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+_SPOOL_PREFIX = "lakeimg-spool-"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's live process
+    return True
+
+
+def remove_stale_spools(folder: str | None = None) -> list[str]:
+    """Remove spool folders of processes that are gone (killed mid-run); their paths.
+
+    A spool folder is named `lakeimg-spool-<pid>-...`; it is stale when that pid no longer runs
+    on this host (spool folders are local temp folders), never while its process lives.
+
+    Example:
+        >>> isinstance(remove_stale_spools(), list)
+        True
+    """
+    import shutil
+    import tempfile
+
+    folder = folder or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        if not name.startswith(_SPOOL_PREFIX):
+            continue
+        pid_text = name[len(_SPOOL_PREFIX):].split("-", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        path = os.path.join(folder, name)
+        shutil.rmtree(path, ignore_errors=True)
+        if not os.path.exists(path):
+            removed.append(path)
+    return removed
 
 
 def isolated_kernel(

@@ -188,8 +188,6 @@ def ingest_files(
     ensure_lake(lake)
     engine = engine or LocalEngine(lake)
     run_id, started_at = new_run_id(), utc_now()
-    remove_stale_staging(lake)  # of runs killed before they could clean up
-    staging_claim = claim_staging(lake, run_id)  # noqa: F841 - held for this call (released when dropped)
     options = IngestOptions(
         run_id=run_id,
         inline_max_bytes=inline_max_bytes,
@@ -227,18 +225,23 @@ def ingest_files(
     run = plan_run(engine, lake, sources, table=table, label_from_path=label_from_path,
                    sync_deletes=sync_deletes, options=options, record=record, retry_rejects=retry_rejects)
 
-    if getattr(engine, "distributed", False):
-        # The Spark engine: decoding and tiling on the executors, MERGE from staged Parquet.
-        from lakeimg.jobs.ingest_spark import decode_files_spark
-
-        decoded = decode_files_spark(engine, run, tile_options, on_progress=on_progress)
-    else:
-        workers = (os.cpu_count() or 1) if workers is None else workers
-        decoded = decode_files_local(engine, run, tile_options, workers=workers, on_progress=on_progress)
+    remove_stale_staging(lake)  # of runs killed before they could clean up
+    staging = claim_staging(lake, run_id)  # marks this run's staging as live (engine/staging.py)
     try:
-        images_result, rejects_result = commit_ingest(engine, run, decoded)
+        if getattr(engine, "distributed", False):
+            # The Spark engine: decoding and tiling on the executors, MERGE from staged Parquet.
+            from lakeimg.jobs.ingest_spark import decode_files_spark
+
+            decoded = decode_files_spark(engine, run, tile_options, on_progress=on_progress)
+        else:
+            workers = (os.cpu_count() or 1) if workers is None else workers
+            decoded = decode_files_local(engine, run, tile_options, workers=workers, on_progress=on_progress)
+        try:
+            images_result, rejects_result = commit_ingest(engine, run, decoded)
+        finally:
+            decoded.cleanup()
     finally:
-        decoded.cleanup()
+        staging.release()
     return IngestSummary(
         run_id=run_id,
         table=table,

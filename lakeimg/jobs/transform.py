@@ -243,8 +243,6 @@ def transform_table(
     if not local.exists(source):
         raise TableNotFoundError(source, lake)
     run_id = new_run_id()
-    remove_stale_staging(lake)  # of runs killed before they could clean up
-    staging_claim = claim_staging(lake, run_id)  # noqa: F841 - held for this call (released when dropped)
     workers = (os.cpu_count() or 1) if workers is None else workers
 
     source_version = local.version(source)
@@ -260,6 +258,8 @@ def transform_table(
     staged = None
     if engine_name == "spark":
         writer = _spark_engine(lake, spark)
+    remove_stale_staging(lake)  # of runs killed before they could clean up
+    staging = claim_staging(lake, run_id)  # marks this run's staging as live (engine/staging.py)
     # The embedded engine streams its rows to Parquet here, then moves the files into the table.
     local_rows = StagedParquet(table_location(lake, f"_lakeimg/staging/{run_id}/{target}"), contract)
     try:
@@ -283,6 +283,7 @@ def transform_table(
         local_rows.discard()
         if staged is not None:
             staged.drop()
+        staging.release()
 
 
 def _commit(
