@@ -1,6 +1,13 @@
-"""Local paths <-> file:// URIs, the one place lakeimg converts between them.
+"""The storage seam: every byte lakeimg reads or writes outside the Delta log goes through here.
 
-A file's URI is its absolute path percent-encoded byte by byte as RFC 3986 asks, and
+Source files, staged files, exports and spool files are named by URLs: a bare path, `file://`,
+or an object store (`s3://`, `gs://`, `az://`, `abfss://`). `resolve` turns one into a
+`pyarrow.fs` file system and the path inside it (see DEVELOPERS.md "Storage" for why pyarrow.fs);
+the functions below read, write, list and delete through it. Local files keep lakeimg's own
+rules: only regular files are opened for reading (a FIFO never hangs a run), and listing is a
+stat-only walk that classifies what is not a regular file.
+
+A local file's URI is its absolute path percent-encoded byte by byte as RFC 3986 asks, and
 `uri_to_path` is its exact inverse, so every name a file system allows survives the round trip: a space, `%`, `?`, `#`, `[]`, quotes, a backslash,
 a tab or newline, non-ASCII letters. A name that is not valid UTF-8 keeps its bytes: the path
 string holds them as surrogate escapes (what `os.fsdecode` and `os.listdir` give), and the URI
@@ -26,23 +33,44 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import shutil
+import signal
 import stat
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import NamedTuple
 from urllib.parse import quote_from_bytes, unquote_to_bytes
+
+import pyarrow as pa
+import pyarrow.fs as pafs
 
 from lakeimg.errors import UriError
 
 __all__ = [
+    "Listed",
     "NotRegularFileError",
+    "TimeLimitExceeded",
+    "delete_file",
     "has_scheme",
+    "list_files",
     "local_path_or_none",
+    "open_input",
+    "open_output",
     "open_regular_file",
     "path_to_uri",
     "printable",
+    "read_bytes",
+    "remove_prefix",
+    "resolve",
+    "time_limit",
     "to_uri",
     "uri_to_path",
+    "write_bytes",
 ]
 
 # A scheme followed by "//" (every object store URL has one), or "file:" (Hadoop writes "file:/p").
@@ -186,3 +214,285 @@ def open_regular_file(path: str):
 
 class NotRegularFileError(OSError):
     """A path that was to be read as a file is a folder, FIFO, socket or device."""
+
+
+class TimeLimitExceeded(Exception):  # noqa: N818 - not an error of the file: the caller's budget ran out
+    """A `time_limit` (or `read_bytes(..., time_limit_s=)`) ran out."""
+
+
+_LOCAL = pafs.LocalFileSystem()
+# delta-rs (object_store) storage_options keys -> pyarrow.fs arguments, so the one set of options
+# (and the AWS_* / AZURE_* / GOOGLE_* variables delta-rs reads) reaches the Delta log and the
+# bytes around it alike. Keys are matched lower-case; other keys are delta-rs' own and ignored.
+_OPTIONS = {
+    "s3": ("aws_", {"access_key_id": "access_key", "secret_access_key": "secret_key",
+                    "session_token": "session_token", "token": "session_token", "region": "region",
+                    "endpoint": "endpoint_override", "endpoint_url": "endpoint_override"}),
+    "gs": ("google_", {"endpoint": "endpoint_override", "endpoint_url": "endpoint_override"}),
+    "az": ("azure_", {"storage_account_name": "account_name", "storage_account_key": "account_key",
+                      "storage_sas_token": "sas_token", "client_id": "client_id",
+                      "client_secret": "client_secret", "tenant_id": "tenant_id"}),
+}
+_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az", "abfs": "az", "abfss": "az"}
+
+
+def resolve(url: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
+    """The file system a URL lives on and the path inside it.
+
+    Local paths and file URIs give the local file system and an absolute path; `s3://`, `gs://`
+    and `az://` / `abfss://` URLs give pyarrow's S3, GCS or Azure file system configured from
+    `storage_options` (delta-rs' keys, such as `AWS_REGION`) over the same variables in the
+    environment. Other schemes go to `pyarrow.fs.FileSystem.from_uri`.
+
+    Example:
+        >>> fs, path = resolve("file:///data/a%20b.jpg"); fs.type_name, path
+        ('local', '/data/a b.jpg')
+        >>> fs, path = resolve("s3://bucket/a b.jpg", {"AWS_REGION": "eu-west-1"}); fs.region, path
+        ('eu-west-1', 'bucket/a b.jpg')
+    """
+    local = local_path_or_none(url)
+    if local is not None:
+        return _LOCAL, os.path.abspath(local)
+    scheme, _, rest = url.partition("://")
+    kind = _SCHEMES.get(scheme.lower())
+    if kind is None:
+        return pafs.FileSystem.from_uri(url)
+    prefix, names = _OPTIONS[kind]
+    given = {k.lower(): v for k, v in os.environ.items() if k.lower().startswith(prefix)}
+    given.update((k.lower(), v) for k, v in (storage_options or {}).items())
+    args = {arg: given[key] for key, arg in ((k if k in given else prefix + k, a) for k, a in names.items()) if key in given}
+    if kind == "s3":
+        allow_http = given.get("aws_allow_http", given.get("allow_http", "false")).lower() == "true"
+        return pafs.S3FileSystem(**args, **({"scheme": "http"} if allow_http else {})), rest
+    if kind == "gs":
+        return pafs.GcsFileSystem(**args), rest
+    container, _, key = rest.partition("/")
+    container, _, host = container.partition("@")  # abfss://container@account.dfs.core.windows.net/key
+    account = args.pop("account_name", None) or host.split(".")[0]
+    if not account:
+        raise UriError(url, "no Azure storage account (set AZURE_STORAGE_ACCOUNT_NAME)")
+    return pafs.AzureFileSystem(account, **args), f"{container}/{key}"
+
+
+def open_input(url: str, storage_options: Mapping[str, str] | None = None, *, memory_map: bool = False):
+    """A seekable binary file to read `url` from.
+
+    A local file is opened only if it is a regular file (`open_regular_file`: a FIFO never
+    blocks, it raises `NotRegularFileError`); `memory_map` maps a local file instead (lakeimg's
+    own files, such as spools, read zero-copy by Arrow).
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.bin"); write_bytes(path, b"abc")
+        >>> with open_input(path_to_uri(path)) as handle:
+        ...     _ = handle.seek(1); handle.read()
+        b'bc'
+    """
+    fs, path = resolve(url, storage_options)
+    if fs is not _LOCAL:
+        return fs.open_input_file(path)
+    return pa.memory_map(path) if memory_map else open_regular_file(path)
+
+
+@contextmanager
+def time_limit(seconds: float):
+    """Raise `TimeLimitExceeded` in the block once `seconds` pass (0: no limit).
+
+    A SIGALRM interrupts Python-level work, so it only acts in the main thread (elsewhere the
+    block runs unlimited; the engine's pool also kills hung workers).
+
+    Example:
+        >>> with time_limit(0.01):
+        ...     while True: pass
+        Traceback (most recent call last):
+        ...
+        lakeimg.storage.TimeLimitExceeded: took longer than 0.01 s
+    """
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(_signum, _frame):
+        raise TimeLimitExceeded(f"took longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def read_bytes(url: str, storage_options: Mapping[str, str] | None = None, *, time_limit_s: float = 0) -> bytes:
+    """A whole file's bytes, from exactly the file `url` names (see `open_input`).
+
+    Raises:
+        OSError: the file cannot be read or is not a regular file (`NotRegularFileError`).
+        TimeLimitExceeded: reading took longer than `time_limit_s` (0: no limit).
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a b.bin"); write_bytes(path, b"abc")
+        >>> read_bytes(path_to_uri(path), time_limit_s=60)
+        b'abc'
+    """
+    with time_limit(time_limit_s), open_input(url, storage_options) as handle:
+        return handle.read()
+
+
+def open_output(url: str, storage_options: Mapping[str, str] | None = None):
+    """A binary stream writing `url` from scratch (local parent folders are made; object stores
+    have none). Arrow's Parquet and IPC writers take it as it is.
+
+    Example:
+        >>> import tempfile
+        >>> with open_output(os.path.join(tempfile.mkdtemp(), "new", "a.bin")) as sink:
+        ...     sink.write(b"abc")
+        3
+    """
+    fs, path = resolve(url, storage_options)
+    if fs is _LOCAL:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    return fs.open_output_stream(path)
+
+
+def write_bytes(url: str, data: bytes, storage_options: Mapping[str, str] | None = None) -> None:
+    """Write `data` as the whole file `url` (see `open_output`).
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.bin"); write_bytes(path, b"abc"); read_bytes(path)
+        b'abc'
+    """
+    with open_output(url, storage_options) as sink:
+        sink.write(data)
+
+
+def delete_file(url: str, storage_options: Mapping[str, str] | None = None) -> None:
+    """Delete one file.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.bin"); write_bytes(path, b"abc"); delete_file(path)
+        >>> os.path.exists(path)
+        False
+    """
+    fs, path = resolve(url, storage_options)
+    if fs is _LOCAL:
+        os.unlink(path)  # a local symlink goes, not its target
+    else:
+        fs.delete_file(path)
+
+
+def remove_prefix(url: str, storage_options: Mapping[str, str] | None = None) -> None:
+    """Remove everything under `url` (a folder, or an object store prefix) and itself; no error
+    if it is already gone. The cleanup of staged files.
+
+    Example:
+        >>> import tempfile
+        >>> staged = os.path.join(tempfile.mkdtemp(), "run1"); write_bytes(staged + "/part-0.parquet", b"x")
+        >>> remove_prefix(staged); os.path.exists(staged)
+        False
+    """
+    fs, path = resolve(url, storage_options)
+    if fs is not _LOCAL:
+        fs.delete_dir_contents(path, missing_dir_ok=True)
+        return
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+class Listed(NamedTuple):
+    """One listed file: its URL, size, modification time (ns since the epoch), and `kind`: None
+    for a regular file, else why it cannot be read (`not_regular_file`, `broken_symlink`,
+    `symlink_loop`, `unreadable`)."""
+
+    url: str
+    size: int
+    mtime_ns: int
+    kind: str | None = None
+
+
+def list_files(url: str, storage_options: Mapping[str, str] | None = None) -> Iterator[Listed]:
+    """Every file under `url` (a file gives itself), streamed as it is found; names starting
+    with "." are skipped, as Arrow datasets skip them. Nothing is opened.
+
+    Locally only stat is called, so a FIFO or device is listed with its `kind`, never opened;
+    folder links are followed, each folder once per path, and a link back to a parent is a
+    `symlink_loop`. Object stores are listed one level at a time.
+
+    Example:
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp(); write_bytes(root + "/d/a b.jpg", b"x"); write_bytes(root + "/.hidden", b"x")
+        >>> [(f.url[len(path_to_uri(root)):], f.size, f.kind) for f in list_files(root)]
+        [('/d/a%20b.jpg', 1, None)]
+    """
+    fs, path = resolve(url, storage_options)
+    if fs is _LOCAL:
+        yield from _walk_local(path)
+        return
+    base = url.rstrip("/")
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        yield Listed(url, info.size, info.mtime_ns or 0)
+        return
+    stack = [path.rstrip("/")]
+    while stack:
+        for info in fs.get_file_info(pafs.FileSelector(stack.pop(), allow_not_found=True)):
+            if info.base_name.startswith("."):
+                continue
+            if info.type == pafs.FileType.Directory:
+                stack.append(info.path)
+            elif info.type == pafs.FileType.File:
+                yield Listed(base + info.path[len(path.rstrip("/")):], info.size, info.mtime_ns or 0)
+
+
+def _walk_local(path: str) -> Iterator[Listed]:
+    # Each folder carries the (device, inode) of the folders above it, so a folder link back to
+    # one of them is a loop instead of a walk that never ends.
+    stack: list[tuple[str, tuple[tuple[int, int], ...]]] = [(path, ())]
+    while stack:
+        path, ancestors = stack.pop()
+        try:
+            lst = os.lstat(path)
+        except FileNotFoundError:
+            continue  # vanished while listing
+        except OSError:
+            yield Listed(path_to_uri(path), 0, 0, "unreadable")
+            continue
+        st = lst
+        if stat.S_ISLNK(lst.st_mode):
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    kind = "symlink_loop"
+                elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    kind = "broken_symlink"
+                else:
+                    kind = "unreadable"
+                yield Listed(path_to_uri(path), lst.st_size, lst.st_mtime_ns, kind)
+                continue
+        if not stat.S_ISDIR(st.st_mode):
+            kind = None if stat.S_ISREG(st.st_mode) else "not_regular_file"
+            yield Listed(path_to_uri(path), st.st_size, st.st_mtime_ns, kind)
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            yield Listed(path_to_uri(path), lst.st_size, lst.st_mtime_ns, "symlink_loop")
+            continue
+        try:
+            with os.scandir(path) as entries:
+                names = [e.name for e in entries if not e.name.startswith(".")]
+        except OSError:
+            yield Listed(path_to_uri(path), st.st_size, st.st_mtime_ns, "unreadable")
+            continue
+        below = (*ancestors, key)
+        stack.extend((os.path.join(path, name), below) for name in names)
