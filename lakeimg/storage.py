@@ -352,9 +352,10 @@ def open_output(url: str, storage_options: Mapping[str, str] | None = None):
         3
     """
     fs, path = resolve(url, storage_options)
-    if fs is _LOCAL:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-    return fs.open_output_stream(path)
+    if fs is not _LOCAL:
+        return fs.open_output_stream(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return open(path, "wb")  # noqa: SIM115 - the caller's; a Python file takes non-UTF-8 names
 
 
 def write_bytes(url: str, data: bytes, storage_options: Mapping[str, str] | None = None) -> None:
