@@ -42,7 +42,6 @@ import signal
 import stat
 import threading
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
 from typing import NamedTuple
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
@@ -52,25 +51,9 @@ import pyarrow.fs as pafs
 from lakeimg.errors import UriError
 
 __all__ = [
-    "Listed",
-    "NotRegularFileError",
-    "TimeLimitExceeded",
-    "delete_file",
-    "has_scheme",
-    "list_files",
-    "local_path_or_none",
-    "open_input",
-    "open_output",
-    "open_regular_file",
-    "path_to_uri",
-    "printable",
-    "read_bytes",
-    "remove_prefix",
-    "resolve",
-    "time_limit",
-    "to_uri",
-    "uri_to_path",
-    "write_bytes",
+    "Listed", "NotRegularFileError", "TimeLimitExceeded", "delete_file", "has_scheme", "list_files",
+    "local_path_or_none", "open_input", "open_output", "open_regular_file", "path_to_uri", "printable",
+    "read_bytes", "remove_prefix", "resolve", "time_limit", "to_uri", "uri_to_path", "write_bytes",
 ]
 
 # A scheme followed by "//" (every object store URL has one), or "file:" (Hadoop writes "file:/p").
@@ -294,7 +277,7 @@ def open_input(url: str, storage_options: Mapping[str, str] | None = None, *, me
     return pa.memory_map(path) if memory_map else open_regular_file(path)
 
 
-@contextmanager
+@contextlib.contextmanager
 def time_limit(seconds: float):
     """Raise `TimeLimitExceeded` in the block once `seconds` pass (0: no limit).
 
