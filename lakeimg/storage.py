@@ -384,7 +384,8 @@ def remove_prefix(url: str, storage_options: Mapping[str, str] | None = None) ->
     """
     fs, path = resolve(url, storage_options)
     if fs is not _LOCAL:
-        fs.delete_dir_contents(path, missing_dir_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_dir(path)
         return
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)

@@ -371,3 +371,26 @@ def test_object_store_urls_resolve_with_delta_rs_option_keys(monkeypatch):
     fs, path = resolve("abfss://photos@acct.dfs.core.windows.net/a/c.jpg")
     assert (fs.type_name, path) == ("abfs", "photos/a/c.jpg")
     assert resolve("gs://bucket/c.jpg")[0].type_name == "gcs"
+
+
+def test_the_object_store_path_on_real_files(tmp_path):
+    """`local://` URLs go through pyarrow.fs as `s3://` ones do: the same calls, on real files."""
+    root = f"local://{tmp_path}/store"
+    (tmp_path / "store" / "a" / "b").mkdir(parents=True)  # an object store has no folders to make
+    write_bytes(root + "/a/1.jpg", b"one")
+    write_bytes(root + "/a/b/2.jpg", b"two")
+    write_bytes(root + "/a/.hidden", b"x")
+    assert resolve(root)[0].type_name == "local" and (tmp_path / "store" / "a" / "b" / "2.jpg").read_bytes() == b"two"
+    listed = sorted(list_files(root + "/a"))
+    assert [(f.url, f.size, f.kind) for f in listed] == [(root + "/a/1.jpg", 3, None), (root + "/a/b/2.jpg", 3, None)]
+    assert [f.url for f in list_files(root + "/a/1.jpg")] == [root + "/a/1.jpg"]
+    assert list(list_files(root + "/none")) == []
+    assert read_bytes(root + "/a/b/2.jpg", time_limit_s=60) == b"two"
+    with open_input(root + "/a/1.jpg") as handle:
+        handle.seek(1)
+        assert handle.read() == b"ne"
+    delete_file(root + "/a/1.jpg")
+    assert not (tmp_path / "store" / "a" / "1.jpg").exists()
+    remove_prefix(root + "/a")
+    assert not (tmp_path / "store" / "a").exists()
+    remove_prefix(root + "/a")  # already gone
