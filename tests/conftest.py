@@ -62,3 +62,10 @@ def spark():
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that starts Spark must say so (`-m "not spark and not slow"` is the fast lane)."""
+    unmarked = [item.nodeid for item in items if "spark" in getattr(item, "fixturenames", ()) and item.get_closest_marker("spark") is None]
+    if unmarked:
+        raise pytest.UsageError("tests using the spark fixture without @pytest.mark.spark: " + ", ".join(unmarked))

@@ -112,6 +112,7 @@ def test_version_and_help():
         assert command in helped.stdout
 
 
+@pytest.mark.slow  # 31 CLI processes
 def test_exit_status_is_reliable_over_many_runs(src, lake_dir):
     """Every run exits 0: no abort at interpreter exit.
 

@@ -1,9 +1,11 @@
-"""Layering: image code and kernels never pull in Spark or Delta; `import lakeimg` starts no JVM."""
+"""Layering: the import-linter contracts in pyproject.toml hold over the whole package, image
+code and kernels never pull in Spark or Delta, and `import lakeimg` starts no JVM."""
 
 from __future__ import annotations
 
-import ast
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -53,16 +55,16 @@ def test_decoding_a_file_loads_no_spark_or_delta():
     assert _loaded_after(statement) == []
 
 
-def test_image_package_source_never_imports_spark_or_delta():
-    """Also lazily: no function inside lakeimg/image imports them."""
-    offenders = []
-    for path in sorted((ROOT / "lakeimg" / "image").glob("*.py")):
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = []
-            if isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module:
-                names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("pyspark", "deltalake", "delta", "lakeimg.engine")]
-            offenders += [f"{path.name}: {n}" for n in names if n.startswith(("lakeimg.engine", "lakeimg.jobs", "lakeimg.catalog"))]
-    assert offenders == []
+@pytest.mark.layers
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 12: the code still breaks the layer contracts (jobs -> catalog, kernels -> schemas -> pyspark); "
+    "remove this mark once `lint-imports` passes",
+)
+def test_import_linter_contracts_hold():
+    """`lint-imports` (layers and forbidden imports, lazy imports included) over all of lakeimg."""
+    command = shutil.which("lint-imports")
+    assert command, "lint-imports is missing: pip install -e '.[dev]'"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([command, "--no-cache"], capture_output=True, text=True, cwd=str(ROOT), env=env)
+    assert out.returncode == 0, out.stdout[out.stdout.find("Broken contracts"):] + out.stderr

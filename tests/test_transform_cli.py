@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from conftest import run_cli
 from PIL import Image
 
@@ -41,6 +42,7 @@ def test_cli_transform_json_summary_and_exit_codes(tmp_path: Path):
     assert run_cli("transform", "--lake", lake.path, "--target", "x", "--spec", str(tmp_path / "missing.json")).returncode == 2
 
 
+@pytest.mark.slow  # 20 transform CLI processes
 def test_cdf_reading_cli_exits_cleanly_every_time(tmp_path: Path):
     lake, src = make_lake(tmp_path)
     targets = [f"t{i}" for i in range(20)]

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from lakeimg.errors import LakeImgError, PoolError
+from lakeimg.storage import delete_file, open_input, open_output, remove_prefix
 
 __all__ = ["isolated_kernel", "map_kernel", "remove_stale_spools"]
 
@@ -42,7 +43,7 @@ def _spool_reader(path: str):
     if reader is None:
         if len(_SPOOLS) >= 4:  # a run spools chunk after chunk; keep only the latest few open
             del _SPOOLS[next(iter(_SPOOLS))]
-        reader = _SPOOLS[path] = pa.ipc.open_file(pa.memory_map(path))
+        reader = _SPOOLS[path] = pa.ipc.open_file(open_input(path, memory_map=True))
     return reader
 
 
@@ -169,7 +170,7 @@ def _spool_chunk(batches: Iterator[pa.RecordBatch], count: int, path: str) -> bo
     first = next(batches, None)
     if first is None:
         return False
-    with pa.OSFile(path, "wb") as sink, pa.ipc.new_file(sink, first.schema) as writer:
+    with open_output(path) as sink, pa.ipc.new_file(sink, first.schema) as writer:
         writer.write_batch(first)
         for batch in itertools.islice(batches, count - 1):
             writer.write_batch(batch)
@@ -309,7 +310,6 @@ def map_kernel(
         return
 
     import pickle
-    import shutil
     import tempfile
 
     from pebble import ProcessExpired, ProcessPool
@@ -340,7 +340,7 @@ def map_kernel(
             path = os.path.join(folder, f"inputs-{len(outstanding)}.arrow")
             if not _spool_chunk(batches, chunk_tasks, path):
                 return False
-            reader = spools[path] = pa.ipc.open_file(pa.memory_map(path))
+            reader = spools[path] = pa.ipc.open_file(open_input(path, memory_map=True))
             outstanding[path] = 0
             for i in range(reader.num_record_batches):
                 submit((path, i, 0, reader.get_batch(i).num_rows))
@@ -409,7 +409,7 @@ def map_kernel(
                     probe = pool.schedule(_probe, timeout=120)
             for path in [p for p, n in outstanding.items() if n == 0 and p in spools]:
                 del spools[path]  # every task of this file is done: free its disk space
-                os.remove(path)
+                delete_file(path)
         finished_cleanly = True
     finally:
         if pool is not None:
@@ -418,7 +418,7 @@ def map_kernel(
             else:  # an error, Ctrl-C or an abandoned generator: no waiting for queued tasks
                 pool.stop()
             pool.join()
-        shutil.rmtree(folder, ignore_errors=True)
+        remove_prefix(folder)
 
 
 _SPOOL_PREFIX = "lakeimg-spool-"
@@ -449,7 +449,6 @@ def remove_stale_spools(folder: str | None = None) -> list[str]:
         >>> isinstance(remove_stale_spools(), list)
         True
     """
-    import shutil
     import tempfile
 
     folder = folder or tempfile.gettempdir()
@@ -465,7 +464,7 @@ def remove_stale_spools(folder: str | None = None) -> list[str]:
         if not pid_text.isdigit() or _pid_alive(int(pid_text)):
             continue
         path = os.path.join(folder, name)
-        shutil.rmtree(path, ignore_errors=True)
+        remove_prefix(path)
         if not os.path.exists(path):
             removed.append(path)
     return removed

@@ -22,10 +22,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import socket
 import time
 import weakref
+
+from lakeimg.storage import delete_file, remove_prefix, uri_to_path
 
 __all__ = ["StagingClaim", "claim_staging", "remove_stale_staging", "STAGING_FOLDER"]
 
@@ -34,8 +35,7 @@ GRACE_HOURS = 24.0
 
 
 def _staging_root(lake: str) -> str:
-    text = str(lake)
-    return os.path.join(text[len("file://"):] if text.startswith("file://") else text, STAGING_FOLDER)
+    return os.path.join(uri_to_path(str(lake)), STAGING_FOLDER)
 
 
 def _close(handle) -> None:
@@ -46,7 +46,7 @@ def _close(handle) -> None:
 def _release(handle, path: str) -> None:
     # Unlink before unlocking: a cleaner that gets the lock afterwards finds no file to remove.
     with contextlib.suppress(OSError):
-        os.unlink(path)
+        delete_file(path)
     _close(handle)
     with contextlib.suppress(OSError):
         os.rmdir(os.path.dirname(path))  # the last run's staging is gone: no empty folder stays
@@ -118,11 +118,8 @@ def remove_stale_staging(lake: str, *, grace_hours: float = GRACE_HOURS) -> list
     removed: list[str] = []
 
     def remove(path: str) -> None:
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        with contextlib.suppress(OSError):
+            remove_prefix(path)
         if not os.path.lexists(path):
             removed.append(path)
 

@@ -27,7 +27,7 @@ from lakeimg.catalog.verify import READ_ERRORS, content_mismatches
 from lakeimg.engine.local import LocalEngine, VersionLike
 from lakeimg.errors import LakeDamagedError, LakeImgError, SpecError, TableNotFoundError
 from lakeimg.image.codecs import EXPORT_FORMATS, decode_pixels, export_bytes
-from lakeimg.uris import local_path_or_none
+from lakeimg.storage import local_path_or_none, resolve, write_bytes
 
 __all__ = ["export_table", "parse_table_ref", "safe_name"]
 
@@ -139,8 +139,7 @@ def export_table(
                     failed += 1
                     print(f"lakeimg: export: {row['uri']}: {type(exc).__name__}: {exc}", file=sys.stderr)
                     continue
-                target = _inside(folder, safe_name(row["uri"], ext, row.get("variant")))
-                target.write_bytes(data)
+                write_bytes(str(_inside(folder, safe_name(row["uri"], ext, row.get("variant")))), data)
                 written += 1
     if mismatched or unreadable:
         parts = []
@@ -165,11 +164,12 @@ def _batches(path: str, columns: list[str], unreadable: list[tuple[str, str]]) -
     are guarded: a failed write of an exported file stays an error."""
 
     def note(where: str, exc: BaseException) -> None:
-        why = "missing (deleted or vacuumed)" if not os.path.exists(path) else f"{where}{type(exc).__name__}: {exc}"
+        why = "missing (deleted or vacuumed)" if isinstance(exc, FileNotFoundError) else f"{where}{type(exc).__name__}: {exc}"
         unreadable.append((path, " ".join("".join(ch if ch.isprintable() else " " for ch in why).split())))
 
     try:
-        parquet = pq.ParquetFile(path, page_checksum_verification=True)
+        fs, located = resolve(path)
+        parquet = pq.ParquetFile(located, filesystem=fs, page_checksum_verification=True)
         groups = parquet.num_row_groups
     except READ_ERRORS as exc:
         note("", exc)

@@ -1,15 +1,13 @@
-"""Listing ingest sources: files, folders (recursive) and globs, through pyarrow.fs.
+"""Listing ingest sources: files, folders (recursive) and globs, through `lakeimg.storage`.
 
 Hidden files and folders (a name starting with ".") and anything inside the lake are skipped.
 The listing is an Arrow table in the kernel's input schema (`uri`, `size_bytes`, `modified_at`,
 `label`, `kind`), so it feeds `ingest_kernel` on either engine. URIs come from
-`lakeimg.uris.path_to_uri`, so any file name the file system allows is listed (non-UTF-8 names too).
+`lakeimg.storage.path_to_uri`, so any file name the file system allows is listed (non-UTF-8 names too).
 
 What is not a regular file is listed too, never opened, with `kind` set to the reject class the
-kernel records for it: `not_regular_file` (FIFO, socket, device), `broken_symlink` (its target is
-missing), `symlink_loop` (a link that resolves to itself, or a folder link back to one of its own
-parents) or `unreadable` (a folder that cannot be listed). Listing only calls stat, so a FIFO or
-a device never blocks it; folder links are followed, each folder once per path.
+kernel records for it (see `lakeimg.storage.list_files`): `not_regular_file`, `broken_symlink`,
+`symlink_loop` or `unreadable`.
 
 Example:
     >>> import tempfile, pathlib
@@ -21,19 +19,24 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
-import errno
 import glob
 import os
 import re
-import stat
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from lakeimg.errors import SourceNotFoundError, SpecError
 from lakeimg.kernels.ingest import LISTING_SCHEMA
-from lakeimg.uris import has_scheme, local_path_or_none, path_to_uri, printable, uri_to_path
+from lakeimg.storage import (
+    has_scheme,
+    list_files,
+    local_path_or_none,
+    path_to_uri,
+    printable,
+    uri_to_path,
+)
 
 __all__ = ["list_sources", "source_scope", "SourceScope", "label_for"]
 
@@ -114,10 +117,10 @@ def list_sources(
     excluded = tuple(_source_path(e).rstrip("/") + "/" for e in exclude)
     found: dict[str, tuple[int, int, str | None]] = {}
 
-    def add(path: str, st: os.stat_result, kind: str | None) -> None:
-        if any((path + "/").startswith(e) for e in excluded):
-            return
-        found[path_to_uri(path)] = (st.st_size, st.st_mtime_ns, kind)
+    def add(path: str) -> None:
+        for file in list_files(path):
+            if not any((uri_to_path(file.url) + "/").startswith(e) for e in excluded):
+                found[file.url] = (file.size, file.mtime_ns, file.kind)
 
     for source in sources:
         path = _source_path(source)
@@ -126,11 +129,11 @@ def list_sources(
             if not matches:
                 raise SourceNotFoundError(source)
             for match in matches:
-                _visit(match, add)
+                add(match)
             continue
         if not os.path.lexists(path):
             raise SourceNotFoundError(source)
-        _visit(path, add)
+        add(path)
     uris = sorted(found)
     return pa.table(
         {
@@ -152,59 +155,6 @@ def _source_path(source: str) -> str:
     if path is None:
         raise SpecError(f"only local sources are supported so far: {source}")
     return os.path.abspath(path)
-
-
-def _visit(path: str, add: Callable[[str, os.stat_result, str | None], None]) -> None:
-    """List `path`: a file, or a folder walked recursively (hidden names skipped).
-
-    Only stat calls: a FIFO or device is classified, never opened. Each folder carries the
-    (device, inode) of the folders above it, so a folder link back to one of them is a loop
-    instead of a walk that never ends.
-    """
-    stack: list[tuple[str, tuple[tuple[int, int], ...]]] = [(path, ())]
-    while stack:
-        path, ancestors = stack.pop()
-        try:
-            lst = os.lstat(path)
-        except FileNotFoundError:
-            continue  # vanished while listing
-        except OSError:
-            add(path, _NO_STAT, "unreadable")
-            continue
-        st = lst
-        if stat.S_ISLNK(lst.st_mode):
-            try:
-                st = os.stat(path)
-            except OSError as exc:
-                if exc.errno == errno.ELOOP:
-                    kind = "symlink_loop"
-                elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                    kind = "broken_symlink"
-                else:
-                    kind = "unreadable"
-                add(path, lst, kind)
-                continue
-        if stat.S_ISREG(st.st_mode):
-            add(path, st, None)
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            add(path, st, "not_regular_file")
-            continue
-        key = (st.st_dev, st.st_ino)
-        if key in ancestors:
-            add(path, lst, "symlink_loop")
-            continue
-        try:
-            with os.scandir(path) as entries:
-                names = [e.name for e in entries if not e.name.startswith(".")]
-        except OSError:
-            add(path, st, "unreadable")
-            continue
-        below = (*ancestors, key)
-        stack.extend((os.path.join(path, name), below) for name in names)
-
-
-_NO_STAT = os.stat_result((0,) * 10)
 
 
 def _ns_to_datetime(ns: int) -> dt.datetime:

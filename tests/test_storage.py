@@ -1,6 +1,7 @@
-"""File names and URIs (issue 11, items 5, 10, 11): one conversion both ways, every name ingests.
+"""The storage seam: file names and URIs (issue 11, items 5, 10, 11), and reading, writing,
+listing and removing files through `lakeimg.storage` on real local files.
 
-A path becomes a URI through `lakeimg.uris.path_to_uri` and back through `uri_to_path`; the round
+A path becomes a URI through `lakeimg.storage.path_to_uri` and back through `uri_to_path`; the round
 trip is exact for every name a file system allows, and ingest reads each file from exactly the
 path that was listed: a name that percent-decodes to another file (another folder's image,
 `/etc/hostname`, a decoy next to it) must get its own bytes. Files that are not regular files
@@ -13,11 +14,13 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import signal
 import socket
 import urllib.request
 from pathlib import Path
 
 import numpy as np
+import pyarrow.fs as pafs
 import pytest
 from PIL import Image
 
@@ -29,7 +32,20 @@ from lakeimg.jobs.ingest import failed_file_row, ingest_files
 from lakeimg.jobs.listing import list_sources
 from lakeimg.kernels.ingest import IngestOptions, ingest_one_file, read_file_bytes
 from lakeimg.samples import photo_like
-from lakeimg.uris import NotRegularFileError, path_to_uri, to_uri, uri_to_path
+from lakeimg.storage import (
+    NotRegularFileError,
+    TimeLimitExceeded,
+    delete_file,
+    list_files,
+    open_input,
+    path_to_uri,
+    read_bytes,
+    remove_prefix,
+    resolve,
+    to_uri,
+    uri_to_path,
+    write_bytes,
+)
 
 HOSTILE_NAMES = [
     "d%2F..%2F..%2Fother%2Fc0001.jpg",
@@ -264,9 +280,117 @@ def test_a_fifo_is_never_opened_for_reading(tmp_path):
     os.mkfifo(fifo)  # a file swapped for a FIFO after listing: the kernel refuses it at once
     with pytest.raises(NotRegularFileError):
         read_file_bytes(path_to_uri(str(fifo)))
+    with pytest.raises(NotRegularFileError):
+        read_bytes(str(fifo), time_limit_s=30)
+    with pytest.raises(NotRegularFileError):
+        open_input(path_to_uri(str(fifo)))
     listing = {"uri": path_to_uri(str(fifo)), "size_bytes": 0, "modified_at": None, "label": None, "kind": None}
     row = ingest_one_file(listing, IngestOptions(run_id="r"))
     assert (row["outcome"], row["error_class"]) == ("reject", "not_regular_file")
     # A crashed or killed worker's reject is made in the driver without touching the file.
     failed = failed_file_row(listing, "timeout", "worker killed", options=IngestOptions(run_id="r"))
     assert (failed["error_class"], failed["content_sha256"]) == ("timeout", None)
+
+
+def test_bytes_round_trip_through_every_name(tmp_path):
+    root = os.fsencode(tmp_path)
+    for seed, name in enumerate([os.fsencode(n) for n in HOSTILE_NAMES[1:]] + NON_UTF8_NAMES):
+        url = path_to_uri(root + b"/sub/" + name)
+        write_bytes(url, _png(seed))
+        with open(root + b"/sub/" + name, "rb") as handle:
+            assert handle.read() == read_bytes(url) == _png(seed)
+        with open_input(url) as handle:  # seekable: a reader can jump to a TIFF's tiles
+            handle.seek(8)
+            assert handle.read(8) == _png(seed)[8:16]
+        delete_file(url)
+        assert not os.path.lexists(root + b"/sub/" + name)
+    with pytest.raises(FileNotFoundError):
+        delete_file(path_to_uri(str(tmp_path / "never.jpg")))
+    with pytest.raises(FileNotFoundError):
+        read_bytes(str(tmp_path / "never.jpg"))
+
+
+def test_a_time_limit_stops_a_read_that_takes_too_long(tmp_path):
+    big = tmp_path / "sparse.bin"
+    with open(big, "wb") as handle:  # 256 MiB of holes: reading them takes far more than 0.1 ms
+        handle.truncate(256 << 20)
+    before = signal.getsignal(signal.SIGALRM)
+    with pytest.raises(TimeLimitExceeded):
+        read_bytes(str(big), time_limit_s=0.0001)
+    assert signal.getsignal(signal.SIGALRM) is before
+    assert read_bytes(str(big), time_limit_s=600)[-4:] == b"\0" * 4  # a limit that is not reached changes nothing
+
+
+def test_listing_streams_and_sees_every_name(tmp_path):
+    root = os.fsencode(tmp_path / "src")
+    names = {os.fsencode(n) for n in HOSTILE_NAMES[1:]} | set(NON_UTF8_NAMES)
+    os.makedirs(root + b"/dir \xff")
+    for name in [*names, b"dir \xff/inner.jpg", b".hidden.jpg"]:
+        with open(root + b"/" + name, "wb") as handle:
+            handle.write(b"x" * len(name))
+    listed = {os.fsencode(uri_to_path(f.url))[len(root) + 1 :]: f for f in list_files(os.fsdecode(root))}
+    assert set(listed) == names | {b"dir \xff/inner.jpg"}
+    assert all(f.size == len(name) and f.kind is None and f.url.isascii() for name, f in listed.items())
+    assert [f.url for f in list_files(next(iter(listed.values())).url)] == [next(iter(listed.values())).url]
+
+    # Streamed: files are found as the walk goes, so a folder removed before the walk reaches it
+    # is never listed (a list made up front would still name its files).
+    for part in ("a", "b"):
+        write_bytes(str(tmp_path / "two" / part / "f.jpg"), b"x")
+    walk = list_files(str(tmp_path / "two"))
+    first = next(walk)
+    remove_prefix(os.path.dirname(uri_to_path(first.url)))
+    remove_prefix(str(tmp_path / "two" / ("b" if first.url.endswith("/a/f.jpg") else "a")))
+    assert list(walk) == []
+
+
+def test_remove_prefix_removes_staged_files_and_nothing_outside(tmp_path):
+    keep = tmp_path / "keep.jpg"
+    keep.write_bytes(b"keep")
+    staged = tmp_path / "staging" / "run1"
+    write_bytes(str(staged / "part-0.parquet"), b"x")
+    write_bytes(str(staged / "sub" / ".part-1.parquet.tmp"), b"x")  # a half-written hidden file
+    os.symlink(keep, staged / "link.jpg")
+    os.symlink(tmp_path, staged / "folder_link")
+    remove_prefix(path_to_uri(str(staged)))
+    assert not staged.exists() and keep.read_bytes() == b"keep" and (tmp_path / "staging").is_dir()
+    remove_prefix(str(staged))  # already gone: nothing to do
+    os.symlink(tmp_path, tmp_path / "staging" / "run2")  # a link is removed, never what it names
+    remove_prefix(str(tmp_path / "staging" / "run2"))
+    assert not os.path.lexists(tmp_path / "staging" / "run2") and keep.exists()
+
+
+def test_object_store_urls_resolve_with_delta_rs_option_keys(monkeypatch):
+    monkeypatch.setenv("AWS_REGION", "eu-north-1")
+    fs, path = resolve("s3://bucket/a b/c.jpg")
+    assert (fs.type_name, fs.region, path) == ("s3", "eu-north-1", "bucket/a b/c.jpg")
+    options = {"AWS_REGION": "us-west-2", "AWS_ENDPOINT_URL": "127.0.0.1:9000", "AWS_ALLOW_HTTP": "true",
+               "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
+    fs, _ = resolve("s3://bucket/c.jpg", options)
+    assert fs.equals(pafs.S3FileSystem(region="us-west-2", endpoint_override="127.0.0.1:9000", scheme="http", access_key="k", secret_key="s"))
+    fs, path = resolve("abfss://photos@acct.dfs.core.windows.net/a/c.jpg")
+    assert (fs.type_name, path) == ("abfs", "photos/a/c.jpg")
+    assert resolve("gs://bucket/c.jpg")[0].type_name == "gcs"
+
+
+def test_the_object_store_path_on_real_files(tmp_path):
+    """`local://` URLs go through pyarrow.fs as `s3://` ones do: the same calls, on real files."""
+    root = f"local://{tmp_path}/store"
+    (tmp_path / "store" / "a" / "b").mkdir(parents=True)  # an object store has no folders to make
+    write_bytes(root + "/a/1.jpg", b"one")
+    write_bytes(root + "/a/b/2.jpg", b"two")
+    write_bytes(root + "/a/.hidden", b"x")
+    assert resolve(root)[0].type_name == "local" and (tmp_path / "store" / "a" / "b" / "2.jpg").read_bytes() == b"two"
+    listed = sorted(list_files(root + "/a"))
+    assert [(f.url, f.size, f.kind) for f in listed] == [(root + "/a/1.jpg", 3, None), (root + "/a/b/2.jpg", 3, None)]
+    assert [f.url for f in list_files(root + "/a/1.jpg")] == [root + "/a/1.jpg"]
+    assert list(list_files(root + "/none")) == []
+    assert read_bytes(root + "/a/b/2.jpg", time_limit_s=60) == b"two"
+    with open_input(root + "/a/1.jpg") as handle:
+        handle.seek(1)
+        assert handle.read() == b"ne"
+    delete_file(root + "/a/1.jpg")
+    assert not (tmp_path / "store" / "a" / "1.jpg").exists()
+    remove_prefix(root + "/a")
+    assert not (tmp_path / "store" / "a").exists()
+    remove_prefix(root + "/a")  # already gone

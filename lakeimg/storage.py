@@ -1,0 +1,483 @@
+"""The storage seam: every byte lakeimg reads or writes outside the Delta log goes through here.
+
+Source files, staged files, exports and spool files are named by URLs: a bare path, `file://`,
+or an object store (`s3://`, `gs://`, `az://`, `abfss://`). `resolve` turns one into a
+`pyarrow.fs` file system and the path inside it (see DEVELOPERS.md "Storage" for why pyarrow.fs);
+the functions below read, write, list and delete through it. Local files keep lakeimg's own
+rules: only regular files are opened for reading (a FIFO never hangs a run), and listing is a
+stat-only walk that classifies what is not a regular file.
+
+A local file's URI is its absolute path percent-encoded byte by byte as RFC 3986 asks, and
+`uri_to_path` is its exact inverse, so every name a file system allows survives the round trip: a space, `%`, `?`, `#`, `[]`, quotes, a backslash,
+a tab or newline, non-ASCII letters. A name that is not valid UTF-8 keeps its bytes: the path
+string holds them as surrogate escapes (what `os.fsdecode` and `os.listdir` give), and the URI
+percent-encodes the raw bytes, so URIs are always plain ASCII (they fit Arrow's UTF-8 strings).
+
+The encoding is `pathlib.Path(p).as_uri()`'s except that the characters RFC 3986 allows as they
+are in a path (`!$&'()*+,;=:@`) stay unencoded: names such as `IMG(1).jpg` or `a+b.jpg` always
+ingested, and keep the URIs existing lakes hold for them. `uri_to_path` reads both spellings.
+
+Strings without a scheme are taken as paths; URLs of other schemes (`s3://`, `az://`, ...) are
+not local files: `uri_to_path` refuses them with `UriError`, and `local_path_or_none` tells
+callers that hand them on to an object store.
+
+Example:
+    >>> path_to_uri("/data/IMG 0001.jpg")
+    'file:///data/IMG%200001.jpg'
+    >>> uri_to_path("file:///data/IMG%200001.jpg")
+    '/data/IMG 0001.jpg'
+    >>> name = "/data/q?mark #1 100%.jpg"
+    >>> uri_to_path(path_to_uri(name)) == name
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import signal
+import stat
+import threading
+from collections.abc import Iterator, Mapping
+from typing import NamedTuple
+from urllib.parse import quote_from_bytes, unquote_to_bytes
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from lakeimg.errors import UriError
+
+__all__ = [
+    "Listed", "NotRegularFileError", "TimeLimitExceeded", "delete_file", "has_scheme", "list_files",
+    "local_path_or_none", "open_input", "open_output", "open_regular_file", "path_to_uri", "printable",
+    "read_bytes", "remove_prefix", "resolve", "time_limit", "to_uri", "uri_to_path", "write_bytes",
+]
+
+# A scheme followed by "//" (every object store URL has one), or "file:" (Hadoop writes "file:/p").
+# A bare "name:rest" stays a path: "photos:2024/a.jpg" is a legal relative file name.
+# RFC 3986 pchar minus the unreserved characters quote() never encodes: sub-delims, ":" and "@".
+_PATH_SAFE = "/!$&'()*+,;=:@"
+_SCHEME = re.compile(r"^(?:([A-Za-z][A-Za-z0-9+.-]*):(?=//)|([Ff][Ii][Ll][Ee]):)")
+
+
+def has_scheme(text: str) -> bool:
+    """Whether `text` is a URL (`file:...`, `s3://...`) rather than a bare path.
+
+    Example:
+        >>> has_scheme("file:///a.jpg"), has_scheme("s3://bucket/a.jpg"), has_scheme("photos:2024/a.jpg")
+        (True, True, False)
+    """
+    return _SCHEME.match(text) is not None
+
+
+def path_to_uri(path: str | bytes | os.PathLike) -> str:
+    """The absolute file:// URI of a local path (relative paths are taken from the working folder).
+
+    Every byte that RFC 3986 does not allow in a path (space, `%`, `?`, `#`, `[]`, `"`, `\\`,
+    control characters, every non-ASCII byte) is percent-encoded, so the URI names exactly this
+    file and `uri_to_path` gives the path back. Names that always ingested keep the URIs lakeimg
+    wrote for them ("file:///a/b(1).jpg").
+
+    Example:
+        >>> path_to_uri("/a/b(1).jpg"), path_to_uri("/d/ü[1] #2.jpg")
+        ('file:///a/b(1).jpg', 'file:///d/%C3%BC%5B1%5D%20%232.jpg')
+        >>> path_to_uri(b"/d/caf\\xe9.jpg")  # not UTF-8: its raw bytes are encoded
+        'file:///d/caf%E9.jpg'
+    """
+    raw = os.fsencode(os.path.abspath(os.fsdecode(path)))
+    if raw.startswith(b"//"):
+        # A path starting with "//" would read as a URI authority (host); one "/" means the same file.
+        raw = b"/" + raw.lstrip(b"/")
+    return "file://" + quote_from_bytes(raw, safe=_PATH_SAFE)
+
+
+def uri_to_path(uri: str) -> str:
+    """The local path of a file URI (`file:///p`, `file://localhost/p` or Hadoop's `file:/p`).
+
+    A string without a scheme is already a path and comes back unchanged (a name with "%" in it
+    is not decoded). "?" and "#" are part of the path, not a query or fragment: lakeimg's own
+    URIs encode them, and a local file has neither.
+
+    Raises:
+        UriError: another scheme (an object store URL), a host other than localhost, or a NUL byte.
+
+    Example:
+        >>> uri_to_path("file:///d/caf%C3%A9%25.jpg"), uri_to_path("file:/d/a.jpg"), uri_to_path("/d/a%20b.jpg")
+        ('/d/café%.jpg', '/d/a.jpg', '/d/a%20b.jpg')
+        >>> uri_to_path("s3://bucket/a.jpg")
+        Traceback (most recent call last):
+        ...
+        lakeimg.errors.UriError: s3://bucket/a.jpg: not a local file (scheme 's3')
+    """
+    match = _SCHEME.match(uri)
+    if match is None:
+        return uri
+    scheme = (match.group(1) or match.group(2)).lower()
+    if scheme != "file":
+        raise UriError(uri, f"not a local file (scheme {scheme!r})")
+    rest = uri[match.end() :]
+    if rest.startswith("//"):
+        host, slash, rest = rest[2:].partition("/")
+        if host.lower() not in ("", "localhost"):
+            raise UriError(uri, f"names host {host!r}; only local files can be read")
+        rest = slash + rest
+    if not rest.startswith("/"):
+        raise UriError(uri, "a file URI needs an absolute path")
+    raw = unquote_to_bytes(rest)
+    if b"\0" in raw:
+        raise UriError(uri, "the path contains a NUL byte")
+    return os.fsdecode(raw)
+
+
+def local_path_or_none(uri: str) -> str | None:
+    """The local path of a file URI or bare path; None for another scheme (an object store URL).
+
+    Example:
+        >>> local_path_or_none("file:///a%20b/c"), local_path_or_none("s3://bucket/c")
+        ('/a b/c', None)
+    """
+    match = _SCHEME.match(uri)
+    if match is not None and (match.group(1) or match.group(2)).lower() != "file":
+        return None
+    return uri_to_path(uri)
+
+
+def to_uri(path_or_uri: str) -> str:
+    """A user's source or image reference as a URI: paths (with "~") become file URIs, URIs stay.
+
+    A file URI is re-encoded from its path, so hand-typed URIs match the ones ingest writes.
+
+    Example:
+        >>> to_uri("/photos/a b.jpg"), to_uri("file:///photos/a%20b.jpg"), to_uri("s3://bucket/a b.jpg")
+        ('file:///photos/a%20b.jpg', 'file:///photos/a%20b.jpg', 's3://bucket/a b.jpg')
+    """
+    if not has_scheme(path_or_uri):  # a bare path: the shell's "~" may have been quoted away
+        return path_to_uri(os.path.expanduser(path_or_uri))
+    local = local_path_or_none(path_or_uri)
+    return path_or_uri if local is None else path_to_uri(local)
+
+
+def printable(text: str) -> str:
+    """`text` with the surrogate escapes of non-UTF-8 names written as backslash escapes.
+
+    For messages and labels stored in UTF-8 string columns, which cannot hold lone surrogates.
+
+    Example:
+        >>> printable(os.fsdecode(b"/d/caf\\xe9.jpg"))
+        '/d/caf\\\\udce9.jpg'
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def open_regular_file(path: str):
+    """Open a local file for reading, refusing anything but a regular file without blocking.
+
+    O_NONBLOCK keeps open() from waiting on a FIFO with no writer; the check after it catches a
+    path that was swapped for a FIFO, socket or device after it was listed.
+
+    Example:
+        >>> import tempfile
+        >>> with open_regular_file(tempfile.mkstemp()[1]) as handle:
+        ...     handle.read()
+        b''
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFileError(errno.EINVAL, "not a regular file", path)
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class NotRegularFileError(OSError):
+    """A path that was to be read as a file is a folder, FIFO, socket or device."""
+
+
+class TimeLimitExceeded(Exception):  # noqa: N818 - not an error of the file: the caller's budget ran out
+    """A `time_limit` (or `read_bytes(..., time_limit_s=)`) ran out."""
+
+
+_LOCAL = pafs.LocalFileSystem()
+# delta-rs (object_store) storage_options keys -> pyarrow.fs arguments, so the one set of options
+# (and the AWS_* / AZURE_* / GOOGLE_* variables delta-rs reads) reaches the Delta log and the
+# bytes around it alike. Keys are matched lower-case; other keys are delta-rs' own and ignored.
+_OPTIONS = {
+    "s3": ("aws_", {"access_key_id": "access_key", "secret_access_key": "secret_key",
+                    "session_token": "session_token", "token": "session_token", "region": "region",
+                    "endpoint": "endpoint_override", "endpoint_url": "endpoint_override"}),
+    "gs": ("google_", {"endpoint": "endpoint_override", "endpoint_url": "endpoint_override"}),
+    "az": ("azure_", {"storage_account_name": "account_name", "storage_account_key": "account_key",
+                      "storage_sas_token": "sas_token", "client_id": "client_id",
+                      "client_secret": "client_secret", "tenant_id": "tenant_id"}),
+}
+_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az", "abfs": "az", "abfss": "az"}
+
+
+def resolve(url: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
+    """The file system a URL lives on and the path inside it.
+
+    Local paths and file URIs give the local file system and an absolute path; `s3://`, `gs://`
+    and `az://` / `abfss://` URLs give pyarrow's S3, GCS or Azure file system configured from
+    `storage_options` (delta-rs' keys, such as `AWS_REGION`) over the same variables in the
+    environment. Other schemes go to `pyarrow.fs.FileSystem.from_uri`.
+
+    Example:
+        >>> fs, path = resolve("file:///data/a%20b.jpg"); fs.type_name, path
+        ('local', '/data/a b.jpg')
+        >>> fs, path = resolve("s3://bucket/a b.jpg", {"AWS_REGION": "eu-west-1"}); fs.region, path
+        ('eu-west-1', 'bucket/a b.jpg')
+    """
+    local = local_path_or_none(url)
+    if local is not None:
+        return _LOCAL, os.path.abspath(local)
+    scheme, _, rest = url.partition("://")
+    kind = _SCHEMES.get(scheme.lower())
+    if kind is None:
+        return pafs.FileSystem.from_uri(url)
+    prefix, names = _OPTIONS[kind]
+    given = {k.lower(): v for k, v in os.environ.items() if k.lower().startswith(prefix)}
+    given.update((k.lower(), v) for k, v in (storage_options or {}).items())
+    args = {arg: given[key] for key, arg in ((k if k in given else prefix + k, a) for k, a in names.items()) if key in given}
+    if kind == "s3":
+        allow_http = given.get("aws_allow_http", given.get("allow_http", "false")).lower() == "true"
+        return pafs.S3FileSystem(**args, **({"scheme": "http"} if allow_http else {})), rest
+    if kind == "gs":
+        return pafs.GcsFileSystem(**args), rest
+    container, _, key = rest.partition("/")
+    container, _, host = container.partition("@")  # abfss://container@account.dfs.core.windows.net/key
+    account = args.pop("account_name", None) or host.split(".")[0]
+    if not account:
+        raise UriError(url, "no Azure storage account (set AZURE_STORAGE_ACCOUNT_NAME)")
+    return pafs.AzureFileSystem(account, **args), f"{container}/{key}"
+
+
+def open_input(url: str, storage_options: Mapping[str, str] | None = None, *, memory_map: bool = False):
+    """A seekable binary file to read `url` from.
+
+    A local file is opened only if it is a regular file (`open_regular_file`: a FIFO never
+    blocks, it raises `NotRegularFileError`); `memory_map` maps a local file instead (lakeimg's
+    own files, such as spools, read zero-copy by Arrow).
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.bin"); write_bytes(path, b"abc")
+        >>> with open_input(path_to_uri(path)) as handle:
+        ...     _ = handle.seek(1); handle.read()
+        b'bc'
+    """
+    fs, path = resolve(url, storage_options)
+    if fs is not _LOCAL:
+        return fs.open_input_file(path)
+    return pa.memory_map(path) if memory_map else open_regular_file(path)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise `TimeLimitExceeded` in the block once `seconds` pass (0: no limit).
+
+    A SIGALRM interrupts Python-level work, so it only acts in the main thread (elsewhere the
+    block runs unlimited; the engine's pool also kills hung workers).
+
+    Example:
+        >>> with time_limit(0.01):
+        ...     while True: pass
+        Traceback (most recent call last):
+        ...
+        lakeimg.storage.TimeLimitExceeded: took longer than 0.01 s
+    """
+    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(_signum, _frame):
+        raise TimeLimitExceeded(f"took longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def read_bytes(url: str, storage_options: Mapping[str, str] | None = None, *, time_limit_s: float = 0) -> bytes:
+    """A whole file's bytes, from exactly the file `url` names (see `open_input`).
+
+    Raises:
+        OSError: the file cannot be read or is not a regular file (`NotRegularFileError`).
+        TimeLimitExceeded: reading took longer than `time_limit_s` (0: no limit).
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a b.bin"); write_bytes(path, b"abc")
+        >>> read_bytes(path_to_uri(path), time_limit_s=60)
+        b'abc'
+    """
+    with time_limit(time_limit_s), open_input(url, storage_options) as handle:
+        return handle.read()
+
+
+def open_output(url: str, storage_options: Mapping[str, str] | None = None):
+    """A binary stream writing `url` from scratch (local parent folders are made; object stores
+    have none). Arrow's Parquet and IPC writers take it as it is.
+
+    Example:
+        >>> import tempfile
+        >>> with open_output(os.path.join(tempfile.mkdtemp(), "new", "a.bin")) as sink:
+        ...     sink.write(b"abc")
+        3
+    """
+    fs, path = resolve(url, storage_options)
+    if fs is not _LOCAL:
+        return fs.open_output_stream(path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return open(path, "wb")  # noqa: SIM115 - the caller's; a Python file takes non-UTF-8 names
+
+
+def write_bytes(url: str, data: bytes, storage_options: Mapping[str, str] | None = None) -> None:
+    """Write `data` as the whole file `url` (see `open_output`).
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.bin"); write_bytes(path, b"abc"); read_bytes(path)
+        b'abc'
+    """
+    with open_output(url, storage_options) as sink:
+        sink.write(data)
+
+
+def delete_file(url: str, storage_options: Mapping[str, str] | None = None) -> None:
+    """Delete one file.
+
+    Raises:
+        FileNotFoundError: there is no such file.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.bin"); write_bytes(path, b"abc"); delete_file(path)
+        >>> os.path.exists(path)
+        False
+    """
+    fs, path = resolve(url, storage_options)
+    if fs is _LOCAL:
+        os.unlink(path)  # a local symlink goes, not its target
+    else:
+        fs.delete_file(path)
+
+
+def remove_prefix(url: str, storage_options: Mapping[str, str] | None = None) -> None:
+    """Remove everything under `url` (a folder, or an object store prefix) and itself; no error
+    if it is already gone. The cleanup of staged files.
+
+    Example:
+        >>> import tempfile
+        >>> staged = os.path.join(tempfile.mkdtemp(), "run1"); write_bytes(staged + "/part-0.parquet", b"x")
+        >>> remove_prefix(staged); os.path.exists(staged)
+        False
+    """
+    fs, path = resolve(url, storage_options)
+    if fs is not _LOCAL:
+        with contextlib.suppress(FileNotFoundError):
+            fs.delete_dir(path)
+        return
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+class Listed(NamedTuple):
+    """One listed file: its URL, size, modification time (ns since the epoch), and `kind`: None
+    for a regular file, else why it cannot be read (`not_regular_file`, `broken_symlink`,
+    `symlink_loop`, `unreadable`)."""
+
+    url: str
+    size: int
+    mtime_ns: int
+    kind: str | None = None
+
+
+def list_files(url: str, storage_options: Mapping[str, str] | None = None) -> Iterator[Listed]:
+    """Every file under `url` (a file gives itself), streamed as it is found; names starting
+    with "." are skipped, as Arrow datasets skip them. Nothing is opened.
+
+    Locally only stat is called, so a FIFO or device is listed with its `kind`, never opened;
+    folder links are followed, each folder once per path, and a link back to a parent is a
+    `symlink_loop`. Object stores are listed one level at a time.
+
+    Example:
+        >>> import tempfile
+        >>> root = tempfile.mkdtemp(); write_bytes(root + "/d/a b.jpg", b"x"); write_bytes(root + "/.hidden", b"x")
+        >>> [(f.url[len(path_to_uri(root)):], f.size, f.kind) for f in list_files(root)]
+        [('/d/a%20b.jpg', 1, None)]
+    """
+    fs, path = resolve(url, storage_options)
+    if fs is _LOCAL:
+        yield from _walk_local(path)
+        return
+    base = url.rstrip("/")
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        yield Listed(url, info.size, info.mtime_ns or 0)
+        return
+    stack = [path.rstrip("/")]
+    while stack:
+        for info in fs.get_file_info(pafs.FileSelector(stack.pop(), allow_not_found=True)):
+            if info.base_name.startswith("."):
+                continue
+            if info.type == pafs.FileType.Directory:
+                stack.append(info.path)
+            elif info.type == pafs.FileType.File:
+                yield Listed(base + info.path[len(path.rstrip("/")):], info.size, info.mtime_ns or 0)
+
+
+def _walk_local(path: str) -> Iterator[Listed]:
+    # Each folder carries the (device, inode) of the folders above it, so a folder link back to
+    # one of them is a loop instead of a walk that never ends.
+    stack: list[tuple[str, tuple[tuple[int, int], ...]]] = [(path, ())]
+    while stack:
+        path, ancestors = stack.pop()
+        try:
+            lst = os.lstat(path)
+        except FileNotFoundError:
+            continue  # vanished while listing
+        except OSError:
+            yield Listed(path_to_uri(path), 0, 0, "unreadable")
+            continue
+        st = lst
+        if stat.S_ISLNK(lst.st_mode):
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                if exc.errno == errno.ELOOP:
+                    kind = "symlink_loop"
+                elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                    kind = "broken_symlink"
+                else:
+                    kind = "unreadable"
+                yield Listed(path_to_uri(path), lst.st_size, lst.st_mtime_ns, kind)
+                continue
+        if not stat.S_ISDIR(st.st_mode):
+            kind = None if stat.S_ISREG(st.st_mode) else "not_regular_file"
+            yield Listed(path_to_uri(path), st.st_size, st.st_mtime_ns, kind)
+            continue
+        key = (st.st_dev, st.st_ino)
+        if key in ancestors:
+            yield Listed(path_to_uri(path), lst.st_size, lst.st_mtime_ns, "symlink_loop")
+            continue
+        try:
+            with os.scandir(path) as entries:
+                names = [e.name for e in entries if not e.name.startswith(".")]
+        except OSError:
+            yield Listed(path_to_uri(path), st.st_size, st.st_mtime_ns, "unreadable")
+            continue
+        below = (*ancestors, key)
+        stack.extend((os.path.join(path, name), below) for name in names)
