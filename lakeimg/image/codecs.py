@@ -38,6 +38,7 @@ import numpy as np
 
 from lakeimg.errors import SpecError
 from lakeimg.image._plugins import entry_points_of
+from lakeimg.image.info import as_hwc
 
 __all__ = [
     "Encoding",
@@ -114,7 +115,15 @@ class Encoding:
         raise NotImplementedError
 
 
-class Png(Encoding):
+class _OpenCv(Encoding):
+    """An image format OpenCV encodes and decodes (png, jpeg, webp)."""
+
+    def decode(self, data, width, height, channels, dtype):
+        out = _cv_decode(data)  # gray + alpha comes back as RGBA: keep the stored two channels
+        return out[:, :, [0, 3]] if channels == 2 and out.shape[2] == 4 else out
+
+
+class Png(_OpenCv):
     name = "png"
     defaults = {"compression": 3}
 
@@ -126,12 +135,8 @@ class Png(Encoding):
         self.check(image)
         return _cv_encode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, int(params.get("compression", 3))])
 
-    def decode(self, data, width, height, channels, dtype):
-        out = _cv_decode(data)  # gray + alpha comes back as RGBA: keep the stored two channels
-        return out[:, :, [0, 3]] if channels == 2 and out.ndim == 3 and out.shape[2] == 4 else out
 
-
-class Jpeg(Encoding):
+class Jpeg(_OpenCv):
     name = "jpeg"
     defaults = {"quality": 90}
 
@@ -147,11 +152,8 @@ class Jpeg(Encoding):
         self.check(image)
         return _cv_encode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(params.get("quality", 90))])
 
-    def decode(self, data, width, height, channels, dtype):
-        return _cv_decode(data)
 
-
-class Webp(Encoding):
+class Webp(_OpenCv):
     name = "webp"
     defaults = {"quality": 90, "lossless": False}
 
@@ -163,9 +165,6 @@ class Webp(Encoding):
         self.check(image)
         quality = 101 if params.get("lossless") else int(params.get("quality", 90))  # >100 means lossless
         return _cv_encode(".webp", image, [cv2.IMWRITE_WEBP_QUALITY, quality])
-
-    def decode(self, data, width, height, channels, dtype):
-        return _cv_decode(data)
 
 
 class Raw(Encoding):
@@ -223,13 +222,9 @@ class Auto(Encoding):
 _BUILTIN: dict[str, Encoding] = {e.name: e for e in (Png(), Jpeg(), Webp(), Raw(), Auto())}
 
 
-def _plugins() -> dict[str, Any]:
-    return entry_points_of("lakeimg.encodings")
-
-
 def registered_encodings() -> list[str]:
     """Names of the built-in and plugin encodings."""
-    return sorted({*_BUILTIN, *_plugins()})
+    return sorted({*_BUILTIN, *entry_points_of("lakeimg.encodings")})
 
 
 def get_encoding(name: str) -> Encoding:
@@ -241,7 +236,7 @@ def get_encoding(name: str) -> Encoding:
     """
     if name in _BUILTIN:
         return _BUILTIN[name]
-    plugins = _plugins()
+    plugins = entry_points_of("lakeimg.encodings")
     if name in plugins:
         obj = plugins[name].load()
         return obj() if isinstance(obj, type) else obj
@@ -295,7 +290,7 @@ def decode_pixels(data: bytes, encoding: str, width: int, height: int, channels:
     if name == "raw":
         return codec.decode(data, width, height, channels, dtype, compression=compression or None)
     out = codec.decode(data, width, height, channels, dtype)
-    return out if out.ndim == 3 else out[:, :, None]
+    return as_hwc(out)
 
 
 # Tile codecs by the name `tile_encoding` takes. zstd at level 1 is the default: it keeps every
@@ -357,7 +352,7 @@ def export_bytes(image: np.ndarray, fmt: str, *, quality: int = 90) -> bytes:
     """
     from lakeimg.image.display import to_display_uint8
 
-    image = image if image.ndim == 3 else image[:, :, None]
+    image = as_hwc(image)
     if fmt == "tiff":
         import tifffile
 

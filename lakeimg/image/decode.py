@@ -30,6 +30,7 @@ from lakeimg.image.info import (
     DEFAULT_MAX_DECODED_BYTES,
     DecodedImage,
     apply_orientation,
+    as_hwc,
     check_decoded_size,
     check_dtype,
     valid_orientation,
@@ -137,23 +138,19 @@ def decode_image(data: bytes, uri: str = "", *, page: int = 0) -> np.ndarray:
 
 
 def _decode_page(data: bytes, uri: str, page: int) -> np.ndarray:
-    with decoder_settings():
-        return _decode_page_unguarded(data, uri, page)
-
-
-def _decode_page_unguarded(data: bytes, uri: str, page: int) -> np.ndarray:
     kind = sniff_format(data[:132], uri)
-    if kind == "TIFF":
-        import tifffile
+    with decoder_settings():
+        if kind == "TIFF":
+            import tifffile
 
-        with tifffile.TiffFile(io.BytesIO(data)) as tif:
-            p = tif.pages[page]
-            return apply_orientation(tiff_hwc(p.asarray(), p.axes), tiff_orientation(p))
-    if kind == "DICOM":
-        return decode_dicom_frame(data, page)
-    with Image.open(io.BytesIO(data)) as im:
-        im.seek(page)
-        return _pillow_array(im, *_pillow_target(im))
+            with tifffile.TiffFile(io.BytesIO(data)) as tif:
+                p = tif.pages[page]
+                return apply_orientation(tiff_hwc(p.asarray(), p.axes), tiff_orientation(p))
+        if kind == "DICOM":
+            return decode_dicom_frame(data, page)
+        with Image.open(io.BytesIO(data)) as im:
+            im.seek(page)
+            return _pillow_array(im, *_pillow_target(im))
 
 
 def probe_image(path: str) -> DecodedImage:
@@ -199,22 +196,12 @@ def _classify(exc: BaseException) -> str:
 # --- Pillow ------------------------------------------------------------------------------
 
 _MODE_TARGETS: dict[str, tuple[str, int, str]] = {
-    "1": ("L", 1, "uint8"),
-    "L": ("L", 1, "uint8"),
-    "LA": ("LA", 2, "uint8"),
-    "La": ("LA", 2, "uint8"),
-    "RGB": ("RGB", 3, "uint8"),
-    "RGBX": ("RGB", 3, "uint8"),
-    "RGBA": ("RGBA", 4, "uint8"),
-    "RGBa": ("RGBA", 4, "uint8"),
-    "CMYK": ("RGB", 3, "uint8"),
-    "YCbCr": ("RGB", 3, "uint8"),
-    "LAB": ("LAB", 3, "uint8"),
-    "HSV": ("HSV", 3, "uint8"),
-    "I;16": ("I;16", 1, "uint16"),
-    "I;16L": ("I;16", 1, "uint16"),
-    "I;16B": ("I;16", 1, "uint16"),
-    "I;16N": ("I;16", 1, "uint16"),
+    **dict.fromkeys(("1", "L"), ("L", 1, "uint8")),
+    **dict.fromkeys(("LA", "La"), ("LA", 2, "uint8")),
+    **dict.fromkeys(("RGB", "RGBX", "CMYK", "YCbCr"), ("RGB", 3, "uint8")),
+    **dict.fromkeys(("RGBA", "RGBa"), ("RGBA", 4, "uint8")),
+    **{mode: (mode, 3, "uint8") for mode in ("LAB", "HSV")},
+    **dict.fromkeys(("I;16", "I;16L", "I;16B", "I;16N"), ("I;16", 1, "uint16")),
     "I": ("I", 1, "int32"),
     "F": ("F", 1, "float32"),
 }
@@ -236,9 +223,7 @@ def _pillow_array(im: Image.Image, target_mode: str, channels: int, dtype: str) 
         arr = np.asarray(im.convert(target_mode))
     else:
         arr = np.asarray(im)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    return np.ascontiguousarray(arr.astype(dtype, copy=False))
+    return np.ascontiguousarray(as_hwc(arr).astype(dtype, copy=False))
 
 
 def _pillow_exif(im: Image.Image) -> Image.Exif | None:
@@ -334,7 +319,7 @@ def decode_plain_jpeg(im: Image.Image, data: bytes | memoryview, scale: int = 1)
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if arr is None or arr.shape[:2] != (-(-im.height // scale), -(-im.width // scale)):
         return None
-    return arr[:, :, None] if arr.ndim == 2 else arr
+    return as_hwc(arr)
 
 
 # --- 16-bit PNG --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from lakeimg.errors import ImageDecodeError
-from lakeimg.image.info import DecodedImage, check_decoded_size
+from lakeimg.image.info import DecodedImage, as_hwc, check_decoded_size
 
 __all__ = ["read_dicom", "decode_dicom_frame", "dicom_fields", "probe_dicom", "read_dicom_frame"]
 
@@ -99,13 +99,6 @@ def dicom_fields(ds) -> dict[str, Any]:
     }
 
 
-def _frames_hwc(arr: np.ndarray, frames: int, samples: int) -> np.ndarray:
-    """pydicom gives (F, H, W[, S]) for multi-frame and (H, W[, S]) for one frame."""
-    if frames > 1:
-        arr = arr[0]
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
 def decode_dicom_frame(data: bytes, frame: int = 0) -> np.ndarray:
     """One frame of a DICOM file as HWC in its stored dtype (no rescale applied)."""
     ds = _open(data)
@@ -115,7 +108,7 @@ def decode_dicom_frame(data: bytes, frame: int = 0) -> np.ndarray:
         arr = arr[frame]
     elif frame:
         raise IndexError(f"frame {frame} out of range: the file has one frame")
-    return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)
+    return np.ascontiguousarray(as_hwc(arr))
 
 
 def read_dicom(data: bytes, uri: str = "", *, max_pixels: int | None = None, max_bytes: int | None = None) -> DecodedImage:
@@ -140,7 +133,8 @@ def read_dicom(data: bytes, uri: str = "", *, max_pixels: int | None = None, max
         if "truncat" in text or "expected" in text and "length" in text:
             error_class = "truncated"
         raise ImageDecodeError(uri, error_class, f"{type(exc).__name__}: {exc}") from exc
-    pixels = np.ascontiguousarray(_frames_hwc(full, frames, samples))
+    # pydicom gives (F, H, W[, S]) for multi-frame and (H, W[, S]) for one frame
+    pixels = np.ascontiguousarray(as_hwc(full[0] if frames > 1 else full))
     return _dicom_image(dicom_fields(ds), pixels.shape, pixels.dtype, pixels)
 
 
@@ -168,7 +162,7 @@ def read_dicom_frame(path: str, index: int) -> np.ndarray:
     from pydicom.pixels import iter_pixels
 
     for frame in iter_pixels(path, indices=[index]):
-        return np.ascontiguousarray(frame[:, :, None] if frame.ndim == 2 else frame)
+        return np.ascontiguousarray(as_hwc(frame))
     raise IndexError(f"frame {index} out of range")
 
 

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_MAX_DECODED_BYTES",
     "DecodedImage",
     "apply_orientation",
+    "as_hwc",
     "check_decoded_size",
     "check_dtype",
     "decoded_bytes",
@@ -58,6 +59,16 @@ class DecodedImage:
     geo: dict[str, Any] | None = None
     display_window: tuple[float, float] | None = None  # (low, high) for 8-bit display
     invert_display: bool = False
+
+
+def as_hwc(arr: np.ndarray) -> np.ndarray:
+    """HWC view of a 2-D or 3-D array (gray images get a channel axis).
+
+    Example:
+        >>> as_hwc(np.zeros((2, 3))).shape
+        (2, 3, 1)
+    """
+    return arr[:, :, None] if arr.ndim == 2 else arr
 
 
 def valid_orientation(value: Any) -> int:

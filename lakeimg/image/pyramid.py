@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from lakeimg.image.codecs import decode_tile
+from lakeimg.image.info import as_hwc
 
 __all__ = [
     "ArraySource",
@@ -106,7 +107,7 @@ def downsample2(rows: np.ndarray) -> np.ndarray:
 
         # OpenCV's 2x INTER_AREA fast path computes exactly (a + b + c + d + 2) >> 2, and fast.
         out = cv2.resize(rows, (rows.shape[1] // 2, rows.shape[0] // 2), interpolation=cv2.INTER_AREA)
-        return out[:, :, None] if out.ndim == 2 else out
+        return as_hwc(out)
     if dtype == np.bool_:
         acc = rows.astype(np.uint8)
     elif dtype.kind == "f":
@@ -127,7 +128,7 @@ class ArraySource:
     """A page already in memory (HWC); the fallback for formats that cannot be read by windows."""
 
     def __init__(self, pixels: np.ndarray, geotransform: list[float] | None = None):
-        self.pixels = pixels if pixels.ndim == 3 else pixels[:, :, None]
+        self.pixels = as_hwc(pixels)
         self.height, self.width, self.channels = self.pixels.shape
         self.dtype = str(self.pixels.dtype)
         self.geotransform = geotransform

@@ -21,7 +21,6 @@ import math
 import os
 
 import numpy as np
-from PIL import Image
 
 from lakeimg.errors import ImageDecodeError
 from lakeimg.image._settings import decoder_settings
@@ -143,47 +142,29 @@ class OpenedImage:
     dtype, geotransform and read_rows(y0, y1). Close it (or use it as a context manager)."""
 
     def __init__(self, path: str):
-        with decoder_settings():
-            self._open(path)
+        import tifffile
 
-    def _open(self, path: str) -> None:
         self.path = path
         self._handle = open(path, "rb")  # noqa: SIM115 - closed in close()
-        head = self._handle.read(132)
+        self.format = sniff_format(self._handle.read(132), path)
         self._handle.seek(0)
-        self.format = sniff_format(head, path)
-        self._tif = None
-        if self.format == "TIFF":
-            import tifffile
-
-            self._tif = tifffile.TiffFile(self._handle)
-            self.pages = len(self._tif.pages)
-        elif self.format == "DICOM":
-            import pydicom
-
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
-            self.pages = int(ds.get("NumberOfFrames") or 1)
-        else:
-            with Image.open(path) as im:
-                self.pages = int(getattr(im, "n_frames", 1) or 1)
+        with decoder_settings():
+            self._tif = tifffile.TiffFile(self._handle) if self.format == "TIFF" else None
+        self.pages = len(self._tif.pages) if self._tif is not None else probe_image(path).pages
 
     def page(self, index: int):
         with decoder_settings():
-            return self._page(index)
-
-    def _page(self, index: int):
-        if self._tif is not None:
-            page = self._tif.pages[index]
-            geo = geotiff_info(page)
-            transform = geo["geotransform"] if geo else None
-            if TiffPageSource.windowable(page):
-                return TiffPageSource(self._tif, page, transform)
-            return ArraySource(apply_orientation(tiff_hwc(page.asarray(), page.axes), tiff_orientation(page)), transform)
-        if self.format == "DICOM":
-            return ArraySource(read_dicom_frame(self.path, index))
-        with open(self.path, "rb") as handle:
-            data = handle.read()
-        return ArraySource(decode_image(data, self.path, page=index))
+            if self._tif is not None:
+                page = self._tif.pages[index]
+                geo = geotiff_info(page)
+                transform = geo["geotransform"] if geo else None
+                if TiffPageSource.windowable(page):
+                    return TiffPageSource(self._tif, page, transform)
+                return ArraySource(apply_orientation(tiff_hwc(page.asarray(), page.axes), tiff_orientation(page)), transform)
+            if self.format == "DICOM":
+                return ArraySource(read_dicom_frame(self.path, index))
+            with open(self.path, "rb") as handle:
+                return ArraySource(decode_image(handle.read(), self.path, page=index))
 
     def close(self) -> None:
         if self._tif is not None:

@@ -14,7 +14,18 @@ from typing import Any
 
 import pyarrow as pa
 
-__all__ = ["batch_rows", "warm_up_kernel"]
+__all__ = ["batch_rows", "result_schema", "warm_up_kernel"]
+
+
+def result_schema(table: pa.Schema, *extra: pa.Field) -> pa.Schema:
+    """A kernel's output schema: the table's columns (nullable), outcome and errors, then `extra`."""
+    return pa.schema([
+        *(f.with_nullable(True) for f in table),
+        pa.field("outcome", pa.string(), nullable=False),
+        pa.field("error_class", pa.string()),
+        pa.field("error_message", pa.string()),
+        *extra,
+    ])
 
 
 def batch_rows(

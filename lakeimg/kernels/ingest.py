@@ -52,7 +52,7 @@ from lakeimg.image.sources import (
     DEFAULT_TILE_ABOVE_PIXELS,
     check_tileable,
 )
-from lakeimg.kernels._batches import batch_rows, warm_up_kernel
+from lakeimg.kernels._batches import batch_rows, result_schema, warm_up_kernel
 from lakeimg.schemas import table_contract
 from lakeimg.uris import NotRegularFileError, local_path_or_none, open_regular_file, printable
 
@@ -117,14 +117,7 @@ class IngestOptions:
 
 def ingest_result_schema() -> pa.Schema:
     """The kernel's output schema: images columns (nullable) + outcome, error_class, error_message."""
-    images = table_contract("images").arrow_schema
-    fields = [f.with_nullable(True) for f in images]
-    fields += [
-        pa.field("outcome", pa.string(), nullable=False),
-        pa.field("error_class", pa.string()),
-        pa.field("error_message", pa.string()),
-    ]
-    return pa.schema(fields)
+    return result_schema(table_contract("images").arrow_schema)
 
 
 def read_file_bytes(uri: str) -> bytes:
@@ -166,12 +159,8 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _load_codecs(specs: Iterable[str]) -> list[Any]:
-    return list(_codecs_cached(tuple(specs)))
-
-
 @functools.lru_cache(maxsize=16)
-def _codecs_cached(specs: tuple[str, ...]) -> tuple[Any, ...]:
+def _load_codecs(specs: tuple[str, ...]) -> tuple[Any, ...]:
     # Once per process: the kernel runs once per batch, and scanning installed packages' entry
     # points is slow next to a batch of small files.
     codecs = [import_path(spec) for spec in specs]
@@ -203,7 +192,7 @@ def reject_row(listing: dict[str, Any], error: ImageDecodeError, sha: str | None
     }
 
 
-def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: list[Any] | None = None) -> dict[str, Any]:
+def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: Iterable[Any] | None = None) -> dict[str, Any]:
     """Read, hash and describe one file; return an image row or a reject row (never raises).
 
     Decoders' warnings about the file (pydicom's invalid values, numpy casts in an odd codec)
@@ -215,7 +204,7 @@ def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: lis
         return _ingest_one_file(listing, options, codecs)
 
 
-def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: list[Any] | None) -> dict[str, Any]:
+def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: Iterable[Any] | None) -> dict[str, Any]:
     uri = listing["uri"]
     sha = None
     if listing.get("kind"):
@@ -358,13 +347,13 @@ def prepare_ingest_kernel(options: IngestOptions) -> None:
     PySpark's zip archives on sys.path, and pyarrow imports pandas the first time it builds a
     batch from Python rows: both slow enough to pay only once.
     """
-    _load_codecs(options.codecs)
+    _load_codecs(tuple(options.codecs))
     warm_up_kernel(ingest_result_schema())
 
 
 def ingest_kernel(batches: Iterator[pa.RecordBatch], options: IngestOptions) -> Iterator[pa.RecordBatch]:
     """mapInArrow-shaped kernel: listing batches in, result batches (images + rejects) out."""
-    codecs = _load_codecs(options.codecs)
+    codecs = _load_codecs(tuple(options.codecs))
     rows = (ingest_one_file(listing, options, codecs) for batch in batches for listing in batch.to_pylist())
     yield from batch_rows(rows, ingest_result_schema(), max_rows=_OUTPUT_BATCH_ROWS, max_bytes=_OUTPUT_BATCH_BYTES,
                           size=lambda row: len(row.get("content") or b"") + len(row.get("thumbnail") or b""))

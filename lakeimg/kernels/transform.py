@@ -35,9 +35,9 @@ from PIL import Image
 from lakeimg.errors import ImageDecodeError
 from lakeimg.image.codecs import encode_pixels
 from lakeimg.image.decode import decode_image, decode_plain_jpeg, exif_orientation
-from lakeimg.image.info import apply_orientation
-from lakeimg.image.ops import FeatureOp, ImageTransformer, as_hwc
-from lakeimg.kernels._batches import batch_rows, warm_up_kernel
+from lakeimg.image.info import apply_orientation, as_hwc
+from lakeimg.image.ops import FeatureOp, ImageTransformer
+from lakeimg.kernels._batches import batch_rows, result_schema, warm_up_kernel
 from lakeimg.kernels.ingest import read_file_bytes
 from lakeimg.transform_spec import TransformSpec
 
@@ -64,15 +64,9 @@ class TransformOptions:
 
 def transform_result_schema(spec: TransformSpec) -> pa.Schema:
     """The kernel's output schema: derived columns (nullable) + outcome, errors, source size/mtime."""
-    fields = [f.with_nullable(True) for f in spec.contract().arrow_schema]
-    fields += [
-        pa.field("outcome", pa.string(), nullable=False),
-        pa.field("error_class", pa.string()),
-        pa.field("error_message", pa.string()),
-        pa.field("size_bytes", pa.int64()),
-        pa.field("modified_at", pa.timestamp("us", tz="UTC")),
-    ]
-    return pa.schema(fields)
+    return result_schema(
+        spec.contract().arrow_schema, pa.field("size_bytes", pa.int64()), pa.field("modified_at", pa.timestamp("us", tz="UTC"))
+    )
 
 
 def variant_rng(seed: int, uri: str, variant: int) -> np.random.Generator:
@@ -179,8 +173,7 @@ def _reduced_jpeg(content: bytes | memoryview, need: tuple[int, int]) -> np.ndar
     if arr is None:  # unusual JPEG (Adobe colour, trailing bytes): Pillow's own scaled decode,
         im = Image.open(io.BytesIO(content))  # of the whole file, not the header parsed above
         im.draft(im.mode, want)
-        arr = np.asarray(im)
-        arr = arr if arr.ndim == 3 else arr[:, :, None]
+        arr = as_hwc(np.asarray(im))
     return np.ascontiguousarray(apply_orientation(arr, orientation))
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from lakeimg.errors import SpecError
 from lakeimg.image._plugins import entry_points_of, import_path
+from lakeimg.image.info import as_hwc
 
 __all__ = [
     "ImageTransformer",
@@ -25,7 +26,6 @@ __all__ = [
     "make_op",
     "op_class",
     "registered_ops",
-    "as_hwc",
     "cast_like",
 ]
 
@@ -46,11 +46,6 @@ INTERPOLATION = {
 CV_DTYPES = {np.dtype(t) for t in ("uint8", "uint16", "int16", "float32", "float64")}
 
 
-def as_hwc(arr: np.ndarray) -> np.ndarray:
-    """HWC view of a 2-D or 3-D array (gray images get a channel axis)."""
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
 def cast_like(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """Cast float results back to `dtype`: round and clip for integers, plain cast for floats."""
     dtype = np.dtype(dtype)
@@ -67,9 +62,7 @@ def dtype_range(dtype: np.dtype) -> tuple[float, float]:
     if np.issubdtype(dtype, np.integer):
         info = np.iinfo(dtype)
         return float(info.min), float(info.max)
-    if dtype == np.bool_:
-        return 0.0, 1.0
-    return 0.0, 1.0  # float images are taken to be 0..1 where a range is needed
+    return 0.0, 1.0  # bool, and float images taken to be 0..1 where a range is needed
 
 
 def cv_call(arr: np.ndarray, fn) -> np.ndarray:

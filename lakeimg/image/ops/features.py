@@ -11,7 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from lakeimg.image.ops._base import FeatureOp, as_hwc, check_int, dtype_range
+from lakeimg.image.info import as_hwc
+from lakeimg.image.ops._base import FeatureOp, check_int, dtype_range
 from lakeimg.image.ops.intensity import GRAY_WEIGHTS
 
 __all__ = ["Histogram", "MeanStd", "PHash", "perceptual_hash"]

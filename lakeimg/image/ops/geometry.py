@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 
 from lakeimg.errors import SpecError
+from lakeimg.image.info import as_hwc
 from lakeimg.image.ops._base import (
     INTERPOLATION,
     ImageTransformer,
-    as_hwc,
     check_choice,
     check_int,
     cv_call,

@@ -12,9 +12,9 @@ import cv2
 import numpy as np
 
 from lakeimg.errors import SpecError
+from lakeimg.image.info import as_hwc
 from lakeimg.image.ops._base import (
     ImageTransformer,
-    as_hwc,
     cast_like,
     check_choice,
     check_int,
