@@ -44,8 +44,9 @@ __all__ = [
     "probe_image",
     "read_image",
     "sniff_format",
-    "tiff_hwc",
     "tiff_orientation",
+    "tiff_page_pixels",
+    "tiff_page_shape",
 ]
 
 _PIL_FORMATS = {"JPEG2000": "JPEG2000", "MPO": "JPEG"}
@@ -144,8 +145,7 @@ def _decode_page(data: bytes, uri: str, page: int) -> np.ndarray:
             import tifffile
 
             with tifffile.TiffFile(io.BytesIO(data)) as tif:
-                p = tif.pages[page]
-                return apply_orientation(tiff_hwc(p.asarray(), p.axes), tiff_orientation(p))
+                return tiff_page_pixels(tif.pages[page])
         if kind == "DICOM":
             return decode_dicom_frame(data, page)
         with Image.open(io.BytesIO(data)) as im:
@@ -172,10 +172,8 @@ def probe_image(path: str) -> DecodedImage:
 
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
-                planes, _depth, height, width, contig = (int(v) for v in page.shaped)
-                if tiff_orientation(page) in _SWAPPED:
-                    height, width = width, height
-                return _tiff_image(page, len(tif.pages), (height, width, planes * contig), np.dtype(page.dtype))
+                channels = int(page.shaped[0]) * int(page.shaped[4])
+                return _tiff_image(page, len(tif.pages), (*tiff_page_shape(page), channels), np.dtype(page.dtype))
         if kind == "DICOM":
             return probe_dicom(path)
         with Image.open(path) as im:
@@ -365,7 +363,7 @@ def _read_png16(data: bytes, uri: str, *, limits: tuple[int | None, int | None])
 # --- TIFF --------------------------------------------------------------------------------
 
 
-def tiff_hwc(arr: np.ndarray, axes: str) -> np.ndarray:
+def _tiff_hwc(arr: np.ndarray, axes: str) -> np.ndarray:
     """Bring one TIFF page to HWC whatever its planar configuration."""
     axes = axes.upper()
     if arr.ndim == 2:
@@ -384,6 +382,17 @@ def tiff_orientation(page) -> int:
     """The Orientation tag (274) of a tifffile page, 1..8 (TiffPage has no attribute for it)."""
     tag = page.tags.get(274)
     return valid_orientation(tag.value if tag is not None else None)
+
+
+def tiff_page_pixels(page) -> np.ndarray:
+    """A tifffile page's pixels as displayed: HWC, orientation applied."""
+    return apply_orientation(_tiff_hwc(page.asarray(), page.axes), tiff_orientation(page))
+
+
+def tiff_page_shape(page) -> tuple[int, int]:
+    """(height, width) of a tifffile page as displayed, from its header alone."""
+    _planes, _depth, height, width, _contig = (int(v) for v in page.shaped)
+    return (width, height) if tiff_orientation(page) in _SWAPPED else (height, width)
 
 
 def _tiff_image(page, pages: int, shape: tuple[int, ...], dtype, pixels: np.ndarray | None = None) -> DecodedImage:
@@ -411,7 +420,7 @@ def _read_tiff(data: bytes, uri: str, *, limits: tuple[int | None, int | None]) 
             check_dtype(uri, page.dtype)
             check_decoded_size(uri, width, height, planes * contig, page.dtype, frames=depth,
                                max_bytes=limits[0], max_pixels=limits[1])
-        arr = apply_orientation(tiff_hwc(page.asarray(), page.axes), tiff_orientation(page))
+        arr = tiff_page_pixels(page)
         return _tiff_image(page, len(tif.pages), arr.shape, arr.dtype, arr)
 
 

@@ -29,13 +29,13 @@ from lakeimg.image.decode import (
     geotiff_info,
     probe_image,
     sniff_format,
-    tiff_hwc,
     tiff_orientation,
+    tiff_page_pixels,
+    tiff_page_shape,
 )
 from lakeimg.image.dicom import read_dicom_frame
 from lakeimg.image.info import (
     DecodedImage,
-    apply_orientation,
     check_decoded_size,
     check_dtype,
     decoded_bytes,
@@ -160,7 +160,7 @@ class OpenedImage:
                 transform = geo["geotransform"] if geo else None
                 if TiffPageSource.windowable(page):
                     return TiffPageSource(self._tif, page, transform)
-                return ArraySource(apply_orientation(tiff_hwc(page.asarray(), page.axes), tiff_orientation(page)), transform)
+                return ArraySource(tiff_page_pixels(page), transform)
             if self.format == "DICOM":
                 return ArraySource(read_dicom_frame(self.path, index))
             with open(self.path, "rb") as handle:
@@ -207,13 +207,8 @@ def page_shapes(path: str) -> list[tuple[int, int]]:
         return [(header.height, header.width)] * header.pages
     import tifffile
 
-    shapes = []
     with decoder_settings(), tifffile.TiffFile(path) as tif:
-        for page in tif.pages:
-            _planes, _depth, height, width, _contig = page.shaped
-            swap = tiff_orientation(page) in (5, 6, 7, 8)
-            shapes.append((int(width), int(height)) if swap else (int(height), int(width)))
-    return shapes
+        return [tiff_page_shape(page) for page in tif.pages]
 
 
 def check_tileable(
