@@ -22,7 +22,7 @@ Example:
 from __future__ import annotations
 
 from lakeimg.image.ops import geometry, intensity  # noqa: F401 - defining the classes registers them
-from lakeimg.image.ops._base import FeatureOp, ImageTransformer, make_op
+from lakeimg.image.ops._base import FeatureOp, ImageTransformer, make_op, op_class, registered_ops
 from lakeimg.image.ops.features import perceptual_hash
 
-__all__ = ["FeatureOp", "ImageTransformer", "make_op", "perceptual_hash"]
+__all__ = ["FeatureOp", "ImageTransformer", "make_op", "op_class", "perceptual_hash", "registered_ops"]

@@ -65,9 +65,13 @@ def dtype_range(dtype: np.dtype) -> tuple[float, float]:
     return 0.0, 1.0  # bool, and float images taken to be 0..1 where a range is needed
 
 
-def cv_call(arr: np.ndarray, fn) -> np.ndarray:
-    """Run an OpenCV geometric function on any dtype: native where OpenCV takes it, else float64."""
+def cv_call(arr: np.ndarray, fn, max_channels: int | None = None) -> np.ndarray:
+    """Run an OpenCV geometric function on any dtype: native where OpenCV takes it, else float64;
+    by groups of `max_channels` channels for functions that take no more."""
     src = as_hwc(arr)
+    if max_channels and src.shape[2] > max_channels:
+        groups = range(0, src.shape[2], max_channels)
+        return np.concatenate([cv_call(src[:, :, i : i + max_channels], fn) for i in groups], axis=2)
     if src.dtype in CV_DTYPES:
         return as_hwc(fn(src))
     work = src.astype(np.float64)

@@ -44,11 +44,9 @@ def resize_to(image: np.ndarray, width: int, height: int, interpolation: str = "
     if (w, h) == (width, height):
         return as_hwc(image)
     flag = _interp(interpolation, width * height < w * h)
-    channels = as_hwc(image).shape[2]
-    if channels > 4 and flag in (cv2.INTER_CUBIC, cv2.INTER_LANCZOS4):
-        # OpenCV's cubic and Lanczos kernels take at most 4 channels
-        return np.concatenate([resize_to(image[:, :, i : i + 4], width, height, interpolation) for i in range(0, channels, 4)], axis=2)
-    return cv_call(image, lambda a: cv2.resize(a, (width, height), interpolation=flag))
+    # OpenCV's cubic and Lanczos kernels take at most 4 channels
+    limit = 4 if flag in (cv2.INTER_CUBIC, cv2.INTER_LANCZOS4) else None
+    return cv_call(image, lambda a: cv2.resize(a, (width, height), interpolation=flag), limit)
 
 
 class Resize(ImageTransformer):
@@ -226,14 +224,11 @@ def rotate_image(image: np.ndarray, angle: float, *, expand: bool = False, inter
         matrix[0, 2] += (out_w - 1) / 2.0 - center[0]
         matrix[1, 2] += (out_h - 1) / 2.0 - center[1]
     flag = INTERPOLATION[interpolation]
-    channels = image.shape[2]
 
     def warp(a):
         return cv2.warpAffine(a, matrix, (out_w, out_h), flags=flag, borderMode=cv2.BORDER_CONSTANT, borderValue=(fill,) * 4)
 
-    if channels > 4:
-        return np.concatenate([cv_call(image[:, :, i : i + 4], warp) for i in range(0, channels, 4)], axis=2)
-    return cv_call(image, warp)
+    return cv_call(image, warp, 4)
 
 
 class Rotate(ImageTransformer):
