@@ -182,7 +182,7 @@ def probe_image(path: str) -> DecodedImage:
 
 def _classify(exc: BaseException) -> str:
     text = str(exc).lower()
-    if isinstance(exc, UnidentifiedImageError) or "cannot identify" in text:
+    if "cannot identify" in text:  # UnidentifiedImageError itself is caught before
         return "unsupported_format"
     if "truncat" in text or "premature end" in text or "unexpected end" in text:
         return "truncated"
