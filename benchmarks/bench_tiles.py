@@ -31,7 +31,7 @@ import tifffile
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout, as the other benchmarks
 
 from lakeimg import Lake  # noqa: E402
-from lakeimg.image.tiles import TILE_ENCODINGS, decode_tile, encode_tile  # noqa: E402
+from lakeimg.image.codecs import TILE_ENCODINGS, decode_tile, encode_tile  # noqa: E402
 from lakeimg.samples import photo_like  # noqa: E402
 
 TIFF_TILE = 512

@@ -32,6 +32,7 @@ from typing import Any
 
 from lakeimg.errors import SpecError
 from lakeimg.image.codecs import normalize_output
+from lakeimg.image.info import default_max_decoded_bytes
 from lakeimg.image.ops import FeatureOp, ImageTransformer, make_op
 from lakeimg.schemas import TableContract, table_contract
 from lakeimg.sqlguard import parse_where
@@ -156,7 +157,7 @@ def parse_spec(
     """Validate and normalize a spec given as a dict, JSON/YAML text, or a path to a file.
 
     An op whose output size alone would need more memory than `max_decoded_bytes` (default:
-    `lakeimg.image.decode.default_max_decoded_bytes()`, sized to this machine) is refused here,
+    `lakeimg.image.info.default_max_decoded_bytes()`, sized to this machine) is refused here,
     before any image is read: see `check_spec_memory`.
 
     Example:
@@ -211,8 +212,8 @@ def parse_spec(
     )
 
 
-# Bytes per output pixel a transform holds: a 3-channel 8-bit result plus the working copy the
-# op chain keeps (a resize to 20,000 x 20,000 measured 3.2 GB per worker: 8 bytes a pixel).
+# Bytes per output pixel a transform holds: a 3-channel 8-bit result plus the working copies the
+# op chain keeps.
 _BYTES_PER_OUTPUT_PIXEL = 8
 
 
@@ -237,8 +238,6 @@ def check_spec_memory(ops: list[ImageTransformer], max_decoded_bytes: int | None
         ...
         lakeimg.errors.SpecError: op 1 (resize) outputs 20000 x 20000 = 400,000,000 pixels, about 3,200,000,000 bytes per image at 8 bytes a pixel, above the memory limit of 2,147,483,648 bytes per image (max_decoded_bytes)
     """
-    from lakeimg.image.decode import default_max_decoded_bytes
-
     limit = default_max_decoded_bytes() if max_decoded_bytes is None else max_decoded_bytes
     for index, op in enumerate(ops, start=1):
         pixels = _fixed_output_pixels(op)

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from lakeimg.image import decode_image, read_image
-from lakeimg.image.decode import apply_orientation, decode_plain_jpeg
+from lakeimg.image.decode import decode_plain_jpeg
+from lakeimg.image.info import apply_orientation
 
 
 def _photo(height: int = 61, width: int = 83) -> np.ndarray:

@@ -20,7 +20,9 @@ import tifffile
 from PIL import Image, ImageOps
 
 from lakeimg import Lake
-from lakeimg.image import decode_image
+from lakeimg.image import decode_image, read_image
+from lakeimg.image.decode import probe_image
+from lakeimg.image.sources import open_image, page_shapes
 from lakeimg.samples import geotiff_bytes, photo_like, pydicom_test_file
 
 RGB = photo_like(48, 64, seed=5)
@@ -378,3 +380,27 @@ def test_content_is_null_above_inline_max_bytes(tmp_path):
     assert rows["small.png"]["content"] == (src / "small.png").read_bytes()
     assert rows["large.png"]["content"] is None
     assert rows["large.png"]["thumbnail"] and rows["large.png"]["width"] == 64
+
+
+_HEADER_FACTS = ("format", "width", "height", "channels", "dtype", "mode", "pages", "exif", "geo", "invert_display")
+
+
+@pytest.mark.filterwarnings("ignore:Invalid value for VR:UserWarning")
+def test_header_probe_agrees_with_the_decoder(landed):
+    """The header-only probe (used to plan tiling) and the full read describe every file alike."""
+    for path in sorted(landed["src"].iterdir()):
+        decoded, probed = read_image(path.read_bytes(), str(path)), probe_image(str(path))
+        assert probed.pixels is None
+        assert {f: getattr(probed, f) for f in _HEADER_FACTS} == {f: getattr(decoded, f) for f in _HEADER_FACTS}, path.name
+
+
+@pytest.mark.parametrize("tile", [None, 16])
+def test_oriented_tiff_pages_are_read_by_windows_as_displayed(tmp_path, tile):
+    """A TIFF page with an Orientation tag is tiled as displayed, the way decode_image shows it."""
+    path = tmp_path / "o.tif"
+    tifffile.imwrite(path, photo_like(40, 70, seed=3), tile=(tile, tile) if tile else None, extratags=[(274, "H", 1, 6, True)])
+    with open_image(str(path)) as img:
+        source = img.page(0)
+        rows = source.read_rows(0, source.height)
+    assert page_shapes(str(path)) == [(70, 40)]
+    assert np.array_equal(rows, decode_image(path.read_bytes()))

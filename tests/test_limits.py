@@ -31,8 +31,9 @@ from PIL import Image
 
 from lakeimg import Lake
 from lakeimg.errors import ImageDecodeError, SpecError
-from lakeimg.image.decode import decoded_bytes, default_max_decoded_bytes, read_image
+from lakeimg.image.decode import read_image
 from lakeimg.image.display import make_thumbnail
+from lakeimg.image.info import decoded_bytes, default_max_decoded_bytes
 from lakeimg.kernels.tiles import (
     STAGED_SCHEMA,
     TILE_TASK_SCHEMA,

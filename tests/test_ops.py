@@ -12,7 +12,14 @@ import pytest
 from PIL import Image
 
 from lakeimg.errors import SpecError
-from lakeimg.image.codecs import decode_pixels, encode_pixels, export_bytes, normalize_output
+from lakeimg.image.codecs import (
+    decode_pixels,
+    decode_tile,
+    encode_pixels,
+    encode_tile,
+    export_bytes,
+    normalize_output,
+)
 from lakeimg.image.ops import ImageTransformer, make_op, perceptual_hash
 from lakeimg.samples import photo_like
 
@@ -216,6 +223,25 @@ def test_lossless_encodings_round_trip(rgb16, output, dtype, channels):
     encoding, data = encode_pixels(image, normalize_output(output))
     back = decode_pixels(data, encoding, 64, 48, channels, dtype)
     assert back.dtype == np.dtype(dtype) and np.array_equal(back, image)
+
+
+def test_tiles_share_the_derived_encoding_vocabulary_and_old_tiles_still_decode(rgb16):
+    """Tiles are written as "raw+zstd", "png", ...; tiles a lake stored before as "zstd",
+    "deflate" or a gray + alpha png (written by imagecodecs) decode to the same pixels."""
+    import zlib
+
+    import imagecodecs
+
+    pair = np.ascontiguousarray(rgb16[:, :, :2])
+    assert encode_tile(pair, "zstd")[1] == "raw+zstd" and encode_tile(pair, "deflate")[1] == "raw+deflate"
+    assert encode_tile(rgb16, "png")[1] == "png"
+    old = {
+        "zstd": imagecodecs.zstd_encode(pair.tobytes(), level=1),
+        "deflate": zlib.compress(pair.tobytes(), 1),
+        "png": imagecodecs.png_encode(pair, level=1),
+    }
+    for encoding, data in old.items():
+        assert np.array_equal(decode_tile(bytes(data), encoding, 48, 64, 2, "uint16"), pair), encoding
 
 
 def test_jpeg_encoding_matches_opencv_and_refuses_float(rgb):

@@ -18,18 +18,10 @@ import tifffile
 
 from lakeimg import Lake
 from lakeimg.errors import LakeImgError
+from lakeimg.image.codecs import TILE_ENCODINGS, decode_tile, encode_tile
 from lakeimg.image.decode import decode_image
-from lakeimg.image.tiles import (
-    TILE_ENCODINGS,
-    ArraySource,
-    decode_tile,
-    downsample2,
-    encode_tile,
-    iter_tiles,
-    level_count,
-    level_shape,
-    open_image,
-)
+from lakeimg.image.pyramid import ArraySource, downsample2, iter_tiles, level_count, level_shape
+from lakeimg.image.sources import open_image
 from lakeimg.samples import geotiff_bytes, photo_like, pydicom_test_file
 from tests.conftest import run_cli
 

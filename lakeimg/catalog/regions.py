@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 from lakeimg.engine.local import LocalEngine, VersionLike
 from lakeimg.errors import LakeImgError
 from lakeimg.image.decode import decode_image
-from lakeimg.image.tiles import assemble_region, downsample2, level_shape
+from lakeimg.image.pyramid import assemble_region, downsample2, level_shape
 from lakeimg.jobs.tiling import tiles_table_name
 from lakeimg.uris import open_regular_file, to_uri, uri_to_path
 

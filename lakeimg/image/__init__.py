@@ -2,14 +2,9 @@
 
 from __future__ import annotations
 
-from lakeimg.image.decode import (
-    DecodedImage,
-    apply_orientation,
-    decode_image,
-    read_image,
-    sniff_format,
-)
+from lakeimg.image.decode import decode_image, read_image, sniff_format
 from lakeimg.image.display import make_thumbnail, to_display_uint8
+from lakeimg.image.info import DecodedImage, apply_orientation
 
 __all__ = [
     "DecodedImage",

@@ -1,4 +1,4 @@
-"""Output encodings of derived tables (png, jpeg, webp, raw) and export file formats.
+"""Pixel encodings of derived tables and tiles (png, jpeg, webp, raw), and export file formats.
 
 An *encoding* turns an HWC ndarray into the bytes of a derived table's `data` column and back:
 "auto" (the default: png when png holds the pixels, else raw+zstd), "png" (uint8/uint16; 1, 3 or 4 channels), "jpeg" (uint8; 1 or 3 channels), "webp" (uint8; 3 or 4
@@ -10,6 +10,10 @@ through the entry-point group `lakeimg.encodings` (an object or class with `name
 Why not the group `lakeimg.codecs`: ingest already loads that group as *readers* (callables that
 decode a source file), and an encoder registered there would be called by ingest as a reader.
 Keeping writers in their own group keeps both meanings unambiguous.
+
+Tiles use the same encodings: `encode_tile` maps a tile codec name ("zstd", "deflate", "png",
+"raw": lossless, every dtype) to one of them, so the `encoding` column of tiles and derived
+tables holds one vocabulary ("raw+zstd", "png", ...).
 
 Encoders are deterministic (fixed settings, single-threaded OpenCV), so the same pixels always
 give the same bytes on every engine.
@@ -33,6 +37,8 @@ import cv2
 import numpy as np
 
 from lakeimg.errors import SpecError
+from lakeimg.image._plugins import entry_points_of
+from lakeimg.image.info import as_hwc
 
 __all__ = [
     "Encoding",
@@ -43,6 +49,10 @@ __all__ = [
     "decode_pixels",
     "export_bytes",
     "EXPORT_FORMATS",
+    "DEFAULT_TILE_ENCODING",
+    "TILE_ENCODINGS",
+    "decode_tile",
+    "encode_tile",
 ]
 
 EXPORT_FORMATS = {"jpeg": ".jpg", "png": ".png", "tiff": ".tif", "bmp": ".bmp"}
@@ -105,7 +115,15 @@ class Encoding:
         raise NotImplementedError
 
 
-class Png(Encoding):
+class _OpenCv(Encoding):
+    """An image format OpenCV encodes and decodes (png, jpeg, webp)."""
+
+    def decode(self, data, width, height, channels, dtype):
+        out = _cv_decode(data)  # gray + alpha comes back as RGBA: keep the stored two channels
+        return out[:, :, [0, 3]] if channels == 2 and out.shape[2] == 4 else out
+
+
+class Png(_OpenCv):
     name = "png"
     defaults = {"compression": 3}
 
@@ -117,11 +135,8 @@ class Png(Encoding):
         self.check(image)
         return _cv_encode(".png", image, [cv2.IMWRITE_PNG_COMPRESSION, int(params.get("compression", 3))])
 
-    def decode(self, data, width, height, channels, dtype):
-        return _cv_decode(data)
 
-
-class Jpeg(Encoding):
+class Jpeg(_OpenCv):
     name = "jpeg"
     defaults = {"quality": 90}
 
@@ -137,11 +152,8 @@ class Jpeg(Encoding):
         self.check(image)
         return _cv_encode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, int(params.get("quality", 90))])
 
-    def decode(self, data, width, height, channels, dtype):
-        return _cv_decode(data)
 
-
-class Webp(Encoding):
+class Webp(_OpenCv):
     name = "webp"
     defaults = {"quality": 90, "lossless": False}
 
@@ -153,9 +165,6 @@ class Webp(Encoding):
         self.check(image)
         quality = 101 if params.get("lossless") else int(params.get("quality", 90))  # >100 means lossless
         return _cv_encode(".webp", image, [cv2.IMWRITE_WEBP_QUALITY, quality])
-
-    def decode(self, data, width, height, channels, dtype):
-        return _cv_decode(data)
 
 
 class Raw(Encoding):
@@ -213,18 +222,9 @@ class Auto(Encoding):
 _BUILTIN: dict[str, Encoding] = {e.name: e for e in (Png(), Jpeg(), Webp(), Raw(), Auto())}
 
 
-def _plugins() -> dict[str, Any]:
-    try:
-        from importlib.metadata import entry_points
-
-        return {ep.name: ep for ep in entry_points(group="lakeimg.encodings")}
-    except Exception:  # noqa: BLE001 - broken plugin metadata must not break built-in encodings
-        return {}
-
-
 def registered_encodings() -> list[str]:
     """Names of the built-in and plugin encodings."""
-    return sorted({*_BUILTIN, *_plugins()})
+    return sorted({*_BUILTIN, *entry_points_of("lakeimg.encodings")})
 
 
 def get_encoding(name: str) -> Encoding:
@@ -236,7 +236,7 @@ def get_encoding(name: str) -> Encoding:
     """
     if name in _BUILTIN:
         return _BUILTIN[name]
-    plugins = _plugins()
+    plugins = entry_points_of("lakeimg.encodings")
     if name in plugins:
         obj = plugins[name].load()
         return obj() if isinstance(obj, type) else obj
@@ -290,7 +290,54 @@ def decode_pixels(data: bytes, encoding: str, width: int, height: int, channels:
     if name == "raw":
         return codec.decode(data, width, height, channels, dtype, compression=compression or None)
     out = codec.decode(data, width, height, channels, dtype)
-    return out if out.ndim == 3 else out[:, :, None]
+    return as_hwc(out)
+
+
+# Tile codecs by the name `tile_encoding` takes. zstd at level 1 is the default: it keeps every
+# dtype and encodes many times faster than png or deflate (benchmarks/bench_tiles.py), which
+# would otherwise dominate the ingest of a huge image.
+TILE_ENCODINGS: dict[str, dict[str, Any]] = {
+    "zstd": {"encoding": "raw", "compression": "zstd", "level": 1},
+    "deflate": {"encoding": "raw", "compression": "deflate", "level": 1},
+    "png": {"encoding": "png", "compression": 1},
+    "raw": {"encoding": "raw", "compression": None, "level": None},
+}
+DEFAULT_TILE_ENCODING = "zstd"
+# `encoding` values of tiles written before tiles shared the derived tables' vocabulary
+_OLD_TILE_ENCODINGS = {"zstd": "raw+zstd", "deflate": "raw+deflate"}
+
+
+def encode_tile(arr: np.ndarray, encoding: str = DEFAULT_TILE_ENCODING) -> tuple[bytes, str]:
+    """Encode an HWC tile losslessly; returns (bytes, `encoding` column value).
+
+    "png" falls back to "zstd" for dtypes or channel counts png cannot hold.
+
+    Example:
+        >>> data, used = encode_tile(np.zeros((4, 4, 1), np.float32), "png")
+        >>> used, decode_tile(data, used, 4, 4, 1, "float32").shape
+        ('raw+zstd', (4, 4, 1))
+    """
+    if encoding not in TILE_ENCODINGS:
+        raise ValueError(f"unknown tile encoding {encoding!r}; choose one of {', '.join(TILE_ENCODINGS)}")
+    output = TILE_ENCODINGS[encoding]
+    if encoding == "png":
+        try:
+            _BUILTIN["png"].check(arr)
+        except ValueError:
+            output = TILE_ENCODINGS["zstd"]
+    used, data = encode_pixels(arr, output)
+    return data, used
+
+
+def decode_tile(data: bytes, encoding: str, height: int, width: int, channels: int, dtype: str) -> np.ndarray:
+    """Pixels of a tile row (HWC) from its `data` and `encoding`: `decode_pixels` in tile-row order.
+
+    Example:
+        >>> arr = np.arange(12, dtype=np.uint16).reshape(2, 2, 3)
+        >>> bool((decode_tile(*encode_tile(arr, "png"), 2, 2, 3, "uint16") == arr).all())
+        True
+    """
+    return decode_pixels(data, _OLD_TILE_ENCODINGS.get(encoding, encoding), width, height, channels, dtype)
 
 
 def export_bytes(image: np.ndarray, fmt: str, *, quality: int = 90) -> bytes:
@@ -305,7 +352,7 @@ def export_bytes(image: np.ndarray, fmt: str, *, quality: int = 90) -> bytes:
     """
     from lakeimg.image.display import to_display_uint8
 
-    image = image if image.ndim == 3 else image[:, :, None]
+    image = as_hwc(image)
     if fmt == "tiff":
         import tifffile
 

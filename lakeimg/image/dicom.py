@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from lakeimg.errors import ImageDecodeError
+from lakeimg.image.info import DecodedImage, as_hwc, check_decoded_size
 
-__all__ = ["read_dicom", "decode_dicom_frame", "dicom_fields"]
+__all__ = ["read_dicom", "decode_dicom_frame", "dicom_fields", "probe_dicom", "read_dicom_frame"]
 
 
 def _open(data: bytes):
@@ -98,13 +99,6 @@ def dicom_fields(ds) -> dict[str, Any]:
     }
 
 
-def _frames_hwc(arr: np.ndarray, frames: int, samples: int) -> np.ndarray:
-    """pydicom gives (F, H, W[, S]) for multi-frame and (H, W[, S]) for one frame."""
-    if frames > 1:
-        arr = arr[0]
-    return arr[:, :, None] if arr.ndim == 2 else arr
-
-
 def decode_dicom_frame(data: bytes, frame: int = 0) -> np.ndarray:
     """One frame of a DICOM file as HWC in its stored dtype (no rescale applied)."""
     ds = _open(data)
@@ -114,17 +108,15 @@ def decode_dicom_frame(data: bytes, frame: int = 0) -> np.ndarray:
         arr = arr[frame]
     elif frame:
         raise IndexError(f"frame {frame} out of range: the file has one frame")
-    return np.ascontiguousarray(arr[:, :, None] if arr.ndim == 2 else arr)
+    return np.ascontiguousarray(as_hwc(arr))
 
 
-def read_dicom(data: bytes, uri: str = "", *, max_pixels: int | None = None, max_bytes: int | None = None):
+def read_dicom(data: bytes, uri: str = "", *, max_pixels: int | None = None, max_bytes: int | None = None) -> DecodedImage:
     """Read a DICOM file: header fields, first-frame pixels in the stored dtype.
 
     `max_bytes` limits every frame's decoded bytes together (pydicom decodes them all), read
     from Rows, Columns, SamplesPerPixel, BitsAllocated and NumberOfFrames before decoding.
     """
-    from lakeimg.image.decode import DecodedImage, check_decoded_size
-
     ds = _open(data)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
         raise ImageDecodeError(uri, "unsupported_format", "DICOM file has no pixel data")
@@ -141,28 +133,59 @@ def read_dicom(data: bytes, uri: str = "", *, max_pixels: int | None = None, max
         if "truncat" in text or "expected" in text and "length" in text:
             error_class = "truncated"
         raise ImageDecodeError(uri, error_class, f"{type(exc).__name__}: {exc}") from exc
-    pixels = np.ascontiguousarray(_frames_hwc(full, frames, samples))
-    fields = dicom_fields(ds)
+    # pydicom gives (F, H, W[, S]) for multi-frame and (H, W[, S]) for one frame
+    pixels = np.ascontiguousarray(as_hwc(full[0] if frames > 1 else full))
+    return _dicom_image(dicom_fields(ds), pixels.shape, pixels.dtype, pixels)
+
+
+def probe_dicom(path: str) -> DecodedImage:
+    """The header of a DICOM file (`pixels` None), read without its pixel data.
+
+    Example:
+        >>> from pydicom.data import get_testdata_file
+        >>> probe_dicom(get_testdata_file("CT_small.dcm")).width
+        128
+    """
+    import pydicom
+    from pydicom.pixels.utils import pixel_dtype
+
+    ds = pydicom.dcmread(path, stop_before_pixels=True, force=True)
+    try:
+        dtype = str(pixel_dtype(ds))
+    except Exception:  # noqa: BLE001 - e.g. float pixel data
+        dtype = "float32"
+    return _dicom_image(dicom_fields(ds), (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel") or 1)), dtype)
+
+
+def read_dicom_frame(path: str, index: int) -> np.ndarray:
+    """One frame of a DICOM file as HWC, decoding only that frame (pydicom's `iter_pixels`)."""
+    from pydicom.pixels import iter_pixels
+
+    for frame in iter_pixels(path, indices=[index]):
+        return np.ascontiguousarray(as_hwc(frame))
+    raise IndexError(f"frame {index} out of range")
+
+
+def _dicom_image(fields: dict[str, Any], shape: tuple[int, ...], dtype, pixels: np.ndarray | None = None) -> DecodedImage:
+    height, width, channels = (int(v) for v in shape)
     photometric = fields["photometric_interpretation"] or "MONOCHROME2"
-    channels = pixels.shape[2]
-    mode = photometric if channels == 1 else ("RGB" if channels == 3 else photometric)
     window = None
     if fields["window_center"] is not None and fields["window_width"]:
         slope = fields["rescale_slope"] or 1.0
         intercept = fields["rescale_intercept"] or 0.0
-        center, width = fields["window_center"], fields["window_width"]
+        center, span = fields["window_center"], fields["window_width"]
         # The window is in rescaled units; convert it back to stored values.
-        low = ((center - width / 2) - intercept) / slope
-        high = ((center + width / 2) - intercept) / slope
+        low = ((center - span / 2) - intercept) / slope
+        high = ((center + span / 2) - intercept) / slope
         window = (min(low, high), max(low, high))
     return DecodedImage(
         format="DICOM",
-        width=pixels.shape[1],
-        height=pixels.shape[0],
+        width=width,
+        height=height,
         channels=channels,
-        dtype=str(pixels.dtype),
-        mode=mode,
-        pages=frames,
+        dtype=str(dtype),
+        mode=photometric if channels == 1 else ("RGB" if channels == 3 else photometric),
+        pages=fields["number_of_frames"],
         pixels=pixels,
         dicom=fields,
         display_window=window,

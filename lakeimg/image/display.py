@@ -11,6 +11,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from lakeimg.image.info import as_hwc
+
 __all__ = ["to_display_uint8", "make_thumbnail", "THUMBNAIL_SIZE"]
 
 THUMBNAIL_SIZE = 256
@@ -41,7 +43,7 @@ def to_display_uint8(
     uint8 passes through; bool becomes 0/255; other dtypes are windowed to `window`
     (low, high) or, without one, to the 0.5th..99.5th percentile of finite values.
     """
-    arr = pixels if pixels.ndim == 3 else pixels[:, :, None]
+    arr = as_hwc(pixels)
     channels = arr.shape[2]
     alpha = None
     if channels in (2, 4):
@@ -95,7 +97,7 @@ def make_thumbnail(
     if scale < 1.0:
         new = (max(1, round(w * scale)), max(1, round(h * scale)))
         # Area averaging on the native dtype before windowing keeps 16-bit detail.
-        src = pixels if pixels.ndim == 3 else pixels[:, :, None]
+        src = as_hwc(pixels)
         if src.shape[2] > 4:  # OpenCV resizes up to 4 channels; the rendering shows the first 3
             src = src[:, :, :3]
         if src.dtype == np.bool_:
@@ -103,9 +105,7 @@ def make_thumbnail(
         elif src.dtype not in (np.uint8, np.uint16, np.int16, np.float32, np.float64):
             # int8, int32, uint32, (u)int64, float16: types cv2.resize has no kernel for
             src = src.astype(np.float64 if src.dtype.itemsize > 4 else np.float32)
-        small = cv2.resize(src, new, interpolation=cv2.INTER_AREA)
-        if small.ndim == 2:
-            small = small[:, :, None]
+        small = as_hwc(cv2.resize(src, new, interpolation=cv2.INTER_AREA))
     display = to_display_uint8(small, window=window, invert=invert)
     if display.shape[2] == 3:
         display = cv2.cvtColor(display, cv2.COLOR_RGB2BGR)

@@ -38,14 +38,10 @@ from lakeimg.engine.local import (
 )
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
 from lakeimg.errors import ImageDecodeError
-from lakeimg.image.decode import default_max_decoded_bytes
-from lakeimg.image.tiles import (
-    DEFAULT_MAX_TILED_PIXELS,
-    DEFAULT_TILE_ABOVE_PIXELS,
-    DEFAULT_TILE_ENCODING,
-    DEFAULT_TILE_SIZE,
-    TILE_ENCODINGS,
-)
+from lakeimg.image.codecs import DEFAULT_TILE_ENCODING, TILE_ENCODINGS
+from lakeimg.image.info import default_max_decoded_bytes
+from lakeimg.image.pyramid import DEFAULT_TILE_SIZE
+from lakeimg.image.sources import DEFAULT_MAX_TILED_PIXELS, DEFAULT_TILE_ABOVE_PIXELS
 from lakeimg.jobs.listing import list_sources, source_scope
 from lakeimg.jobs.tiling import (
     commit_tiles,

@@ -27,8 +27,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakeimg.engine.local import LocalEngine, MergeResult
+from lakeimg.image.codecs import decode_tile
 from lakeimg.image.display import make_thumbnail
-from lakeimg.image.tiles import decode_tile, level_count, page_shapes
+from lakeimg.image.pyramid import level_count
+from lakeimg.image.sources import page_shapes
 from lakeimg.kernels.tiles import (
     STAGED_SCHEMA,
     TILE_TASK_SCHEMA,

@@ -404,7 +404,7 @@ def pyramid_level(width: int, height: int, levels: int, spec: TransformSpec) -> 
         >>> pyramid_level(4096, 3072, 5, s)
         3
     """
-    from lakeimg.image.tiles import level_shape
+    from lakeimg.image.pyramid import level_shape
 
     need = spec.shrink_target(width, height)
     if need is None:
@@ -427,7 +427,7 @@ def _inline_tiled(engine: LocalEngine, source: str, version: int, rows: pa.Table
         return rows
     from lakeimg.catalog.regions import read_region
     from lakeimg.image.codecs import export_bytes
-    from lakeimg.image.tiles import level_shape
+    from lakeimg.image.pyramid import level_shape
 
     contents = rows["content"].to_pylist()
     for i, row in enumerate(rows.select(["uri", "tiled", "width", "height", "levels"]).to_pylist()):

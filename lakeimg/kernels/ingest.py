@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import hashlib
-import importlib
 import os
 import signal
 import threading
@@ -36,23 +35,24 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from lakeimg.errors import ImageDecodeError
+from lakeimg.image._plugins import entry_points_of, import_path
 from lakeimg.image._settings import decoder_settings
-from lakeimg.image.decode import (
+from lakeimg.image.decode import probe_image, read_image
+from lakeimg.image.display import THUMBNAIL_SIZE, make_thumbnail
+from lakeimg.image.info import (
     DEFAULT_MAX_DECODED_BYTES,
+    DecodedImage,
     check_decoded_size,
     check_dtype,
     decoded_bytes,
-    read_image,
 )
-from lakeimg.image.display import THUMBNAIL_SIZE, make_thumbnail
-from lakeimg.image.tiles import (
+from lakeimg.image.pyramid import DEFAULT_TILE_SIZE, level_count
+from lakeimg.image.sources import (
     DEFAULT_MAX_TILED_PIXELS,
     DEFAULT_TILE_ABOVE_PIXELS,
-    DEFAULT_TILE_SIZE,
     check_tileable,
-    level_count,
-    probe_image,
 )
+from lakeimg.kernels._batches import batch_rows, result_schema, warm_up_kernel
 from lakeimg.schemas import table_contract
 from lakeimg.uris import NotRegularFileError, local_path_or_none, open_regular_file, printable
 
@@ -117,14 +117,7 @@ class IngestOptions:
 
 def ingest_result_schema() -> pa.Schema:
     """The kernel's output schema: images columns (nullable) + outcome, error_class, error_message."""
-    images = table_contract("images").arrow_schema
-    fields = [f.with_nullable(True) for f in images]
-    fields += [
-        pa.field("outcome", pa.string(), nullable=False),
-        pa.field("error_class", pa.string()),
-        pa.field("error_message", pa.string()),
-    ]
-    return pa.schema(fields)
+    return result_schema(table_contract("images").arrow_schema)
 
 
 def read_file_bytes(uri: str) -> bytes:
@@ -141,8 +134,6 @@ def read_file_bytes(uri: str) -> bytes:
             return stream.read()
     with open_regular_file(path) as handle:
         return handle.read()
-
-
 
 
 class _FileTimeout(Exception):
@@ -168,22 +159,13 @@ def _time_limit(seconds: float):
         signal.signal(signal.SIGALRM, previous)
 
 
-def _load_codecs(specs: Iterable[str]) -> list[Any]:
-    return list(_codecs_cached(tuple(specs)))
-
-
 @functools.lru_cache(maxsize=16)
-def _codecs_cached(specs: tuple[str, ...]) -> tuple[Any, ...]:
-    # Once per process: scanning installed packages' entry points costs ~45 ms, and the kernel
-    # runs once per batch (the embedded engine's pool measured 5% slower without the cache).
-    codecs = []
-    for spec in specs:
-        module, _, attr = spec.partition(":")
-        codecs.append(getattr(importlib.import_module(module), attr))
+def _load_codecs(specs: tuple[str, ...]) -> tuple[Any, ...]:
+    # Once per process: the kernel runs once per batch, and scanning installed packages' entry
+    # points is slow next to a batch of small files.
+    codecs = [import_path(spec) for spec in specs]
     try:
-        from importlib.metadata import entry_points
-
-        codecs += [ep.load() for ep in entry_points(group="lakeimg.codecs")]
+        codecs += [ep.load() for ep in entry_points_of("lakeimg.codecs").values()]
     except Exception:  # noqa: BLE001 - a broken plugin must not break ingest of plain files
         pass
     return tuple(codecs)
@@ -210,7 +192,7 @@ def reject_row(listing: dict[str, Any], error: ImageDecodeError, sha: str | None
     }
 
 
-def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: list[Any] | None = None) -> dict[str, Any]:
+def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: Iterable[Any] | None = None) -> dict[str, Any]:
     """Read, hash and describe one file; return an image row or a reject row (never raises).
 
     Decoders' warnings about the file (pydicom's invalid values, numpy casts in an odd codec)
@@ -222,7 +204,7 @@ def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: lis
         return _ingest_one_file(listing, options, codecs)
 
 
-def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: list[Any] | None) -> dict[str, Any]:
+def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: Iterable[Any] | None) -> dict[str, Any]:
     uri = listing["uri"]
     sha = None
     if listing.get("kind"):
@@ -266,27 +248,34 @@ def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: li
         return reject_row(listing, ImageDecodeError(uri, "too_large", f"out of memory: {exc}"), sha, options)
     except Exception as exc:  # noqa: BLE001 - e.g. a thumbnail of a degenerate array
         return reject_row(listing, ImageDecodeError(uri, "corrupt", f"{type(exc).__name__}: {exc}"), sha, options)
-    inline = len(data) <= options.inline_max_bytes
+    content = data if len(data) <= options.inline_max_bytes else None
+    return _image_row(listing, sha, decoded, options, content=content, thumbnail=thumbnail)
+
+
+def _image_row(
+    listing: dict[str, Any],
+    sha: str,
+    info: DecodedImage,
+    options: IngestOptions,
+    *,
+    content: bytes | None = None,
+    thumbnail: bytes | None = None,
+    tile_size: int | None = None,
+) -> dict[str, Any]:
+    """The images row of a file (`tile_size` set: a tiled file, whose pyramid has `levels`)."""
+    facts = ("format", "width", "height", "channels", "dtype", "mode", "pages", "dicom", "geo")
     return {
-        "uri": uri,
+        "uri": listing["uri"],
         "content_sha256": sha,
         "size_bytes": listing["size_bytes"],
         "modified_at": listing["modified_at"],
-        "format": decoded.format,
-        "width": decoded.width,
-        "height": decoded.height,
-        "channels": decoded.channels,
-        "dtype": decoded.dtype,
-        "mode": decoded.mode,
-        "pages": decoded.pages,
-        "exif": list(decoded.exif.items()) if decoded.exif else None,
-        "dicom": decoded.dicom,
-        "geo": decoded.geo,
-        "content": data if inline else None,
+        **{name: getattr(info, name) for name in facts},
+        "exif": list(info.exif.items()) if info.exif else None,
+        "content": content,
         "thumbnail": thumbnail,
-        "tiled": False,
-        "tile_size": None,
-        "levels": None,
+        "tiled": tile_size is not None,
+        "tile_size": tile_size,
+        "levels": level_count(info.height, info.width, tile_size) if tile_size else None,
         "label": listing.get("label"),
         "run_id": options.run_id,
         "ingested_at": options.ingested_at or _now(),
@@ -304,7 +293,7 @@ _KIND_MESSAGES = {
 }
 
 
-def _huge_header(listing: dict[str, Any], options: IngestOptions):
+def _huge_header(listing: dict[str, Any], options: IngestOptions) -> DecodedImage | None:
     """The header of a file to tile (too many pixels or bytes, or above the memory limit), or
     None to ingest it whole."""
     path = local_path_or_none(listing["uri"]) if options.tile_above_pixels > 0 else None
@@ -323,7 +312,7 @@ def _huge_header(listing: dict[str, Any], options: IngestOptions):
     return None
 
 
-def _tiled_row(listing: dict[str, Any], header, options: IngestOptions) -> dict[str, Any]:
+def _tiled_row(listing: dict[str, Any], header: DecodedImage, options: IngestOptions) -> dict[str, Any]:
     """The images row of a tiled file: header facts, streamed SHA-256, no content; the tiling
     step (lakeimg/jobs/tiling.py) cuts the tiles and fills the thumbnail from the top level."""
     uri = listing["uri"]
@@ -347,65 +336,25 @@ def _tiled_row(listing: dict[str, Any], header, options: IngestOptions) -> dict[
         return reject_row(listing, exc, sha, options)
     except Exception as exc:  # noqa: BLE001 - a header tifffile or Pillow cannot parse twice
         return reject_row(listing, ImageDecodeError(uri, "corrupt", f"{type(exc).__name__}: {exc}"), sha, options)
-    return {
-        "uri": uri,
-        "content_sha256": sha,
-        "size_bytes": listing["size_bytes"],
-        "modified_at": listing["modified_at"],
-        "format": header.format,
-        "width": header.width,
-        "height": header.height,
-        "channels": header.channels,
-        "dtype": header.dtype,
-        "mode": header.mode,
-        "pages": header.pages,
-        "exif": list(header.exif.items()) if header.exif else None,
-        "dicom": header.dicom,
-        "geo": header.geo,
-        "content": None,
-        "thumbnail": None,
-        "tiled": True,
-        "tile_size": options.tile_size,
-        "levels": level_count(header.height, header.width, options.tile_size),
-        "label": listing.get("label"),
-        "run_id": options.run_id,
-        "ingested_at": options.ingested_at or _now(),
-        "outcome": "image",
-        "error_class": None,
-        "error_message": None,
-    }
+    return _image_row(listing, sha, header, options, tile_size=options.tile_size)
 
 
 def prepare_ingest_kernel(options: IngestOptions) -> None:
     """Do the one-time work of `ingest_kernel` in this process: codecs, plugins, lazy imports.
 
     For a parent that forks a child per batch (`lakeimg.engine.pool.isolated_kernel`): done
-    once there, not in every child. Measured in a Spark Python worker: the codec entry-point
-    scan walks PySpark's zip archives on sys.path (~2 s), and pyarrow imports pandas the first
-    time it builds a batch from Python rows (~0.3 s).
+    once there, not in every child. In a Spark Python worker the codec entry-point scan walks
+    PySpark's zip archives on sys.path, and pyarrow imports pandas the first time it builds a
+    batch from Python rows: both slow enough to pay only once.
     """
-    import cv2  # noqa: F401 - imported lazily by the JPEG and 16-bit PNG paths
-    from PIL import Image
-
-    _load_codecs(options.codecs)
-    Image.init()  # every Pillow plugin
-    pa.RecordBatch.from_pylist([], schema=ingest_result_schema())
+    _load_codecs(tuple(options.codecs))
+    warm_up_kernel(ingest_result_schema())
 
 
 def ingest_kernel(batches: Iterator[pa.RecordBatch], options: IngestOptions) -> Iterator[pa.RecordBatch]:
     """mapInArrow-shaped kernel: listing batches in, result batches (images + rejects) out."""
-    schema = ingest_result_schema()
-    codecs = _load_codecs(options.codecs)
-    rows: list[dict[str, Any]] = []
-    pending_bytes = 0
-    for batch in batches:
-        for listing in batch.to_pylist():
-            row = ingest_one_file(listing, options, codecs)
-            rows.append(row)
-            pending_bytes += len(row.get("content") or b"") + len(row.get("thumbnail") or b"")
-            if pending_bytes >= _OUTPUT_BATCH_BYTES or len(rows) >= _OUTPUT_BATCH_ROWS:
-                yield pa.RecordBatch.from_pylist(rows, schema=schema)
-                rows, pending_bytes = [], 0
-    if rows:
-        yield pa.RecordBatch.from_pylist(rows, schema=schema)
+    codecs = _load_codecs(tuple(options.codecs))
+    rows = (ingest_one_file(listing, options, codecs) for batch in batches for listing in batch.to_pylist())
+    yield from batch_rows(rows, ingest_result_schema(), max_rows=_OUTPUT_BATCH_ROWS, max_bytes=_OUTPUT_BATCH_BYTES,
+                          size=lambda row: len(row.get("content") or b"") + len(row.get("thumbnail") or b""))
 

@@ -36,17 +36,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lakeimg.image._settings import decoder_settings
-from lakeimg.image.tiles import (
-    DEFAULT_TILE_ENCODING,
+from lakeimg.image.codecs import DEFAULT_TILE_ENCODING, encode_tile
+from lakeimg.image.pyramid import (
     DEFAULT_TILE_SIZE,
     ArraySource,
     assemble_region,
-    encode_tile,
     iter_tiles,
     level_count,
-    open_image,
     tile_geotransform,
 )
+from lakeimg.image.sources import open_image
 from lakeimg.kernels.ingest import _FileTimeout, _time_limit
 from lakeimg.schemas import table_contract
 from lakeimg.uris import uri_to_path

@@ -23,17 +23,22 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+from PIL import Image
 
 from lakeimg.errors import ImageDecodeError
 from lakeimg.image.codecs import encode_pixels
-from lakeimg.image.decode import decode_image
-from lakeimg.image.ops import FeatureOp, ImageTransformer, as_hwc
+from lakeimg.image.decode import decode_image, decode_plain_jpeg, exif_orientation
+from lakeimg.image.info import apply_orientation, as_hwc
+from lakeimg.image.ops import FeatureOp, ImageTransformer
+from lakeimg.kernels._batches import batch_rows, result_schema, warm_up_kernel
+from lakeimg.kernels.ingest import read_file_bytes
 from lakeimg.transform_spec import TransformSpec
 
 __all__ = [
@@ -59,15 +64,9 @@ class TransformOptions:
 
 def transform_result_schema(spec: TransformSpec) -> pa.Schema:
     """The kernel's output schema: derived columns (nullable) + outcome, errors, source size/mtime."""
-    fields = [f.with_nullable(True) for f in spec.contract().arrow_schema]
-    fields += [
-        pa.field("outcome", pa.string(), nullable=False),
-        pa.field("error_class", pa.string()),
-        pa.field("error_message", pa.string()),
-        pa.field("size_bytes", pa.int64()),
-        pa.field("modified_at", pa.timestamp("us", tz="UTC")),
-    ]
-    return pa.schema(fields)
+    return result_schema(
+        spec.contract().arrow_schema, pa.field("size_bytes", pa.int64()), pa.field("modified_at", pa.timestamp("us", tz="UTC"))
+    )
 
 
 def variant_rng(seed: int, uri: str, variant: int) -> np.random.Generator:
@@ -107,7 +106,7 @@ def transform_image(pixels: np.ndarray, spec: TransformSpec, uri: str, variant: 
         ((2, 2, 1), [9.0])
     """
     ops = _ops_for(spec)
-    # Seeding costs ~0.2 ms an image (a tenth of a small resize): only for ops that may draw.
+    # Seeding is a noticeable share of a small image's work: only for ops that may draw.
     rng = variant_rng(spec.seed, uri, variant) if any(_may_draw(op) for op in ops) else None
     arr = as_hwc(pixels)
     features: dict[str, Any] = {}
@@ -124,7 +123,7 @@ def transform_image(pixels: np.ndarray, spec: TransformSpec, uri: str, variant: 
 
 def _may_draw(op: ImageTransformer) -> bool:
     """Random ops, and any custom op (it may use its rng without declaring `random`)."""
-    return bool(op.random) or type(op).__module__ != ImageTransformer.__module__
+    return bool(op.random) or not op.builtin
 
 
 class _OpError(Exception):
@@ -158,19 +157,13 @@ def _reduced_jpeg(content: bytes | memoryview, need: tuple[int, int]) -> np.ndar
     The scale is the one Pillow's `draft` picks (the largest of 8, 4, 2 that still covers
     `need`); the pixels are the same as `draft`'s, decoded through OpenCV (`decode_plain_jpeg`).
     """
-    import io
-
-    from PIL import Image
-
-    from lakeimg.image.decode import apply_orientation, decode_plain_jpeg
-
     try:  # Pillow only parses the header here (markers up to the scan); OpenCV decodes
         im = Image.open(io.BytesIO(content[:_HEADER_BYTES]))
     except Exception:  # noqa: BLE001 - a header longer than that (big ICC or EXIF segments)
         im = Image.open(io.BytesIO(content))
     if im.format != "JPEG" or im.mode not in ("RGB", "L"):
         return None
-    orientation = int(im.getexif().get(0x0112, 1) or 1)
+    orientation = exif_orientation(im)
     want = need if orientation < 5 else (need[1], need[0])  # the stored image is transposed
     fits = min(im.size[0] // max(1, want[0]), im.size[1] // max(1, want[1]))
     scale = next((s for s in (8, 4, 2) if fits >= s), 1)
@@ -180,8 +173,7 @@ def _reduced_jpeg(content: bytes | memoryview, need: tuple[int, int]) -> np.ndar
     if arr is None:  # unusual JPEG (Adobe colour, trailing bytes): Pillow's own scaled decode,
         im = Image.open(io.BytesIO(content))  # of the whole file, not the header parsed above
         im.draft(im.mode, want)
-        arr = np.asarray(im)
-        arr = arr if arr.ndim == 3 else arr[:, :, None]
+        arr = as_hwc(np.asarray(im))
     return np.ascontiguousarray(apply_orientation(arr, orientation))
 
 
@@ -196,8 +188,6 @@ def _source_pixels(src: dict[str, Any], spec: TransformSpec | None = None) -> np
     if content is None:
         if src.get("tiled"):
             raise ImageDecodeError(src["uri"], "tiled_source", "the source is tiled and its pyramid level could not be read")
-        from lakeimg.kernels.ingest import read_file_bytes
-
         try:  # not inlined at ingest (above --inline-max-bytes): read the original file
             content = read_file_bytes(src["uri"])
         except OSError as exc:
@@ -250,17 +240,13 @@ def transform_rows(src: dict[str, Any], options: TransformOptions) -> list[dict[
 def prepare_transform_kernel(options: TransformOptions) -> None:
     """Do the one-time work of `transform_kernel` in this process (see `prepare_ingest_kernel`):
     the spec's op objects (custom ops import their modules), encoders, pyarrow's lazy imports."""
-    import cv2  # noqa: F401 - resize, colour and encoders
-    from PIL import Image
-
     _ops_for(options.spec)
-    Image.init()
-    pa.RecordBatch.from_pylist([], schema=transform_result_schema(options.spec))
+    warm_up_kernel(transform_result_schema(options.spec))
 
 
 def _source_rows(batch: pa.RecordBatch) -> Iterator[dict[str, Any]]:
-    """The batch's rows as dicts, `content` as a memoryview of the Arrow buffer: copying each
-    image's bytes out cost ~0.2 ms an image, a twentieth of a resize-and-encode."""
+    """The batch's rows as dicts, `content` as a memoryview of the Arrow buffer, not a copy of
+    each image's bytes."""
     if "content" not in batch.schema.names:
         yield from batch.to_pylist()
         return
@@ -273,13 +259,5 @@ def _source_rows(batch: pa.RecordBatch) -> Iterator[dict[str, Any]]:
 
 def transform_kernel(batches: Iterator[pa.RecordBatch], *, options: TransformOptions) -> Iterator[pa.RecordBatch]:
     """mapInArrow-shaped: source batches (`SOURCE_COLUMNS`) in, result batches out."""
-    schema = transform_result_schema(options.spec)
-    pending: list[dict[str, Any]] = []
-    for batch in batches:
-        for src in _source_rows(batch):
-            pending.extend(transform_rows(src, options))
-            if len(pending) >= _OUTPUT_BATCH_ROWS:
-                yield pa.RecordBatch.from_pylist(pending, schema=schema)
-                pending = []
-    if pending:
-        yield pa.RecordBatch.from_pylist(pending, schema=schema)
+    rows = (row for batch in batches for src in _source_rows(batch) for row in transform_rows(src, options))
+    yield from batch_rows(rows, transform_result_schema(options.spec), max_rows=_OUTPUT_BATCH_ROWS)
