@@ -11,9 +11,8 @@ Why not the group `lakeimg.codecs`: ingest already loads that group as *readers*
 decode a source file), and an encoder registered there would be called by ingest as a reader.
 Keeping writers in their own group keeps both meanings unambiguous.
 
-Tiles use the same encodings: `encode_tile` maps a tile codec name ("zstd", "deflate", "png",
-"raw": lossless, every dtype) to one of them, so the `encoding` column of tiles and derived
-tables holds one vocabulary ("raw+zstd", "png", ...).
+Tiles use the same codecs: `encode_tile` maps a tile codec name ("zstd", "deflate", "png",
+"raw": lossless, every dtype) to one of them; a tile row's `encoding` keeps that name.
 
 Encoders are deterministic (fixed settings, single-threaded OpenCV), so the same pixels always
 give the same bytes on every engine.
@@ -303,8 +302,9 @@ TILE_ENCODINGS: dict[str, dict[str, Any]] = {
     "raw": {"encoding": "raw", "compression": None, "level": None},
 }
 DEFAULT_TILE_ENCODING = "zstd"
-# `encoding` values of tiles written before tiles shared the derived tables' vocabulary
-_OLD_TILE_ENCODINGS = {"zstd": "raw+zstd", "deflate": "raw+deflate"}
+# A tile row's `encoding` keeps the tile codec's name (tables written by every version agree);
+# these two name the derived tables' codec they stand for.
+_TILE_AS_PIXEL_ENCODING = {"zstd": "raw+zstd", "deflate": "raw+deflate"}
 
 
 def encode_tile(arr: np.ndarray, encoding: str = DEFAULT_TILE_ENCODING) -> tuple[bytes, str]:
@@ -315,18 +315,17 @@ def encode_tile(arr: np.ndarray, encoding: str = DEFAULT_TILE_ENCODING) -> tuple
     Example:
         >>> data, used = encode_tile(np.zeros((4, 4, 1), np.float32), "png")
         >>> used, decode_tile(data, used, 4, 4, 1, "float32").shape
-        ('raw+zstd', (4, 4, 1))
+        ('zstd', (4, 4, 1))
     """
     if encoding not in TILE_ENCODINGS:
         raise ValueError(f"unknown tile encoding {encoding!r}; choose one of {', '.join(TILE_ENCODINGS)}")
-    output = TILE_ENCODINGS[encoding]
     if encoding == "png":
         try:
             _BUILTIN["png"].check(arr)
         except ValueError:
-            output = TILE_ENCODINGS["zstd"]
-    used, data = encode_pixels(arr, output)
-    return data, used
+            encoding = "zstd"
+    _, data = encode_pixels(arr, TILE_ENCODINGS[encoding])
+    return data, encoding
 
 
 def decode_tile(data: bytes, encoding: str, height: int, width: int, channels: int, dtype: str) -> np.ndarray:
@@ -337,7 +336,7 @@ def decode_tile(data: bytes, encoding: str, height: int, width: int, channels: i
         >>> bool((decode_tile(*encode_tile(arr, "png"), 2, 2, 3, "uint16") == arr).all())
         True
     """
-    return decode_pixels(data, _OLD_TILE_ENCODINGS.get(encoding, encoding), width, height, channels, dtype)
+    return decode_pixels(data, _TILE_AS_PIXEL_ENCODING.get(encoding, encoding), width, height, channels, dtype)
 
 
 def export_bytes(image: np.ndarray, fmt: str, *, quality: int = 90) -> bytes:
