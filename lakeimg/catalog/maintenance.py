@@ -24,8 +24,8 @@ import os
 from typing import Any
 
 from lakeimg.catalog.lineage import lineage_nodes
-from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
-from lakeimg.catalog.trainsets import TRAINSETS_TABLE, list_trainsets
+from lakeimg.tables import RUNS_TABLE, TRAINSETS_TABLE, RunRecord, lake_tables, new_run_id, utc_now
+from lakeimg.catalog.trainsets import list_trainsets
 from lakeimg.engine.local import LocalEngine, ensure_lake, require_lake
 from lakeimg.engine.staging import remove_stale_staging
 from lakeimg.errors import LakeImgError, SpecError

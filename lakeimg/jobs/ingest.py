@@ -28,7 +28,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, run_commits, utc_now
 from lakeimg.engine.local import (
     LocalEngine,
     MergeResult,
@@ -47,6 +46,7 @@ from lakeimg.image.tiles import (
     TILE_ENCODINGS,
 )
 from lakeimg.jobs.listing import list_sources, source_scope
+from lakeimg.jobs.runs import run_commits
 from lakeimg.jobs.tiling import (
     commit_tiles,
     previously_tiled,
@@ -55,8 +55,8 @@ from lakeimg.jobs.tiling import (
 )
 from lakeimg.kernels.ingest import IngestOptions, ingest_kernel, ingest_result_schema, reject_row
 from lakeimg.kernels.tiles import TileOptions
-from lakeimg.names import validate_name
 from lakeimg.schemas import table_contract
+from lakeimg.tables import RUNS_TABLE, RunRecord, new_run_id, utc_now, validate_name
 from lakeimg.uris import to_uri
 
 __all__ = ["IngestSummary", "ingest_files", "rejects_table_name"]
