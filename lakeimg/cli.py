@@ -48,6 +48,7 @@ from lakeimg.errors import (
     SpecError,
     TableNotFoundError,
 )
+from lakeimg.lake import Lake
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOURCE, EXIT_LAKE, EXIT_TABLE = 0, 1, 2, 3, 4, 5
 EXIT_DAMAGED, EXIT_VERIFY_FAILED = 8, 9
@@ -83,9 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         debug = args.debug or os.environ.get("LAKEIMG_DEBUG", "") not in ("", "0")
         try:
             if args.command not in _CREATE_LAKE and getattr(args, "lake", None):
-                from lakeimg.engine.local import require_lake
-
-                require_lake(args.lake)
+                Lake.existing(args.lake)
             return int(args.handler(args) or 0)
         except KeyboardInterrupt:
             # No claim about the tables: a run stopped between commits keeps what landed and the
@@ -143,13 +142,10 @@ def _vacuumed_version(exc: LakeDamagedError, lake: str | None) -> str | None:
     if lake is None or exc.version is None or not exc.file or os.path.exists(exc.file):
         return None
     try:
-        from lakeimg.catalog.maintenance import readable_versions
-        from lakeimg.engine.local import LocalEngine
-
-        engine = LocalEngine(lake)
-        if exc.version >= (engine.version(exc.table) or 0):
+        opened = Lake(lake)
+        if exc.version >= (opened.version(exc.table) or 0):
             return None  # the latest version lost a file: that is damage
-        readable = readable_versions(engine, exc.table)
+        readable = opened.readable_versions(exc.table)
     except Exception:  # noqa: BLE001 - the plain damage message is still right
         return None
     return _one_line(

@@ -6,8 +6,9 @@ Example:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,7 +16,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from lakeimg.catalog.loaders import SplitData, epoch_order, shard_positions, to_chw_float32
 
-__all__ = ["LakeImageDataset"]
+if TYPE_CHECKING:
+    from lakeimg.catalog.trainsets import TrainingSet
+
+__all__ = ["LakeImageDataset", "torch_dataset"]
 
 
 class LakeImageDataset(IterableDataset):
@@ -73,3 +77,36 @@ class LakeImageDataset(IterableDataset):
                     "label": int(self.data.labels[int(position)]),
                     "uri": self.data.uris[int(position)],
                 }
+
+
+def torch_dataset(
+    trainset: TrainingSet,
+    split: str,
+    *,
+    shuffle: bool = True,
+    seed: int | None = None,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    transform: Callable[[Any], Any] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+):
+    """A torch IterableDataset of {"image": CHW float32 tensor, "label": int64, "uri": str}.
+
+    Call `.set_epoch(e)` before each epoch (like DistributedSampler). Needs `pip install lakeimg[torch]`.
+
+    Example:
+        >>> ds = ts.torch("train", rank=0, world_size=2)  # doctest: +SKIP
+        >>> loader = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=2)  # doctest: +SKIP
+    """
+    data = SplitData(trainset, split, cache_dir=cache_dir)
+    data.pixels()  # build before DataLoader forks its workers, so they share it
+    return LakeImageDataset(
+        data,
+        seed=trainset.seed if seed is None else seed,
+        epoch=epoch,
+        shuffle=shuffle,
+        rank=rank,
+        world_size=world_size,
+        transform=transform,
+    )

@@ -45,7 +45,7 @@ from lakeimg.errors import LakeImgError
 if TYPE_CHECKING:
     from lakeimg.catalog.trainsets import TrainingSet
 
-__all__ = ["SplitData", "iter_numpy", "torch_dataset", "to_spark", "epoch_order", "shard_positions", "to_chw_float32"]
+__all__ = ["SplitData", "iter_numpy", "to_spark", "epoch_order", "shard_positions", "to_chw_float32"]
 
 _PIXEL_COLUMNS_DERIVED = ["data", "width", "height", "channels", "dtype", "encoding"]
 
@@ -110,7 +110,7 @@ class SplitData:
         self.labels = rows["label_index"].to_numpy(zero_copy_only=False).astype(np.int64)
         self.table = trainset.table
         self.version = trainset.version
-        self.run_id = trainset.record["run_id"]
+        self.run_id = trainset.record.run_id
         self._pixels: pa.Table | None = None
         self._keys = rows.select([c for c in ("uri", "variant") if c in rows.column_names])
 
@@ -275,47 +275,8 @@ def iter_numpy(
             yield batch_of(positions, [im for future in current for im in future.result()])
 
 
-def torch_dataset(
-    trainset: TrainingSet,
-    split: str,
-    *,
-    shuffle: bool = True,
-    seed: int | None = None,
-    epoch: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    transform: Callable[[Any], Any] | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-):
-    """A torch IterableDataset of {"image": CHW float32 tensor, "label": int64, "uri": str}.
-
-    Call `.set_epoch(e)` before each epoch (like DistributedSampler). Needs `pip install lakeimg[torch]`.
-
-    Example:
-        >>> ds = ts.torch("train", rank=0, world_size=2)  # doctest: +SKIP
-        >>> loader = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=2)  # doctest: +SKIP
-    """
-    try:
-        from lakeimg.catalog._torch import LakeImageDataset
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise LakeImgError("PyTorch is not installed: pip install 'lakeimg[torch]'") from exc
-    data = SplitData(trainset, split, cache_dir=cache_dir)
-    data.pixels()  # build before DataLoader forks its workers, so they share it
-    return LakeImageDataset(
-        data,
-        seed=trainset.seed if seed is None else seed,
-        epoch=epoch,
-        shuffle=shuffle,
-        rank=rank,
-        world_size=world_size,
-        transform=transform,
-    )
-
-
-def to_spark(spark: Any, trainset: TrainingSet | str, split: str, *, features: str = "features", lake: str | None = None):
+def to_spark(spark: Any, trainset: TrainingSet, split: str, *, features: str = "features"):
     """The split as a Spark DataFrame: uri, label, label_index and an MLlib vector of the pixels.
-
-    `trainset` is a TrainingSet, or a set's name together with `lake=` (the lake's folder).
 
     Spark reads the pinned version itself (Delta time travel); only the small (uri, label_index)
     list goes from the driver to the cluster. Pixels are decoded to float32 in an Arrow batch
@@ -331,15 +292,7 @@ def to_spark(spark: Any, trainset: TrainingSet | str, split: str, *, features: s
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
-    from lakeimg.engine.local import LocalEngine
-
-    if isinstance(trainset, str):
-        from lakeimg.catalog.trainsets import TrainingSet
-
-        if lake is None:
-            raise LakeImgError("to_spark(spark, NAME, split) needs lake=<the lake's folder>")
-        trainset = TrainingSet(LocalEngine(lake), trainset)
-    engine = LocalEngine(trainset.engine.lake)
+    engine = trainset.engine
     schema = engine.arrow_schema(trainset.table, trainset.version)
     rows = trainset.rows(split)
     keys = [c for c in ("uri", "variant") if c in rows.column_names]

@@ -27,6 +27,8 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Sequence
@@ -38,16 +40,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakeimg._version import __version__
-from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
+from lakeimg.catalog.loaders import iter_numpy, to_spark
 from lakeimg.engine.local import LocalEngine, VersionLike, ensure_lake
 from lakeimg.errors import LakeImgError, SpecError
-from lakeimg.names import validate_name
 from lakeimg.schemas import table_contract
 from lakeimg.sqlguard import filter_table, parse_where
+from lakeimg.tables import (
+    RUNS_TABLE,
+    TRAINSETS_TABLE,
+    RunRecord,
+    new_run_id,
+    utc_now,
+    validate_name,
+)
 
 __all__ = [
-    "TRAINSETS_TABLE",
     "TrainingSet",
+    "TrainingSetRecord",
     "create_trainset",
     "list_trainsets",
     "load_trainset_record",
@@ -56,7 +65,6 @@ __all__ = [
     "hash_unit",
 ]
 
-TRAINSETS_TABLE = "_lakeimg/trainsets"
 _BINARY = (pa.binary(), pa.large_binary())
 
 
@@ -117,7 +125,58 @@ def split_of(uri: str, seed: int, splits: Sequence[tuple[str, float]]) -> str:
     return splits[-1][0]
 
 
-def list_trainsets(engine: LocalEngine) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class TrainingSetRecord:
+    """A training set as recorded: the pinned `table@version`, filter, split rule, seed, label
+    column, stratification (and the `base_set` it builds on), the label-to-index map, the rows
+    per split when it was made, and the run that made it.
+
+    Example:
+        >>> record = TrainingSetRecord("s", "images", 3, None, (("all", 1.0),), 7, "label", False, None, {}, {"all": 2},
+        ...                            "r1", "1.0", dt.datetime(2026, 1, 1))
+        >>> record.to_dict()["splits"], record.pinned
+        ([('all', 1.0)], 'images@3')
+    """
+
+    name: str
+    table: str
+    version: int
+    where: str | None
+    splits: tuple[tuple[str, float], ...]
+    seed: int
+    label_column: str | None
+    stratify: bool
+    base_set: str | None
+    label_index: dict[str, int]
+    counts: dict[str, int]
+    run_id: str
+    code_version: str
+    created_at: dt.datetime
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.table}@{self.version}"
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> TrainingSetRecord:
+        """A row of the training-sets table (maps and structs as pyarrow gives them)."""
+        return cls(**{
+            **row,
+            "version": int(row["version"]),
+            "seed": int(row["seed"]),
+            "stratify": bool(row["stratify"]),
+            "splits": tuple((s["name"], s["fraction"]) for s in row["splits"]),
+            "label_index": dict(row["label_index"] or []),
+            "counts": dict(row["counts"] or []),
+        })
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["splits"] = list(self.splits)
+        return out
+
+
+def list_trainsets(engine: LocalEngine) -> list[TrainingSetRecord]:
     """Every training set record, oldest first.
 
     Example:
@@ -126,19 +185,21 @@ def list_trainsets(engine: LocalEngine) -> list[dict[str, Any]]:
     """
     if not engine.exists(TRAINSETS_TABLE):
         return []
-    rows = engine.read(TRAINSETS_TABLE).sort_by("created_at").to_pylist()
-    for row in rows:
-        row["splits"] = [(s["name"], s["fraction"]) for s in row["splits"]]
-        row["label_index"] = dict(row["label_index"] or [])
-        row["counts"] = dict(row["counts"] or [])
-    return rows
+    return [TrainingSetRecord.from_row(row) for row in engine.read(TRAINSETS_TABLE).sort_by("created_at").to_pylist()]
 
 
-def load_trainset_record(engine: LocalEngine, name: str) -> dict[str, Any]:
-    """One training set's record; LakeImgError when there is none."""
-    for row in list_trainsets(engine):
-        if row["name"] == name:
-            return row
+def load_trainset_record(engine: LocalEngine, name: str) -> TrainingSetRecord:
+    """One training set's record; LakeImgError when there is none.
+
+    Example:
+        >>> load_trainset_record(LocalEngine("/tmp/empty-lake"), "cats-v1")
+        Traceback (most recent call last):
+        ...
+        lakeimg.errors.LakeImgError: no training set named 'cats-v1' in lake /tmp/empty-lake
+    """
+    for record in list_trainsets(engine):
+        if record.name == name:
+            return record
     raise LakeImgError(f"no training set named {name!r} in lake {engine.lake}")
 
 
@@ -154,9 +215,9 @@ class _Spec:
     base_set: str | None
 
 
-def _spec_of(record: dict[str, Any]) -> _Spec:
-    return _Spec(record["table"], int(record["version"]), record["where"], tuple(map(tuple, record["splits"])),
-                 int(record["seed"]), record["label_column"], bool(record["stratify"]), record.get("base_set"))
+def _spec_of(record: TrainingSetRecord) -> _Spec:
+    return _Spec(record.table, record.version, record.where, record.splits, record.seed, record.label_column,
+                 record.stratify, record.base_set)
 
 
 def _selected_rows(engine: LocalEngine, spec: _Spec) -> pa.Table:
@@ -237,7 +298,7 @@ def create_trainset(
     where: str | None = None,
     label_column: str | None = "label",
     stratify: bool = False,
-) -> dict[str, Any]:
+) -> TrainingSetRecord:
     """Record a training set on `table@version` (latest when None); returns its record.
 
     Example:
@@ -249,7 +310,7 @@ def create_trainset(
     if where is not None:
         parse_where(where)  # refused before anything is read; columns are checked on the read
     ensure_lake(engine.lake)
-    existing = {r["name"]: r for r in list_trainsets(engine)}
+    existing = {r.name: r for r in list_trainsets(engine)}
     if name in existing:
         raise SpecError(f"training set {name!r} already exists (training sets are immutable; pick a new name)")
     pinned = engine.resolve_version(table, version)
@@ -259,11 +320,11 @@ def create_trainset(
     if stratify:
         candidates = [
             r for r in existing.values()
-            if r["stratify"] and r["table"] == table and int(r["seed"]) == int(seed) and r["splits"] == rule
-            and r["label_column"] == label_column and int(r["version"]) <= pinned
+            if r.stratify and r.table == table and r.seed == int(seed) and list(r.splits) == rule
+            and r.label_column == label_column and r.version <= pinned
         ]
         if candidates:
-            base_set = max(candidates, key=lambda r: (int(r["version"]), r["created_at"]))["name"]
+            base_set = max(candidates, key=lambda r: (r.version, r.created_at)).name
     spec = _Spec(table, pinned, where, tuple(rule), int(seed), label_column, bool(stratify), base_set)
     rows = _selected_rows(engine, spec)
     assigned = _assign(engine, spec, rows)
@@ -327,23 +388,23 @@ class TrainingSet:
 
     @property
     def table(self) -> str:
-        return self.record["table"]
+        return self.record.table
 
     @property
     def version(self) -> int:
-        return int(self.record["version"])
+        return self.record.version
 
     @property
     def seed(self) -> int:
-        return int(self.record["seed"])
+        return self.record.seed
 
     @property
     def splits(self) -> list[str]:
-        return [n for n, _ in self.record["splits"]]
+        return [n for n, _ in self.record.splits]
 
     @property
     def label_index(self) -> dict[str, int]:
-        return dict(self.record["label_index"])
+        return dict(self.record.label_index)
 
     @property
     def classes(self) -> list[str]:
@@ -389,26 +450,32 @@ class TrainingSet:
             >>> next(ts.iter_numpy("train", 8, epoch=0))["image"].shape  # doctest: +SKIP
             (8, 48, 64, 3)
         """
-        from lakeimg.catalog.loaders import iter_numpy
-
         return iter_numpy(self, split, batch_size, **options)
 
     def torch(self, split: str, **options: Any):
-        """A PyTorch IterableDataset of {"image": CHW float32, "label", "uri"}; see `loaders.torch_dataset`."""
-        from lakeimg.catalog.loaders import torch_dataset
+        """A PyTorch IterableDataset of {"image": CHW float32, "label", "uri"}; see `_torch.torch_dataset`.
 
+        Example:
+            >>> loader = torch.utils.data.DataLoader(ts.torch("train", rank=0, world_size=2), batch_size=32)  # doctest: +SKIP
+        """
+        try:  # torch is optional and heavy: imported on use
+            from lakeimg.catalog._torch import torch_dataset
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise LakeImgError("PyTorch is not installed: pip install 'lakeimg[torch]'") from exc
         return torch_dataset(self, split, **options)
 
     def to_spark(self, spark: Any, split: str, **options: Any):
-        """A Spark DataFrame (uri, label, label_index, features: MLlib vector); see `loaders.to_spark`."""
-        from lakeimg.catalog.loaders import to_spark
+        """A Spark DataFrame (uri, label, label_index, features: MLlib vector); see `loaders.to_spark`.
 
+        Example:
+            >>> ts.to_spark(spark, "train").select("label_index", "features").first()  # doctest: +SKIP
+        """
         return to_spark(spark, self, split, **options)
 
     def describe(self) -> dict[str, Any]:
         """The record plus counts per split and label, JSON-ready."""
-        record = dict(self.record)
-        record["splits"] = [{"name": n, "fraction": f} for n, f in record["splits"]]
+        record = self.record.to_dict()
+        record["splits"] = [{"name": n, "fraction": f} for n, f in self.record.splits]
         record["created_at"] = str(record["created_at"])
         record["by_split_and_label"] = self.counts()
         return json.loads(json.dumps(record, default=str))

@@ -23,7 +23,7 @@ from lakeimg.engine.local import LocalEngine, VersionLike
 from lakeimg.errors import LakeImgError
 from lakeimg.image.decode import decode_image
 from lakeimg.image.tiles import assemble_region, downsample2, level_shape
-from lakeimg.jobs.tiling import tiles_table_name
+from lakeimg.tables import tiles_of
 from lakeimg.uris import open_regular_file, to_uri, uri_to_path
 
 __all__ = ["read_region", "image_record", "tiles_as_of"]
@@ -103,7 +103,7 @@ def read_region(
         & (pc.field("tile_col") >= c0)
         & (pc.field("tile_col") <= c1)
     )
-    tiles = engine.read(tiles_table_name(table), version=tiles_as_of(engine, table, version), filter=flt)
+    tiles = engine.read(tiles_of(table), version=tiles_as_of(engine, table, version), filter=flt)
     tiles = tiles.filter(pc.field("content_sha256") == row["content_sha256"]).to_pylist()
     if not tiles:
         raise LakeImgError(f"no tiles of {uri} page {page} level {level} cover {x},{y} {width}x{height}")

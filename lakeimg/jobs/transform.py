@@ -425,9 +425,9 @@ def _inline_tiled(engine: LocalEngine, source: str, version: int, rows: pa.Table
     kernel rejects the image with the reason."""
     if not pc.any(pc.fill_null(rows["tiled"], False)).as_py():
         return rows
-    from lakeimg.catalog.regions import read_region
     from lakeimg.image.codecs import export_bytes
     from lakeimg.image.tiles import level_shape
+    from lakeimg.jobs.regions import read_region
 
     contents = rows["content"].to_pylist()
     for i, row in enumerate(rows.select(["uri", "tiled", "width", "height", "levels"]).to_pylist()):

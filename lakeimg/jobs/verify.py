@@ -39,6 +39,8 @@ import pyarrow.parquet as pq
 
 from lakeimg.engine.local import LocalEngine, VersionLike
 from lakeimg.errors import ContentMismatchError
+from lakeimg.jobs.regions import tiles_as_of
+from lakeimg.tables import tiles_of
 
 __all__ = ["VerifyProblem", "VerifyReport", "verify_table", "content_mismatches", "check_content", "READ_ERRORS"]
 
@@ -247,10 +249,8 @@ def verify_table(
         )
     else:
         check.notes.append(f"{table}: no content hash: files read in full and compared with the Delta log")
-    tiles_table = f"{table}_tiles"
-    if tiles and "content_sha256" in names and not table.endswith("_tiles") and engine.exists(tiles_table):
-        from lakeimg.catalog.regions import tiles_as_of
-
+    tiles_table = tiles_of(table)
+    if tiles and "content_sha256" in names and not table.endswith(tiles_of("")) and engine.exists(tiles_table):
         check.table(engine, tiles_table, tiles_as_of(engine, table, resolved))
         check.notes.append(
             f"{tiles_table}: content_sha256 there is the source file's hash, not the tile's: "
