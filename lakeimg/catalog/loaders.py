@@ -40,7 +40,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakeimg.engine.local import LocalEngine
 from lakeimg.errors import LakeImgError
+from lakeimg.jobs.verify import check_content
 
 if TYPE_CHECKING:
     from lakeimg.catalog.trainsets import TrainingSet
@@ -153,9 +155,6 @@ class SplitData:
         return table
 
     def _read(self) -> pa.Table:
-        from lakeimg.catalog.verify import check_content
-        from lakeimg.engine.local import LocalEngine
-
         engine = LocalEngine(self.lake)
         schema = engine.arrow_schema(self.table, self.version)
         keys = self._keys.column_names

@@ -4,7 +4,7 @@ summaries) and progress bars.
 Example:
     >>> print(format_table([{"label": "cats", "n": 3}, {"label": "dogs", "n": 12}]))
     label  n
-    -----  --
+    ------ --
     cats   3
     dogs   12
 """

@@ -34,8 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakeimg.errors import ConcurrentWriteError, LakeDamagedError, LakeImgError, TableNotFoundError
-from lakeimg.tables import lake_relative
 from lakeimg.schemas import TableContract
+from lakeimg.tables import lake_relative
 from lakeimg.uris import has_scheme, open_regular_file, uri_to_path
 
 __all__ = ["LocalEngine", "MergeResult", "VersionLike", "table_location", "cast_to_schema"]
