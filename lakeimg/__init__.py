@@ -12,55 +12,35 @@ Example:
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from lakeimg._version import __version__
+from lakeimg.errors import (
+    ConcurrentWriteError,
+    ImageDecodeError,
+    LakeImgError,
+    LakeNotWritableError,
+    SourceNotFoundError,
+    SpecError,
+    TableNotFoundError,
+)
 
 if TYPE_CHECKING:
     from lakeimg.catalog.trainsets import TrainingSet
-    from lakeimg.errors import (
-        ConcurrentWriteError,
-        ImageDecodeError,
-        LakeImgError,
-        LakeNotWritableError,
-        SourceNotFoundError,
-        SpecError,
-        TableNotFoundError,
-    )
     from lakeimg.image.ops import ImageTransformer
     from lakeimg.lake import Lake
 
-__all__ = [
-    "ConcurrentWriteError",
-    "ImageDecodeError",
-    "ImageTransformer",
-    "Lake",
-    "LakeImgError",
-    "LakeNotWritableError",
-    "SourceNotFoundError",
-    "SpecError",
-    "TableNotFoundError",
-    "TrainingSet",
-    "__version__",
-]
+_HOMES = {"Lake": "lakeimg.lake", "TrainingSet": "lakeimg.catalog.trainsets", "ImageTransformer": "lakeimg.image.ops"}
 
-_HOMES = {
-    "Lake": "lakeimg.lake",
-    "TrainingSet": "lakeimg.catalog.trainsets",
-    "ImageTransformer": "lakeimg.image.ops",
-    **dict.fromkeys(
-        ("ConcurrentWriteError", "ImageDecodeError", "LakeImgError", "LakeNotWritableError", "SourceNotFoundError",
-         "SpecError", "TableNotFoundError"),
-        "lakeimg.errors",
-    ),
-}
+__all__ = ["ConcurrentWriteError", "ImageDecodeError", "ImageTransformer", "Lake", "LakeImgError",
+           "LakeNotWritableError", "SourceNotFoundError", "SpecError", "TableNotFoundError", "TrainingSet",
+           "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name not in _HOMES:
         raise AttributeError(f"module 'lakeimg' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(_HOMES[name]), name)
     globals()[name] = value
     return value

@@ -2,9 +2,24 @@
 
 Example:
     >>> import tempfile
-    >>> lake = Lake(tempfile.mkdtemp())
-    >>> lake.tables()
-    []
+    >>> from lakeimg.samples import write_photo_jpegs
+    >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
+    >>> _ = write_photo_jpegs(photos, 4, width=32, height=24)
+    >>> lake.ingest(photos, workers=0).added, lake.tables()
+    (4, ['images', 'images_rejects'])
+    >>> lake.transform("images", "small", {"ops": [{"op": "resize", "width": 8, "height": 6}]}, workers=0).added
+    4
+    >>> [(step.table, step.job) for step in lake.lineage("small")]
+    [('small', 'transform'), ('images', 'ingest')]
+    >>> lake.versions("small")[0].job, lake.reproduce("small", workers=0).identical, lake.verify("images").ok
+    ('transform', True, True)
+    >>> lake.sql("SELECT count(*) AS n FROM small").to_pylist()
+    [{'n': 4}]
+    >>> lake.create_training_set("pets-v1", "small", splits="train=0.5,test=0.5", seed=1).rows().num_rows
+    4
+    >>> uri = lake.read("images", columns=["uri"])["uri"][0].as_py()
+    >>> lake.read_region("images", uri, 0, 0, 4, 4).shape, lake.export("small", tempfile.mkdtemp())["written"]
+    ((4, 4, 3), 4)
 """
 
 from __future__ import annotations
@@ -15,17 +30,12 @@ from typing import Any, Literal
 
 import pyarrow as pa
 
+from lakeimg.catalog import trainsets
 from lakeimg.catalog.history import HistoryEntry, table_history
 from lakeimg.catalog.lineage import LineageStep, table_lineage, trainset_lineage
 from lakeimg.catalog.maintenance import maintain, readable_versions
 from lakeimg.catalog.reproduce import ReproduceResult, reproduce
 from lakeimg.catalog.sql import run_spark_sql, run_sql
-from lakeimg.catalog.trainsets import (
-    TrainingSet,
-    TrainingSetRecord,
-    create_trainset,
-    list_trainsets,
-)
 from lakeimg.engine import open_engine
 from lakeimg.engine.local import LocalEngine, VersionLike, require_lake
 from lakeimg.errors import SpecError, TableNotFoundError
@@ -111,9 +121,6 @@ class Lake:
         hashed and compared with its `content_sha256` (read too, then dropped if not asked for):
         a mismatch raises ContentMismatchError naming the uri. Reads without `content` cost
         nothing extra. A missing or unreadable data file raises LakeDamagedError naming it.
-
-        Example:
-            >>> Lake("/tmp/lake").read("images", 0, columns=["uri", "width"])  # doctest: +SKIP
         """
         wanted = list(columns) if columns is not None else None
         if not verify or (wanted is not None and "content" not in wanted):
@@ -147,32 +154,20 @@ class Lake:
         return run_sql(self.path, query, engine=self._local)
 
     def table(self, name: str):
-        """A fluent transform builder over table `name` (see `lakeimg.fluent.TableBuilder`).
-
-        Example:
-            >>> Lake("/tmp/lake").table("images").where("label = 'cats'").resize(256, 256).normalize("imagenet").save("cats_256")  # doctest: +SKIP
-        """
+        """A fluent transform builder over table `name` (see `lakeimg.fluent.TableBuilder`)."""
         from lakeimg.fluent import TableBuilder  # fluent builds on Lake: imported on use
 
         return TableBuilder(self, name)
 
     def transform(self, source: str, target: str, spec: Any, **options: Any) -> TransformSummary:
-        """Run a transform spec from `source` into `target`; options as `jobs.transform.transform_table`.
-
-        Example:
-            >>> Lake("/tmp/lake").transform("images", "gray", {"ops": [{"op": "color", "to": "gray"}]})  # doctest: +SKIP
-        """
+        """Run a transform spec from `source` into `target`; options as `jobs.transform.transform_table`."""
         options.setdefault("engine", self.engine_name)
         if options["engine"] == "spark":
             options.setdefault("spark", self.spark)
         return transform_table(self.path, source, target, spec, **options)
 
     def ingest(self, sources: str | Sequence[str], **options: Any) -> IngestSummary:
-        """Ingest files, folders or globs; options as `lakeimg.jobs.ingest.ingest_files`.
-
-        Example:
-            >>> Lake("/tmp/lake").ingest(["/data/photos"], label_from_path="parent")  # doctest: +SKIP
-        """
+        """Ingest files, folders or globs; options as `lakeimg.jobs.ingest.ingest_files`."""
         if isinstance(sources, (str, os.PathLike)):
             sources = [os.fspath(sources)]
         if self.engine_name == "spark" and "engine" not in options:
@@ -183,11 +178,7 @@ class Lake:
         self, table: str, out: str | os.PathLike[str], *, format: ExportFormat = "png", version: VersionLike = None,
         quality: int = 90,
     ) -> dict[str, Any]:
-        """Write every image of `table@version` into the folder `out` as files; returns a summary.
-
-        Example:
-            >>> Lake("/tmp/lake").export("cats_256", "/tmp/out", format="jpeg")["written"]  # doctest: +SKIP
-        """
+        """Write every image of `table@version` into the folder `out` as files; returns a summary."""
         return export_table(self.path, table, out, fmt=format, version=version, quality=quality, engine=self._local)
 
     def spark_engine(self):
@@ -211,84 +202,49 @@ class Lake:
         page: int = 0,
         version: VersionLike = None,
     ):
-        """Exact pixels (HWC ndarray, native dtype) of a window; tiled images read only the tiles it needs.
-
-        Example:
-            >>> Lake("/tmp/lake").read_region("images", "/scans/slide.tif", 1000, 2000, 512, 512, level=1)  # doctest: +SKIP
-        """
+        """Exact pixels (HWC ndarray, native dtype) of a window; tiled images read only the tiles it needs."""
         return read_region(self._local, table, uri, x, y, width, height, level=level, page=page, version=version)
 
     # --- catalog: history, lineage, reproduce, training sets, maintenance (lakeimg.catalog) ---
 
     def versions(self, table: str, limit: int | None = None) -> list[HistoryEntry]:
-        """The table's versions, newest first: operation, run, job, status, counts, timestamp.
-
-        Example:
-            >>> Lake("/tmp/lake").versions("images")[0].job  # doctest: +SKIP
-            'ingest'
-        """
+        """The table's versions, newest first: operation, run, job, status, counts, timestamp."""
         return table_history(self._local, table, limit=limit)
 
     def lineage(self, table: str, version: VersionLike = None) -> list[LineageStep]:
         """Steps from `table@version` (or "trainset:NAME") back to ingest runs and source folders.
-
-        Example:
-            >>> [s.job for s in Lake("/tmp/lake").lineage("cats_256")]  # doctest: +SKIP
-            ['transform', 'ingest']
         """
         if table.startswith("trainset:"):
             return trainset_lineage(self._local, table.split(":", 1)[1])
         return table_lineage(self._local, table, version)
 
     def reproduce(self, table: str, version: VersionLike = None, **options: Any) -> ReproduceResult:
-        """Re-run what made `table@version` and compare content hashes (see catalog.reproduce).
-
-        Example:
-            >>> Lake("/tmp/lake").reproduce("cats_256", 2).identical  # doctest: +SKIP
-            True
-        """
+        """Re-run what made `table@version` and compare content hashes (see catalog.reproduce)."""
         return reproduce(self._local, table, version, **options)
 
     def verify(self, table: str, version: VersionLike = None, *, tiles: bool = True) -> VerifyReport:
         """Check every data file and row of `table@version`: a frozen `VerifyReport` (never raises
         for damage it finds; see `lakeimg.jobs.verify`).
-
-        Example:
-            >>> report = Lake("/tmp/lake").verify("images")  # doctest: +SKIP
-            >>> report.ok, report.rows_hashed, [p.uri for p in report.problems]  # doctest: +SKIP
-            (True, 12, [])
         """
         if not self._local.exists(table):
             raise TableNotFoundError(table, self.path)
         return verify_table(self._local, table, version, tiles=tiles)
 
-    def create_training_set(self, name: str, table: str, version: VersionLike = None, **options: Any) -> TrainingSet:
-        """Record an immutable training set on `table@version`; options as `create_trainset`.
+    def create_training_set(self, name: str, table: str, version: VersionLike = None, **options: Any) -> trainsets.TrainingSet:
+        """Record an immutable training set on `table@version`; options as `create_trainset`."""
+        trainsets.create_trainset(self._local, name, table, version=version, **options)
+        return trainsets.TrainingSet(self._local, name)
 
-        Example:
-            >>> Lake("/tmp/lake").create_training_set("cats-v1", "images", splits="train=0.8,test=0.2", seed=7)  # doctest: +SKIP
-        """
-        create_trainset(self._local, name, table, version=version, **options)
-        return TrainingSet(self._local, name)
+    def training_set(self, name: str) -> trainsets.TrainingSet:
+        """A pinned training set: rows(split), iter_numpy(...), torch(...), to_spark(...)."""
+        return trainsets.TrainingSet(self._local, name)
 
-    def training_set(self, name: str) -> TrainingSet:
-        """A pinned training set: rows(split), iter_numpy(...), torch(...), to_spark(...).
-
-        Example:
-            >>> Lake("/tmp/lake").training_set("cats-v1").rows("train")  # doctest: +SKIP
-        """
-        return TrainingSet(self._local, name)
-
-    def training_sets(self) -> list[TrainingSetRecord]:
+    def training_sets(self) -> list[trainsets.TrainingSetRecord]:
         """Every training set record, oldest first."""
-        return list_trainsets(self._local)
+        return trainsets.list_trainsets(self._local)
 
     def maintain(self, **options: Any) -> dict[str, Any]:
-        """Compact and vacuum, keeping every version a training set or its lineage reads.
-
-        Example:
-            >>> Lake("/tmp/lake").maintain(optimize=True, vacuum_hours=0)  # doctest: +SKIP
-        """
+        """Compact and vacuum, keeping every version a training set or its lineage reads."""
         if self.engine_name == "spark":
             options.setdefault("spark_engine", self.spark_engine())
         return maintain(self._local, **options)

@@ -42,26 +42,9 @@ from lakeimg.errors import InvalidNameError, TableRefError
 from lakeimg.schemas import table_contract
 
 __all__ = [
-    "NAME_RULE",
-    "NameKind",
-    "RUNS_SQL_NAME",
-    "RUNS_TABLE",
-    "RUN_STATUS_RANK",
-    "RunRecord",
-    "TRAINSETS_TABLE",
-    "TableRef",
-    "canonical_json",
-    "is_table_name",
-    "lake_relative",
-    "lake_tables",
-    "new_run_id",
-    "parse_table_ref",
-    "rejects_of",
-    "spec_hash",
-    "sql_tables",
-    "tiles_of",
-    "utc_now",
-    "validate_name",
+    "NAME_RULE", "NameKind", "RUNS_SQL_NAME", "RUNS_TABLE", "RUN_STATUS_RANK", "RunRecord", "TRAINSETS_TABLE",
+    "TableRef", "canonical_json", "is_table_name", "lake_relative", "lake_tables", "new_run_id", "parse_table_ref",
+    "rejects_of", "spec_hash", "sql_tables", "tiles_of", "utc_now", "validate_name",
 ]
 
 NameKind = Literal["table", "target table", "training set", "split"]

@@ -35,7 +35,7 @@ def add_engine_options(parser) -> None:
 
 
 @contextmanager
-def opened_lake(args) -> Iterator[Lake]:
+def open_lake(args) -> Iterator[Lake]:
     """`args.lake` on the engine `args.engine` names; a Spark session is built for the command
     (no --master: spark-submit's, or local[*]) and stopped after it."""
     if getattr(args, "engine", "local") != "spark":

@@ -4,12 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from lakeimg.commands._common import (
-    add_engine_options,
-    opened_lake,
-    print_run_summary,
-    progress_bar,
-)
+from lakeimg.commands._common import add_engine_options, open_lake, print_run_summary, progress_bar
 from lakeimg.tables import validate_name
 
 
@@ -78,7 +73,7 @@ def run(args) -> int:
         tile_above_pixels=args.tile_above_pixels,
         tile_size=args.tile_size,
     )
-    with opened_lake(args) as lake, progress_bar("decoding", enabled=not args.json) as on_progress:
+    with open_lake(args) as lake, progress_bar("decoding", enabled=not args.json) as on_progress:
         summary = lake.ingest(args.sources, on_progress=on_progress, **options)
     print_run_summary(args.lake, summary, args.json)
     return 0

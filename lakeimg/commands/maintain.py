@@ -5,7 +5,7 @@ Exit 0 when done, 7 when a table was refused (it would have broken a pinned trai
 
 from __future__ import annotations
 
-from lakeimg.commands._common import add_engine_options, opened_lake, print_json
+from lakeimg.commands._common import add_engine_options, open_lake, print_json
 
 EXIT_REFUSED = 7
 
@@ -36,7 +36,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    with opened_lake(args) as lake:
+    with open_lake(args) as lake:
         report = lake.maintain(optimize=args.optimize, vacuum_hours=args.vacuum_hours, dry_run=args.dry_run,
                                tables=args.table)
     if args.json:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lakeimg.commands._common import add_engine_options, format_table, jsonable_rows, opened_lake
+from lakeimg.commands._common import add_engine_options, format_table, jsonable_rows, open_lake
 
 
 def add_parser(subparsers) -> None:
@@ -33,7 +33,7 @@ def add_parser(subparsers) -> None:
 
 def query_rows(args, *, binary: str = "base64") -> tuple[list[dict[str, Any]], list[str]]:
     """Run `args.query` on the chosen engine; (JSON-ready rows, column names)."""
-    with opened_lake(args) as lake:
+    with open_lake(args) as lake:
         table = lake.sql(args.query)
     return jsonable_rows(table, binary=binary), table.column_names
 

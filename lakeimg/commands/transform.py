@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from lakeimg.commands._common import (
-    add_engine_options,
-    opened_lake,
-    print_run_summary,
-    progress_bar,
-)
+from lakeimg.commands._common import add_engine_options, open_lake, print_run_summary, progress_bar
 from lakeimg.tables import validate_name
 
 
@@ -28,7 +23,7 @@ def run(args) -> int:
     # Before a JVM starts: a bad name fails in a moment.
     validate_name("table", args.source)
     validate_name("target table", args.target)
-    with opened_lake(args) as lake, progress_bar("transforming", enabled=not args.json) as on_progress:
+    with open_lake(args) as lake, progress_bar("transforming", enabled=not args.json) as on_progress:
         summary = lake.transform(args.source, args.target, args.spec, full=args.full, workers=args.workers,
                                  on_progress=on_progress)
     print_run_summary(args.lake, summary, args.json)
