@@ -20,9 +20,6 @@ Every failure is one line on stderr, `lakeimg: error: ...`, never a traceback, a
 
 `lakeimg --debug COMMAND ...` (or the environment variable LAKEIMG_DEBUG=1) shows the traceback
 instead of the one line.
-
-Example:
-    >>> main(["--version"])  # doctest: +SKIP
 """
 
 from __future__ import annotations

@@ -1,7 +1,14 @@
 """The PyTorch face of a training set split (imported only when torch is installed).
 
 Example:
-    >>> ds = Lake("/tmp/lake").training_set("cats-v1").torch("train")  # doctest: +SKIP
+    >>> import tempfile
+    >>> from lakeimg.lake import Lake
+    >>> from lakeimg.samples import write_photo_jpegs
+    >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
+    >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
+    >>> dataset = torch_dataset(lake.create_training_set("all-v1", "images", splits="all=1.0", seed=3), "all")
+    >>> len(dataset), tuple(next(iter(dataset))["image"].shape)
+    (4, (3, 24, 32))
 """
 
 from __future__ import annotations
@@ -94,10 +101,6 @@ def torch_dataset(
     """A torch IterableDataset of {"image": CHW float32 tensor, "label": int64, "uri": str}.
 
     Call `.set_epoch(e)` before each epoch (like DistributedSampler). Needs `pip install lakeimg[torch]`.
-
-    Example:
-        >>> ds = ts.torch("train", rank=0, world_size=2)  # doctest: +SKIP
-        >>> loader = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=2)  # doctest: +SKIP
     """
     data = SplitData(trainset, split, cache_dir=cache_dir)
     data.pixels()  # build before DataLoader forks its workers, so they share it

@@ -7,9 +7,18 @@ parents; an ingest step lists every ingest run that contributed rows up to that 
 their source folders, because an incremental ingest table holds the union of those runs.
 
 Example:
-    >>> steps = table_lineage(LocalEngine("/tmp/lake"), "cats_256", 3)  # doctest: +SKIP
-    >>> [(s.table, s.version, s.job) for s in steps]  # doctest: +SKIP
-    [('cats_256', 3, 'transform'), ('images', 5, 'ingest')]
+    >>> import tempfile
+    >>> from lakeimg.lake import Lake
+    >>> from lakeimg.samples import write_photo_jpegs
+    >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
+    >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
+    >>> _ = lake.transform("images", "small", {"ops": [{"op": "resize", "width": 8, "height": 6}]}, workers=0)
+    >>> engine = LocalEngine(lake.path)
+    >>> [(step.table, step.version, step.job, step.depth) for step in table_lineage(engine, "small")]
+    [('small', 0, 'transform', 0), ('images', 0, 'ingest', 1)]
+    >>> _ = lake.create_training_set("pets-v1", "small", seed=1)
+    >>> [step.table for step in trainset_lineage(engine, "pets-v1")], sorted(lineage_nodes(engine, "pets-v1"))
+    (['trainset:pets-v1', 'small', 'images'], [('images', 0), ('small', 0)])
 """
 
 from __future__ import annotations
@@ -84,12 +93,7 @@ class _HistoryCache:
 
 
 def producing_step(engine: LocalEngine, table: str, version: int, *, history: _HistoryCache | None = None) -> LineageStep:
-    """The run that made `table@version` as a lineage step (see the module docstring).
-
-    Example:
-        >>> producing_step(LocalEngine("/tmp/lake"), "images", 0).job  # doctest: +SKIP
-        'ingest'
-    """
+    """The run that made `table@version` as a lineage step (see the module docstring)."""
     history = history or _HistoryCache(engine)
     entries = sorted((e for e in history(table) if e.version <= version), key=lambda e: -e.version)
     if not entries:
@@ -144,23 +148,13 @@ def _walk(engine: LocalEngine, roots: list[tuple[str, int]], history: _HistoryCa
 
 
 def table_lineage(engine: LocalEngine, table: str, version: VersionLike = None) -> list[LineageStep]:
-    """Steps from `table@version` back to the ingest runs, breadth first (depth 0 is the table).
-
-    Example:
-        >>> table_lineage(LocalEngine("/tmp/lake"), "images")[0].sources  # doctest: +SKIP
-        ['file:///data/photos']
-    """
+    """Steps from `table@version` back to the ingest runs, breadth first (depth 0 is the table)."""
     resolved = engine.resolve_version(table, version)
     return _walk(engine, [(table, resolved)], _HistoryCache(engine))
 
 
 def trainset_lineage(engine: LocalEngine, name: str) -> list[LineageStep]:
-    """A training set's record as step 0, then the lineage of its pinned table version.
-
-    Example:
-        >>> trainset_lineage(LocalEngine("/tmp/lake"), "cats-v1")[1].table  # doctest: +SKIP
-        'cats_256'
-    """
+    """A training set's record as step 0, then the lineage of its pinned table version."""
     record = load_trainset_record(engine, name)
     step = LineageStep(
         table=f"trainset:{name}", version=None, job="trainset", run_id=record.run_id, code_version=record.code_version,
@@ -174,12 +168,7 @@ def trainset_lineage(engine: LocalEngine, name: str) -> list[LineageStep]:
 
 
 def lineage_nodes(engine: LocalEngine, name: str) -> set[tuple[str, int]]:
-    """Every (table, version) a training set reads or its lineage needs (what vacuum must keep).
-
-    Example:
-        >>> lineage_nodes(LocalEngine("/tmp/lake"), "cats-v1")  # doctest: +SKIP
-        {('cats_256', 3), ('images', 5)}
-    """
+    """Every (table, version) a training set reads or its lineage needs (what vacuum must keep)."""
     nodes = set()
     for step in trainset_lineage(engine, name)[1:]:
         nodes.add((step.table, int(step.version)))

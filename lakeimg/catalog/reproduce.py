@@ -10,9 +10,14 @@
   (`stored_content_differs`: damage in the lake, see `lakeimg verify`).
 
 Example:
-    >>> result = reproduce(LocalEngine("/tmp/lake"), "cats_256", 2)  # doctest: +SKIP
-    >>> result.identical, result.differences[:1]  # doctest: +SKIP
-    (True, [])
+    >>> import tempfile
+    >>> from lakeimg.lake import Lake
+    >>> from lakeimg.samples import write_photo_jpegs
+    >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
+    >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
+    >>> result = reproduce(LocalEngine(lake.path), "images", 0)
+    >>> result.job, result.identical, result.ref, result.rows
+    ('ingest', True, 'images@0', 4)
 """
 
 from __future__ import annotations
@@ -198,10 +203,6 @@ def reproduce(
 
     `scratch` keeps the re-run's lake in that folder (default: a temporary folder, removed);
     `workers` are the re-run's processes (default: CPU count; 0 runs in this process).
-
-    Example:
-        >>> reproduce(LocalEngine("/tmp/lake"), "images", 0).job  # doctest: +SKIP
-        'ingest'
     """
     resolved = engine.resolve_version(table, version)
     step = producing_step(engine, table, resolved)

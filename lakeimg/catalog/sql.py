@@ -170,9 +170,6 @@ def run_sql(lake: str | os.PathLike[str], query: str, *, engine: LocalEngine | N
         SqlError: the text is not exactly one read-only query, or it reaches outside the lake.
         SpecError: the query does not parse or names an unknown column.
         TableNotFoundError: it names a table (or version) the lake does not have.
-
-    Example:
-        >>> run_sql("/data/lake", "SELECT format, count(*) AS n FROM images GROUP BY format")  # doctest: +SKIP
     """
     import duckdb
 

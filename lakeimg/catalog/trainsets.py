@@ -23,6 +23,16 @@ recorded, so it is still reproducible), and quotas are exact only up to what the
 Example:
     >>> split_of("file:///a.jpg", 7, [("train", 0.8), ("val", 0.1), ("test", 0.1)]) in {"train", "val", "test"}
     True
+    >>> import tempfile
+    >>> from lakeimg.lake import Lake
+    >>> from lakeimg.samples import write_photo_jpegs
+    >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
+    >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
+    >>> engine = LocalEngine(lake.path)
+    >>> sum(create_trainset(engine, "all-v1", "images", splits="train=0.5,test=0.5", seed=7).counts.values())
+    4
+    >>> TrainingSet(engine, "all-v1").rows("train").column_names
+    ['uri', 'label', 'label_index', 'split']
 """
 
 from __future__ import annotations
@@ -171,9 +181,12 @@ class TrainingSetRecord:
         })
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        out["splits"] = list(self.splits)
-        return out
+        return {**dataclasses.asdict(self), "splits": list(self.splits)}
+
+    def to_row(self) -> dict[str, Any]:
+        """The record as a row of the training-sets table (`from_row` reads it back)."""
+        return {**self.to_dict(), "splits": [{"name": n, "fraction": f} for n, f in self.splits],
+                "label_index": list(self.label_index.items()), "counts": list(self.counts.items())}
 
 
 def list_trainsets(engine: LocalEngine) -> list[TrainingSetRecord]:
@@ -203,24 +216,7 @@ def load_trainset_record(engine: LocalEngine, name: str) -> TrainingSetRecord:
     raise LakeImgError(f"no training set named {name!r} in lake {engine.lake}")
 
 
-@dataclass(frozen=True)
-class _Spec:
-    table: str
-    version: int
-    where: str | None
-    splits: tuple[tuple[str, float], ...]
-    seed: int
-    label_column: str | None
-    stratify: bool
-    base_set: str | None
-
-
-def _spec_of(record: TrainingSetRecord) -> _Spec:
-    return _Spec(record.table, record.version, record.where, record.splits, record.seed, record.label_column,
-                 record.stratify, record.base_set)
-
-
-def _selected_rows(engine: LocalEngine, spec: _Spec) -> pa.Table:
+def _selected_rows(engine: LocalEngine, spec: TrainingSetRecord) -> pa.Table:
     """uri, [variant], label of the rows the filter keeps, sorted by key."""
     schema = engine.arrow_schema(spec.table, spec.version)
     if "uri" not in schema.names:
@@ -247,7 +243,7 @@ def _selected_rows(engine: LocalEngine, spec: _Spec) -> pa.Table:
     return result.sort_by([(k, "ascending") for k in keys])
 
 
-def _assign(engine: LocalEngine, spec: _Spec, rows: pa.Table, depth: int = 0) -> np.ndarray:
+def _assign(engine: LocalEngine, spec: TrainingSetRecord, rows: pa.Table, depth: int = 0) -> np.ndarray:
     """Split name per row (object array), following the module docstring's rules."""
     uris = rows["uri"].to_pylist()
     names = [n for n, _ in spec.splits]
@@ -256,9 +252,8 @@ def _assign(engine: LocalEngine, spec: _Spec, rows: pa.Table, depth: int = 0) ->
     base: dict[str, str] = {}
     if spec.base_set and depth < 1000:
         base_record = load_trainset_record(engine, spec.base_set)
-        base_spec = _spec_of(base_record)
-        base_rows = _selected_rows(engine, base_spec)
-        base = dict(zip(base_rows["uri"].to_pylist(), _assign(engine, base_spec, base_rows, depth + 1), strict=True))
+        base_rows = _selected_rows(engine, base_record)
+        base = dict(zip(base_rows["uri"].to_pylist(), _assign(engine, base_record, base_rows, depth + 1), strict=True))
     labels = rows["label"].to_pylist()
     out = np.empty(len(uris), dtype=object)
     by_label: dict[Any, list[int]] = {}
@@ -299,11 +294,7 @@ def create_trainset(
     label_column: str | None = "label",
     stratify: bool = False,
 ) -> TrainingSetRecord:
-    """Record a training set on `table@version` (latest when None); returns its record.
-
-    Example:
-        >>> create_trainset(LocalEngine("/tmp/lake"), "cats-v1", "images", seed=7)  # doctest: +SKIP
-    """
+    """Record a training set on `table@version` (latest when None); returns its record."""
     validate_name("training set", name)
     validate_name("table", table)
     rule = parse_split_rule(splits)
@@ -325,39 +316,24 @@ def create_trainset(
         ]
         if candidates:
             base_set = max(candidates, key=lambda r: (r.version, r.created_at)).name
-    spec = _Spec(table, pinned, where, tuple(rule), int(seed), label_column, bool(stratify), base_set)
-    rows = _selected_rows(engine, spec)
-    assigned = _assign(engine, spec, rows)
+    record = TrainingSetRecord(name, table, pinned, where, tuple(rule), int(seed), label_column, bool(stratify),
+                               base_set, {}, {}, new_run_id(), __version__, utc_now())
+    rows = _selected_rows(engine, record)
+    assigned = _assign(engine, record, rows)
     counts = {n: int((assigned == n).sum()) for n, _ in rule}
-    run_id = new_run_id()
-    record = {
-        "name": name,
-        "table": table,
-        "version": pinned,
-        "where": where,
-        "splits": [{"name": n, "fraction": f} for n, f in rule],
-        "seed": int(seed),
-        "label_column": label_column,
-        "stratify": bool(stratify),
-        "base_set": base_set,
-        "label_index": list(_label_index(rows).items()),
-        "counts": list(counts.items()),
-        "run_id": run_id,
-        "code_version": __version__,
-        "created_at": utc_now(),
-    }
+    record = dataclasses.replace(record, label_index=_label_index(rows), counts=counts)
     run = RunRecord(
-        run_id=run_id,
+        run_id=record.run_id,
         job="trainset",
         engine=engine.name,
         target_table=TRAINSETS_TABLE,
         spec={"name": name, "where": where, "splits": rule, "seed": int(seed), "label_column": label_column,
               "stratify": bool(stratify), "base_set": base_set},
-        started_at=record["created_at"],
+        started_at=record.created_at,
         inputs=[{"table": table, "version": pinned}],
     )
     contract = table_contract("trainsets")
-    version_after = engine.append(TRAINSETS_TABLE, pa.Table.from_pylist([record], schema=contract.arrow_schema),
+    version_after = engine.append(TRAINSETS_TABLE, pa.Table.from_pylist([record.to_row()], schema=contract.arrow_schema),
                                   contract, run.commit_metadata())
     run.target_version = version_after
     run.outputs = [{"table": TRAINSETS_TABLE, "version": version_after}]
@@ -368,43 +344,19 @@ def create_trainset(
 
 
 class TrainingSet:
-    """A pinned training set: rows per split, NumPy batches, a PyTorch dataset, a Spark DataFrame.
-
-    Example:
-        >>> ts = Lake("/tmp/lake").training_set("cats-v1")  # doctest: +SKIP
-        >>> ts.rows("train").column_names  # doctest: +SKIP
-        ['uri', 'label', 'label_index']
-    """
+    """A pinned training set: rows per split, NumPy batches, a PyTorch dataset, a Spark DataFrame."""
 
     def __init__(self, engine: LocalEngine, name: str):
         self.engine = engine
         self.name = name
         self.record = load_trainset_record(engine, name)
-        self._spec = _spec_of(self.record)
+        self.table, self.version, self.seed = self.record.table, self.record.version, self.record.seed
+        self.splits = [n for n, _ in self.record.splits]
+        self.label_index = dict(self.record.label_index)
         self._assigned: tuple[pa.Table, np.ndarray] | None = None
 
     def __repr__(self) -> str:
         return f"TrainingSet({self.name!r}, table={self.table}@{self.version})"
-
-    @property
-    def table(self) -> str:
-        return self.record.table
-
-    @property
-    def version(self) -> int:
-        return self.record.version
-
-    @property
-    def seed(self) -> int:
-        return self.record.seed
-
-    @property
-    def splits(self) -> list[str]:
-        return [n for n, _ in self.record.splits]
-
-    @property
-    def label_index(self) -> dict[str, int]:
-        return dict(self.record.label_index)
 
     @property
     def classes(self) -> list[str]:
@@ -413,17 +365,12 @@ class TrainingSet:
 
     def _all(self) -> tuple[pa.Table, np.ndarray]:
         if self._assigned is None:
-            rows = _selected_rows(self.engine, self._spec)
-            self._assigned = (rows, _assign(self.engine, self._spec, rows))
+            rows = _selected_rows(self.engine, self.record)
+            self._assigned = (rows, _assign(self.engine, self.record, rows))
         return self._assigned
 
     def rows(self, split: str | None = None) -> pa.Table:
-        """The split's rows (all when None): uri, [variant,] label, label_index (-1: no label), split.
-
-        Example:
-            >>> Lake("/tmp/lake").training_set("cats-v1").rows("val").num_rows  # doctest: +SKIP
-            12
-        """
+        """The split's rows (all when None): uri, [variant,] label, label_index (-1: no label), split."""
         if split is not None and split not in self.splits:
             raise SpecError(f"training set {self.name!r} has splits {self.splits}, not {split!r}")
         rows, assigned = self._all()
@@ -445,18 +392,11 @@ class TrainingSet:
 
     def iter_numpy(self, split: str, batch_size: int = 32, **options: Any):
         """Batches {"image": ndarray, "label": ndarray, "uri": list}; see `loaders.iter_numpy`.
-
-        Example:
-            >>> next(ts.iter_numpy("train", 8, epoch=0))["image"].shape  # doctest: +SKIP
-            (8, 48, 64, 3)
         """
         return iter_numpy(self, split, batch_size, **options)
 
     def torch(self, split: str, **options: Any):
         """A PyTorch IterableDataset of {"image": CHW float32, "label", "uri"}; see `_torch.torch_dataset`.
-
-        Example:
-            >>> loader = torch.utils.data.DataLoader(ts.torch("train", rank=0, world_size=2), batch_size=32)  # doctest: +SKIP
         """
         try:  # torch is optional and heavy: imported on use
             from lakeimg.catalog._torch import torch_dataset
