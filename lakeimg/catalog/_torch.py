@@ -1,9 +1,7 @@
 """The PyTorch face of a training set split (imported only when torch is installed).
 
 Example:
-    >>> import tempfile
-    >>> from lakeimg.lake import Lake
-    >>> from lakeimg.samples import write_photo_jpegs
+    >>> import tempfile; from lakeimg.lake import Lake; from lakeimg.samples import write_photo_jpegs
     >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
     >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
     >>> dataset = torch_dataset(lake.create_training_set("all-v1", "images", splits="all=1.0", seed=3), "all")

@@ -7,9 +7,7 @@ parents; an ingest step lists every ingest run that contributed rows up to that 
 their source folders, because an incremental ingest table holds the union of those runs.
 
 Example:
-    >>> import tempfile
-    >>> from lakeimg.lake import Lake
-    >>> from lakeimg.samples import write_photo_jpegs
+    >>> import tempfile; from lakeimg.lake import Lake; from lakeimg.samples import write_photo_jpegs
     >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
     >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
     >>> _ = lake.transform("images", "small", {"ops": [{"op": "resize", "width": 8, "height": 6}]}, workers=0)

@@ -23,9 +23,7 @@ Decoding follows the table: an ingest table's `content` goes through
 dtypes scaled to [0, 1] by their maximum, like torchvision's ToTensor; floats unchanged).
 
 Example:
-    >>> import tempfile
-    >>> from lakeimg.lake import Lake
-    >>> from lakeimg.samples import write_photo_jpegs
+    >>> import tempfile; from lakeimg.lake import Lake; from lakeimg.samples import write_photo_jpegs
     >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
     >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
     >>> ts = lake.create_training_set("all-v1", "images", splits="all=1.0", seed=3)

@@ -23,9 +23,7 @@ recorded, so it is still reproducible), and quotas are exact only up to what the
 Example:
     >>> split_of("file:///a.jpg", 7, [("train", 0.8), ("val", 0.1), ("test", 0.1)]) in {"train", "val", "test"}
     True
-    >>> import tempfile
-    >>> from lakeimg.lake import Lake
-    >>> from lakeimg.samples import write_photo_jpegs
+    >>> import tempfile; from lakeimg.lake import Lake; from lakeimg.samples import write_photo_jpegs
     >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
     >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
     >>> engine = LocalEngine(lake.path)

@@ -8,9 +8,7 @@ levels above 0 follow the same 2x2 area-average pyramid the tiles use. Time trav
 tiles table as of the images version's commit time (tiles commit first in each run).
 
 Example:
-    >>> import tempfile
-    >>> from lakeimg.lake import Lake
-    >>> from lakeimg.samples import write_photo_jpegs
+    >>> import tempfile; from lakeimg.lake import Lake; from lakeimg.samples import write_photo_jpegs
     >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
     >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
     >>> uri = lake.read("images", columns=["uri"])["uri"][0].as_py()

@@ -21,9 +21,7 @@ whatever the table's size; a damaged row group is reported and the next one is r
 export and the training-set loaders run on the rows they read anyway.
 
 Example:
-    >>> import tempfile
-    >>> from lakeimg.lake import Lake
-    >>> from lakeimg.samples import write_photo_jpegs
+    >>> import tempfile; from lakeimg.lake import Lake; from lakeimg.samples import write_photo_jpegs
     >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
     >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
     >>> report = verify_table(LocalEngine(lake.path), "images")
