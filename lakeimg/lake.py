@@ -107,14 +107,8 @@ class Lake:
         """Versions of `table` time travel can still read (vacuum and log cleanup remove others)."""
         return readable_versions(self._local, table)
 
-    def read(
-        self,
-        table: str,
-        version: VersionLike = None,
-        *,
-        columns: Sequence[str] | None = None,
-        verify: bool = True,
-    ) -> pa.Table:
+    def read(self, table: str, version: VersionLike = None, *, columns: Sequence[str] | None = None,
+             verify: bool = True) -> pa.Table:
         """The table as Arrow at a version (int), timestamp (datetime or ISO string) or latest.
 
         With `verify` (the default), whenever `content` is read every returned row's bytes are
@@ -190,18 +184,8 @@ class Lake:
             raise SpecError("Lake(..., engine='spark') needs spark=<SparkSession>; lakeimg never builds a hidden one")
         return self.spark
 
-    def read_region(
-        self,
-        table: str,
-        uri: str,
-        x: int,
-        y: int,
-        width: int,
-        height: int,
-        level: int = 0,
-        page: int = 0,
-        version: VersionLike = None,
-    ):
+    def read_region(self, table: str, uri: str, x: int, y: int, width: int, height: int, level: int = 0, page: int = 0,
+                    version: VersionLike = None):
         """Exact pixels (HWC ndarray, native dtype) of a window; tiled images read only the tiles it needs."""
         return read_region(self._local, table, uri, x, y, width, height, level=level, page=page, version=version)
 

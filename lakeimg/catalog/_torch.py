@@ -84,30 +84,13 @@ class LakeImageDataset(IterableDataset):
                 }
 
 
-def torch_dataset(
-    trainset: TrainingSet,
-    split: str,
-    *,
-    shuffle: bool = True,
-    seed: int | None = None,
-    epoch: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    transform: Callable[[Any], Any] | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-):
-    """A torch IterableDataset of {"image": CHW float32 tensor, "label": int64, "uri": str}.
+def torch_dataset(trainset: TrainingSet, split: str, *, seed: int | None = None,
+                  cache_dir: str | os.PathLike[str] | None = None, **options: Any) -> LakeImageDataset:
+    """A torch IterableDataset of {"image": CHW float32 tensor, "label": int64, "uri": str};
+    `options` as `LakeImageDataset` (shuffle, epoch, rank, world_size, transform).
 
     Call `.set_epoch(e)` before each epoch (like DistributedSampler). Needs `pip install lakeimg[torch]`.
     """
     data = SplitData(trainset, split, cache_dir=cache_dir)
     data.pixels()  # build before DataLoader forks its workers, so they share it
-    return LakeImageDataset(
-        data,
-        seed=trainset.seed if seed is None else seed,
-        epoch=epoch,
-        shuffle=shuffle,
-        rank=rank,
-        world_size=world_size,
-        transform=transform,
-    )
+    return LakeImageDataset(data, seed=trainset.seed if seed is None else seed, **options)

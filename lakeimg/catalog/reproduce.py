@@ -133,13 +133,8 @@ def _reproduce_ingest(engine: LocalEngine, table: str, version: int) -> tuple[in
         current = file_sha256(path) if path is not None else None
         if current == row["content_sha256"]:
             continue
-        diffs.append({
-            "uri": row["uri"],
-            "variant": None,
-            "reason": "source_missing" if current is None else "source_changed",
-            "recorded_hash": row["content_sha256"],
-            "reproduced_hash": current,
-        })
+        diffs.append({"uri": row["uri"], "variant": None, "reason": "source_missing" if current is None else "source_changed",
+                      "recorded_hash": row["content_sha256"], "reproduced_hash": current})
     return len(rows), diffs
 
 

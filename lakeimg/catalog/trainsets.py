@@ -320,16 +320,10 @@ def create_trainset(
     assigned = _assign(engine, record, rows)
     counts = {n: int((assigned == n).sum()) for n, _ in rule}
     record = dataclasses.replace(record, label_index=_label_index(rows), counts=counts)
-    run = RunRecord(
-        run_id=record.run_id,
-        job="trainset",
-        engine=engine.name,
-        target_table=TRAINSETS_TABLE,
-        spec={"name": name, "where": where, "splits": rule, "seed": int(seed), "label_column": label_column,
-              "stratify": bool(stratify), "base_set": base_set},
-        started_at=record.created_at,
-        inputs=[{"table": table, "version": pinned}],
-    )
+    spec = {"name": name, "where": where, "splits": rule, "seed": int(seed), "label_column": label_column,
+            "stratify": bool(stratify), "base_set": base_set}
+    run = RunRecord(record.run_id, "trainset", engine.name, TRAINSETS_TABLE, spec, record.created_at,
+                    inputs=[{"table": table, "version": pinned}])
     contract = table_contract("trainsets")
     version_after = engine.append(TRAINSETS_TABLE, pa.Table.from_pylist([record.to_row()], schema=contract.arrow_schema),
                                   contract, run.commit_metadata())

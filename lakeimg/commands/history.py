@@ -23,15 +23,9 @@ def run(args) -> int:
         print_json({"table": name, "versions": versions})
         return 0
     rows = [
-        {
-            "version": v.version,
-            "timestamp": v.timestamp,
-            "operation": v.operation,
-            "job": v.job or "",
-            "run": (v.run_id or "")[:12],
-            "status": v.status or "",
-            "counts": ", ".join(f"{k} {n}" for k, n in (v.counts or {}).items()),
-        }
+        {"version": v.version, "timestamp": v.timestamp, "operation": v.operation, "job": v.job or "",
+         "run": (v.run_id or "")[:12], "status": v.status or "",
+         "counts": ", ".join(f"{k} {n}" for k, n in (v.counts or {}).items())}
         for v in versions
     ]
     print(format_table(rows, max_width=80))
