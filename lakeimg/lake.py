@@ -38,7 +38,9 @@ from lakeimg.catalog.reproduce import ReproduceResult, reproduce
 from lakeimg.catalog.sql import run_spark_sql, run_sql
 from lakeimg.engine import open_engine
 from lakeimg.engine.local import LocalEngine, VersionLike, require_lake
+from lakeimg.engine.spark import spark_session_builder
 from lakeimg.errors import SpecError, TableNotFoundError
+from lakeimg.fluent import TableBuilder
 from lakeimg.jobs.export import export_table
 from lakeimg.jobs.ingest import IngestSummary, ingest_files
 from lakeimg.jobs.regions import read_region
@@ -88,8 +90,6 @@ class Lake:
         Example:
             >>> lake = Lake.on_new_spark_session("/tmp/lake", "local[2]")  # doctest: +SKIP
         """
-        from lakeimg.engine.spark import spark_session_builder  # pyspark: imported only for Spark
-
         return cls(path, engine="spark", spark=spark_session_builder(master, conf).getOrCreate())
 
     def __repr__(self) -> str:
@@ -147,10 +147,8 @@ class Lake:
             return run_spark_sql(self._spark(), self.path, query)
         return run_sql(self.path, query, engine=self._local)
 
-    def table(self, name: str):
+    def table(self, name: str) -> TableBuilder:
         """A fluent transform builder over table `name` (see `lakeimg.fluent.TableBuilder`)."""
-        from lakeimg.fluent import TableBuilder  # fluent builds on Lake: imported on use
-
         return TableBuilder(self, name)
 
     def transform(self, source: str, target: str, spec: Any, **options: Any) -> TransformSummary:
