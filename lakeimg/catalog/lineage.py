@@ -157,7 +157,7 @@ def trainset_lineage(engine: LocalEngine, name: str) -> list[LineageStep]:
     step = LineageStep(
         table=f"trainset:{name}", version=None, job="trainset", run_id=record.run_id, code_version=record.code_version,
         timestamp=str(record.created_at), spec_hash=None, inputs=[{"table": record.table, "version": record.version}],
-        spec={"where": record.where, "splits": record.splits, "seed": record.seed, "label_column": record.label_column,
+        spec={"where": record.where, "splits": list(record.splits), "seed": record.seed, "label_column": record.label_column,
               "stratify": record.stratify},
         sources=[],
     )
