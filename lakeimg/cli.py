@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import itertools
 import os
 import signal
 import sys
@@ -152,14 +153,14 @@ def _vacuumed_version(exc: LakeDamagedError, lake: str | None) -> str | None:
 
 
 def _ranges(versions: list[int]) -> str:
-    """[1, 2, 3, 7] -> '1-3, 7'."""
-    parts: list[str] = []
-    for v in sorted(versions):
-        if parts and parts[-1][1] == v - 1:
-            parts[-1] = (parts[-1][0], v)
-        else:
-            parts.append((v, v))  # type: ignore[arg-type]
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)  # type: ignore[misc]
+    """[1, 2, 3, 7] -> '1-3, 7' (a run of consecutive versions keeps one difference to its index).
+
+    Example:
+        >>> _ranges([7, 1, 2, 3])
+        '1-3, 7'
+    """
+    runs = [[v for _, v in run] for _, run in itertools.groupby(enumerate(sorted(versions)), lambda iv: iv[1] - iv[0])]
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 def _one_line(message: object) -> str:
