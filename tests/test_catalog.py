@@ -3,6 +3,7 @@ and reproduce (identical for current and older versions; differences when a sour
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -183,3 +184,22 @@ def test_reproduce_an_old_version_over_a_tiled_source_uses_the_tiles_of_that_ver
     assert old.input == "images@0"
     assert old.identical, old.differences
     assert lake.reproduce("thumbs", workers=0).identical
+
+
+def test_results_are_frozen_and_their_json_is_the_clis(chain):
+    lake, _src, ingest, _first, second = chain
+    steps = lake.lineage("trainset:pets-v1")
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        steps[0].job = "ingest"
+    assert set(steps[0].to_dict()) == {"table", "version", "job", "run_id", "code_version", "timestamp", "spec",
+                                       "spec_hash", "inputs", "sources", "depth"}
+    assert {"made_at_version", "operation", "status", "engine", "ingest_runs"} <= set(steps[-1].to_dict())
+    assert "ingest_runs" not in steps[1].to_dict() and steps[1].run_id == second.run_id
+    shown = run_cli("lineage", "--lake", lake.path, "trainset:pets-v1", "--json")
+    payload = json.loads(shown.stdout.strip().splitlines()[-1])
+    assert payload["steps"] == json.loads(json.dumps([s.to_dict() for s in steps], default=str))
+    result = lake.reproduce("small", workers=0).to_dict()
+    assert result["input"] == "images@0" and "sources" not in result
+    assert lake.versions("images")[0].to_dict()["run_id"] == ingest.run_id
+    record = lake.training_sets()[0]
+    assert record.pinned == "small@1" and record.to_dict()["splits"] == [("train", 0.5), ("test", 0.5)]
