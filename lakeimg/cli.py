@@ -20,9 +20,6 @@ Every failure is one line on stderr, `lakeimg: error: ...`, never a traceback, a
 
 `lakeimg --debug COMMAND ...` (or the environment variable LAKEIMG_DEBUG=1) shows the traceback
 instead of the one line.
-
-Example:
-    >>> main(["--version"])  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -31,6 +28,7 @@ import argparse
 import contextlib
 import errno
 import importlib
+import itertools
 import os
 import signal
 import sys
@@ -48,6 +46,7 @@ from lakeimg.errors import (
     SpecError,
     TableNotFoundError,
 )
+from lakeimg.lake import Lake
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOURCE, EXIT_LAKE, EXIT_TABLE = 0, 1, 2, 3, 4, 5
 EXIT_DAMAGED, EXIT_VERIFY_FAILED = 8, 9
@@ -83,9 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         debug = args.debug or os.environ.get("LAKEIMG_DEBUG", "") not in ("", "0")
         try:
             if args.command not in _CREATE_LAKE and getattr(args, "lake", None):
-                from lakeimg.engine.local import require_lake
-
-                require_lake(args.lake)
+                Lake.existing(args.lake)
             return int(args.handler(args) or 0)
         except KeyboardInterrupt:
             # No claim about the tables: a run stopped between commits keeps what landed and the
@@ -143,13 +140,10 @@ def _vacuumed_version(exc: LakeDamagedError, lake: str | None) -> str | None:
     if lake is None or exc.version is None or not exc.file or os.path.exists(exc.file):
         return None
     try:
-        from lakeimg.catalog.maintenance import readable_versions
-        from lakeimg.engine.local import LocalEngine
-
-        engine = LocalEngine(lake)
-        if exc.version >= (engine.version(exc.table) or 0):
+        opened = Lake(lake)
+        if exc.version >= (opened.version(exc.table) or 0):
             return None  # the latest version lost a file: that is damage
-        readable = readable_versions(engine, exc.table)
+        readable = opened.readable_versions(exc.table)
     except Exception:  # noqa: BLE001 - the plain damage message is still right
         return None
     return _one_line(
@@ -159,14 +153,14 @@ def _vacuumed_version(exc: LakeDamagedError, lake: str | None) -> str | None:
 
 
 def _ranges(versions: list[int]) -> str:
-    """[1, 2, 3, 7] -> '1-3, 7'."""
-    parts: list[str] = []
-    for v in sorted(versions):
-        if parts and parts[-1][1] == v - 1:
-            parts[-1] = (parts[-1][0], v)
-        else:
-            parts.append((v, v))  # type: ignore[arg-type]
-    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in parts)  # type: ignore[misc]
+    """[1, 2, 3, 7] -> '1-3, 7' (a run of consecutive versions keeps one difference to its index).
+
+    Example:
+        >>> _ranges([7, 1, 2, 3])
+        '1-3, 7'
+    """
+    runs = [[v for _, v in run] for _, run in itertools.groupby(enumerate(sorted(versions)), lambda iv: iv[1] - iv[0])]
+    return ", ".join(str(r[0]) if len(r) == 1 else f"{r[0]}-{r[-1]}" for r in runs)
 
 
 def _one_line(message: object) -> str:

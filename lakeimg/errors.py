@@ -74,7 +74,7 @@ class SpecError(LakeImgError):
 
 
 class InvalidNameError(SpecError):
-    """A table, training-set or split name breaks the naming rule (lakeimg.names) or leaves the lake.
+    """A table, training-set or split name breaks the naming rule (lakeimg.tables) or leaves the lake.
 
     Example:
         >>> InvalidNameError("target table", "../x", "a table's path must stay inside the lake").name
@@ -85,6 +85,20 @@ class InvalidNameError(SpecError):
         super().__init__(f"{kind} name {name!r}: {reason}")
         self.kind = kind
         self.name = name
+        self.reason = reason
+
+
+class TableRefError(SpecError):
+    """A table reference is not `TABLE`, `TABLE@VERSION` or `TABLE@ISO-TIMESTAMP`.
+
+    Example:
+        >>> TableRefError("images@x", "after @ give a version number or an ISO timestamp").ref
+        'images@x'
+    """
+
+    def __init__(self, ref: str, reason: str):
+        super().__init__(f"table reference {ref!r}: {reason}")
+        self.ref = ref
         self.reason = reason
 
 

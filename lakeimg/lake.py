@@ -1,24 +1,57 @@
-"""`Lake`: the Python entry point to one lake (a folder of Delta tables).
+"""`Lake`: the Python entry point to one lake (a folder of Delta tables), and the CLI's only door.
 
 Example:
     >>> import tempfile
-    >>> lake = Lake(tempfile.mkdtemp())
-    >>> lake.tables()
-    []
+    >>> from lakeimg.samples import write_photo_jpegs
+    >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
+    >>> _ = write_photo_jpegs(photos, 4, width=32, height=24)
+    >>> lake.ingest(photos, workers=0).added, lake.tables()
+    (4, ['images', 'images_rejects'])
+    >>> lake.transform("images", "small", {"ops": [{"op": "resize", "width": 8, "height": 6}]}, workers=0).added
+    4
+    >>> [(step.table, step.job) for step in lake.lineage("small")]
+    [('small', 'transform'), ('images', 'ingest')]
+    >>> lake.versions("small")[0].job, lake.reproduce("small", workers=0).identical, lake.verify("images").ok
+    ('transform', True, True)
+    >>> lake.sql("SELECT count(*) AS n FROM small").to_pylist()
+    [{'n': 4}]
+    >>> lake.create_training_set("pets-v1", "small", splits="train=0.5,test=0.5", seed=1).rows().num_rows
+    4
+    >>> uri = lake.read("images", columns=["uri"])["uri"][0].as_py()
+    >>> lake.read_region("images", uri, 0, 0, 4, 4).shape, lake.export("small", tempfile.mkdtemp())["written"]
+    ((4, 4, 3), 4)
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, Literal
 
 import pyarrow as pa
 
-from lakeimg.engine.local import LocalEngine, VersionLike
+from lakeimg.catalog import trainsets
+from lakeimg.catalog.history import HistoryEntry, table_history
+from lakeimg.catalog.lineage import LineageStep, table_lineage, trainset_lineage
+from lakeimg.catalog.maintenance import maintain, readable_versions
+from lakeimg.catalog.reproduce import ReproduceResult, reproduce
+from lakeimg.catalog.sql import run_spark_sql, run_sql
+from lakeimg.engine import open_engine
+from lakeimg.engine.local import LocalEngine, VersionLike, require_lake
+from lakeimg.engine.spark import spark_session_builder
+from lakeimg.errors import SpecError, TableNotFoundError
+from lakeimg.fluent import TableBuilder
+from lakeimg.jobs.export import export_table
 from lakeimg.jobs.ingest import IngestSummary, ingest_files
+from lakeimg.jobs.regions import read_region
+from lakeimg.jobs.transform import TransformSummary, transform_table
+from lakeimg.jobs.verify import VerifyReport, check_content, verify_table
+from lakeimg.tables import is_table_name, lake_tables
 
-__all__ = ["Lake"]
+__all__ = ["Lake", "EngineName", "ExportFormat"]
+
+EngineName = Literal["local", "spark"]
+ExportFormat = Literal["jpeg", "png", "tiff", "bmp"]
 
 
 class Lake:
@@ -30,48 +63,62 @@ class Lake:
         spark: an existing SparkSession for the Spark engine (lakeimg never builds a hidden one).
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, engine: str = "local", spark: Any = None):
+    def __init__(self, path: str | os.PathLike[str], *, engine: EngineName = "local", spark: Any = None):
         self.path = os.path.abspath(os.fspath(path))
         self.engine_name = engine
         self.spark = spark
         self._local = LocalEngine(self.path)
 
+    @classmethod
+    def existing(cls, path: str | os.PathLike[str], **options: Any) -> Lake:
+        """The lake at `path`; LakeNotFoundError when there is none (a mistyped path makes no lake).
+
+        Example:
+            >>> Lake.existing("/nonexistent/lake")
+            Traceback (most recent call last):
+            ...
+            lakeimg.errors.LakeNotFoundError: no lake at /nonexistent/lake
+        """
+        require_lake(path)
+        return cls(path, **options)
+
+    @classmethod
+    def on_new_spark_session(cls, path: str | os.PathLike[str], master: str | None = None, conf: Iterable[str] = ()) -> Lake:
+        """The lake on the Spark engine with a session built for it (Delta configured; no
+        `master`: spark-submit's, or local[*] when run directly). The caller stops `lake.spark`.
+
+        Example:
+            >>> lake = Lake.on_new_spark_session("/tmp/lake", "local[2]")  # doctest: +SKIP
+        """
+        return cls(path, engine="spark", spark=spark_session_builder(master, conf).getOrCreate())
+
     def __repr__(self) -> str:
         return f"Lake({self.path!r})"
 
     def tables(self) -> list[str]:
-        """Names of the Delta tables in the lake (runs excluded)."""
-        if not os.path.isdir(self.path):
-            return []
-        return sorted(n for n in os.listdir(self.path) if not n.startswith(("_", ".")) and self._local.exists(n))
+        """Names of the lake's tables (lakeimg's own runs and training-set tables left out)."""
+        return [t for t in lake_tables(self.path) if is_table_name(t)]
 
     def version(self, table: str) -> int | None:
         """Current version of `table`, or None when it does not exist."""
         return self._local.version(table)
 
-    def read(
-        self,
-        table: str,
-        version: VersionLike = None,
-        *,
-        columns: Sequence[str] | None = None,
-        verify: bool = True,
-    ) -> pa.Table:
+    def readable_versions(self, table: str) -> list[int]:
+        """Versions of `table` time travel can still read (vacuum and log cleanup remove others)."""
+        return readable_versions(self._local, table)
+
+    def read(self, table: str, version: VersionLike = None, *, columns: Sequence[str] | None = None,
+             verify: bool = True) -> pa.Table:
         """The table as Arrow at a version (int), timestamp (datetime or ISO string) or latest.
 
         With `verify` (the default), whenever `content` is read every returned row's bytes are
         hashed and compared with its `content_sha256` (read too, then dropped if not asked for):
         a mismatch raises ContentMismatchError naming the uri. Reads without `content` cost
         nothing extra. A missing or unreadable data file raises LakeDamagedError naming it.
-
-        Example:
-            >>> Lake("/tmp/lake").read("images", 0, columns=["uri", "width"])  # doctest: +SKIP
         """
         wanted = list(columns) if columns is not None else None
         if not verify or (wanted is not None and "content" not in wanted):
             return self._local.read(table, version=version, columns=columns)
-        from lakeimg.catalog.verify import check_content
-
         resolved = self._local.resolve_version(table, version)
         if not {"uri", "content", "content_sha256"} <= set(self._local.arrow_schema(table, resolved).names):
             return self._local.read(table, version=resolved, columns=columns)
@@ -81,163 +128,105 @@ class Lake:
         return result.drop_columns(extra) if extra else result
 
     def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """The table's commits, newest first, with lakeimg's run record under "lakeimg"."""
+        """The table's raw Delta commits, newest first, with lakeimg's run record under "lakeimg".
+
+        `versions()` is lakeimg's reading of the same log (run, job, status, counts per
+        version): what `lakeimg history` prints.
+        """
         return self._local.history(table, limit)
 
-    def table(self, name: str):
-        """A fluent transform builder over table `name` (see `lakeimg.fluent.TableBuilder`).
+    def sql(self, query: str) -> pa.Table:
+        """One read-only query over the lake's tables: DuckDB, or Spark SQL on the Spark engine.
 
         Example:
-            >>> Lake("/tmp/lake").table("images").where("label = 'cats'").resize(256, 256).normalize("imagenet").save("cats_256")  # doctest: +SKIP
+            >>> import tempfile
+            >>> Lake(tempfile.mkdtemp()).sql("SELECT 1 AS one").to_pylist()
+            [{'one': 1}]
         """
-        from lakeimg.fluent import TableBuilder
+        if self.engine_name == "spark":
+            return run_spark_sql(self._spark(), self.path, query)
+        return run_sql(self.path, query, engine=self._local)
 
+    def table(self, name: str) -> TableBuilder:
+        """A fluent transform builder over table `name` (see `lakeimg.fluent.TableBuilder`)."""
         return TableBuilder(self, name)
 
-    def transform(self, source: str, target: str, spec: Any, **options: Any):
-        """Run a transform spec from `source` into `target`; options as `jobs.transform.transform_table`.
-
-        Example:
-            >>> Lake("/tmp/lake").transform("images", "gray", {"ops": [{"op": "color", "to": "gray"}]})  # doctest: +SKIP
-        """
-        from lakeimg.jobs.transform import transform_table
-
+    def transform(self, source: str, target: str, spec: Any, **options: Any) -> TransformSummary:
+        """Run a transform spec from `source` into `target`; options as `jobs.transform.transform_table`."""
         options.setdefault("engine", self.engine_name)
         if options["engine"] == "spark":
             options.setdefault("spark", self.spark)
         return transform_table(self.path, source, target, spec, **options)
 
     def ingest(self, sources: str | Sequence[str], **options: Any) -> IngestSummary:
-        """Ingest files, folders or globs; options as `lakeimg.jobs.ingest.ingest_files`.
-
-        Example:
-            >>> Lake("/tmp/lake").ingest(["/data/photos"], label_from_path="parent")  # doctest: +SKIP
-        """
+        """Ingest files, folders or globs; options as `lakeimg.jobs.ingest.ingest_files`."""
         if isinstance(sources, (str, os.PathLike)):
             sources = [os.fspath(sources)]
         if self.engine_name == "spark" and "engine" not in options:
             options["engine"] = self.spark_engine()
         return ingest_files(self.path, list(sources), **options)
 
+    def export(
+        self, table: str, out: str | os.PathLike[str], *, format: ExportFormat = "png", version: VersionLike = None,
+        quality: int = 90,
+    ) -> dict[str, Any]:
+        """Write every image of `table@version` into the folder `out` as files; returns a summary."""
+        return export_table(self.path, table, out, fmt=format, version=version, quality=quality, engine=self._local)
+
     def spark_engine(self):
         """The lake's SparkEngine on the session given as `Lake(path, engine="spark", spark=...)`."""
-        from lakeimg.engine import open_engine
-        from lakeimg.errors import SpecError
+        return open_engine(self.path, "spark", spark=self._spark())
 
+    def _spark(self) -> Any:
         if self.spark is None:
             raise SpecError("Lake(..., engine='spark') needs spark=<SparkSession>; lakeimg never builds a hidden one")
-        return open_engine(self.path, "spark", spark=self.spark)
+        return self.spark
 
-    def read_region(
-        self,
-        table: str,
-        uri: str,
-        x: int,
-        y: int,
-        width: int,
-        height: int,
-        level: int = 0,
-        page: int = 0,
-        version: VersionLike = None,
-    ):
-        """Exact pixels (HWC ndarray, native dtype) of a window; tiled images read only the tiles it needs.
-
-        Example:
-            >>> Lake("/tmp/lake").read_region("images", "/scans/slide.tif", 1000, 2000, 512, 512, level=1)  # doctest: +SKIP
-        """
-        from lakeimg.catalog.regions import read_region
-
+    def read_region(self, table: str, uri: str, x: int, y: int, width: int, height: int, level: int = 0, page: int = 0,
+                    version: VersionLike = None):
+        """Exact pixels (HWC ndarray, native dtype) of a window; tiled images read only the tiles it needs."""
         return read_region(self._local, table, uri, x, y, width, height, level=level, page=page, version=version)
 
     # --- catalog: history, lineage, reproduce, training sets, maintenance (lakeimg.catalog) ---
 
-    def versions(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """The table's versions, newest first: operation, run, job, counts, timestamp.
-
-        Example:
-            >>> Lake("/tmp/lake").versions("images")[0]["job"]  # doctest: +SKIP
-            'ingest'
-        """
-        from lakeimg.catalog.history import table_history
-
+    def versions(self, table: str, limit: int | None = None) -> list[HistoryEntry]:
+        """The table's versions, newest first: operation, run, job, status, counts, timestamp."""
         return table_history(self._local, table, limit=limit)
 
-    def lineage(self, table: str, version: VersionLike = None) -> list[dict[str, Any]]:
+    def lineage(self, table: str, version: VersionLike = None) -> list[LineageStep]:
         """Steps from `table@version` (or "trainset:NAME") back to ingest runs and source folders.
-
-        Example:
-            >>> [s["job"] for s in Lake("/tmp/lake").lineage("cats_256")]  # doctest: +SKIP
-            ['transform', 'ingest']
         """
-        from lakeimg.catalog.lineage import table_lineage, trainset_lineage
-
         if table.startswith("trainset:"):
             return trainset_lineage(self._local, table.split(":", 1)[1])
         return table_lineage(self._local, table, version)
 
-    def reproduce(self, table: str, version: VersionLike = None, **options: Any) -> dict[str, Any]:
-        """Re-run what made `table@version` and compare content hashes (see catalog.reproduce).
-
-        Example:
-            >>> Lake("/tmp/lake").reproduce("cats_256", 2)["identical"]  # doctest: +SKIP
-            True
-        """
-        from lakeimg.catalog.reproduce import reproduce
-
+    def reproduce(self, table: str, version: VersionLike = None, **options: Any) -> ReproduceResult:
+        """Re-run what made `table@version` and compare content hashes (see catalog.reproduce)."""
         return reproduce(self._local, table, version, **options)
 
-    def verify(self, table: str, version: VersionLike = None, *, tiles: bool = True):
+    def verify(self, table: str, version: VersionLike = None, *, tiles: bool = True) -> VerifyReport:
         """Check every data file and row of `table@version`: a frozen `VerifyReport` (never raises
-        for damage it finds; see `lakeimg.catalog.verify`).
-
-        Example:
-            >>> report = Lake("/tmp/lake").verify("images")  # doctest: +SKIP
-            >>> report.ok, report.rows_hashed, [p.uri for p in report.problems]  # doctest: +SKIP
-            (True, 12, [])
+        for damage it finds; see `lakeimg.jobs.verify`).
         """
-        from lakeimg.catalog.verify import verify_table
-
         if not self._local.exists(table):
-            from lakeimg.errors import TableNotFoundError
-
             raise TableNotFoundError(table, self.path)
         return verify_table(self._local, table, version, tiles=tiles)
 
-    def create_training_set(self, name: str, table: str, version: VersionLike = None, **options: Any):
-        """Record an immutable training set on `table@version`; options as `create_trainset`.
+    def create_training_set(self, name: str, table: str, version: VersionLike = None, **options: Any) -> trainsets.TrainingSet:
+        """Record an immutable training set on `table@version`; options as `create_trainset`."""
+        trainsets.create_trainset(self._local, name, table, version=version, **options)
+        return trainsets.TrainingSet(self._local, name)
 
-        Example:
-            >>> Lake("/tmp/lake").create_training_set("cats-v1", "images", splits="train=0.8,test=0.2", seed=7)  # doctest: +SKIP
-        """
-        from lakeimg.catalog.trainsets import TrainingSet, create_trainset
+    def training_set(self, name: str) -> trainsets.TrainingSet:
+        """A pinned training set: rows(split), iter_numpy(...), torch(...), to_spark(...)."""
+        return trainsets.TrainingSet(self._local, name)
 
-        create_trainset(self._local, name, table, version=version, **options)
-        return TrainingSet(self._local, name)
-
-    def training_set(self, name: str):
-        """A pinned training set: rows(split), iter_numpy(...), torch(...), to_spark(...).
-
-        Example:
-            >>> Lake("/tmp/lake").training_set("cats-v1").rows("train")  # doctest: +SKIP
-        """
-        from lakeimg.catalog.trainsets import TrainingSet
-
-        return TrainingSet(self._local, name)
-
-    def training_sets(self) -> list[dict[str, Any]]:
+    def training_sets(self) -> list[trainsets.TrainingSetRecord]:
         """Every training set record, oldest first."""
-        from lakeimg.catalog.trainsets import list_trainsets
-
-        return list_trainsets(self._local)
+        return trainsets.list_trainsets(self._local)
 
     def maintain(self, **options: Any) -> dict[str, Any]:
-        """Compact and vacuum, keeping every version a training set or its lineage reads.
-
-        Example:
-            >>> Lake("/tmp/lake").maintain(optimize=True, vacuum_hours=0)  # doctest: +SKIP
-        """
-        from lakeimg.catalog.maintenance import maintain
-
+        """Compact and vacuum, keeping every version a training set or its lineage reads."""
         if self.engine_name == "spark":
             options.setdefault("spark_engine", self.spark_engine())
         return maintain(self._local, **options)
@@ -248,6 +237,4 @@ class Lake:
         Example:
             >>> Lake("/lakes/main").to_spark(spark, "cats-v1", "train").printSchema()  # doctest: +SKIP
         """
-        from lakeimg.catalog.loaders import to_spark
-
-        return to_spark(spark, self.training_set(name), split, **options)
+        return self.training_set(name).to_spark(spark, split, **options)

@@ -17,15 +17,13 @@ Example:
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["session_builder", "register", "engine", "RUNS_NAME"]
+from lakeimg.catalog.sql import register
+from lakeimg.tables import RUNS_SQL_NAME as RUNS_NAME
 
-# The runs table lives at LAKE/_lakeimg/runs; in a catalog it needs a plain name.
-RUNS_NAME = "lakeimg_runs"
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+__all__ = ["session_builder", "register", "engine", "RUNS_NAME"]
 
 
 def session_builder(master: str | None = None, conf: Mapping[str, str] | Iterable[str] = ()):
@@ -48,57 +46,3 @@ def engine(spark: Any, lake: str | os.PathLike[str]):
     from lakeimg.engine.spark import SparkEngine
 
     return SparkEngine(os.path.abspath(os.fspath(lake)), spark)
-
-
-def _lake_tables(lake: str) -> dict[str, str]:
-    """{catalog name: location} of every Delta table in the lake, runs as `lakeimg_runs`."""
-    found = {}
-    if os.path.isdir(lake):
-        for name in sorted(os.listdir(lake)):
-            if name.startswith((".", "_")):
-                continue
-            if os.path.isdir(os.path.join(lake, name, "_delta_log")):
-                found[name] = os.path.join(lake, name)
-    runs = os.path.join(lake, "_lakeimg", "runs")
-    if os.path.isdir(os.path.join(runs, "_delta_log")):
-        found[RUNS_NAME] = runs
-    return found
-
-
-def register(
-    spark: Any,
-    lake: str | os.PathLike[str],
-    *,
-    database: str | None = None,
-    replace: bool = True,
-) -> dict[str, str]:
-    """Register the lake's Delta tables in the session catalog; returns {name: location}.
-
-    Every table of the lake (images, images_rejects, derived tables, tiles) under its own
-    name and the runs table as `lakeimg_runs`, as external Delta tables: dropping them drops
-    the catalog entry only, never data. With `replace`, a same-named table that points
-    elsewhere is re-pointed at this lake.
-
-    Example:
-        >>> register(spark, "/data/lake")  # doctest: +SKIP
-        >>> spark.sql("SELECT format, count(*) FROM images GROUP BY format").show()  # doctest: +SKIP
-    """
-    from lakeimg.errors import SpecError
-
-    root = os.path.abspath(os.fspath(lake))
-    tables = _lake_tables(root)
-    if database:
-        if not _IDENTIFIER.match(database):
-            raise SpecError(f"invalid database name {database!r}")
-        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
-    registered = {}
-    for name, location in tables.items():
-        if not _IDENTIFIER.match(name):
-            continue  # a folder name SQL cannot use unquoted; reachable as delta.`path`
-        qualified = f"`{database}`.`{name}`" if database else f"`{name}`"
-        escaped = location.replace("'", "\\'")
-        if replace:
-            spark.sql(f"DROP TABLE IF EXISTS {qualified}")  # external: the data stays
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified} USING DELTA LOCATION '{escaped}'")
-        registered[name] = location
-    return registered

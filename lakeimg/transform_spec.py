@@ -36,16 +36,12 @@ from lakeimg.image.info import default_max_decoded_bytes
 from lakeimg.image.ops import FeatureOp, ImageTransformer, make_op
 from lakeimg.schemas import TableContract, table_contract
 from lakeimg.sqlguard import parse_where
+from lakeimg.tables import canonical_json as _canonical
 
 __all__ = ["TransformSpec", "parse_spec", "load_spec_text", "SPEC_FORMAT"]
 
 SPEC_FORMAT = 1
 _TOP_KEYS = {"ops", "output", "seed", "variants", "where", "format"}
-
-
-def _canonical(value: Any) -> str:
-    # Same canonical form as lakeimg.catalog.runs.canonical_json (kernels must not import catalog).
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
 
 
 @dataclass(frozen=True)

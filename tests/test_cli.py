@@ -149,3 +149,16 @@ def test_console_script_is_installed():
 
     exe = shutil.which("lakeimg") or str(Path(sys.executable).parent / "lakeimg")
     assert Path(exe).exists()
+
+
+@pytest.mark.parametrize("command", ["export", "verify", "lineage", "reproduce", "history"])
+def test_a_bad_table_reference_exits_2_naming_it(src, lake_dir, tmp_path, command):
+    assert run_cli("ingest", str(src), "--lake", str(lake_dir), "--workers", "0", "--json").returncode == 0
+    extra = ["--out", str(tmp_path / "out")] if command == "export" else []
+    ref = "@3" if command == "history" else "images@garbage"
+    done = run_cli(command, "--lake", str(lake_dir), ref, *extra)
+    assert done.returncode == 2, (done.stdout, done.stderr)
+    assert done.stderr.strip().splitlines() == [f"lakeimg: error: table reference {ref!r}: "
+                                                + ("no table name before @" if command == "history"
+                                                   else "after @ give a version number or an ISO timestamp")]
+    assert not (tmp_path / "out").exists()

@@ -173,7 +173,7 @@ def test_show_needs_the_thumbnail_column(lake, tmp_path):
 def test_jsonable_rows_give_valid_json():
     import pyarrow as pa
 
-    from lakeimg.catalog.sql import jsonable_rows
+    from lakeimg.commands._common import jsonable_rows
 
     table = pa.table(
         {

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from lakeimg import Lake
-from lakeimg.catalog.runs import spec_hash
 from lakeimg.samples import photo_like
+from lakeimg.tables import spec_hash
 
 TABLES = ("images", "images_rejects")
 
@@ -169,9 +169,9 @@ def test_failed_run_leaves_every_table_at_its_previous_version(src, lake_dir):
 
 
 def test_failure_after_the_data_commits_keeps_them_and_the_next_run_completes(src, lake_dir, monkeypatch):
-    from lakeimg.catalog.runs import RUNS_TABLE
     from lakeimg.engine.local import LocalEngine
     from lakeimg.errors import PartialRunError
+    from lakeimg.tables import RUNS_TABLE
 
     lake = Lake(lake_dir)
     lake.ingest([str(src)], workers=2)
@@ -198,7 +198,7 @@ def test_failure_after_the_data_commits_keeps_them_and_the_next_run_completes(sr
     # The next run finds nothing left to do, and history says what happened.
     summary = lake.ingest([str(src)], workers=2)
     assert (summary.added, summary.updated, summary.unchanged) == (0, 0, 6)
-    statuses = {h["run_id"]: h["status"] for h in lake.versions("images")}
+    statuses = {h.run_id: h.status for h in lake.versions("images")}
     assert statuses[failed.value.run_id] == "failed"
 
 

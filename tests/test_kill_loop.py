@@ -22,7 +22,7 @@ from PIL import Image
 from lakeimg import Lake
 from lakeimg.catalog.history import run_records
 from lakeimg.engine.local import LocalEngine
-from lakeimg.uris import uri_to_path
+from lakeimg.storage import uri_to_path
 
 pytestmark = pytest.mark.slow
 

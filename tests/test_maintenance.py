@@ -48,7 +48,7 @@ def test_optimize_and_vacuum_keep_pinned_sets_and_their_lineage(tmp_path):
     after = _read_all(Lake(lake.path).training_set("pinned"))
     assert after.keys() == before.keys() and all(np.array_equal(after[u], before[u]) for u in before)
     # Its lineage input (images@2) is kept too, so the pinned version still reproduces.
-    assert lake.reproduce("small", 1, workers=0)["identical"]
+    assert lake.reproduce("small", 1, workers=0).identical
     # Unprotected old versions were vacuumed.
     assert any(not os.path.exists(f) for f in engine.data_files("small", 0))
     assert engine.table_properties("small")["delta.enableExpiredLogCleanup"] == "false"

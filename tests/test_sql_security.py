@@ -14,13 +14,13 @@ from test_catalog import write_pngs
 
 from lakeimg import Lake
 from lakeimg.catalog.sql import run_sql
-from lakeimg.catalog.trainsets import TRAINSETS_TABLE, TrainingSet
+from lakeimg.catalog.trainsets import TrainingSet
 from lakeimg.cli import main
 from lakeimg.engine.local import LocalEngine, table_location
 from lakeimg.errors import InvalidNameError, SqlError, TableNotFoundError
-from lakeimg.names import validate_name
 from lakeimg.schemas import table_contract
 from lakeimg.sqlguard import check_spark_query, confined_connection, filter_table, parse_where
+from lakeimg.tables import TRAINSETS_TABLE, validate_name
 from lakeimg.transform_spec import parse_spec
 
 RESIZE = {"ops": [{"op": "resize", "width": 8, "height": 6}], "output": {"encoding": "png"}}
@@ -303,7 +303,7 @@ def test_trainset_and_split_names_validated(lake, capsys):
         assert code == 2
     with pytest.raises(InvalidNameError):
         lake.create_training_set("ok-name", "../images", splits="all=1.0", seed=1)
-    assert "ok-name" not in {r["name"] for r in lake.training_sets()}
+    assert "ok-name" not in {r.name for r in lake.training_sets()}
 
 
 def test_every_path_is_guarded_in_the_engine(lake):

@@ -203,8 +203,8 @@ def test_export_region_and_reproduce_of_hostile_names(hostile, tmp_path):
     assert np.asarray(Image.open(window)).shape == (4, 4, 3)
 
     result = lake.reproduce("images", hostile["summary"].version)
-    assert result["identical"], result["differences"]
-    assert result["rows"] == len(hostile["expected"])
+    assert result.identical, result.differences
+    assert result.rows == len(hostile["expected"])
 
 
 def test_reproduce_notices_a_changed_hostile_file(tmp_path):
@@ -216,7 +216,7 @@ def test_reproduce_notices_a_changed_hostile_file(tmp_path):
     summary = ingest_files(tmp_path / "lake", [str(src)], workers=0)
     victim.write_bytes(_png(3))
     result = Lake(tmp_path / "lake").reproduce("images", summary.version)
-    assert [(d["uri"], d["reason"]) for d in result["differences"]] == [(path_to_uri(str(victim)), "source_changed")]
+    assert [(d["uri"], d["reason"]) for d in result.differences] == [(path_to_uri(str(victim)), "source_changed")]
 
 
 def _special_tree(src: Path, monkeypatch) -> None:

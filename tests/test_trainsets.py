@@ -54,7 +54,7 @@ def test_split_depends_only_on_seed_and_uri_as_the_table_grows(grown):
     other_seed = _splits(grown.create_training_set("v1-seed6", "images", 1, splits=RULE, seed=6))
     assert other_seed != after  # the seed matters
     assert old.version == 0 and new.version == 1
-    assert old.record["counts"] == {s: sum(1 for v in before.values() if v == s) for s in ("train", "val", "test")}
+    assert old.record.counts == {s: sum(1 for v in before.values() if v == s) for s in ("train", "val", "test")}
 
 
 def test_stratified_quotas_exact_and_images_keep_their_split(grown):
@@ -63,7 +63,7 @@ def test_stratified_quotas_exact_and_images_keep_their_split(grown):
     for label in ("cats", "dogs"):
         assert [counts[s][label] for s in ("train", "val", "test")] == [9, 3, 3]
     second = grown.create_training_set("s1", "images", 1, splits=RULE, seed=5, stratify=True)
-    assert second.record["base_set"] == "s0"
+    assert second.record.base_set == "s0"
     counts = second.counts()
     for label in ("cats", "dogs"):
         assert [counts[s][label] for s in ("train", "val", "test")] == [18, 6, 6]

@@ -124,19 +124,19 @@ def test_a_run_killed_between_commits_is_recorded_and_completed_by_the_next(tmp_
     images, rejects = _uris(lake, "images"), _uris(lake, "images_rejects")
     assert len(images) == len(set(images)) and len(rejects) == len(set(rejects))
     killed_run = lake.versions(killed_after)[0]
-    assert killed_run["status"] == "unrecorded"
+    assert killed_run.status == "unrecorded"
 
     summary = lake.ingest([str(src)], workers=0)
     _assert_whole(lake, [src])
     assert _uris(lake, "images_rejects") == [(src / "f000.png").as_uri()]
     runs = run_records(LocalEngine(lake.path))
-    assert runs[killed_run["run_id"]]["status"] == "incomplete"
-    assert {o["table"] for o in runs[killed_run["run_id"]]["outputs"]} == (
+    assert runs[killed_run.run_id]["status"] == "incomplete"
+    assert {o["table"] for o in runs[killed_run.run_id]["outputs"]} == (
         {"images_rejects"} if killed_after == "images_rejects" else {"images_rejects", "images"}
     )
     assert runs[summary.run_id]["status"] == "succeeded"
-    statuses = {h["run_id"]: h["status"] for h in lake.versions(killed_after)}
-    assert statuses[killed_run["run_id"]] == "incomplete"
+    statuses = {h.run_id: h.status for h in lake.versions(killed_after)}
+    assert statuses[killed_run.run_id] == "incomplete"
     # A further run finds nothing to do.
     again = lake.ingest([str(src)], workers=0)
     assert (again.added, again.updated, again.deleted, again.unchanged) == (0, 0, 0, 6)

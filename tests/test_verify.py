@@ -141,8 +141,8 @@ def test_altered_content_is_caught_everywhere(tmp_path: Path):
 
     # reproduce: the sources are unchanged, the stored bytes are not.
     result = lake.reproduce("images", 0)
-    assert not result["identical"]
-    assert [(d["uri"], d["reason"]) for d in result["differences"]] == [(uri, "stored_content_differs")]
+    assert not result.identical
+    assert [(d["uri"], d["reason"]) for d in result.differences] == [(uri, "stored_content_differs")]
 
     # verify: names the uri, exits 9.
     report = lake.verify("images")
@@ -211,7 +211,7 @@ def test_missing_data_file(tmp_path: Path):
 
 
 def test_content_check_skips_rows_without_inline_bytes():
-    from lakeimg.catalog.verify import content_mismatches
+    from lakeimg.jobs.verify import content_mismatches
 
     rows = pa.table({"uri": ["a", "b", "c"], "content": [b"x", None, b"z"],
                      "content_sha256": [hashlib.sha256(b"x").hexdigest(), "00", None]})

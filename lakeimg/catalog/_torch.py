@@ -1,13 +1,19 @@
 """The PyTorch face of a training set split (imported only when torch is installed).
 
 Example:
-    >>> ds = Lake("/tmp/lake").training_set("cats-v1").torch("train")  # doctest: +SKIP
+    >>> import tempfile; from lakeimg.lake import Lake; from lakeimg.samples import write_photo_jpegs
+    >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
+    >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
+    >>> dataset = torch_dataset(lake.create_training_set("all-v1", "images", splits="all=1.0", seed=3), "all")
+    >>> len(dataset), tuple(next(iter(dataset))["image"].shape)
+    (4, (3, 24, 32))
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -15,7 +21,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from lakeimg.catalog.loaders import SplitData, epoch_order, shard_positions, to_chw_float32
 
-__all__ = ["LakeImageDataset"]
+if TYPE_CHECKING:
+    from lakeimg.catalog.trainsets import TrainingSet
+
+__all__ = ["LakeImageDataset", "torch_dataset"]
 
 
 class LakeImageDataset(IterableDataset):
@@ -73,3 +82,15 @@ class LakeImageDataset(IterableDataset):
                     "label": int(self.data.labels[int(position)]),
                     "uri": self.data.uris[int(position)],
                 }
+
+
+def torch_dataset(trainset: TrainingSet, split: str, *, seed: int | None = None,
+                  cache_dir: str | os.PathLike[str] | None = None, **options: Any) -> LakeImageDataset:
+    """A torch IterableDataset of {"image": CHW float32 tensor, "label": int64, "uri": str};
+    `options` as `LakeImageDataset` (shuffle, epoch, rank, world_size, transform).
+
+    Call `.set_epoch(e)` before each epoch (like DistributedSampler). Needs `pip install lakeimg[torch]`.
+    """
+    data = SplitData(trainset, split, cache_dir=cache_dir)
+    data.pixels()  # build before DataLoader forks its workers, so they share it
+    return LakeImageDataset(data, seed=trainset.seed if seed is None else seed, **options)

@@ -1,4 +1,4 @@
-"""Table history and time travel: `TABLE@7` / `TABLE@2026-01-31T12:00:00` references, version lists.
+"""Table history: a table's versions with the run that made each one (`HistoryEntry`).
 
 A table's history is its Delta log: each commit's operation, timestamp and metrics, plus the
 lakeimg run record that every job puts into the commit's `userMetadata` (parsed by
@@ -6,23 +6,22 @@ lakeimg run record that every job puts into the commit's `userMetadata` (parsed 
 (it holds the final added/updated/... figures), else from Delta's operation metrics.
 
 Example:
-    >>> parse_table_ref("images@7")
-    ('images', 7)
-    >>> parse_table_ref("images@2026-01-31T12:00:00")
-    ('images', '2026-01-31T12:00:00')
+    >>> import tempfile
+    >>> run_records(LocalEngine(tempfile.mkdtemp()))
+    {}
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from lakeimg.catalog.runs import RUN_STATUS_RANK, RUNS_TABLE
-from lakeimg.engine.local import LocalEngine, VersionLike
-from lakeimg.errors import SpecError
+from lakeimg.engine.local import LocalEngine
+from lakeimg.tables import RUN_STATUS_RANK, RUNS_TABLE
 
-__all__ = ["parse_table_ref", "format_table_ref", "table_history", "run_records", "DATA_NEUTRAL_OPERATIONS"]
+__all__ = ["HistoryEntry", "table_history", "run_records", "DATA_NEUTRAL_OPERATIONS"]
 
 # Commits that leave a table's rows as they were: lineage and reproduce look through them.
 DATA_NEUTRAL_OPERATIONS = frozenset(
@@ -31,38 +30,33 @@ DATA_NEUTRAL_OPERATIONS = frozenset(
 )
 
 
-def parse_table_ref(text: str) -> tuple[str, VersionLike]:
-    """Split `TABLE[@VERSION|@TIMESTAMP]` into (name, version-like).
+@dataclass(frozen=True)
+class HistoryEntry:
+    """One version of a table and the run that made it.
 
-    A number after `@` is a version; anything else must be an ISO timestamp (naive means UTC).
-
-    Example:
-        >>> parse_table_ref("cats_256")
-        ('cats_256', None)
+    `status` is the run's: succeeded, failed (it stopped after this commit; the next run
+    completes the work), incomplete (killed after this commit, found by a later run) or
+    unrecorded (no runs row yet: the run is still going, or was killed and no run came since).
     """
-    name, sep, ref = text.partition("@")
-    if not name:
-        raise SpecError(f"no table name in {text!r}")
-    if not sep:
-        return name, None
-    ref = ref.strip()
-    if ref.isdigit():
-        return name, int(ref)
-    try:
-        dt.datetime.fromisoformat(ref.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise SpecError(f"{text!r}: after @ give a version number or an ISO timestamp") from exc
-    return name, ref
 
+    version: int
+    timestamp: str | None
+    operation: str | None
+    run_id: str | None
+    job: str | None
+    status: str | None
+    engine: str | None
+    code_version: str | None
+    spec_hash: str | None
+    spec: Any
+    inputs: list[dict[str, Any]]
+    sources: list[str]
+    counts: dict[str, int]
+    data_change: bool
+    operation_parameters: dict[str, Any]
 
-def format_table_ref(name: str, version: int | None) -> str:
-    """`name@version` (or `name` for latest).
-
-    Example:
-        >>> format_table_ref("images", 3)
-        'images@3'
-    """
-    return name if version is None else f"{name}@{version}"
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def run_records(engine: LocalEngine) -> dict[str, dict[str, Any]]:
@@ -74,11 +68,7 @@ def run_records(engine: LocalEngine) -> dict[str, dict[str, Any]]:
     out = {}
     for row in rows:
         row["counts"] = dict(row.get("counts") or [])
-        if isinstance(row.get("spec"), str):
-            try:
-                row["spec"] = json.loads(row["spec"])
-            except json.JSONDecodeError:
-                pass
+        row["spec"] = _parsed(row.get("spec"))
         seen = out.get(row["run_id"])
         if seen is None or RUN_STATUS_RANK.get(row["status"], 0) >= RUN_STATUS_RANK.get(seen["status"], 0):
             out[row["run_id"]] = row
@@ -91,16 +81,17 @@ def _timestamp(ms: Any) -> str | None:
     return dt.datetime.fromtimestamp(int(ms) / 1000, tz=dt.timezone.utc).isoformat()
 
 
-def table_history(engine: LocalEngine, table: str, *, limit: int | None = None) -> list[dict[str, Any]]:
-    """The table's versions, newest first: version, timestamp, operation, run, job, status, counts.
-
-    `status` is the run's: succeeded, failed (it stopped after this commit; the next run
-    completes the work), incomplete (killed after this commit, found by a later run) or
-    unrecorded (no runs row yet: the run is still going, or was killed and no run came since).
+def table_history(engine: LocalEngine, table: str, *, limit: int | None = None) -> list[HistoryEntry]:
+    """The table's versions, newest first (`HistoryEntry`: operation, run, job, status, counts).
 
     Example:
-        >>> table_history(LocalEngine("/tmp/lake"), "images")[0]["operation"]  # doctest: +SKIP
-        'MERGE'
+        >>> import tempfile
+        >>> from lakeimg.schemas import table_contract
+        >>> engine = LocalEngine(tempfile.mkdtemp())
+        >>> engine.create_empty(RUNS_TABLE, table_contract("runs"))
+        0
+        >>> [(e.version, e.operation, e.data_change) for e in table_history(engine, RUNS_TABLE)]
+        [(0, 'CREATE TABLE', False)]
     """
     runs = run_records(engine)
     out = []
@@ -110,32 +101,36 @@ def table_history(engine: LocalEngine, table: str, *, limit: int | None = None) 
         run = runs.get(run_id, {}) if run_id else {}
         metrics = entry.get("operationMetrics") or {}
         counts = run.get("counts") or _metric_counts(metrics)
-        spec = record.get("spec")
-        if isinstance(spec, str):
-            try:
-                spec = json.loads(spec)
-            except json.JSONDecodeError:
-                pass
         out.append(
-            {
-                "version": entry.get("version"),
-                "timestamp": _timestamp(entry.get("timestamp")),
-                "operation": entry.get("operation"),
-                "run_id": run_id,
-                "job": record.get("job"),
-                "status": run.get("status") or (None if not run_id else "unrecorded"),
-                "engine": record.get("engine"),
-                "code_version": record.get("code_version"),
-                "spec_hash": record.get("spec_hash"),
-                "spec": spec,
-                "inputs": run.get("inputs") or record.get("inputs") or [],
-                "sources": run.get("sources") or record.get("sources") or [],
-                "counts": counts,
-                "data_change": _changes_data(engine, table, entry),
-                "operation_parameters": entry.get("operationParameters") or {},
-            }
+            HistoryEntry(
+                version=entry.get("version"),
+                timestamp=_timestamp(entry.get("timestamp")),
+                operation=entry.get("operation"),
+                run_id=run_id,
+                job=record.get("job"),
+                status=run.get("status") or (None if not run_id else "unrecorded"),
+                engine=record.get("engine"),
+                code_version=record.get("code_version"),
+                spec_hash=record.get("spec_hash"),
+                spec=_parsed(record.get("spec")),
+                inputs=run.get("inputs") or record.get("inputs") or [],
+                sources=run.get("sources") or record.get("sources") or [],
+                counts=counts,
+                data_change=_changes_data(engine, table, entry),
+                operation_parameters=entry.get("operationParameters") or {},
+            )
         )
     return out
+
+
+def _parsed(spec: Any) -> Any:
+    """A spec stored as canonical JSON text, parsed (text that is not JSON stays as it is)."""
+    if isinstance(spec, str):
+        try:
+            return json.loads(spec)
+        except json.JSONDecodeError:
+            pass
+    return spec
 
 
 def _changes_data(engine: LocalEngine, table: str, entry: dict[str, Any]) -> bool:

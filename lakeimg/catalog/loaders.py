@@ -23,9 +23,13 @@ Decoding follows the table: an ingest table's `content` goes through
 dtypes scaled to [0, 1] by their maximum, like torchvision's ToTensor; floats unchanged).
 
 Example:
-    >>> ts = Lake("/tmp/lake").training_set("cats-v1")  # doctest: +SKIP
-    >>> for batch in iter_numpy(ts, "train", 16, epoch=3):  # doctest: +SKIP
-    ...     batch["image"].shape, batch["label"][:4]
+    >>> import tempfile; from lakeimg.lake import Lake; from lakeimg.samples import write_photo_jpegs
+    >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
+    >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
+    >>> ts = lake.create_training_set("all-v1", "images", splits="all=1.0", seed=3)
+    >>> batch = next(iter_numpy(ts, "all", 2, epoch=0))
+    >>> batch["image"].shape, len(batch["uri"])
+    ((2, 24, 32, 3), 2)
 """
 
 from __future__ import annotations
@@ -40,12 +44,16 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakeimg.engine.local import LocalEngine
 from lakeimg.errors import LakeImgError
+from lakeimg.image import decode_image
+from lakeimg.image.codecs import decode_pixels
+from lakeimg.jobs.verify import check_content
 
 if TYPE_CHECKING:
     from lakeimg.catalog.trainsets import TrainingSet
 
-__all__ = ["SplitData", "iter_numpy", "torch_dataset", "to_spark", "epoch_order", "shard_positions", "to_chw_float32"]
+__all__ = ["SplitData", "decode_rows", "iter_numpy", "to_spark", "epoch_order", "shard_positions", "to_chw_float32"]
 
 _PIXEL_COLUMNS_DERIVED = ["data", "width", "height", "channels", "dtype", "encoding"]
 
@@ -110,7 +118,7 @@ class SplitData:
         self.labels = rows["label_index"].to_numpy(zero_copy_only=False).astype(np.int64)
         self.table = trainset.table
         self.version = trainset.version
-        self.run_id = trainset.record["run_id"]
+        self.run_id = trainset.record.run_id
         self._pixels: pa.Table | None = None
         self._keys = rows.select([c for c in ("uri", "variant") if c in rows.column_names])
 
@@ -153,9 +161,6 @@ class SplitData:
         return table
 
     def _read(self) -> pa.Table:
-        from lakeimg.catalog.verify import check_content
-        from lakeimg.engine.local import LocalEngine
-
         engine = LocalEngine(self.lake)
         schema = engine.arrow_schema(self.table, self.version)
         keys = self._keys.column_names
@@ -192,14 +197,23 @@ class SplitData:
     def decode(self, positions: np.ndarray | list[int]) -> list[np.ndarray]:
         """Decoded images (HWC, native dtype) at set positions."""
         chunk = self.pixels().take(pa.array(np.asarray(positions, dtype=np.int64)))
-        if "content" in chunk.column_names:
-            from lakeimg.image import decode_image
+        return decode_rows(chunk, [self.uris[int(p)] for p in positions])
 
-            return [decode_image(data, uri) for data, uri in zip(chunk["content"].to_pylist(), (self.uris[int(p)] for p in positions), strict=True)]
-        from lakeimg.image.codecs import decode_pixels
 
-        cols = [chunk[c].to_pylist() for c in _PIXEL_COLUMNS_DERIVED]
-        return [decode_pixels(d, e, w, h, c, t) for d, w, h, c, t, e in zip(*cols, strict=True)]
+def decode_rows(rows: pa.Table, uris: list[str]) -> list[np.ndarray]:
+    """Decoded images (HWC, native dtype) of rows by table kind: an ingest table's `content`
+    through `decode_image`, a derived table's `data` through `decode_pixels` by its `encoding`.
+
+    Example:
+        >>> rows = pa.table({"data": [bytes(6)], "width": [2], "height": [1], "channels": [3], "dtype": ["uint8"],
+        ...                  "encoding": ["raw"]})
+        >>> decode_rows(rows, ["file:///a.png"])[0].shape
+        (1, 2, 3)
+    """
+    if "content" in rows.column_names:
+        return [decode_image(data, uri) for data, uri in zip(rows["content"].to_pylist(), uris, strict=True)]
+    cols = [rows[c].to_pylist() for c in _PIXEL_COLUMNS_DERIVED]
+    return [decode_pixels(d, e, w, h, c, t) for d, w, h, c, t, e in zip(*cols, strict=True)]
 
 
 def _key(table: pa.Table) -> pa.Array:
@@ -236,9 +250,6 @@ def iter_numpy(
 
     Images of different sizes come as an object array unless `transform` makes them equal.
     `threads` > 0 decodes in that many threads and prefetches the next batch (same order).
-
-    Example:
-        >>> batch = next(iter_numpy(ts, "train", 8, seed=1, epoch=2, rank=0, world_size=2))  # doctest: +SKIP
     """
     data = data or SplitData(trainset, split, cache_dir=cache_dir)
     order = epoch_order(len(data), seed=trainset.seed if seed is None else seed, epoch=epoch, shuffle=shuffle)
@@ -275,47 +286,8 @@ def iter_numpy(
             yield batch_of(positions, [im for future in current for im in future.result()])
 
 
-def torch_dataset(
-    trainset: TrainingSet,
-    split: str,
-    *,
-    shuffle: bool = True,
-    seed: int | None = None,
-    epoch: int = 0,
-    rank: int = 0,
-    world_size: int = 1,
-    transform: Callable[[Any], Any] | None = None,
-    cache_dir: str | os.PathLike[str] | None = None,
-):
-    """A torch IterableDataset of {"image": CHW float32 tensor, "label": int64, "uri": str}.
-
-    Call `.set_epoch(e)` before each epoch (like DistributedSampler). Needs `pip install lakeimg[torch]`.
-
-    Example:
-        >>> ds = ts.torch("train", rank=0, world_size=2)  # doctest: +SKIP
-        >>> loader = torch.utils.data.DataLoader(ds, batch_size=32, num_workers=2)  # doctest: +SKIP
-    """
-    try:
-        from lakeimg.catalog._torch import LakeImageDataset
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise LakeImgError("PyTorch is not installed: pip install 'lakeimg[torch]'") from exc
-    data = SplitData(trainset, split, cache_dir=cache_dir)
-    data.pixels()  # build before DataLoader forks its workers, so they share it
-    return LakeImageDataset(
-        data,
-        seed=trainset.seed if seed is None else seed,
-        epoch=epoch,
-        shuffle=shuffle,
-        rank=rank,
-        world_size=world_size,
-        transform=transform,
-    )
-
-
-def to_spark(spark: Any, trainset: TrainingSet | str, split: str, *, features: str = "features", lake: str | None = None):
+def to_spark(spark: Any, trainset: TrainingSet, split: str, *, features: str = "features"):
     """The split as a Spark DataFrame: uri, label, label_index and an MLlib vector of the pixels.
-
-    `trainset` is a TrainingSet, or a set's name together with `lake=` (the lake's folder).
 
     Spark reads the pinned version itself (Delta time travel); only the small (uri, label_index)
     list goes from the driver to the cluster. Pixels are decoded to float32 in an Arrow batch
@@ -331,15 +303,7 @@ def to_spark(spark: Any, trainset: TrainingSet | str, split: str, *, features: s
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
-    from lakeimg.engine.local import LocalEngine
-
-    if isinstance(trainset, str):
-        from lakeimg.catalog.trainsets import TrainingSet
-
-        if lake is None:
-            raise LakeImgError("to_spark(spark, NAME, split) needs lake=<the lake's folder>")
-        trainset = TrainingSet(LocalEngine(lake), trainset)
-    engine = LocalEngine(trainset.engine.lake)
+    engine = trainset.engine
     schema = engine.arrow_schema(trainset.table, trainset.version)
     rows = trainset.rows(split)
     keys = [c for c in ("uri", "variant") if c in rows.column_names]
@@ -360,24 +324,16 @@ def to_spark(spark: Any, trainset: TrainingSet | str, split: str, *, features: s
         + [joined.schema["label"], joined.schema["label_index"],
            StructField(features, ArrayType(FloatType(), containsNull=False))]
     )
-    kernel = partial(_features_kernel, pixel_columns=tuple(pixel_columns), keys=tuple(keys), features=features)
+    kernel = partial(_features_kernel, keys=tuple(keys), features=features)
     arrays = joined.mapInArrow(kernel, out_schema)
     return arrays.withColumn(features, array_to_vector(F.col(features)))
 
 
-def _features_kernel(batches, *, pixel_columns, keys, features):
+def _features_kernel(batches, *, keys, features):
     """mapInArrow kernel: encoded pixels -> flat float32 arrays (HWC order, values as stored)."""
     for batch in batches:
         table = pa.Table.from_batches([batch])
-        if "content" in pixel_columns:
-            from lakeimg.image import decode_image
-
-            images = [decode_image(d, u) for d, u in zip(table["content"].to_pylist(), table["uri"].to_pylist(), strict=True)]
-        else:
-            from lakeimg.image.codecs import decode_pixels
-
-            cols = [table[c].to_pylist() for c in _PIXEL_COLUMNS_DERIVED]
-            images = [decode_pixels(d, e, w, h, c, t) for d, w, h, c, t, e in zip(*cols, strict=True)]
+        images = decode_rows(table, table["uri"].to_pylist())
         flat = [np.ascontiguousarray(im, dtype=np.float32).ravel() for im in images]
         offsets = np.zeros(len(flat) + 1, dtype=np.int32)
         np.cumsum([f.size for f in flat], out=offsets[1:])

@@ -24,12 +24,12 @@ import os
 from typing import Any
 
 from lakeimg.catalog.lineage import lineage_nodes
-from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
-from lakeimg.catalog.trainsets import TRAINSETS_TABLE, list_trainsets
+from lakeimg.catalog.trainsets import list_trainsets
 from lakeimg.engine.local import LocalEngine, ensure_lake, require_lake
 from lakeimg.engine.staging import remove_stale_staging
 from lakeimg.errors import LakeImgError, SpecError
 from lakeimg.schemas import table_contract
+from lakeimg.tables import RUNS_TABLE, TRAINSETS_TABLE, RunRecord, new_run_id, utc_now
 
 __all__ = ["maintain", "protected_versions", "lake_tables", "readable_versions"]
 
@@ -55,11 +55,11 @@ def protected_versions(engine: LocalEngine) -> tuple[dict[str, set[int]], list[s
     keep: dict[str, set[int]] = {}
     problems = []
     for record in list_trainsets(engine):
-        keep.setdefault(record["table"], set()).add(int(record["version"]))
+        keep.setdefault(record.table, set()).add(record.version)
         try:
-            nodes = lineage_nodes(engine, record["name"])
+            nodes = lineage_nodes(engine, record.name)
         except LakeImgError as exc:
-            problems.append(f"training set {record['name']!r}: lineage unreadable ({exc})")
+            problems.append(f"training set {record.name!r}: lineage unreadable ({exc})")
             continue
         for table, version in nodes:
             keep.setdefault(table, set()).add(version)
@@ -154,10 +154,10 @@ def _check_pinned(engine: LocalEngine) -> dict[str, bool]:
     status = {}
     for record in list_trainsets(engine):
         try:
-            files = engine.data_files(record["table"], int(record["version"]))
-            status[record["name"]] = all(os.path.exists(f) for f in files)
+            files = engine.data_files(record.table, record.version)
+            status[record.name] = all(os.path.exists(f) for f in files)
         except Exception:  # noqa: BLE001 - an unreadable pinned version is exactly what we report
-            status[record["name"]] = False
+            status[record.name] = False
     return status
 
 

@@ -10,30 +10,73 @@
   (`stored_content_differs`: damage in the lake, see `lakeimg verify`).
 
 Example:
-    >>> result = reproduce(LocalEngine("/tmp/lake"), "cats_256", 2)  # doctest: +SKIP
-    >>> result["identical"], result["differences"][:1]  # doctest: +SKIP
-    (True, [])
+    >>> import tempfile; from lakeimg.lake import Lake; from lakeimg.samples import write_photo_jpegs
+    >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
+    >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
+    >>> result = reproduce(LocalEngine(lake.path), "images", 0)
+    >>> result.job, result.identical, result.ref, result.rows
+    ('ingest', True, 'images@0', 4)
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
 
-from lakeimg.catalog.history import format_table_ref
-from lakeimg.catalog.lineage import producing_step
+from lakeimg.catalog.lineage import LineageStep, producing_step
 from lakeimg.engine.local import LocalEngine, VersionLike, file_sha256
 from lakeimg.errors import LakeImgError, TableNotFoundError
+from lakeimg.jobs.regions import tiles_as_of
+from lakeimg.jobs.transform import transform_table
+from lakeimg.jobs.verify import content_mismatches
+from lakeimg.tables import TableRef, tiles_of
+from lakeimg.storage import local_path_or_none
 
-__all__ = ["reproduce", "row_hashes"]
+__all__ = ["ReproduceResult", "reproduce", "row_hashes"]
 
 _MAX_REPORTED = 1000
+
+
+@dataclass(frozen=True)
+class ReproduceResult:
+    """What `reproduce` found: `identical` when no row differs; `differences` holds the first
+    1000 of `differing` ({uri, variant, reason, recorded_hash, reproduced_hash}). A transform's
+    result names its `input` version, an ingest's its `sources`.
+
+    Example:
+        >>> ReproduceResult("images", 0, "images@0", "ingest", "r1", None, 0, "re-read", 0, True, 0, []).to_dict()["ref"]
+        'images@0'
+    """
+
+    table: str
+    version: int
+    ref: str
+    job: str | None
+    run_id: str | None
+    spec_hash: str | None
+    made_at_version: int | None
+    method: str
+    rows: int
+    identical: bool
+    differing: int
+    differences: list[dict[str, Any]]
+    input: str | None = None
+    sources: list[str] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key in ("input", "sources"):
+            if out[key] is None:
+                del out[key]
+        return out
 
 
 def _ignored(column: str) -> bool:
@@ -77,9 +120,6 @@ def _compare(recorded: dict, reproduced: dict) -> list[dict[str, Any]]:
 
 
 def _reproduce_ingest(engine: LocalEngine, table: str, version: int) -> tuple[int, list[dict[str, Any]]]:
-    from lakeimg.catalog.verify import content_mismatches
-    from lakeimg.uris import local_path_or_none
-
     rows = engine.read(table, version=version, columns=["uri", "content_sha256"]).to_pylist()
     diffs = []
     # The stored bytes too: a row whose inline content no longer hashes to content_sha256 is
@@ -93,44 +133,32 @@ def _reproduce_ingest(engine: LocalEngine, table: str, version: int) -> tuple[in
         current = file_sha256(path) if path is not None else None
         if current == row["content_sha256"]:
             continue
-        diffs.append({
-            "uri": row["uri"],
-            "variant": None,
-            "reason": "source_missing" if current is None else "source_changed",
-            "recorded_hash": row["content_sha256"],
-            "reproduced_hash": current,
-        })
+        diffs.append({"uri": row["uri"], "variant": None, "reason": "source_missing" if current is None else "source_changed",
+                      "recorded_hash": row["content_sha256"], "reproduced_hash": current})
     return len(rows), diffs
 
 
 def _reproduce_transform(
-    engine: LocalEngine, step: dict[str, Any], scratch: str | None, workers: int | None
+    engine: LocalEngine, step: LineageStep, scratch: str | None, workers: int | None
 ) -> tuple[int, list[dict[str, Any]], str]:
-    from lakeimg.jobs.transform import transform_table
-
-    inputs = step["inputs"]
+    inputs = step.inputs
     if len(inputs) != 1 or inputs[0].get("version") is None:
-        raise LakeImgError(f"{step['table']}@{step['version']}: expected one recorded input version, found {inputs}")
+        raise LakeImgError(f"{step.table}@{step.version}: expected one recorded input version, found {inputs}")
     source, source_version = inputs[0]["table"], int(inputs[0]["version"])
     _require_readable(engine, source, source_version, f"its input {source}@{source_version}")
     workdir = scratch or tempfile.mkdtemp(prefix="lakeimg-reproduce-")
     scratch_engine = LocalEngine(workdir)
     try:
-        tiles = f"{source}_tiles"  # tiled sources: pyramid levels live beside the images table
+        tiles = tiles_of(source)  # tiled sources: pyramid levels live beside the images table
         if engine.exists(tiles):  # as they were when the input version was committed
-            from lakeimg.catalog.regions import tiles_as_of
-
             # Copied first: the scratch images commit must not predate its tiles (tiles_as_of
             # matches them by commit time, and time travel before a first commit is an error).
             engine.copy_snapshot(tiles, tiles_as_of(engine, source, source_version), scratch_engine, tiles)
         engine.copy_snapshot(source, source_version, scratch_engine, source)
-        spec = step["spec"]
-        if isinstance(spec, str):
-            spec = json.loads(spec)
-        target = step["table"]
-        transform_table(workdir, source, target, spec, full=True, workers=workers)
-        recorded = row_hashes(_content(engine, target, step["version"]))
-        reproduced = row_hashes(_content(scratch_engine, target, None))
+        spec = json.loads(step.spec) if isinstance(step.spec, str) else step.spec
+        transform_table(workdir, source, step.table, spec, full=True, workers=workers)
+        recorded = row_hashes(_content(engine, step.table, step.version))
+        reproduced = row_hashes(_content(scratch_engine, step.table, None))
     finally:
         if scratch is None:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -163,40 +191,27 @@ def reproduce(
     *,
     scratch: str | None = None,
     workers: int | None = None,
-) -> dict[str, Any]:
-    """Re-run what made `table@version`; {"identical", "differences", "rows", "job", ...}.
+) -> ReproduceResult:
+    """Re-run what made `table@version` and compare (see `ReproduceResult`).
 
     `scratch` keeps the re-run's lake in that folder (default: a temporary folder, removed);
     `workers` are the re-run's processes (default: CPU count; 0 runs in this process).
-
-    Example:
-        >>> reproduce(LocalEngine("/tmp/lake"), "images", 0)["job"]  # doctest: +SKIP
-        'ingest'
     """
     resolved = engine.resolve_version(table, version)
     step = producing_step(engine, table, resolved)
     _require_readable(engine, table, resolved, f"{table}@{resolved}")
-    result: dict[str, Any] = {
-        "table": table,
-        "version": resolved,
-        "ref": format_table_ref(table, resolved),
-        "job": step["job"],
-        "run_id": step["run_id"],
-        "spec_hash": step["spec_hash"],
-        "made_at_version": step["made_at_version"],
-    }
-    if step["job"] == "transform":
-        rows, diffs, input_ref = _reproduce_transform(engine, step, scratch, workers)
-        result["input"] = input_ref
-        result["method"] = "re-ran the recorded spec on the recorded input version; compared row hashes"
-    elif step["job"] == "ingest" or (step["job"] is None and not step["inputs"]):
+    extra: dict[str, Any] = {}
+    if step.job == "transform":
+        rows, diffs, extra["input"] = _reproduce_transform(engine, step, scratch, workers)
+        method = "re-ran the recorded spec on the recorded input version; compared row hashes"
+    elif step.job == "ingest" or (step.job is None and not step.inputs):
         rows, diffs = _reproduce_ingest(engine, table, resolved)
-        result["sources"] = step["sources"]
-        result["method"] = "re-read the recorded source files and the stored content; compared SHA-256 with content_sha256"
+        extra["sources"] = step.sources
+        method = "re-read the recorded source files and the stored content; compared SHA-256 with content_sha256"
     else:
-        raise LakeImgError(f"{table}@{resolved} was made by job {step['job']!r}, which lakeimg cannot re-run")
-    result["rows"] = rows
-    result["identical"] = not diffs
-    result["differing"] = len(diffs)
-    result["differences"] = diffs[:_MAX_REPORTED]
-    return result
+        raise LakeImgError(f"{table}@{resolved} was made by job {step.job!r}, which lakeimg cannot re-run")
+    return ReproduceResult(
+        table=table, version=resolved, ref=str(TableRef(table, resolved)), job=step.job, run_id=step.run_id,
+        spec_hash=step.spec_hash, made_at_version=step.made_at_version, method=method, rows=rows,
+        identical=not diffs, differing=len(diffs), differences=diffs[:_MAX_REPORTED], **extra,
+    )

@@ -20,10 +20,6 @@ Example:
 
 from __future__ import annotations
 
-import base64
-import datetime as dt
-import decimal
-import math
 import os
 import re
 from collections.abc import Iterator
@@ -32,15 +28,14 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakeimg.engine.local import LocalEngine, table_location
+from lakeimg.engine.local import LocalEngine
 from lakeimg.errors import LakeDamagedError, LakeImgError, SpecError, SqlError, TableNotFoundError
-from lakeimg.names import is_table_name
-from lakeimg.sqlguard import check_spark_query, check_statement, confined_connection, parse_where
+from lakeimg.sqlguard import check_spark_query, check_statement, confined_connection
+from lakeimg.tables import sql_tables
 
-__all__ = ["run_sql", "run_spark_sql", "lake_tables", "TableRef", "table_refs", "jsonable_rows", "parse_where", "RUNS_SQL_NAME"]
+__all__ = ["run_sql", "run_spark_sql", "register", "TimeTravelRef", "table_refs"]
 
-RUNS_SQL_NAME = "lakeimg_runs"
-_RUNS_PATH = "_lakeimg/runs"
+_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Words that may follow a table reference and are not an alias.
 _NOT_ALIAS = {
@@ -56,26 +51,8 @@ _REF = re.compile(
 _WORD = re.compile(r"\s*([A-Za-z_]\w*)")
 
 
-def lake_tables(lake: str | os.PathLike[str], engine: LocalEngine | None = None) -> dict[str, str]:
-    """SQL name -> table path inside the lake, for every Delta table there (runs as lakeimg_runs)."""
-    engine = engine or LocalEngine(lake)
-    root = os.fspath(lake)
-    names: dict[str, str] = {}
-    if os.path.isdir(root):
-        for entry in sorted(os.listdir(root)):
-            # Only names that follow the naming rule: a folder the lake could not have created
-            # (a hidden one, `_lakeimg`, `My Table`) is not a table SQL sees.
-            if not is_table_name(entry) or not os.path.isdir(os.path.join(root, entry)):
-                continue
-            if os.path.isdir(os.path.join(root, entry, "_delta_log")):
-                names[entry] = entry
-    if os.path.isdir(os.path.join(table_location(root, _RUNS_PATH), "_delta_log")):
-        names[RUNS_SQL_NAME] = _RUNS_PATH
-    return names
-
-
 @dataclass(frozen=True)
-class TableRef:
+class TimeTravelRef:
     """One time-travel reference found in a query: `name VERSION|TIMESTAMP AS OF value`."""
 
     start: int
@@ -127,7 +104,7 @@ def _unquote(name: str) -> str:
     return name[1:-1] if name[:1] in "\"`" else name
 
 
-def table_refs(sql: str) -> Iterator[TableRef]:
+def table_refs(sql: str) -> Iterator[TimeTravelRef]:
     """Time-travel references in `sql` (plain references need no rewriting).
 
     Example:
@@ -142,7 +119,7 @@ def table_refs(sql: str) -> Iterator[TableRef]:
         version: int | str = int(raw) if m.group("kind").lower() == "version" else raw[1:-1]
         following = _WORD.match(masked, m.end())
         has_alias = bool(following) and following.group(1).lower() not in _NOT_ALIAS
-        yield TableRef(m.start("name"), m.end(), _unquote(sql[m.start("name") : m.end("name")]), version, has_alias)
+        yield TimeTravelRef(m.start("name"), m.end(), _unquote(sql[m.start("name") : m.end("name")]), version, has_alias)
 
 
 def _quote(name: str) -> str:
@@ -171,8 +148,8 @@ def _snapshot_view(views: _Views, engine: LocalEngine, view: str, table_path: st
         at = "" if version is None else f" as of {version!r}"
         raise LakeImgError(f"cannot read {table_path}{at}: {exc}") from exc
     if not files:
-        schema = engine.delta_table(table_path, version).schema().to_arrow()
-        views.empties[f"__empty_{view}"] = pa.schema([pa.field(f.name, f.type) for f in pa.schema(schema)]).empty_table()
+        schema = engine.arrow_schema(table_path, version)
+        views.empties[f"__empty_{view}"] = pa.schema([pa.field(f.name, f.type) for f in schema]).empty_table()
         views.selects[view] = f"SELECT * FROM {_quote('__empty_' + view)}"
         return
     # Absolute paths: DuckDB's allowed_paths compares the paths it opens with these.
@@ -193,15 +170,12 @@ def run_sql(lake: str | os.PathLike[str], query: str, *, engine: LocalEngine | N
         SqlError: the text is not exactly one read-only query, or it reaches outside the lake.
         SpecError: the query does not parse or names an unknown column.
         TableNotFoundError: it names a table (or version) the lake does not have.
-
-    Example:
-        >>> run_sql("/data/lake", "SELECT format, count(*) AS n FROM images GROUP BY format")  # doctest: +SKIP
     """
     import duckdb
 
     lake = os.fspath(lake)
     engine = engine or LocalEngine(lake)
-    tables = lake_tables(lake, engine)
+    tables = sql_tables(lake)
     masked = _mask(query)
     words = {w.lower() for w in re.findall(r"[A-Za-z_]\w*", masked)}
     quoted = {_unquote(q) for q in re.findall(r"\"[^\"]+\"|`[^`]+`", query)}
@@ -251,8 +225,6 @@ def run_spark_sql(spark, lake: str | os.PathLike[str], query: str) -> pa.Table:
     """
     from pyspark.errors import AnalysisException, ParseException
 
-    from lakeimg.spark import register
-
     check_spark_query(query)
     register(spark, os.fspath(lake))
     try:
@@ -269,43 +241,35 @@ def run_spark_sql(spark, lake: str | os.PathLike[str], query: str) -> pa.Table:
         raise SpecError(f"SQL: {_first_line(exc)}") from exc
 
 
+def register(spark: Any, lake: str | os.PathLike[str], *, database: str | None = None, replace: bool = True) -> dict[str, str]:
+    """Register the lake's Delta tables in the session catalog; returns {name: location}.
+
+    Every table of the lake (images, images_rejects, derived tables, tiles) under its own
+    name and the runs table as `lakeimg_runs`, as external Delta tables: dropping them drops
+    the catalog entry only, never data. With `replace`, a same-named table that points
+    elsewhere is re-pointed at this lake.
+
+    Example:
+        >>> register(spark, "/data/lake")  # doctest: +SKIP
+        >>> spark.sql("SELECT format, count(*) FROM images GROUP BY format").show()  # doctest: +SKIP
+    """
+    root = os.path.abspath(os.fspath(lake))
+    if database:
+        if not _IDENTIFIER.match(database):
+            raise SpecError(f"invalid database name {database!r}")
+        spark.sql(f"CREATE DATABASE IF NOT EXISTS `{database}`")
+    registered = {}
+    for name, path in sql_tables(root).items():
+        location = os.path.join(root, path)
+        qualified = f"`{database}`.`{name}`" if database else f"`{name}`"
+        escaped = location.replace("'", "\\'")
+        if replace:
+            spark.sql(f"DROP TABLE IF EXISTS {qualified}")  # external: the data stays
+        spark.sql(f"CREATE TABLE IF NOT EXISTS {qualified} USING DELTA LOCATION '{escaped}'")
+        registered[name] = location
+    return registered
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _jsonable(value: Any, kind: pa.DataType, binary: str) -> Any:
-    """One value as JSON-ready Python, guided by its Arrow type (maps become objects, even empty)."""
-    if value is None:
-        return None
-    if pa.types.is_map(kind):
-        return {str(k): _jsonable(v, kind.item_type, binary) for k, v in value}
-    if pa.types.is_struct(kind):
-        return {f.name: _jsonable(value.get(f.name), f.type, binary) for f in kind}
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-        return [_jsonable(v, kind.value_type, binary) for v in value]
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        data = bytes(value)
-        return base64.b64encode(data).decode("ascii") if binary == "base64" else data
-    if isinstance(value, (dt.datetime, dt.date, dt.time)):
-        return value.isoformat()
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, decimal.Decimal):
-        value = float(value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN or infinity
-    return value
-
-
-def jsonable_rows(table: pa.Table, *, binary: str = "base64") -> list[dict[str, Any]]:
-    """Result rows as JSON-ready dicts: maps as objects, timestamps as ISO text, binary as base64.
-
-    `binary="bytes"` keeps binary values as bytes (for the aligned text table and `show`).
-
-    Example:
-        >>> jsonable_rows(pa.table({"b": [b"hi"]}))
-        [{'b': 'aGk='}]
-    """
-    types = {f.name: f.type for f in table.schema}
-    return [{k: _jsonable(v, types[k], binary) for k, v in row.items()} for row in table.to_pylist()]

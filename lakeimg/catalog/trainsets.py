@@ -23,10 +23,20 @@ recorded, so it is still reproducible), and quotas are exact only up to what the
 Example:
     >>> split_of("file:///a.jpg", 7, [("train", 0.8), ("val", 0.1), ("test", 0.1)]) in {"train", "val", "test"}
     True
+    >>> import tempfile; from lakeimg.lake import Lake; from lakeimg.samples import write_photo_jpegs
+    >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
+    >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
+    >>> engine = LocalEngine(lake.path)
+    >>> sum(create_trainset(engine, "all-v1", "images", splits="train=0.5,test=0.5", seed=7).counts.values())
+    4
+    >>> TrainingSet(engine, "all-v1").rows("train").column_names
+    ['uri', 'label', 'label_index', 'split']
 """
 
 from __future__ import annotations
 
+import dataclasses
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Sequence
@@ -38,16 +48,23 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakeimg._version import __version__
-from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
+from lakeimg.catalog.loaders import iter_numpy, to_spark
 from lakeimg.engine.local import LocalEngine, VersionLike, ensure_lake
 from lakeimg.errors import LakeImgError, SpecError
-from lakeimg.names import validate_name
 from lakeimg.schemas import table_contract
 from lakeimg.sqlguard import filter_table, parse_where
+from lakeimg.tables import (
+    RUNS_TABLE,
+    TRAINSETS_TABLE,
+    RunRecord,
+    new_run_id,
+    utc_now,
+    validate_name,
+)
 
 __all__ = [
-    "TRAINSETS_TABLE",
     "TrainingSet",
+    "TrainingSetRecord",
     "create_trainset",
     "list_trainsets",
     "load_trainset_record",
@@ -56,7 +73,6 @@ __all__ = [
     "hash_unit",
 ]
 
-TRAINSETS_TABLE = "_lakeimg/trainsets"
 _BINARY = (pa.binary(), pa.large_binary())
 
 
@@ -117,33 +133,20 @@ def split_of(uri: str, seed: int, splits: Sequence[tuple[str, float]]) -> str:
     return splits[-1][0]
 
 
-def list_trainsets(engine: LocalEngine) -> list[dict[str, Any]]:
-    """Every training set record, oldest first.
+@dataclass(frozen=True)
+class TrainingSetRecord:
+    """A training set as recorded: the pinned `table@version`, filter, split rule, seed, label
+    column, stratification (and the `base_set` it builds on), the label-to-index map, the rows
+    per split when it was made, and the run that made it.
 
     Example:
-        >>> list_trainsets(LocalEngine("/tmp/empty-lake"))
-        []
+        >>> record = TrainingSetRecord("s", "images", 3, None, (("all", 1.0),), 7, "label", False, None, {}, {"all": 2},
+        ...                            "r1", "1.0", dt.datetime(2026, 1, 1))
+        >>> record.to_dict()["splits"], record.pinned
+        ([('all', 1.0)], 'images@3')
     """
-    if not engine.exists(TRAINSETS_TABLE):
-        return []
-    rows = engine.read(TRAINSETS_TABLE).sort_by("created_at").to_pylist()
-    for row in rows:
-        row["splits"] = [(s["name"], s["fraction"]) for s in row["splits"]]
-        row["label_index"] = dict(row["label_index"] or [])
-        row["counts"] = dict(row["counts"] or [])
-    return rows
 
-
-def load_trainset_record(engine: LocalEngine, name: str) -> dict[str, Any]:
-    """One training set's record; LakeImgError when there is none."""
-    for row in list_trainsets(engine):
-        if row["name"] == name:
-            return row
-    raise LakeImgError(f"no training set named {name!r} in lake {engine.lake}")
-
-
-@dataclass(frozen=True)
-class _Spec:
+    name: str
     table: str
     version: int
     where: str | None
@@ -152,14 +155,66 @@ class _Spec:
     label_column: str | None
     stratify: bool
     base_set: str | None
+    label_index: dict[str, int]
+    counts: dict[str, int]
+    run_id: str
+    code_version: str
+    created_at: dt.datetime
+
+    @property
+    def pinned(self) -> str:
+        return f"{self.table}@{self.version}"
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> TrainingSetRecord:
+        """A row of the training-sets table (maps and structs as pyarrow gives them)."""
+        return cls(**{
+            **row,
+            "version": int(row["version"]),
+            "seed": int(row["seed"]),
+            "stratify": bool(row["stratify"]),
+            "splits": tuple((s["name"], s["fraction"]) for s in row["splits"]),
+            "label_index": dict(row["label_index"] or []),
+            "counts": dict(row["counts"] or []),
+        })
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "splits": list(self.splits)}
+
+    def to_row(self) -> dict[str, Any]:
+        """The record as a row of the training-sets table (`from_row` reads it back)."""
+        return {**self.to_dict(), "splits": [{"name": n, "fraction": f} for n, f in self.splits],
+                "label_index": list(self.label_index.items()), "counts": list(self.counts.items())}
 
 
-def _spec_of(record: dict[str, Any]) -> _Spec:
-    return _Spec(record["table"], int(record["version"]), record["where"], tuple(map(tuple, record["splits"])),
-                 int(record["seed"]), record["label_column"], bool(record["stratify"]), record.get("base_set"))
+def list_trainsets(engine: LocalEngine) -> list[TrainingSetRecord]:
+    """Every training set record, oldest first.
+
+    Example:
+        >>> list_trainsets(LocalEngine("/tmp/empty-lake"))
+        []
+    """
+    if not engine.exists(TRAINSETS_TABLE):
+        return []
+    return [TrainingSetRecord.from_row(row) for row in engine.read(TRAINSETS_TABLE).sort_by("created_at").to_pylist()]
 
 
-def _selected_rows(engine: LocalEngine, spec: _Spec) -> pa.Table:
+def load_trainset_record(engine: LocalEngine, name: str) -> TrainingSetRecord:
+    """One training set's record; LakeImgError when there is none.
+
+    Example:
+        >>> load_trainset_record(LocalEngine("/tmp/empty-lake"), "cats-v1")
+        Traceback (most recent call last):
+        ...
+        lakeimg.errors.LakeImgError: no training set named 'cats-v1' in lake /tmp/empty-lake
+    """
+    for record in list_trainsets(engine):
+        if record.name == name:
+            return record
+    raise LakeImgError(f"no training set named {name!r} in lake {engine.lake}")
+
+
+def _selected_rows(engine: LocalEngine, spec: TrainingSetRecord) -> pa.Table:
     """uri, [variant], label of the rows the filter keeps, sorted by key."""
     schema = engine.arrow_schema(spec.table, spec.version)
     if "uri" not in schema.names:
@@ -186,7 +241,7 @@ def _selected_rows(engine: LocalEngine, spec: _Spec) -> pa.Table:
     return result.sort_by([(k, "ascending") for k in keys])
 
 
-def _assign(engine: LocalEngine, spec: _Spec, rows: pa.Table, depth: int = 0) -> np.ndarray:
+def _assign(engine: LocalEngine, spec: TrainingSetRecord, rows: pa.Table, depth: int = 0) -> np.ndarray:
     """Split name per row (object array), following the module docstring's rules."""
     uris = rows["uri"].to_pylist()
     names = [n for n, _ in spec.splits]
@@ -195,9 +250,8 @@ def _assign(engine: LocalEngine, spec: _Spec, rows: pa.Table, depth: int = 0) ->
     base: dict[str, str] = {}
     if spec.base_set and depth < 1000:
         base_record = load_trainset_record(engine, spec.base_set)
-        base_spec = _spec_of(base_record)
-        base_rows = _selected_rows(engine, base_spec)
-        base = dict(zip(base_rows["uri"].to_pylist(), _assign(engine, base_spec, base_rows, depth + 1), strict=True))
+        base_rows = _selected_rows(engine, base_record)
+        base = dict(zip(base_rows["uri"].to_pylist(), _assign(engine, base_record, base_rows, depth + 1), strict=True))
     labels = rows["label"].to_pylist()
     out = np.empty(len(uris), dtype=object)
     by_label: dict[Any, list[int]] = {}
@@ -237,19 +291,15 @@ def create_trainset(
     where: str | None = None,
     label_column: str | None = "label",
     stratify: bool = False,
-) -> dict[str, Any]:
-    """Record a training set on `table@version` (latest when None); returns its record.
-
-    Example:
-        >>> create_trainset(LocalEngine("/tmp/lake"), "cats-v1", "images", seed=7)  # doctest: +SKIP
-    """
+) -> TrainingSetRecord:
+    """Record a training set on `table@version` (latest when None); returns its record."""
     validate_name("training set", name)
     validate_name("table", table)
     rule = parse_split_rule(splits)
     if where is not None:
         parse_where(where)  # refused before anything is read; columns are checked on the read
     ensure_lake(engine.lake)
-    existing = {r["name"]: r for r in list_trainsets(engine)}
+    existing = {r.name: r for r in list_trainsets(engine)}
     if name in existing:
         raise SpecError(f"training set {name!r} already exists (training sets are immutable; pick a new name)")
     pinned = engine.resolve_version(table, version)
@@ -259,44 +309,23 @@ def create_trainset(
     if stratify:
         candidates = [
             r for r in existing.values()
-            if r["stratify"] and r["table"] == table and int(r["seed"]) == int(seed) and r["splits"] == rule
-            and r["label_column"] == label_column and int(r["version"]) <= pinned
+            if r.stratify and r.table == table and r.seed == int(seed) and list(r.splits) == rule
+            and r.label_column == label_column and r.version <= pinned
         ]
         if candidates:
-            base_set = max(candidates, key=lambda r: (int(r["version"]), r["created_at"]))["name"]
-    spec = _Spec(table, pinned, where, tuple(rule), int(seed), label_column, bool(stratify), base_set)
-    rows = _selected_rows(engine, spec)
-    assigned = _assign(engine, spec, rows)
+            base_set = max(candidates, key=lambda r: (r.version, r.created_at)).name
+    record = TrainingSetRecord(name, table, pinned, where, tuple(rule), int(seed), label_column, bool(stratify),
+                               base_set, {}, {}, new_run_id(), __version__, utc_now())
+    rows = _selected_rows(engine, record)
+    assigned = _assign(engine, record, rows)
     counts = {n: int((assigned == n).sum()) for n, _ in rule}
-    run_id = new_run_id()
-    record = {
-        "name": name,
-        "table": table,
-        "version": pinned,
-        "where": where,
-        "splits": [{"name": n, "fraction": f} for n, f in rule],
-        "seed": int(seed),
-        "label_column": label_column,
-        "stratify": bool(stratify),
-        "base_set": base_set,
-        "label_index": list(_label_index(rows).items()),
-        "counts": list(counts.items()),
-        "run_id": run_id,
-        "code_version": __version__,
-        "created_at": utc_now(),
-    }
-    run = RunRecord(
-        run_id=run_id,
-        job="trainset",
-        engine=engine.name,
-        target_table=TRAINSETS_TABLE,
-        spec={"name": name, "where": where, "splits": rule, "seed": int(seed), "label_column": label_column,
-              "stratify": bool(stratify), "base_set": base_set},
-        started_at=record["created_at"],
-        inputs=[{"table": table, "version": pinned}],
-    )
+    record = dataclasses.replace(record, label_index=_label_index(rows), counts=counts)
+    spec = {"name": name, "where": where, "splits": rule, "seed": int(seed), "label_column": label_column,
+            "stratify": bool(stratify), "base_set": base_set}
+    run = RunRecord(record.run_id, "trainset", engine.name, TRAINSETS_TABLE, spec, record.created_at,
+                    inputs=[{"table": table, "version": pinned}])
     contract = table_contract("trainsets")
-    version_after = engine.append(TRAINSETS_TABLE, pa.Table.from_pylist([record], schema=contract.arrow_schema),
+    version_after = engine.append(TRAINSETS_TABLE, pa.Table.from_pylist([record.to_row()], schema=contract.arrow_schema),
                                   contract, run.commit_metadata())
     run.target_version = version_after
     run.outputs = [{"table": TRAINSETS_TABLE, "version": version_after}]
@@ -307,43 +336,19 @@ def create_trainset(
 
 
 class TrainingSet:
-    """A pinned training set: rows per split, NumPy batches, a PyTorch dataset, a Spark DataFrame.
-
-    Example:
-        >>> ts = Lake("/tmp/lake").training_set("cats-v1")  # doctest: +SKIP
-        >>> ts.rows("train").column_names  # doctest: +SKIP
-        ['uri', 'label', 'label_index']
-    """
+    """A pinned training set: rows per split, NumPy batches, a PyTorch dataset, a Spark DataFrame."""
 
     def __init__(self, engine: LocalEngine, name: str):
         self.engine = engine
         self.name = name
         self.record = load_trainset_record(engine, name)
-        self._spec = _spec_of(self.record)
+        self.table, self.version, self.seed = self.record.table, self.record.version, self.record.seed
+        self.splits = [n for n, _ in self.record.splits]
+        self.label_index = dict(self.record.label_index)
         self._assigned: tuple[pa.Table, np.ndarray] | None = None
 
     def __repr__(self) -> str:
         return f"TrainingSet({self.name!r}, table={self.table}@{self.version})"
-
-    @property
-    def table(self) -> str:
-        return self.record["table"]
-
-    @property
-    def version(self) -> int:
-        return int(self.record["version"])
-
-    @property
-    def seed(self) -> int:
-        return int(self.record["seed"])
-
-    @property
-    def splits(self) -> list[str]:
-        return [n for n, _ in self.record["splits"]]
-
-    @property
-    def label_index(self) -> dict[str, int]:
-        return dict(self.record["label_index"])
 
     @property
     def classes(self) -> list[str]:
@@ -352,17 +357,12 @@ class TrainingSet:
 
     def _all(self) -> tuple[pa.Table, np.ndarray]:
         if self._assigned is None:
-            rows = _selected_rows(self.engine, self._spec)
-            self._assigned = (rows, _assign(self.engine, self._spec, rows))
+            rows = _selected_rows(self.engine, self.record)
+            self._assigned = (rows, _assign(self.engine, self.record, rows))
         return self._assigned
 
     def rows(self, split: str | None = None) -> pa.Table:
-        """The split's rows (all when None): uri, [variant,] label, label_index (-1: no label), split.
-
-        Example:
-            >>> Lake("/tmp/lake").training_set("cats-v1").rows("val").num_rows  # doctest: +SKIP
-            12
-        """
+        """The split's rows (all when None): uri, [variant,] label, label_index (-1: no label), split."""
         if split is not None and split not in self.splits:
             raise SpecError(f"training set {self.name!r} has splits {self.splits}, not {split!r}")
         rows, assigned = self._all()
@@ -384,31 +384,30 @@ class TrainingSet:
 
     def iter_numpy(self, split: str, batch_size: int = 32, **options: Any):
         """Batches {"image": ndarray, "label": ndarray, "uri": list}; see `loaders.iter_numpy`.
-
-        Example:
-            >>> next(ts.iter_numpy("train", 8, epoch=0))["image"].shape  # doctest: +SKIP
-            (8, 48, 64, 3)
         """
-        from lakeimg.catalog.loaders import iter_numpy
-
         return iter_numpy(self, split, batch_size, **options)
 
     def torch(self, split: str, **options: Any):
-        """A PyTorch IterableDataset of {"image": CHW float32, "label", "uri"}; see `loaders.torch_dataset`."""
-        from lakeimg.catalog.loaders import torch_dataset
-
+        """A PyTorch IterableDataset of {"image": CHW float32, "label", "uri"}; see `_torch.torch_dataset`.
+        """
+        try:  # torch is optional and heavy: imported on use
+            from lakeimg.catalog._torch import torch_dataset
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise LakeImgError("PyTorch is not installed: pip install 'lakeimg[torch]'") from exc
         return torch_dataset(self, split, **options)
 
     def to_spark(self, spark: Any, split: str, **options: Any):
-        """A Spark DataFrame (uri, label, label_index, features: MLlib vector); see `loaders.to_spark`."""
-        from lakeimg.catalog.loaders import to_spark
+        """A Spark DataFrame (uri, label, label_index, features: MLlib vector); see `loaders.to_spark`.
 
+        Example:
+            >>> ts.to_spark(spark, "train").select("label_index", "features").first()  # doctest: +SKIP
+        """
         return to_spark(spark, self, split, **options)
 
     def describe(self) -> dict[str, Any]:
         """The record plus counts per split and label, JSON-ready."""
-        record = dict(self.record)
-        record["splits"] = [{"name": n, "fraction": f} for n, f in record["splits"]]
+        record = self.record.to_dict()
+        record["splits"] = [{"name": n, "fraction": f} for n, f in self.record.splits]
         record["created_at"] = str(record["created_at"])
         record["by_split_and_label"] = self.counts()
         return json.loads(json.dumps(record, default=str))

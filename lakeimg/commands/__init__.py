@@ -5,18 +5,5 @@ A command's handler returns the exit status. `COMMAND_MODULES` lists them in --h
 
 from __future__ import annotations
 
-COMMAND_MODULES = (
-    "lakeimg.commands.ingest",
-    "lakeimg.commands.demo",
-    "lakeimg.commands.region",
-    "lakeimg.commands.transform",
-    "lakeimg.commands.export",
-    "lakeimg.commands.history",
-    "lakeimg.commands.lineage",
-    "lakeimg.commands.reproduce",
-    "lakeimg.commands.verify",
-    "lakeimg.commands.trainset",
-    "lakeimg.commands.maintain",
-    "lakeimg.commands.sql",
-    "lakeimg.commands.show",
-)
+_NAMES = "ingest demo region transform export history lineage reproduce verify trainset maintain sql show"
+COMMAND_MODULES = tuple(f"lakeimg.commands.{name}" for name in _NAMES.split())

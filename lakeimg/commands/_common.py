@@ -1,12 +1,30 @@
-"""Helpers shared by CLI commands: engine options, JSON output, progress bars, tables."""
+"""Helpers shared by CLI commands: the lake a command works on, output (JSON, tables, run
+summaries) and progress bars.
+
+Example:
+    >>> print(format_table([{"label": "cats", "n": 3}, {"label": "dogs", "n": 12}]))
+    label  n
+    ------ --
+    cats   3
+    dogs   12
+"""
 
 from __future__ import annotations
 
+import base64
+import datetime as dt
+import decimal
+import io
 import json
+import math
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
+
+import pyarrow as pa
+
+from lakeimg.lake import Lake
 
 
 def add_engine_options(parser) -> None:
@@ -16,9 +34,23 @@ def add_engine_options(parser) -> None:
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark settings (repeatable)")
 
 
+@contextmanager
+def open_lake(args) -> Iterator[Lake]:
+    """`args.lake` on the engine `args.engine` names; a Spark session is built for the command
+    (no --master: spark-submit's, or local[*]) and stopped after it."""
+    if getattr(args, "engine", "local") != "spark":
+        yield Lake(args.lake)
+        return
+    lake = Lake.on_new_spark_session(args.lake, args.master, args.spark_conf)
+    try:
+        yield lake
+    finally:
+        lake.spark.stop()
+
+
 def print_json(value: Any) -> None:
-    """One JSON object on the last line of stdout."""
-    print(json.dumps(value, sort_keys=True, default=str))
+    """One JSON object on the last line of stdout (result dataclasses through their to_dict)."""
+    print(json.dumps(value, sort_keys=True, default=lambda v: v.to_dict() if hasattr(v, "to_dict") else str(v)))
 
 
 @contextmanager
@@ -39,24 +71,29 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], Non
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, max_width: int = 60) -> str:
-    """An aligned plain-text table."""
+    """Rows as a plain-text table (rich, no colours, never wrapped): a header, a rule of dashes,
+    one line per row; cells longer than `max_width` end in an ellipsis, bytes show their size."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     if not rows:
         return "(no rows)"
     columns = list(columns or rows[0].keys())
 
-    def cell(value: Any) -> str:
-        if isinstance(value, bytes):
-            text = f"<{len(value)} bytes>"
-        else:
-            text = "" if value is None else str(value)
-        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+    def cell(value: Any) -> Text:
+        text = f"<{len(value)} bytes>" if isinstance(value, bytes) else "" if value is None else str(value)
+        return Text(text if len(text) <= max_width else text[: max_width - 1] + "…")
 
-    cells = [[cell(r.get(c)) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines.append("  ".join("-" * w for w in widths))
-    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells]
-    return "\n".join(lines)
+    # Only the rule under the header is drawn (dashes, blanks where columns meet).
+    table = Table(*columns, box=box.Box("    \n    \n-- -\n    \n    \n    \n    \n    \n"), show_edge=False,
+                  pad_edge=False, padding=(0, 1, 0, 1), header_style="", collapse_padding=True)
+    for row in rows:
+        table.add_row(*(cell(row.get(c)) for c in columns))
+    out = io.StringIO()
+    Console(file=out, width=1 << 16, color_system=None, highlight=False, markup=False, emoji=False).print(table)
+    return "\n".join(line.rstrip() for line in out.getvalue().rstrip("\n").splitlines())
 
 
 def print_run_summary(lake: str, summary: Any, as_json: bool) -> None:
@@ -72,3 +109,40 @@ def print_run_summary(lake: str, summary: Any, as_json: bool) -> None:
         f"{summary.unchanged} unchanged, {summary.deleted} deleted, {summary.rejected} rejected "
         f"({summary.seconds:.1f} s, run {summary.run_id})"
     )
+
+
+def _jsonable(value: Any, kind: pa.DataType, binary: str) -> Any:
+    """One value as JSON-ready Python, guided by its Arrow type (maps become objects, even empty)."""
+    if value is None:
+        return None
+    if pa.types.is_map(kind):
+        return {str(k): _jsonable(v, kind.item_type, binary) for k, v in value}
+    if pa.types.is_struct(kind):
+        return {f.name: _jsonable(value.get(f.name), f.type, binary) for f in kind}
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        return [_jsonable(v, kind.value_type, binary) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data = bytes(value)
+        return base64.b64encode(data).decode("ascii") if binary == "base64" else data
+    if isinstance(value, (dt.datetime, dt.date, dt.time)):
+        return value.isoformat()
+    if isinstance(value, dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        value = float(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return None  # JSON has no NaN or infinity
+    return value
+
+
+def jsonable_rows(table: pa.Table, *, binary: str = "base64") -> list[dict[str, Any]]:
+    """Result rows as JSON-ready dicts: maps as objects, timestamps as ISO text, binary as base64.
+
+    `binary="bytes"` keeps binary values as bytes (for the text table and `show`).
+
+    Example:
+        >>> jsonable_rows(pa.table({"b": [b"hi"]}))
+        [{'b': 'aGk='}]
+    """
+    types = {f.name: f.type for f in table.schema}
+    return [{k: _jsonable(v, types[k], binary) for k, v in row.items()} for row in table.to_pylist()]

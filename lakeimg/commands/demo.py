@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 from lakeimg.commands._common import format_table, print_json
+from lakeimg.lake import Lake
+from lakeimg.samples import write_sample_folder
+from lakeimg.storage import printable, uri_to_path
 
 
 def add_parser(subparsers) -> None:
@@ -16,10 +19,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from lakeimg.lake import Lake
-    from lakeimg.samples import write_sample_folder
-    from lakeimg.uris import printable, uri_to_path
-
     samples, lake_path = os.path.join(args.dir, "samples"), os.path.join(args.dir, "lake")
     write_sample_folder(samples)
     lake = Lake(lake_path)

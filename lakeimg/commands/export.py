@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from lakeimg.commands._common import print_json
+from lakeimg.lake import Lake
+from lakeimg.tables import parse_table_ref
 
 
 def add_parser(subparsers) -> None:
@@ -17,13 +19,10 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from lakeimg.catalog.history import parse_table_ref
-    from lakeimg.jobs.export import export_table
-
-    table, version = parse_table_ref(args.table)
-    summary = export_table(args.lake, table, args.out, fmt=args.format, version=version, quality=args.quality)
+    ref = parse_table_ref(args.table)
+    summary = Lake(args.lake).export(ref.name, args.out, format=args.format, version=ref.version, quality=args.quality)
     if args.json:
         print_json(summary)
     else:
-        print(f"{summary['written']} files written to {summary['out']} ({summary['failed']} failed) from {table}@{summary['version']}")
+        print(f"{summary['written']} files written to {summary['out']} ({summary['failed']} failed) from {ref.name}@{summary['version']}")
     return 0

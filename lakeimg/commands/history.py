@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from lakeimg.commands._common import format_table, print_json
+from lakeimg.lake import Lake
+from lakeimg.tables import parse_table_ref
 
 
 def add_parser(subparsers) -> None:
@@ -15,24 +17,15 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from lakeimg.catalog.history import parse_table_ref, table_history
-    from lakeimg.engine.local import LocalEngine
-
-    name, _ = parse_table_ref(args.table)
-    versions = table_history(LocalEngine(args.lake), name, limit=args.limit)
+    name = parse_table_ref(args.table).name
+    versions = Lake(args.lake).versions(name, limit=args.limit)
     if args.json:
         print_json({"table": name, "versions": versions})
         return 0
     rows = [
-        {
-            "version": v["version"],
-            "timestamp": v["timestamp"],
-            "operation": v["operation"],
-            "job": v["job"] or "",
-            "run": (v["run_id"] or "")[:12],
-            "status": v["status"] or "",
-            "counts": ", ".join(f"{k} {n}" for k, n in (v["counts"] or {}).items()),
-        }
+        {"version": v.version, "timestamp": v.timestamp, "operation": v.operation, "job": v.job or "",
+         "run": (v.run_id or "")[:12], "status": v.status or "",
+         "counts": ", ".join(f"{k} {n}" for k, n in (v.counts or {}).items())}
         for v in versions
     ]
     print(format_table(rows, max_width=80))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from lakeimg.commands._common import add_engine_options, print_run_summary, progress_bar
+from lakeimg.commands._common import add_engine_options, open_lake, print_run_summary, progress_bar
+from lakeimg.tables import validate_name
 
 
 def _positive_int(text: str) -> int:
@@ -56,9 +57,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from lakeimg.jobs.ingest import ingest_files
-    from lakeimg.names import validate_name
-
     validate_name("target table", args.table)  # before a JVM starts or the lake is created
     options = dict(
         table=args.table,
@@ -75,16 +73,7 @@ def run(args) -> int:
         tile_above_pixels=args.tile_above_pixels,
         tile_size=args.tile_size,
     )
-    engine = None
-    if args.engine == "spark":
-        from lakeimg.engine import open_engine
-
-        engine = open_engine(args.lake, "spark", master=args.master, spark_conf=args.spark_conf)
-    try:
-        with progress_bar("decoding", enabled=not args.json) as on_progress:
-            summary = ingest_files(args.lake, args.sources, on_progress=on_progress, engine=engine, **options)
-    finally:
-        if engine is not None:
-            engine.close()
+    with open_lake(args) as lake, progress_bar("decoding", enabled=not args.json) as on_progress:
+        summary = lake.ingest(args.sources, on_progress=on_progress, **options)
     print_run_summary(args.lake, summary, args.json)
     return 0

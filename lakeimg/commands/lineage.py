@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from lakeimg.commands._common import print_json
+from lakeimg.lake import Lake
+from lakeimg.tables import parse_table_ref
 
 
 def add_parser(subparsers) -> None:
@@ -14,35 +16,30 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from lakeimg.catalog.history import parse_table_ref
-    from lakeimg.catalog.lineage import table_lineage, trainset_lineage
-    from lakeimg.engine.local import LocalEngine
-
-    engine = LocalEngine(args.lake)
+    lake = Lake(args.lake)
     if args.ref.startswith("trainset:"):
-        steps = trainset_lineage(engine, args.ref.split(":", 1)[1])
+        steps = lake.lineage(args.ref)
     else:
-        name, version = parse_table_ref(args.ref)
-        steps = table_lineage(engine, name, version)
+        ref = parse_table_ref(args.ref)
+        steps = lake.lineage(ref.name, ref.version)
     if args.json:
         print_json({"ref": args.ref, "steps": steps})
         return 0
     for step in steps:
-        indent = "  " * step.get("depth", 0)
-        where = step["table"] if step["version"] is None else f"{step['table']}@{step['version']}"
-        print(f"{indent}{where}  job={step['job']}  run={step['run_id']}{_status(step)}  lakeimg={step['code_version']}  at={step['timestamp']}")
-        if step.get("spec_hash"):
-            print(f"{indent}  spec {step['spec_hash'][:16]}: {step['spec']}")
-        elif step["job"] == "trainset":
-            print(f"{indent}  spec: {step['spec']}")
-        for ingest in step.get("ingest_runs", []):
-            print(f"{indent}  ingest run {ingest['run_id']}{_status(ingest)} (version {ingest['version']}): {', '.join(ingest['sources'])}")
-        for parent in step["inputs"]:
+        indent = "  " * step.depth
+        where = step.table if step.version is None else f"{step.table}@{step.version}"
+        print(f"{indent}{where}  job={step.job}  run={step.run_id}{_status(step.status)}  lakeimg={step.code_version}  at={step.timestamp}")
+        if step.spec_hash:
+            print(f"{indent}  spec {step.spec_hash[:16]}: {step.spec}")
+        elif step.job == "trainset":
+            print(f"{indent}  spec: {step.spec}")
+        for ingest in step.ingest_runs or []:
+            print(f"{indent}  ingest run {ingest['run_id']}{_status(ingest['status'])} (version {ingest['version']}): {', '.join(ingest['sources'])}")
+        for parent in step.inputs:
             print(f"{indent}  input {parent['table']}@{parent['version']}")
     return 0
 
 
-def _status(step: dict) -> str:
+def _status(status: str | None) -> str:
     """A run's status when it is not plain success (a failed or killed run's commits)."""
-    status = step.get("status")
     return "" if status in (None, "succeeded") else f" ({status})"

@@ -5,7 +5,7 @@ Exit 0 when done, 7 when a table was refused (it would have broken a pinned trai
 
 from __future__ import annotations
 
-from lakeimg.commands._common import add_engine_options, print_json
+from lakeimg.commands._common import add_engine_options, open_lake, print_json
 
 EXIT_REFUSED = 7
 
@@ -36,20 +36,9 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from lakeimg.catalog.maintenance import maintain
-    from lakeimg.engine.local import LocalEngine
-
-    spark_engine = None
-    if args.engine == "spark":
-        from lakeimg.engine import open_engine
-
-        spark_engine = open_engine(args.lake, "spark", master=args.master, spark_conf=args.spark_conf)
-    try:
-        report = maintain(LocalEngine(args.lake), optimize=args.optimize, vacuum_hours=args.vacuum_hours,
-                          dry_run=args.dry_run, tables=args.table, spark_engine=spark_engine)
-    finally:
-        if spark_engine is not None:
-            spark_engine.close()
+    with open_lake(args) as lake:
+        report = lake.maintain(optimize=args.optimize, vacuum_hours=args.vacuum_hours, dry_run=args.dry_run,
+                               tables=args.table)
     if args.json:
         print_json(report)
     else:

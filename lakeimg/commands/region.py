@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from lakeimg.errors import SpecError
+from lakeimg.lake import Lake
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("region", help="write a window of an image (tiled or not) to a PNG or TIFF file")
@@ -39,9 +42,6 @@ def write_window(path: str, pixels) -> None:
 
 
 def run(args) -> int:
-    from lakeimg.errors import SpecError
-    from lakeimg.lake import Lake
-
     pixels = Lake(args.lake).read_region(
         args.table, args.uri, args.x, args.y, args.width, args.height, level=args.level, page=args.page, version=args.version
     )

@@ -6,6 +6,8 @@ Exit 0 when identical, 6 when rows differ (so scripts can check reproducibility)
 from __future__ import annotations
 
 from lakeimg.commands._common import format_table, print_json
+from lakeimg.lake import Lake
+from lakeimg.tables import parse_table_ref
 
 EXIT_DIFFERENT = 6
 
@@ -21,17 +23,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from lakeimg.catalog.history import parse_table_ref
-    from lakeimg.catalog.reproduce import reproduce
-    from lakeimg.engine.local import LocalEngine
-
-    name, version = parse_table_ref(args.ref)
-    result = reproduce(LocalEngine(args.lake), name, version, scratch=args.scratch, workers=args.workers)
+    ref = parse_table_ref(args.ref)
+    result = Lake(args.lake).reproduce(ref.name, ref.version, scratch=args.scratch, workers=args.workers)
     if args.json:
         print_json(result)
     else:
-        print(f"{result['ref']} (job {result['job']}, run {result['run_id']}): {result['rows']} rows, "
-              f"identical {str(result['identical']).lower()}")
-        if result["differences"]:
-            print(format_table(result["differences"], ["uri", "variant", "reason", "recorded_hash", "reproduced_hash"], max_width=70))
-    return 0 if result["identical"] else EXIT_DIFFERENT
+        print(f"{result.ref} (job {result.job}, run {result.run_id}): {result.rows} rows, identical {str(result.identical).lower()}")
+        if result.differences:
+            print(format_table(result.differences, ["uri", "variant", "reason", "recorded_hash", "reproduced_hash"], max_width=70))
+    return 0 if result.identical else EXIT_DIFFERENT

@@ -10,6 +10,9 @@ from __future__ import annotations
 import os
 
 from lakeimg.commands._common import add_engine_options
+from lakeimg.commands.sql import query_rows
+from lakeimg.errors import SpecError
+from lakeimg.image.sheet import SheetItem, caption_lines, contact_sheet, html_page
 
 
 def add_parser(subparsers) -> None:
@@ -24,10 +27,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from lakeimg.commands.sql import query_rows
-    from lakeimg.errors import SpecError
-    from lakeimg.image.sheet import SheetItem, caption_lines, contact_sheet, html_page
-
     rows, columns = query_rows(args, binary="bytes")
     if "thumbnail" not in columns:
         raise SpecError("the query must select the thumbnail column, e.g. SELECT uri, label, thumbnail FROM images")

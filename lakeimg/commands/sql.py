@@ -5,7 +5,7 @@ Table names resolve inside the lake (`images`, `images_rejects`, derived tables,
 engine (default) is DuckDB over the snapshots' Parquet files, no JVM (lakeimg.catalog.sql); the
 Spark engine registers the lake's tables in the session catalog (lakeimg.spark.register).
 
-Output: an aligned table, or with --json one JSON array of row objects on the last line, binary
+Output: a text table, or with --json one JSON array of row objects on the last line, binary
 values as base64 strings (lossless; decode with base64.b64decode).
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from lakeimg.commands._common import add_engine_options, format_table
+from lakeimg.commands._common import add_engine_options, format_table, jsonable_rows, open_lake
 
 
 def add_parser(subparsers) -> None:
@@ -33,27 +33,9 @@ def add_parser(subparsers) -> None:
 
 def query_rows(args, *, binary: str = "base64") -> tuple[list[dict[str, Any]], list[str]]:
     """Run `args.query` on the chosen engine; (JSON-ready rows, column names)."""
-    from lakeimg.catalog.sql import jsonable_rows
-
-    if getattr(args, "engine", "local") == "spark":
-        table = _spark_query(args)
-    else:
-        from lakeimg.catalog.sql import run_sql
-
-        table = run_sql(args.lake, args.query)
+    with open_lake(args) as lake:
+        table = lake.sql(args.query)
     return jsonable_rows(table, binary=binary), table.column_names
-
-
-def _spark_query(args):
-    """The query through Spark SQL with the lake's tables registered in the session catalog."""
-    from lakeimg.catalog.sql import run_spark_sql
-    from lakeimg.engine.spark import spark_session_builder
-
-    spark = spark_session_builder(args.master or "local[*]", args.spark_conf).getOrCreate()
-    try:
-        return run_spark_sql(spark, args.lake, args.query)
-    finally:
-        spark.stop()
 
 
 def run(args) -> int:

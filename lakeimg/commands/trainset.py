@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from lakeimg.commands._common import format_table, print_json
+from lakeimg.lake import Lake
+from lakeimg.tables import parse_table_ref
 
 
 def add_parser(subparsers) -> None:
@@ -36,22 +38,15 @@ def add_parser(subparsers) -> None:
 
 
 def run_create(args) -> int:
-    from lakeimg.catalog.history import parse_table_ref
-    from lakeimg.catalog.trainsets import TrainingSet, create_trainset
-    from lakeimg.engine.local import LocalEngine
-
-    engine = LocalEngine(args.lake)
-    table, version = parse_table_ref(args.table)
-    create_trainset(engine, args.name, table, version=version, splits=args.split, seed=args.seed,
-                    where=args.where, label_column=args.label_column or None, stratify=args.stratify)
-    return _show(TrainingSet(engine, args.name), args.json)
+    ref = parse_table_ref(args.table)
+    trainset = Lake(args.lake).create_training_set(args.name, ref.name, ref.version, splits=args.split, seed=args.seed,
+                                                   where=args.where, label_column=args.label_column or None,
+                                                   stratify=args.stratify)
+    return _show(trainset, args.json)
 
 
 def run_show(args) -> int:
-    from lakeimg.catalog.trainsets import TrainingSet
-    from lakeimg.engine.local import LocalEngine
-
-    return _show(TrainingSet(LocalEngine(args.lake), args.name), args.json)
+    return _show(Lake(args.lake).training_set(args.name), args.json)
 
 
 def _show(ts, as_json: bool) -> int:
@@ -73,17 +68,13 @@ def _show(ts, as_json: bool) -> int:
 
 
 def run_list(args) -> int:
-    from lakeimg.catalog.trainsets import list_trainsets
-    from lakeimg.engine.local import LocalEngine
-
-    records = list_trainsets(LocalEngine(args.lake))
+    records = Lake(args.lake).training_sets()
     if args.json:
         print_json({"trainsets": records})
         return 0
     rows = [
-        {"name": r["name"], "table": f"{r['table']}@{r['version']}", "seed": r["seed"],
-         "splits": ",".join(f"{n}={f:g}" for n, f in r["splits"]),
-         "counts": ", ".join(f"{k} {v}" for k, v in r["counts"].items()), "created": str(r["created_at"])[:19]}
+        {"name": r.name, "table": r.pinned, "seed": r.seed, "splits": ",".join(f"{n}={f:g}" for n, f in r.splits),
+         "counts": ", ".join(f"{k} {v}" for k, v in r.counts.items()), "created": str(r.created_at)[:19]}
         for r in records
     ]
     print(format_table(rows))

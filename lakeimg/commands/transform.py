@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from lakeimg.commands._common import add_engine_options, print_run_summary, progress_bar
+from lakeimg.commands._common import add_engine_options, open_lake, print_run_summary, progress_bar
+from lakeimg.tables import validate_name
 
 
 def add_parser(subparsers) -> None:
@@ -19,33 +20,11 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from lakeimg.jobs.transform import transform_table
-    from lakeimg.names import validate_name
-
     # Before a JVM starts: a bad name fails in a moment.
     validate_name("table", args.source)
     validate_name("target table", args.target)
-    spark = None
-    if args.engine == "spark":
-        from lakeimg.engine.spark import spark_session_builder
-
-        # no --master: spark-submit's master, or local[*] when run directly
-        spark = spark_session_builder(args.master, args.spark_conf).getOrCreate()
-    try:
-        with progress_bar("transforming", enabled=not args.json) as on_progress:
-            summary = transform_table(
-                args.lake,
-                args.source,
-                args.target,
-                args.spec,
-                full=args.full,
-                engine=args.engine,
-                workers=args.workers,
-                spark=spark,
-                on_progress=on_progress,
-            )
-    finally:
-        if spark is not None:
-            spark.stop()
+    with open_lake(args) as lake, progress_bar("transforming", enabled=not args.json) as on_progress:
+        summary = lake.transform(args.source, args.target, args.spec, full=args.full, workers=args.workers,
+                                 on_progress=on_progress)
     print_run_summary(args.lake, summary, args.json)
     return 0

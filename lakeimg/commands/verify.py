@@ -6,6 +6,8 @@ Exit 0 when clean, 9 when anything is missing, unreadable or does not match its 
 from __future__ import annotations
 
 from lakeimg.commands._common import format_table, print_json
+from lakeimg.lake import Lake
+from lakeimg.tables import parse_table_ref
 
 EXIT_VERIFY_FAILED = 9  # cli.EXIT_VERIFY_FAILED (not imported: cli imports the commands)
 
@@ -20,11 +22,8 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from lakeimg import Lake
-    from lakeimg.catalog.history import parse_table_ref
-
-    name, version = parse_table_ref(args.ref)
-    report = Lake(args.lake).verify(name, version, tiles=not args.no_tiles)
+    ref = parse_table_ref(args.ref)
+    report = Lake(args.lake).verify(ref.name, ref.version, tiles=not args.no_tiles)
     if args.json:
         print_json(report.to_dict())
     else:

@@ -34,8 +34,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakeimg.errors import ConcurrentWriteError, LakeDamagedError, LakeImgError, TableNotFoundError
-from lakeimg.names import lake_relative
 from lakeimg.schemas import TableContract
+from lakeimg.tables import lake_relative
 from lakeimg.uris import has_scheme, open_regular_file, uri_to_path
 
 __all__ = ["LocalEngine", "MergeResult", "VersionLike", "table_location", "cast_to_schema"]
@@ -49,7 +49,7 @@ META_KEY = "userMetadata"
 def table_location(lake: str | os.PathLike[str], name: str) -> str:
     """Where a table lives inside a lake: `LAKE/<name>`, and `LAKE/_lakeimg/runs` for runs.
 
-    The last guard of the naming rule (lakeimg.names): a name whose path would leave the lake
+    The last guard of the naming rule (lakeimg.tables): a name whose path would leave the lake
     (`../x`, `/abs`) raises InvalidNameError, whichever caller it came through.
     """
     root = str(lake).rstrip("/")

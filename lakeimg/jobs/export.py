@@ -23,31 +23,16 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakeimg.catalog.verify import READ_ERRORS, content_mismatches
 from lakeimg.engine.local import LocalEngine, VersionLike
 from lakeimg.errors import LakeDamagedError, LakeImgError, SpecError, TableNotFoundError
 from lakeimg.image.codecs import EXPORT_FORMATS, decode_pixels, export_bytes
+from lakeimg.jobs.verify import READ_ERRORS, content_mismatches
 from lakeimg.storage import local_path_or_none, resolve, write_bytes
 
-__all__ = ["export_table", "parse_table_ref", "safe_name"]
+__all__ = ["export_table", "safe_name"]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _PIXEL_COLUMNS = ["uri", "variant", "data", "encoding", "width", "height", "channels", "dtype"]
-
-
-def parse_table_ref(ref: str) -> tuple[str, VersionLike]:
-    """Split "TABLE[@VERSION]": an integer version or an ISO timestamp.
-
-    Example:
-        >>> parse_table_ref("cats_256@3")
-        ('cats_256', 3)
-    """
-    name, sep, version = ref.partition("@")
-    if not name:
-        raise SpecError(f"bad table reference {ref!r}; use TABLE or TABLE@VERSION")
-    if not sep:
-        return name, None
-    return name, int(version) if version.isdigit() else version
 
 
 def safe_name(uri: str, ext: str, variant: int | None = None) -> str:

@@ -28,7 +28,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, run_commits, utc_now
 from lakeimg.engine.local import (
     LocalEngine,
     MergeResult,
@@ -43,6 +42,7 @@ from lakeimg.image.info import default_max_decoded_bytes
 from lakeimg.image.pyramid import DEFAULT_TILE_SIZE
 from lakeimg.image.sources import DEFAULT_MAX_TILED_PIXELS, DEFAULT_TILE_ABOVE_PIXELS
 from lakeimg.jobs.listing import list_sources, source_scope
+from lakeimg.jobs.runs import run_commits
 from lakeimg.jobs.tiling import (
     commit_tiles,
     previously_tiled,
@@ -51,8 +51,8 @@ from lakeimg.jobs.tiling import (
 )
 from lakeimg.kernels.ingest import IngestOptions, ingest_kernel, ingest_result_schema, reject_row
 from lakeimg.kernels.tiles import TileOptions
-from lakeimg.names import validate_name
 from lakeimg.schemas import table_contract
+from lakeimg.tables import RUNS_TABLE, RunRecord, new_run_id, utc_now, validate_name
 from lakeimg.uris import to_uri
 
 __all__ = ["IngestSummary", "ingest_files", "rejects_table_name"]

@@ -41,7 +41,6 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, run_commits, utc_now
 from lakeimg.engine.local import (
     LocalEngine,
     StagedParquet,
@@ -51,6 +50,7 @@ from lakeimg.engine.local import (
 )
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
 from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
+from lakeimg.jobs.runs import run_commits
 from lakeimg.kernels.transform import (
     SOURCE_COLUMNS,
     TransformOptions,
@@ -58,9 +58,9 @@ from lakeimg.kernels.transform import (
     transform_kernel,
     transform_result_schema,
 )
-from lakeimg.names import validate_name
 from lakeimg.schemas import table_contract
 from lakeimg.sqlguard import filter_table
+from lakeimg.tables import RUNS_TABLE, RunRecord, new_run_id, utc_now, validate_name
 from lakeimg.transform_spec import TransformSpec, parse_spec
 from lakeimg.uris import uri_to_path
 
@@ -425,9 +425,9 @@ def _inline_tiled(engine: LocalEngine, source: str, version: int, rows: pa.Table
     kernel rejects the image with the reason."""
     if not pc.any(pc.fill_null(rows["tiled"], False)).as_py():
         return rows
-    from lakeimg.catalog.regions import read_region
     from lakeimg.image.codecs import export_bytes
     from lakeimg.image.pyramid import level_shape
+    from lakeimg.jobs.regions import read_region
 
     contents = rows["content"].to_pylist()
     for i, row in enumerate(rows.select(["uri", "tiled", "width", "height", "levels"]).to_pylist()):

@@ -54,7 +54,7 @@ from lakeimg.image.sources import (
 )
 from lakeimg.kernels._batches import batch_rows, result_schema, warm_up_kernel
 from lakeimg.schemas import table_contract
-from lakeimg.uris import NotRegularFileError, local_path_or_none, open_regular_file, printable
+from lakeimg.storage import NotRegularFileError, local_path_or_none, open_regular_file, printable
 
 __all__ = [
     "IngestOptions",

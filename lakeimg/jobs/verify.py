@@ -21,9 +21,12 @@ whatever the table's size; a damaged row group is reported and the next one is r
 export and the training-set loaders run on the rows they read anyway.
 
 Example:
-    >>> report = verify_table(LocalEngine("/tmp/lake"), "images")  # doctest: +SKIP
-    >>> report.ok, report.rows_checked  # doctest: +SKIP
-    (True, 12)
+    >>> import tempfile; from lakeimg.lake import Lake; from lakeimg.samples import write_photo_jpegs
+    >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
+    >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
+    >>> report = verify_table(LocalEngine(lake.path), "images")
+    >>> report.ok, report.rows_checked, report.rows_hashed
+    (True, 4, 4)
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ import pyarrow.parquet as pq
 
 from lakeimg.engine.local import LocalEngine, VersionLike
 from lakeimg.errors import ContentMismatchError
+from lakeimg.jobs.regions import tiles_as_of
+from lakeimg.tables import tiles_of
 
 __all__ = ["VerifyProblem", "VerifyReport", "verify_table", "content_mismatches", "check_content", "READ_ERRORS"]
 
@@ -229,10 +234,6 @@ def verify_table(
 ) -> VerifyReport:
     """Check every data file and row of `table@version` (latest by default); never raises for
     damage found, which is reported instead.
-
-    Example:
-        >>> verify_table(LocalEngine("/tmp/lake"), "images", 3).problems  # doctest: +SKIP
-        ()
     """
     check = _Checker(batch_rows)
     schema = engine.arrow_schema(table, version)
@@ -247,10 +248,8 @@ def verify_table(
         )
     else:
         check.notes.append(f"{table}: no content hash: files read in full and compared with the Delta log")
-    tiles_table = f"{table}_tiles"
-    if tiles and "content_sha256" in names and not table.endswith("_tiles") and engine.exists(tiles_table):
-        from lakeimg.catalog.regions import tiles_as_of
-
+    tiles_table = tiles_of(table)
+    if tiles and "content_sha256" in names and not table.endswith(tiles_of("")) and engine.exists(tiles_table):
         check.table(engine, tiles_table, tiles_as_of(engine, table, resolved))
         check.notes.append(
             f"{tiles_table}: content_sha256 there is the source file's hash, not the tile's: "

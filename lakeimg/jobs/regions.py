@@ -8,7 +8,12 @@ levels above 0 follow the same 2x2 area-average pyramid the tiles use. Time trav
 tiles table as of the images version's commit time (tiles commit first in each run).
 
 Example:
-    >>> read_region(LocalEngine("/tmp/lake"), "images", "/data/a.tif", 0, 0, 64, 64)  # doctest: +SKIP
+    >>> import tempfile; from lakeimg.lake import Lake; from lakeimg.samples import write_photo_jpegs
+    >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
+    >>> _ = write_photo_jpegs(photos, 4, width=32, height=24), lake.ingest(photos, workers=0)
+    >>> uri = lake.read("images", columns=["uri"])["uri"][0].as_py()
+    >>> read_region(LocalEngine(lake.path), "images", uri, 0, 0, 8, 4).shape
+    (4, 8, 3)
 """
 
 from __future__ import annotations
@@ -23,8 +28,8 @@ from lakeimg.engine.local import LocalEngine, VersionLike
 from lakeimg.errors import LakeImgError
 from lakeimg.image.decode import decode_image
 from lakeimg.image.pyramid import assemble_region, downsample2, level_shape
-from lakeimg.jobs.tiling import tiles_table_name
-from lakeimg.uris import open_regular_file, to_uri, uri_to_path
+from lakeimg.tables import tiles_of
+from lakeimg.storage import open_regular_file, to_uri, uri_to_path
 
 __all__ = ["read_region", "image_record", "tiles_as_of"]
 
@@ -103,7 +108,7 @@ def read_region(
         & (pc.field("tile_col") >= c0)
         & (pc.field("tile_col") <= c1)
     )
-    tiles = engine.read(tiles_table_name(table), version=tiles_as_of(engine, table, version), filter=flt)
+    tiles = engine.read(tiles_of(table), version=tiles_as_of(engine, table, version), filter=flt)
     tiles = tiles.filter(pc.field("content_sha256") == row["content_sha256"]).to_pylist()
     if not tiles:
         raise LakeImgError(f"no tiles of {uri} page {page} level {level} cover {x},{y} {width}x{height}")
