@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         debug = args.debug or os.environ.get("LAKEIMG_DEBUG", "") not in ("", "0")
         try:
             if args.command not in _CREATE_LAKE and getattr(args, "lake", None):
-                from lakeimg.engine.local import require_lake
+                from lakeimg.engine.layout import require_lake
 
                 require_lake(args.lake)
             return int(args.handler(args) or 0)
@@ -144,7 +144,7 @@ def _vacuumed_version(exc: LakeDamagedError, lake: str | None) -> str | None:
         return None
     try:
         from lakeimg.catalog.maintenance import readable_versions
-        from lakeimg.engine.local import LocalEngine
+        from lakeimg.engine.delta_rs import LocalEngine
 
         engine = LocalEngine(lake)
         if exc.version >= (engine.version(exc.table) or 0):

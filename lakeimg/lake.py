@@ -15,7 +15,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakeimg.engine.local import LocalEngine, VersionLike
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.jobs.ingest import IngestSummary, ingest_files
 
 __all__ = ["Lake"]

@@ -148,7 +148,7 @@ def test_reproduce_reports_changed_source_without_reingest(chain):
 def test_reproduce_detects_a_tampered_derived_version(chain):
     lake, *_ = chain
     # Overwrite small with SPEC_A's output under SPEC_B's record: a re-run must disagree.
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
     from lakeimg.schemas import table_contract
 
     engine = LocalEngine(lake.path)

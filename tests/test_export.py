@@ -11,7 +11,7 @@ from conftest import run_cli
 from PIL import Image
 
 from lakeimg import Lake
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.image.codecs import encode_pixels, normalize_output
 from lakeimg.jobs.export import export_table, safe_name
 from lakeimg.samples import photo_like

@@ -11,7 +11,7 @@ from conftest import run_cli
 from test_catalog import SPEC_A, SPEC_B, write_pngs
 
 from lakeimg import Lake
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.jobs.transform import transform_table
 
 

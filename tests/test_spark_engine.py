@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from lakeimg.engine import open_engine
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import TableNotFoundError
 from lakeimg.schemas import table_contract
 

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from lakeimg.engine.local import LocalEngine, StagedParquet
+from lakeimg.engine.delta_rs import LocalEngine, StagedParquet
 from lakeimg.schemas import table_contract
 
 CONTRACT = table_contract("rejects")  # small and keyed on uri

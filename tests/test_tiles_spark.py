@@ -13,7 +13,7 @@ import pytest
 import tifffile
 
 from lakeimg import Lake
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.jobs.tiling import commit_tiles_spark, tile_images_spark
 from lakeimg.kernels.tiles import TileOptions
 from lakeimg.uris import to_uri

@@ -17,7 +17,7 @@ from PIL import Image
 
 from lakeimg import Lake
 from lakeimg.catalog.history import run_records
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeDamagedError, PartialRunError
 from lakeimg.uris import uri_to_path
 
@@ -94,7 +94,7 @@ def test_a_failed_run_never_undoes_what_another_writer_committed(tmp_path, monke
 
 KILL_AFTER_COMMIT = """
 import os, signal, sys
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.delta_rs import LocalEngine
 real = LocalEngine.merge_by_key
 def merge_then_die(self, name, *args, **kwargs):
     result = real(self, name, *args, **kwargs)

@@ -19,7 +19,8 @@ import json
 from typing import Any
 
 from lakeimg.catalog.runs import RUN_STATUS_RANK, RUNS_TABLE
-from lakeimg.engine.local import LocalEngine, VersionLike
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import SpecError
 
 __all__ = ["parse_table_ref", "format_table_ref", "table_history", "run_records", "DATA_NEUTRAL_OPERATIONS"]

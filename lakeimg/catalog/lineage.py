@@ -17,7 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from lakeimg.catalog.history import table_history
-from lakeimg.engine.local import LocalEngine, VersionLike
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import TableNotFoundError
 
 __all__ = ["table_lineage", "trainset_lineage", "producing_step", "lineage_nodes"]

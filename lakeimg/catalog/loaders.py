@@ -154,7 +154,7 @@ class SplitData:
 
     def _read(self) -> pa.Table:
         from lakeimg.catalog.verify import check_content
-        from lakeimg.engine.local import LocalEngine
+        from lakeimg.engine.delta_rs import LocalEngine
 
         engine = LocalEngine(self.lake)
         schema = engine.arrow_schema(self.table, self.version)
@@ -331,7 +331,7 @@ def to_spark(spark: Any, trainset: TrainingSet | str, split: str, *, features: s
     from pyspark.sql import functions as F
     from pyspark.sql.types import ArrayType, FloatType, StructField, StructType
 
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
 
     if isinstance(trainset, str):
         from lakeimg.catalog.trainsets import TrainingSet

@@ -26,7 +26,8 @@ from typing import Any
 from lakeimg.catalog.lineage import lineage_nodes
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
 from lakeimg.catalog.trainsets import TRAINSETS_TABLE, list_trainsets
-from lakeimg.engine.local import LocalEngine, ensure_lake, require_lake
+from lakeimg.engine.delta_rs import LocalEngine
+from lakeimg.engine.layout import ensure_lake, require_lake
 from lakeimg.engine.staging import remove_stale_staging
 from lakeimg.errors import LakeImgError, SpecError
 from lakeimg.schemas import table_contract

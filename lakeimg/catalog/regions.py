@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from lakeimg.engine.local import LocalEngine, VersionLike
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeImgError
 from lakeimg.image.decode import decode_image
 from lakeimg.image.tiles import assemble_region, downsample2, level_shape

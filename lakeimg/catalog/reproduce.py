@@ -28,12 +28,26 @@ import pyarrow as pa
 
 from lakeimg.catalog.history import format_table_ref
 from lakeimg.catalog.lineage import producing_step
-from lakeimg.engine.local import LocalEngine, VersionLike, file_sha256
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeImgError, TableNotFoundError
+from lakeimg.uris import open_regular_file, uri_to_path
 
 __all__ = ["reproduce", "row_hashes"]
 
 _MAX_REPORTED = 1000
+
+
+def file_sha256(path: str) -> str | None:
+    """SHA-256 of a local file, or None when it cannot be read."""
+    try:
+        digest = hashlib.sha256()
+        with open_regular_file(uri_to_path(path)) as handle:  # a FIFO in its place must not hang
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    except OSError:
+        return None
 
 
 def _ignored(column: str) -> bool:

@@ -32,7 +32,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakeimg.engine.local import LocalEngine, table_location
+from lakeimg.engine.delta_rs import LocalEngine
+from lakeimg.engine.layout import table_location
 from lakeimg.errors import LakeDamagedError, LakeImgError, SpecError, SqlError, TableNotFoundError
 from lakeimg.names import is_table_name
 from lakeimg.sqlguard import check_spark_query, check_statement, confined_connection, parse_where

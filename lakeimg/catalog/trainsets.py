@@ -39,7 +39,9 @@ import pyarrow.compute as pc
 
 from lakeimg._version import __version__
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
-from lakeimg.engine.local import LocalEngine, VersionLike, ensure_lake
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
+from lakeimg.engine.layout import ensure_lake
 from lakeimg.errors import LakeImgError, SpecError
 from lakeimg.names import validate_name
 from lakeimg.schemas import table_contract

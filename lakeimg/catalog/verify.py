@@ -37,7 +37,8 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakeimg.engine.local import LocalEngine, VersionLike
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import ContentMismatchError
 
 __all__ = ["VerifyProblem", "VerifyReport", "verify_table", "content_mismatches", "check_content", "READ_ERRORS"]

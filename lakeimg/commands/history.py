@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from lakeimg.catalog.history import parse_table_ref, table_history
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
 
     name, _ = parse_table_ref(args.table)
     versions = table_history(LocalEngine(args.lake), name, limit=args.limit)

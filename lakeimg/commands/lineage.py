@@ -16,7 +16,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from lakeimg.catalog.history import parse_table_ref
     from lakeimg.catalog.lineage import table_lineage, trainset_lineage
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
 
     engine = LocalEngine(args.lake)
     if args.ref.startswith("trainset:"):

@@ -37,7 +37,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from lakeimg.catalog.maintenance import maintain
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
 
     spark_engine = None
     if args.engine == "spark":

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     from lakeimg.catalog.history import parse_table_ref
     from lakeimg.catalog.reproduce import reproduce
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
 
     name, version = parse_table_ref(args.ref)
     result = reproduce(LocalEngine(args.lake), name, version, scratch=args.scratch, workers=args.workers)

@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
 def run_create(args) -> int:
     from lakeimg.catalog.history import parse_table_ref
     from lakeimg.catalog.trainsets import TrainingSet, create_trainset
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
 
     engine = LocalEngine(args.lake)
     table, version = parse_table_ref(args.table)
@@ -49,7 +49,7 @@ def run_create(args) -> int:
 
 def run_show(args) -> int:
     from lakeimg.catalog.trainsets import TrainingSet
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
 
     return _show(TrainingSet(LocalEngine(args.lake), args.name), args.json)
 
@@ -74,7 +74,7 @@ def _show(ts, as_json: bool) -> int:
 
 def run_list(args) -> int:
     from lakeimg.catalog.trainsets import list_trainsets
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
 
     records = list_trainsets(LocalEngine(args.lake))
     if args.json:

@@ -40,7 +40,7 @@ def open_engine(
     from lakeimg.errors import SpecError
 
     if engine == "local":
-        from lakeimg.engine.local import LocalEngine
+        from lakeimg.engine.delta_rs import LocalEngine
 
         return LocalEngine(os.fspath(lake))
     if engine == "spark":

@@ -33,6 +33,7 @@ import pyarrow as pa
 from lakeimg.errors import ImageDecodeError
 from lakeimg.image.codecs import encode_pixels
 from lakeimg.image.decode import decode_image
+from lakeimg.kernels.rejects import reject_row
 from lakeimg.image.ops import FeatureOp, ImageTransformer, as_hwc
 from lakeimg.transform_spec import TransformSpec
 
@@ -134,18 +135,7 @@ class _OpError(Exception):
 
 
 def _reject(src: dict[str, Any], error_class: str, message: str, run_id: str) -> dict[str, Any]:
-    return {
-        "uri": src["uri"],
-        "variant": 0,
-        "source_sha256": src.get("content_sha256"),
-        "label": src.get("label"),
-        "run_id": run_id,
-        "outcome": "reject",
-        "error_class": error_class,
-        "error_message": message,
-        "size_bytes": src.get("size_bytes"),
-        "modified_at": src.get("modified_at"),
-    }
+    return reject_row(src, error_class, message, run_id=run_id)
 
 
 _HEADER_BYTES = 1 << 16
