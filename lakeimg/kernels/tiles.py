@@ -6,9 +6,10 @@ reads the finished tiles of level `from_level` back from `staging` (Parquet writ
 share tasks) and builds the levels above it, so one huge image spreads over many tasks without
 any task holding the whole image (see `plan_tile_tasks`).
 
-`tile_kernel` emits rows in the tiles table's schema (`schemas/tiles.v1.json`); the embedded
-engine wraps it in `stage_tiles_kernel`, which writes each task's tiles to one Parquet file
-and emits a small summary row instead, so tile bytes never travel between processes.
+`tile_kernel` emits rows in the tiles table's schema (`schemas/tiles.v1.json`); jobs run
+`stage_tiles_kernel`, which writes each task's tiles to one Parquet file under the run's
+staging and emits a small summary row instead (or the error that stopped the task), so tile
+bytes never travel between processes, on either engine.
 
 Example:
     >>> import tempfile, os, numpy as np, tifffile
@@ -58,7 +59,6 @@ __all__ = [
     "file_budget_s",
     "mark_file_failed",
     "plan_tile_tasks",
-    "safe_tile_kernel",
     "stage_tiles_kernel",
     "tile_kernel",
     "tiles_schema",
@@ -309,30 +309,6 @@ def tile_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions) -> Iter
     for batch in batches:
         for task in batch.to_pylist():
             yield from _task_batches(task, options, schema)
-
-
-def safe_tile_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions) -> Iterator[pa.RecordBatch]:
-    """`tile_kernel` for engines without per-task isolation (Spark): a task that fails emits one
-    error row (level -1, encoding "error", data = the message) instead of failing the job; the
-    job drops every row of that uri and rejects the file."""
-    schema = tiles_schema()
-    for batch in batches:
-        for task in batch.to_pylist():
-            try:
-                with decoder_settings():
-                    guard = _TaskGuard(task, None)  # executors share no folder: each task's own clock
-                    guard.check()
-                    yield from _task_batches(task, options, schema, guard)
-            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the job
-                message = exc.message if isinstance(exc, _BudgetSpent) else f"{type(exc).__name__}: {exc}"[:2000]
-                row = {
-                    "uri": task["uri"], "content_sha256": task["content_sha256"] or "", "page": task["page"],
-                    "level": -1, "tile_row": 0, "tile_col": 0, "x": 0, "y": 0, "width": 0, "height": 0,
-                    "channels": 0, "dtype": "", "encoding": "error", "data": message.encode(), "overlap": 0,
-                    "geotransform": None, "run_id": options.run_id,
-                    "ingested_at": options.ingested_at or dt.datetime.now(dt.timezone.utc),
-                }
-                yield pa.RecordBatch.from_pylist([row], schema=schema)
 
 
 class _TaskGuard:
