@@ -26,9 +26,9 @@ from lakeimg.errors import UriError
 from lakeimg.image.decode import decode_image
 from lakeimg.jobs.export import export_table
 from lakeimg.jobs.ingest import ingest_files
-from lakeimg.kernels.rejects import reject_row
 from lakeimg.jobs.listing import list_sources
 from lakeimg.kernels.ingest import IngestOptions, ingest_one_file, read_file_bytes
+from lakeimg.kernels.rejects import reject_row
 from lakeimg.samples import photo_like
 from lakeimg.uris import NotRegularFileError, path_to_uri, to_uri, uri_to_path
 

@@ -459,6 +459,7 @@ def _commit_properties(metadata: Mapping[str, Any] | None):
     return CommitProperties(custom_metadata={META_KEY: commit_metadata_json(metadata)})
 
 
+@contextlib.contextmanager
 def _damage_as_error(
     name: str,
     version: int,
