@@ -241,6 +241,11 @@ class Engine(Protocol):
         """The Delta tables in the lake (names relative to the lake)."""
         ...
 
+    def reader(self) -> Any:
+        """The engine for small driver-side reads with row-group pushdown (the catalog's read
+        path: region reads): a `LocalEngine` on the same lake, on either engine."""
+        ...
+
     def stage(
         self,
         kernel: Kernel,

@@ -311,7 +311,7 @@ class LocalEngine:
                 files.append(os.path.join(root, f".rows-{uuid.uuid4().hex}.parquet"))
                 pq.write_table(as_contract(rows, contract), files[-1], row_group_size=64)
             result, _found = commit_files_by_uri(self, name, contract, files, uris=sorted(uris), metadata=write.metadata)
-        elif rows is None and not files:
+        elif rows is None and not files and write.mode == "append":
             result = CommitResult(before)
         else:
             result = self._write(write, files, rows)
@@ -439,6 +439,10 @@ class LocalEngine:
                     yield piece
         if extra is not None and extra.num_rows:
             yield extra
+
+    def reader(self) -> LocalEngine:
+        """This engine (reads are delta-rs already)."""
+        return self
 
     def close(self) -> None:
         """Nothing to release (the pool lives only as long as a stage)."""

@@ -33,6 +33,7 @@ from lakeimg.engine.base import (
     to_datetime,
     with_retries,
 )
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import check_log_tail, table_location
 from lakeimg.errors import LakeImgError, TableNotFoundError
 from lakeimg.schemas import TableContract, arrow_type
@@ -314,6 +315,23 @@ class SparkEngine:
         df = df.withColumn("timestamp", F.unix_millis("timestamp")).orderBy(F.col("version").desc())
         return [parse_history({k: v for k, v in row.asDict(recursive=True).items() if v is not None}) for row in df.collect()]
 
+    def changes(self, name: str, starting_version: int, ending_version: int | None = None, columns: Sequence[str] = ("uri",)) -> pa.Table:
+        """The change data feed between two versions (inclusive), typed like `LocalEngine.changes`."""
+        wanted = list(dict.fromkeys([*columns, "_change_type", "_commit_version"]))
+        reader = self.spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", starting_version)
+        if ending_version is not None:
+            reader = reader.option("endingVersion", ending_version)
+        try:
+            table = reader.load(self.location(name)).select(*[f"`{c}`" for c in wanted]).toArrow()
+        except Exception as exc:  # noqa: BLE001 - e.g. log entries or change files already vacuumed
+            raise LakeImgError(f"{name}: no change data feed for versions {starting_version}..{ending_version}: {exc}") from exc
+        return table.cast(pa.schema([pa.field(f.name, pa.int64() if f.name == "_commit_version" else f.type) for f in table.schema]))
+
+    def reader(self):
+        """A delta-rs engine on this lake: small driver-side reads with row-group pushdown
+        (region reads) cost no Spark job."""
+        return LocalEngine(self.lake)
+
     def tables(self) -> list[str]:
         """The Delta tables in the lake (a local lake's folders; the runs table as `_lakeimg/runs`)."""
         root = _local_path(self.lake)
@@ -437,7 +455,7 @@ class SparkEngine:
             if write.files:
                 uris.update(r[0] for r in self.spark.read.parquet(*write.files).select("uri").distinct().collect())
         before = self.version(name)
-        if not parts and not (write.mode == "replace" and uris and before is not None):
+        if not parts and write.mode != "overwrite" and not (write.mode == "replace" and uris and before is not None):
             if write.create and before is None:
                 return CommitResult(self.create_empty(name, contract, write.metadata), True)
             return CommitResult(before)
