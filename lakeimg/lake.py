@@ -231,7 +231,7 @@ class Lake:
 
         return list_trainsets(self._local)
 
-    def maintain(self, **options: Any) -> dict[str, Any]:
+    def maintain(self, **options: Any):
         """Compact and vacuum, keeping every version a training set or its lineage reads.
 
         Example:
@@ -239,9 +239,7 @@ class Lake:
         """
         from lakeimg.catalog.maintenance import maintain
 
-        if self.engine_name == "spark":
-            options.setdefault("spark_engine", self.spark_engine())
-        return maintain(self._local, **options)
+        return maintain(self.spark_engine() if self.engine_name == "spark" else self._local, **options)
 
     def to_spark(self, spark: Any, name: str, split: str, **options: Any):
         """Training set `name`'s split as a Spark DataFrame with an MLlib vector column.

@@ -37,19 +37,14 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from lakeimg.catalog.maintenance import maintain
-    from lakeimg.engine.delta_rs import LocalEngine
+    from lakeimg.engine import open_engine
 
-    spark_engine = None
-    if args.engine == "spark":
-        from lakeimg.engine import open_engine
-
-        spark_engine = open_engine(args.lake, "spark", master=args.master, spark_conf=args.spark_conf)
+    engine = open_engine(args.lake, args.engine, master=args.master, spark_conf=args.spark_conf)
     try:
-        report = maintain(LocalEngine(args.lake), optimize=args.optimize, vacuum_hours=args.vacuum_hours,
-                          dry_run=args.dry_run, tables=args.table, spark_engine=spark_engine)
+        report = maintain(engine, optimize=args.optimize, vacuum_hours=args.vacuum_hours,
+                          dry_run=args.dry_run, tables=args.table).to_dict()
     finally:
-        if spark_engine is not None:
-            spark_engine.close()
+        engine.close()
     if args.json:
         print_json(report)
     else:
