@@ -24,7 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from lakeimg.catalog.verify import READ_ERRORS, content_mismatches
-from lakeimg.engine.local import LocalEngine, VersionLike
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeDamagedError, LakeImgError, SpecError, TableNotFoundError
 from lakeimg.image.codecs import EXPORT_FORMATS, decode_pixels, export_bytes
 from lakeimg.uris import local_path_or_none
