@@ -414,7 +414,13 @@ class SparkEngine:
         if isinstance(df, pa.Table):
             nullable = pa.schema([f.with_nullable(True) for f in contract.arrow_schema])
             df = self.spark.createDataFrame(df.select(contract.column_names).cast(nullable))
-        return df.select(*[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in contract.spark_schema().fields])
+        have = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+        # Types equal but for nullability need no cast (Spark cannot cast array<double> whose
+        # elements may be null to one whose elements may not).
+        return df.select(*[
+            (F.col(f"`{f.name}`") if have.get(f.name) == f.dataType.simpleString() else F.col(f"`{f.name}`").cast(f.dataType)).alias(f.name)
+            for f in contract.spark_schema().fields
+        ])
 
     def create_empty(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
         """Create a table with the contract's schema and properties (no rows); no-op if it exists."""

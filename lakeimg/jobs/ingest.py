@@ -361,7 +361,7 @@ def decode_files(
     except BaseException:
         staged.discard()
         raise
-    rejects = as_rejects(pa.concat_tables([staged.rejects(), tiling.rejects]))
+    rejects = pa.concat_tables([as_rejects(staged.rejects()), as_rejects(tiling.rejects)])
     image_uris = {*staged.keys()["uri"].to_pylist(), *tiling.tiled_uris}
     return DecodedFiles(staged, tiling, rejects, image_uris)
 
