@@ -21,6 +21,9 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from lakeimg.catalog.runs import RUNS_TABLE
+from lakeimg.engine.layout import lake_table_names, table_location
+
 __all__ = ["session_builder", "register", "engine", "RUNS_NAME"]
 
 # The runs table lives at LAKE/_lakeimg/runs; in a catalog it needs a plain name.
@@ -52,17 +55,8 @@ def engine(spark: Any, lake: str | os.PathLike[str]):
 
 def _lake_tables(lake: str) -> dict[str, str]:
     """{catalog name: location} of every Delta table in the lake, runs as `lakeimg_runs`."""
-    found = {}
-    if os.path.isdir(lake):
-        for name in sorted(os.listdir(lake)):
-            if name.startswith((".", "_")):
-                continue
-            if os.path.isdir(os.path.join(lake, name, "_delta_log")):
-                found[name] = os.path.join(lake, name)
-    runs = os.path.join(lake, "_lakeimg", "runs")
-    if os.path.isdir(os.path.join(runs, "_delta_log")):
-        found[RUNS_NAME] = runs
-    return found
+    names = [n for n in lake_table_names(lake) if n == RUNS_TABLE or not n.startswith("_")]
+    return {RUNS_NAME if n == RUNS_TABLE else n: table_location(lake, n) for n in names}
 
 
 def register(

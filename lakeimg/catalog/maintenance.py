@@ -27,7 +27,7 @@ from typing import Any
 
 from lakeimg.catalog.lineage import lineage_nodes
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, utc_now
-from lakeimg.catalog.trainsets import TRAINSETS_TABLE, list_trainsets
+from lakeimg.catalog.trainsets import list_trainsets
 from lakeimg.engine.base import Engine
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import ensure_lake, require_lake
@@ -35,7 +35,7 @@ from lakeimg.engine.staging import remove_stale_staging
 from lakeimg.errors import LakeImgError, SpecError
 from lakeimg.schemas import table_contract
 
-__all__ = ["MaintenanceReport", "TableMaintenance", "maintain", "protected_versions", "lake_tables", "readable_versions"]
+__all__ = ["MaintenanceReport", "TableMaintenance", "maintain", "protected_versions", "readable_versions"]
 
 _KEEP_LOGS = {"delta.enableExpiredLogCleanup": "false"}
 
@@ -74,15 +74,6 @@ class MaintenanceReport:
         return {"run_id": self.run_id, "tables": {n: t.to_dict() for n, t in self.tables.items()},
                 "refused": self.refused, "problems": self.problems, "protected": self.protected,
                 "pinned_sets_readable": self.pinned_sets_readable, "ok": self.ok}
-
-
-def lake_tables(engine: LocalEngine) -> list[str]:
-    """Every Delta table of the lake, lakeimg's own (runs, trainsets) included."""
-    root = engine.lake
-    names = []
-    if os.path.isdir(root):
-        names = sorted(n for n in os.listdir(root) if not n.startswith((".", "_")) and engine.exists(n))
-    return names + [t for t in (RUNS_TABLE, TRAINSETS_TABLE) if engine.exists(t)]
 
 
 def protected_versions(engine: LocalEngine) -> tuple[dict[str, set[int]], list[str]]:
@@ -139,7 +130,7 @@ def maintain(
     run = RunRecord(run_id=new_run_id(), job="maintain", engine=engine.name, target_table="*",
                     spec={"optimize": optimize, "vacuum_hours": vacuum_hours, "dry_run": dry_run},
                     started_at=utc_now())
-    names = tables or lake_tables(reader)
+    names = tables or engine.tables()
     keep, problems = protected_versions(reader)
     refused: list[str] = []
     results: dict[str, TableMaintenance] = {}

@@ -45,6 +45,7 @@ from lakeimg.engine.layout import (
     check_log_tail,
     check_not_before_first,
     delta_file_path,
+    lake_table_names,
     table_location,
 )
 from lakeimg.engine.staged import LocalStaged
@@ -368,15 +369,8 @@ class LocalEngine:
         return result.cast(pa.schema([pa.field(f.name, pa.string() if pa.types.is_string_view(f.type) else f.type) for f in result.schema]))
 
     def tables(self) -> list[str]:
-        """The Delta tables in the lake (the runs table as `_lakeimg/runs`)."""
-        root = uri_to_path(self.lake)
-        found = []
-        for folder in (root, os.path.join(root, "_lakeimg")):
-            with contextlib.suppress(OSError):
-                for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-                    if entry.is_dir() and os.path.isdir(os.path.join(entry.path, "_delta_log")):
-                        found.append(os.path.relpath(entry.path, root))
-        return found
+        """The Delta tables in the lake (lakeimg's own as `_lakeimg/runs`...)."""
+        return lake_table_names(self.lake)
 
     # --- kernels -------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from lakeimg.errors import LakeDamagedError
 from lakeimg.names import lake_relative
 from lakeimg.uris import has_scheme, uri_to_path
 
-__all__ = ["table_location", "ensure_lake", "lake_exists", "require_lake", "check_log_tail", "check_not_before_first", "delta_file_path"]
+__all__ = ["table_location", "lake_table_names", "ensure_lake", "lake_exists", "require_lake", "check_log_tail", "check_not_before_first", "delta_file_path"]
 
 
 def table_location(lake: str | os.PathLike[str], name: str) -> str:
@@ -33,6 +33,24 @@ def table_location(lake: str | os.PathLike[str], name: str) -> str:
     if name in ("runs", "_lakeimg/runs"):
         return f"{root}/_lakeimg/runs"
     return f"{root}/{lake_relative(name)}"
+
+
+def lake_table_names(lake: str | os.PathLike[str]) -> list[str]:
+    """The Delta tables of a local lake: its tables by name, then lakeimg's own (`_lakeimg/runs`...).
+
+    Example:
+        >>> lake_table_names("/nonexistent/lake")
+        []
+    """
+    root = uri_to_path(str(lake))
+    found = []
+    for folder, prefix in ((root, ""), (os.path.join(root, "_lakeimg"), "_lakeimg/")):
+        try:
+            names = sorted(os.listdir(folder))
+        except OSError:
+            continue
+        found += [prefix + n for n in names if not n.startswith((".", "_")) and os.path.isdir(os.path.join(folder, n, "_delta_log"))]
+    return found
 
 
 def delta_file_path(uri: str) -> str:

@@ -34,7 +34,7 @@ from lakeimg.engine.base import (
     with_retries,
 )
 from lakeimg.engine.delta_rs import LocalEngine
-from lakeimg.engine.layout import check_log_tail, table_location
+from lakeimg.engine.layout import check_log_tail, lake_table_names, table_location
 from lakeimg.errors import LakeImgError, TableNotFoundError
 from lakeimg.schemas import TableContract, arrow_type
 from lakeimg.uris import local_path_or_none
@@ -333,15 +333,8 @@ class SparkEngine:
         return LocalEngine(self.lake)
 
     def tables(self) -> list[str]:
-        """The Delta tables in the lake (a local lake's folders; the runs table as `_lakeimg/runs`)."""
-        root = _local_path(self.lake)
-        found = []
-        for folder in (root, os.path.join(root, "_lakeimg")) if root else ():
-            if os.path.isdir(folder):
-                for entry in sorted(os.listdir(folder)):
-                    if os.path.isdir(os.path.join(folder, entry, "_delta_log")):
-                        found.append(os.path.relpath(os.path.join(folder, entry), root))
-        return found
+        """The Delta tables in the lake (a local lake's; lakeimg's own as `_lakeimg/runs`...)."""
+        return lake_table_names(self.lake) if _local_path(self.lake) else []
 
     # --- writing -------------------------------------------------------------------------
 

@@ -55,7 +55,7 @@ from lakeimg.image.tiles import (
 )
 from lakeimg.kernels import rejects
 from lakeimg.schemas import table_contract
-from lakeimg.uris import NotRegularFileError, local_path_or_none, open_regular_file, printable
+from lakeimg.uris import NotRegularFileError, local_path_or_none, open_regular_file
 
 __all__ = [
     "IngestOptions",

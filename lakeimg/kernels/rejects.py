@@ -54,7 +54,7 @@ def reject_row(
         "source_sha256": source.get("content_sha256") if sha is None else sha,
         "variant": 0,
         "outcome": "reject",
-        "error_class": str(ErrorClass(error_class)),
+        "error_class": str(error_class),
         # A decoder's message may quote a non-UTF-8 path (surrogate escapes): not storable as is.
         "error_message": printable(str(message)[:_MESSAGE_CHARS]),
         "run_id": run_id,

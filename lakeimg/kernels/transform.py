@@ -33,8 +33,8 @@ import pyarrow as pa
 from lakeimg.errors import ImageDecodeError
 from lakeimg.image.codecs import encode_pixels
 from lakeimg.image.decode import decode_image
-from lakeimg.kernels.rejects import reject_row
 from lakeimg.image.ops import FeatureOp, ImageTransformer, as_hwc
+from lakeimg.kernels.rejects import reject_row
 from lakeimg.transform_spec import TransformSpec
 
 __all__ = [
