@@ -103,9 +103,8 @@ class Lake:
         """
         from lakeimg.jobs.transform import transform_table
 
-        options.setdefault("engine", self.engine_name)
-        if options["engine"] == "spark":
-            options.setdefault("spark", self.spark)
+        if "engine" not in options:
+            options["engine"] = self.jobs_engine()
         return transform_table(self.path, source, target, spec, **options)
 
     def ingest(self, sources: str | Sequence[str], **options: Any) -> IngestSummary:
@@ -116,9 +115,12 @@ class Lake:
         """
         if isinstance(sources, (str, os.PathLike)):
             sources = [os.fspath(sources)]
-        if self.engine_name == "spark" and "engine" not in options:
-            options["engine"] = self.spark_engine()
+        options.setdefault("engine", self.jobs_engine())
         return ingest_files(self.path, list(sources), **options)
+
+    def jobs_engine(self):
+        """The engine jobs run on: the lake's `LocalEngine`, or its SparkEngine (`spark_engine`)."""
+        return self.spark_engine() if self.engine_name == "spark" else self._local
 
     def spark_engine(self):
         """The lake's SparkEngine on the session given as `Lake(path, engine="spark", spark=...)`."""
@@ -239,7 +241,7 @@ class Lake:
         """
         from lakeimg.catalog.maintenance import maintain
 
-        return maintain(self.spark_engine() if self.engine_name == "spark" else self._local, **options)
+        return maintain(self.jobs_engine(), **options)
 
     def to_spark(self, spark: Any, name: str, split: str, **options: Any):
         """Training set `name`'s split as a Spark DataFrame with an MLlib vector column.

@@ -6,17 +6,16 @@ reads the finished tiles of level `from_level` back from `staging` (Parquet writ
 share tasks) and builds the levels above it, so one huge image spreads over many tasks without
 any task holding the whole image (see `plan_tile_tasks`).
 
-`tile_kernel` emits rows in the tiles table's schema (`schemas/tiles.v1.json`); jobs run
-`stage_tiles_kernel`, which writes each task's tiles to one Parquet file under the run's
-staging and emits a small summary row instead (or the error that stopped the task), so tile
-bytes never travel between processes, on either engine.
+`stage_tiles_kernel` writes each task's tiles (rows of `schemas/tiles.v1.json`) to one Parquet
+file under the run's staging and emits a small summary row (or the error that stopped the
+task), so tile bytes never travel between processes, on either engine.
 
 Example:
     >>> import tempfile, os, numpy as np, tifffile
     >>> p = os.path.join(tempfile.mkdtemp(), "a.tif"); tifffile.imwrite(p, np.zeros((300, 200), np.uint8))
     >>> tasks = pa.RecordBatch.from_pylist(plan_tile_tasks(p, "sha", 300, 200, pages=1, tile_size=128), schema=TILE_TASK_SCHEMA)
-    >>> sum(b.num_rows for b in tile_kernel(iter([tasks]), TileOptions(tile_size=128)))
-    9
+    >>> [b["tiles"][0].as_py() for b in stage_tiles_kernel(iter([tasks]), TileOptions(tile_size=128), tempfile.mkdtemp())]
+    [9]
 """
 
 from __future__ import annotations
@@ -60,7 +59,6 @@ __all__ = [
     "mark_file_failed",
     "plan_tile_tasks",
     "stage_tiles_kernel",
-    "tile_kernel",
     "tiles_schema",
 ]
 
@@ -297,18 +295,6 @@ def _task_tiles(task: dict[str, Any], options: TileOptions) -> Iterator[tuple[An
             max_level=max_level,
         ):
             yield tile, tile.level, tile.geotransform
-
-
-def tile_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions) -> Iterator[pa.RecordBatch]:
-    """mapInArrow-shaped: task batches (TILE_TASK_SCHEMA) in, tile rows (tiles schema) out.
-
-    Memory per task: one band of level-0 rows plus the pyramid's partial rows, and at most
-    ~32 MiB of encoded tiles waiting in an output batch.
-    """
-    schema = tiles_schema()
-    for batch in batches:
-        for task in batch.to_pylist():
-            yield from _task_batches(task, options, schema)
 
 
 class _TaskGuard:
