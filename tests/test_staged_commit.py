@@ -5,13 +5,17 @@ CommitFailedError, never on its message)."""
 
 from __future__ import annotations
 
+import os
+
 import pyarrow as pa
+import pytest
 from deltalake import DeltaTable
 
 from lakeimg.engine._delta_txn import commit_files_by_uri
-from lakeimg.engine.base import Write
+from lakeimg.engine.base import COMMIT_ATTEMPTS, Write
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.staged import LocalStaged, StagedParquet
+from lakeimg.errors import ConcurrentWriteError
 from lakeimg.schemas import table_contract
 
 CONTRACT = table_contract("rejects")  # small and keyed on uri
@@ -80,3 +84,27 @@ def test_a_writer_committing_in_between_makes_the_commit_plan_again(tmp_path, mo
     assert found == {"a", "x"}
     # the other writer's "x" row is replaced too, not kept beside ours
     assert contents(engine) == [("a", "ours"), ("b", "v1"), ("x", "ours")]
+
+
+def test_a_writer_winning_every_race_ends_in_concurrent_write_error(tmp_path, monkeypatch):
+    """The retries are driven by delta-rs' typed CommitFailedError: bounded, then one typed
+    error of lakeimg's, and the staged files never become part of any version."""
+    engine = LocalEngine(str(tmp_path / "lake"))
+    engine.append("t", rows(["a"], "v1"), CONTRACT)
+    real = DeltaTable.create_write_transaction
+
+    def another_writer_every_time(self, *args, **kwargs):
+        engine.append("t", rows([f"x{self.version()}"], "theirs"), CONTRACT)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(DeltaTable, "create_write_transaction", another_writer_every_time)
+    staged = StagedParquet(str(tmp_path / "stage"), CONTRACT)
+    staged.write(rows(["a"], "ours"))
+    with pytest.raises(ConcurrentWriteError) as failed:
+        engine.commit(Write("t", CONTRACT, files=tuple(staged.finish())))
+    monkeypatch.undo()
+    assert (failed.value.table, failed.value.attempts) == ("t", COMMIT_ATTEMPTS)
+    assert ("a", "v1") in contents(engine) and ("a", "ours") not in contents(engine)
+    folder = tmp_path / "lake" / "t"
+    referenced = {os.path.basename(p) for p in engine.data_files("t")}
+    assert {p.name for p in folder.glob("*.parquet")} == referenced  # no orphaned moved-in file

@@ -466,7 +466,7 @@ class SparkEngine:
         writer = df.write.format("delta")
         if write.mode == "overwrite":
             writer = writer.mode("overwrite").option("overwriteSchema", "true")
-        elif write.mode == "replace" and uris:
+        elif write.mode == "replace" and uris and before is not None:  # a new table has no rows to replace
             writer = writer.mode("overwrite").option("replaceWhere", f"uri IN ({', '.join(map(_sql_string, sorted(uris)))})")
         else:
             writer = writer.mode("append")
