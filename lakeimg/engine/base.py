@@ -201,39 +201,35 @@ class Engine(Protocol):
     name: EngineName
     lake: str
 
-    def location(self, table: str) -> str:
+    def location(self, name: str) -> str:
         """Where a table lives (`LAKE/<table>`)."""
         ...
 
-    def exists(self, table: str) -> bool:
+    def exists(self, name: str) -> bool:
         """Whether the table exists."""
         ...
 
-    def version(self, table: str) -> int | None:
+    def version(self, name: str) -> int | None:
         """The latest version, None when the table does not exist."""
         ...
 
-    def resolve_version(self, table: str, version: VersionLike = None) -> int:
+    def resolve_version(self, name: str, version: VersionLike = None) -> int:
         """The version a version-like (int, timestamp, None = latest) selects."""
         ...
 
-    def arrow_schema(self, table: str, version: VersionLike = None) -> pa.Schema:
+    def arrow_schema(self, name: str, version: VersionLike = None) -> pa.Schema:
         """The table's schema at a version, as Arrow."""
         ...
 
-    def read(self, table: str, *, version: VersionLike = None, columns: Sequence[str] | None = None) -> pa.Table:
+    def read(self, name: str, *, version: VersionLike = None, columns: Sequence[str] | None = None) -> pa.Table:
         """A snapshot's columns as Arrow on the driver (small columns: keys, metadata)."""
         ...
 
-    def read_batches(self, table: str, *, columns: Sequence[str], version: VersionLike = None, batch_rows: int = 64) -> Iterator[pa.Table]:
-        """A snapshot streamed in small tables (bounded memory)."""
-        ...
-
-    def changes(self, table: str, starting_version: int, ending_version: int | None = None, columns: Sequence[str] = ("uri",)) -> pa.Table:
+    def changes(self, name: str, starting_version: int, ending_version: int | None = None, columns: Sequence[str] = ("uri",)) -> pa.Table:
         """The change data feed between two versions: `columns`, `_change_type`, `_commit_version`."""
         ...
 
-    def history(self, table: str, limit: int | None = None) -> list[dict[str, Any]]:
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commit infos, newest first, with the run record under "lakeimg" (`parse_history`)."""
         ...
 
@@ -251,6 +247,7 @@ class Engine(Protocol):
         kernel: Kernel,
         inputs: pa.Table | SnapshotRows,
         *,
+        label: str,
         output_schema: pa.Schema,
         contract: TableContract | None = None,
         held: str | None = None,
@@ -260,11 +257,14 @@ class Engine(Protocol):
         rows_per_task: int = 16,
         extra: pa.Table | None = None,
         on_progress: Callable[[int, int], None] | None = None,
+        workers: int | None = None,
     ) -> Staged:
-        """Map a kernel over inputs (`extra`: more input rows from the driver) and stage its output.
+        """Map a kernel over inputs (`extra`: more input rows from the driver) and stage its
+        output under `LAKE/_lakeimg/staging/<label>` (label starts with the run id).
 
         A row whose kernel crashes or overruns `task_timeout_s` becomes `on_failure(row,
-        error_class, message)`; `prepare` runs once per worker before the kernel.
+        error_class, message)`; `prepare` runs once per worker before the kernel; `contract`
+        is the output table's (rows staged in its schema); `workers` sizes a local pool.
         """
         ...
 
@@ -272,24 +272,24 @@ class Engine(Protocol):
         """Apply one `Write` as one Delta commit, retried on typed conflicts."""
         ...
 
-    def optimize(self, table: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, int]:
+    def append(self, name: str, rows: pa.Table, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
+        """`commit` of an append of small rows (the runs row); the new version."""
+        ...
+
+    def create_empty(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
+        """Create the table with the contract's schema and properties, if missing; its version."""
+        ...
+
+    def optimize(self, name: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, int]:
         """Compact small files (one commit): numFilesAdded, numFilesRemoved."""
         ...
 
-    def vacuum(self, table: str, *, retention_hours: float, keep_versions: Sequence[int] = (), dry_run: bool = True) -> list[str]:
+    def vacuum(self, name: str, *, retention_hours: float, keep_versions: Sequence[int] = (), dry_run: bool = True) -> list[str]:
         """The files VACUUM removes (or would, with `dry_run`)."""
         ...
 
-    def data_files(self, table: str, version: VersionLike = None) -> list[str]:
-        """The Parquet files a snapshot reads (VACUUM checks, verify)."""
-        ...
-
-    def table_properties(self, table: str) -> dict[str, str]:
+    def table_properties(self, name: str) -> dict[str, str]:
         """The table's Delta properties."""
-        ...
-
-    def set_table_properties(self, table: str, properties: Mapping[str, str]) -> None:
-        """Set Delta table properties (one commit)."""
         ...
 
     def close(self) -> None:

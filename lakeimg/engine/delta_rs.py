@@ -216,10 +216,10 @@ class LocalEngine:
 
     # --- maintenance ---------------------------------------------------------------------
 
-    def optimize(self, name: str, *, target_size: int | None = None, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
+    def optimize(self, name: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Compact small files into larger ones (a new version with the same rows)."""
         return with_retries(
-            name, lambda: self.delta_table(name).optimize.compact(target_size=target_size, commit_properties=_commit_properties(metadata)), _conflicts()
+            name, lambda: self.delta_table(name).optimize.compact(commit_properties=_commit_properties(metadata)), _conflicts()
         )
 
     def vacuum(
