@@ -114,13 +114,6 @@ def _local_path(location: str) -> str | None:
     return local_path_or_none(location)
 
 
-def spark_struct(fields: Sequence[dict[str, Any]]):
-    """A Spark StructType from StructType-JSON fields (the contracts' format)."""
-    from pyspark.sql.types import StructType
-
-    return StructType.fromJson({"type": "struct", "fields": list(fields)})
-
-
 def arrow_schema_of(struct) -> pa.Schema:
     """The Arrow schema lakeimg uses for a Spark StructType (timestamps as UTC microseconds).
 

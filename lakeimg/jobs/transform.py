@@ -43,7 +43,7 @@ import pyarrow.compute as pc
 from lakeimg.catalog.regions import read_region
 from lakeimg.catalog.runs import RUNS_TABLE, RunRecord, new_run_id, run_commits, utc_now
 from lakeimg.engine import open_engine
-from lakeimg.engine.base import Engine, MergeMetrics, SnapshotRows, Staged, Write
+from lakeimg.engine.base import Engine, EngineName, MergeMetrics, SnapshotRows, Staged, Write
 from lakeimg.engine.layout import ensure_lake, require_lake
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
 from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
@@ -192,7 +192,7 @@ def transform_table(
     spec: TransformSpec | dict[str, Any] | str | os.PathLike[str],
     *,
     full: bool = False,
-    engine: str | Engine = "local",
+    engine: EngineName | Engine = "local",
     workers: int | None = None,
     spark: Any = None,
     on_progress: Callable[[int, int], None] | None = None,
