@@ -48,6 +48,7 @@ from lakeimg.engine.layout import (
     lake_table_names,
     table_location,
 )
+from lakeimg.engine.pool import map_kernel
 from lakeimg.engine.staged import LocalStaged
 from lakeimg.errors import LakeDamagedError, LakeImgError, TableNotFoundError
 from lakeimg.schemas import TableContract
@@ -396,8 +397,6 @@ class LocalEngine:
 
         `prepare` is for engines whose workers outlive a task; the pool's workers start fresh.
         """
-        from lakeimg.engine.pool import map_kernel
-
         workers = self.workers if workers is None else workers
         total = inputs.num_rows if isinstance(inputs, pa.Table) else len(inputs.uris)
         total += extra.num_rows if extra is not None else 0

@@ -35,6 +35,7 @@ from lakeimg.engine.base import (
 )
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import check_log_tail, lake_table_names, table_location
+from lakeimg.engine.pool import isolated_kernel
 from lakeimg.errors import LakeImgError, TableNotFoundError
 from lakeimg.schemas import TableContract, arrow_type
 from lakeimg.uris import local_path_or_none
@@ -516,8 +517,6 @@ class SparkEngine:
         if frame is None or total == 0:
             return SparkStaged(self, None, output_schema, held)
         if on_failure is not None:
-            from lakeimg.engine.pool import isolated_kernel
-
             kernel = partial(isolated_kernel, kernel=kernel, on_failure=on_failure, output_schema=output_schema,
                              task_timeout_s=task_timeout_s, prepare=prepare)
         partitions = task_partitions(total, parallelism=self.spark.sparkContext.defaultParallelism, rows_per_task=rows_per_task)

@@ -34,7 +34,7 @@ from lakeimg.engine.base import Engine, MergeMetrics, Staged, Write
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import ensure_lake
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
-from lakeimg.errors import ErrorClass
+from lakeimg.errors import ErrorClass, SpecError
 from lakeimg.image.decode import default_max_decoded_bytes
 from lakeimg.image.tiles import (
     DEFAULT_MAX_TILED_PIXELS,
@@ -169,8 +169,6 @@ def ingest_files(
         tile_rows_per_task: split one huge page into tasks of this many tile rows (0: no split).
     """
     if tile_size < 16 or tile_overlap < 0 or tile_overlap >= tile_size or tile_encoding not in TILE_ENCODINGS:
-        from lakeimg.errors import SpecError
-
         raise SpecError(
             f"tiles need tile_size >= 16, 0 <= overlap < tile_size and an encoding in {', '.join(TILE_ENCODINGS)}; "
             f"got tile_size={tile_size}, overlap={tile_overlap}, encoding={tile_encoding!r}"
