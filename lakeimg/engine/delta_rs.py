@@ -424,7 +424,7 @@ class LocalEngine:
         """A stage's input rows, streamed: snapshot rows are read a few at a time."""
         if isinstance(inputs, pa.Table):
             yield inputs
-        else:
+        elif inputs.uris:
             wanted = pa.array(sorted(inputs.uris), pa.string())
             for piece in self.read_batches(inputs.table, version=inputs.version, columns=list(inputs.columns)):
                 piece = piece.filter(pc.is_in(piece["uri"], value_set=wanted))

@@ -500,22 +500,16 @@ class SparkEngine:
         """
         from pyspark.sql import functions as F
 
-        if isinstance(inputs, pa.Table):
-            frame = self.spark.createDataFrame(inputs) if inputs.num_rows else None
-            total = inputs.num_rows
-        else:
-            columns = [f"`{c}`" for c in inputs.columns]
-            frame = self.frame(inputs.table, inputs.version).where(F.col("uri").isin(sorted(inputs.uris))).select(*columns)
-            total = len(inputs.uris)
-        if extra is not None and extra.num_rows:
-            more = self.spark.createDataFrame(extra)
-            if frame is None:
-                frame = more
-            else:
-                frame = frame.unionByName(more.select(*[F.col(f"`{f.name}`").cast(f.dataType) for f in frame.schema.fields]))
-            total += extra.num_rows
-        if frame is None or total == 0:
+        total = (inputs.num_rows if isinstance(inputs, pa.Table) else len(inputs.uris)) + (extra.num_rows if extra is not None else 0)
+        if total == 0:
             return SparkStaged(self, None, output_schema, held)
+        parts = [self.spark.createDataFrame(t) for t in (inputs, extra) if isinstance(t, pa.Table) and t.num_rows]
+        if isinstance(inputs, SnapshotRows) and inputs.uris:
+            parts.insert(0, self.frame(inputs.table, inputs.version).where(F.col("uri").isin(sorted(inputs.uris)))
+                         .select(*[f"`{c}`" for c in inputs.columns]))
+        frame = parts[0]
+        for part in parts[1:]:  # the driver's rows typed like the first part (the snapshot's)
+            frame = frame.unionByName(part.select(*[F.col(f"`{f.name}`").cast(f.dataType) for f in frame.schema.fields]))
         if on_failure is not None:
             kernel = partial(isolated_kernel, kernel=kernel, on_failure=on_failure, output_schema=output_schema,
                              task_timeout_s=task_timeout_s, prepare=prepare)

@@ -239,34 +239,35 @@ def transform_table(
     options = TransformOptions(spec=spec, run_id=run_id)
     remove_stale_staging(lake)  # of runs killed before they could clean up
     staging = claim_staging(lake, run_id)  # marks this run's staging as live (engine/staging.py)
-    staged = None
     try:
+        tiled: set[str] = set()
         if plan.todo:
-            parallel = (os.cpu_count() or 1) if workers is None else workers
             meta = _read_uris(eng, source, source_version, ["uri", "tiled"], plan.todo)
             tiled = set(meta.filter(pc.fill_null(meta["tiled"], False))["uri"].to_pylist())
-            inlined = _inline_tiled(eng, source, source_version, _read_uris(eng, source, source_version, [*SOURCE_COLUMNS, "levels"], tiled), spec) if tiled else None
-            staged = eng.stage(
-                partial(transform_kernel, options=options),
-                SnapshotRows(source, source_version, tuple(SOURCE_COLUMNS), frozenset(plan.todo - tiled)),
-                extra=inlined.select(SOURCE_COLUMNS) if inlined is not None else None,
-                label=f"{run_id}-rows",
-                output_schema=transform_result_schema(spec),
-                contract=spec.contract(),
-                on_failure=partial(reject_row, run_id=run_id, at=started_at),
-                prepare=partial(prepare_transform_kernel, options),
-                rows_per_task=max(1, min(16, len(plan.todo) // max(1, parallel * 4))),
-                on_progress=on_progress,
-                # a pool costs more than it saves on a handful of images
-                workers=0 if parallel > 0 and len(plan.todo) < 2 * parallel else workers,
-            )
-        version, metrics, rejected, rejects_version = _commit(
-            eng, staged, spec=spec, plan=plan, source=source, source_version=source_version, target=target,
-            target_keys=target_keys, target_exists=target_exists, run_id=run_id, started_at=started_at,
-        )  # fmt: skip
-    finally:
-        if staged is not None:
+        inlined = _inline_tiled(eng, source, source_version, _read_uris(eng, source, source_version, [*SOURCE_COLUMNS, "levels"], tiled), spec) if tiled else None
+        parallel = (os.cpu_count() or 1) if workers is None else workers
+        staged = eng.stage(
+            partial(transform_kernel, options=options),
+            SnapshotRows(source, source_version, tuple(SOURCE_COLUMNS), frozenset(plan.todo - tiled)),
+            extra=inlined.select(SOURCE_COLUMNS) if inlined is not None else None,
+            label=f"{run_id}-rows",
+            output_schema=transform_result_schema(spec),
+            contract=spec.contract(),
+            on_failure=partial(reject_row, run_id=run_id, at=started_at),
+            prepare=partial(prepare_transform_kernel, options),
+            rows_per_task=max(1, min(16, len(plan.todo) // max(1, parallel * 4))),
+            on_progress=on_progress,
+            # a pool costs more than it saves on a handful of images
+            workers=0 if parallel > 0 and len(plan.todo) < 2 * parallel else workers,
+        )
+        try:
+            version, metrics, rejected, rejects_version = _commit(
+                eng, staged, spec=spec, plan=plan, source=source, source_version=source_version, target=target,
+                target_keys=target_keys, target_exists=target_exists, run_id=run_id, started_at=started_at,
+            )  # fmt: skip
+        finally:
             staged.discard()
+    finally:
         staging.release()
     return TransformSummary(
         run_id=run_id, table=target, version=version, added=metrics.inserted, updated=metrics.updated,
@@ -278,7 +279,7 @@ def transform_table(
 
 def _commit(
     engine: Engine,
-    staged: Staged | None,
+    staged: Staged,
     *,
     spec: TransformSpec,
     plan: _Plan,
@@ -294,8 +295,8 @@ def _commit(
     uri out; or the whole table when the columns changed), then the runs row; a failure undoes
     nothing (see `run_commits`). Returns (target version, metrics, rejected, rejects version)."""
     rejects_name, contract = f"{target}_rejects", spec.contract()
-    rejects = as_rejects(staged.rejects(), at=started_at) if staged is not None else as_rejects(pa.table({"uri": pa.array([], pa.string())}))
-    produced = set(zip(*staged.keys(["uri", "variant"]).to_pydict().values(), strict=True)) if staged is not None else set()
+    rejects = as_rejects(staged.rejects(), at=started_at)
+    produced = set(zip(*staged.keys(["uri", "variant"]).to_pydict().values(), strict=True))
     # Target rows to delete: dropped uris, rejected uris (their old rows are stale), variants
     # the spec no longer makes.
     rejected_uris = set(rejects["uri"].to_pylist())
