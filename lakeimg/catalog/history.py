@@ -147,7 +147,7 @@ def _changes_data(engine: LocalEngine, table: str, entry: dict[str, Any]) -> boo
     if operation != "CREATE TABLE":
         return operation not in DATA_NEUTRAL_OPERATIONS
     try:
-        return bool(engine.delta_table(table, entry.get("version")).file_uris())
+        return bool(engine.data_files(table, entry.get("version")))
     except Exception:  # noqa: BLE001 - that version's log is gone: the schema-only reading
         return False
 

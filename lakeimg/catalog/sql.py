@@ -172,7 +172,7 @@ def _snapshot_view(views: _Views, engine: LocalEngine, view: str, table_path: st
         at = "" if version is None else f" as of {version!r}"
         raise LakeImgError(f"cannot read {table_path}{at}: {exc}") from exc
     if not files:
-        schema = engine.delta_table(table_path, version).schema().to_arrow()
+        schema = engine.arrow_schema(table_path, version)
         views.empties[f"__empty_{view}"] = pa.schema([pa.field(f.name, f.type) for f in pa.schema(schema)]).empty_table()
         views.selects[view] = f"SELECT * FROM {_quote('__empty_' + view)}"
         return

@@ -150,7 +150,7 @@ def commit_files_by_uri(
 
         def attempt() -> bool:
             nonlocal found
-            table = engine.delta_table(name)
+            table = engine._delta_table(name)
             removed, found = removals(table)
             actions = removed + adds
             if not actions:

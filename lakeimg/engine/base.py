@@ -18,7 +18,7 @@ import datetime as dt
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 import pyarrow as pa
@@ -192,7 +192,6 @@ class Write:
     replace: frozenset[str] = frozenset()
     metadata: Mapping[str, Any] | None = None
     create: bool = False
-    properties: Mapping[str, str] = field(default_factory=dict)
 
 
 class Engine(Protocol):

@@ -77,7 +77,7 @@ class LocalEngine:
 
         return DeltaTable.is_deltatable(self.location(name), storage_options=self.storage_options)
 
-    def delta_table(self, name: str, version: VersionLike = None):
+    def _delta_table(self, name: str, version: VersionLike = None):
         """delta-rs DeltaTable at a version (int), timestamp (datetime or ISO string) or latest.
 
         The latest version is loaded only when the log's last entry is whole (`check_log_tail`).
@@ -110,11 +110,11 @@ class LocalEngine:
         """Current version of a table, or None when it does not exist."""
         if not self.exists(name):
             return None
-        return self.delta_table(name).version()
+        return self._delta_table(name).version()
 
     def data_files(self, name: str, version: VersionLike = None) -> list[str]:
         """Local paths of the Parquet files that make up a snapshot."""
-        table = self.delta_table(name, version)
+        table = self._delta_table(name, version)
         features = table.protocol().reader_features or []
         if "deletionVectors" in features:
             actions = pa.table(table.get_add_actions(flatten=True))
@@ -133,7 +133,7 @@ class LocalEngine:
             >>> sum(t.num_rows for t in LocalEngine("/tmp/lake").read_batches("images", columns=["uri"]))  # doctest: +SKIP
             12
         """
-        delta = self.delta_table(name, version)
+        delta = self._delta_table(name, version)
         schema = pa.schema(delta.schema().to_arrow())
         for path in self.data_files(name, version):
             with _damage_as_error(name, delta.version(), path):
@@ -163,7 +163,7 @@ class LocalEngine:
 
         `version` is an int, a datetime (naive means UTC), an ISO timestamp string, or None.
         """
-        table = self.delta_table(name, version)
+        table = self._delta_table(name, version)
         schema = pa.schema(table.schema().to_arrow())
         files = self.data_files(name, version)
         if not files:
@@ -193,15 +193,15 @@ class LocalEngine:
 
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commit infos, newest first, with lakeimg's run record parsed from userMetadata."""
-        return [parse_history(entry) for entry in self.delta_table(name).history(limit)]
+        return [parse_history(entry) for entry in self._delta_table(name).history(limit)]
 
     def resolve_version(self, name: str, version: VersionLike = None) -> int:
         """The concrete version number a version-like (int, timestamp, None = latest) selects."""
-        return self.delta_table(name, version).version()
+        return self._delta_table(name, version).version()
 
     def arrow_schema(self, name: str, version: VersionLike = None) -> pa.Schema:
         """The table's Delta schema as Arrow (at a version)."""
-        return pa.schema(self.delta_table(name, version).schema().to_arrow())
+        return pa.schema(self._delta_table(name, version).schema().to_arrow())
 
     def iter_batches(
         self, name: str, *, version: VersionLike = None, columns: Sequence[str] | None = None, batch_rows: int = 256
@@ -211,16 +211,20 @@ class LocalEngine:
         for piece in self.read_batches(name, columns=columns, version=version, batch_rows=batch_rows):
             yield from piece.to_batches()
 
+    def add_actions(self, name: str, version: VersionLike = None) -> pa.Table:
+        """The snapshot's add actions (path, size_bytes, num_records, stats...) as the log states them."""
+        return pa.table(self._delta_table(name, version).get_add_actions(flatten=True))
+
     def table_properties(self, name: str) -> dict[str, str]:
         """The table's Delta configuration (table properties)."""
-        return dict(self.delta_table(name).metadata().configuration)
+        return dict(self._delta_table(name).metadata().configuration)
 
     # --- maintenance ---------------------------------------------------------------------
 
     def optimize(self, name: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Compact small files into larger ones (a new version with the same rows)."""
         return with_retries(
-            name, lambda: self.delta_table(name).optimize.compact(commit_properties=_commit_properties(metadata)), _conflicts()
+            name, lambda: self._delta_table(name).optimize.compact(commit_properties=_commit_properties(metadata)), _conflicts()
         )
 
     def vacuum(
@@ -236,7 +240,7 @@ class LocalEngine:
         `keep_versions` are versions whose files stay whatever their age (pinned training sets
         and the versions their lineage needs).
         """
-        table = self.delta_table(name)
+        table = self._delta_table(name)
         return table.vacuum(
             retention_hours=int(retention_hours),
             dry_run=dry_run,
@@ -247,14 +251,14 @@ class LocalEngine:
 
     def set_table_properties(self, name: str, properties: dict[str, str]) -> None:
         """Set Delta table properties (one commit), e.g. to keep old log entries for time travel."""
-        table = self.delta_table(name)
+        table = self._delta_table(name)
         with_retries(name, lambda: table.alter.set_table_properties(dict(properties), raise_if_not_exists=False), _conflicts())
 
     def copy_snapshot(self, name: str, version: VersionLike, target: LocalEngine, target_name: str) -> int:
         """Write one snapshot of a table as a new table (same schema and properties) elsewhere."""
         from deltalake import write_deltalake
 
-        source = self.delta_table(name, version)
+        source = self._delta_table(name, version)
         schema = pa.schema([f.with_nullable(True) for f in self.arrow_schema(name, version)])
         data = self.read(name, version=version).cast(schema)
         write_deltalake(
@@ -264,7 +268,7 @@ class LocalEngine:
             configuration=dict(source.metadata().configuration),
             storage_options=target.storage_options,
         )
-        return target.delta_table(target_name).version()
+        return target._delta_table(target_name).version()
 
     # --- writing -------------------------------------------------------------------------
 
@@ -359,7 +363,7 @@ class LocalEngine:
         delta-rs' `load_cdf` runs on DataFusion and hands back an Arrow stream; unlike the
         pyarrow-dataset path it does not abort the interpreter at exit.
         """
-        table = self.delta_table(name)
+        table = self._delta_table(name)
         wanted = list(dict.fromkeys([*columns, "_change_type", "_commit_version"]))
         try:
             result = pa.table(table.load_cdf(starting_version=starting_version, ending_version=ending_version, columns=wanted))
