@@ -30,6 +30,7 @@ import pyarrow.compute as pc
 
 from lakeimg.engine.base import CommitResult, Engine, Write
 from lakeimg.engine.layout import table_location
+from lakeimg.errors import ErrorClass
 from lakeimg.image.display import make_thumbnail
 from lakeimg.image.tiles import decode_tile, page_shapes
 from lakeimg.kernels.ingest import ingest_result_schema
@@ -137,7 +138,7 @@ def tile_images(
         try:
             tasks += _plan(row, options, staging)
         except Exception as exc:  # noqa: BLE001 - one bad file becomes a reject
-            failures[row["uri"]] = ("corrupt", f"{type(exc).__name__}: {exc}")
+            failures[row["uri"]] = (ErrorClass.CORRUPT, f"{type(exc).__name__}: {exc}")
 
     budgets = [t["budget_s"] for t in tasks if t.get("budget_s")]
     if budgets:  # no task outlives its file's budget; this kills one stuck where no alarm reaches
@@ -161,7 +162,7 @@ def tile_images(
         finally:
             staged.discard()
         for s in summaries:  # one reject per file: the error that stopped it, not its skipped tasks
-            if s.get("error_class") and (s["uri"] not in failures or failures[s["uri"]][0] == "skipped"):
+            if s.get("error_class") and (s["uri"] not in failures or failures[s["uri"]][0] == ErrorClass.SKIPPED):
                 failures[s["uri"]] = (s["error_class"], f"tiling failed: {s['error_message'] or 'tiling failed'}")
 
     kept, rejects = [], []
@@ -172,7 +173,7 @@ def tile_images(
                 kept.append(row)
                 continue
             except Exception as exc:  # noqa: BLE001
-                failures[row["uri"]] = ("corrupt", f"thumbnail from the top level failed: {exc}")
+                failures[row["uri"]] = (ErrorClass.CORRUPT, f"thumbnail from the top level failed: {exc}")
         error_class, message = failures[row["uri"]]
         rejects.append(reject_row(row, error_class, message, run_id=options.run_id, at=options.ingested_at, sha=row["content_sha256"]))
     result.image_rows = pa.Table.from_pylist(kept, schema=rows.schema)

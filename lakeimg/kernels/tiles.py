@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lakeimg.errors import ErrorClass
 from lakeimg.image._settings import decoder_settings
 from lakeimg.image.tiles import (
     DEFAULT_TILE_ENCODING,
@@ -176,7 +177,7 @@ def _file_started(staging: str | None, uri: str) -> float:
 class _BudgetSpent(Exception):
     """The file's tiling ran out of time, or another of its tasks failed."""
 
-    def __init__(self, error_class: str, message: str):
+    def __init__(self, error_class: ErrorClass, message: str):
         super().__init__(message)
         self.error_class, self.message = error_class, message
 
@@ -311,10 +312,10 @@ class _TaskGuard:
 
     def check(self) -> None:
         if _file_failed(self.staging, self.uri):
-            raise _BudgetSpent("skipped", "another tiling task of this file failed")
+            raise _BudgetSpent(ErrorClass.SKIPPED, "another tiling task of this file failed")
         if time.time() > self.deadline:
             raise _BudgetSpent(
-                "timeout",
+                ErrorClass.TIMEOUT,
                 f"tiling this file took longer than its budget of {self.budget:g} s (--file-timeout per started gigapixel)",
             )
 
@@ -365,15 +366,15 @@ def stage_tiles_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions, 
             except (_BudgetSpent, _FileTimeout) as exc:
                 _remove(partial)
                 if not isinstance(exc, _BudgetSpent):
-                    exc = _BudgetSpent("timeout", f"tiling this file took longer than its budget of {guard.budget:g} s")
-                if exc.error_class != "skipped":
+                    exc = _BudgetSpent(ErrorClass.TIMEOUT, f"tiling this file took longer than its budget of {guard.budget:g} s")
+                if exc.error_class != ErrorClass.SKIPPED:
                     mark_file_failed(staging, task["uri"])
                 summary.update(error_class=exc.error_class, error_message=exc.message)
             except Exception as exc:  # noqa: BLE001 - one bad file becomes a reject, not a failed run
                 _remove(partial)
                 mark_file_failed(staging, task["uri"])
                 summary.update(
-                    error_class="corrupt",
+                    error_class=ErrorClass.CORRUPT,
                     error_message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"[:2000],
                 )
             yield pa.RecordBatch.from_pylist([summary], schema=STAGED_SCHEMA)
