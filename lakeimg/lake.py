@@ -42,9 +42,7 @@ class Lake:
 
     def tables(self) -> list[str]:
         """Names of the Delta tables in the lake (runs excluded)."""
-        if not os.path.isdir(self.path):
-            return []
-        return sorted(n for n in os.listdir(self.path) if not n.startswith(("_", ".")) and self._local.exists(n))
+        return [n for n in self._local.tables() if not n.startswith("_")]
 
     def version(self, table: str) -> int | None:
         """Current version of `table`, or None when it does not exist."""
