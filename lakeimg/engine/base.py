@@ -155,7 +155,7 @@ class Staged(Protocol):
     """
 
     def keys(self, columns: Sequence[str] = ("uri",)) -> pa.Table:
-        """`columns` of the output rows (not held, not rejects): small, to the driver."""
+        """Key columns (uri, variant) of the output rows (not held, not rejects), to the driver."""
         ...
 
     def held(self) -> pa.Table:

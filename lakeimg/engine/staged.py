@@ -26,7 +26,9 @@ import pyarrow.parquet as pq
 from lakeimg.schemas import TableContract
 from lakeimg.uris import uri_to_path
 
-__all__ = ["StagedParquet", "LocalStaged"]
+__all__ = ["StagedParquet", "LocalStaged", "KEY_COLUMNS"]
+
+KEY_COLUMNS = ("uri", "variant")  # what `Staged.keys` serves for rows staged in a contract
 
 
 class StagedParquet:
@@ -92,16 +94,16 @@ class StagedParquet:
 class LocalStaged:
     """A stage's output on the embedded engine (`lakeimg.engine.base.Staged`).
 
-    With a `contract`, output rows are written to `StagedParquet` files and only their
-    non-binary columns are kept here (for `keys`); without one (small outputs such as tiling
-    summaries) they stay in memory.
+    With a `contract`, output rows are written to `StagedParquet` files and only their key
+    columns (`KEY_COLUMNS`) are kept here; without one (small outputs such as tiling summaries)
+    they stay in memory.
     """
 
     def __init__(self, folder: str, contract: TableContract | None, schema: pa.Schema, held: str | None = None):
         self.parquet = StagedParquet(folder, contract) if contract is not None else None
         self.schema, self.held_column = schema, held
-        small = [f.name for f in schema if not pa.types.is_binary(f.type) and not pa.types.is_large_binary(f.type)]
-        self._key_columns = small if contract is not None else schema.names
+        # Only the keys of staged rows stay here: a run's metadata can be large too.
+        self._key_columns = [c for c in KEY_COLUMNS if c in schema.names] if contract is not None else schema.names
         self._keys: list[pa.Table] = []
         self._held: list[pa.Table] = []
         self._rejects: list[pa.Table] = []
