@@ -38,7 +38,7 @@ def main() -> int:
     parser.add_argument("--keep", default=None, help="folder for the generated JPEGs (reused if present)")
     args = parser.parse_args()
 
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
     from lakeimg.engine.spark import SparkEngine, spark_session_builder
     from lakeimg.jobs.ingest import ingest_files
     from lakeimg.samples import write_photo_jpegs

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import enum
+
 
 class LakeImgError(Exception):
     """Base class of every error lakeimg raises on purpose."""
@@ -16,6 +18,37 @@ def _rebuild(cls, args, state):
     Exception.__init__(err, *args)
     err.__dict__.update(state)
     return err
+
+
+class ErrorClass(enum.StrEnum):
+    """The reject codes: `error_class` of every rejects table (stable: users filter on them).
+
+    Example:
+        >>> ErrorClass("timeout").transient, ErrorClass.CORRUPT == "corrupt"
+        (True, True)
+    """
+
+    EMPTY = "empty"
+    TRUNCATED = "truncated"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    UNSUPPORTED_DTYPE = "unsupported_dtype"
+    CORRUPT = "corrupt"
+    TOO_LARGE = "too_large"
+    UNREADABLE = "unreadable"
+    TIMEOUT = "timeout"
+    DECODER_CRASH = "decoder_crash"
+    NOT_REGULAR_FILE = "not_regular_file"
+    BROKEN_SYMLINK = "broken_symlink"
+    SYMLINK_LOOP = "symlink_loop"
+    TILED_SOURCE = "tiled_source"
+    OP_FAILED = "op_failed"
+    ENCODE_FAILED = "encode_failed"
+    SKIPPED = "skipped"  # a tiling task stopped because another task of its file failed
+
+    @property
+    def transient(self) -> bool:
+        """Says nothing about the file (a killed worker, a read that failed this time): read again."""
+        return self in (ErrorClass.TIMEOUT, ErrorClass.DECODER_CRASH, ErrorClass.UNREADABLE)
 
 
 class ImageDecodeError(LakeImgError):

@@ -33,11 +33,13 @@ import pyarrow as pa
 from lakeimg.catalog import trainsets
 from lakeimg.catalog.history import HistoryEntry, table_history
 from lakeimg.catalog.lineage import LineageStep, table_lineage, trainset_lineage
-from lakeimg.catalog.maintenance import maintain, readable_versions
+from lakeimg.catalog.maintenance import MaintenanceReport, maintain, readable_versions
 from lakeimg.catalog.reproduce import ReproduceResult, reproduce
 from lakeimg.catalog.sql import run_spark_sql, run_sql
 from lakeimg.engine import open_engine
-from lakeimg.engine.local import LocalEngine, VersionLike, require_lake
+from lakeimg.engine.base import Engine, EngineName, VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
+from lakeimg.engine.layout import require_lake
 from lakeimg.engine.spark import spark_session_builder
 from lakeimg.errors import SpecError, TableNotFoundError
 from lakeimg.fluent import TableBuilder
@@ -50,7 +52,6 @@ from lakeimg.tables import is_table_name, lake_tables
 
 __all__ = ["Lake", "EngineName", "ExportFormat"]
 
-EngineName = Literal["local", "spark"]
 ExportFormat = Literal["jpeg", "png", "tiff", "bmp"]
 
 
@@ -153,17 +154,14 @@ class Lake:
 
     def transform(self, source: str, target: str, spec: Any, **options: Any) -> TransformSummary:
         """Run a transform spec from `source` into `target`; options as `jobs.transform.transform_table`."""
-        options.setdefault("engine", self.engine_name)
-        if options["engine"] == "spark":
-            options.setdefault("spark", self.spark)
+        options.setdefault("engine", self.jobs_engine())
         return transform_table(self.path, source, target, spec, **options)
 
     def ingest(self, sources: str | Sequence[str], **options: Any) -> IngestSummary:
         """Ingest files, folders or globs; options as `lakeimg.jobs.ingest.ingest_files`."""
         if isinstance(sources, (str, os.PathLike)):
             sources = [os.fspath(sources)]
-        if self.engine_name == "spark" and "engine" not in options:
-            options["engine"] = self.spark_engine()
+        options.setdefault("engine", self.jobs_engine())
         return ingest_files(self.path, list(sources), **options)
 
     def export(
@@ -172,6 +170,10 @@ class Lake:
     ) -> dict[str, Any]:
         """Write every image of `table@version` into the folder `out` as files; returns a summary."""
         return export_table(self.path, table, out, fmt=format, version=version, quality=quality, engine=self._local)
+
+    def jobs_engine(self) -> Engine:
+        """The engine jobs run on: the lake's `LocalEngine`, or its SparkEngine (`spark_engine`)."""
+        return self.spark_engine() if self.engine_name == "spark" else self._local
 
     def spark_engine(self):
         """The lake's SparkEngine on the session given as `Lake(path, engine="spark", spark=...)`."""
@@ -225,11 +227,9 @@ class Lake:
         """Every training set record, oldest first."""
         return trainsets.list_trainsets(self._local)
 
-    def maintain(self, **options: Any) -> dict[str, Any]:
+    def maintain(self, **options: Any) -> MaintenanceReport:
         """Compact and vacuum, keeping every version a training set or its lineage reads."""
-        if self.engine_name == "spark":
-            options.setdefault("spark_engine", self.spark_engine())
-        return maintain(self._local, **options)
+        return maintain(self.jobs_engine(), **options)
 
     def to_spark(self, spark: Any, name: str, split: str, **options: Any):
         """Training set `name`'s split as a Spark DataFrame with an MLlib vector column.

@@ -152,13 +152,14 @@ def test_reproduce_reports_changed_source_without_reingest(chain):
 def test_reproduce_detects_a_tampered_derived_version(chain):
     lake, *_ = chain
     # Overwrite small with SPEC_A's output under SPEC_B's record: a re-run must disagree.
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.base import Write
+    from lakeimg.engine.delta_rs import LocalEngine
     from lakeimg.schemas import table_contract
 
     engine = LocalEngine(lake.path)
     rows = engine.read("small", version=0)
     metadata = engine.history("small")[0]["lakeimg"]
-    engine.merge_by_key("small", table_contract("derived"), upserts=rows.slice(0, 1), key=["uri", "variant"], metadata=metadata)
+    engine.commit(Write("small", table_contract("derived"), rows=rows.slice(0, 1), metadata=metadata))
     result = lake.reproduce("small", 2, workers=0)
     assert result.identical is False
     assert [d["reason"] for d in result.differences] == ["content_differs"]

@@ -11,7 +11,8 @@ from conftest import run_cli
 from PIL import Image
 
 from lakeimg import Lake
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.base import Write
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.image.codecs import encode_pixels, normalize_output
 from lakeimg.jobs.export import export_table, safe_name
 from lakeimg.samples import photo_like
@@ -50,7 +51,7 @@ def test_export_never_writes_outside_the_folder(tmp_path: Path):
             for uri in HOSTILE_URIS
         ]
     )  # fmt: skip
-    engine.merge_by_key("hostile", spec.contract(), upserts=rows, key=["uri", "variant"])
+    engine.commit(Write("hostile", spec.contract(), rows=rows))
     out = tmp_path / "out" / "inner"
     summary = export_table(lake, "hostile", out, fmt="jpeg")
     assert (summary["written"], summary["failed"]) == (len(HOSTILE_URIS), 0)

@@ -169,7 +169,7 @@ def test_failed_run_leaves_every_table_at_its_previous_version(src, lake_dir):
 
 
 def test_failure_after_the_data_commits_keeps_them_and_the_next_run_completes(src, lake_dir, monkeypatch):
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
     from lakeimg.errors import PartialRunError
     from lakeimg.tables import RUNS_TABLE
 

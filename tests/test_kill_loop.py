@@ -21,7 +21,7 @@ from PIL import Image
 
 from lakeimg import Lake
 from lakeimg.catalog.history import run_records
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.storage import uri_to_path
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from conftest import run_cli
 from test_catalog import SPEC_A, SPEC_B, write_pngs
 
 from lakeimg import Lake
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.jobs.transform import transform_table
 
 
@@ -38,12 +38,12 @@ def test_optimize_and_vacuum_keep_pinned_sets_and_their_lineage(tmp_path):
 
     report = lake.maintain(optimize=True, vacuum_hours=0)
 
-    assert report["ok"] and not report["refused"]
-    assert report["protected"]["small"] == [1] and 2 in report["protected"]["images"]
-    assert report["tables"]["images"]["optimize"]["files_removed"] == files_before > 1
+    assert report.ok and not report.refused
+    assert report.protected["small"] == [1] and 2 in report.protected["images"]
+    assert report.tables["images"].optimize["files_removed"] == files_before > 1
     assert len(engine.data_files("images")) == 1
-    assert report["tables"]["small"]["vacuum"]["removed"] > 0
-    assert report["pinned_sets_readable"] == {"pinned": True}
+    assert report.tables["small"].vacuum["removed"] > 0
+    assert report.pinned_sets_readable == {"pinned": True}
     # The pinned set reads identically, through a fresh handle (no cached pixels).
     after = _read_all(Lake(lake.path).training_set("pinned"))
     assert after.keys() == before.keys() and all(np.array_equal(after[u], before[u]) for u in before)
@@ -97,15 +97,15 @@ def test_maintenance_on_spark_compacts_and_refuses_what_it_cannot_keep(spark, tm
     on_spark = Lake(lake.path, engine="spark", spark=spark)
     report = on_spark.maintain(optimize=True, vacuum_hours=0, tables=["images", "small"])
 
-    assert report["tables"]["images"]["optimize"]["files_removed"] == 2
-    assert report["tables"]["images"]["optimize"]["files_added"] == 1
-    assert report["refused"] and "images" in report["refused"][0] and "[0]" in report["refused"][0]
-    assert report["tables"]["images"]["vacuum"] == {"refused": report["refused"][0]}
-    assert report["ok"] is False
+    assert report.tables["images"].optimize["files_removed"] == 2
+    assert report.tables["images"].optimize["files_added"] == 1
+    assert report.refused and "images" in report.refused[0] and "[0]" in report.refused[0]
+    assert report.tables["images"].vacuum == {"refused": report.refused[0]}
+    assert report.ok is False
     assert all(os.path.exists(f) for f in images_files)  # refused: nothing of images@0 deleted
-    assert report["tables"]["small"]["vacuum"]["removed"] >= 1
+    assert report.tables["small"].vacuum["removed"] >= 1
     assert not any(os.path.exists(f) for f in old_small)
-    assert report["pinned_sets_readable"] == {"first": True}
+    assert report.pinned_sets_readable == {"first": True}
     after = _read_all(Lake(lake.path).training_set("first"))
     assert after.keys() == before.keys() and all(np.array_equal(after[u], before[u]) for u in before)
     runs = lake.read("_lakeimg/runs").to_pylist()

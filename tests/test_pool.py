@@ -107,7 +107,7 @@ def test_read_batches_streams_the_snapshot_like_read(lake_dir, tmp_path):
     from PIL import Image
 
     from lakeimg import Lake
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
 
     folder = tmp_path / "imgs"
     folder.mkdir()

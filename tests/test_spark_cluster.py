@@ -68,7 +68,7 @@ def _wait_for_worker(ui_port: int, procs: list[subprocess.Popen], timeout: float
 
 
 def test_ingest_on_standalone_cluster(tmp_path):
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
     from lakeimg.samples import write_broken_files, write_photo_jpegs
 
     src = tmp_path / "src"

@@ -10,7 +10,8 @@ import pyarrow as pa
 import pytest
 
 from lakeimg.engine import open_engine
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.base import Write
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import TableNotFoundError
 from lakeimg.schemas import table_contract
 
@@ -55,17 +56,16 @@ def test_engine_surface(spark, tmp_path):
     schema = spark.read.format("delta").load(eng.location("r")).schema
     assert not schema["uri"].nullable and schema["content_sha256"].nullable
 
-    first = eng.merge_by_key("r", contract, upserts=_reject_rows(["a", "b", "c"]), metadata={"run_id": "run-2"})
-    assert (first.version, first.inserted, first.updated, first.committed) == (1, 3, 0, True)
+    first = eng.commit(Write("r", contract, rows=_reject_rows(["a", "b", "c"]), metadata={"run_id": "run-2"}))
+    assert (first.version, first.committed) == (1, True)
     time.sleep(1.1)  # commit timestamps have millisecond resolution; keep versions apart
     between = dt.datetime.now(dt.timezone.utc)
     time.sleep(1.1)
-    second = eng.merge_by_key(
-        "r", contract, upserts=_reject_rows(["c", "d"], "truncated"), delete_keys=["a"], metadata={"run_id": "run-3"}
-    )
-    assert (second.version, second.inserted, second.updated, second.deleted) == (2, 1, 1, 1)
+    # Replace by key: "c" replaced, "d" inserted, "a" deleted, in one commit.
+    second = eng.commit(Write("r", contract, rows=_reject_rows(["c", "d"], "truncated"), replace=frozenset({"a"}), metadata={"run_id": "run-3"}))
+    assert (second.version, second.committed) == (2, True)
     # Nothing to do: no commit.
-    nothing = eng.merge_by_key("r", contract, upserts=_reject_rows([]), delete_keys=[])
+    nothing = eng.commit(Write("r", contract, rows=_reject_rows([])))
     assert (nothing.version, nothing.committed) == (2, False)
 
     latest = eng.read("r")
@@ -82,7 +82,7 @@ def test_engine_surface(spark, tmp_path):
     history = eng.history("r")
     assert [h["version"] for h in history] == [2, 1, 0]
     assert [h["lakeimg"]["run_id"] for h in history] == ["run-3", "run-2", "run-1"]
-    assert history[0]["operation"] == "MERGE"
+    assert history[0]["operation"] == "WRITE"  # replaceWhere
     # The session setting is unset after each commit: a plain write carries no run record.
     plain = str(tmp_path / "plain")
     spark.range(1).write.format("delta").save(plain)
@@ -195,3 +195,44 @@ def test_crashing_and_hanging_decoders_become_rejects_on_spark(spark, tmp_path):
     assert sorted(u.rsplit("/", 1)[-1] for u in lake.read("images", columns=["uri"])["uri"].to_pylist()) == [
         "good0.png", "good1.png", "good2.png"
     ]
+
+
+def test_the_same_jobs_on_both_engines_make_equal_tables_in_one_lake(spark, tmp_path):
+    """ingest_files and transform_table are written once: run on each engine into one lake,
+    they make the same rows (tiles, rejects and derived tables included)."""
+    import numpy as np
+    import tifffile
+    from PIL import Image
+
+    from lakeimg.jobs.ingest import ingest_files
+    from lakeimg.jobs.transform import transform_table
+    from lakeimg.samples import photo_like
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(3):
+        Image.fromarray(photo_like(40, 30, seed=i)).save(src / f"p{i}.png")
+    (src / "broken.png").write_bytes(b"\x89PNG not really")
+    tifffile.imwrite(src / "big.tif", np.random.default_rng(2).integers(0, 255, (300, 200), dtype=np.uint8), tile=(128, 128))
+    lake = str(tmp_path / "lake")
+    options = dict(tile_above_pixels=10_000, tile_size=128)
+    spark_engine = open_engine(lake, "spark", spark=spark)
+    ingest_files(lake, [str(src)], table="a", workers=0, **options)
+    summary = ingest_files(lake, [str(src)], table="b", engine=spark_engine, **options)
+    assert (summary.added, summary.rejected) == (4, 1)
+    spec = {"ops": [{"op": "resize", "width": 16, "height": 16}, {"op": "mean_std"}]}
+    transform_table(lake, "a", "ta", spec, workers=0)
+    transformed = transform_table(lake, "b", "tb", spec, engine=spark_engine)
+    assert (transformed.added, transformed.rejected) == (4, 0)
+
+    local = LocalEngine(lake)
+    volatile = {"run_id", "ingested_at", "rejected_at", "error_message"}
+
+    def rows(table: str, keys: list[str]) -> pa.Table:
+        data = local.read(table)
+        return data.drop_columns([c for c in data.column_names if c in volatile]).sort_by([(k, "ascending") for k in keys])
+
+    for a, b, keys in (("a", "b", ["uri"]), ("a_rejects", "b_rejects", ["uri"]),
+                       ("a_tiles", "b_tiles", ["uri", "page", "level", "tile_row", "tile_col"]), ("ta", "tb", ["uri", "variant"])):
+        left, right = rows(a, keys), rows(b, keys)
+        assert left.num_rows > 0 and left.equals(right), (a, b)

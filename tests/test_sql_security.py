@@ -16,7 +16,8 @@ from lakeimg import Lake
 from lakeimg.catalog.sql import run_sql
 from lakeimg.catalog.trainsets import TrainingSet
 from lakeimg.cli import main
-from lakeimg.engine.local import LocalEngine, table_location
+from lakeimg.engine.delta_rs import LocalEngine
+from lakeimg.engine.layout import table_location
 from lakeimg.errors import InvalidNameError, SqlError, TableNotFoundError
 from lakeimg.schemas import table_contract
 from lakeimg.sqlguard import check_spark_query, confined_connection, filter_table, parse_where

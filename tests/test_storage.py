@@ -28,9 +28,10 @@ from lakeimg import Lake
 from lakeimg.errors import UriError
 from lakeimg.image.decode import decode_image
 from lakeimg.jobs.export import export_table
-from lakeimg.jobs.ingest import failed_file_row, ingest_files
+from lakeimg.jobs.ingest import ingest_files
 from lakeimg.jobs.listing import list_sources
 from lakeimg.kernels.ingest import IngestOptions, ingest_one_file, read_file_bytes
+from lakeimg.kernels.rejects import reject_row
 from lakeimg.samples import photo_like
 from lakeimg.storage import (
     NotRegularFileError,
@@ -288,7 +289,7 @@ def test_a_fifo_is_never_opened_for_reading(tmp_path):
     row = ingest_one_file(listing, IngestOptions(run_id="r"))
     assert (row["outcome"], row["error_class"]) == ("reject", "not_regular_file")
     # A crashed or killed worker's reject is made in the driver without touching the file.
-    failed = failed_file_row(listing, "timeout", "worker killed", options=IngestOptions(run_id="r"))
+    failed = reject_row(listing, "timeout", "worker killed", run_id="r")
     assert (failed["error_class"], failed["content_sha256"]) == ("timeout", None)
 
 

@@ -1,22 +1,24 @@
 """Huge images on the Spark engine: one image split across Spark tasks by tile-row ranges gives
-exactly the embedded engine's tiles, committed to the tiles table in one replaceWhere commit."""
+exactly the embedded engine's tiles (the same `tile_images`), committed to the tiles table in
+one replaceWhere commit."""
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 import tifffile
 
 from lakeimg import Lake
-from lakeimg.engine.local import LocalEngine
-from lakeimg.jobs.tiling import commit_tiles_spark, tile_images_spark
+from lakeimg.engine.delta_rs import LocalEngine
+from lakeimg.jobs.tiling import commit_tiles, tile_images
+from lakeimg.kernels.ingest import ingest_result_schema
 from lakeimg.kernels.tiles import TileOptions
-from lakeimg.uris import to_uri
+from lakeimg.storage import to_uri
 
 pytestmark = pytest.mark.spark
 
@@ -25,7 +27,9 @@ COLS = ["uri", "page", "level", "tile_row", "tile_col", "x", "y", "width", "heig
 
 def _row(path: str, arr: np.ndarray) -> dict:
     sha = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return {"uri": to_uri(path), "content_sha256": sha, "height": arr.shape[0], "width": arr.shape[1], "pages": 1, "mode": "RGB"}
+    row = {"uri": to_uri(path), "content_sha256": sha, "height": arr.shape[0], "width": arr.shape[1], "pages": 1, "mode": "RGB",
+           "tiled": True, "outcome": "image"}
+    return pa.Table.from_pylist([row], schema=ingest_result_schema())
 
 
 def test_one_huge_image_split_across_spark_tasks(spark, tmp_path):
@@ -45,16 +49,14 @@ def test_one_huge_image_split_across_spark_tasks(spark, tmp_path):
     lake = str(tmp_path / "lake")
     engine = SparkEngine(lake, spark)
     options = TileOptions(tile_size=128, rows_per_task=2, run_id="r1")
-    tiling = tile_images_spark(engine, [_row(path, arr)], options)
+    tiling = tile_images(engine, _row(path, arr), options)
     try:
-        assert not tiling.failures and tiling.tiled_uris == [to_uri(path)]
-        assert tiling.thumbnails[to_uri(path)][:2] == b"\xff\xd8"
-        # 12 level-0 tile rows in shares of 2: six share tasks spread over Spark partitions (several
-        # wrote Parquet parts), then one top task
-        shares = glob.glob(os.path.join(tiling.staged[0].location, "part-*.parquet"))
-        assert len([p for p in shares if os.path.getsize(p) > 1000]) >= 2
-        assert len(tiling.staged) == 2
-        result = commit_tiles_spark(engine, "images", tiling, metadata={"run_id": "r1"})
+        assert tiling.rejects.num_rows == 0 and tiling.tiled_uris == [to_uri(path)]
+        assert tiling.image_rows["thumbnail"][0].as_py()[:2] == b"\xff\xd8"
+        # 12 level-0 tile rows in shares of 2: six share tasks on the executors, each its own
+        # Parquet file, then one top task
+        assert len(tiling.files) == 7 and all(os.path.getsize(p) > 1000 for p in tiling.files)
+        result = commit_tiles(engine, "images", tiling, metadata={"run_id": "r1"})
     finally:
         tiling.cleanup()
     assert result.committed
@@ -65,9 +67,9 @@ def test_one_huge_image_split_across_spark_tasks(spark, tmp_path):
     small = arr[:300, :200].copy()
     tifffile.imwrite(path, small, tile=(128, 128))
     before = engine.version("images_tiles")
-    again = tile_images_spark(engine, [_row(path, small)], options)
+    again = tile_images(engine, _row(path, small), options)
     try:
-        commit_tiles_spark(engine, "images", again, replace_uris={to_uri(path)})
+        commit_tiles(engine, "images", again, replace_uris={to_uri(path)})
     finally:
         again.cleanup()
     assert engine.version("images_tiles") == before + 1

@@ -97,7 +97,7 @@ def test_training_sets_are_immutable_and_pinned(grown):
     assert grown.version("images") == 2
     assert grown.training_set("pinned").rows().num_rows == 30 == ts.rows().num_rows
     # The live trainsets table follows its contract (schemas/trainsets.v1.json).
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
     from lakeimg.schemas import table_contract
 
     live = LocalEngine(grown.path).arrow_schema("_lakeimg/trainsets")

@@ -301,7 +301,7 @@ def test_shrinking_resize_of_jpegs_uses_dct_scaling_unless_disabled(tmp_path: Pa
 
 
 def test_rows_stream_to_staged_files_and_a_failed_run_is_completed_by_the_next(lake: Lake, monkeypatch):
-    from lakeimg.engine.local import LocalEngine
+    from lakeimg.engine.delta_rs import LocalEngine
     from lakeimg.errors import PartialRunError
     from lakeimg.tables import RUNS_TABLE
 

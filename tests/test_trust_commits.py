@@ -17,9 +17,9 @@ from PIL import Image
 
 from lakeimg import Lake
 from lakeimg.catalog.history import run_records
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeDamagedError, PartialRunError
-from lakeimg.uris import uri_to_path
+from lakeimg.storage import uri_to_path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -64,16 +64,16 @@ def test_a_failed_run_never_undoes_what_another_writer_committed(tmp_path, monke
     mine = _folder(tmp_path / "mine", 4, seed=10)
     (mine / "broken.jpg").write_bytes(b"\xff\xd8 not really")
     theirs = _folder(tmp_path / "theirs", 40, seed=100)
-    real_merge = LocalEngine.merge_by_key
+    real_commit = LocalEngine.commit
 
-    def merge_then_fail(self, name, *args, **kwargs):
-        if name != "images":
-            return real_merge(self, name, *args, **kwargs)
+    def commit_then_fail(self, write):
+        if write.table != "images":
+            return real_commit(self, write)
         # Between this run's rejects commit and its images commit another writer commits.
         _python("import sys, lakeimg; lakeimg.Lake(sys.argv[1]).ingest([sys.argv[2]], workers=0)", lake.path, str(theirs))
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(LocalEngine, "merge_by_key", merge_then_fail)
+    monkeypatch.setattr(LocalEngine, "commit", commit_then_fail)
     with pytest.raises(PartialRunError) as failed:
         lake.ingest([str(mine)], workers=0)
     monkeypatch.undo()
@@ -94,14 +94,14 @@ def test_a_failed_run_never_undoes_what_another_writer_committed(tmp_path, monke
 
 KILL_AFTER_COMMIT = """
 import os, signal, sys
-from lakeimg.engine.local import LocalEngine
-real = LocalEngine.merge_by_key
-def merge_then_die(self, name, *args, **kwargs):
-    result = real(self, name, *args, **kwargs)
-    if name == sys.argv[3]:
+from lakeimg.engine.delta_rs import LocalEngine
+real = LocalEngine.commit
+def commit_then_die(self, write):
+    result = real(self, write)
+    if write.table == sys.argv[3]:
         os.kill(os.getpid(), signal.SIGKILL)
     return result
-LocalEngine.merge_by_key = merge_then_die
+LocalEngine.commit = commit_then_die
 from lakeimg.jobs.ingest import ingest_files
 ingest_files(sys.argv[1], [sys.argv[2]], workers=0)
 """

@@ -17,7 +17,7 @@ from conftest import run_cli
 from PIL import Image
 
 from lakeimg import Lake
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import ContentMismatchError, LakeDamagedError
 from lakeimg.jobs.export import export_table, safe_name
 from lakeimg.jobs.ingest import ingest_files

@@ -18,7 +18,7 @@ import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.tables import RUN_STATUS_RANK, RUNS_TABLE
 
 __all__ = ["HistoryEntry", "table_history", "run_records", "DATA_NEUTRAL_OPERATIONS"]
@@ -141,7 +141,7 @@ def _changes_data(engine: LocalEngine, table: str, entry: dict[str, Any]) -> boo
     if operation != "CREATE TABLE":
         return operation not in DATA_NEUTRAL_OPERATIONS
     try:
-        return bool(engine.delta_table(table, entry.get("version")).file_uris())
+        return bool(engine.data_files(table, entry.get("version")))
     except Exception:  # noqa: BLE001 - that version's log is gone: the schema-only reading
         return False
 

@@ -27,7 +27,8 @@ from typing import Any
 
 from lakeimg.catalog.history import HistoryEntry, table_history
 from lakeimg.catalog.trainsets import load_trainset_record
-from lakeimg.engine.local import LocalEngine, VersionLike
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import TableNotFoundError
 
 __all__ = ["LineageStep", "table_lineage", "trainset_lineage", "producing_step", "lineage_nodes"]

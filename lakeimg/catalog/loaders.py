@@ -44,7 +44,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeImgError
 from lakeimg.image import decode_image
 from lakeimg.image.codecs import decode_pixels

@@ -14,35 +14,66 @@ table that holds a protected version (one property commit, only when not yet set
 
 Example:
     >>> report = maintain(LocalEngine("/tmp/lake"), optimize=True, vacuum_hours=0)  # doctest: +SKIP
-    >>> report["tables"]["images"]["vacuum"]["removed"]  # doctest: +SKIP
+    >>> report.tables["images"].vacuum["removed"]  # doctest: +SKIP
     3
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from dataclasses import dataclass, field
 from typing import Any
 
 from lakeimg.catalog.lineage import lineage_nodes
 from lakeimg.catalog.trainsets import list_trainsets
-from lakeimg.engine.local import LocalEngine, ensure_lake, require_lake
+from lakeimg.engine.base import Engine
+from lakeimg.engine.delta_rs import LocalEngine
+from lakeimg.engine.layout import ensure_lake, require_lake
 from lakeimg.engine.staging import remove_stale_staging
 from lakeimg.errors import LakeImgError, SpecError
 from lakeimg.schemas import table_contract
-from lakeimg.tables import RUNS_TABLE, TRAINSETS_TABLE, RunRecord, new_run_id, utc_now
+from lakeimg.tables import RUNS_TABLE, RunRecord, new_run_id, utc_now
 
-__all__ = ["maintain", "protected_versions", "lake_tables", "readable_versions"]
+__all__ = ["MaintenanceReport", "TableMaintenance", "maintain", "protected_versions", "readable_versions"]
 
 _KEEP_LOGS = {"delta.enableExpiredLogCleanup": "false"}
 
 
-def lake_tables(engine: LocalEngine) -> list[str]:
-    """Every Delta table of the lake, lakeimg's own (runs, trainsets) included."""
-    root = engine.lake
-    names = []
-    if os.path.isdir(root):
-        names = sorted(n for n in os.listdir(root) if not n.startswith((".", "_")) and engine.exists(n))
-    return names + [t for t in (RUNS_TABLE, TRAINSETS_TABLE) if engine.exists(t)]
+@dataclass(frozen=True)
+class TableMaintenance:
+    """What maintenance did to one table (`to_dict` leaves out the steps that did not run)."""
+
+    kept_versions: list[int]
+    log_cleanup_disabled: bool | None = None
+    optimize: dict[str, int] | None = None  # files_added, files_removed
+    vacuum: dict[str, Any] | None = None  # removed + dry_run, or refused
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+
+@dataclass(frozen=True)
+class MaintenanceReport:
+    """A maintenance run: per-table results, refusals, problems, protected versions, and
+    whether every pinned training set still reads (`ok`: nothing refused, every set readable)."""
+
+    run_id: str
+    tables: dict[str, TableMaintenance]
+    refused: list[str]
+    problems: list[str]
+    protected: dict[str, list[int]]
+    pinned_sets_readable: dict[str, bool] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.refused and all(self.pinned_sets_readable.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """The report as the CLI's `--json` prints it."""
+        return {"run_id": self.run_id, "tables": {n: t.to_dict() for n, t in self.tables.items()},
+                "refused": self.refused, "problems": self.problems, "protected": self.protected,
+                "pinned_sets_readable": self.pinned_sets_readable, "ok": self.ok}
 
 
 def protected_versions(engine: LocalEngine) -> tuple[dict[str, set[int]], list[str]]:
@@ -71,24 +102,22 @@ def _files_of(engine: LocalEngine, table: str, version: int) -> set[str]:
 
 
 def maintain(
-    engine: LocalEngine,
+    engine: Engine,
     *,
     optimize: bool = False,
     vacuum_hours: float | None = None,
     dry_run: bool = False,
     tables: list[str] | None = None,
-    spark_engine: Any = None,
-) -> dict[str, Any]:
+) -> MaintenanceReport:
     """Compact (`optimize`) and vacuum files older than `vacuum_hours`, keeping protected versions.
 
-    Returns a report per table: optimize metrics, files vacuumed, versions kept, refusals.
-    `ok` is False when a table was refused or a pinned set no longer reads. With `spark_engine`
-    (a `SparkEngine` on the same lake) OPTIMIZE and VACUUM run on Spark; which versions to keep
-    is still read through delta-rs. Spark's VACUUM cannot keep chosen old versions, so a table
-    whose protected versions would lose files is refused there rather than vacuumed.
+    OPTIMIZE and VACUUM run on `engine`; which versions to keep is read through its delta-rs
+    `reader()`. Spark's VACUUM cannot keep chosen old versions, so on Spark a table whose
+    protected versions would lose files is refused rather than vacuumed (the same check guards
+    delta-rs' `keep_versions`).
 
     Example:
-        >>> maintain(LocalEngine("/tmp/lake"), vacuum_hours=168, dry_run=True)["ok"]  # doctest: +SKIP
+        >>> maintain(LocalEngine("/tmp/lake"), vacuum_hours=168, dry_run=True).ok  # doctest: +SKIP
         True
     """
     if vacuum_hours is not None and not vacuum_hours >= 0:
@@ -97,57 +126,55 @@ def maintain(
     if not dry_run:
         ensure_lake(engine.lake)  # writable: fail before the first change, not halfway
         remove_stale_staging(engine.lake)
-    files_engine = spark_engine or engine  # the engine that compacts and deletes files
-    run = RunRecord(run_id=new_run_id(), job="maintain", engine=files_engine.name, target_table="*",
+    reader = engine.reader()
+    run = RunRecord(run_id=new_run_id(), job="maintain", engine=engine.name, target_table="*",
                     spec={"optimize": optimize, "vacuum_hours": vacuum_hours, "dry_run": dry_run},
                     started_at=utc_now())
-    names = tables or lake_tables(engine)
-    keep, problems = protected_versions(engine)
-    report: dict[str, Any] = {"run_id": run.run_id, "tables": {}, "refused": [], "problems": problems,
-                              "protected": {t: sorted(v) for t, v in sorted(keep.items())}}
+    names = tables or engine.tables()
+    keep, problems = protected_versions(reader)
+    refused: list[str] = []
+    results: dict[str, TableMaintenance] = {}
     metadata = run.commit_metadata()
     for name in names:
-        entry: dict[str, Any] = {"kept_versions": sorted(keep.get(name, ()))}
-        report["tables"][name] = entry
-        if keep.get(name) and not dry_run and engine.table_properties(name).get(next(iter(_KEEP_LOGS))) != "false":
-            engine.set_table_properties(name, _KEEP_LOGS)
-            entry["log_cleanup_disabled"] = True
-        if optimize and not dry_run and name != RUNS_TABLE:
-            metrics = files_engine.optimize(name, metadata=metadata)
-            entry["optimize"] = {"files_added": int(metrics.get("numFilesAdded", 0)),
-                                 "files_removed": int(metrics.get("numFilesRemoved", 0))}
-        if vacuum_hours is None:
-            continue
         protected = sorted(keep.get(name, ()))
-        candidates = files_engine.vacuum(name, retention_hours=vacuum_hours, keep_versions=protected, dry_run=True)
-        location = engine.location(name)
-        doomed = {os.path.normpath(c if os.path.isabs(c) else os.path.join(location, c)) for c in candidates}
-        clash = {}
-        for version in protected:
-            try:
-                hit = doomed & _files_of(engine, name, version)
-            except LakeImgError as exc:
-                problems.append(f"{name}@{version}: {exc}")
-                continue
-            if hit:
-                clash[version] = len(hit)
-        if clash:
-            message = (f"refused to vacuum {name}: it would delete files that protected versions "
-                       f"{sorted(clash)} still read (training sets or their lineage); nothing was deleted")
-            report["refused"].append(message)
-            entry["vacuum"] = {"refused": message}
-            continue
-        removed = candidates if dry_run else files_engine.vacuum(
-            name, retention_hours=vacuum_hours, keep_versions=protected, dry_run=False
-        )
-        entry["vacuum"] = {"removed": len(removed), "dry_run": dry_run}
-    report["pinned_sets_readable"] = _check_pinned(engine)
-    report["ok"] = not report["refused"] and all(report["pinned_sets_readable"].values())
+        logs = optimized = vacuumed = None
+        if protected and not dry_run and reader.table_properties(name).get(next(iter(_KEEP_LOGS))) != "false":
+            reader.set_table_properties(name, _KEEP_LOGS)
+            logs = True
+        if optimize and not dry_run and name != RUNS_TABLE:
+            metrics = engine.optimize(name, metadata=metadata)
+            optimized = {"files_added": int(metrics.get("numFilesAdded", 0)), "files_removed": int(metrics.get("numFilesRemoved", 0))}
+        if vacuum_hours is not None:
+            vacuumed = _vacuum(engine, reader, name, vacuum_hours, protected, dry_run, problems)
+            if "refused" in vacuumed:
+                refused.append(vacuumed["refused"])
+        results[name] = TableMaintenance(protected, logs, optimized, vacuumed)
+    report = MaintenanceReport(run.run_id, results, refused, problems, {t: sorted(v) for t, v in sorted(keep.items())},
+                               _check_pinned(reader))
     if not dry_run:
         run.finished_at = utc_now()
-        run.counts = {"tables": len(names), "refused": len(report["refused"])}
+        run.counts = {"tables": len(names), "refused": len(refused)}
         engine.append(RUNS_TABLE, run.to_arrow(), table_contract("runs"), run.commit_metadata())
     return report
+
+
+def _vacuum(engine: Engine, reader: LocalEngine, name: str, hours: float, protected: list[int], dry_run: bool, problems: list[str]) -> dict[str, Any]:
+    """Vacuum one table unless a dry run says a protected version would lose files."""
+    candidates = engine.vacuum(name, retention_hours=hours, keep_versions=protected, dry_run=True)
+    location = engine.location(name)
+    doomed = {os.path.normpath(c if os.path.isabs(c) else os.path.join(location, c)) for c in candidates}
+    clash = []
+    for version in protected:
+        try:
+            if doomed & _files_of(reader, name, version):
+                clash.append(version)
+        except LakeImgError as exc:
+            problems.append(f"{name}@{version}: {exc}")
+    if clash:
+        return {"refused": f"refused to vacuum {name}: it would delete files that protected versions "
+                           f"{clash} still read (training sets or their lineage); nothing was deleted"}
+    removed = candidates if dry_run else engine.vacuum(name, retention_hours=hours, keep_versions=protected, dry_run=False)
+    return {"removed": len(removed), "dry_run": dry_run}
 
 
 def _check_pinned(engine: LocalEngine) -> dict[str, bool]:

@@ -32,13 +32,14 @@ from typing import Any
 import pyarrow as pa
 
 from lakeimg.catalog.lineage import LineageStep, producing_step
-from lakeimg.engine.local import LocalEngine, VersionLike, file_sha256
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeImgError, TableNotFoundError
 from lakeimg.jobs.regions import tiles_as_of
 from lakeimg.jobs.transform import transform_table
 from lakeimg.jobs.verify import content_mismatches
+from lakeimg.storage import local_path_or_none, open_regular_file, uri_to_path
 from lakeimg.tables import TableRef, tiles_of
-from lakeimg.storage import local_path_or_none
 
 __all__ = ["ReproduceResult", "reproduce", "row_hashes"]
 
@@ -77,6 +78,18 @@ class ReproduceResult:
             if out[key] is None:
                 del out[key]
         return out
+
+
+def file_sha256(path: str) -> str | None:
+    """SHA-256 of a local file, or None when it cannot be read."""
+    try:
+        digest = hashlib.sha256()
+        with open_regular_file(uri_to_path(path)) as handle:  # a FIFO in its place must not hang
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    except OSError:
+        return None
 
 
 def _ignored(column: str) -> bool:

@@ -28,7 +28,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakeimg.engine.local import LocalEngine
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeDamagedError, LakeImgError, SpecError, SqlError, TableNotFoundError
 from lakeimg.sqlguard import check_spark_query, check_statement, confined_connection
 from lakeimg.tables import sql_tables
@@ -149,7 +149,7 @@ def _snapshot_view(views: _Views, engine: LocalEngine, view: str, table_path: st
         raise LakeImgError(f"cannot read {table_path}{at}: {exc}") from exc
     if not files:
         schema = engine.arrow_schema(table_path, version)
-        views.empties[f"__empty_{view}"] = pa.schema([pa.field(f.name, f.type) for f in schema]).empty_table()
+        views.empties[f"__empty_{view}"] = pa.schema([pa.field(f.name, f.type) for f in pa.schema(schema)]).empty_table()
         views.selects[view] = f"SELECT * FROM {_quote('__empty_' + view)}"
         return
     # Absolute paths: DuckDB's allowed_paths compares the paths it opens with these.

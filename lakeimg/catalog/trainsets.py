@@ -49,7 +49,9 @@ import pyarrow.compute as pc
 
 from lakeimg._version import __version__
 from lakeimg.catalog.loaders import iter_numpy, to_spark
-from lakeimg.engine.local import LocalEngine, VersionLike, ensure_lake
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
+from lakeimg.engine.layout import ensure_lake
 from lakeimg.errors import LakeImgError, SpecError
 from lakeimg.schemas import table_contract
 from lakeimg.sqlguard import filter_table, parse_where

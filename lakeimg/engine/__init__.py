@@ -1,7 +1,10 @@
 """Engines: where lakeimg touches Delta. `open_engine` picks one by name.
 
-- "local" (default): `LocalEngine`, delta-rs and a process pool, no JVM.
-- "spark": `SparkEngine`, delta-spark on a SparkSession (pyspark is imported only then).
+- "local" (default): `LocalEngine` (engine/delta_rs.py), delta-rs and a process pool, no JVM.
+- "spark": `SparkEngine` (engine/spark.py), delta-spark on a SparkSession (pyspark is
+  imported only by its methods).
+
+Both implement `lakeimg.engine.base.Engine`; jobs take one as a parameter.
 
 Example:
     >>> open_engine("/tmp/lake").name
@@ -12,21 +15,26 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, get_args
+
+from lakeimg.engine.base import Engine, EngineName
+from lakeimg.engine.delta_rs import LocalEngine
+from lakeimg.engine.spark import SparkEngine, spark_session_builder
+from lakeimg.errors import SpecError
 
 __all__ = ["open_engine", "ENGINES"]
 
-ENGINES = ("local", "spark")
+ENGINES: tuple[str, ...] = get_args(EngineName)
 
 
 def open_engine(
     lake: str | os.PathLike[str],
-    engine: str = "local",
+    engine: EngineName = "local",
     *,
     master: str | None = None,
     spark_conf: Mapping[str, str] | Iterable[str] = (),
     spark: Any = None,
-):
+) -> Engine:
     """The engine handle for a lake.
 
     For "spark", pass an existing `spark` session; without one (the CLI's case) a session is
@@ -37,15 +45,9 @@ def open_engine(
         >>> eng = open_engine("/tmp/lake", "spark", master="local[2]")  # doctest: +SKIP
         >>> eng.close()  # doctest: +SKIP
     """
-    from lakeimg.errors import SpecError
-
     if engine == "local":
-        from lakeimg.engine.local import LocalEngine
-
         return LocalEngine(os.fspath(lake))
     if engine == "spark":
-        from lakeimg.engine.spark import SparkEngine, spark_session_builder
-
         owns = spark is None
         if owns:
             spark = spark_session_builder(master, spark_conf).getOrCreate()

@@ -11,33 +11,37 @@ Example:
 
 from __future__ import annotations
 
-import datetime as dt
-import json
-import math
 import os
 import shutil
-import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
 
-from lakeimg.engine.local import (
-    META_KEY,
-    MergeResult,
+from lakeimg.engine._delta_txn import cast_to_schema
+from lakeimg.engine.base import (
+    CommitResult,
+    Kernel,
+    SnapshotRows,
     VersionLike,
-    cast_to_schema,
-    check_log_tail,
-    table_location,
+    Write,
+    commit_metadata_json,
+    parse_history,
+    task_partitions,
+    to_datetime,
+    with_retries,
 )
-from lakeimg.errors import ConcurrentWriteError, LakeImgError, TableNotFoundError
+from lakeimg.engine.delta_rs import LocalEngine
+from lakeimg.engine.layout import check_log_tail, lake_table_names, table_location
+from lakeimg.engine.pool import isolated_kernel
+from lakeimg.errors import LakeImgError, TableNotFoundError
 from lakeimg.schemas import TableContract, arrow_type
-from lakeimg.uris import local_path_or_none
+from lakeimg.storage import local_path_or_none
 
-__all__ = ["spark_session_builder", "DELTA_SQL_CONF", "SparkEngine", "StagedRows"]
+__all__ = ["spark_session_builder", "DELTA_SQL_CONF", "SparkEngine", "SparkStaged"]
 
-_COMMIT_ATTEMPTS = 4
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 _ALLOW_NESTED_NOT_NULL_CONF = "spark.databricks.delta.constraints.allowUnenforcedNotNull.enabled"
 
@@ -106,24 +110,9 @@ def spark_session_builder(
     return builder
 
 
-def _to_datetime(value: str | dt.datetime) -> dt.datetime:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if value.tzinfo is None:  # naive means UTC, as in the embedded engine
-        value = value.replace(tzinfo=dt.timezone.utc)
-    return value
-
-
 def _local_path(location: str) -> str | None:
     """The local path of a location (a path, `file:///p` or Hadoop's `file:/p`); None for a remote URL."""
     return local_path_or_none(location)
-
-
-def spark_struct(fields: Sequence[dict[str, Any]]):
-    """A Spark StructType from StructType-JSON fields (the contracts' format)."""
-    from pyspark.sql.types import StructType
-
-    return StructType.fromJson({"type": "struct", "fields": list(fields)})
 
 
 def arrow_schema_of(struct) -> pa.Schema:
@@ -140,40 +129,47 @@ def arrow_schema_of(struct) -> pa.Schema:
     return pa.schema(fields)
 
 
-class StagedRows:
-    """A job's intermediate rows staged as Parquet under the lake (never collected to the driver).
+class SparkStaged:
+    """A stage's output on the Spark engine (`lakeimg.engine.base.Staged`): the kernel's rows
+    as Parquet under the lake, written by the executors; only what a job asks for small
+    (keys, held rows, rejects) reaches the driver."""
 
-    `where` filters are Spark SQL expressions; `frame()` is the Spark DataFrame to MERGE from.
-    """
+    def __init__(self, engine: SparkEngine, location: str | None, schema: pa.Schema, held: str | None = None):
+        self.engine, self.location, self.schema, self.held_column = engine, location, schema, held
 
-    def __init__(self, engine: SparkEngine, location: str):
-        self.engine = engine
-        self.location = location
-
-    def frame(self, where: str | None = None):
-        df = self.engine.spark.read.parquet(self.location)
-        return df.where(where) if where else df
-
-    def count(self, where: str | None = None) -> int:
-        return self.frame(where).count()
-
-    def column(self, name: str, where: str | None = None) -> list[Any]:
-        """One small column (uris, outcomes) to the driver."""
-        return [r[0] for r in self.frame(where).select(name).collect()]
-
-    def conform(self, contract: TableContract, *, where: str | None = None, renames: Mapping[str, str] | None = None):
-        """Rows in a contract's column order and types; `renames` maps target column -> staged column."""
+    def _frame(self, part: str):
         from pyspark.sql import functions as F
 
-        renames = dict(renames or {})
-        df = self.frame(where)
-        columns = []
-        for field in contract.spark_schema().fields:
-            source = renames.get(field.name, field.name)
-            columns.append(F.col(f"`{source}`").cast(field.dataType).alias(field.name))
-        return df.select(*columns)
+        df = self.engine.spark.read.parquet(self.location)
+        rejected = F.col("error_class").isNotNull() if "error_class" in self.schema.names else F.lit(False)
+        held = F.coalesce(F.col(self.held_column), F.lit(False)) if self.held_column else F.lit(False)
+        return df.where({"rejects": rejected, "held": ~rejected & held, "output": ~rejected & ~held}[part])
 
-    def drop(self) -> None:
+    def _arrow(self, part: str, columns: Sequence[str] | None = None) -> pa.Table:
+        columns = list(columns) if columns is not None else self.schema.names
+        if self.location is None:
+            return self.schema.empty_table().select(columns)
+        table = self._frame(part).select(*[f"`{c}`" for c in columns]).toArrow()
+        return cast_to_schema(table, self.schema, columns)
+
+    def keys(self, columns: Sequence[str] = ("uri",)) -> pa.Table:
+        return self._arrow("output", columns)
+
+    def held(self) -> pa.Table:
+        return self._arrow("held")
+
+    def rejects(self) -> pa.Table:
+        return self._arrow("rejects")
+
+    def conform(self, contract: TableContract):
+        """The output rows as a DataFrame in a contract's columns and types (None: no stage ran)."""
+        if self.location is None:
+            return None
+        return self.engine.conform(self._frame("output"), contract)
+
+    def discard(self) -> None:
+        if self.location is None:
+            return
         local = _local_path(self.location)
         if local is not None:
             shutil.rmtree(local, ignore_errors=True)
@@ -192,7 +188,6 @@ class SparkEngine:
     """
 
     name = "spark"
-    distributed = True
 
     def __init__(self, lake: str | os.PathLike[str], spark, *, owns_session: bool = False):
         if spark is None:
@@ -249,7 +244,7 @@ class SparkEngine:
             if not self.exists(name):
                 raise TableNotFoundError(name, self.lake)
             return version
-        when = _to_datetime(version)
+        when = to_datetime(version)
         micros = int(round(when.timestamp() * 1_000_000))
         history = self._delta(name).history().selectExpr("version", "unix_micros(timestamp) AS ts")
         row = history.where(f"ts <= {micros}").agg({"version": "max"}).first()
@@ -312,17 +307,28 @@ class SparkEngine:
 
         df = self._delta(name).history(limit) if limit else self._delta(name).history()
         df = df.withColumn("timestamp", F.unix_millis("timestamp")).orderBy(F.col("version").desc())
-        out = []
-        for row in df.collect():
-            entry = {k: v for k, v in row.asDict(recursive=True).items() if v is not None}
-            record = entry.get(META_KEY)
-            if isinstance(record, str):
-                try:
-                    entry["lakeimg"] = json.loads(record)
-                except json.JSONDecodeError:
-                    pass
-            out.append(entry)
-        return out
+        return [parse_history({k: v for k, v in row.asDict(recursive=True).items() if v is not None}) for row in df.collect()]
+
+    def changes(self, name: str, starting_version: int, ending_version: int | None = None, columns: Sequence[str] = ("uri",)) -> pa.Table:
+        """The change data feed between two versions (inclusive), typed like `LocalEngine.changes`."""
+        wanted = list(dict.fromkeys([*columns, "_change_type", "_commit_version"]))
+        reader = self.spark.read.format("delta").option("readChangeFeed", "true").option("startingVersion", starting_version)
+        if ending_version is not None:
+            reader = reader.option("endingVersion", ending_version)
+        try:
+            table = reader.load(self.location(name)).select(*[f"`{c}`" for c in wanted]).toArrow()
+        except Exception as exc:  # noqa: BLE001 - e.g. log entries or change files already vacuumed
+            raise LakeImgError(f"{name}: no change data feed for versions {starting_version}..{ending_version}: {exc}") from exc
+        return table.cast(pa.schema([pa.field(f.name, pa.int64() if f.name == "_commit_version" else f.type) for f in table.schema]))
+
+    def reader(self):
+        """A delta-rs engine on this lake: small driver-side reads with row-group pushdown
+        (region reads) cost no Spark job."""
+        return LocalEngine(self.lake)
+
+    def tables(self) -> list[str]:
+        """The Delta tables in the lake (a local lake's; lakeimg's own as `_lakeimg/runs`...)."""
+        return lake_table_names(self.lake) if _local_path(self.lake) else []
 
     # --- writing -------------------------------------------------------------------------
 
@@ -336,7 +342,7 @@ class SparkEngine:
         """
         settings = {_ALLOW_NESTED_NOT_NULL_CONF: "true"}
         if metadata is not None:
-            settings[_USER_METADATA_CONF] = json.dumps(metadata, sort_keys=True, default=str)
+            settings[_USER_METADATA_CONF] = commit_metadata_json(metadata)
         with self._session_conf(settings):
             yield
 
@@ -361,7 +367,7 @@ class SparkEngine:
         """Compact small files (delta-spark's OPTIMIZE); metrics as delta-rs names them."""
         table = self._delta(name)
         with self._user_metadata(metadata):
-            metrics = self._with_retries(name, lambda: table.optimize().executeCompaction().collect()[0]["metrics"])
+            metrics = with_retries(name, lambda: table.optimize().executeCompaction().collect()[0]["metrics"], _conflicts())
         return {"numFilesAdded": int(metrics["numFilesAdded"]), "numFilesRemoved": int(metrics["numFilesRemoved"])}
 
     def vacuum(self, name: str, *, retention_hours: float, keep_versions: Sequence[int] = (), dry_run: bool = True) -> list[str]:
@@ -388,20 +394,22 @@ class SparkEngine:
                 self.spark.sql(query).collect()
         return doomed
 
-    def _frame_of(self, rows, contract: TableContract):
-        """A Spark DataFrame in the contract's columns from an Arrow table or a DataFrame."""
+    def conform(self, df, contract: TableContract):
+        """A DataFrame (or Arrow table) in a contract's columns and types."""
         from pyspark.sql import functions as F
 
-        schema = contract.spark_schema()
-        if isinstance(rows, pa.Table):
+        if isinstance(df, pa.Table):
             nullable = pa.schema([f.with_nullable(True) for f in contract.arrow_schema])
-            data = rows.select(contract.column_names).cast(nullable)
-            df = self.spark.createDataFrame(data)
-        else:
-            df = rows
-        return df.select(*[F.col(f"`{f.name}`").cast(f.dataType).alias(f.name) for f in schema.fields])
+            df = self.spark.createDataFrame(df.select(contract.column_names).cast(nullable))
+        have = {f.name: f.dataType.simpleString() for f in df.schema.fields}
+        # Types equal but for nullability need no cast (Spark cannot cast array<double> whose
+        # elements may be null to one whose elements may not).
+        return df.select(*[
+            (F.col(f"`{f.name}`") if have.get(f.name) == f.dataType.simpleString() else F.col(f"`{f.name}`").cast(f.dataType)).alias(f.name)
+            for f in contract.spark_schema().fields
+        ])
 
-    def create_empty(self, name: str, contract: TableContract, metadata: dict[str, Any] | None = None) -> int:
+    def create_empty(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
         """Create a table with the contract's schema and properties (no rows); no-op if it exists."""
         from delta.tables import DeltaTable
 
@@ -415,184 +423,120 @@ class SparkEngine:
             if contract.partition_columns:
                 builder = builder.partitionedBy(*contract.partition_columns)
             with self._user_metadata(metadata):
-                self._with_retries(name, builder.execute)
+                with_retries(name, builder.execute, _conflicts())
         return int(self.version(name))
 
-    def append(self, name: str, rows, contract: TableContract, metadata: dict[str, Any] | None = None) -> int:
-        """Append rows (Arrow table or DataFrame), creating the table first if needed; returns the new version."""
-        if not self.exists(name):
-            self.create_empty(name, contract, metadata)
-        df = self._frame_of(rows, contract)
-        writer = df.write.format("delta").mode("append")
-        with self._user_metadata(metadata):
-            self._with_retries(name, lambda: writer.save(self.location(name)))
-        return int(self.version(name))
+    def append(self, name: str, rows, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
+        """Append rows (Arrow table or DataFrame), creating the table first; returns the new version."""
+        return int(self.commit(Write(name, contract, "append", rows=rows, metadata=metadata)).version)
 
-    def replace_by_uri(
-        self,
-        name: str,
-        contract: TableContract,
-        rows=None,
-        *,
-        uris: Sequence[str] = (),
-        metadata: dict[str, Any] | None = None,
-    ) -> MergeResult:
-        """Drop every row whose uri is in `uris` and append `rows` (a DataFrame) in one commit.
-
-        Delta's `replaceWhere` (the tiles table: all tiles of a changed image go together).
-        Nothing to do: no commit.
-        """
-        exists = self.exists(name)
-        if rows is None and (not uris or not exists):
-            return MergeResult(self.version(name))
+    def commit(self, write: Write) -> CommitResult:
+        """One `Write` as one Delta commit (see `lakeimg.engine.base.Write`): "replace" is
+        delta-spark's `replaceWhere` on the uris (dropped rows out, new rows in, one commit)."""
+        name, contract = write.table, write.contract
+        parts = []
+        if write.staged is not None and (frame := write.staged.conform(contract)) is not None:
+            parts.append(frame)
+        if write.rows is not None and write.rows.num_rows:
+            parts.append(self.conform(write.rows, contract))
+        if write.files:
+            parts.append(self.conform(self.spark.read.parquet(*write.files), contract))
+        uris = set(write.replace)
+        if write.mode == "replace" and parts:
+            keys = [write.staged.keys() if write.staged is not None else None, write.rows]
+            uris.update(u for k in keys if k is not None for u in k["uri"].to_pylist())
+            if write.files:
+                uris.update(r[0] for r in self.spark.read.parquet(*write.files).select("uri").distinct().collect())
         before = self.version(name)
-        if not exists:
-            self.create_empty(name, contract, metadata)
-        if rows is None:
-            rows = self.spark.createDataFrame([], contract.spark_schema())
-        df = self._frame_of(rows, contract)
-        if uris:
-            quoted = ", ".join("'" + u.replace("\\", "\\\\").replace("'", "\\'") + "'" for u in uris)
-            writer = df.write.format("delta").mode("overwrite").option("replaceWhere", f"uri IN ({quoted})")
+        if not parts and write.mode != "overwrite" and not (write.mode == "replace" and uris and before is not None):
+            if write.create and before is None:
+                return CommitResult(self.create_empty(name, contract, write.metadata), True)
+            return CommitResult(before)
+        if before is None:
+            self.create_empty(name, contract, write.metadata)
+        df = parts[0] if parts else self.spark.createDataFrame([], contract.spark_schema())
+        for part in parts[1:]:
+            df = df.unionByName(part)
+        writer = df.write.format("delta")
+        if write.mode == "overwrite":
+            writer = writer.mode("overwrite").option("overwriteSchema", "true")
+        elif write.mode == "replace" and uris and before is not None:  # a new table has no rows to replace
+            writer = writer.mode("overwrite").option("replaceWhere", f"uri IN ({', '.join(map(_sql_string, sorted(uris)))})")
         else:
-            writer = df.write.format("delta").mode("append")
-        with self._user_metadata(metadata):
-            self._with_retries(name, lambda: writer.save(self.location(name)))
+            writer = writer.mode("append")
+        with self._user_metadata(write.metadata):
+            with_retries(name, lambda: writer.save(self.location(name)), _conflicts())
         after = self.version(name)
-        return MergeResult(after, committed=after != before)
-
-    def merge_by_key(
-        self,
-        name: str,
-        contract: TableContract,
-        *,
-        upserts=None,
-        delete_keys: Sequence[Any] = (),
-        key: str | Sequence[str] = "uri",
-        metadata: dict[str, Any] | None = None,
-    ) -> MergeResult:
-        """Upsert rows (Arrow table or DataFrame) and delete keys in one Delta MERGE commit.
-
-        Same rules as LocalEngine.merge_by_key: new keys insert, existing keys update, keys in
-        `delete_keys` (values, or tuples for composite keys) delete; nothing to do, no commit.
-        """
-        from pyspark.sql import functions as F
-
-        keys = [key] if isinstance(key, str) else list(key)
-        if isinstance(upserts, pa.Table) and upserts.num_rows == 0:
-            upserts = None
-        source = None
-        if upserts is not None:
-            source = self._frame_of(upserts, contract).withColumn("_delete", F.lit(False))
-            if not isinstance(upserts, pa.Table) and source.isEmpty():
-                source = None
-        if source is None and not delete_keys:
-            return MergeResult(self.version(name))
-        schema = contract.spark_schema()
-        if delete_keys:
-            key_rows = [
-                tuple([k] if len(keys) == 1 else list(k)) for k in delete_keys
-            ]
-            key_fields = [schema[k] for k in keys]
-            deletes = self.spark.createDataFrame(key_rows, spark_struct([{**f.jsonValue(), "nullable": True} for f in key_fields]))
-            deletes = deletes.select(
-                *[
-                    (F.col(f"`{f.name}`") if f.name in keys else F.lit(None)).cast(f.dataType).alias(f.name)
-                    for f in schema.fields
-                ],
-                F.lit(True).alias("_delete"),
-            )
-            source = deletes if source is None else source.unionByName(deletes)
-
-        if not self.exists(name):
-            inserts = source.where("NOT _delete").drop("_delete")
-            if inserts.isEmpty():
-                return MergeResult(None)
-            self.create_empty(name, contract, metadata)
-            version = self.append(name, inserts, contract, metadata)
-            # The rows written, from the commit's own metrics (no second pass over the data).
-            metrics = self._delta(name).history(1).select("operationMetrics").first()[0] or {}
-            return MergeResult(version, inserted=int(metrics.get("numOutputRows", 0)), committed=True)
-
-        condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-        values = {f.name: f"s.`{f.name}`" for f in schema.fields}
-
-        def run_merge():
-            target = self._delta(name).alias("t")
-            merge = (
-                target.merge(source.alias("s"), condition)
-                .whenMatchedDelete(condition="s._delete = true")
-                .whenMatchedUpdate(condition="s._delete = false", set=values)
-                .whenNotMatchedInsert(condition="s._delete = false", values=values)
-            )
-            return merge.execute()
-
-        before = self.version(name)
-        with self._user_metadata(metadata):
-            metrics_df = self._with_retries(name, run_merge)
-        after = self.version(name)
-        metrics = metrics_df.first().asDict() if metrics_df is not None else {}
-        return MergeResult(
-            after,
-            inserted=int(metrics.get("num_inserted_rows", 0) or 0),
-            updated=int(metrics.get("num_updated_rows", 0) or 0),
-            deleted=int(metrics.get("num_deleted_rows", 0) or 0),
-            committed=after != before,
-        )
-
-    def _with_retries(self, name: str, operation: Callable[[], Any]) -> Any:
-        last: Exception | None = None
-        for _attempt in range(_COMMIT_ATTEMPTS):
-            try:
-                return operation()
-            except Exception as exc:  # delta-spark raises its conflicts as JVM exceptions
-                text = f"{type(exc).__name__}: {exc}"
-                if "Concurrent" not in text and "ProtocolChanged" not in text and "MetadataChanged" not in text:
-                    raise
-                last = exc
-        raise ConcurrentWriteError(name, _COMMIT_ATTEMPTS, str(last))
+        return CommitResult(after, after != before)
 
     # --- kernels -------------------------------------------------------------------------
 
-    def map_kernel_to_stage(
+    def stage(
         self,
-        kernel: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
-        inputs: pa.Table,
+        kernel: Kernel,
+        inputs: pa.Table | SnapshotRows,
         *,
+        label: str,
         output_schema: pa.Schema,
-        output_struct=None,
-        rows_per_task: int = 32,
+        contract: TableContract | None = None,
+        held: str | None = None,
         on_failure: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None,
-        task_timeout_s: float = 600.0,
         prepare: Callable[[], None] | None = None,
-    ) -> StagedRows:
-        """Run a mapInArrow kernel over `inputs` on the executors and stage its output as Parquet.
+        task_timeout_s: float = 600.0,
+        rows_per_task: int = 16,
+        extra: pa.Table | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        workers: int | None = None,
+    ) -> SparkStaged:
+        """Run a mapInArrow kernel over the inputs on the executors and stage its output as
+        Parquet under `LAKE/_lakeimg/staging/<label>` (a location every executor can write).
 
-        `inputs` is small (paths and stat results, listed on the driver); executors open the
-        files by path. The output never reaches the driver: it lands under
-        `LAKE/_lakeimg/staging/<id>` (a location every executor can write, like the lake).
-        With `on_failure`, each task runs the kernel in a child process (`isolated_kernel`):
-        an input row whose decoding crashes or overruns `task_timeout_s` becomes
-        `on_failure(row, error_class, message)`, as on the embedded engine; `prepare` runs in
-        the task's Python worker before the first child is forked (caches the children share).
+        Listing inputs (paths) go out from the driver; snapshot inputs are read by the
+        executors, so pixels never reach the driver. With `on_failure`, each task runs the
+        kernel in forked children (`engine/pool.isolated_kernel`): an input row whose kernel
+        crashes or overruns `task_timeout_s` becomes `on_failure(row, error_class, message)`;
+        `prepare` runs in the task's Python worker before the first child is forked.
+        `contract` and `workers` are the embedded engine's concerns.
         """
+        from pyspark.sql import functions as F
+
+        total = (inputs.num_rows if isinstance(inputs, pa.Table) else len(inputs.uris)) + (extra.num_rows if extra is not None else 0)
+        if total == 0:
+            return SparkStaged(self, None, output_schema, held)
+        parts = [self.spark.createDataFrame(t) for t in (inputs, extra) if isinstance(t, pa.Table) and t.num_rows]
+        if isinstance(inputs, SnapshotRows) and inputs.uris:
+            parts.insert(0, self.frame(inputs.table, inputs.version).where(F.col("uri").isin(sorted(inputs.uris)))
+                         .select(*[f"`{c}`" for c in inputs.columns]))
+        frame = parts[0]
+        for part in parts[1:]:  # the driver's rows typed like the first part (the snapshot's)
+            frame = frame.unionByName(part.select(*[F.col(f"`{f.name}`").cast(f.dataType) for f in frame.schema.fields]))
         if on_failure is not None:
-            from functools import partial
+            kernel = partial(isolated_kernel, kernel=kernel, on_failure=on_failure, output_schema=output_schema,
+                             task_timeout_s=task_timeout_s, prepare=prepare)
+        partitions = task_partitions(total, parallelism=self.spark.sparkContext.defaultParallelism, rows_per_task=rows_per_task)
+        location = table_location(self.lake, f"_lakeimg/staging/{label}")
+        staged = SparkStaged(self, location, output_schema, held)
+        try:
+            frame.repartition(partitions).mapInArrow(kernel, _struct_of(output_schema)).write.mode("overwrite").parquet(location)
+        except BaseException:
+            staged.discard()
+            raise
+        if on_progress is not None:
+            on_progress(total, total)
+        return staged
 
-            from lakeimg.engine.pool import isolated_kernel
 
-            kernel = partial(
-                isolated_kernel, kernel=kernel, on_failure=on_failure, output_schema=output_schema,
-                task_timeout_s=task_timeout_s, prepare=prepare,
-            )
-        struct = output_struct if output_struct is not None else _struct_of(output_schema)
-        listing = self.spark.createDataFrame(inputs)
-        parallelism = max(1, self.spark.sparkContext.defaultParallelism)
-        partitions = max(1, min(inputs.num_rows, max(parallelism * 2, math.ceil(inputs.num_rows / rows_per_task))))
-        results = listing.repartition(partitions).mapInArrow(kernel, struct)
-        location = table_location(self.lake, f"_lakeimg/staging/{uuid.uuid4().hex}")
-        results.write.mode("overwrite").parquet(location)
-        return StagedRows(self, location)
+def _conflicts() -> tuple[type[BaseException], ...]:
+    """delta-spark's typed commit conflicts (`delta.exceptions`; importing it makes PySpark
+    raise them in place of the generic JVM error)."""
+    from delta import exceptions as conflicts
+
+    return tuple(getattr(conflicts, n) for n in conflicts.__all__)
+
+
+def _sql_string(value: str) -> str:
+    """A Spark SQL string literal."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _struct_of(schema: pa.Schema):

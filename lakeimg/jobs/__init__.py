@@ -1,3 +1,3 @@
 """Job orchestration: listing sources, planning what changed, running kernels on an engine and
-committing the results with their runs row (ingest.py, ingest_spark.py, tiling.py, transform.py,
+committing the results with their runs row (ingest.py, tiling.py, transform.py, summary.py,
 export.py, listing.py)."""

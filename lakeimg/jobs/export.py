@@ -23,7 +23,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakeimg.engine.local import LocalEngine, VersionLike
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeDamagedError, LakeImgError, SpecError, TableNotFoundError
 from lakeimg.image.codecs import EXPORT_FORMATS, decode_pixels, export_bytes
 from lakeimg.jobs.verify import READ_ERRORS, content_mismatches
@@ -90,9 +91,8 @@ def export_table(
     engine = engine or LocalEngine(str(lake))
     if not engine.exists(table):
         raise TableNotFoundError(table, str(lake))
-    delta = engine.delta_table(table, version)
-    resolved = delta.version()
-    names = [f.name for f in delta.schema().to_arrow()]
+    resolved = engine.resolve_version(table, version)
+    names = engine.arrow_schema(table, resolved).names
     derived = "data" in names
     hashed = not derived and "content_sha256" in names
     columns = [c for c in _PIXEL_COLUMNS if c in names] if derived else ["uri", "content"] + (["content_sha256"] if hashed else [])

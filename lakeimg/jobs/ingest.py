@@ -1,11 +1,13 @@
-"""The ingest job: list sources, decode what changed, MERGE into images and rejects, record the run.
+"""The ingest job: list sources, decode what changed, commit images, rejects and tiles, record the run.
 
 Incremental and idempotent: a file whose (uri, size, modification time) is already in the images
 or rejects table is not read again; with nothing to do no image table gets a new version. Every
-listed file ends up in exactly one of the two tables. All decoding happens before the first
-commit; a failure before it leaves every table as it was. A failure or kill between commits
-leaves what landed (each commit correct on its own) and the next run completes the work (see
-`commit_ingest`).
+listed file ends up in exactly one of the two tables. The job is written once for every engine:
+plan (`plan_run`, on the driver) -> stage decoding (`decode_files`: the ingest kernel on the
+engine's workers, then the tiles of huge files) -> commit (`commit_ingest`). All decoding
+happens before the first commit; a failure before it leaves every table as it was. A failure or
+kill between commits leaves what landed (each commit correct on its own) and the next run
+completes the work.
 
 Example:
     >>> import tempfile, pathlib, numpy as np
@@ -20,40 +22,43 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeimg.engine.local import (
-    LocalEngine,
-    MergeResult,
-    StagedParquet,
-    ensure_lake,
-    table_location,
-)
+from lakeimg.engine.base import Engine, MergeMetrics, Staged, Write
+from lakeimg.engine.delta_rs import LocalEngine
+from lakeimg.engine.layout import ensure_lake
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
-from lakeimg.errors import ImageDecodeError
+from lakeimg.errors import ErrorClass, SpecError
 from lakeimg.image.codecs import DEFAULT_TILE_ENCODING, TILE_ENCODINGS
 from lakeimg.image.info import default_max_decoded_bytes
 from lakeimg.image.pyramid import DEFAULT_TILE_SIZE
 from lakeimg.image.sources import DEFAULT_MAX_TILED_PIXELS, DEFAULT_TILE_ABOVE_PIXELS
 from lakeimg.jobs.listing import list_sources, source_scope
 from lakeimg.jobs.runs import run_commits
+from lakeimg.jobs.summary import RunSummary
 from lakeimg.jobs.tiling import (
+    TilingResult,
     commit_tiles,
     previously_tiled,
     tile_images,
     tiles_table_name,
 )
-from lakeimg.kernels.ingest import IngestOptions, ingest_kernel, ingest_result_schema, reject_row
+from lakeimg.kernels.ingest import (
+    IngestOptions,
+    ingest_kernel,
+    ingest_result_schema,
+    prepare_ingest_kernel,
+)
+from lakeimg.kernels.rejects import as_rejects, reject_row
 from lakeimg.kernels.tiles import TileOptions
 from lakeimg.schemas import table_contract
+from lakeimg.storage import to_uri
 from lakeimg.tables import RUNS_TABLE, RunRecord, new_run_id, utc_now, validate_name
-from lakeimg.uris import to_uri
 
 __all__ = ["IngestSummary", "ingest_files", "rejects_table_name"]
 
@@ -65,30 +70,18 @@ def rejects_table_name(table: str) -> str:
 
 
 @dataclass(frozen=True)
-class IngestSummary:
+class IngestSummary(RunSummary):
     """What an ingest run did; `version` is the images table's version after the run."""
 
-    run_id: str
-    table: str
-    version: int | None
-    added: int
-    updated: int
-    unchanged: int
-    deleted: int
-    rejected: int
-    seconds: float
     rejects_version: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # Reject classes that say nothing about the file itself (a worker killed or a read that failed
 # this time): the next run reads such files again.
-TRANSIENT_REJECTS = ("timeout", "decoder_crash", "unreadable")
+TRANSIENT_REJECTS = tuple(str(c) for c in ErrorClass if c.transient)
 
 
-def _keys(engine: LocalEngine, name: str, extra: Sequence[str] = ()) -> pa.Table:
+def _keys(engine: Engine, name: str, extra: Sequence[str] = ()) -> pa.Table:
     if not engine.exists(name):
         return pa.table({"uri": pa.array([], pa.string()), "size_bytes": pa.array([], pa.int64()),
                          "modified_at": pa.array([], pa.timestamp("us", tz="UTC")),
@@ -138,7 +131,7 @@ def ingest_files(
     retry_rejects: bool = False,
     codecs: Sequence[str] = (),
     on_progress: Callable[[int, int], None] | None = None,
-    engine: LocalEngine | None = None,
+    engine: Engine | None = None,
     tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS,
     tile_size: int = DEFAULT_TILE_SIZE,
     tile_overlap: int = 0,
@@ -172,8 +165,6 @@ def ingest_files(
         tile_rows_per_task: split one huge page into tasks of this many tile rows (0: no split).
     """
     if tile_size < 16 or tile_overlap < 0 or tile_overlap >= tile_size or tile_encoding not in TILE_ENCODINGS:
-        from lakeimg.errors import SpecError
-
         raise SpecError(
             f"tiles need tile_size >= 16, 0 <= overlap < tile_size and an encoding in {', '.join(TILE_ENCODINGS)}; "
             f"got tile_size={tile_size}, overlap={tile_overlap}, encoding={tile_encoding!r}"
@@ -182,7 +173,7 @@ def ingest_files(
     started = time.monotonic()
     lake = str(lake)
     ensure_lake(lake)
-    engine = engine or LocalEngine(lake)
+    engine = engine or LocalEngine(lake, workers=workers)
     run_id, started_at = new_run_id(), utc_now()
     options = IngestOptions(
         run_id=run_id,
@@ -224,16 +215,9 @@ def ingest_files(
     remove_stale_staging(lake)  # of runs killed before they could clean up
     staging = claim_staging(lake, run_id)  # marks this run's staging as live (engine/staging.py)
     try:
-        if getattr(engine, "distributed", False):
-            # The Spark engine: decoding and tiling on the executors, MERGE from staged Parquet.
-            from lakeimg.jobs.ingest_spark import decode_files_spark
-
-            decoded = decode_files_spark(engine, run, tile_options, on_progress=on_progress)
-        else:
-            workers = (os.cpu_count() or 1) if workers is None else workers
-            decoded = decode_files_local(engine, run, tile_options, workers=workers, on_progress=on_progress)
+        decoded = decode_files(engine, run, tile_options, workers=workers, on_progress=on_progress)
         try:
-            images_result, rejects_result = commit_ingest(engine, run, decoded)
+            images_version, metrics, rejects_version = commit_ingest(engine, run, decoded)
         finally:
             decoded.cleanup()
     finally:
@@ -241,14 +225,14 @@ def ingest_files(
     return IngestSummary(
         run_id=run_id,
         table=table,
-        version=images_result.version,
-        added=images_result.inserted,
-        updated=images_result.updated,
+        version=images_version,
+        added=metrics.inserted,
+        updated=metrics.updated,
         unchanged=run.unchanged,
         deleted=run.deleted,
-        rejected=len(decoded.reject_uris),
+        rejected=decoded.rejects.num_rows,
         seconds=round(time.monotonic() - started, 3),
-        rejects_version=rejects_result.version,
+        rejects_version=rejects_version,
     )
 
 
@@ -280,22 +264,21 @@ class IngestRun:
 
 @dataclass
 class DecodedFiles:
-    """What decoding and tiling produced, ready to commit.
+    """What decoding and tiling staged, ready to commit: whole images in `staged`, tiled images
+    and their tiles in `tiling`, every reject (rejects contract) in `rejects`."""
 
-    Rows are in the images and rejects contracts' shape: Arrow tables on the embedded engine,
-    DataFrames over staged Parquet on Spark (None: no rows).
-    """
+    staged: Staged
+    tiling: TilingResult
+    rejects: pa.Table
+    image_uris: set[str]
 
-    image_rows: Any
-    reject_rows: Any
-    image_uris: list[str]
-    reject_uris: list[str]
-    commit_tiles: Callable[[set[str], dict[str, Any]], MergeResult]  # (uris to replace, metadata)
-    cleanup: Callable[[], None] = lambda: None
+    def cleanup(self) -> None:
+        self.tiling.cleanup()
+        self.staged.discard()
 
 
 def plan_run(
-    engine: Any,
+    engine: Engine,
     lake: str,
     sources: Sequence[str],
     *,
@@ -336,93 +319,45 @@ def plan_run(
                      stale_images=sorted(in_both - current_images), stale_rejects=sorted(in_both & current_images))
 
 
-def decode_files_local(
-    engine: LocalEngine,
+def decode_files(
+    engine: Engine,
     run: IngestRun,
     tile_options: TileOptions,
     *,
-    workers: int,
+    workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> DecodedFiles:
-    """Decode the files to read in a process pool, then cut the tiles of huge ones.
+    """Decode the files to read on the engine's workers, then cut the tiles of huge ones.
 
-    Image rows are written to staged Parquet as the workers return them (`StagedParquet`), so
-    the driver never holds the run's image bytes; only the rows of tiled files (their tiling
-    fills in the thumbnail) and the rejects stay in memory until the end.
+    Image rows are staged as the workers return them, so the driver never holds the run's
+    image bytes; only the rows of tiled files (their tiling fills in the thumbnail) and the
+    rejects come back to it. A worker that crashes or hangs on a file makes that file's reject
+    (without a hash: the driver never reads a source file, which could hang it).
     """
-    images_contract = table_contract("images")
-    staged = StagedParquet(table_location(engine.lake, f"_lakeimg/staging/{run.options.run_id}-rows/{run.table}"), images_contract)
-    schema = ingest_result_schema()
-    tiled_parts: list[pa.Table] = []
-    reject_parts: list[pa.Table] = []
+    options = run.options
+    parallel = (os.cpu_count() or 1) if workers is None else workers
+    staged = engine.stage(
+        partial(ingest_kernel, options=options),
+        run.todo,
+        label=f"{options.run_id}-rows",
+        output_schema=ingest_result_schema(),
+        contract=table_contract("images"),
+        held="tiled",
+        on_failure=partial(reject_row, run_id=options.run_id, at=options.ingested_at),
+        prepare=partial(prepare_ingest_kernel, options),
+        task_timeout_s=worker_time_limit(options),
+        rows_per_task=max(1, min(16, run.todo.num_rows // max(1, parallel * 4))),
+        on_progress=on_progress,
+        workers=workers,
+    )
     try:
-        for batch in decode_listing(engine, run.todo, run.options, workers=workers, on_progress=on_progress):
-            results = pa.Table.from_batches([batch])
-            images = results.filter(pc.equal(results["outcome"], "image"))
-            tiled = pc.fill_null(images["tiled"], False)
-            whole = images.filter(pc.invert(tiled))
-            staged.write(whole.select(images_contract.column_names))
-            tiled_parts.append(images.filter(tiled))
-            reject_parts.append(results.filter(pc.equal(results["outcome"], "reject")))
-        tiling = tile_images(engine, engine.lake, pa.concat_tables(tiled_parts) if tiled_parts else schema.empty_table(),
-                             tile_options, workers=workers, thumbnail_size=run.options.thumbnail_size)
-        staged.write(tiling.image_rows.select(images_contract.column_names))
-        staged.finish()
+        tiling = tile_images(engine, staged.held(), tile_options, thumbnail_size=options.thumbnail_size)
     except BaseException:
         staged.discard()
         raise
-    reject_rows = pa.concat_tables(reject_parts) if reject_parts else schema.empty_table()
-    if tiling.failures:
-        failed = [reject_row(row, ImageDecodeError(row["uri"], c, m), row["content_sha256"], run.options)
-                  for row, c, m in tiling.failures]
-        reject_rows = pa.concat_tables([reject_rows, pa.Table.from_pylist(failed, schema=schema)])
-
-    def cleanup() -> None:
-        tiling.cleanup()
-        staged.discard()
-
-    return DecodedFiles(
-        image_rows=staged,
-        reject_rows=_as_rejects(reject_rows),
-        image_uris=staged.uris,
-        reject_uris=reject_rows["uri"].to_pylist(),
-        commit_tiles=lambda replace, metadata: commit_tiles(
-            engine, run.table, tiling, replace_uris=replace, metadata=metadata
-        ),
-        cleanup=cleanup,
-    )
-
-
-def decode_listing(
-    engine: LocalEngine,
-    todo: pa.Table,
-    options: IngestOptions,
-    *,
-    workers: int,
-    on_progress: Callable[[int, int], None] | None = None,
-) -> Iterator[pa.RecordBatch]:
-    """Run the ingest kernel over the files to read, streaming its result batches; crashes and
-    hangs become reject rows."""
-    schema = ingest_result_schema()
-    total, done = todo.num_rows, 0
-
-    def progress(n: int) -> None:
-        nonlocal done
-        done += n
-        if on_progress:
-            on_progress(done, total)
-
-    batch_rows = max(1, min(16, total // max(1, workers * 4)))
-    return engine.map_kernel(
-        partial(ingest_kernel, options=options),
-        todo,
-        workers=workers,
-        batch_rows=batch_rows,
-        task_timeout_s=worker_time_limit(options),
-        on_failure=partial(failed_file_row, options=options),
-        on_progress=progress,
-        output_schema=schema,
-    )
+    rejects = pa.concat_tables([as_rejects(staged.rejects()), as_rejects(tiling.rejects)])
+    image_uris = {*staged.keys()["uri"].to_pylist(), *tiling.tiled_uris}
+    return DecodedFiles(staged, tiling, rejects, image_uris)
 
 
 def worker_time_limit(options: IngestOptions) -> float:
@@ -434,77 +369,44 @@ def worker_time_limit(options: IngestOptions) -> float:
     return options.file_timeout_s + min(30.0, options.file_timeout_s + 5)
 
 
-def failed_file_row(listing: dict[str, Any], error_class: str, message: str, *, options: IngestOptions) -> dict[str, Any]:
-    """The reject row of a file whose decoding worker crashed or was killed (`map_kernel`'s `on_failure`).
-
-    Without a hash: this runs in the driver, which never reads a source file (a FIFO or a stuck
-    mount would hang the run that the worker's time limit just saved).
-    """
-    error = ImageDecodeError(listing["uri"], error_class, message)
-    return reject_row(listing, error, None, options)
-
-
-def commit_ingest(engine: Any, run: IngestRun, decoded: DecodedFiles) -> tuple[MergeResult, MergeResult]:
-    """Commit a run: rejects, then tiles, then images, then the runs row that marks it complete.
+def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles) -> tuple[int | None, MergeMetrics, int | None]:
+    """Commit a run: rejects, then tiles, then images, then the runs row that marks it complete;
+    returns (images version, images metrics, rejects version).
 
     Delta has no multi-table transaction, so the order makes every state a stop can leave
     correct on its own (DEVELOPERS.md, "What a reader sees during a run"): each commit replaces
     rows by uri, so a file is at worst in neither table (the next run reads it again) or, for
     one run, in both (the next run's plan drops the stale row). A failure undoes nothing; see
-    `run_commits`. The same steps on both engines.
+    `run_commits`.
     """
-    table = run.table
+    table, record = run.table, run.record
     rejects_name, tiles_name = rejects_table_name(table), tiles_table_name(table)
-    images_contract, rejects_contract = table_contract("images"), table_contract("rejects")
-    record = run.record
     metadata = record.commit_metadata()
-    images_delete = sorted({*run.vanished_images, *run.stale_images, *(u for u in decoded.reject_uris if u in run.known_images)})
-    rejects_delete = sorted({*run.vanished_rejects, *run.stale_rejects, *(u for u in decoded.image_uris if u in run.known_rejects)})
-    bookkeeping = engine if isinstance(engine, LocalEngine) else LocalEngine(engine.lake)
-    with run_commits(bookkeeping, record, [table, rejects_name, tiles_name]) as landed:
-        if not engine.exists(rejects_name) and not decoded.reject_uris and (decoded.image_uris or images_delete):
-            # SQL can name the rejects table as soon as the images table exists.
-            engine.create_empty(rejects_name, rejects_contract, metadata)
-            landed[rejects_name] = engine.version(rejects_name)
-        rejects_result = engine.merge_by_key(
-            rejects_name, rejects_contract, upserts=decoded.reject_rows, delete_keys=rejects_delete, metadata=metadata
-        )
-        if rejects_result.committed:
-            landed[rejects_name] = rejects_result.version
-        tiles_result = decoded.commit_tiles(run.tiles_replace, metadata)
-        if tiles_result.committed:
-            landed[tiles_name] = tiles_result.version
-        images_result = engine.merge_by_key(
-            table, images_contract, upserts=decoded.image_rows, delete_keys=images_delete, metadata=metadata
-        )
-        if images_result.committed:
-            landed[table] = images_result.version
+    reject_uris = set(decoded.rejects["uri"].to_pylist())
+    images_delete = {*run.vanished_images, *run.stale_images, *(reject_uris & run.known_images)}
+    rejects_delete = {*run.vanished_rejects, *run.stale_rejects, *(decoded.image_uris & run.known_rejects)}
+    with run_commits(engine, record, [table, rejects_name, tiles_name]) as landed:
+        # The rejects table is made with the first images commit, so SQL can name it.
+        rejects = engine.commit(Write(rejects_name, table_contract("rejects"), rows=decoded.rejects, replace=frozenset(rejects_delete),
+                                      metadata=metadata, create=bool(decoded.image_uris or images_delete)))
+        if rejects.committed:
+            landed[rejects_name] = rejects.version
+        tiles = commit_tiles(engine, table, decoded.tiling, replace_uris=run.tiles_replace, metadata=metadata)
+        if tiles.committed:
+            landed[tiles_name] = tiles.version
+        images = engine.commit(Write(table, table_contract("images"), staged=decoded.staged, rows=decoded.tiling.image_rows,
+                                     replace=frozenset(images_delete), metadata=metadata))
+        if images.committed:
+            landed[table] = images.version
+        metrics = MergeMetrics.of(old=run.known_images, new=decoded.image_uris, deleted=images_delete)
         rejects_version = engine.version(rejects_name)
-        rejects_result = dataclasses.replace(rejects_result, version=rejects_version)
         record.status = "succeeded"
-        record.target_version = images_result.version
-        record.outputs = [
-            {"table": table, "version": images_result.version},
-            {"table": rejects_name, "version": rejects_version},
-        ]
-        if tiles_result.version is not None:
-            record.outputs.append({"table": tiles_name, "version": tiles_result.version})
+        record.target_version = images.version
+        record.outputs = [{"table": table, "version": images.version}, {"table": rejects_name, "version": rejects_version}]
+        if tiles.version is not None:
+            record.outputs.append({"table": tiles_name, "version": tiles.version})
         record.finished_at = utc_now()
-        record.counts = {
-            "added": images_result.inserted,
-            "updated": images_result.updated,
-            "unchanged": run.unchanged,
-            "deleted": run.deleted,
-            "rejected": len(decoded.reject_uris),
-        }
+        record.counts = {"added": metrics.inserted, "updated": metrics.updated, "unchanged": run.unchanged,
+                         "deleted": run.deleted, "rejected": len(reject_uris)}
         engine.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
-    return images_result, rejects_result
-
-
-def _as_rejects(rows: pa.Table) -> pa.Table:
-    contract = table_contract("rejects")
-    data = {name: rows[name] for name in contract.column_names if name in rows.column_names}
-    data["rejected_at"] = rows["ingested_at"]
-    return pa.table({n: data[n] for n in contract.column_names}).cast(
-        pa.schema([f.with_nullable(True) for f in contract.arrow_schema])
-    )
+    return images.version, metrics, rejects_version

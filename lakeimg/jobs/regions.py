@@ -24,12 +24,13 @@ from typing import Any
 import numpy as np
 import pyarrow.compute as pc
 
-from lakeimg.engine.local import LocalEngine, VersionLike
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeImgError
 from lakeimg.image.decode import decode_image
 from lakeimg.image.pyramid import assemble_region, downsample2, level_shape
-from lakeimg.tables import tiles_of
 from lakeimg.storage import open_regular_file, to_uri, uri_to_path
+from lakeimg.tables import tiles_of
 
 __all__ = ["read_region", "image_record", "tiles_as_of"]
 

@@ -35,7 +35,7 @@ def record_unfinished_runs(engine: Any, tables: Sequence[str], *, current_run_id
     happened. `engine` is a `LocalEngine`; returns the run ids recorded.
 
     Example:
-        >>> from lakeimg.engine.local import LocalEngine
+        >>> from lakeimg.engine.delta_rs import LocalEngine
         >>> import tempfile
         >>> record_unfinished_runs(LocalEngine(tempfile.mkdtemp()), ["images"], current_run_id="x")
         []
@@ -91,7 +91,7 @@ def run_commits(engine: Any, record: RunRecord, tables: Sequence[str]) -> Iterat
     landed and a `PartialRunError` is raised (a Ctrl-C stays a KeyboardInterrupt).
 
     Example:
-        >>> from lakeimg.engine.local import LocalEngine
+        >>> from lakeimg.engine.delta_rs import LocalEngine
         >>> import tempfile
         >>> record = RunRecord(run_id="r1", job="ingest", engine="local", target_table="images", spec={}, started_at=utc_now())
         >>> with run_commits(LocalEngine(tempfile.mkdtemp()), record, ["images"]) as landed:

@@ -1,14 +1,15 @@
-"""The tiling step of ingest: which files are tiled, cutting their tiles, committing `<table>_tiles`.
+"""The tiling step of ingest: cutting the tiles of huge files, committing `<table>_tiles`.
 
 The ingest kernel marks a file `tiled` when it has more pixels than `tile_above_pixels` or more
 bytes than the inline limit (it then streams the file's SHA-256 and reads only its header).
 `tile_images` turns each such file into tiling tasks (one per page, or per share of a page's
-tile rows with `rows_per_task`, see `lakeimg.kernels.tiles.plan_tile_tasks`), runs them in the
-engine's process pool, each task writing its tiles to one staged Parquet file under
-`LAKE/_lakeimg/staging/<run_id>`, and fills each row's thumbnail from its top pyramid level.
-`commit_tiles` then streams the staged files into the tiles table in one Delta commit that also
-deletes every old tile of the uris it replaces (changed, vanished or no longer tiled files), so
-memory stays bounded however big the image.
+tile rows with `rows_per_task`, see `lakeimg.kernels.tiles.plan_tile_tasks`) and stages them on
+the engine (a process pool, or Spark executors), each task writing its tiles to one Parquet
+file under `LAKE/_lakeimg/staging/<run_id>`; then it fills each row's thumbnail from its top
+pyramid level. A file whose tiling fails becomes a reject row. `commit_tiles` moves the
+staged files into the tiles table in one Delta commit that also drops every old tile of the
+uris it replaces (changed, vanished or no longer tiled files): memory stays bounded however
+big the image. The same code runs on both engines.
 
 Example:
     >>> tiles_table_name("images")
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -26,11 +28,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeimg.engine.local import LocalEngine, MergeResult
+from lakeimg.engine.base import CommitResult, Engine, Write
+from lakeimg.engine.layout import table_location
+from lakeimg.errors import ErrorClass
 from lakeimg.image.codecs import decode_tile
 from lakeimg.image.display import make_thumbnail
-from lakeimg.image.pyramid import level_count
 from lakeimg.image.sources import page_shapes
+from lakeimg.kernels.ingest import ingest_result_schema
+from lakeimg.kernels.rejects import reject_row
 from lakeimg.kernels.tiles import (
     STAGED_SCHEMA,
     TILE_TASK_SCHEMA,
@@ -42,22 +47,9 @@ from lakeimg.kernels.tiles import (
     top_tile,
 )
 from lakeimg.schemas import table_contract
-from lakeimg.uris import uri_to_path
+from lakeimg.storage import uri_to_path
 
-__all__ = [
-    "SparkTiling",
-    "TilingResult",
-    "commit_tiles",
-    "commit_tiles_spark",
-    "previously_tiled",
-    "tile_images",
-    "tile_images_spark",
-    "tiles_table_name",
-]
-
-# Tiles per Parquet row group in the tiles table: a region read skips the row groups whose
-# (uri, level, tile_row) statistics miss the window.
-TILE_ROW_GROUP = 16
+__all__ = ["TilingResult", "commit_tiles", "previously_tiled", "tile_images", "tiles_table_name"]
 
 
 def tiles_table_name(table: str) -> str:
@@ -66,13 +58,14 @@ def tiles_table_name(table: str) -> str:
 
 @dataclass
 class TilingResult:
-    """What `tile_images` produced: rows to commit, failures, staged tile files to stream in."""
+    """What `tile_images` produced: the images rows of the tiled files (thumbnails filled),
+    the reject rows of files whose tiling failed, and the staged tile files."""
 
     image_rows: pa.Table
-    failures: list[tuple[dict[str, Any], str, str]] = field(default_factory=list)  # (row, class, message)
-    staged_files: list[str] = field(default_factory=list)
-    staging: str | None = None
+    rejects: pa.Table
+    files: list[str] = field(default_factory=list)
     tiled_uris: list[str] = field(default_factory=list)
+    staging: str | None = None
 
     def cleanup(self) -> None:
         """Remove the staged files (after the commit, or after a failed run)."""
@@ -84,15 +77,12 @@ class TilingResult:
                 pass
 
 
-def previously_tiled(engine: LocalEngine, table: str) -> set[str]:
+def previously_tiled(engine: Engine, table: str) -> set[str]:
     """Uris whose rows in the images table say `tiled` (their tiles live in `<table>_tiles`)."""
     if not engine.exists(table):
         return set()
-    if getattr(engine, "distributed", False):  # the Spark engine filters with SQL
-        rows = engine.read(table, columns=["uri"], filter="tiled")
-        return set(rows["uri"].to_pylist())
-    rows = engine.read(table, columns=["uri", "tiled"], filter=pc.field("tiled") == True)  # noqa: E712
-    return set(rows["uri"].to_pylist())
+    rows = engine.read(table, columns=["uri", "tiled"])
+    return set(rows.filter(pc.fill_null(rows["tiled"], False))["uri"].to_pylist())
 
 
 def _thumbnail(staging: str, uri: str, mode: str | None, size: int) -> bytes | None:
@@ -103,7 +93,7 @@ def _thumbnail(staging: str, uri: str, mode: str | None, size: int) -> bytes | N
     return make_thumbnail(arr, size=size, invert=mode in ("MINISWHITE", "MONOCHROME1"))
 
 
-def _plan(row: dict[str, Any], options: TileOptions, staging: str | None) -> list[dict[str, Any]]:
+def _plan(row: dict[str, Any], options: TileOptions, staging: str) -> list[dict[str, Any]]:
     # Only TIFF pages are read by windows; splitting any other format would decode it whole
     # in every share, so those get one task per page (decoded once, streamed out as tiles).
     split = options.rows_per_task if row.get("format") in (None, "TIFF") else 0
@@ -117,204 +107,96 @@ def _plan(row: dict[str, Any], options: TileOptions, staging: str | None) -> lis
     )
 
 
+def _failed_task(task: dict[str, Any], error_class: str, message: str, *, staging: str) -> dict[str, Any]:
+    """A task whose worker crashed or overran: its summary row; the file's other tasks stop."""
+    mark_file_failed(staging, task["uri"])
+    return {"uri": task["uri"], "page": task["page"], "from_level": task["from_level"],
+            "error_class": error_class, "error_message": message}
+
+
 def tile_images(
-    engine: LocalEngine,
-    lake: str,
-    image_rows: pa.Table,
+    engine: Engine,
+    rows: pa.Table,
     options: TileOptions,
     *,
-    workers: int,
     thumbnail_size: int = 256,
     task_timeout_s: float = 6 * 3600.0,
 ) -> TilingResult:
-    """Cut the tiles of every `tiled` row of `image_rows` into staged Parquet; fill thumbnails.
+    """Cut the tiles of the images rows `rows` (files the ingest kernel marked `tiled`) into
+    staged Parquet on `engine`, and fill their thumbnails from the top level.
 
-    Rows whose tiling fails leave `image_rows` and come back in `failures` (they become rejects).
+    Rows whose tiling fails leave the image rows and come back as reject rows.
     """
-    if "tiled" not in image_rows.column_names or image_rows.num_rows == 0:
-        return TilingResult(image_rows)
-    mask = pc.fill_null(image_rows["tiled"], False)
-    tiled = image_rows.filter(mask).to_pylist()
-    if not tiled:
-        return TilingResult(image_rows)
-    staging = os.path.join(lake, "_lakeimg", "staging", options.run_id or "run")
+    schema = ingest_result_schema()
+    staging = table_location(engine.lake, f"_lakeimg/staging/{options.run_id or 'run'}")
+    result = TilingResult(rows.slice(0, 0), schema.empty_table(), staging=staging)
+    if rows.num_rows == 0:
+        return result
+    tiled = rows.to_pylist()
     tasks: list[dict[str, Any]] = []
-    failures: list[tuple[dict[str, Any], str, str]] = []
+    failures: dict[str, tuple[str, str]] = {}
     for row in tiled:
         try:
             tasks += _plan(row, options, staging)
         except Exception as exc:  # noqa: BLE001 - one bad file becomes a reject
-            failures.append((row, "corrupt", f"{type(exc).__name__}: {exc}"))
+            failures[row["uri"]] = (ErrorClass.CORRUPT, f"{type(exc).__name__}: {exc}")
 
     budgets = [t["budget_s"] for t in tasks if t.get("budget_s")]
     if budgets:  # no task outlives its file's budget; this kills one stuck where no alarm reaches
         task_timeout_s = min(task_timeout_s, max(budgets) + 60.0)
     summaries: list[dict[str, Any]] = []
-    kernel = partial(stage_tiles_kernel, options=options, staging=staging)
-
-    def failed(task: dict[str, Any], error_class: str, message: str) -> dict[str, Any]:
-        mark_file_failed(staging, task["uri"])  # the file's other tasks stop instead of failing on
-        return {"uri": task["uri"], "page": task["page"], "from_level": task["from_level"],
-                "error_class": error_class, "error_message": message}
-
     # Shares and whole pages first; then the top tasks, which read the shares' staged tiles.
-    for phase in (pc.equal, pc.greater):
-        todo = pa.Table.from_pylist(tasks, schema=TILE_TASK_SCHEMA)
-        todo = todo.filter(phase(todo["from_level"], 0))
-        if todo.num_rows == 0:
+    for phase, first in (("shares", True), ("tops", False)):
+        todo = [t for t in tasks if (t["from_level"] == 0) == first and t["uri"] not in failures]
+        if not todo:
             continue
-        for batch in engine.map_kernel(
-            # a single top task (it only reads staged tiles) runs here: no pool to spawn for it
-            kernel, todo, workers=0 if phase is pc.greater and todo.num_rows == 1 else min(workers, todo.num_rows),
-            batch_rows=1,
-            task_timeout_s=task_timeout_s, on_failure=failed, output_schema=STAGED_SCHEMA,
-        ):
-            summaries += batch.to_pylist()
-        if phase is pc.equal:  # a file whose share failed gets no top task
-            bad = {s["uri"] for s in summaries if s.get("error_class")}
-            tasks = [t for t in tasks if t["uri"] not in bad]
+        staged = engine.stage(
+            partial(stage_tiles_kernel, options=options, staging=staging),
+            pa.Table.from_pylist(todo, schema=TILE_TASK_SCHEMA),
+            label=f"{options.run_id or 'run'}-{phase}", output_schema=STAGED_SCHEMA, rows_per_task=1,
+            task_timeout_s=task_timeout_s, on_failure=partial(_failed_task, staging=staging),
+            # a single top task (it only reads staged tiles) runs in this process: no pool for it
+            workers=0 if not first and len(todo) == 1 else None,
+        )
+        try:
+            summaries += staged.keys(STAGED_SCHEMA.names).to_pylist() + staged.rejects().to_pylist()
+        finally:
+            staged.discard()
+        for s in summaries:  # one reject per file: the error that stopped it, not its skipped tasks
+            if s.get("error_class") and (s["uri"] not in failures or failures[s["uri"]][0] == ErrorClass.SKIPPED):
+                failures[s["uri"]] = (s["error_class"], f"tiling failed: {s['error_message'] or 'tiling failed'}")
 
-    errors: dict[str, tuple[str, str]] = {}
-    for s in summaries:  # one reject per file: the error that stopped it, not its skipped tasks
-        if s.get("error_class") and (s["uri"] not in errors or errors[s["uri"]][0] == "skipped"):
-            errors[s["uri"]] = (s["error_class"], s["error_message"] or "tiling failed")
-    by_uri = {row["uri"]: row for row in tiled}
-    for uri, (error_class, message) in errors.items():
-        failures.append((by_uri[uri], error_class, f"tiling failed: {message}"))
-    failed_uris = {row["uri"] for row, _c, _m in failures}
-
-    thumbnails: dict[str, bytes | None] = {}
+    kept, rejects = [], []
     for row in tiled:
-        if row["uri"] not in failed_uris:
+        if row["uri"] not in failures:
             try:
-                thumbnails[row["uri"]] = _thumbnail(staging, row["uri"], row.get("mode"), thumbnail_size)
+                row = {**row, "thumbnail": _thumbnail(staging, row["uri"], row.get("mode"), thumbnail_size)}
+                kept.append(row)
+                continue
             except Exception as exc:  # noqa: BLE001
-                failures.append((row, "corrupt", f"thumbnail from the top level failed: {exc}"))
-                failed_uris.add(row["uri"])
-
-    keep = pc.invert(pc.is_in(image_rows["uri"], pa.array(sorted(failed_uris), pa.string())))
-    kept = image_rows.filter(keep)
-    if thumbnails:
-        uris = kept["uri"].to_pylist()
-        old = kept["thumbnail"].to_pylist()
-        new = [thumbnails.get(u, t) for u, t in zip(uris, old, strict=True)]
-        index = kept.column_names.index("thumbnail")
-        kept = kept.set_column(index, kept.schema.field(index), pa.array(new, kept.schema.field(index).type))
-    staged = [s["path"] for s in summaries if s.get("path") and s["uri"] not in failed_uris]
-    return TilingResult(
-        kept, failures, staged, staging, sorted(u for u in by_uri if u not in failed_uris)
-    )
+                failures[row["uri"]] = (ErrorClass.CORRUPT, f"thumbnail from the top level failed: {exc}")
+        error_class, message = failures[row["uri"]]
+        rejects.append(reject_row(row, error_class, message, run_id=options.run_id, at=options.ingested_at, sha=row["content_sha256"]))
+    result.image_rows = pa.Table.from_pylist(kept, schema=rows.schema)
+    result.rejects = pa.Table.from_pylist(rejects, schema=schema)
+    result.tiled_uris = [row["uri"] for row in kept]
+    result.files = [s["path"] for s in summaries if s.get("path") and s["uri"] not in failures]
+    return result
 
 
 def commit_tiles(
-    engine: LocalEngine,
+    engine: Engine,
     table: str,
     result: TilingResult | None,
     *,
-    replace_uris: set[str] | list[str] = (),
+    replace_uris: Iterable[str] = (),
     metadata: dict[str, Any] | None = None,
-) -> MergeResult:
+) -> CommitResult:
     """One commit to `<table>_tiles`: drop every tile of `replace_uris`, add the staged tile files.
 
     No tiles to write and none to drop: no commit (the table stays at its version).
     """
-    name = tiles_table_name(table)
-    files = result.staged_files if result is not None else []
-    uris = sorted(set(replace_uris) | set(result.tiled_uris if result is not None else []))
+    files = tuple(result.files) if result is not None else ()
+    uris = frozenset(replace_uris) | frozenset(result.tiled_uris if result is not None else ())
     # The staged files become the table's files as they are (renamed, not rewritten).
-    return engine.commit_files_by_uri(name, table_contract("tiles"), files, uris=uris, metadata=metadata)
-
-
-# --- the Spark engine --------------------------------------------------------------------
-
-
-@dataclass
-class SparkTiling:
-    """What `tile_images_spark` produced: tiles staged as Parquet by the executors."""
-
-    staged: list[Any] = field(default_factory=list)  # the engine's StagedRows, one per phase
-    thumbnails: dict[str, bytes | None] = field(default_factory=dict)
-    failures: dict[str, str] = field(default_factory=dict)  # uri -> message
-    tiled_uris: list[str] = field(default_factory=list)
-
-    def cleanup(self) -> None:
-        for staged in self.staged:
-            staged.drop()
-
-
-def tile_images_spark(engine, rows: list[dict[str, Any]], options: TileOptions, *, thumbnail_size: int = 256) -> SparkTiling:
-    """Cut the tiles of `rows` (images rows marked tiled) on Spark executors, one task per share.
-
-    A huge page is split by tile-row ranges (`options.rows_per_task`) into many Spark tasks,
-    then one task per page builds the top levels from the staged level; tiles stay on the
-    executors' side (staged Parquet under the lake) and never reach the driver.
-    """
-    from lakeimg.kernels.tiles import safe_tile_kernel, tiles_schema
-
-    result = SparkTiling()
-    if not rows:
-        return result
-    tasks: list[dict[str, Any]] = []
-    for row in rows:
-        try:
-            tasks += _plan(row, options, None)
-        except Exception as exc:  # noqa: BLE001
-            result.failures[row["uri"]] = f"{type(exc).__name__}: {exc}"
-    kernel = partial(safe_tile_kernel, options=options)
-    first = [t for t in tasks if t["from_level"] == 0 and t["uri"] not in result.failures]
-    if first:
-        result.staged.append(engine.map_kernel_to_stage(
-            kernel, pa.Table.from_pylist(first, schema=TILE_TASK_SCHEMA), output_schema=tiles_schema(), rows_per_task=1
-        ))
-        for r in result.staged[0].frame("level < 0").select("uri", "data").collect():
-            result.failures.setdefault(r[0], bytes(r[1]).decode("utf-8", "replace"))
-        top = [
-            {**t, "staging": result.staged[0].location}
-            for t in tasks if t["from_level"] > 0 and t["uri"] not in result.failures
-        ]
-        if top:
-            result.staged.append(engine.map_kernel_to_stage(
-                kernel, pa.Table.from_pylist(top, schema=TILE_TASK_SCHEMA), output_schema=tiles_schema(), rows_per_task=1
-            ))
-            for r in result.staged[1].frame("level < 0").select("uri", "data").collect():
-                result.failures.setdefault(r[0], bytes(r[1]).decode("utf-8", "replace"))
-    for row in rows:
-        uri = row["uri"]
-        if uri in result.failures:
-            continue
-        top_level = level_count(row["height"], row["width"], options.tile_size) - 1
-        quoted = uri.replace("\\", "\\\\").replace("'", "\\'")
-        found = None
-        for staged in result.staged:
-            hits = staged.frame(f"uri = '{quoted}' AND page = 0 AND level = {top_level}").limit(1).collect()
-            if hits:
-                found = hits[0].asDict()
-                break
-        if found is None:
-            result.failures[uri] = "no top-level tile was produced"
-            continue
-        arr = decode_tile(bytes(found["data"]), found["encoding"], found["height"], found["width"], found["channels"], found["dtype"])
-        mode = row.get("mode")
-        result.thumbnails[uri] = make_thumbnail(arr, size=thumbnail_size, invert=mode in ("MINISWHITE", "MONOCHROME1"))
-        result.tiled_uris.append(uri)
-    return result
-
-
-def commit_tiles_spark(
-    engine,
-    table: str,
-    result: SparkTiling | None,
-    *,
-    replace_uris: set[str] | list[str] = (),
-    metadata: dict[str, Any] | None = None,
-) -> MergeResult:
-    """One Delta commit (replaceWhere) to `<table>_tiles`: old tiles of `replace_uris` out, new in."""
-    contract = table_contract("tiles")
-    frame = None
-    uris = sorted(set(replace_uris) | set(result.tiled_uris if result is not None else []))
-    if result is not None and result.tiled_uris:
-        keep = ", ".join("'" + u.replace("\\", "\\\\").replace("'", "\\'") + "'" for u in result.tiled_uris)
-        for staged in result.staged:
-            part = staged.conform(contract, where=f"level >= 0 AND uri IN ({keep})")
-            frame = part if frame is None else frame.unionByName(part)
-    return engine.replace_by_uri(tiles_table_name(table), contract, frame, uris=uris, metadata=metadata)
+    return engine.commit(Write(tiles_table_name(table), table_contract("tiles"), files=files, replace=uris, metadata=metadata))

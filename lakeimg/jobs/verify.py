@@ -40,7 +40,8 @@ from urllib.parse import unquote
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from lakeimg.engine.local import LocalEngine, VersionLike
+from lakeimg.engine.base import VersionLike
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import ContentMismatchError
 from lakeimg.jobs.regions import tiles_as_of
 from lakeimg.tables import tiles_of
@@ -147,12 +148,10 @@ class _Checker:
             self.problems.append(VerifyProblem(table, file, reason, detail, uri))
 
     def table(self, engine: LocalEngine, name: str, version: VersionLike) -> int:
-        delta = engine.delta_table(name, version)
-        resolved = delta.version()
+        resolved = engine.resolve_version(name, version)
         self.checked.append(f"{name}@{resolved}")
-        names = pa.schema(delta.schema().to_arrow()).names
-        hashable = {"uri", "content", "content_sha256"} <= set(names)
-        logged = _logged_files(delta, engine.location(name))
+        hashable = {"uri", "content", "content_sha256"} <= set(engine.arrow_schema(name, resolved).names)
+        logged = _logged_files(engine.add_actions(name, resolved), engine.location(name))
         for path in engine.data_files(name, resolved):
             self.file(name, path, logged.get(os.path.normpath(path)), hashable)
         return resolved
@@ -213,9 +212,9 @@ def _one_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
-def _logged_files(delta: Any, location: str) -> dict[str, tuple[int | None, int | None]]:
+def _logged_files(actions: pa.Table, location: str) -> dict[str, tuple[int | None, int | None]]:
     """(size in bytes, number of records) of each data file, as the Delta log states them."""
-    actions = pa.table(delta.get_add_actions(flatten=True)).to_pylist()
+    actions = actions.to_pylist()
     root = location[len("file://"):] if location.startswith("file://") else location
     out = {}
     for action in actions:

@@ -52,9 +52,10 @@ from lakeimg.image.sources import (
     DEFAULT_TILE_ABOVE_PIXELS,
     check_tileable,
 )
+from lakeimg.kernels import rejects
 from lakeimg.kernels._batches import batch_rows, result_schema, warm_up_kernel
 from lakeimg.schemas import table_contract
-from lakeimg.storage import NotRegularFileError, local_path_or_none, open_regular_file, printable
+from lakeimg.storage import NotRegularFileError, local_path_or_none, open_regular_file
 
 __all__ = [
     "IngestOptions",
@@ -176,20 +177,8 @@ def _now() -> dt.datetime:
 
 
 def reject_row(listing: dict[str, Any], error: ImageDecodeError, sha: str | None, options: IngestOptions) -> dict[str, Any]:
-    """One reject row in the kernel's output schema."""
-    return {
-        "uri": listing["uri"],
-        "size_bytes": listing["size_bytes"],
-        "modified_at": listing["modified_at"],
-        "content_sha256": sha,
-        "label": listing.get("label"),
-        "outcome": "reject",
-        "error_class": error.error_class,
-        # A decoder's message may quote a non-UTF-8 path (surrogate escapes): not storable as is.
-        "error_message": printable(error.message[:2000]),
-        "run_id": options.run_id,
-        "ingested_at": options.ingested_at or _now(),
-    }
+    """One reject row in the kernel's output schema (`lakeimg.kernels.rejects.reject_row`)."""
+    return rejects.reject_row(listing, error.error_class, error.message, run_id=options.run_id, at=options.ingested_at, sha=sha)
 
 
 def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: Iterable[Any] | None = None) -> dict[str, Any]:

@@ -6,16 +6,16 @@ reads the finished tiles of level `from_level` back from `staging` (Parquet writ
 share tasks) and builds the levels above it, so one huge image spreads over many tasks without
 any task holding the whole image (see `plan_tile_tasks`).
 
-`tile_kernel` emits rows in the tiles table's schema (`schemas/tiles.v1.json`); the embedded
-engine wraps it in `stage_tiles_kernel`, which writes each task's tiles to one Parquet file
-and emits a small summary row instead, so tile bytes never travel between processes.
+`stage_tiles_kernel` writes each task's tiles (rows of `schemas/tiles.v1.json`) to one Parquet
+file under the run's staging and emits a small summary row (or the error that stopped the
+task), so tile bytes never travel between processes, on either engine.
 
 Example:
     >>> import tempfile, os, numpy as np, tifffile
     >>> p = os.path.join(tempfile.mkdtemp(), "a.tif"); tifffile.imwrite(p, np.zeros((300, 200), np.uint8))
     >>> tasks = pa.RecordBatch.from_pylist(plan_tile_tasks(p, "sha", 300, 200, pages=1, tile_size=128), schema=TILE_TASK_SCHEMA)
-    >>> sum(b.num_rows for b in tile_kernel(iter([tasks]), TileOptions(tile_size=128)))
-    9
+    >>> [b["tiles"][0].as_py() for b in stage_tiles_kernel(iter([tasks]), TileOptions(tile_size=128), tempfile.mkdtemp())]
+    [9]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from lakeimg.errors import ErrorClass
 from lakeimg.image._settings import decoder_settings
 from lakeimg.image.codecs import DEFAULT_TILE_ENCODING, encode_tile
 from lakeimg.image.pyramid import (
@@ -48,7 +49,7 @@ from lakeimg.image.pyramid import (
 from lakeimg.image.sources import open_image
 from lakeimg.kernels.ingest import _FileTimeout, _time_limit
 from lakeimg.schemas import table_contract
-from lakeimg.uris import uri_to_path
+from lakeimg.storage import uri_to_path
 
 __all__ = [
     "STAGED_SCHEMA",
@@ -57,9 +58,7 @@ __all__ = [
     "file_budget_s",
     "mark_file_failed",
     "plan_tile_tasks",
-    "safe_tile_kernel",
     "stage_tiles_kernel",
-    "tile_kernel",
     "tiles_schema",
 ]
 
@@ -101,7 +100,7 @@ class TileOptions:
 
     Attributes:
         tile_size: tile edge in pixels; overlap: extra pixels stored on each side of a tile.
-        encoding: tile codec (see `lakeimg.image.tiles.TILE_ENCODINGS`).
+        encoding: tile codec (see `lakeimg.image.codecs.TILE_ENCODINGS`).
         rows_per_task: split a page into tasks of this many level-0 tile rows (0: one task
             per page). Rounded up to a power of two so every level's rows align.
         file_timeout_s: the time budget of one file's tiling (every task of it together) per
@@ -177,7 +176,7 @@ def _file_started(staging: str | None, uri: str) -> float:
 class _BudgetSpent(Exception):
     """The file's tiling ran out of time, or another of its tasks failed."""
 
-    def __init__(self, error_class: str, message: str):
+    def __init__(self, error_class: ErrorClass, message: str):
         super().__init__(message)
         self.error_class, self.message = error_class, message
 
@@ -298,42 +297,6 @@ def _task_tiles(task: dict[str, Any], options: TileOptions) -> Iterator[tuple[An
             yield tile, tile.level, tile.geotransform
 
 
-def tile_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions) -> Iterator[pa.RecordBatch]:
-    """mapInArrow-shaped: task batches (TILE_TASK_SCHEMA) in, tile rows (tiles schema) out.
-
-    Memory per task: one band of level-0 rows plus the pyramid's partial rows, and at most
-    ~32 MiB of encoded tiles waiting in an output batch.
-    """
-    schema = tiles_schema()
-    for batch in batches:
-        for task in batch.to_pylist():
-            yield from _task_batches(task, options, schema)
-
-
-def safe_tile_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions) -> Iterator[pa.RecordBatch]:
-    """`tile_kernel` for engines without per-task isolation (Spark): a task that fails emits one
-    error row (level -1, encoding "error", data = the message) instead of failing the job; the
-    job drops every row of that uri and rejects the file."""
-    schema = tiles_schema()
-    for batch in batches:
-        for task in batch.to_pylist():
-            try:
-                with decoder_settings():
-                    guard = _TaskGuard(task, None)  # executors share no folder: each task's own clock
-                    guard.check()
-                    yield from _task_batches(task, options, schema, guard)
-            except Exception as exc:  # noqa: BLE001 - one bad file must not stop the job
-                message = exc.message if isinstance(exc, _BudgetSpent) else f"{type(exc).__name__}: {exc}"[:2000]
-                row = {
-                    "uri": task["uri"], "content_sha256": task["content_sha256"] or "", "page": task["page"],
-                    "level": -1, "tile_row": 0, "tile_col": 0, "x": 0, "y": 0, "width": 0, "height": 0,
-                    "channels": 0, "dtype": "", "encoding": "error", "data": message.encode(), "overlap": 0,
-                    "geotransform": None, "run_id": options.run_id,
-                    "ingested_at": options.ingested_at or dt.datetime.now(dt.timezone.utc),
-                }
-                yield pa.RecordBatch.from_pylist([row], schema=schema)
-
-
 class _TaskGuard:
     """Stops a task once its file's time budget is spent or another task of the file failed."""
 
@@ -348,10 +311,10 @@ class _TaskGuard:
 
     def check(self) -> None:
         if _file_failed(self.staging, self.uri):
-            raise _BudgetSpent("skipped", "another tiling task of this file failed")
+            raise _BudgetSpent(ErrorClass.SKIPPED, "another tiling task of this file failed")
         if time.time() > self.deadline:
             raise _BudgetSpent(
-                "timeout",
+                ErrorClass.TIMEOUT,
                 f"tiling this file took longer than its budget of {self.budget:g} s (--file-timeout per started gigapixel)",
             )
 
@@ -402,15 +365,15 @@ def stage_tiles_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions, 
             except (_BudgetSpent, _FileTimeout) as exc:
                 _remove(partial)
                 if not isinstance(exc, _BudgetSpent):
-                    exc = _BudgetSpent("timeout", f"tiling this file took longer than its budget of {guard.budget:g} s")
-                if exc.error_class != "skipped":
+                    exc = _BudgetSpent(ErrorClass.TIMEOUT, f"tiling this file took longer than its budget of {guard.budget:g} s")
+                if exc.error_class != ErrorClass.SKIPPED:
                     mark_file_failed(staging, task["uri"])
                 summary.update(error_class=exc.error_class, error_message=exc.message)
             except Exception as exc:  # noqa: BLE001 - one bad file becomes a reject, not a failed run
                 _remove(partial)
                 mark_file_failed(staging, task["uri"])
                 summary.update(
-                    error_class="corrupt",
+                    error_class=ErrorClass.CORRUPT,
                     error_message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"[:2000],
                 )
             yield pa.RecordBatch.from_pylist([summary], schema=STAGED_SCHEMA)

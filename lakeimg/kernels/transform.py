@@ -39,6 +39,7 @@ from lakeimg.image.info import apply_orientation, as_hwc
 from lakeimg.image.ops import FeatureOp, ImageTransformer
 from lakeimg.kernels._batches import batch_rows, result_schema, warm_up_kernel
 from lakeimg.kernels.ingest import read_file_bytes
+from lakeimg.kernels.rejects import reject_row
 from lakeimg.transform_spec import TransformSpec
 
 __all__ = [
@@ -133,18 +134,7 @@ class _OpError(Exception):
 
 
 def _reject(src: dict[str, Any], error_class: str, message: str, run_id: str) -> dict[str, Any]:
-    return {
-        "uri": src["uri"],
-        "variant": 0,
-        "source_sha256": src.get("content_sha256"),
-        "label": src.get("label"),
-        "run_id": run_id,
-        "outcome": "reject",
-        "error_class": error_class,
-        "error_message": message,
-        "size_bytes": src.get("size_bytes"),
-        "modified_at": src.get("modified_at"),
-    }
+    return reject_row(src, error_class, message, run_id=run_id)
 
 
 _HEADER_BYTES = 1 << 16

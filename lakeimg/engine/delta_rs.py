@@ -1,0 +1,503 @@
+"""The embedded engine: Delta tables through delta-rs, kernels mapped over a process pool. No JVM.
+
+`LocalEngine` implements `lakeimg.engine.base.Engine`. Reads never go through deltalake's
+pyarrow-dataset path (`to_pyarrow_dataset`/`to_pyarrow_table`): on these machines it aborts the
+interpreter at exit about half the time (delta-rs #2184), which breaks the exit codes scheduled
+jobs rely on. Instead delta-rs resolves the snapshot's file list from the log and
+pyarrow.parquet reads those files. lakeimg's tables never use deletion vectors or column
+mapping (see schemas/README.md), so the file list is the table.
+
+Example:
+    >>> import tempfile
+    >>> eng = LocalEngine(tempfile.mkdtemp())
+    >>> eng.version("images") is None
+    True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lakeimg.engine._delta_txn import as_contract, cast_to_schema, commit_files_by_uri
+from lakeimg.engine.base import (
+    META_KEY,
+    CommitResult,
+    Kernel,
+    SnapshotRows,
+    VersionLike,
+    Write,
+    commit_metadata_json,
+    parse_history,
+    to_datetime,
+    with_retries,
+)
+from lakeimg.engine.layout import (
+    check_log_tail,
+    check_not_before_first,
+    delta_file_path,
+    lake_table_names,
+    table_location,
+)
+from lakeimg.engine.pool import map_kernel
+from lakeimg.engine.staged import LocalStaged
+from lakeimg.errors import LakeDamagedError, LakeImgError, TableNotFoundError
+from lakeimg.schemas import TableContract
+from lakeimg.storage import uri_to_path
+
+__all__ = ["LocalEngine"]
+
+
+class LocalEngine:
+    """delta-rs handle for one lake (`lakeimg.engine.base.Engine`); `workers` processes map kernels."""
+
+    name = "local"
+
+    def __init__(self, lake: str | os.PathLike[str], *, workers: int | None = None, storage_options: dict[str, str] | None = None):
+        self.lake = str(lake)
+        self.workers = (os.cpu_count() or 1) if workers is None else workers
+        self.storage_options = storage_options
+
+    # --- reading -------------------------------------------------------------------------
+
+    def location(self, name: str) -> str:
+        return table_location(self.lake, name)
+
+    def exists(self, name: str) -> bool:
+        from deltalake import DeltaTable
+
+        return DeltaTable.is_deltatable(self.location(name), storage_options=self.storage_options)
+
+    def _delta_table(self, name: str, version: VersionLike = None):
+        """delta-rs DeltaTable at a version (int), timestamp (datetime or ISO string) or latest.
+
+        The latest version is loaded only when the log's last entry is whole (`check_log_tail`).
+        """
+        from deltalake import DeltaTable
+        from deltalake.exceptions import TableNotFoundError as DeltaTableNotFound
+
+        if version is None:
+            check_log_tail(self.location(name), name)
+
+        try:
+            table = DeltaTable(
+                self.location(name),
+                version=version if isinstance(version, int) else None,
+                storage_options=self.storage_options,
+            )
+        except DeltaTableNotFound as exc:
+            raise TableNotFoundError(name, self.lake) from exc
+        except Exception as exc:  # noqa: BLE001 - delta-rs says "version not found" as DeltaError
+            if isinstance(version, int):
+                raise TableNotFoundError(f"{name}@{version}", self.lake) from exc
+            raise
+        if isinstance(version, (str, dt.datetime)):
+            when = to_datetime(version)
+            table.load_as_version(when)
+            check_not_before_first(self.location(name), table.version(), when, name, version, self.lake)
+        return table
+
+    def version(self, name: str) -> int | None:
+        """Current version of a table, or None when it does not exist."""
+        if not self.exists(name):
+            return None
+        return self._delta_table(name).version()
+
+    def data_files(self, name: str, version: VersionLike = None) -> list[str]:
+        """Local paths of the Parquet files that make up a snapshot."""
+        table = self._delta_table(name, version)
+        features = table.protocol().reader_features or []
+        if "deletionVectors" in features:
+            actions = pa.table(table.get_add_actions(flatten=True))
+            if "deletionVector.storageType" in actions.column_names and actions[
+                "deletionVector.storageType"
+            ].null_count < len(actions):
+                raise LakeImgError(f"{name} uses deletion vectors; lakeimg tables are written without them")
+        return [delta_file_path(uri) for uri in table.file_uris()]
+
+    def read_batches(self, name: str, *, columns: Sequence[str], version: VersionLike = None, batch_rows: int = 64) -> Iterator[pa.Table]:
+        """A snapshot as a stream of small tables typed like `read`'s, file by file: the memory
+        it takes is a few batches, whatever the table's size (the transform streams its image
+        bytes to the workers this way).
+
+        Example:
+            >>> sum(t.num_rows for t in LocalEngine("/tmp/lake").read_batches("images", columns=["uri"]))  # doctest: +SKIP
+            12
+        """
+        delta = self._delta_table(name, version)
+        schema = pa.schema(delta.schema().to_arrow())
+        for path in self.data_files(name, version):
+            with _damage_as_error(name, delta.version(), path):
+                parquet = pq.ParquetFile(path, memory_map=True)
+                present = [c for c in columns if c in parquet.schema_arrow.names]
+                batches = parquet.iter_batches(batch_size=batch_rows, columns=present)
+            while True:
+                with _damage_as_error(name, delta.version(), path):
+                    batch = next(batches, None)
+                if batch is None:
+                    break
+                piece = pa.Table.from_batches([batch])
+                for c in columns:  # a column added after this file was written reads as nulls
+                    if c not in present:
+                        piece = piece.append_column(c, pa.nulls(piece.num_rows, schema.field(c).type))
+                yield cast_to_schema(piece, schema, columns)
+
+    def read(
+        self,
+        name: str,
+        *,
+        version: VersionLike = None,
+        columns: Sequence[str] | None = None,
+        filter: pc.Expression | None = None,
+    ) -> pa.Table:
+        """A snapshot as an Arrow table, typed by the table's Delta schema; only `columns` are read.
+
+        `version` is an int, a datetime (naive means UTC), an ISO timestamp string, or None.
+        """
+        table = self._delta_table(name, version)
+        schema = pa.schema(table.schema().to_arrow())
+        files = self.data_files(name, version)
+        if not files:
+            empty = pa.schema([f.with_nullable(True) for f in schema]).empty_table()
+            return empty.select(list(columns)) if columns else empty
+        if filter is None:
+            with _damage_as_error(name, table.version(), files, columns):
+                result = pq.ParquetDataset(files).read(columns=list(columns) if columns else None)
+            return cast_to_schema(result, schema, columns)
+        # Filter after casting: files written by delta-rs' MERGE hold string_view columns, which
+        # pyarrow's dataset filter kernels reject ("array_filter ... string_view").
+        try:
+            # Pushdown first: row groups whose statistics miss the filter are never read (the
+            # tiles table's region reads rely on it); binding fails up front on string_view files.
+            with _damage_as_error(name, table.version(), files, columns, passthrough=pa.ArrowNotImplementedError):
+                pushed = pq.ParquetDataset(files, filters=filter).read(columns=list(columns) if columns else None)
+            return cast_to_schema(pushed, schema, columns)
+        except pa.ArrowNotImplementedError:
+            pass
+        needed = None
+        if columns:
+            needed = list(dict.fromkeys([*columns, *_expression_fields(filter, schema.names)]))
+        with _damage_as_error(name, table.version(), files, needed):
+            result = cast_to_schema(pq.ParquetDataset(files).read(columns=needed), schema, needed)
+        result = result.filter(filter)
+        return result.select(list(columns)) if columns else result
+
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        """Commit infos, newest first, with lakeimg's run record parsed from userMetadata."""
+        return [parse_history(entry) for entry in self._delta_table(name).history(limit)]
+
+    def resolve_version(self, name: str, version: VersionLike = None) -> int:
+        """The concrete version number a version-like (int, timestamp, None = latest) selects."""
+        return self._delta_table(name, version).version()
+
+    def arrow_schema(self, name: str, version: VersionLike = None) -> pa.Schema:
+        """The table's Delta schema as Arrow (at a version)."""
+        return pa.schema(self._delta_table(name, version).schema().to_arrow())
+
+    def iter_batches(
+        self, name: str, *, version: VersionLike = None, columns: Sequence[str] | None = None, batch_rows: int = 256
+    ) -> Iterator[pa.RecordBatch]:
+        """`read_batches` as record batches (all columns by default)."""
+        columns = list(columns) if columns else self.arrow_schema(name, version).names
+        for piece in self.read_batches(name, columns=columns, version=version, batch_rows=batch_rows):
+            yield from piece.to_batches()
+
+    def add_actions(self, name: str, version: VersionLike = None) -> pa.Table:
+        """The snapshot's add actions (path, size_bytes, num_records, stats...) as the log states them."""
+        return pa.table(self._delta_table(name, version).get_add_actions(flatten=True))
+
+    def table_properties(self, name: str) -> dict[str, str]:
+        """The table's Delta configuration (table properties)."""
+        return dict(self._delta_table(name).metadata().configuration)
+
+    # --- maintenance ---------------------------------------------------------------------
+
+    def optimize(self, name: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """Compact small files into larger ones (a new version with the same rows)."""
+        return with_retries(
+            name, lambda: self._delta_table(name).optimize.compact(commit_properties=_commit_properties(metadata)), _conflicts()
+        )
+
+    def vacuum(
+        self,
+        name: str,
+        *,
+        retention_hours: float,
+        keep_versions: Sequence[int] = (),
+        dry_run: bool = True,
+    ) -> list[str]:
+        """Files vacuum removes (or would, with `dry_run`): unreferenced by the versions it keeps.
+
+        `keep_versions` are versions whose files stay whatever their age (pinned training sets
+        and the versions their lineage needs).
+        """
+        table = self._delta_table(name)
+        return table.vacuum(
+            retention_hours=int(retention_hours),
+            dry_run=dry_run,
+            enforce_retention_duration=False,
+            keep_versions=sorted(set(int(v) for v in keep_versions)) or None,
+            full=True,
+        )
+
+    def set_table_properties(self, name: str, properties: dict[str, str]) -> None:
+        """Set Delta table properties (one commit), e.g. to keep old log entries for time travel."""
+        table = self._delta_table(name)
+        with_retries(name, lambda: table.alter.set_table_properties(dict(properties), raise_if_not_exists=False), _conflicts())
+
+    def copy_snapshot(self, name: str, version: VersionLike, target: LocalEngine, target_name: str) -> int:
+        """Write one snapshot of a table as a new table (same schema and properties) elsewhere."""
+        from deltalake import write_deltalake
+
+        source = self._delta_table(name, version)
+        schema = pa.schema([f.with_nullable(True) for f in self.arrow_schema(name, version)])
+        data = self.read(name, version=version).cast(schema)
+        write_deltalake(
+            target.location(target_name),
+            data,
+            mode="overwrite",
+            configuration=dict(source.metadata().configuration),
+            storage_options=target.storage_options,
+        )
+        return target._delta_table(target_name).version()
+
+    # --- writing -------------------------------------------------------------------------
+
+    def create_empty(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
+        """Create a table with the contract's schema and properties (no rows); no-op if it exists."""
+        from deltalake import DeltaTable
+
+        table = DeltaTable.create(
+            self.location(name), schema=contract.arrow_schema, mode="ignore", name=name.rsplit("/", 1)[-1],
+            description=contract.description, configuration=contract.properties,
+            storage_options=self.storage_options, commit_properties=_commit_properties(metadata),
+        )
+        return table.version()
+
+    def append(self, name: str, rows: pa.Table, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
+        """Append rows (creating the table on first write); returns the new version."""
+        return int(self.commit(Write(name, contract, "append", rows=rows, metadata=metadata)).version)
+
+    def commit(self, write: Write) -> CommitResult:
+        """One `Write` as one Delta commit (see `lakeimg.engine.base.Write`).
+
+        "replace" moves the staged files into the table and removes the rows they replace in
+        one hand-built transaction (`_delta_txn.commit_files_by_uri`: nothing is rewritten but
+        the old files that mix kept and replaced uris); small `rows` are written to one file
+        first. "append" and "overwrite" go through `write_deltalake`.
+
+        Example:
+            >>> import tempfile
+            >>> from lakeimg.schemas import table_contract
+            >>> eng, c = LocalEngine(tempfile.mkdtemp()), table_contract("rejects")
+            >>> eng.commit(Write("r", c, create=True)).version
+            0
+        """
+        name, contract = write.table, write.contract
+        before = self.version(name)
+        files = [*(write.staged.files() if write.staged is not None else []), *write.files]
+        rows = write.rows if write.rows is not None and write.rows.num_rows else None
+        if write.mode == "replace":
+            uris = set(write.replace)
+            for keyed in (write.staged.keys() if write.staged is not None else None, rows):
+                if keyed is not None:
+                    uris.update(keyed["uri"].to_pylist())
+            if rows is not None:
+                root = uri_to_path(self.location(name))
+                os.makedirs(root, exist_ok=True)
+                files.append(os.path.join(root, f".rows-{uuid.uuid4().hex}.parquet"))
+                pq.write_table(as_contract(rows, contract), files[-1], row_group_size=64)
+            result, _found = commit_files_by_uri(self, name, contract, files, uris=sorted(uris), metadata=write.metadata)
+        elif rows is None and not files and write.mode == "append":
+            result = CommitResult(before)
+        else:
+            result = self._write(write, files, rows)
+        if write.create and result.version is None:
+            result = CommitResult(self.create_empty(name, contract, write.metadata), True)
+        return result
+
+    def _write(self, write: Write, files: list[str], rows: pa.Table | None) -> CommitResult:
+        """One write_deltalake commit ("append", or "overwrite" with the schema) from rows or files."""
+        import pyarrow.dataset as ds
+        from deltalake import write_deltalake
+
+        contract, schema = write.contract, write.contract.arrow_schema
+        parts = [as_contract(rows, contract)] if rows is not None else []
+
+        def data() -> pa.RecordBatchReader:  # a fresh stream for every attempt: a retry cannot rewind one
+            streams = [part.to_batches() for part in parts]
+            if files:
+                streams.append(ds.dataset(files, schema=schema, format="parquet").to_batches())
+            return pa.RecordBatchReader.from_batches(schema, itertools.chain.from_iterable(streams))
+
+        exists = self.exists(write.table)
+        mode = {"mode": "overwrite", "schema_mode": "overwrite"} if write.mode == "overwrite" else {"mode": "append"}
+        with_retries(write.table, lambda: write_deltalake(
+            self.location(write.table), data(), **mode,
+            configuration=None if exists else contract.properties,
+            name=None if exists else write.table.rsplit("/", 1)[-1],
+            description=None if exists else contract.description,
+            storage_options=self.storage_options, commit_properties=_commit_properties(write.metadata),
+        ), _conflicts())  # fmt: skip
+        return CommitResult(self.version(write.table), True)
+
+    def changes(
+        self,
+        name: str,
+        starting_version: int,
+        ending_version: int | None = None,
+        columns: Sequence[str] = ("uri",),
+    ) -> pa.Table:
+        """The change data feed between two versions (inclusive): `columns` plus `_change_type`
+        (insert, update_preimage, update_postimage, delete) and `_commit_version`.
+
+        delta-rs' `load_cdf` runs on DataFusion and hands back an Arrow stream; unlike the
+        pyarrow-dataset path it does not abort the interpreter at exit.
+        """
+        table = self._delta_table(name)
+        wanted = list(dict.fromkeys([*columns, "_change_type", "_commit_version"]))
+        try:
+            result = pa.table(table.load_cdf(starting_version=starting_version, ending_version=ending_version, columns=wanted))
+        except Exception as exc:  # noqa: BLE001 - e.g. log entries or change files already vacuumed
+            raise LakeImgError(f"{name}: no change data feed for versions {starting_version}..{ending_version}: {exc}") from exc
+        # DataFusion hands out string_view columns, which many pyarrow kernels cannot take yet.
+        result = result.select(wanted)
+        return result.cast(pa.schema([pa.field(f.name, pa.string() if pa.types.is_string_view(f.type) else f.type) for f in result.schema]))
+
+    def tables(self) -> list[str]:
+        """The Delta tables in the lake (lakeimg's own as `_lakeimg/runs`...)."""
+        return lake_table_names(self.lake)
+
+    # --- kernels -------------------------------------------------------------------------
+
+    def stage(
+        self,
+        kernel: Kernel,
+        inputs: pa.Table | SnapshotRows,
+        *,
+        label: str,
+        output_schema: pa.Schema,
+        contract: TableContract | None = None,
+        held: str | None = None,
+        on_failure: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None,
+        prepare: Callable[[], None] | None = None,
+        task_timeout_s: float = 600.0,
+        rows_per_task: int = 16,
+        extra: pa.Table | None = None,
+        on_progress: Callable[[int, int], None] | None = None,
+        workers: int | None = None,
+    ) -> LocalStaged:
+        """Map `kernel` over the inputs in a process pool (`engine/pool.map_kernel`, `workers`
+        processes, 0: in this process) and stage its output as it comes (`LocalStaged`).
+
+        `prepare` is for engines whose workers outlive a task; the pool's workers start fresh.
+        """
+        workers = self.workers if workers is None else workers
+        total = inputs.num_rows if isinstance(inputs, pa.Table) else len(inputs.uris)
+        total += extra.num_rows if extra is not None else 0
+        done = 0
+
+        def progress(n: int) -> None:
+            nonlocal done
+            done += n
+            if on_progress is not None:
+                on_progress(done, total)
+
+        staged = LocalStaged(table_location(self.lake, f"_lakeimg/staging/{label}"), contract, output_schema, held)
+        try:
+            for batch in map_kernel(
+                kernel, self._input_pieces(inputs, extra), workers=min(workers, total), batch_rows=rows_per_task,
+                task_timeout_s=task_timeout_s, on_failure=on_failure, on_progress=progress, output_schema=output_schema,
+            ):
+                staged.add(batch)
+        except BaseException:
+            staged.discard()
+            raise
+        return staged
+
+    def _input_pieces(self, inputs: pa.Table | SnapshotRows, extra: pa.Table | None) -> Iterator[pa.Table]:
+        """A stage's input rows, streamed: snapshot rows are read a few at a time."""
+        if isinstance(inputs, pa.Table):
+            yield inputs
+        elif inputs.uris:
+            wanted = pa.array(sorted(inputs.uris), pa.string())
+            for piece in self.read_batches(inputs.table, version=inputs.version, columns=list(inputs.columns)):
+                piece = piece.filter(pc.is_in(piece["uri"], value_set=wanted))
+                if piece.num_rows:
+                    yield piece
+        if extra is not None and extra.num_rows:
+            yield extra
+
+    def reader(self) -> LocalEngine:
+        """This engine (reads are delta-rs already)."""
+        return self
+
+    def close(self) -> None:
+        """Nothing to release (the pool lives only as long as a stage)."""
+
+
+def _conflicts() -> tuple[type[BaseException], ...]:
+    """delta-rs' typed "another writer committed first" errors."""
+    from deltalake.exceptions import CommitFailedError
+
+    return (CommitFailedError,)
+
+
+def _commit_properties(metadata: Mapping[str, Any] | None):
+    from deltalake import CommitProperties
+
+    if metadata is None:
+        return None
+    return CommitProperties(custom_metadata={META_KEY: commit_metadata_json(metadata)})
+
+
+@contextlib.contextmanager
+def _damage_as_error(
+    name: str,
+    version: int,
+    files: str | Sequence[str],
+    columns: Sequence[str] | None = None,
+    *,
+    passthrough: type[BaseException] | tuple[type[BaseException], ...] = (),
+) -> Iterator[None]:
+    """Turn pyarrow's errors on a missing or damaged data file (a bad footer, page header or
+    codec stream) into LakeDamagedError naming the table, version and file. When several files
+    were read at once, the damaged one is found by reading them one by one (failure path only)."""
+    try:
+        yield
+    except passthrough:
+        raise
+    except (OSError, pa.ArrowException) as exc:
+        paths = [files] if isinstance(files, str) else list(files)
+        culprit = paths[0] if len(paths) == 1 else None
+        for path in paths if culprit is None else ():
+            try:
+                pq.ParquetFile(path).read(columns=list(columns) if columns else None)
+            except (OSError, pa.ArrowException):
+                culprit = path
+                break
+        reason = "missing (deleted or vacuumed)" if culprit and not os.path.exists(culprit) else _one_line(exc)
+        raise LakeDamagedError(name, f"{reason}; run `lakeimg verify {name}@{version}`", version=version, file=culprit) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """An exception as one printable line (pyarrow's thrift errors carry raw bytes and newlines)."""
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in str(exc)).split())
+    return f"{type(exc).__name__}: {text}"
+
+
+def _expression_fields(expression: pc.Expression, names: Sequence[str]) -> list[str]:
+    """Column names a filter expression mentions (pyarrow has no public accessor for them)."""
+    text = str(expression)
+    return [n for n in names if n in text]
+
+

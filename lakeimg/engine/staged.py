@@ -1,0 +1,144 @@
+"""The embedded engine's staged output: a stage's rows streamed to Parquet files under the lake.
+
+`LocalStaged` is the embedded engine's `Staged`: output rows go to `StagedParquet` files in the
+table contract's schema (moved into the table by the commit, never read into memory), while
+the small parts (keys, held rows, rejects) stay on the driver.
+
+Example:
+    >>> import tempfile
+    >>> from lakeimg.schemas import table_contract
+    >>> staged = StagedParquet(tempfile.mkdtemp() + "/stage", table_contract("rejects"))
+    >>> staged.finish(), staged.uris
+    ([], [])
+    >>> staged.discard()
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from lakeimg.schemas import TableContract
+from lakeimg.storage import uri_to_path
+
+__all__ = ["StagedParquet", "LocalStaged", "KEY_COLUMNS"]
+
+KEY_COLUMNS = ("uri", "variant")  # what `Staged.keys` serves for rows staged in a contract
+
+
+class StagedParquet:
+    """Rows streamed to Parquet files in a local staging folder (path or file:// URI), in a
+    table contract's schema: a job's output is written as it comes and never has to fit in
+    the driver's memory.
+
+    Files roll over at `file_bytes`; row groups hold `row_group_rows` rows, so a later streamed
+    read holds a few images, not a whole file.
+    """
+
+    def __init__(self, folder: str, contract: TableContract, *, file_bytes: int = 256 << 20, row_group_rows: int = 64):
+        self.folder, self.contract = uri_to_path(folder), contract
+        self.file_bytes, self.row_group_rows = file_bytes, row_group_rows
+        self.files: list[str] = []
+        self.uris: list[str] = []  # of every row written, in order
+        self._schema = contract.arrow_schema
+        self._writer: pq.ParquetWriter | None = None
+        self._written = 0
+
+    def write(self, rows: pa.Table | pa.RecordBatch) -> None:
+        """Append rows (any column order; cast to the contract's schema)."""
+        if rows.num_rows == 0:
+            return
+        table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
+        table = table.select(self._schema.names).cast(self._schema)
+        if self._writer is None:
+            os.makedirs(self.folder, exist_ok=True)
+            self.files.append(os.path.join(self.folder, f"part-{len(self.files):05d}.parquet"))
+            # Page checksums let `lakeimg verify` catch damage in columns that have no hash of their own.
+            self._writer = pq.ParquetWriter(self.files[-1], self._schema, write_page_checksum=True)
+            self._written = 0
+        self._writer.write_table(table, row_group_size=self.row_group_rows)
+        self.uris += table["uri"].to_pylist()
+        self._written += table.nbytes
+        if self._written >= self.file_bytes:
+            self._close_file()
+
+    def _close_file(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    def finish(self) -> list[str]:
+        """Close the open file; the finished files, in write order."""
+        self._close_file()
+        return list(self.files)
+
+    def discard(self) -> None:
+        """Remove the staging folder and what is left in it (after the commit, or a failure),
+        then its parents while they are empty, up to the lake's `_lakeimg` folder."""
+        self._close_file()
+        shutil.rmtree(self.folder, ignore_errors=True)
+        parent = os.path.dirname(self.folder)
+        while os.path.basename(parent) not in ("_lakeimg", ""):
+            try:
+                os.rmdir(parent)
+            except OSError:
+                return
+            parent = os.path.dirname(parent)
+
+
+class LocalStaged:
+    """A stage's output on the embedded engine (`lakeimg.engine.base.Staged`).
+
+    With a `contract`, output rows are written to `StagedParquet` files and only their key
+    columns (`KEY_COLUMNS`) are kept here; without one (small outputs such as tiling summaries)
+    they stay in memory.
+    """
+
+    def __init__(self, folder: str, contract: TableContract | None, schema: pa.Schema, held: str | None = None):
+        self.parquet = StagedParquet(folder, contract) if contract is not None else None
+        self.schema, self.held_column = schema, held
+        # Only the keys of staged rows stay here: a run's metadata can be large too.
+        self._key_columns = [c for c in KEY_COLUMNS if c in schema.names] if contract is not None else schema.names
+        self._keys: list[pa.Table] = []
+        self._held: list[pa.Table] = []
+        self._rejects: list[pa.Table] = []
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Sort one output batch into rejects, held rows and output rows."""
+        table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+        rejected = pc.is_valid(table["error_class"]) if "error_class" in table.column_names else pa.array([False] * table.num_rows)
+        self._rejects.append(table.filter(rejected))
+        table = table.filter(pc.invert(rejected))
+        if self.held_column is not None:
+            hold = pc.fill_null(table[self.held_column], False)
+            self._held.append(table.filter(hold))
+            table = table.filter(pc.invert(hold))
+        if self.parquet is not None:
+            self.parquet.write(table)
+        self._keys.append(table.select(self._key_columns))
+
+    def _concat(self, parts: list[pa.Table], columns: Sequence[str] | None = None) -> pa.Table:
+        table = pa.concat_tables(parts) if parts else self.schema.empty_table()
+        return table.select(list(columns)) if columns is not None else table
+
+    def keys(self, columns: Sequence[str] = ("uri",)) -> pa.Table:
+        return self._concat(self._keys, columns)
+
+    def held(self) -> pa.Table:
+        return self._concat(self._held)
+
+    def rejects(self) -> pa.Table:
+        return self._concat(self._rejects)
+
+    def files(self) -> list[str]:
+        """The finished Parquet files of the output rows."""
+        return self.parquet.finish() if self.parquet is not None else []
+
+    def discard(self) -> None:
+        if self.parquet is not None:
+            self.parquet.discard()
