@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from lakeimg.errors import LakeDamagedError
-from lakeimg.names import lake_relative
+from lakeimg.tables import lake_relative
 from lakeimg.storage import has_scheme, uri_to_path
 
 __all__ = ["table_location", "lake_table_names", "ensure_lake", "lake_exists", "require_lake", "check_log_tail", "check_not_before_first", "delta_file_path"]
@@ -26,7 +26,7 @@ __all__ = ["table_location", "lake_table_names", "ensure_lake", "lake_exists", "
 def table_location(lake: str | os.PathLike[str], name: str) -> str:
     """Where a table lives inside a lake: `LAKE/<name>`, and `LAKE/_lakeimg/runs` for runs.
 
-    The last guard of the naming rule (lakeimg.names): a name whose path would leave the lake
+    The last guard of the naming rule (lakeimg.tables): a name whose path would leave the lake
     (`../x`, `/abs`) raises InvalidNameError, whichever caller it came through.
     """
     root = str(lake).rstrip("/")
