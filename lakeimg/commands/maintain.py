@@ -38,7 +38,7 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     with open_lake(args) as lake:
         report = lake.maintain(optimize=args.optimize, vacuum_hours=args.vacuum_hours, dry_run=args.dry_run,
-                               tables=args.table)
+                               tables=args.table).to_dict()
     if args.json:
         print_json(report)
     else:
