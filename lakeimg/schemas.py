@@ -50,12 +50,6 @@ class TableContract:
     def column_names(self) -> list[str]:
         return [f["name"] for f in self.struct_json["fields"]]
 
-    def spark_schema(self):
-        """The StructType for Spark (imports pyspark lazily)."""
-        from pyspark.sql.types import StructType
-
-        return StructType.fromJson(self.struct_json)
-
 
 def contract_names() -> list[str]:
     """Names of all current contracts (highest version of each)."""

@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from lakeimg.catalog.sql import register
+from lakeimg.engine.spark import SparkEngine, spark_session_builder
 from lakeimg.tables import RUNS_SQL_NAME as RUNS_NAME
 
 __all__ = ["session_builder", "register", "engine", "RUNS_NAME"]
@@ -32,8 +33,6 @@ def session_builder(master: str | None = None, conf: Mapping[str, str] | Iterabl
     Example:
         >>> spark = session_builder("local[2]", ["spark.ui.enabled=false"]).getOrCreate()  # doctest: +SKIP
     """
-    from lakeimg.engine.spark import spark_session_builder
-
     return spark_session_builder(master, conf)
 
 
@@ -43,6 +42,4 @@ def engine(spark: Any, lake: str | os.PathLike[str]):
     Example:
         >>> engine(spark, "/data/lake").read("images", version=0).num_rows  # doctest: +SKIP
     """
-    from lakeimg.engine.spark import SparkEngine
-
     return SparkEngine(os.path.abspath(os.fspath(lake)), spark)

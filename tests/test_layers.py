@@ -56,11 +56,6 @@ def test_decoding_a_file_loads_no_spark_or_delta():
 
 
 @pytest.mark.layers
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12: the code still breaks the layer contracts (jobs -> catalog, kernels -> schemas -> pyspark); "
-    "remove this mark once `lint-imports` passes",
-)
 def test_import_linter_contracts_hold():
     """`lint-imports` (layers and forbidden imports, lazy imports included) over all of lakeimg."""
     command = shutil.which("lint-imports")

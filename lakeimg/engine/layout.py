@@ -16,9 +16,14 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from lakeimg.errors import LakeDamagedError
-from lakeimg.tables import lake_relative
+from lakeimg.errors import (
+    LakeDamagedError,
+    LakeNotFoundError,
+    LakeNotWritableError,
+    VersionNotFoundError,
+)
 from lakeimg.storage import has_scheme, uri_to_path
+from lakeimg.tables import lake_relative
 
 __all__ = ["table_location", "lake_table_names", "ensure_lake", "lake_exists", "require_lake", "check_log_tail", "check_not_before_first", "delta_file_path"]
 
@@ -109,7 +114,6 @@ def check_log_tail(location: str, name: str) -> None:
 
 def ensure_lake(lake: str) -> None:
     """Create the lake folder; raise LakeNotWritableError when that or writing into it fails."""
-    from lakeimg.errors import LakeNotWritableError
 
     path = Path(uri_to_path(lake))
     try:
@@ -151,14 +155,12 @@ def require_lake(lake: str | os.PathLike[str]) -> None:
         lakeimg.errors.LakeNotFoundError: no lake at /nonexistent/lake
     """
     if not lake_exists(lake):
-        from lakeimg.errors import LakeNotFoundError
 
         raise LakeNotFoundError(str(lake))
 
 
 def check_not_before_first(location: str, loaded: int, when: dt.datetime, name: str, ref: Any, lake: str) -> None:
     """delta-rs loads the first version for a time before it; Delta (and lakeimg) refuse."""
-    from lakeimg.errors import VersionNotFoundError
 
     log = os.path.join(uri_to_path(location), "_delta_log")
     try:

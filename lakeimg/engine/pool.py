@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow as pa
 
 from lakeimg.errors import LakeImgError, PoolError
+from lakeimg.image._settings import configure_worker
 from lakeimg.storage import delete_file, open_input, open_output, remove_prefix
 
 __all__ = ["isolated_kernel", "map_kernel", "remove_stale_spools"]
@@ -133,8 +134,6 @@ def start_worker() -> None:
     """Set up one of lakeimg's own worker processes (the pool's initializer, forked children):
     keep freed memory, and keep lakeimg's image-library settings for good in it (the importing
     process never gets them; see `lakeimg.image._settings`)."""
-    from lakeimg.image._settings import configure_worker
-
     keep_freed_memory()
     configure_worker()
 

@@ -36,7 +36,7 @@ from lakeimg.engine.base import (
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import check_log_tail, lake_table_names, table_location
 from lakeimg.engine.pool import isolated_kernel
-from lakeimg.errors import LakeImgError, TableNotFoundError
+from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
 from lakeimg.schemas import TableContract, arrow_type
 from lakeimg.storage import local_path_or_none
 
@@ -60,8 +60,6 @@ def _pairs(conf: Mapping[str, str] | Iterable[str] | Iterable[tuple[str, str]]) 
         if isinstance(item, str):
             key, sep, value = item.partition("=")
             if not sep:
-                from lakeimg.errors import SpecError
-
                 raise SpecError(f"--spark-conf expects KEY=VALUE, got {item!r}")
             pairs.append((key.strip(), value.strip()))
         else:
@@ -406,7 +404,7 @@ class SparkEngine:
         # elements may be null to one whose elements may not).
         return df.select(*[
             (F.col(f"`{f.name}`") if have.get(f.name) == f.dataType.simpleString() else F.col(f"`{f.name}`").cast(f.dataType)).alias(f.name)
-            for f in contract.spark_schema().fields
+            for f in _contract_struct(contract).fields
         ])
 
     def create_empty(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
@@ -415,7 +413,7 @@ class SparkEngine:
 
         if not self.exists(name):
             builder = DeltaTable.createIfNotExists(self.spark).location(self.location(name))
-            builder = builder.addColumns(contract.spark_schema())
+            builder = builder.addColumns(_contract_struct(contract))
             if contract.description:
                 builder = builder.comment(contract.description)
             for key, value in contract.properties.items():
@@ -454,7 +452,7 @@ class SparkEngine:
             return CommitResult(before)
         if before is None:
             self.create_empty(name, contract, write.metadata)
-        df = parts[0] if parts else self.spark.createDataFrame([], contract.spark_schema())
+        df = parts[0] if parts else self.spark.createDataFrame([], _contract_struct(contract))
         for part in parts[1:]:
             df = df.unionByName(part)
         writer = df.write.format("delta")
@@ -537,6 +535,13 @@ def _conflicts() -> tuple[type[BaseException], ...]:
 def _sql_string(value: str) -> str:
     """A Spark SQL string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _contract_struct(contract: TableContract):
+    """The contract's StructType (its JSON is Spark's own format)."""
+    from pyspark.sql.types import StructType
+
+    return StructType.fromJson(contract.struct_json)
 
 
 def _struct_of(schema: pa.Schema):

@@ -37,6 +37,7 @@ import numpy as np
 
 from lakeimg.errors import SpecError
 from lakeimg.image._plugins import entry_points_of
+from lakeimg.image.display import to_display_uint8
 from lakeimg.image.info import as_hwc
 
 __all__ = [
@@ -349,8 +350,6 @@ def export_bytes(image: np.ndarray, fmt: str, *, quality: int = 90) -> bytes:
         >>> export_bytes(np.zeros((2, 2, 1), np.float32), "tiff")[:2] in (b"II", b"MM")
         True
     """
-    from lakeimg.image.display import to_display_uint8
-
     image = as_hwc(image)
     if fmt == "tiff":
         import tifffile

@@ -27,6 +27,7 @@ from lakeimg.engine.base import VersionLike
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeDamagedError, LakeImgError, SpecError, TableNotFoundError
 from lakeimg.image.codecs import EXPORT_FORMATS, decode_pixels, export_bytes
+from lakeimg.image.decode import decode_image
 from lakeimg.jobs.verify import READ_ERRORS, content_mismatches
 from lakeimg.storage import local_path_or_none, resolve, write_bytes
 
@@ -116,8 +117,6 @@ def export_table(
                     else:
                         if row["content"] is None:
                             raise LakeImgError("content not inlined in the table")
-                        from lakeimg.image.decode import decode_image
-
                         pixels = decode_image(row["content"], row["uri"])
                     data = export_bytes(pixels, fmt, quality=quality)
                 except Exception as exc:  # noqa: BLE001 - one bad row never stops the export
