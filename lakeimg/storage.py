@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import re
 import shutil
@@ -53,7 +54,7 @@ from lakeimg.errors import UriError
 __all__ = [
     "Listed", "NotRegularFileError", "TimeLimitExceeded", "delete_file", "has_scheme", "list_files",
     "local_path_or_none", "open_input", "open_output", "open_regular_file", "path_to_uri", "printable",
-    "read_bytes", "remove_prefix", "resolve", "time_limit", "to_uri", "uri_to_path", "write_bytes",
+    "read_bytes", "remove_prefix", "resolve", "sha256_of", "time_limit", "to_uri", "uri_to_path", "write_bytes",
 ]
 
 # A scheme followed by "//" (every object store URL has one), or "file:" (Hadoop writes "file:/p").
@@ -322,6 +323,22 @@ def read_bytes(url: str, storage_options: Mapping[str, str] | None = None, *, ti
     """
     with time_limit(time_limit_s), open_input(url, storage_options) as handle:
         return handle.read()
+
+
+def sha256_of(url: str, storage_options: Mapping[str, str] | None = None) -> str:
+    """The SHA-256 (hex) of a whole file, streamed: a huge file is never held in memory.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.bin"); write_bytes(path, b"abc")
+        >>> sha256_of(path)[:16]
+        'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    with open_input(url, storage_options) as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def open_output(url: str, storage_options: Mapping[str, str] | None = None):

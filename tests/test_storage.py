@@ -30,7 +30,7 @@ from lakeimg.image.decode import decode_image
 from lakeimg.jobs.export import export_table
 from lakeimg.jobs.ingest import ingest_files
 from lakeimg.jobs.listing import list_sources
-from lakeimg.kernels.ingest import IngestOptions, ingest_one_file, read_file_bytes
+from lakeimg.kernels.ingest import IngestOptions, ingest_one_file
 from lakeimg.kernels.rejects import reject_row
 from lakeimg.samples import photo_like
 from lakeimg.storage import (
@@ -280,7 +280,7 @@ def test_a_fifo_is_never_opened_for_reading(tmp_path):
     fifo = tmp_path / "swapped.jpg"
     os.mkfifo(fifo)  # a file swapped for a FIFO after listing: the kernel refuses it at once
     with pytest.raises(NotRegularFileError):
-        read_file_bytes(path_to_uri(str(fifo)))
+        read_bytes(path_to_uri(str(fifo)))
     with pytest.raises(NotRegularFileError):
         read_bytes(str(fifo), time_limit_s=30)
     with pytest.raises(NotRegularFileError):

@@ -24,7 +24,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +37,7 @@ from lakeimg.errors import LakeImgError, TableNotFoundError
 from lakeimg.jobs.regions import tiles_as_of
 from lakeimg.jobs.transform import transform_table
 from lakeimg.jobs.verify import content_mismatches
-from lakeimg.storage import local_path_or_none, open_regular_file, uri_to_path
+from lakeimg.storage import remove_prefix, sha256_of
 from lakeimg.tables import TableRef, tiles_of
 
 __all__ = ["ReproduceResult", "reproduce", "row_hashes"]
@@ -78,18 +77,6 @@ class ReproduceResult:
             if out[key] is None:
                 del out[key]
         return out
-
-
-def file_sha256(path: str) -> str | None:
-    """SHA-256 of a local file, or None when it cannot be read."""
-    try:
-        digest = hashlib.sha256()
-        with open_regular_file(uri_to_path(path)) as handle:  # a FIFO in its place must not hang
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        return digest.hexdigest()
-    except OSError:
-        return None
 
 
 def _ignored(column: str) -> bool:
@@ -142,8 +129,10 @@ def _reproduce_ingest(engine: LocalEngine, table: str, version: int) -> tuple[in
             diffs.append({"uri": uri, "variant": None, "reason": "stored_content_differs",
                           "recorded_hash": expected, "reproduced_hash": actual})
     for row in sorted(rows, key=lambda r: r["uri"]):
-        path = local_path_or_none(row["uri"])
-        current = file_sha256(path) if path is not None else None
+        try:
+            current = sha256_of(row["uri"])
+        except OSError:
+            current = None
         if current == row["content_sha256"]:
             continue
         diffs.append({"uri": row["uri"], "variant": None, "reason": "source_missing" if current is None else "source_changed",
@@ -174,7 +163,7 @@ def _reproduce_transform(
         reproduced = row_hashes(_content(scratch_engine, step.table, None))
     finally:
         if scratch is None:
-            shutil.rmtree(workdir, ignore_errors=True)
+            remove_prefix(workdir)
     return len(recorded), _compare(recorded, reproduced), f"{source}@{source_version}"
 
 

@@ -12,7 +12,6 @@ Example:
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -38,7 +37,7 @@ from lakeimg.engine.layout import check_log_tail, lake_table_names, table_locati
 from lakeimg.engine.pool import isolated_kernel
 from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
 from lakeimg.schemas import TableContract, arrow_type
-from lakeimg.storage import local_path_or_none
+from lakeimg.storage import local_path_or_none, remove_prefix
 
 __all__ = ["spark_session_builder", "DELTA_SQL_CONF", "SparkEngine", "SparkStaged"]
 
@@ -108,11 +107,6 @@ def spark_session_builder(
     return builder
 
 
-def _local_path(location: str) -> str | None:
-    """The local path of a location (a path, `file:///p` or Hadoop's `file:/p`); None for a remote URL."""
-    return local_path_or_none(location)
-
-
 def arrow_schema_of(struct) -> pa.Schema:
     """The Arrow schema lakeimg uses for a Spark StructType (timestamps as UTC microseconds).
 
@@ -168,13 +162,7 @@ class SparkStaged:
     def discard(self) -> None:
         if self.location is None:
             return
-        local = _local_path(self.location)
-        if local is not None:
-            shutil.rmtree(local, ignore_errors=True)
-            return
-        jvm = self.engine.spark._jvm  # object stores: delete through Hadoop's FileSystem
-        path = jvm.org.apache.hadoop.fs.Path(self.location)
-        path.getFileSystem(self.engine.spark._jsc.hadoopConfiguration()).delete(path, True)
+        remove_prefix(self.location)
 
 
 class SparkEngine:
@@ -216,7 +204,7 @@ class SparkEngine:
     def exists(self, name: str) -> bool:
         from delta.tables import DeltaTable
 
-        local = _local_path(self.location(name))
+        local = local_path_or_none(self.location(name))
         if local is not None and not os.path.isdir(os.path.join(local, "_delta_log")):
             return False  # cheap answer without a JVM round trip
         return bool(DeltaTable.isDeltaTable(self.spark, self.location(name)))
@@ -326,7 +314,7 @@ class SparkEngine:
 
     def tables(self) -> list[str]:
         """The Delta tables in the lake (a local lake's; lakeimg's own as `_lakeimg/runs`...)."""
-        return lake_table_names(self.lake) if _local_path(self.lake) else []
+        return lake_table_names(self.lake) if local_path_or_none(self.lake) else []
 
     # --- writing -------------------------------------------------------------------------
 
@@ -387,7 +375,7 @@ class SparkEngine:
             ),
         }
         with self._session_conf(settings):
-            doomed = [_local_path(row[0]) or row[0] for row in self.spark.sql(query + " DRY RUN").collect()]
+            doomed = [local_path_or_none(row[0]) or row[0] for row in self.spark.sql(query + " DRY RUN").collect()]
             if not dry_run and doomed:
                 self.spark.sql(query).collect()
         return doomed

@@ -16,7 +16,6 @@ Example:
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -24,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakeimg.schemas import TableContract
-from lakeimg.storage import uri_to_path
+from lakeimg.storage import remove_prefix, uri_to_path
 
 __all__ = ["StagedParquet", "LocalStaged", "KEY_COLUMNS"]
 
@@ -81,7 +80,7 @@ class StagedParquet:
         """Remove the staging folder and what is left in it (after the commit, or a failure),
         then its parents while they are empty, up to the lake's `_lakeimg` folder."""
         self._close_file()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        remove_prefix(self.folder)
         parent = os.path.dirname(self.folder)
         while os.path.basename(parent) not in ("_lakeimg", ""):
             try:

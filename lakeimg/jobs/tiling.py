@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -47,7 +46,7 @@ from lakeimg.kernels.tiles import (
     top_tile,
 )
 from lakeimg.schemas import table_contract
-from lakeimg.storage import uri_to_path
+from lakeimg.storage import remove_prefix, uri_to_path
 
 __all__ = ["TilingResult", "commit_tiles", "previously_tiled", "tile_images", "tiles_table_name"]
 
@@ -70,7 +69,7 @@ class TilingResult:
     def cleanup(self) -> None:
         """Remove the staged files (after the commit, or after a failed run)."""
         if self.staging:
-            shutil.rmtree(uri_to_path(self.staging), ignore_errors=True)
+            remove_prefix(self.staging)
             try:  # the shared staging folder goes too once no other run uses it
                 os.rmdir(os.path.dirname(uri_to_path(self.staging)))
             except OSError:

@@ -23,16 +23,12 @@ import datetime as dt
 import functools
 import hashlib
 import os
-import signal
-import threading
 import warnings
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from lakeimg.errors import ImageDecodeError
 from lakeimg.image._plugins import entry_points_of, import_path
@@ -55,7 +51,14 @@ from lakeimg.image.sources import (
 from lakeimg.kernels import rejects
 from lakeimg.kernels._batches import batch_rows, result_schema, warm_up_kernel
 from lakeimg.schemas import table_contract
-from lakeimg.storage import NotRegularFileError, local_path_or_none, open_regular_file
+from lakeimg.storage import (
+    NotRegularFileError,
+    TimeLimitExceeded,
+    local_path_or_none,
+    read_bytes,
+    sha256_of,
+    time_limit,
+)
 
 __all__ = [
     "IngestOptions",
@@ -63,7 +66,6 @@ __all__ = [
     "ingest_kernel",
     "ingest_result_schema",
     "ingest_one_file",
-    "read_file_bytes",
     "reject_row",
 ]
 
@@ -121,45 +123,6 @@ def ingest_result_schema() -> pa.Schema:
     return result_schema(table_contract("images").arrow_schema)
 
 
-def read_file_bytes(uri: str) -> bytes:
-    """Read a whole file: a local path or file:// URI from exactly the path it names, other URLs
-    through pyarrow.fs (object stores).
-
-    Raises:
-        OSError: the file cannot be read, or is not a regular file (a FIFO or device is never read).
-    """
-    path = local_path_or_none(uri)
-    if path is None:
-        fs, remote = pafs.FileSystem.from_uri(uri)
-        with fs.open_input_stream(remote) as stream:
-            return stream.read()
-    with open_regular_file(path) as handle:
-        return handle.read()
-
-
-class _FileTimeout(Exception):
-    pass
-
-
-@contextmanager
-def _time_limit(seconds: float):
-    """Interrupt Python-level work after `seconds` (main thread only; the pool also kills hung workers)."""
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def on_alarm(_signum, _frame):
-        raise _FileTimeout()
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 @functools.lru_cache(maxsize=16)
 def _load_codecs(specs: tuple[str, ...]) -> tuple[Any, ...]:
     # Once per process: the kernel runs once per batch, and scanning installed packages' entry
@@ -204,7 +167,7 @@ def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: It
         return _tiled_row(listing, huge, options)
     try:
         try:
-            data = read_file_bytes(uri)
+            data = read_bytes(uri)
         except FileNotFoundError as exc:
             raise ImageDecodeError(uri, "unreadable", f"file vanished before it was read: {exc}") from exc
         except NotRegularFileError as exc:
@@ -212,7 +175,7 @@ def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: It
         except OSError as exc:
             raise ImageDecodeError(uri, "unreadable", f"{type(exc).__name__}: {exc}") from exc
         sha = hashlib.sha256(data).hexdigest()
-        with _time_limit(options.file_timeout_s):
+        with time_limit(options.file_timeout_s):
             decoded = None
             for codec in codecs or ():
                 if codec.can_read(uri, data[:132]):
@@ -230,7 +193,7 @@ def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: It
             )
     except ImageDecodeError as exc:
         return reject_row(listing, exc, sha, options)
-    except _FileTimeout:
+    except TimeLimitExceeded:
         err = ImageDecodeError(uri, "timeout", f"decoding took longer than the {options.file_timeout_s:g} s per-file limit")
         return reject_row(listing, err, sha, options)
     except MemoryError as exc:
@@ -305,14 +268,10 @@ def _tiled_row(listing: dict[str, Any], header: DecodedImage, options: IngestOpt
     """The images row of a tiled file: header facts, streamed SHA-256, no content; the tiling
     step (lakeimg/jobs/tiling.py) cuts the tiles and fills the thumbnail from the top level."""
     uri = listing["uri"]
-    digest = hashlib.sha256()
     try:
-        with open_regular_file(local_path_or_none(uri)) as handle:  # streamed: a huge file is never read whole
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
+        sha = sha256_of(uri)  # streamed: a huge file is never read whole
     except OSError as exc:
         return reject_row(listing, ImageDecodeError(uri, "unreadable", f"{type(exc).__name__}: {exc}"), None, options)
-    sha = digest.hexdigest()
     try:
         if header.format != "TIFF":
             check_decoded_size(uri, header.width, header.height, header.channels, header.dtype,

@@ -47,9 +47,8 @@ from lakeimg.image.pyramid import (
     tile_geotransform,
 )
 from lakeimg.image.sources import open_image
-from lakeimg.kernels.ingest import _FileTimeout, _time_limit
 from lakeimg.schemas import table_contract
-from lakeimg.storage import uri_to_path
+from lakeimg.storage import TimeLimitExceeded, remove_prefix, time_limit, uri_to_path
 
 __all__ = [
     "STAGED_SCHEMA",
@@ -358,30 +357,25 @@ def stage_tiles_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions, 
                     guard.check()
                     left = guard.remaining()
                     # The alarm stops Python-level work at the deadline; between tiles the guard does.
-                    with _time_limit(0 if left == math.inf else max(left, 0.001)):
+                    with time_limit(0 if left == math.inf else max(left, 0.001)):
                         tiles, size = _write_task(task, options, schema, guard, partial)
                 os.replace(partial, path)
                 summary.update(path=path, tiles=tiles, data_bytes=size)
-            except (_BudgetSpent, _FileTimeout) as exc:
-                _remove(partial)
+            except (_BudgetSpent, TimeLimitExceeded) as exc:
+                remove_prefix(partial)
                 if not isinstance(exc, _BudgetSpent):
                     exc = _BudgetSpent(ErrorClass.TIMEOUT, f"tiling this file took longer than its budget of {guard.budget:g} s")
                 if exc.error_class != ErrorClass.SKIPPED:
                     mark_file_failed(staging, task["uri"])
                 summary.update(error_class=exc.error_class, error_message=exc.message)
             except Exception as exc:  # noqa: BLE001 - one bad file becomes a reject, not a failed run
-                _remove(partial)
+                remove_prefix(partial)
                 mark_file_failed(staging, task["uri"])
                 summary.update(
                     error_class=ErrorClass.CORRUPT,
                     error_message=f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=3)}"[:2000],
                 )
             yield pa.RecordBatch.from_pylist([summary], schema=STAGED_SCHEMA)
-
-
-def _remove(path: str) -> None:
-    if os.path.exists(path):
-        os.remove(path)
 
 
 def _write_task(task: dict[str, Any], options: TileOptions, schema: pa.Schema, guard: _TaskGuard, partial: str) -> tuple[int, int]:

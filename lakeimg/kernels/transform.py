@@ -38,8 +38,8 @@ from lakeimg.image.decode import decode_image, decode_plain_jpeg, exif_orientati
 from lakeimg.image.info import apply_orientation, as_hwc
 from lakeimg.image.ops import FeatureOp, ImageTransformer
 from lakeimg.kernels._batches import batch_rows, result_schema, warm_up_kernel
-from lakeimg.kernels.ingest import read_file_bytes
 from lakeimg.kernels.rejects import reject_row
+from lakeimg.storage import read_bytes
 from lakeimg.transform_spec import TransformSpec
 
 __all__ = [
@@ -179,7 +179,7 @@ def _source_pixels(src: dict[str, Any], spec: TransformSpec | None = None) -> np
         if src.get("tiled"):
             raise ImageDecodeError(src["uri"], "tiled_source", "the source is tiled and its pyramid level could not be read")
         try:  # not inlined at ingest (above --inline-max-bytes): read the original file
-            content = read_file_bytes(src["uri"])
+            content = read_bytes(src["uri"])
         except OSError as exc:
             raise ImageDecodeError(src["uri"], "unreadable", f"content not inlined and the file cannot be read: {exc}") from exc
     return decode_image(bytes(content), src["uri"])
