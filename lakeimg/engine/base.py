@@ -34,6 +34,7 @@ __all__ = [
     "Kernel",
     "MergeMetrics",
     "SnapshotRows",
+    "Stage",
     "Staged",
     "VersionLike",
     "Write",
@@ -172,6 +173,38 @@ class Staged(Protocol):
 
 
 @dataclass(frozen=True)
+class Stage:
+    """A kernel to map over inputs (`extra`: more input rows from the driver), its output staged
+    under `LAKE/_lakeimg/staging/<label>` (label starts with the run id).
+
+    A row whose kernel crashes or overruns `task_timeout_s` becomes `on_failure(row,
+    error_class, message)`; `prepare` runs once per worker before the kernel; `contract` is the
+    output table's (rows staged in its schema); `held` names the output column marking rows held
+    back for the driver; `workers` sizes a local pool (0: in this process).
+    """
+
+    kernel: Kernel
+    inputs: pa.Table | SnapshotRows
+    label: str
+    output_schema: pa.Schema
+    contract: TableContract | None = None
+    held: str | None = None
+    on_failure: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None
+    prepare: Callable[[], None] | None = None
+    task_timeout_s: float = 600.0
+    rows_per_task: int = 16
+    extra: pa.Table | None = None
+    on_progress: Callable[[int, int], None] | None = None
+    workers: int | None = None
+
+    @property
+    def total(self) -> int:
+        """How many input rows the stage maps."""
+        rows = self.inputs.num_rows if isinstance(self.inputs, pa.Table) else len(self.inputs.uris)
+        return rows + (self.extra.num_rows if self.extra is not None else 0)
+
+
+@dataclass(frozen=True)
 class Write:
     """One Delta commit: rows into `table`, in the contract's schema.
 
@@ -241,30 +274,8 @@ class Engine(Protocol):
         path: region reads): a `LocalEngine` on the same lake, on either engine."""
         ...
 
-    def stage(
-        self,
-        kernel: Kernel,
-        inputs: pa.Table | SnapshotRows,
-        *,
-        label: str,
-        output_schema: pa.Schema,
-        contract: TableContract | None = None,
-        held: str | None = None,
-        on_failure: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None,
-        prepare: Callable[[], None] | None = None,
-        task_timeout_s: float = 600.0,
-        rows_per_task: int = 16,
-        extra: pa.Table | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
-        workers: int | None = None,
-    ) -> Staged:
-        """Map a kernel over inputs (`extra`: more input rows from the driver) and stage its
-        output under `LAKE/_lakeimg/staging/<label>` (label starts with the run id).
-
-        A row whose kernel crashes or overruns `task_timeout_s` becomes `on_failure(row,
-        error_class, message)`; `prepare` runs once per worker before the kernel; `contract`
-        is the output table's (rows staged in its schema); `workers` sizes a local pool.
-        """
+    def stage(self, stage: Stage) -> Staged:
+        """Map the stage's kernel over its inputs; its output stays staged until a commit."""
         ...
 
     def commit(self, write: Write) -> CommitResult:

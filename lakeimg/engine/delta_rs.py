@@ -21,7 +21,7 @@ import datetime as dt
 import itertools
 import os
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -32,8 +32,8 @@ from lakeimg.engine._delta_txn import as_contract, cast_to_schema, commit_files_
 from lakeimg.engine.base import (
     META_KEY,
     CommitResult,
-    Kernel,
     SnapshotRows,
+    Stage,
     VersionLike,
     Write,
     commit_metadata_json,
@@ -379,44 +379,28 @@ class LocalEngine:
 
     # --- kernels -------------------------------------------------------------------------
 
-    def stage(
-        self,
-        kernel: Kernel,
-        inputs: pa.Table | SnapshotRows,
-        *,
-        label: str,
-        output_schema: pa.Schema,
-        contract: TableContract | None = None,
-        held: str | None = None,
-        on_failure: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None,
-        prepare: Callable[[], None] | None = None,
-        task_timeout_s: float = 600.0,
-        rows_per_task: int = 16,
-        extra: pa.Table | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
-        workers: int | None = None,
-    ) -> LocalStaged:
+    def stage(self, stage: Stage) -> LocalStaged:
         """Map `kernel` over the inputs in a process pool (`engine/pool.map_kernel`, `workers`
         processes, 0: in this process) and stage its output as it comes (`LocalStaged`).
 
         `prepare` is for engines whose workers outlive a task; the pool's workers start fresh.
         """
-        workers = self.workers if workers is None else workers
-        total = inputs.num_rows if isinstance(inputs, pa.Table) else len(inputs.uris)
-        total += extra.num_rows if extra is not None else 0
-        done = 0
+        workers = self.workers if stage.workers is None else stage.workers
+        total, done = stage.total, 0
 
         def progress(n: int) -> None:
             nonlocal done
             done += n
-            if on_progress is not None:
-                on_progress(done, total)
+            if stage.on_progress is not None:
+                stage.on_progress(done, total)
 
-        staged = LocalStaged(table_location(self.lake, f"_lakeimg/staging/{label}"), contract, output_schema, held)
+        staged = LocalStaged(table_location(self.lake, f"_lakeimg/staging/{stage.label}"), stage.contract,
+                             stage.output_schema, stage.held)
         try:
             for batch in map_kernel(
-                kernel, self._input_pieces(inputs, extra), workers=min(workers, total), batch_rows=rows_per_task,
-                task_timeout_s=task_timeout_s, on_failure=on_failure, on_progress=progress, output_schema=output_schema,
+                stage.kernel, self._input_pieces(stage.inputs, stage.extra), workers=min(workers, total),
+                batch_rows=stage.rows_per_task, task_timeout_s=stage.task_timeout_s, on_failure=stage.on_failure,
+                on_progress=progress, output_schema=stage.output_schema,
             ):
                 staged.add(batch)
         except BaseException:

@@ -12,7 +12,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -22,8 +22,8 @@ import pyarrow as pa
 from lakeimg.engine._delta_txn import cast_to_schema
 from lakeimg.engine.base import (
     CommitResult,
-    Kernel,
     SnapshotRows,
+    Stage,
     VersionLike,
     Write,
     commit_metadata_json,
@@ -457,23 +457,7 @@ class SparkEngine:
 
     # --- kernels -------------------------------------------------------------------------
 
-    def stage(
-        self,
-        kernel: Kernel,
-        inputs: pa.Table | SnapshotRows,
-        *,
-        label: str,
-        output_schema: pa.Schema,
-        contract: TableContract | None = None,
-        held: str | None = None,
-        on_failure: Callable[[dict[str, Any], str, str], dict[str, Any]] | None = None,
-        prepare: Callable[[], None] | None = None,
-        task_timeout_s: float = 600.0,
-        rows_per_task: int = 16,
-        extra: pa.Table | None = None,
-        on_progress: Callable[[int, int], None] | None = None,
-        workers: int | None = None,
-    ) -> SparkStaged:
+    def stage(self, stage: Stage) -> SparkStaged:
         """Run a mapInArrow kernel over the inputs on the executors and stage its output as
         Parquet under `LAKE/_lakeimg/staging/<label>` (a location every executor can write).
 
@@ -486,29 +470,30 @@ class SparkEngine:
         """
         from pyspark.sql import functions as F
 
-        total = (inputs.num_rows if isinstance(inputs, pa.Table) else len(inputs.uris)) + (extra.num_rows if extra is not None else 0)
+        total, inputs, kernel = stage.total, stage.inputs, stage.kernel
         if total == 0:
-            return SparkStaged(self, None, output_schema, held)
-        parts = [self.spark.createDataFrame(t) for t in (inputs, extra) if isinstance(t, pa.Table) and t.num_rows]
+            return SparkStaged(self, None, stage.output_schema, stage.held)
+        parts = [self.spark.createDataFrame(t) for t in (inputs, stage.extra) if isinstance(t, pa.Table) and t.num_rows]
         if isinstance(inputs, SnapshotRows) and inputs.uris:
             parts.insert(0, self.frame(inputs.table, inputs.version).where(F.col("uri").isin(sorted(inputs.uris)))
                          .select(*[f"`{c}`" for c in inputs.columns]))
         frame = parts[0]
         for part in parts[1:]:  # the driver's rows typed like the first part (the snapshot's)
             frame = frame.unionByName(part.select(*[F.col(f"`{f.name}`").cast(f.dataType) for f in frame.schema.fields]))
-        if on_failure is not None:
-            kernel = partial(isolated_kernel, kernel=kernel, on_failure=on_failure, output_schema=output_schema,
-                             task_timeout_s=task_timeout_s, prepare=prepare)
-        partitions = task_partitions(total, parallelism=self.spark.sparkContext.defaultParallelism, rows_per_task=rows_per_task)
-        location = table_location(self.lake, f"_lakeimg/staging/{label}")
-        staged = SparkStaged(self, location, output_schema, held)
+        if stage.on_failure is not None:
+            kernel = partial(isolated_kernel, kernel=kernel, on_failure=stage.on_failure, output_schema=stage.output_schema,
+                             task_timeout_s=stage.task_timeout_s, prepare=stage.prepare)
+        partitions = task_partitions(total, parallelism=self.spark.sparkContext.defaultParallelism,
+                                     rows_per_task=stage.rows_per_task)
+        location = table_location(self.lake, f"_lakeimg/staging/{stage.label}")
+        staged = SparkStaged(self, location, stage.output_schema, stage.held)
         try:
-            frame.repartition(partitions).mapInArrow(kernel, _struct_of(output_schema)).write.mode("overwrite").parquet(location)
+            frame.repartition(partitions).mapInArrow(kernel, _struct_of(stage.output_schema)).write.mode("overwrite").parquet(location)
         except BaseException:
             staged.discard()
             raise
-        if on_progress is not None:
-            on_progress(total, total)
+        if stage.on_progress is not None:
+            stage.on_progress(total, total)
         return staged
 
 

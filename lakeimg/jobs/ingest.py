@@ -29,7 +29,7 @@ from functools import partial
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeimg.engine.base import Engine, MergeMetrics, Staged, Write
+from lakeimg.engine.base import Engine, MergeMetrics, Stage, Staged, Write
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import ensure_lake
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
@@ -336,7 +336,7 @@ def decode_files(
     """
     options = run.options
     parallel = (os.cpu_count() or 1) if workers is None else workers
-    staged = engine.stage(
+    staged = engine.stage(Stage(
         partial(ingest_kernel, options=options),
         run.todo,
         label=f"{options.run_id}-rows",
@@ -349,7 +349,7 @@ def decode_files(
         rows_per_task=max(1, min(16, run.todo.num_rows // max(1, parallel * 4))),
         on_progress=on_progress,
         workers=workers,
-    )
+    ))
     try:
         tiling = tile_images(engine, staged.held(), tile_options, thumbnail_size=options.thumbnail_size)
     except BaseException:

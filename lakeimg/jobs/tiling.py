@@ -27,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lakeimg.engine.base import CommitResult, Engine, Write
+from lakeimg.engine.base import CommitResult, Engine, Stage, Write
 from lakeimg.engine.layout import table_location
 from lakeimg.errors import ErrorClass
 from lakeimg.image.codecs import decode_tile
@@ -149,14 +149,14 @@ def tile_images(
         todo = [t for t in tasks if (t["from_level"] == 0) == first and t["uri"] not in failures]
         if not todo:
             continue
-        staged = engine.stage(
+        staged = engine.stage(Stage(
             partial(stage_tiles_kernel, options=options, staging=staging),
             pa.Table.from_pylist(todo, schema=TILE_TASK_SCHEMA),
             label=f"{options.run_id or 'run'}-{phase}", output_schema=STAGED_SCHEMA, rows_per_task=1,
             task_timeout_s=task_timeout_s, on_failure=partial(_failed_task, staging=staging),
             # a single top task (it only reads staged tiles) runs in this process: no pool for it
             workers=0 if not first and len(todo) == 1 else None,
-        )
+        ))
         try:
             summaries += staged.keys(STAGED_SCHEMA.names).to_pylist() + staged.rejects().to_pylist()
         finally:

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakeimg.engine import open_engine
-from lakeimg.engine.base import Engine, EngineName, MergeMetrics, SnapshotRows, Staged, Write
+from lakeimg.engine.base import Engine, EngineName, MergeMetrics, SnapshotRows, Stage, Staged, Write
 from lakeimg.engine.layout import ensure_lake, require_lake
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
 from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
@@ -246,7 +246,7 @@ def transform_table(
             tiled = set(meta.filter(pc.fill_null(meta["tiled"], False))["uri"].to_pylist())
         inlined = _inline_tiled(eng, source, source_version, _read_uris(eng, source, source_version, [*SOURCE_COLUMNS, "levels"], tiled), spec) if tiled else None
         parallel = (os.cpu_count() or 1) if workers is None else workers
-        staged = eng.stage(
+        staged = eng.stage(Stage(
             partial(transform_kernel, options=options),
             SnapshotRows(source, source_version, tuple(SOURCE_COLUMNS), frozenset(plan.todo - tiled)),
             extra=inlined.select(SOURCE_COLUMNS) if inlined is not None else None,
@@ -259,7 +259,7 @@ def transform_table(
             on_progress=on_progress,
             # a pool costs more than it saves on a handful of images
             workers=0 if parallel > 0 and len(plan.todo) < 2 * parallel else workers,
-        )
+        ))
         try:
             version, metrics, rejected, rejects_version = _commit(
                 eng, staged, spec=spec, plan=plan, source=source, source_version=source_version, target=target,
