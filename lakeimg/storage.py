@@ -49,7 +49,7 @@ from urllib.parse import quote_from_bytes, unquote_to_bytes
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from lakeimg.errors import UriError
+from lakeimg.errors import ErrorClass, UriError
 
 __all__ = [
     "Listed", "NotRegularFileError", "TimeLimitExceeded", "delete_file", "has_scheme", "list_files",
@@ -467,7 +467,7 @@ def _walk_local(path: str) -> Iterator[Listed]:
         except FileNotFoundError:
             continue  # vanished while listing
         except OSError:
-            yield Listed(path_to_uri(path), 0, 0, "unreadable")
+            yield Listed(path_to_uri(path), 0, 0, ErrorClass.UNREADABLE)
             continue
         st = lst
         if stat.S_ISLNK(lst.st_mode):
@@ -475,26 +475,26 @@ def _walk_local(path: str) -> Iterator[Listed]:
                 st = os.stat(path)
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
-                    kind = "symlink_loop"
+                    kind = ErrorClass.SYMLINK_LOOP
                 elif exc.errno in (errno.ENOENT, errno.ENOTDIR):
-                    kind = "broken_symlink"
+                    kind = ErrorClass.BROKEN_SYMLINK
                 else:
-                    kind = "unreadable"
+                    kind = ErrorClass.UNREADABLE
                 yield Listed(path_to_uri(path), lst.st_size, lst.st_mtime_ns, kind)
                 continue
         if not stat.S_ISDIR(st.st_mode):
-            kind = None if stat.S_ISREG(st.st_mode) else "not_regular_file"
+            kind = None if stat.S_ISREG(st.st_mode) else ErrorClass.NOT_REGULAR_FILE
             yield Listed(path_to_uri(path), st.st_size, st.st_mtime_ns, kind)
             continue
         key = (st.st_dev, st.st_ino)
         if key in ancestors:
-            yield Listed(path_to_uri(path), lst.st_size, lst.st_mtime_ns, "symlink_loop")
+            yield Listed(path_to_uri(path), lst.st_size, lst.st_mtime_ns, ErrorClass.SYMLINK_LOOP)
             continue
         try:
             with os.scandir(path) as entries:
                 names = [e.name for e in entries if not e.name.startswith(".")]
         except OSError:
-            yield Listed(path_to_uri(path), st.st_size, st.st_mtime_ns, "unreadable")
+            yield Listed(path_to_uri(path), st.st_size, st.st_mtime_ns, ErrorClass.UNREADABLE)
             continue
         below = (*ancestors, key)
         stack.extend((os.path.join(path, name), below) for name in names)

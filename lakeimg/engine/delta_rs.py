@@ -45,7 +45,6 @@ from lakeimg.engine.layout import (
     check_log_tail,
     check_not_before_first,
     delta_file_path,
-    lake_table_names,
     table_location,
 )
 from lakeimg.engine.pool import map_kernel
@@ -53,6 +52,7 @@ from lakeimg.engine.staged import LocalStaged
 from lakeimg.errors import LakeDamagedError, LakeImgError, TableNotFoundError
 from lakeimg.schemas import TableContract
 from lakeimg.storage import uri_to_path
+from lakeimg.tables import lake_tables
 
 __all__ = ["LocalEngine"]
 
@@ -375,7 +375,7 @@ class LocalEngine:
 
     def tables(self) -> list[str]:
         """The Delta tables in the lake (lakeimg's own as `_lakeimg/runs`...)."""
-        return lake_table_names(self.lake)
+        return lake_tables(self.lake)
 
     # --- kernels -------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """A lake on disk: where tables live, whether a lake exists, and checks of a table's Delta log.
 
 Example:
-    >>> table_location("/data/lake", "runs")
+    >>> table_location("/data/lake", "_lakeimg/runs")
     '/data/lake/_lakeimg/runs'
     >>> lake_exists("/nonexistent/lake")
     False
@@ -25,37 +25,16 @@ from lakeimg.errors import (
 from lakeimg.storage import has_scheme, uri_to_path
 from lakeimg.tables import lake_relative
 
-__all__ = ["table_location", "lake_table_names", "ensure_lake", "lake_exists", "require_lake", "check_log_tail", "check_not_before_first", "delta_file_path"]
+__all__ = ["table_location", "ensure_lake", "lake_exists", "require_lake", "check_log_tail", "check_not_before_first", "delta_file_path"]
 
 
 def table_location(lake: str | os.PathLike[str], name: str) -> str:
-    """Where a table lives inside a lake: `LAKE/<name>`, and `LAKE/_lakeimg/runs` for runs.
+    """Where a table lives inside a lake: `LAKE/<name>` (lakeimg's own under `LAKE/_lakeimg/`).
 
     The last guard of the naming rule (lakeimg.tables): a name whose path would leave the lake
     (`../x`, `/abs`) raises InvalidNameError, whichever caller it came through.
     """
-    root = str(lake).rstrip("/")
-    if name in ("runs", "_lakeimg/runs"):
-        return f"{root}/_lakeimg/runs"
-    return f"{root}/{lake_relative(name)}"
-
-
-def lake_table_names(lake: str | os.PathLike[str]) -> list[str]:
-    """The Delta tables of a local lake: its tables by name, then lakeimg's own (`_lakeimg/runs`...).
-
-    Example:
-        >>> lake_table_names("/nonexistent/lake")
-        []
-    """
-    root = uri_to_path(str(lake))
-    found = []
-    for folder, prefix in ((root, ""), (os.path.join(root, "_lakeimg"), "_lakeimg/")):
-        try:
-            names = sorted(os.listdir(folder))
-        except OSError:
-            continue
-        found += [prefix + n for n in names if not n.startswith((".", "_")) and os.path.isdir(os.path.join(folder, n, "_delta_log"))]
-    return found
+    return f"{str(lake).rstrip('/')}/{lake_relative(name)}"
 
 
 def delta_file_path(uri: str) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakeimg.errors import LakeImgError, PoolError
+from lakeimg.errors import ErrorClass, LakeImgError, PoolError
 from lakeimg.image._settings import configure_worker
 from lakeimg.storage import delete_file, open_input, open_output, remove_prefix
 
@@ -385,11 +385,11 @@ def map_kernel(
                         on_progress(length)
                     continue
                 except FutureTimeout:
-                    failure = ("timeout", f"decoding ran past the {task_timeout_s:g} s per-file limit; the worker was killed")
+                    failure = (ErrorClass.TIMEOUT, f"decoding ran past the {task_timeout_s:g} s per-file limit; the worker was killed")
                 except ProcessExpired as exc:
-                    failure = ("decoder_crash", f"the decoding process died ({exc})")
+                    failure = (ErrorClass.DECODER_CRASH, f"the decoding process died ({exc})")
                 except _KernelRaised as exc:
-                    failure = ("corrupt", f"{exc.error_type}: {exc.message}")
+                    failure = (ErrorClass.CORRUPT, f"{exc.error_type}: {exc.message}")
                 except PoolError:
                     raise
                 except Exception as exc:  # noqa: BLE001 - BrokenProcessPool, PoolError, pickling: not the rows'
@@ -399,7 +399,7 @@ def map_kernel(
                         submit((path, index, offset + i, 1))
                     continue
                 row = spools[path].get_batch(index).slice(offset, 1).to_pylist()[0]
-                if failure[0] == "corrupt":
+                if failure[0] == ErrorClass.CORRUPT:
                     yield failed_row(row, failure)
                     continue
                 # A dead or killed worker is the row's failure only if the pool still works.
@@ -551,16 +551,16 @@ def _run_in_child(kernel, batch: pa.RecordBatch, schema: pa.Schema, timeout_s: f
             if left <= 0 or not selector.select(left):
                 os.kill(pid, signal.SIGKILL)
                 os.waitpid(pid, 0)
-                raise _ChildFailed("timeout", f"decoding ran past the {timeout_s:g} s per-file limit; the worker was killed")
+                raise _ChildFailed(ErrorClass.TIMEOUT, f"decoding ran past the {timeout_s:g} s per-file limit; the worker was killed")
             chunk = source.read(1 << 20)
             if not chunk:
                 break
             chunks.append(chunk)
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
-        raise _ChildFailed("decoder_crash", f"the decoding process died (signal {os.WTERMSIG(status)})")
+        raise _ChildFailed(ErrorClass.DECODER_CRASH, f"the decoding process died (signal {os.WTERMSIG(status)})")
     if os.WEXITSTATUS(status) == _KERNEL_RAISED:
-        raise _ChildFailed("corrupt", "the kernel raised an error (its traceback is in the executor's log)")
+        raise _ChildFailed(ErrorClass.CORRUPT, "the kernel raised an error (its traceback is in the executor's log)")
     if os.WEXITSTATUS(status) != 0:
-        raise _ChildFailed("decoder_crash", f"the decoding process died (exit code {os.WEXITSTATUS(status)})")
+        raise _ChildFailed(ErrorClass.DECODER_CRASH, f"the decoding process died (exit code {os.WEXITSTATUS(status)})")
     return list(pa.ipc.open_stream(b"".join(chunks)))

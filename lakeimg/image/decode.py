@@ -23,7 +23,7 @@ import warnings
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
 
-from lakeimg.errors import ImageDecodeError
+from lakeimg.errors import ErrorClass, ImageDecodeError
 from lakeimg.image._settings import decoder_settings
 from lakeimg.image.dicom import decode_dicom_frame, probe_dicom, read_dicom
 from lakeimg.image.info import (
@@ -97,7 +97,7 @@ def read_image(
         lakeimg.errors.ImageDecodeError: file:///x.png: empty: the file has no bytes
     """
     if not data:
-        raise ImageDecodeError(uri, "empty", "the file has no bytes")
+        raise ImageDecodeError(uri, ErrorClass.EMPTY, "the file has no bytes")
     kind = sniff_format(data[:132], uri)
     limits = (max_bytes, max_pixels)
     try:
@@ -113,9 +113,9 @@ def read_image(
     except ImageDecodeError:
         raise
     except MemoryError as exc:
-        raise ImageDecodeError(uri, "too_large", f"out of memory while decoding: {exc}") from exc
+        raise ImageDecodeError(uri, ErrorClass.TOO_LARGE, f"out of memory while decoding: {exc}") from exc
     except UnidentifiedImageError as exc:
-        raise ImageDecodeError(uri, "unsupported_format", "not an image format that Pillow, tifffile or pydicom can read") from exc
+        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_FORMAT, "not an image format that Pillow, tifffile or pydicom can read") from exc
     except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a typed reject
         raise ImageDecodeError(uri, _classify(exc), f"{type(exc).__name__}: {exc}") from exc
     check_dtype(uri, decoded.dtype)
@@ -183,12 +183,12 @@ def probe_image(path: str) -> DecodedImage:
 def _classify(exc: BaseException) -> str:
     text = str(exc).lower()
     if "cannot identify" in text:  # UnidentifiedImageError itself is caught before
-        return "unsupported_format"
+        return ErrorClass.UNSUPPORTED_FORMAT
     if "truncat" in text or "premature end" in text or "unexpected end" in text:
-        return "truncated"
+        return ErrorClass.TRUNCATED
     if isinstance(exc, Image.DecompressionBombError):
-        return "too_large"
-    return "corrupt"
+        return ErrorClass.TOO_LARGE
+    return ErrorClass.CORRUPT
 
 
 # --- Pillow ------------------------------------------------------------------------------
@@ -341,7 +341,7 @@ def _read_png16(data: bytes, uri: str, *, limits: tuple[int | None, int | None])
     check_decoded_size(uri, width, height, allocated, "uint16", max_bytes=limits[0], max_pixels=limits[1])
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None:
-        raise ImageDecodeError(uri, "corrupt", "OpenCV could not decode this 16-bit PNG")
+        raise ImageDecodeError(uri, ErrorClass.CORRUPT, "OpenCV could not decode this 16-bit PNG")
     if arr.ndim == 2:
         arr, mode = arr[:, :, None], "I;16"
     elif color == 4:  # gray + alpha: OpenCV expands it to BGRA; keep the file's two channels
@@ -413,7 +413,7 @@ def _read_tiff(data: bytes, uri: str, *, limits: tuple[int | None, int | None]) 
 
     with tifffile.TiffFile(io.BytesIO(data)) as tif:
         if not len(tif.pages):
-            raise ImageDecodeError(uri, "corrupt", "the TIFF header points at no readable page")
+            raise ImageDecodeError(uri, ErrorClass.CORRUPT, "the TIFF header points at no readable page")
         page = tif.pages[0]
         planes, depth, height, width, contig = (int(v) for v in page.shaped)
         if page.dtype is not None:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lakeimg.errors import ImageDecodeError
+from lakeimg.errors import ErrorClass, ImageDecodeError
 from lakeimg.image.info import DecodedImage, as_hwc, check_decoded_size
 
 __all__ = ["read_dicom", "decode_dicom_frame", "dicom_fields", "probe_dicom", "read_dicom_frame"]
@@ -119,7 +119,7 @@ def read_dicom(data: bytes, uri: str = "", *, max_pixels: int | None = None, max
     """
     ds = _open(data)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ImageDecodeError(uri, "unsupported_format", "DICOM file has no pixel data")
+        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_FORMAT, "DICOM file has no pixel data")
     rows, cols = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
     frames = _int(ds.get("NumberOfFrames")) or 1
     samples = _int(ds.get("SamplesPerPixel")) or 1
@@ -129,9 +129,9 @@ def read_dicom(data: bytes, uri: str = "", *, max_pixels: int | None = None, max
         full = ds.pixel_array
     except Exception as exc:  # noqa: BLE001
         text = str(exc).lower()
-        error_class = "unsupported_format" if "no plugin" in text or "missing" in text else "corrupt"
+        error_class = ErrorClass.UNSUPPORTED_FORMAT if "no plugin" in text or "missing" in text else ErrorClass.CORRUPT
         if "truncat" in text or "expected" in text and "length" in text:
-            error_class = "truncated"
+            error_class = ErrorClass.TRUNCATED
         raise ImageDecodeError(uri, error_class, f"{type(exc).__name__}: {exc}") from exc
     # pydicom gives (F, H, W[, S]) for multi-frame and (H, W[, S]) for one frame
     pixels = np.ascontiguousarray(as_hwc(full[0] if frames > 1 else full))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lakeimg.errors import ImageDecodeError
+from lakeimg.errors import ErrorClass, ImageDecodeError
 
 __all__ = [
     "DEFAULT_MAX_DECODED_BYTES",
@@ -119,12 +119,12 @@ def check_dtype(uri: str, dtype: Any) -> None:
     kind = np.dtype(dtype).kind if dtype is not None else "V"
     if kind == "c":
         raise ImageDecodeError(
-            uri, "unsupported_dtype",
+            uri, ErrorClass.UNSUPPORTED_DTYPE,
             f"complex-valued samples ({np.dtype(dtype)}) are not supported: store the real and imaginary "
             "parts (or magnitude and phase) as separate float images",
         )
     if kind not in "biuf":
-        raise ImageDecodeError(uri, "unsupported_dtype", f"samples of type {dtype} are not supported")
+        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_DTYPE, f"samples of type {dtype} are not supported")
 
 
 def decoded_bytes(width: int, height: int, channels: int, dtype: Any, frames: int = 1) -> int:
@@ -201,19 +201,19 @@ def check_decoded_size(
         lakeimg.errors.ImageDecodeError: x.png: too_large: header claims 15000x15000 = 225,000,000 pixels (1 x uint8): 225,000,000 bytes decoded (214.6 MiB), above the limit of 67,108,864 bytes (64.0 MiB, max_decoded_bytes) for formats that must be decoded whole
     """
     if width <= 0 or height <= 0:
-        raise ImageDecodeError(uri, "corrupt", f"header gives an empty size {width}x{height}")
+        raise ImageDecodeError(uri, ErrorClass.CORRUPT, f"header gives an empty size {width}x{height}")
     pixels = width * height
     frame_text = f" x {frames} frames" if frames > 1 else ""
     if max_pixels is not None and pixels > max_pixels:
         raise ImageDecodeError(
-            uri, "too_large",
+            uri, ErrorClass.TOO_LARGE,
             f"header claims {width}x{height} = {pixels:,} pixels, above the limit of {max_pixels:,} pixels "
             f"(max_pixels) {what}",
         )
     size = decoded_bytes(width, height, channels, dtype, frames)
     if max_bytes is not None and size > max_bytes:
         raise ImageDecodeError(
-            uri, "too_large",
+            uri, ErrorClass.TOO_LARGE,
             f"header claims {width}x{height} = {pixels:,} pixels ({channels} x {np.dtype(dtype)}){frame_text}: "
             f"{size:,} bytes decoded ({_size_text(size)}), above the limit of {max_bytes:,} bytes "
             f"({_size_text(max_bytes)}, max_decoded_bytes) {what}",

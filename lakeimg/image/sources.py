@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from lakeimg.errors import ImageDecodeError
+from lakeimg.errors import ErrorClass, ImageDecodeError
 from lakeimg.image._settings import decoder_settings
 from lakeimg.image.decode import (
     decode_image,
@@ -264,7 +264,7 @@ def check_tileable(
             _check_tiled_total(uri, sum(h * w * d for _p, d, h, w, _c in shapes), len(pages), max_tiled_pixels)
             for index, (page, (planes, depth, height, width, contig)) in enumerate(zip(pages, shapes, strict=True)):
                 if page.dtype is None:
-                    raise ImageDecodeError(uri, "unsupported_format", f"TIFF page {index}: tifffile cannot decode its sample format")
+                    raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_FORMAT, f"TIFF page {index}: tifffile cannot decode its sample format")
                 check_dtype(uri, page.dtype)
                 channels = planes * contig
                 if not TiffPageSource.windowable(page):
@@ -279,7 +279,7 @@ def check_tileable(
                 band = decoded_bytes(width, band_rows, channels, page.dtype)
                 if max_decoded_bytes is not None and band > max_decoded_bytes:
                     raise ImageDecodeError(
-                        uri, "too_large",
+                        uri, ErrorClass.TOO_LARGE,
                         f"TIFF page {index} ({width}x{height}, {channels} x {np.dtype(page.dtype)}) is tiled from bands "
                         f"of {band_rows} rows at full width (its strips or tiles are {seg_h} rows high): {band:,} bytes "
                         f"per band, above the limit of {max_decoded_bytes:,} bytes (max_decoded_bytes)",
@@ -290,7 +290,7 @@ def check_tileable(
 def _check_tiled_total(uri: str, pixels: int, pages: int, max_tiled_pixels: int | None) -> None:
     if max_tiled_pixels is not None and pixels > max_tiled_pixels:
         raise ImageDecodeError(
-            uri, "too_large",
+            uri, ErrorClass.TOO_LARGE,
             f"{pixels:,} pixels over {pages} page(s) to tile, above the limit of {max_tiled_pixels:,} (max_tiled_pixels)",
         )
 
@@ -304,22 +304,22 @@ def _check_segments(uri: str, page, index: int, file_size: int) -> None:
     where = f"TIFF page {index} ({int(page.imagewidth)} x {int(page.imagelength)} pixels)"
     if offsets.size < needed or counts.size < needed:
         raise ImageDecodeError(
-            uri, "corrupt",
+            uri, ErrorClass.CORRUPT,
             f"{where} needs {needed:,} {kind} but declares {min(offsets.size, counts.size):,}: the header does not "
             "describe the pixel data",
         )
     offsets, counts = offsets[:needed], counts[:needed]
     used = counts > 0
     if not used.any():
-        raise ImageDecodeError(uri, "corrupt", f"{where}: none of its {needed:,} {kind} holds any data")
+        raise ImageDecodeError(uri, ErrorClass.CORRUPT, f"{where}: none of its {needed:,} {kind} holds any data")
     if (used & ((offsets < 0) | (counts < 0))).any():
-        raise ImageDecodeError(uri, "corrupt", f"{where}: negative {kind[:-1]} offsets or byte counts")
+        raise ImageDecodeError(uri, ErrorClass.CORRUPT, f"{where}: negative {kind[:-1]} offsets or byte counts")
     outside = used & (offsets + counts > file_size)
     if outside.any():
         # Data past the end: a file cut short (or still being written), so `truncated`.
         first = int(np.argmax(outside))
         raise ImageDecodeError(
-            uri, "truncated",
+            uri, ErrorClass.TRUNCATED,
             f"{where}: {int(outside.sum()):,} of its {kind} lie outside the {file_size:,}-byte file (the first, "
             f"#{first}, at offset {int(offsets[first]):,} + {int(counts[first]):,} bytes)",
         )

@@ -46,7 +46,6 @@ from lakeimg.jobs.tiling import (
     commit_tiles,
     previously_tiled,
     tile_images,
-    tiles_table_name,
 )
 from lakeimg.kernels.ingest import (
     IngestOptions,
@@ -58,15 +57,19 @@ from lakeimg.kernels.rejects import as_rejects, reject_row
 from lakeimg.kernels.tiles import TileOptions
 from lakeimg.schemas import table_contract
 from lakeimg.storage import to_uri
-from lakeimg.tables import RUNS_TABLE, RunRecord, new_run_id, utc_now, validate_name
+from lakeimg.tables import (
+    RUNS_TABLE,
+    RunRecord,
+    new_run_id,
+    rejects_of,
+    tiles_of,
+    utc_now,
+    validate_name,
+)
 
-__all__ = ["IngestSummary", "ingest_files", "rejects_table_name"]
+__all__ = ["IngestSummary", "ingest_files"]
 
 _KEY_COLUMNS = ["uri", "size_bytes", "modified_at"]
-
-
-def rejects_table_name(table: str) -> str:
-    return f"{table}_rejects"
 
 
 @dataclass(frozen=True)
@@ -292,7 +295,7 @@ def plan_run(
     """List the sources and compare them with the tables: what to read, what vanished."""
     validate_name("target table", table)
     listing = list_sources(sources, exclude=[lake], label_from_path=label_from_path)
-    images_keys, rejects_keys = _keys(engine, table), _keys(engine, rejects_table_name(table), ["error_class"])
+    images_keys, rejects_keys = _keys(engine, table), _keys(engine, rejects_of(table), ["error_class"])
     todo = plan_ingest(listing, images_keys, rejects_keys, retry_rejects=retry_rejects)
     known_images = set(images_keys["uri"].to_pylist())
     known_rejects = set(rejects_keys["uri"].to_pylist())
@@ -380,7 +383,7 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles) -> tupl
     `run_commits`.
     """
     table, record = run.table, run.record
-    rejects_name, tiles_name = rejects_table_name(table), tiles_table_name(table)
+    rejects_name, tiles_name = rejects_of(table), tiles_of(table)
     metadata = record.commit_metadata()
     reject_uris = set(decoded.rejects["uri"].to_pylist())
     images_delete = {*run.vanished_images, *run.stale_images, *(reject_uris & run.known_images)}

@@ -9,12 +9,7 @@ file under `LAKE/_lakeimg/staging/<run_id>`; then it fills each row's thumbnail 
 pyramid level. A file whose tiling fails becomes a reject row. `commit_tiles` moves the
 staged files into the tiles table in one Delta commit that also drops every old tile of the
 uris it replaces (changed, vanished or no longer tiled files): memory stays bounded however
-big the image. The same code runs on both engines.
-
-Example:
-    >>> tiles_table_name("images")
-    'images_tiles'
-"""
+big the image. The same code runs on both engines."""
 
 from __future__ import annotations
 
@@ -47,12 +42,9 @@ from lakeimg.kernels.tiles import (
 )
 from lakeimg.schemas import table_contract
 from lakeimg.storage import remove_prefix, uri_to_path
+from lakeimg.tables import tiles_of
 
-__all__ = ["TilingResult", "commit_tiles", "previously_tiled", "tile_images", "tiles_table_name"]
-
-
-def tiles_table_name(table: str) -> str:
-    return f"{table}_tiles"
+__all__ = ["TilingResult", "commit_tiles", "previously_tiled", "tile_images"]
 
 
 @dataclass
@@ -198,4 +190,4 @@ def commit_tiles(
     files = tuple(result.files) if result is not None else ()
     uris = frozenset(replace_uris) | frozenset(result.tiled_uris if result is not None else ())
     # The staged files become the table's files as they are (renamed, not rewritten).
-    return engine.commit(Write(tiles_table_name(table), table_contract("tiles"), files=files, replace=uris, metadata=metadata))
+    return engine.commit(Write(tiles_of(table), table_contract("tiles"), files=files, replace=uris, metadata=metadata))

@@ -60,7 +60,7 @@ from lakeimg.kernels.transform import (
 )
 from lakeimg.schemas import table_contract
 from lakeimg.sqlguard import filter_table
-from lakeimg.tables import RUNS_TABLE, RunRecord, new_run_id, utc_now, validate_name
+from lakeimg.tables import RUNS_TABLE, RunRecord, new_run_id, rejects_of, utc_now, validate_name
 from lakeimg.transform_spec import TransformSpec, parse_spec
 
 __all__ = ["TransformSummary", "transform_table", "last_transform_run"]
@@ -294,7 +294,7 @@ def _commit(
     """Commit the rejects, then the target (staged rows in, every row of a recomputed or gone
     uri out; or the whole table when the columns changed), then the runs row; a failure undoes
     nothing (see `run_commits`). Returns (target version, metrics, rejected, rejects version)."""
-    rejects_name, contract = f"{target}_rejects", spec.contract()
+    rejects_name, contract = rejects_of(target), spec.contract()
     rejects = as_rejects(staged.rejects(), at=started_at)
     produced = set(zip(*staged.keys(["uri", "variant"]).to_pydict().values(), strict=True))
     # Target rows to delete: dropped uris, rejected uris (their old rows are stale), variants

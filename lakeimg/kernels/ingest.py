@@ -30,7 +30,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from lakeimg.errors import ImageDecodeError
+from lakeimg.errors import ErrorClass, ImageDecodeError
 from lakeimg.image._plugins import entry_points_of, import_path
 from lakeimg.image._settings import decoder_settings
 from lakeimg.image.decode import probe_image, read_image
@@ -66,7 +66,6 @@ __all__ = [
     "ingest_kernel",
     "ingest_result_schema",
     "ingest_one_file",
-    "reject_row",
 ]
 
 LISTING_SCHEMA = pa.schema(
@@ -139,7 +138,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
-def reject_row(listing: dict[str, Any], error: ImageDecodeError, sha: str | None, options: IngestOptions) -> dict[str, Any]:
+def _reject(listing: dict[str, Any], error: ImageDecodeError, sha: str | None, options: IngestOptions) -> dict[str, Any]:
     """One reject row in the kernel's output schema (`lakeimg.kernels.rejects.reject_row`)."""
     return rejects.reject_row(listing, error.error_class, error.message, run_id=options.run_id, at=options.ingested_at, sha=sha)
 
@@ -160,7 +159,7 @@ def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: It
     uri = listing["uri"]
     sha = None
     if listing.get("kind"):
-        return reject_row(listing, ImageDecodeError(uri, listing["kind"], _KIND_MESSAGES.get(listing["kind"], listing["kind"])),
+        return _reject(listing, ImageDecodeError(uri, listing["kind"], _KIND_MESSAGES.get(listing["kind"], listing["kind"])),
                           None, options)
     huge = _huge_header(listing, options)
     if huge is not None:
@@ -169,11 +168,11 @@ def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: It
         try:
             data = read_bytes(uri)
         except FileNotFoundError as exc:
-            raise ImageDecodeError(uri, "unreadable", f"file vanished before it was read: {exc}") from exc
+            raise ImageDecodeError(uri, ErrorClass.UNREADABLE, f"file vanished before it was read: {exc}") from exc
         except NotRegularFileError as exc:
-            raise ImageDecodeError(uri, "not_regular_file", _KIND_MESSAGES["not_regular_file"]) from exc
+            raise ImageDecodeError(uri, ErrorClass.NOT_REGULAR_FILE, _KIND_MESSAGES[ErrorClass.NOT_REGULAR_FILE]) from exc
         except OSError as exc:
-            raise ImageDecodeError(uri, "unreadable", f"{type(exc).__name__}: {exc}") from exc
+            raise ImageDecodeError(uri, ErrorClass.UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
         sha = hashlib.sha256(data).hexdigest()
         with time_limit(options.file_timeout_s):
             decoded = None
@@ -192,14 +191,14 @@ def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: It
                 invert=decoded.invert_display,
             )
     except ImageDecodeError as exc:
-        return reject_row(listing, exc, sha, options)
+        return _reject(listing, exc, sha, options)
     except TimeLimitExceeded:
-        err = ImageDecodeError(uri, "timeout", f"decoding took longer than the {options.file_timeout_s:g} s per-file limit")
-        return reject_row(listing, err, sha, options)
+        err = ImageDecodeError(uri, ErrorClass.TIMEOUT, f"decoding took longer than the {options.file_timeout_s:g} s per-file limit")
+        return _reject(listing, err, sha, options)
     except MemoryError as exc:
-        return reject_row(listing, ImageDecodeError(uri, "too_large", f"out of memory: {exc}"), sha, options)
+        return _reject(listing, ImageDecodeError(uri, ErrorClass.TOO_LARGE, f"out of memory: {exc}"), sha, options)
     except Exception as exc:  # noqa: BLE001 - e.g. a thumbnail of a degenerate array
-        return reject_row(listing, ImageDecodeError(uri, "corrupt", f"{type(exc).__name__}: {exc}"), sha, options)
+        return _reject(listing, ImageDecodeError(uri, ErrorClass.CORRUPT, f"{type(exc).__name__}: {exc}"), sha, options)
     content = data if len(data) <= options.inline_max_bytes else None
     return _image_row(listing, sha, decoded, options, content=content, thumbnail=thumbnail)
 
@@ -238,10 +237,10 @@ def _image_row(
 
 
 _KIND_MESSAGES = {
-    "not_regular_file": "not a regular file (a FIFO, socket or device); it was not opened",
-    "broken_symlink": "a symbolic link whose target does not exist",
-    "symlink_loop": "a symbolic link that leads back to itself or to a folder above it",
-    "unreadable": "the path could not be listed (permission denied?)",
+    ErrorClass.NOT_REGULAR_FILE: "not a regular file (a FIFO, socket or device); it was not opened",
+    ErrorClass.BROKEN_SYMLINK: "a symbolic link whose target does not exist",
+    ErrorClass.SYMLINK_LOOP: "a symbolic link that leads back to itself or to a folder above it",
+    ErrorClass.UNREADABLE: "the path could not be listed (permission denied?)",
 }
 
 
@@ -271,7 +270,7 @@ def _tiled_row(listing: dict[str, Any], header: DecodedImage, options: IngestOpt
     try:
         sha = sha256_of(uri)  # streamed: a huge file is never read whole
     except OSError as exc:
-        return reject_row(listing, ImageDecodeError(uri, "unreadable", f"{type(exc).__name__}: {exc}"), None, options)
+        return _reject(listing, ImageDecodeError(uri, ErrorClass.UNREADABLE, f"{type(exc).__name__}: {exc}"), None, options)
     try:
         if header.format != "TIFF":
             check_decoded_size(uri, header.width, header.height, header.channels, header.dtype,
@@ -281,9 +280,9 @@ def _tiled_row(listing: dict[str, Any], header: DecodedImage, options: IngestOpt
         check_tileable(local_path_or_none(uri), uri, tile_size=options.tile_size,
                        max_decoded_bytes=options.max_decoded_bytes, max_tiled_pixels=options.max_tiled_pixels)
     except ImageDecodeError as exc:
-        return reject_row(listing, exc, sha, options)
+        return _reject(listing, exc, sha, options)
     except Exception as exc:  # noqa: BLE001 - a header tifffile or Pillow cannot parse twice
-        return reject_row(listing, ImageDecodeError(uri, "corrupt", f"{type(exc).__name__}: {exc}"), sha, options)
+        return _reject(listing, ImageDecodeError(uri, ErrorClass.CORRUPT, f"{type(exc).__name__}: {exc}"), sha, options)
     return _image_row(listing, sha, header, options, tile_size=options.tile_size)
 
 

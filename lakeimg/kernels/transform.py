@@ -32,7 +32,7 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image
 
-from lakeimg.errors import ImageDecodeError
+from lakeimg.errors import ErrorClass, ImageDecodeError
 from lakeimg.image.codecs import encode_pixels
 from lakeimg.image.decode import decode_image, decode_plain_jpeg, exif_orientation
 from lakeimg.image.info import apply_orientation, as_hwc
@@ -133,10 +133,6 @@ class _OpError(Exception):
         self.op = op
 
 
-def _reject(src: dict[str, Any], error_class: str, message: str, run_id: str) -> dict[str, Any]:
-    return reject_row(src, error_class, message, run_id=run_id)
-
-
 _HEADER_BYTES = 1 << 16
 
 
@@ -177,11 +173,11 @@ def _source_pixels(src: dict[str, Any], spec: TransformSpec | None = None) -> np
                 return reduced
     if content is None:
         if src.get("tiled"):
-            raise ImageDecodeError(src["uri"], "tiled_source", "the source is tiled and its pyramid level could not be read")
+            raise ImageDecodeError(src["uri"], ErrorClass.TILED_SOURCE, "the source is tiled and its pyramid level could not be read")
         try:  # not inlined at ingest (above --inline-max-bytes): read the original file
             content = read_bytes(src["uri"])
         except OSError as exc:
-            raise ImageDecodeError(src["uri"], "unreadable", f"content not inlined and the file cannot be read: {exc}") from exc
+            raise ImageDecodeError(src["uri"], ErrorClass.UNREADABLE, f"content not inlined and the file cannot be read: {exc}") from exc
     return decode_image(bytes(content), src["uri"])
 
 
@@ -191,19 +187,19 @@ def transform_rows(src: dict[str, Any], options: TransformOptions) -> list[dict[
     try:
         pixels = _source_pixels(src, spec)
     except ImageDecodeError as exc:
-        return [_reject(src, exc.error_class, exc.message, options.run_id)]
+        return [reject_row(src, exc.error_class, exc.message, run_id=options.run_id)]
     except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
-        return [_reject(src, "corrupt", f"{type(exc).__name__}: {exc}", options.run_id)]
+        return [reject_row(src, ErrorClass.CORRUPT, f"{type(exc).__name__}: {exc}", run_id=options.run_id)]
     rows = []
     for variant in range(spec.variants):
         try:
             arr, features = transform_image(pixels, spec, src["uri"], variant)
         except _OpError as exc:
-            return [_reject(src, "op_failed", str(exc), options.run_id)]
+            return [reject_row(src, ErrorClass.OP_FAILED, str(exc), run_id=options.run_id)]
         try:
             encoding, data = encode_pixels(arr, spec.output)
         except Exception as exc:  # noqa: BLE001
-            return [_reject(src, "encode_failed", f"{spec.output['encoding']}: {type(exc).__name__}: {exc}", options.run_id)]
+            return [reject_row(src, ErrorClass.ENCODE_FAILED, f"{spec.output['encoding']}: {type(exc).__name__}: {exc}", run_id=options.run_id)]
         rows.append(
             {
                 "uri": src["uri"],
