@@ -257,6 +257,10 @@ class Engine(Protocol):
         """A snapshot's columns as Arrow on the driver (small columns: keys, metadata)."""
         ...
 
+    def read_batches(self, name: str, *, columns: Sequence[str], version: VersionLike = None, batch_rows: int = 64) -> Iterator[pa.Table]:
+        """A snapshot's columns streamed to the driver a few rows at a time (image bytes too)."""
+        ...
+
     def changes(self, name: str, starting_version: int, ending_version: int | None = None, columns: Sequence[str] = ("uri",)) -> pa.Table:
         """The change data feed between two versions: `columns`, `_change_type`, `_commit_version`."""
         ...

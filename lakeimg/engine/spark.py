@@ -308,6 +308,10 @@ class SparkEngine:
             raise LakeImgError(f"{name}: no change data feed for versions {starting_version}..{ending_version}: {exc}") from exc
         return table.cast(pa.schema([pa.field(f.name, pa.int64() if f.name == "_commit_version" else f.type) for f in table.schema]))
 
+    def read_batches(self, name: str, *, columns: Sequence[str], version: VersionLike = None, batch_rows: int = 64):
+        """Streamed on the driver by the lake's delta-rs reader (`reader()`): no Spark job."""
+        return self.reader().read_batches(name, columns=columns, version=version, batch_rows=batch_rows)
+
     def reader(self):
         """A delta-rs engine on this lake: small driver-side reads with row-group pushdown
         (region reads) cost no Spark job."""
