@@ -6,7 +6,16 @@ import enum
 
 
 class LakeImgError(Exception):
-    """Base class of every error lakeimg raises on purpose."""
+    """Base class of every error lakeimg raises on purpose; keyword `fields` become attributes.
+
+    Example:
+        >>> LakeImgError("no lake at /x", lake="/x").lake
+        '/x'
+    """
+
+    def __init__(self, text: str = "", /, **fields):
+        super().__init__(text)
+        self.__dict__.update(fields)
 
     def __reduce__(self):
         # Keyword fields survive pickling through process pools and Spark workers (dlt's habit).
@@ -60,46 +69,36 @@ class ImageDecodeError(LakeImgError):
     """
 
     def __init__(self, uri: str, error_class: str, message: str):
-        super().__init__(f"{uri}: {error_class}: {message}")
-        self.uri = uri
-        self.error_class = error_class
-        self.message = message
+        super().__init__(f"{uri}: {error_class}: {message}", uri=uri, error_class=error_class, message=message)
 
 
 class TableNotFoundError(LakeImgError):
     """The named table does not exist in the lake (or not at the requested version)."""
 
     def __init__(self, table: str, lake: str):
-        super().__init__(f"table {table!r} not found in lake {lake}")
-        self.table = table
-        self.lake = lake
+        super().__init__(f"table {table!r} not found in lake {lake}", table=table, lake=lake)
 
 
 class ConcurrentWriteError(LakeImgError):
     """Another writer kept winning the Delta commit race after bounded retries."""
 
     def __init__(self, table: str, attempts: int, cause: str):
-        super().__init__(f"{table}: gave up after {attempts} conflicting commits: {cause}")
-        self.table = table
-        self.attempts = attempts
-        self.cause = cause
+        super().__init__(f"{table}: gave up after {attempts} conflicting commits: {cause}",
+                         table=table, attempts=attempts, cause=cause)
 
 
 class SourceNotFoundError(LakeImgError):
     """An ingest source (file, folder or glob) matched nothing that exists."""
 
     def __init__(self, source: str):
-        super().__init__(f"source not found: {source}")
-        self.source = source
+        super().__init__(f"source not found: {source}", source=source)
 
 
 class LakeNotWritableError(LakeImgError):
     """The lake's location cannot be created or written."""
 
     def __init__(self, lake: str, reason: str):
-        super().__init__(f"lake {lake} is not writable: {reason}")
-        self.lake = lake
-        self.reason = reason
+        super().__init__(f"lake {lake} is not writable: {reason}", lake=lake, reason=reason)
 
 
 class SpecError(LakeImgError):
@@ -115,10 +114,7 @@ class InvalidNameError(SpecError):
     """
 
     def __init__(self, kind: str, name: str, reason: str):
-        super().__init__(f"{kind} name {name!r}: {reason}")
-        self.kind = kind
-        self.name = name
-        self.reason = reason
+        super().__init__(f"{kind} name {name!r}: {reason}", kind=kind, name=name, reason=reason)
 
 
 class TableRefError(SpecError):
@@ -130,9 +126,7 @@ class TableRefError(SpecError):
     """
 
     def __init__(self, ref: str, reason: str):
-        super().__init__(f"table reference {ref!r}: {reason}")
-        self.ref = ref
-        self.reason = reason
+        super().__init__(f"table reference {ref!r}: {reason}", ref=ref, reason=reason)
 
 
 class SqlError(SpecError):
@@ -145,9 +139,7 @@ class SqlError(SpecError):
     """
 
     def __init__(self, sql: str, reason: str):
-        super().__init__(f"SQL refused: {reason}")
-        self.sql = sql
-        self.reason = reason
+        super().__init__(f"SQL refused: {reason}", sql=sql, reason=reason)
 
 
 class LakeDamagedError(LakeImgError):
@@ -161,11 +153,8 @@ class LakeDamagedError(LakeImgError):
 
     def __init__(self, table: str, reason: str, *, version: int | None = None, file: str | None = None):
         where = table if version is None else f"{table}@{version}"
-        super().__init__(f"damaged lake: {where}: " + (f"data file {file}: " if file else "") + reason)
-        self.table = table
-        self.version = version
-        self.file = file
-        self.reason = reason
+        super().__init__(f"damaged lake: {where}: " + (f"data file {file}: " if file else "") + reason,
+                         table=table, version=version, file=file, reason=reason)
 
 
 class ContentMismatchError(LakeDamagedError):
@@ -182,14 +171,8 @@ class ContentMismatchError(LakeDamagedError):
             self,
             f"damaged lake: {table}@{version}: content of {uri} does not match its content_sha256 "
             f"(recorded {expected[:16]}..., stored bytes hash to {actual[:16]}...); run `lakeimg verify {table}@{version}`",
+            table=table, version=version, uri=uri, expected=expected, actual=actual, file=file, reason="content_mismatch",
         )
-        self.table = table
-        self.version = version
-        self.uri = uri
-        self.expected = expected
-        self.actual = actual
-        self.file = file
-        self.reason = "content_mismatch"
 
 
 class UriError(LakeImgError):
@@ -201,9 +184,7 @@ class UriError(LakeImgError):
     """
 
     def __init__(self, uri: str, reason: str):
-        super().__init__(f"{uri}: {reason}")
-        self.uri = uri
-        self.reason = reason
+        super().__init__(f"{uri}: {reason}", uri=uri, reason=reason)
 
 
 class PartialRunError(LakeImgError):
@@ -219,11 +200,9 @@ class PartialRunError(LakeImgError):
         tables = ", ".join(f"{t}@{v}" for t, v in landed.items())
         super().__init__(
             f"run {run_id} stopped after committing {tables}: {type(cause).__name__}: {cause}; "
-            "those commits stay and the next run completes the work"
+            "those commits stay and the next run completes the work",
+            run_id=run_id, landed=landed, cause=f"{type(cause).__name__}: {cause}",
         )
-        self.run_id = run_id
-        self.landed = landed
-        self.cause = f"{type(cause).__name__}: {cause}"
 
 
 class PoolError(LakeImgError):
@@ -245,8 +224,7 @@ class LakeNotFoundError(LakeImgError):
     """
 
     def __init__(self, lake: str):
-        super().__init__(f"no lake at {lake}")
-        self.lake = lake
+        super().__init__(f"no lake at {lake}", lake=lake)
 
 
 class VersionNotFoundError(TableNotFoundError):
@@ -259,8 +237,5 @@ class VersionNotFoundError(TableNotFoundError):
     """
 
     def __init__(self, table: str, version: object, lake: str, reason: str):
-        LakeImgError.__init__(self, f"{table}@{version}: {reason} (lake {lake})")
-        self.table = table
-        self.version = version
-        self.lake = lake
-        self.reason = reason
+        LakeImgError.__init__(self, f"{table}@{version}: {reason} (lake {lake})",
+                              table=table, version=version, lake=lake, reason=reason)
