@@ -58,6 +58,23 @@ def _str(value) -> str | None:
     return None if value in (None, "") else str(value)
 
 
+# column of the `dicom` struct -> (DICOM keyword, coercion of its value)
+_FIELDS: dict[str, tuple[str, Any]] = {
+    "modality": ("Modality", _str), "patient_id": ("PatientID", _str),
+    "study_instance_uid": ("StudyInstanceUID", _str), "series_instance_uid": ("SeriesInstanceUID", _str),
+    "sop_instance_uid": ("SOPInstanceUID", _str), "sop_class_uid": ("SOPClassUID", _str),
+    "rows": ("Rows", _int), "columns": ("Columns", _int), "number_of_frames": ("NumberOfFrames", _int),
+    "pixel_spacing": ("PixelSpacing", _floats), "slice_thickness": ("SliceThickness", _first),
+    "image_position_patient": ("ImagePositionPatient", _floats),
+    "image_orientation_patient": ("ImageOrientationPatient", _floats),
+    "bits_allocated": ("BitsAllocated", _int), "bits_stored": ("BitsStored", _int),
+    "pixel_representation": ("PixelRepresentation", _int),
+    "photometric_interpretation": ("PhotometricInterpretation", _str),
+    "window_center": ("WindowCenter", _first), "window_width": ("WindowWidth", _first),
+    "rescale_slope": ("RescaleSlope", _first), "rescale_intercept": ("RescaleIntercept", _first),
+}
+
+
 def dicom_fields(ds) -> dict[str, Any]:
     """The `dicom` struct column for one dataset (see schemas/images.v*.json)."""
 
@@ -72,31 +89,10 @@ def dicom_fields(ds) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - a malformed private tag must not lose the image
         header_json = None
     meta = getattr(ds, "file_meta", None)
-    return {
-        "modality": _str(ds.get("Modality")),
-        "patient_id": _str(ds.get("PatientID")),
-        "study_instance_uid": _str(ds.get("StudyInstanceUID")),
-        "series_instance_uid": _str(ds.get("SeriesInstanceUID")),
-        "sop_instance_uid": _str(ds.get("SOPInstanceUID")),
-        "sop_class_uid": _str(ds.get("SOPClassUID")),
-        "transfer_syntax_uid": _str(meta.get("TransferSyntaxUID")) if meta is not None else None,
-        "rows": _int(ds.get("Rows")),
-        "columns": _int(ds.get("Columns")),
-        "number_of_frames": _int(ds.get("NumberOfFrames")) or 1,
-        "pixel_spacing": _floats(ds.get("PixelSpacing")),
-        "slice_thickness": _first(ds.get("SliceThickness")),
-        "image_position_patient": _floats(ds.get("ImagePositionPatient")),
-        "image_orientation_patient": _floats(ds.get("ImageOrientationPatient")),
-        "bits_allocated": _int(ds.get("BitsAllocated")),
-        "bits_stored": _int(ds.get("BitsStored")),
-        "pixel_representation": _int(ds.get("PixelRepresentation")),
-        "photometric_interpretation": _str(ds.get("PhotometricInterpretation")),
-        "window_center": _first(ds.get("WindowCenter")),
-        "window_width": _first(ds.get("WindowWidth")),
-        "rescale_slope": _first(ds.get("RescaleSlope")),
-        "rescale_intercept": _first(ds.get("RescaleIntercept")),
-        "header_json": header_json,
-    }
+    fields = {key: coerce(ds.get(keyword)) for key, (keyword, coerce) in _FIELDS.items()}
+    fields["transfer_syntax_uid"] = _str(meta.get("TransferSyntaxUID")) if meta is not None else None
+    fields["number_of_frames"] = fields["number_of_frames"] or 1
+    return {**fields, "header_json": header_json}
 
 
 def decode_dicom_frame(data: bytes, frame: int = 0) -> np.ndarray:
