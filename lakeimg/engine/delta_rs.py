@@ -1,9 +1,8 @@
 """The embedded engine: Delta tables through delta-rs, kernels mapped over a process pool. No JVM.
 
 `LocalEngine` implements `lakeimg.engine.base.Engine`. Reads never go through deltalake's
-pyarrow-dataset path (`to_pyarrow_dataset`/`to_pyarrow_table`): on these machines it aborts the
-interpreter at exit about half the time (delta-rs #2184), which breaks the exit codes scheduled
-jobs rely on. Instead delta-rs resolves the snapshot's file list from the log and
+pyarrow-dataset path (`to_pyarrow_dataset`/`to_pyarrow_table`): it can abort the interpreter at
+exit (delta-rs #2184), which breaks the exit codes scheduled jobs rely on. Instead delta-rs resolves the snapshot's file list from the log and
 pyarrow.parquet reads those files. lakeimg's tables never use deletion vectors or column
 mapping (see schemas/README.md), so the file list is the table.
 

@@ -114,11 +114,9 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (mal
 def keep_freed_memory() -> None:
     """Have glibc keep freed memory in this process for reuse (workers call it as they start).
 
-    With glibc's defaults a worker handed each image's buffers back to the kernel when it freed
-    them (heap trimming; large blocks mmapped), so the next image touched ~250 fresh pages: on
-    this VM 0.6 ms of a 3.9 ms decode-resize-encode of a 1024x768 JPEG. A worker now keeps up to
-    64 MiB of freed memory; blocks over 32 MiB are still mapped and unmapped on their own.
-    Does nothing where the C library has no mallopt (not glibc).
+    glibc's defaults hand each image's buffers back to the kernel, so the next image pays fresh
+    page faults; a worker keeps up to 64 MiB of freed memory (blocks over 32 MiB are still
+    mapped on their own). Does nothing where the C library has no mallopt (not glibc).
     """
     import ctypes
 
@@ -161,10 +159,8 @@ def _spool_chunk(batches: Iterator[pa.RecordBatch], count: int, path: str) -> bo
     """Write the next `count` batches to an Arrow IPC file at `path` (one task each); False when
     `batches` had none left (no file is written).
 
-    Workers memory-map the file: a task ships (path, batch index) instead of a pickled batch.
-    Pickling a 16-image batch cost the parent ~10 ms of CPU and the worker as much again (3.6 MB
-    of JPEG bytes), a quarter of the parent's time in a 520-image transform on 2 cores, taken
-    from the workers' cores.
+    Workers memory-map the file: a task ships (path, batch index) instead of a pickled batch,
+    whose pickling would cost the parent and the worker CPU for every image's bytes.
     """
     first = next(batches, None)
     if first is None:
@@ -251,11 +247,8 @@ def _pool_context():
 
     Never plain fork: the parent runs delta-rs' threads. The forkserver is a fresh single-threaded
     process that imports the kernels once and forks every worker from there, so workers start
-    without re-importing numpy, Pillow, OpenCV and pyarrow (with spawn each worker paid ~0.6 s
-    CPU for that, which the ingest benchmark measured as 10-20% of a 520-JPEG run on 2 cores).
-    pandas is preloaded too: pyarrow imports it the first time a row holds a timezone-aware
-    timestamp (every kernel's `modified_at`), 0.3-0.4 s in each fresh worker of each pool, which
-    was most of the gap between a 520-image transform and a bare loop of the same ops.
+    without re-importing numpy, Pillow, OpenCV, pyarrow and pandas (which pyarrow imports for
+    the first timezone-aware timestamp).
     Workers never import the program's main module (see `_preparation_data`): the pool works
     from a script without a main guard, from `python -c`, from stdin and from notebooks.
     """
