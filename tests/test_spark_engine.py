@@ -49,7 +49,10 @@ def test_engine_surface(spark, tmp_path):
 
     meta = {"run_id": "run-1", "job": "test"}
     assert eng.create_empty("r", contract, meta) == 0
-    assert eng.protocol("r") == (1, 4)
+    from delta.tables import DeltaTable
+
+    detail = DeltaTable.forPath(spark, eng.location("r")).detail().first()
+    assert (detail["minReaderVersion"], detail["minWriterVersion"]) == (1, 4)
     props = eng.table_properties("r")
     assert props["delta.enableChangeDataFeed"] == "true" and props["delta.enableDeletionVectors"] == "false"
     # The contract's NOT NULL columns stay NOT NULL (delta-rs creates them the same way).

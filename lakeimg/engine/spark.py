@@ -27,9 +27,7 @@ from lakeimg.engine.base import (
     VersionLike,
     Write,
     commit_metadata_json,
-    parse_history,
     task_partitions,
-    to_datetime,
     with_retries,
 )
 from lakeimg.engine.delta_rs import LocalEngine
@@ -210,34 +208,20 @@ class SparkEngine:
             return False  # cheap answer without a JVM round trip
         return bool(DeltaTable.isDeltaTable(self.spark, self.location(name)))
 
+    # Metadata comes from the same Delta log through delta-rs (`reader()`): the same answers
+    # as the embedded engine's, and no Spark job for a version number.
+
     def version(self, name: str) -> int | None:
-        """Current version of a table, or None when it does not exist."""
-        if not self.exists(name):
-            return None
-        return int(self._delta(name).history(1).select("version").first()[0])
+        return self.reader().version(name)
 
     def resolve_version(self, name: str, version: VersionLike = None) -> int:
-        """The version a version-like selects: an int as is, a timestamp the last commit at or before it.
+        return self.reader().resolve_version(name, version)
 
-        Resolved from the table's history (as delta-rs' `load_as_version` does), so a timestamp
-        after the last commit means the latest version rather than an error.
-        """
-        if version is None:
-            current = self.version(name)
-            if current is None:
-                raise TableNotFoundError(name, self.lake)
-            return current
-        if isinstance(version, int):
-            if not self.exists(name):
-                raise TableNotFoundError(name, self.lake)
-            return version
-        when = to_datetime(version)
-        micros = int(round(when.timestamp() * 1_000_000))
-        history = self._delta(name).history().selectExpr("version", "unix_micros(timestamp) AS ts")
-        row = history.where(f"ts <= {micros}").agg({"version": "max"}).first()
-        if row is None or row[0] is None:
-            raise TableNotFoundError(f"{name}@{when.isoformat()}", self.lake)
-        return int(row[0])
+    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
+        return self.reader().history(name, limit)
+
+    def table_properties(self, name: str) -> dict[str, str]:
+        return self.reader().table_properties(name)
 
     def frame(self, name: str, version: VersionLike = None):
         """The table (at a version or timestamp) as a Spark DataFrame."""
@@ -276,25 +260,6 @@ class SparkEngine:
         if columns:
             df = df.select(*[f"`{c}`" for c in columns])
         return cast_to_schema(df.toArrow(), arrow_schema_of(df.schema), columns)
-
-    def table_properties(self, name: str) -> dict[str, str]:
-        """The table's Delta configuration (table properties)."""
-        detail = self._delta(name).detail().select("properties").first()[0]
-        return dict(detail or {})
-
-    def protocol(self, name: str) -> tuple[int, int]:
-        """(minReaderVersion, minWriterVersion) of the table."""
-        row = self._delta(name).detail().select("minReaderVersion", "minWriterVersion").first()
-        return int(row[0]), int(row[1])
-
-    def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
-        """Commit infos, newest first, shaped like delta-rs' history (timestamp in epoch ms),
-        with lakeimg's run record parsed from userMetadata under "lakeimg"."""
-        from pyspark.sql import functions as F
-
-        df = self._delta(name).history(limit) if limit else self._delta(name).history()
-        df = df.withColumn("timestamp", F.unix_millis("timestamp")).orderBy(F.col("version").desc())
-        return [parse_history({k: v for k, v in row.asDict(recursive=True).items() if v is not None}) for row in df.collect()]
 
     def changes(self, name: str, starting_version: int, ending_version: int | None = None, columns: Sequence[str] = ("uri",)) -> pa.Table:
         """The change data feed between two versions (inclusive), typed like `LocalEngine.changes`."""
