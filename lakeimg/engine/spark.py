@@ -27,6 +27,7 @@ from lakeimg.engine.base import (
     VersionLike,
     Write,
     commit_metadata_json,
+    parse_history,
     task_partitions,
     with_retries,
 )
@@ -218,7 +219,13 @@ class SparkEngine:
         return self.reader().resolve_version(name, version)
 
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
-        return self.reader().history(name, limit)
+        """Spark's own reading of the log: timestamps are the commits' file times, which time
+        travel by timestamp goes by (delta-rs' history gives the commit-info times)."""
+        from pyspark.sql import functions as F
+
+        df = self._delta(name).history(limit) if limit else self._delta(name).history()
+        df = df.withColumn("timestamp", F.unix_millis("timestamp")).orderBy(F.col("version").desc())
+        return [parse_history({k: v for k, v in row.asDict(recursive=True).items() if v is not None}) for row in df.collect()]
 
     def table_properties(self, name: str) -> dict[str, str]:
         return self.reader().table_properties(name)
