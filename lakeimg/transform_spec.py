@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -37,6 +36,7 @@ from lakeimg.image.ops import FeatureOp, ImageTransformer, make_op
 from lakeimg.schemas import TableContract, table_contract
 from lakeimg.sqlguard import parse_where
 from lakeimg.tables import canonical_json as _canonical
+from lakeimg.tables import spec_hash
 
 __all__ = ["TransformSpec", "parse_spec", "load_spec_text", "SPEC_FORMAT"]
 
@@ -70,7 +70,7 @@ class TransformSpec:
 
     @cached_property
     def spec_hash(self) -> str:
-        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+        return spec_hash(self.to_dict())
 
     def build_ops(self) -> list[ImageTransformer]:
         """Fresh op objects (import custom ops as needed)."""
