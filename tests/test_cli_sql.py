@@ -8,6 +8,7 @@ import io
 import json
 import re
 import sys
+import time
 
 import pytest
 from conftest import run_cli
@@ -31,12 +32,16 @@ def lake(tmp_path_factory):
     (src / "cats" / "broken.jpg").write_bytes(b"nope")
     lake = Lake(root / "lake")
     lake.ingest([str(src)], workers=0, label_from_path="parent")
-    stamp = lake.history("images", 1)[0]["timestamp"]
+    time.sleep(0.05)  # the two commits' log files get distinct modification times
     for i in range(2):
         Image.fromarray(photo_like(20, 20, seed=10 + i)).save(src / "dogs" / f"d{i}.jpg")
     lake.ingest([str(src)], workers=0, label_from_path="parent")
     lake.transform("images", "small", {"ops": [{"op": "resize", "width": 16, "height": 12}], "output": {"encoding": "png"}}, workers=0)
-    lake.first_commit_time = dt.datetime.fromtimestamp(stamp / 1000, dt.timezone.utc)
+    # Time travel by timestamp goes by the log files' modification times (both engines): take
+    # the middle between version 0's and version 1's.
+    log = root / "lake" / "images" / "_delta_log"
+    first, second = ((log / f"{v:020d}.json").stat().st_mtime for v in (0, 1))
+    lake.first_commit_time = dt.datetime.fromtimestamp((first + second) / 2, dt.timezone.utc)
     return lake
 
 
