@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakeimg.schemas import TableContract
-from lakeimg.storage import remove_prefix, uri_to_path
+from lakeimg.storage import open_output, remove_prefix, uri_to_path
 
 __all__ = ["StagedParquet", "LocalStaged", "KEY_COLUMNS"]
 
@@ -46,6 +46,7 @@ class StagedParquet:
         self.uris: list[str] = []  # of every row written, in order
         self._schema = contract.arrow_schema
         self._writer: pq.ParquetWriter | None = None
+        self._sink = None
         self._written = 0
 
     def write(self, rows: pa.Table | pa.RecordBatch) -> None:
@@ -58,7 +59,8 @@ class StagedParquet:
             os.makedirs(self.folder, exist_ok=True)
             self.files.append(os.path.join(self.folder, f"part-{len(self.files):05d}.parquet"))
             # Page checksums let `lakeimg verify` catch damage in columns that have no hash of their own.
-            self._writer = pq.ParquetWriter(self.files[-1], self._schema, write_page_checksum=True)
+            self._sink = open_output(self.files[-1])
+            self._writer = pq.ParquetWriter(self._sink, self._schema, write_page_checksum=True)
             self._written = 0
         self._writer.write_table(table, row_group_size=self.row_group_rows)
         self.uris += table["uri"].to_pylist()
@@ -69,7 +71,8 @@ class StagedParquet:
     def _close_file(self) -> None:
         if self._writer is not None:
             self._writer.close()
-            self._writer = None
+            self._sink.close()
+            self._writer = self._sink = None
 
     def finish(self) -> list[str]:
         """Close the open file; the finished files, in write order."""

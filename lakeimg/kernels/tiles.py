@@ -47,8 +47,9 @@ from lakeimg.image.pyramid import (
     tile_geotransform,
 )
 from lakeimg.image.sources import open_image
+from lakeimg.kernels._batches import batch_rows
 from lakeimg.schemas import table_contract
-from lakeimg.storage import TimeLimitExceeded, remove_prefix, time_limit, uri_to_path
+from lakeimg.storage import TimeLimitExceeded, open_output, remove_prefix, time_limit, uri_to_path
 
 __all__ = [
     "STAGED_SCHEMA",
@@ -322,19 +323,14 @@ def _task_batches(
     task: dict[str, Any], options: TileOptions, schema: pa.Schema, guard: _TaskGuard | None = None
 ) -> Iterator[pa.RecordBatch]:
     now = options.ingested_at or dt.datetime.now(dt.timezone.utc)
-    rows: list[dict[str, Any]] = []
-    pending = 0
-    for tile, level, gt in _task_tiles(task, options):
-        if guard is not None:
-            guard.check()  # between tiles: a stat() per tile, against milliseconds of decoding
-        row = _tile_row(task, tile, level, gt, options, now)
-        rows.append(row)
-        pending += len(row["data"])
-        if pending >= _BATCH_BYTES:
-            yield pa.RecordBatch.from_pylist(rows, schema=schema)
-            rows, pending = [], 0
-    if rows:
-        yield pa.RecordBatch.from_pylist(rows, schema=schema)
+
+    def rows() -> Iterator[dict[str, Any]]:
+        for tile, level, gt in _task_tiles(task, options):
+            if guard is not None:
+                guard.check()  # between tiles: a stat() per tile, against milliseconds of decoding
+            yield _tile_row(task, tile, level, gt, options, now)
+
+    yield from batch_rows(rows(), schema, max_bytes=_BATCH_BYTES, size=lambda row: len(row["data"]))
 
 
 def stage_tiles_kernel(batches: Iterator[pa.RecordBatch], options: TileOptions, staging: str) -> Iterator[pa.RecordBatch]:
@@ -386,7 +382,8 @@ def _write_task(task: dict[str, Any], options: TileOptions, schema: pa.Schema, g
     small = [f.name for f in schema if f.name != "data"]
     # No dictionary, statistics or compression on the tile bytes: all three would
     # hash, copy or squeeze ~1 MB values for nothing (and stats would bloat footers).
-    with pq.ParquetWriter(partial, schema, compression=codecs, use_dictionary=small, write_statistics=small) as writer:
+    with open_output(partial) as sink, pq.ParquetWriter(sink, schema, compression=codecs, use_dictionary=small,
+                                                        write_statistics=small) as writer:
         for out in _task_batches(task, options, schema, guard):
             writer.write_batch(out, row_group_size=16)
             tiles += out.num_rows
