@@ -69,3 +69,12 @@ def pytest_collection_modifyitems(config, items):
     unmarked = [item.nodeid for item in items if "spark" in getattr(item, "fixturenames", ()) and item.get_closest_marker("spark") is None]
     if unmarked:
         raise pytest.UsageError("tests using the spark fixture without @pytest.mark.spark: " + ", ".join(unmarked))
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's standalone S3 server on 127.0.0.1 for the whole run (see tests/object_stores.py)."""
+    from object_stores import moto_s3_server
+
+    with moto_s3_server() as server:
+        yield server
