@@ -22,7 +22,7 @@ from lakeimg.errors import (
     LakeNotWritableError,
     VersionNotFoundError,
 )
-from lakeimg.storage import has_scheme, uri_to_path
+from lakeimg.storage import has_scheme, local_path_or_none, uri_to_path
 from lakeimg.tables import lake_relative
 
 __all__ = ["table_location", "ensure_lake", "lake_exists", "require_lake", "check_log_tail", "check_not_before_first", "delta_file_path"]
@@ -56,6 +56,8 @@ def check_log_tail(location: str, name: str) -> None:
     Example:
         >>> check_log_tail("/nonexistent/table", "images")
     """
+    if local_path_or_none(location) is None:
+        return  # an object store's PUT is whole: no cut entry to find there
     log = os.path.join(uri_to_path(location), "_delta_log")
     try:
         entries = [e for e in os.scandir(log) if len(e.name) == 25 and e.name.endswith(".json") and e.name[:20].isdigit()]
@@ -141,6 +143,8 @@ def require_lake(lake: str | os.PathLike[str]) -> None:
 def check_not_before_first(location: str, loaded: int, when: dt.datetime, name: str, ref: Any, lake: str) -> None:
     """delta-rs loads the first version for a time before it; Delta (and lakeimg) refuse."""
 
+    if local_path_or_none(location) is None:
+        return  # delta-rs reads an object-store log itself
     log = os.path.join(uri_to_path(location), "_delta_log")
     try:
         first = min(int(n[:20]) for n in os.listdir(log) if len(n) == 25 and n.endswith(".json") and n[:20].isdigit())

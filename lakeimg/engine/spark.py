@@ -4,14 +4,26 @@
 session: callers pass one in (`spark_session_builder` returns a builder configured the standard
 way for delta-spark, for the CLI, tests and jobs to call `.getOrCreate()` on).
 
+Object stores: Spark reaches them through Hadoop's connectors (S3A for `s3://`, ABFS for
+Azure). This module owns what that takes: the connector jars at the Hadoop version pyspark
+bundles (`connector_packages`, added by `spark_session_builder(object_stores=...)`), the one
+mapping of lakeimg's URLs to the scheme Hadoop reads (`hadoop_path`: `s3://` -> `s3a://`; lakeimg
+keeps and reports the user's spelling), the translation of lakeimg's storage options into
+Hadoop settings (`spark_storage_conf`), and the check of delta-spark's LogStore on S3
+(`check_log_store`).
+
 Example:
-    >>> builder = spark_session_builder("local[2]")  # doctest: +SKIP
+    >>> builder = spark_session_builder("local[2]", object_stores=["s3://bucket/lake"])  # doctest: +SKIP
     >>> spark = builder.getOrCreate()  # doctest: +SKIP
+    >>> hadoop_path("s3://bucket/lake/images")
+    's3a://bucket/lake/images'
 """
 
 from __future__ import annotations
 
+import glob
 import os
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -39,7 +51,10 @@ from lakeimg.schemas import TableContract, arrow_type
 from lakeimg.storage import local_path_or_none, remove_prefix
 from lakeimg.tables import lake_tables
 
-__all__ = ["spark_session_builder", "DELTA_SQL_CONF", "SparkEngine", "SparkStaged"]
+__all__ = [
+    "spark_session_builder", "DELTA_SQL_CONF", "SparkEngine", "SparkStaged", "bundled_hadoop_version",
+    "connector_packages", "hadoop_path", "spark_storage_conf", "check_log_store",
+]
 
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 _ALLOW_NESTED_NOT_NULL_CONF = "spark.databricks.delta.constraints.allowUnenforcedNotNull.enabled"
@@ -49,6 +64,242 @@ DELTA_SQL_CONF = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
 }
+
+
+# --- object stores -----------------------------------------------------------------------
+# Each URL scheme lakeimg accepts -> (the scheme Hadoop's connector registers, its Maven artifact).
+_CONNECTORS = {
+    "s3": ("s3a", "hadoop-aws"), "s3a": ("s3a", "hadoop-aws"), "s3n": ("s3a", "hadoop-aws"),
+    "abfs": ("abfs", "hadoop-azure"), "abfss": ("abfss", "hadoop-azure"),
+    "wasb": ("wasb", "hadoop-azure"), "wasbs": ("wasbs", "hadoop-azure"),
+}
+_S3A_TEMPORARY = "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"
+_S3A_SIMPLE = "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
+# delta-spark's LogStore for s3a when nothing is set: mutual exclusion inside one driver only.
+_S3_DEFAULT_LOG_STORE = "io.delta.storage.S3SingleDriverLogStore"
+_S3_SAFE_LOG_STORES = {
+    _S3_DEFAULT_LOG_STORE, "org.apache.spark.sql.delta.storage.S3SingleDriverLogStore",
+    "io.delta.storage.S3DynamoDBLogStore",  # delta-storage-s3-dynamodb: many drivers, one DynamoDB table
+}
+# Stores that commit by rename or by local-file semantics: on S3 (no atomic rename, no
+# put-if-absent through them) two writers can both "win" a version and one commit is lost.
+_S3_UNSAFE_LOG_STORES = {
+    f"{package}.{name}"
+    for package in ("io.delta.storage", "org.apache.spark.sql.delta.storage")
+    for name in ("HDFSLogStore", "LocalLogStore", "AzureLogStore", "GCSLogStore")
+}
+
+
+def _scheme(url: str) -> str:
+    head, sep, _ = url.partition("://")
+    return head.lower() if sep else url.lower()
+
+
+def hadoop_path(url: str) -> str:
+    """The path Spark's Hadoop file systems read for a lakeimg URL: the one place `s3://`
+    becomes `s3a://` (Hadoop 3 has no `s3://` file system). Other URLs and local paths are
+    unchanged; lakeimg records and reports the user's own spelling.
+
+    Example:
+        >>> hadoop_path("s3://bucket/lake/images"), hadoop_path("/data/lake/images")
+        ('s3a://bucket/lake/images', '/data/lake/images')
+    """
+    head, sep, rest = url.partition("://")
+    return f"s3a://{rest}" if sep and head.lower() in ("s3", "s3n") else url
+
+
+def bundled_hadoop_version(jars_dir: str | None = None) -> str:
+    """The Hadoop version Spark runs with, read from its jars folder (`hadoop-client-api-X.jar`):
+    `$SPARK_HOME/jars` when SPARK_HOME is set, else the installed pyspark's.
+
+    Connector jars must match it exactly (hadoop-aws 3.4 on Hadoop 3.5 fails at class loading).
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> folder = tempfile.mkdtemp(); _ = pathlib.Path(folder, "hadoop-client-api-3.5.0.jar").touch()
+        >>> bundled_hadoop_version(folder)
+        '3.5.0'
+    """
+    if jars_dir is None:
+        if os.environ.get("SPARK_HOME"):
+            jars_dir = os.path.join(os.environ["SPARK_HOME"], "jars")
+        else:
+            import pyspark
+
+            jars_dir = os.path.join(os.path.dirname(pyspark.__file__), "jars")
+    found = sorted(glob.glob(os.path.join(glob.escape(jars_dir), "hadoop-client-api-*.jar")))
+    if not found:
+        raise LakeImgError(
+            f"no hadoop-client-api jar in {jars_dir}: cannot tell which Hadoop version Spark runs; "
+            "add the object-store connector yourself (spark.jars.packages=org.apache.hadoop:hadoop-aws:<version>)"
+        )
+    return os.path.basename(found[-1])[len("hadoop-client-api-"):-len(".jar")]
+
+
+def connector_packages(object_stores: Iterable[str], hadoop_version: str | None = None) -> list[str]:
+    """Maven coordinates of the Hadoop connectors the given URLs (or schemes) need.
+
+    `hadoop-aws` brings its AWS SDK (`software.amazon.awssdk:bundle`) as a dependency, so
+    Spark's package resolution fetches both; local paths need nothing.
+
+    Example:
+        >>> connector_packages(["s3://bucket/lake", "/local/lake", "s3a"], hadoop_version="3.5.0")
+        ['org.apache.hadoop:hadoop-aws:3.5.0']
+        >>> connector_packages(["abfss://c@acct.dfs.core.windows.net/lake"], hadoop_version="3.5.0")
+        ['org.apache.hadoop:hadoop-azure:3.5.0']
+    """
+    artifacts = []
+    for url in object_stores:
+        entry = _CONNECTORS.get(_scheme(str(url)))
+        if entry and entry[1] not in artifacts:
+            artifacts.append(entry[1])
+    if not artifacts:
+        return []
+    version = hadoop_version or bundled_hadoop_version()
+    return [f"org.apache.hadoop:{artifact}:{version}" for artifact in artifacts]
+
+
+def _option(options: Mapping[str, str], environ: Mapping[str, str], *names: str) -> str | None:
+    """The first of `names` set in `options` (any case, with or without the AWS_/AZURE_ prefix,
+    as delta-rs accepts them), else in the environment (upper case, as the variables are spelt)."""
+    given = {k.lower(): v for k, v in options.items()}
+    for name in names:
+        short = name.lower().split("_", 1)[1]
+        for key in (name.lower(), short):
+            if given.get(key):
+                return str(given[key])
+    for name in names:
+        if environ.get(name):
+            return str(environ[name])
+    return None
+
+
+def _connection_string(text: str) -> dict[str, str]:
+    """An Azure connection string's `Key=Value;` fields (values may hold "=")."""
+    fields = {}
+    for part in text.split(";"):
+        key, sep, value = part.partition("=")
+        if sep:
+            fields[key.strip().lower()] = value.strip()
+    return fields
+
+
+def spark_storage_conf(
+    storage_options: Mapping[str, str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    bucket: str | None = None,
+) -> dict[str, str]:
+    """lakeimg's storage options as Spark's `spark.hadoop.fs.s3a.*` / `spark.hadoop.fs.azure.*`
+    settings.
+
+    Options use delta-rs' keys, which are the standard variables' names (AWS_ACCESS_KEY_ID,
+    AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP,
+    AWS_VIRTUAL_HOSTED_STYLE_REQUEST, AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY,
+    AZURE_STORAGE_CONNECTION_STRING); a key missing from `storage_options` is taken from
+    `environ` (default: the process environment). With `bucket`, the S3A settings are that
+    bucket's own (`fs.s3a.bucket.<bucket>.*`), leaving other buckets as the session has them.
+
+    - a custom endpoint (MinIO, R2, a test server) turns on path-style access unless
+      AWS_VIRTUAL_HOSTED_STYLE_REQUEST is true, and an `http://` endpoint turns TLS off;
+    - an access key pair selects S3A's simple credentials provider, plus a session token
+      the temporary one; without keys S3A keeps its default chain (instance roles, profiles).
+
+    The values hold secrets: pass them to a running session (`spark.conf.set`, what
+    `SparkEngine` does), never to a session builder, whose settings reach the `spark-submit`
+    command line. Nothing here logs or formats them into a message.
+
+    Example:
+        >>> opts = {"AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret",
+        ...         "AWS_ENDPOINT_URL": "http://127.0.0.1:9000", "AWS_REGION": "us-east-1"}
+        >>> for k, v in sorted(spark_storage_conf(opts, environ={}).items()):
+        ...     print(k, "=", v)
+        spark.hadoop.fs.s3a.access.key = key
+        spark.hadoop.fs.s3a.aws.credentials.provider = org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider
+        spark.hadoop.fs.s3a.connection.ssl.enabled = false
+        spark.hadoop.fs.s3a.endpoint = http://127.0.0.1:9000
+        spark.hadoop.fs.s3a.endpoint.region = us-east-1
+        spark.hadoop.fs.s3a.path.style.access = true
+        spark.hadoop.fs.s3a.secret.key = secret
+        >>> spark_storage_conf({"aws_session_token": "t"}, environ={"AWS_ACCESS_KEY_ID": "k",
+        ...     "AWS_SECRET_ACCESS_KEY": "s"}, bucket="b")["spark.hadoop.fs.s3a.bucket.b.aws.credentials.provider"]
+        'org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider'
+        >>> spark_storage_conf({"AZURE_STORAGE_CONNECTION_STRING": "AccountName=acct;AccountKey=k=="}, environ={})
+        {'spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net': 'k==', 'spark.hadoop.fs.azure.account.key.acct.blob.core.windows.net': 'k=='}
+        >>> spark_storage_conf({}, environ={})
+        {}
+    """
+    options = dict(storage_options or {})
+    env = os.environ if environ is None else environ
+    s3a: dict[str, str] = {}
+    key_id = _option(options, env, "AWS_ACCESS_KEY_ID")
+    secret = _option(options, env, "AWS_SECRET_ACCESS_KEY")
+    token = _option(options, env, "AWS_SESSION_TOKEN", "AWS_TOKEN")
+    if key_id and secret:
+        s3a["access.key"], s3a["secret.key"] = key_id, secret
+        s3a["aws.credentials.provider"] = _S3A_SIMPLE
+        if token:
+            s3a["session.token"] = token
+            s3a["aws.credentials.provider"] = _S3A_TEMPORARY
+    region = _option(options, env, "AWS_REGION", "AWS_DEFAULT_REGION")
+    if region:
+        s3a["endpoint.region"] = region
+    endpoint = _option(options, env, "AWS_ENDPOINT_URL", "AWS_ENDPOINT")
+    if endpoint:
+        s3a["endpoint"] = endpoint
+        virtual = (_option(options, env, "AWS_VIRTUAL_HOSTED_STYLE_REQUEST") or "false").lower() == "true"
+        s3a["path.style.access"] = "false" if virtual else "true"
+        if endpoint.lower().startswith("http://"):
+            s3a["connection.ssl.enabled"] = "false"
+    prefix = f"spark.hadoop.fs.s3a.bucket.{bucket}." if bucket else "spark.hadoop.fs.s3a."
+    conf = {prefix + k: v for k, v in s3a.items()}
+
+    account = _option(options, env, "AZURE_STORAGE_ACCOUNT_NAME")
+    account_key = _option(options, env, "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY")
+    connection = _option(options, env, "AZURE_STORAGE_CONNECTION_STRING")
+    if connection and not account_key:
+        fields = _connection_string(connection)
+        account, account_key = account or fields.get("accountname"), fields.get("accountkey")
+    if account and account_key:
+        for host in ("dfs", "blob"):  # abfs[s]:// and wasb[s]:// read the key under their host names
+            conf[f"spark.hadoop.fs.azure.account.key.{account}.{host}.core.windows.net"] = account_key
+    return conf
+
+
+def check_log_store(spark, lake: str) -> str | None:
+    """The LogStore delta-spark commits an object-store lake's tables with, refused when unsafe.
+
+    On `s3://` (Spark's `s3a://`) delta-spark's default is `S3SingleDriverLogStore`: it makes
+    commits exclusive inside one Spark driver only, because it writes `_delta_log/N.json` with
+    a check-then-PUT rather than S3's conditional PUT. That is safe for lakeimg's runs (one
+    driver commits a table's versions in order) but not for two drivers, or a driver and the
+    embedded engine, committing to one table at the same time. A rename- or local-file-based
+    store (HDFSLogStore, LocalLogStore, ...) is never safe on S3 and is refused; a class
+    lakeimg does not know is allowed with a warning. Returns the store's class (None for a
+    local lake, where delta-spark's default is atomic rename).
+
+    Example:
+        >>> check_log_store(None, "/data/lake") is None
+        True
+    """
+    if _scheme(lake) not in ("s3", "s3a", "s3n"):
+        return None
+    conf = spark.conf
+    store = conf.get("spark.delta.logStore.s3a.impl", None) or conf.get("spark.delta.logStore.class", None)
+    store = (store or _S3_DEFAULT_LOG_STORE).strip()
+    if store in _S3_UNSAFE_LOG_STORES:
+        raise SpecError(
+            f"delta-spark's LogStore {store} is not safe on S3 (it relies on an atomic rename or a local "
+            f"file system, so concurrent commits can overwrite each other); unset spark.delta.logStore.* to use "
+            f"{_S3_DEFAULT_LOG_STORE} (one writing driver per table) or use io.delta.storage.S3DynamoDBLogStore"
+        )
+    if store not in _S3_SAFE_LOG_STORES:
+        warnings.warn(
+            f"delta-spark's LogStore {store} on {lake}: lakeimg cannot tell whether it makes S3 commits "
+            "exclusive; two writers committing at once may lose a version",
+            stacklevel=2,
+        )
+    return store
 
 
 def _pairs(conf: Mapping[str, str] | Iterable[str] | Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -72,11 +323,17 @@ def spark_session_builder(
     conf: Mapping[str, str] | Iterable[str] | Iterable[tuple[str, str]] = (),
     *,
     app_name: str = "lakeimg",
+    object_stores: Iterable[str] = (),
 ):
     """A SparkSession builder with Delta's SQL extension and catalog and Delta's jars.
 
     The jars come from Maven Central through Spark's package resolution
     (`configure_spark_with_delta_pip` sets `spark.jars.packages`), cached in `~/.ivy2`.
+    `object_stores` are the URLs (or schemes) the session will read and write: their Hadoop
+    connectors (`connector_packages`: hadoop-aws for `s3://`) are resolved the same way. Jars
+    cannot be added to a running session, so name them here. Credentials are not taken here
+    (builder settings reach the spark-submit command line): `SparkEngine` sets them on the
+    running session from its `storage_options`.
     `conf` is a mapping, `(key, value)` pairs or "KEY=VALUE" strings (as `--spark-conf` gives);
     it is applied last, so it can override anything here.
 
@@ -99,7 +356,7 @@ def spark_session_builder(
         # that is pure task overhead on every snapshot.
         builder = builder.config("spark.databricks.delta.snapshotPartitions", "2")
     pairs = _pairs(conf)
-    extra_packages = [v for k, v in pairs if k == "spark.jars.packages"]
+    extra_packages = [v for k, v in pairs if k == "spark.jars.packages"] + connector_packages(object_stores)
     builder = configure_spark_with_delta_pip(builder, extra_packages=extra_packages or None)
     for key, value in pairs:
         if key != "spark.jars.packages":
@@ -132,7 +389,7 @@ class SparkStaged:
     def _frame(self, part: str):
         from pyspark.sql import functions as F
 
-        df = self.engine.spark.read.parquet(self.location)
+        df = self.engine.spark.read.parquet(hadoop_path(self.location))
         rejected = F.col("error_class").isNotNull() if "error_class" in self.schema.names else F.lit(False)
         held = F.coalesce(F.col(self.held_column), F.lit(False)) if self.held_column else F.lit(False)
         return df.where({"rejects": rejected, "held": ~rejected & held, "output": ~rejected & ~held}[part])
@@ -162,25 +419,65 @@ class SparkStaged:
     def discard(self) -> None:
         if self.location is None:
             return
-        remove_prefix(self.location)
+        remove_prefix(self.location, self.engine.storage_options)
 
 
 class SparkEngine:
     """delta-spark handle for one lake on a caller's SparkSession: the same surface as LocalEngine.
 
+    An object-store lake (`s3://bucket/lake`) needs a session with its connector's jars
+    (`spark_session_builder(object_stores=[lake])`). The engine then sets the bucket's S3A
+    settings from `storage_options` (over the AWS_* environment variables) on the session,
+    for that bucket only (`spark_storage_conf(bucket=...)`), and checks delta-spark's LogStore
+    (`check_log_store`). Paths go to Spark as `s3a://` (`hadoop_path`); `location()` and every
+    path lakeimg reports keep the lake's own spelling.
+
     Example:
         >>> eng = SparkEngine("/tmp/lake", spark)  # doctest: +SKIP
         >>> eng.read("images", version=0, columns=["uri"]).num_rows  # doctest: +SKIP
+        >>> SparkEngine("s3://bucket/lake", spark, storage_options={"AWS_REGION": "eu-west-1"})  # doctest: +SKIP
     """
 
     name = "spark"
 
-    def __init__(self, lake: str | os.PathLike[str], spark, *, owns_session: bool = False):
+    def __init__(
+        self,
+        lake: str | os.PathLike[str],
+        spark,
+        *,
+        owns_session: bool = False,
+        storage_options: Mapping[str, str] | None = None,
+    ):
         if spark is None:
             raise LakeImgError("the Spark engine needs a SparkSession (lakeimg never builds a hidden one)")
         self.lake = str(lake)
         self.spark = spark
         self.owns_session = owns_session
+        self.storage_options = dict(storage_options) if storage_options is not None else None
+        self.log_store = check_log_store(spark, self.lake)
+        self._configure_store()
+
+    def _configure_store(self) -> None:
+        """Set the lake's bucket's S3A settings on the session (a session setting reaches the
+        Hadoop configuration of every read and write it runs, on the executors too)."""
+        if _scheme(self.lake) not in ("s3", "s3a", "s3n"):
+            return
+        bucket = self.lake.partition("://")[2].split("/", 1)[0]
+        for key, value in spark_storage_conf(self.storage_options, bucket=bucket).items():
+            if key.startswith("spark.hadoop.fs.s3a."):
+                self.spark.conf.set(key[len("spark.hadoop."):], value)
+
+    def _path(self, name: str) -> str:
+        """A table's location as Spark's Hadoop file systems read it (`hadoop_path`)."""
+        return hadoop_path(self.location(name))
+
+    def _user_spelling(self, path: str) -> str:
+        """A path Spark reports (`s3a://...`) in the lake's own spelling (`s3://...`)."""
+        lake_scheme = self.lake.partition("://")[0]
+        hadoop_scheme = hadoop_path(self.lake).partition("://")[0]
+        if lake_scheme != hadoop_scheme and path.startswith(hadoop_scheme + "://"):
+            return lake_scheme + path[len(hadoop_scheme):]
+        return path
 
     def close(self) -> None:
         """Stop the session if this engine built it (`open_engine` without a session)."""
@@ -198,8 +495,9 @@ class SparkEngine:
 
         if not self.exists(name):
             raise TableNotFoundError(name, self.lake)
-        check_log_tail(self.location(name), name)
-        return DeltaTable.forPath(self.spark, self.location(name))
+        if local_path_or_none(self.location(name)) is not None:  # a PUT is whole: only local entries can be cut
+            check_log_tail(self.location(name), name)
+        return DeltaTable.forPath(self.spark, self._path(name))
 
     def exists(self, name: str) -> bool:
         from delta.tables import DeltaTable
@@ -207,7 +505,7 @@ class SparkEngine:
         local = local_path_or_none(self.location(name))
         if local is not None and not os.path.isdir(os.path.join(local, "_delta_log")):
             return False  # cheap answer without a JVM round trip
-        return bool(DeltaTable.isDeltaTable(self.spark, self.location(name)))
+        return bool(DeltaTable.isDeltaTable(self.spark, self._path(name)))
 
     # Metadata comes from the same Delta log through delta-rs (`reader()`): the same answers
     # as the embedded engine's, and no Spark job for a version number.
@@ -237,12 +535,12 @@ class SparkEngine:
             resolved = self.resolve_version(name, version)
             reader = reader.option("versionAsOf", resolved)
             try:
-                return reader.load(self.location(name))
+                return reader.load(self._path(name))
             except Exception as exc:  # delta-spark: the version does not exist (yet, or any more)
                 raise TableNotFoundError(f"{name}@{resolved}", self.lake) from exc
         if not self.exists(name):
             raise TableNotFoundError(name, self.lake)
-        return reader.load(self.location(name))
+        return reader.load(self._path(name))
 
     def arrow_schema(self, name: str, version: VersionLike = None) -> pa.Schema:
         """The table's schema as Arrow (lakeimg's types: UTC microsecond timestamps)."""
@@ -275,7 +573,7 @@ class SparkEngine:
         if ending_version is not None:
             reader = reader.option("endingVersion", ending_version)
         try:
-            table = reader.load(self.location(name)).select(*[f"`{c}`" for c in wanted]).toArrow()
+            table = reader.load(self._path(name)).select(*[f"`{c}`" for c in wanted]).toArrow()
         except Exception as exc:  # noqa: BLE001 - e.g. log entries or change files already vacuumed
             raise LakeImgError(f"{name}: no change data feed for versions {starting_version}..{ending_version}: {exc}") from exc
         return table.cast(pa.schema([pa.field(f.name, pa.int64() if f.name == "_commit_version" else f.type) for f in table.schema]))
@@ -287,7 +585,7 @@ class SparkEngine:
     def reader(self):
         """A delta-rs engine on this lake: small driver-side reads with row-group pushdown
         (region reads) cost no Spark job."""
-        return LocalEngine(self.lake)
+        return LocalEngine(self.lake, storage_options=self.storage_options)
 
     def tables(self) -> list[str]:
         """The Delta tables in the lake (a local lake's; lakeimg's own as `_lakeimg/runs`...)."""
@@ -334,13 +632,14 @@ class SparkEngine:
         return {"numFilesAdded": int(metrics["numFilesAdded"]), "numFilesRemoved": int(metrics["numFilesRemoved"])}
 
     def vacuum(self, name: str, *, retention_hours: float, keep_versions: Sequence[int] = (), dry_run: bool = True) -> list[str]:
-        """Local paths of the files VACUUM removes (or would, with `dry_run`).
+        """Paths of the files VACUUM removes (or would, with `dry_run`): local paths, or URLs
+        in the lake's spelling.
 
         delta-spark's VACUUM keeps only what the versions inside the retention window read;
         it has no `keep_versions`. Callers check the dry run against the versions they must
         keep (`lakeimg.catalog.maintenance` refuses the table when one would lose files).
         """
-        location = self.location(name).replace("`", "``")
+        location = self._path(name).replace("`", "``")
         query = f"VACUUM delta.`{location}` RETAIN {max(0.0, float(retention_hours)):g} HOURS"
         settings = {
             # A retention under Delta's 7-day safety check is the caller's explicit choice.
@@ -352,7 +651,7 @@ class SparkEngine:
             ),
         }
         with self._session_conf(settings):
-            doomed = [local_path_or_none(row[0]) or row[0] for row in self.spark.sql(query + " DRY RUN").collect()]
+            doomed = [local_path_or_none(row[0]) or self._user_spelling(row[0]) for row in self.spark.sql(query + " DRY RUN").collect()]
             if not dry_run and doomed:
                 self.spark.sql(query).collect()
         return doomed
@@ -377,7 +676,7 @@ class SparkEngine:
         from delta.tables import DeltaTable
 
         if not self.exists(name):
-            builder = DeltaTable.createIfNotExists(self.spark).location(self.location(name))
+            builder = DeltaTable.createIfNotExists(self.spark).location(self._path(name))
             builder = builder.addColumns(_contract_struct(contract))
             if contract.description:
                 builder = builder.comment(contract.description)
@@ -403,13 +702,13 @@ class SparkEngine:
         if write.rows is not None and write.rows.num_rows:
             parts.append(self.conform(write.rows, contract))
         if write.files:
-            parts.append(self.conform(self.spark.read.parquet(*write.files), contract))
+            parts.append(self.conform(self.spark.read.parquet(*map(hadoop_path, write.files)), contract))
         uris = set(write.replace)
         if write.mode == "replace" and parts:
             keys = [write.staged.keys() if write.staged is not None else None, write.rows]
             uris.update(u for k in keys if k is not None for u in k["uri"].to_pylist())
             if write.files:
-                uris.update(r[0] for r in self.spark.read.parquet(*write.files).select("uri").distinct().collect())
+                uris.update(r[0] for r in self.spark.read.parquet(*map(hadoop_path, write.files)).select("uri").distinct().collect())
         before = self.version(name)
         if not parts and write.mode != "overwrite" and not (write.mode == "replace" and uris and before is not None):
             if write.create and before is None:
@@ -428,7 +727,7 @@ class SparkEngine:
         else:
             writer = writer.mode("append")
         with self._user_metadata(write.metadata):
-            with_retries(name, lambda: writer.save(self.location(name)), _conflicts())
+            with_retries(name, lambda: writer.save(self._path(name)), _conflicts())
         after = self.version(name)
         return CommitResult(after, after != before)
 
@@ -465,7 +764,9 @@ class SparkEngine:
         location = table_location(self.lake, f"_lakeimg/staging/{stage.label}")
         staged = SparkStaged(self, location, stage.output_schema, stage.held)
         try:
-            frame.repartition(partitions).mapInArrow(kernel, _struct_of(stage.output_schema)).write.mode("overwrite").parquet(location)
+            frame.repartition(partitions).mapInArrow(kernel, _struct_of(stage.output_schema)).write.mode("overwrite").parquet(
+                hadoop_path(location)
+            )
         except BaseException:
             staged.discard()
             raise

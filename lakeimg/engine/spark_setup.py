@@ -1,13 +1,14 @@
-"""Warm the Ivy cache with Delta Lake's jars: `python -m lakeimg.engine.spark_setup`.
+"""Warm the Ivy cache with the jars lakeimg's Spark sessions use: `python -m lakeimg.engine.spark_setup`.
 
 Starts a local Spark session built by `spark_session_builder` (which resolves delta-spark's
-Maven artifact through `spark.jars.packages` into `~/.ivy2`), runs one tiny Delta write and read
-to prove the jars work, and stops the session. CI and the Docker image run it once at install
-time so tests and jobs never race to download jars.
+Maven artifact and, for S3, `hadoop-aws` at pyspark's Hadoop version with its AWS SDK, through
+`spark.jars.packages` into `~/.ivy2`), runs one tiny Delta write and read to prove the jars
+work, checks that Hadoop finds the S3A file system, and stops the session. CI and the Docker
+image run it once at install time so tests and jobs never race to download jars.
 
 Example:
     $ python -m lakeimg.engine.spark_setup
-    delta-spark ready: io.delta:delta-spark_4.2_2.13:4.4.1 (Spark 4.2.0)
+    delta-spark ready: io.delta:delta-spark_4.2_2.13:4.4.1,org.apache.hadoop:hadoop-aws:3.5.0 (Spark 4.2.0)
 """
 
 from __future__ import annotations
@@ -15,17 +16,23 @@ from __future__ import annotations
 import sys
 import tempfile
 
+# The object stores whose connectors are warmed (what the test suite's session loads).
+OBJECT_STORES = ("s3",)
+_FILE_SYSTEMS = {"s3": "s3a"}
 
-def warm_up(master: str = "local[1]") -> str:
-    """Start and stop a session with Delta's jars; return the package coordinates resolved.
+
+def warm_up(master: str = "local[1]", object_stores: tuple[str, ...] = OBJECT_STORES) -> str:
+    """Start and stop a session with Delta's and the connectors' jars; return the packages resolved.
 
     Example:
         >>> warm_up()  # doctest: +SKIP
-        'io.delta:delta-spark_4.2_2.13:4.4.1'
+        'io.delta:delta-spark_4.2_2.13:4.4.1,org.apache.hadoop:hadoop-aws:3.5.0'
     """
     from lakeimg.engine.spark import spark_session_builder
 
-    builder = spark_session_builder(master, {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "1"})
+    builder = spark_session_builder(
+        master, {"spark.ui.enabled": "false", "spark.sql.shuffle.partitions": "1"}, object_stores=object_stores
+    )
     spark = builder.getOrCreate()
     try:
         packages = spark.conf.get("spark.jars.packages")
@@ -34,6 +41,11 @@ def warm_up(master: str = "local[1]") -> str:
             count = spark.read.format("delta").load(f"{tmp}/t").count()
             if count != 3:
                 raise RuntimeError(f"Delta round trip returned {count} rows, expected 3")
+        jvm = spark.sparkContext._jvm
+        hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+        for store in object_stores:
+            # Raises (UnsupportedFileSystemException / ClassNotFound) when the jars are missing.
+            jvm.org.apache.hadoop.fs.FileSystem.getFileSystemClass(_FILE_SYSTEMS.get(store, store), hadoop_conf)
         return packages
     finally:
         spark.stop()
