@@ -454,6 +454,7 @@ class SparkEngine:
         self.spark = spark
         self.owns_session = owns_session
         self.storage_options = dict(storage_options) if storage_options is not None else None
+        self.options = dict(storage_options or {})  # what jobs hand the kernels (sources on object stores)
         self.log_store = check_log_store(spark, self.lake)
         self._configure_store()
 
