@@ -1,6 +1,7 @@
 """Decoding and probing image files: bytes in, header + native-dtype ndarray (HWC) + metadata out.
 
-Pure: no Spark, no Delta. Pillow reads the common formats; tifffile reads every TIFF (any dtype,
+Pure: no Spark, no Delta. Each format has a chain of readers, tried in order until one decodes
+the file (`_readers`; the winner's name is `DecodedImage.decoder`). Pillow reads the common formats; tifffile reads every TIFF (any dtype,
 float16, BigTIFF, compressed through imagecodecs); OpenCV reads 16-bit PNGs, which Pillow squeezes
 to 8 bits; pydicom (with the pylibjpeg plugins) reads DICOM (`lakeimg.image.dicom`). EXIF/TIFF
 orientation is applied, so `width` and `height` are as displayed and `decode_image(content)`
@@ -17,8 +18,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -35,6 +39,7 @@ from lakeimg.image.info import (
     check_dtype,
     valid_orientation,
 )
+from lakeimg.storage import TimeLimitExceeded
 
 __all__ = [
     "decode_image",
@@ -73,6 +78,7 @@ def read_image(
     max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
     max_pixels: int | None = None,
     preview: int | None = None,
+    codecs: Iterable[Any] = (),
 ) -> DecodedImage:
     """Read a file's header, metadata and page-0 pixels.
 
@@ -85,10 +91,14 @@ def read_image(
         max_pixels: the same for width x height (an extra cap; None: none).
         preview: when set, pixels may be decoded at reduced scale whose longest side is at
             least this (JPEG DCT scaling), which is all a thumbnail needs.
+        codecs: extra readers (`can_read(uri, head)`, `read(data, uri)`, optional `name`);
+            those that claim the file are tried before the format's own chain.
 
     Raises:
-        ImageDecodeError: with error_class empty, truncated, unsupported_format,
-            unsupported_dtype (complex samples), corrupt or too_large.
+        ImageDecodeError: with error_class empty, empty_image (0 x N pixels), no_pixel_data
+            (a DICOM without pixels), truncated, unsupported_format, unsupported_dtype
+            (complex samples), corrupt or too_large. When a format has more than one reader
+            (`_readers`), the message names each reader tried and why it refused.
 
     Example:
         >>> read_image(b"", "file:///x.png")
@@ -98,28 +108,70 @@ def read_image(
     """
     if not data:
         raise ImageDecodeError(uri, ErrorClass.EMPTY, "the file has no bytes")
-    kind = sniff_format(data[:132], uri)
     limits = (max_bytes, max_pixels)
-    try:
-        with decoder_settings():
-            if kind == "DICOM":
-                decoded = read_dicom(data, uri, max_pixels=max_pixels, max_bytes=max_bytes)
-            elif kind == "TIFF":
-                decoded = _read_tiff(data, uri, limits=limits)
-            elif _png16_ihdr(data) is not None:
-                decoded = _read_png16(data, uri, limits=limits)
-            else:
-                decoded = _read_pillow(data, uri, limits=limits, preview=preview)
-    except ImageDecodeError:
-        raise
-    except MemoryError as exc:
-        raise ImageDecodeError(uri, ErrorClass.TOO_LARGE, f"out of memory while decoding: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_FORMAT, "not an image format that Pillow, tifffile or pydicom can read") from exc
-    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a typed reject
-        raise ImageDecodeError(uri, _classify(exc), f"{type(exc).__name__}: {exc}") from exc
+    with decoder_settings():
+        claimed = [(_codec_name(c), functools.partial(c.read, data, uri)) for c in codecs if c.can_read(uri, data[:132])]
+        decoded = _read_first(uri, claimed + _readers(data, uri, limits, preview))
     check_dtype(uri, decoded.dtype)
     return decoded
+
+
+def _codec_name(codec: Any) -> str:
+    return str(getattr(codec, "name", "") or getattr(codec, "__name__", "") or type(codec).__name__)
+
+
+# Facts of the header that every reader would find alike: the next reader is not tried.
+_FINAL = (ErrorClass.TOO_LARGE, ErrorClass.EMPTY_IMAGE)
+
+
+def _readers(data: bytes, uri: str, limits: tuple[int | None, int | None], preview: int | None) -> list[tuple[str, Any]]:
+    """The reader chain of a file's format, fastest faithful reader first.
+
+    DICOM: pydicom alone (Pillow reads no DICOM). TIFF: tifffile (every dtype, BigTIFF, every
+    imagecodecs compression), then Pillow (libtiff: YCbCr-subsampled LZW/deflate, old-style
+    JPEG, ThunderScan). 16-bit PNG: OpenCV (keeps 16 bits), then Pillow. Everything else:
+    Pillow, whose JPEG path decodes plain JPEGs through OpenCV (`decode_plain_jpeg`).
+    """
+    pillow = ("pillow", lambda: _read_pillow(data, uri, limits=limits, preview=preview))
+    kind = sniff_format(data[:132], uri)
+    if kind == "DICOM":
+        return [("pydicom", lambda: read_dicom(data, uri, max_pixels=limits[1], max_bytes=limits[0]))]
+    if kind == "TIFF":
+        return [("tifffile", lambda: _read_tiff(data, uri, limits=limits)), pillow]
+    if kind == "PNG" and data[12:16] == b"IHDR":
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        check_decoded_size(uri, width, height, 1, "uint8", max_bytes=None)  # Pillow calls a 0 x N PNG unidentified
+    if _png16_ihdr(data) is not None:
+        return [("opencv", lambda: _read_png16(data, uri, limits=limits)), pillow]
+    return [pillow]
+
+
+def _read_first(uri: str, readers: list[tuple[str, Any]]) -> DecodedImage:
+    """The first reader's image that succeeds (its name in `decoder`), or one reject naming
+    every reader tried and why it refused, classed by the first (most faithful) reader."""
+    refusals: list[tuple[str, ImageDecodeError]] = []
+    for name, read in readers:
+        try:
+            decoded = read()
+        except ImageDecodeError as exc:
+            error = exc
+        except TimeLimitExceeded:
+            raise  # the caller's time budget, not this reader's verdict on the file
+        except MemoryError as exc:
+            error = ImageDecodeError(uri, ErrorClass.TOO_LARGE, f"out of memory while decoding: {exc}")
+        except UnidentifiedImageError:
+            error = ImageDecodeError(uri, ErrorClass.UNSUPPORTED_FORMAT, "not an image format that Pillow, tifffile or pydicom can read")
+        except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a typed reject
+            error = ImageDecodeError(uri, _classify(exc), f"{type(exc).__name__}: {exc}")
+        else:
+            return dataclasses.replace(decoded, decoder=decoded.decoder or name)
+        refusals.append((name, error))
+        if error.error_class in _FINAL:
+            break
+    if len(refusals) == 1 and len(readers) == 1:
+        raise refusals[0][1]
+    text = "; ".join(f"{name} refused ({error.error_class}: {error.message})" for name, error in refusals)
+    raise ImageDecodeError(uri, refusals[0][1].error_class, text)
 
 
 def decode_image(data: bytes, uri: str = "", *, page: int = 0) -> np.ndarray:
@@ -289,12 +341,13 @@ def _read_pillow(data: bytes, uri: str, *, limits: tuple[int | None, int | None]
         header, orientation = _pillow_header(im)
         check_decoded_size(uri, *im.size, header.channels, header.dtype, max_bytes=limits[0], max_pixels=limits[1])
         arr = None if preview else decode_plain_jpeg(im, data)
+        decoder = "opencv" if arr is not None else "pillow"
         if arr is None:
             if preview and im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
                 im.draft(im.mode, (preview, preview))
             im.load()
             arr = _pillow_array(im, header.mode, header.channels, header.dtype)
-    return dataclasses.replace(header, pixels=apply_orientation(arr, orientation))
+    return dataclasses.replace(header, pixels=apply_orientation(arr, orientation), decoder=decoder)
 
 
 def decode_plain_jpeg(im: Image.Image, data: bytes | memoryview, scale: int = 1) -> np.ndarray | None:
@@ -416,10 +469,13 @@ def _read_tiff(data: bytes, uri: str, *, limits: tuple[int | None, int | None]) 
             raise ImageDecodeError(uri, ErrorClass.CORRUPT, "the TIFF header points at no readable page")
         page = tif.pages[0]
         planes, depth, height, width, contig = (int(v) for v in page.shaped)
-        if page.dtype is not None:
-            check_dtype(uri, page.dtype)
-            check_decoded_size(uri, width, height, planes * contig, page.dtype, frames=depth,
-                               max_bytes=limits[0], max_pixels=limits[1])
+        if page.dtype is None:
+            raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_DTYPE,
+                                   f"no numpy dtype holds BitsPerSample {page.bitspersample} with "
+                                   f"SampleFormat {int(page.sampleformat)}")
+        check_dtype(uri, page.dtype)
+        check_decoded_size(uri, width, height, planes * contig, page.dtype, frames=depth,
+                           max_bytes=limits[0], max_pixels=limits[1])
         arr = tiff_page_pixels(page)
         return _tiff_image(page, len(tif.pages), arr.shape, arr.dtype, arr)
 

@@ -59,6 +59,7 @@ class DecodedImage:
     geo: dict[str, Any] | None = None
     display_window: tuple[float, float] | None = None  # (low, high) for 8-bit display
     invert_display: bool = False
+    decoder: str | None = None  # the reader that decoded the pixels (see `lakeimg.image.decode`)
 
 
 def as_hwc(arr: np.ndarray) -> np.ndarray:
@@ -192,7 +193,7 @@ def check_decoded_size(
     frames: int = 1,
     what: str = "for formats that must be decoded whole",
 ) -> None:
-    """Raise a `too_large` (or `corrupt`, for an empty size) reject from header facts alone.
+    """Raise a `too_large` (or `empty_image`, for a 0 x N size) reject from header facts alone.
 
     Example:
         >>> check_decoded_size("x.png", 15_000, 15_000, 1, "uint8", max_bytes=64 << 20)
@@ -201,7 +202,7 @@ def check_decoded_size(
         lakeimg.errors.ImageDecodeError: x.png: too_large: header claims 15000x15000 = 225,000,000 pixels (1 x uint8): 225,000,000 bytes decoded (214.6 MiB), above the limit of 67,108,864 bytes (64.0 MiB, max_decoded_bytes) for formats that must be decoded whole
     """
     if width <= 0 or height <= 0:
-        raise ImageDecodeError(uri, ErrorClass.CORRUPT, f"header gives an empty size {width}x{height}")
+        raise ImageDecodeError(uri, ErrorClass.EMPTY_IMAGE, f"header gives an empty size {width}x{height}")
     pixels = width * height
     frame_text = f" x {frames} frames" if frames > 1 else ""
     if max_pixels is not None and pixels > max_pixels:

@@ -39,7 +39,6 @@ from lakeimg.image.info import (
     DEFAULT_MAX_DECODED_BYTES,
     DecodedImage,
     check_decoded_size,
-    check_dtype,
     decoded_bytes,
 )
 from lakeimg.image.pyramid import DEFAULT_TILE_SIZE, level_count
@@ -175,15 +174,8 @@ def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: It
             raise ImageDecodeError(uri, ErrorClass.UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
         sha = hashlib.sha256(data).hexdigest()
         with time_limit(options.file_timeout_s):
-            decoded = None
-            for codec in codecs or ():
-                if codec.can_read(uri, data[:132]):
-                    decoded = codec.read(data, uri)
-                    check_dtype(uri, decoded.dtype)
-                    break
-            if decoded is None:
-                decoded = read_image(data, uri, max_bytes=options.max_decoded_bytes, max_pixels=options.max_pixels,
-                                     preview=options.thumbnail_size)
+            decoded = read_image(data, uri, max_bytes=options.max_decoded_bytes, max_pixels=options.max_pixels,
+                                 preview=options.thumbnail_size, codecs=codecs or ())
             thumbnail = make_thumbnail(
                 decoded.pixels,
                 size=options.thumbnail_size,
@@ -221,7 +213,7 @@ def _image_row(
         "size_bytes": listing["size_bytes"],
         "modified_at": listing["modified_at"],
         **{name: getattr(info, name) for name in facts},
-        "exif": list(info.exif.items()) if info.exif else None,
+        "exif": _exif_entries(info),
         "content": content,
         "thumbnail": thumbnail,
         "tiled": tile_size is not None,
@@ -234,6 +226,18 @@ def _image_row(
         "error_class": None,
         "error_message": None,
     }
+
+
+# images.v1 has no column for the reader, so it rides in the `exif` map under a key no EXIF
+# tag name can take (tag names have no colon).
+DECODER_KEY = "lakeimg:decoder"
+
+
+def _exif_entries(info: DecodedImage) -> list[tuple[str, str]] | None:
+    entries = list((info.exif or {}).items())
+    if info.decoder:
+        entries.append((DECODER_KEY, info.decoder))
+    return entries or None
 
 
 _KIND_MESSAGES = {
