@@ -19,16 +19,19 @@ import zlib
 import cv2
 import imagecodecs
 import numpy as np
+import pyarrow as pa
 import pydicom
 import pytest
 import tifffile
 from PIL import Image
 
 from lakeimg import Lake
+from lakeimg.engine.base import Write
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import ImageDecodeError
 from lakeimg.image import decode_image, read_image
 from lakeimg.image.display import make_thumbnail
-from lakeimg.kernels.ingest import DECODER_KEY
+from lakeimg.schemas import TableContract
 
 RNG = np.random.default_rng(17)
 
@@ -200,7 +203,7 @@ def test_readable_file_lands_as_a_row_decoded_by_the_named_reader(landed, name):
     assert name in rows, {_name(k): v["error_message"] for k, v in landed[1].items()}
     data, decoder, direct = LANDS[name]
     row = rows[name]
-    assert dict(row["exif"])[DECODER_KEY] == decoder
+    assert row["decoder"] == decoder
     expected = direct(data)
     pixels = decode_image(row["content"], row["uri"])
     assert pixels.dtype == expected.dtype and row["dtype"] == str(expected.dtype)
@@ -273,3 +276,37 @@ def test_thumbnail_of_every_dtype_and_shape_without_a_warning(shape, dtype):
         thumb = make_thumbnail(arr, size=64)
     shown = cv2.imdecode(np.frombuffer(thumb, np.uint8), cv2.IMREAD_UNCHANGED)
     assert min(shown.shape[:2]) >= 1 and max(shown.shape[:2]) == min(64, max(shape[:2]))
+
+
+def _contract(version: int, *extra: str) -> TableContract:
+    props = {"delta.enableChangeDataFeed": "true", "delta.enableDeletionVectors": "false",
+             "delta.minReaderVersion": "1", "delta.minWriterVersion": "4"}
+    fields = [{"name": n, "type": "string", "nullable": n != "uri", "metadata": {"comment": n}} for n in ("uri", *extra)]
+    return TableContract("t", version, "", {"type": "struct", "fields": fields}, (), props)
+
+
+def _evolve(engine) -> None:
+    """A table written under a contract without `decoder` takes rows of the contract with it."""
+    old, new = _contract(1, "label"), _contract(2, "label", "decoder")
+    engine.commit(Write("t", old, "append", rows=pa.table({"uri": ["a", "b"], "label": ["x", "y"]})))
+    # the old file stays as written (no uri of it is replaced): it has no `decoder` column at all
+    engine.commit(Write("t", new, "replace", rows=pa.table({"uri": ["c"], "label": ["z"], "decoder": ["tifffile"]})))
+    engine.commit(Write("t", new, "append", rows=pa.table({"uri": ["d"], "label": ["w"], "decoder": ["pydicom"]})))
+    reader = engine.reader() if hasattr(engine, "reader") else engine
+    for eng in (engine, reader):
+        rows = {r["uri"]: (r["label"], r["decoder"]) for r in eng.read("t").to_pylist()}
+        assert rows == {"a": ("x", None), "b": ("y", None), "c": ("z", "tifffile"), "d": ("w", "pydicom")}
+        picked = eng.read("t", columns=["uri", "decoder"]).to_pylist()
+        assert sorted((r["uri"], r["decoder"]) for r in picked) == [("a", None), ("b", None), ("c", "tifffile"), ("d", "pydicom")]
+        assert eng.read("t", version=0).column_names == ["uri", "label"]
+
+
+def test_a_table_written_under_an_older_contract_gains_its_new_columns(tmp_path):
+    _evolve(LocalEngine(str(tmp_path / "lake")))
+
+
+@pytest.mark.spark
+def test_spark_engine_adds_new_contract_columns_too(spark, tmp_path):
+    from lakeimg.engine.spark import SparkEngine
+
+    _evolve(SparkEngine(str(tmp_path / "lake"), spark))

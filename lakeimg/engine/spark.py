@@ -411,6 +411,8 @@ class SparkEngine:
             if write.files:
                 uris.update(r[0] for r in self.spark.read.parquet(*write.files).select("uri").distinct().collect())
         before = self.version(name)
+        if before is not None:
+            self._add_missing_columns(name, contract, write.metadata)
         if not parts and write.mode != "overwrite" and not (write.mode == "replace" and uris and before is not None):
             if write.create and before is None:
                 return CommitResult(self.create_empty(name, contract, write.metadata), True)
@@ -431,6 +433,19 @@ class SparkEngine:
             with_retries(name, lambda: writer.save(self.location(name)), _conflicts())
         after = self.version(name)
         return CommitResult(after, after != before)
+
+    def _add_missing_columns(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None) -> None:
+        """Schema evolution: the contract's columns a table written under an older contract lacks
+        are added (nullable, at the end) in a commit of their own before the data commit, so
+        rows written before read those columns as null."""
+        have = set(self.frame(name).schema.fieldNames())
+        missing = [f for f in _contract_struct(contract).fields if f.name not in have]
+        if missing:
+            columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()} COMMENT {_sql_string(f.metadata.get('comment', ''))}"
+                                for f in missing)
+            sql = f"ALTER TABLE delta.`{self.location(name)}` ADD COLUMNS ({columns})"
+            with self._user_metadata(metadata):
+                with_retries(name, lambda: self.spark.sql(sql), _conflicts())
 
     # --- kernels -------------------------------------------------------------------------
 

@@ -213,31 +213,20 @@ def _image_row(
         "size_bytes": listing["size_bytes"],
         "modified_at": listing["modified_at"],
         **{name: getattr(info, name) for name in facts},
-        "exif": _exif_entries(info),
+        "exif": list(info.exif.items()) if info.exif else None,
         "content": content,
         "thumbnail": thumbnail,
         "tiled": tile_size is not None,
         "tile_size": tile_size,
         "levels": level_count(info.height, info.width, tile_size) if tile_size else None,
         "label": listing.get("label"),
+        "decoder": info.decoder,
         "run_id": options.run_id,
         "ingested_at": options.ingested_at or _now(),
         "outcome": "image",
         "error_class": None,
         "error_message": None,
     }
-
-
-# images.v1 has no column for the reader, so it rides in the `exif` map under a key no EXIF
-# tag name can take (tag names have no colon).
-DECODER_KEY = "lakeimg:decoder"
-
-
-def _exif_entries(info: DecodedImage) -> list[tuple[str, str]] | None:
-    entries = list((info.exif or {}).items())
-    if info.decoder:
-        entries.append((DECODER_KEY, info.decoder))
-    return entries or None
 
 
 _KIND_MESSAGES = {
