@@ -1,10 +1,11 @@
 """Decoding and probing image files: bytes in, header + native-dtype ndarray (HWC) + metadata out.
 
 Pure: no Spark, no Delta. Each format has a chain of readers, tried in order until one decodes
-the file (`_readers`; the winner's name is `DecodedImage.decoder`). Pillow reads the common formats; tifffile reads every TIFF (any dtype,
-float16, BigTIFF, compressed through imagecodecs); OpenCV reads 16-bit PNGs, which Pillow squeezes
-to 8 bits; pydicom (with the pylibjpeg plugins) reads DICOM (`lakeimg.image.dicom`). EXIF/TIFF
-orientation is applied, so `width` and `height` are as displayed and `decode_image(content)`
+the file (`_readers`; the winner's name is `DecodedImage.decoder`). Pillow reads the common
+formats; tifffile reads every TIFF (any dtype, float16, BigTIFF, compressed through imagecodecs)
+and Pillow the TIFFs it refuses; OpenCV reads 16-bit PNGs, which Pillow squeezes to 8 bits;
+pydicom (with the pylibjpeg plugins) reads DICOM (`lakeimg.image.dicom`). EXIF/TIFF orientation
+is applied, so `width` and `height` are as displayed and `decode_image(content)`
 returns the displayed pixels. `probe_image` reads the same header facts without the pixels.
 
 Example:
