@@ -304,7 +304,7 @@ class LocalEngine:
         """
         name, contract = write.table, write.contract
         before = self.version(name)
-        if before is not None:
+        if before is not None and write.mode != "overwrite":  # an overwrite replaces the schema itself
             self._add_missing_columns(name, contract, write.metadata)
         files = [*(write.staged.files() if write.staged is not None else []), *write.files]
         rows = write.rows if write.rows is not None and write.rows.num_rows else None

@@ -411,7 +411,7 @@ class SparkEngine:
             if write.files:
                 uris.update(r[0] for r in self.spark.read.parquet(*write.files).select("uri").distinct().collect())
         before = self.version(name)
-        if before is not None:
+        if before is not None and write.mode != "overwrite":  # an overwrite replaces the schema itself
             self._add_missing_columns(name, contract, write.metadata)
         if not parts and write.mode != "overwrite" and not (write.mode == "replace" and uris and before is not None):
             if write.create and before is None:
