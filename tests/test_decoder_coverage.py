@@ -3,9 +3,10 @@ reader chain (`lakeimg.image.decode._readers`), with the winning reader recorded
 
 Each class of file is generated here: by Pillow, tifffile or pydicom where they can write it,
 byte by byte from the TIFF 6.0 specification where none can (YCbCr-subsampled LZW/deflate
-strips, old-style JPEG, 24-bit samples, a 0 x N header). Each row's pixels are compared with
-what the reader that succeeded returns when called directly. No PSD: no installed library
-writes one (Pillow only reads PSD), and hand-writing layered PSD is out of this test's scope.
+strips, old-style JPEG, ThunderScan, packed integer samples of 5 to 48 bits, a layered
+Photoshop file, a 0 x N header). Each row's pixels are compared with what the reader that
+succeeded returns when called directly; for packed samples, which no library unpacks, with the
+values the test packed.
 """
 
 from __future__ import annotations
@@ -91,6 +92,49 @@ def _bits(values: np.ndarray, bits: int, signed: int = 1) -> bytes:
 
 U24_GRAY = RNG.integers(0, 1 << 24, (5, 7, 1))
 U24_RGB = RNG.integers(0, 1 << 24, (4, 6, 3))
+# Widths tifffile has no dtype for: the bits are unpacked by lakeimg (`decode._unpack_tiff_ints`).
+PACKED = {
+    "s24.tif": (RNG.integers(-(1 << 23), 1 << 23, (3, 4, 1)), 24, 2, np.int32),
+    "s12_rgb.tif": (RNG.integers(-(1 << 11), 1 << 11, (5, 3, 3)), 12, 2, np.int16),
+    "u33.tif": (RNG.integers(0, 1 << 33, (4, 9, 1)), 33, 1, np.uint64),
+    "u48_rgb.tif": (RNG.integers(0, 1 << 48, (2, 5, 3)), 48, 1, np.uint64),
+    "s5.tif": (RNG.integers(-16, 16, (7, 3, 1)), 5, 2, np.int8),
+}
+
+
+def _thunderscan(values: np.ndarray) -> bytes:
+    """ThunderScan 4-bit (compression 32809) with every pixel a raw code: 0b11 then the value."""
+    strip = bytes(0xC0 | int(v) for v in values.ravel())
+    height, width = values.shape
+    return tiff_bytes(width, height, strip, {258: (3, [4]), 259: (3, [32809]), 262: (3, [1]), 277: (3, [1])})
+
+
+def _psd_with_an_off_canvas_layer(rgb: np.ndarray) -> bytes:
+    """A Photoshop file: an RGB composite plus one raw layer whose bounds reach past the canvas
+    (Pillow reads the composite; the layer's tile is clipped)."""
+    height, width, _ = rgb.shape
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3)
+    top, left, bottom, right = -2, -3, height + 1, width + 4
+    lh, lw = bottom - top, right - left
+    channel = struct.pack(">H", 0) + bytes(lh * lw)  # raw compression, zeros
+    record = struct.pack(">iiiiH", top, left, bottom, right, 3)
+    record += b"".join(struct.pack(">hI", cid, len(channel)) for cid in (0, 1, 2))
+    name = b"\x05layer" + b"\0" * 2  # Pascal string padded to 4 bytes
+    extra = struct.pack(">II", 0, 0) + name
+    record += b"8BIMnorm" + struct.pack(">BBBx", 255, 0, 0) + struct.pack(">I", len(extra)) + extra
+    layers = struct.pack(">h", 1) + record + channel * 3
+    layers += b"\0" * (len(layers) & 1)
+    layer_info = struct.pack(">I", len(layers)) + layers
+    layer_section = struct.pack(">I", len(layer_info) + 4) + layer_info + struct.pack(">I", 0)
+    composite = struct.pack(">H", 0) + rgb.transpose(2, 0, 1).tobytes()
+    return header + struct.pack(">I", 0) + struct.pack(">I", 0) + layer_section + composite
+
+
+def _complex_tiff() -> bytes:
+    buf = io.BytesIO()
+    real = RNG.random((6, 5)).astype(np.float32)
+    tifffile.imwrite(buf, (real + 1j * real[::-1]).astype(np.complex64))
+    return buf.getvalue()
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -162,6 +206,13 @@ LANDS = {
     "café_日本.png": (_png(RNG.integers(0, 255, (9, 11, 3), dtype=np.uint8)), "pillow", _pillow_pixels),
     # ingest only needs a thumbnail of a JPEG (its bytes are the content): Pillow's DCT-scaled draft
     "plain.jpg": (_jpeg(RNG.integers(0, 255, (16, 24, 3), dtype=np.uint8)), "pillow", _cv2_pixels),
+    "thunderscan.tif": (_thunderscan(RNG.integers(0, 16, (5, 8), dtype=np.uint8)), "pillow", _pillow_pixels),
+    "layered.psd": (_psd_with_an_off_canvas_layer(RNG.integers(0, 255, (6, 7, 3), dtype=np.uint8)), "pillow",
+                    _pillow_pixels),
+    "complex.tif": (_complex_tiff(), "tifffile", _tifffile_pixels),
+    **{name: (_bits(values, bits, signed), "tifffile",
+              lambda _d, values=values, dtype=dtype: values.astype(dtype))
+       for name, (values, bits, signed, dtype) in PACKED.items()},
     "gray16.png": (cv2.imencode(".png", RNG.integers(0, 65535, (6, 8), dtype=np.uint16))[1].tobytes(), "opencv",
                    lambda d: cv2.imdecode(np.frombuffer(d, np.uint8), cv2.IMREAD_UNCHANGED)[:, :, None]),
 }
@@ -172,7 +223,6 @@ REJECTS = {
                        "empty_image"),
     "zero_width.png": (_png_zero_width(), "empty_image"),
     "structured_report.dcm": (_dicom_without_pixels(), "no_pixel_data"),
-    "s24.tif": (_bits(RNG.integers(-(1 << 23), 1 << 23, (3, 4, 1)), 24, signed=2), "unsupported_dtype"),
     "garbage.tif": (b"II*\x00" + b"\xff" * 64, "corrupt"),
 }
 
@@ -310,3 +360,23 @@ def test_spark_engine_adds_new_contract_columns_too(spark, tmp_path):
     from lakeimg.engine.spark import SparkEngine
 
     _evolve(SparkEngine(str(tmp_path / "lake"), spark))
+
+
+def test_a_tiled_complex_tiff_keeps_complex_values_at_every_level(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    real = np.random.default_rng(5).random((300, 200)).astype(np.float32)
+    values = (real + 1j * real[::-1]).astype(np.complex64)
+    tifffile.imwrite(src / "radar.tif", values, tile=(64, 64))
+    lake = Lake(tmp_path / "lake")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lake.ingest([str(src)], workers=1, tile_above_pixels=10_000, tile_size=64)
+    row = lake.read("images", columns=["uri", "dtype", "decoder", "levels"]).to_pylist()[0]
+    assert (row["dtype"], row["decoder"]) == ("complex64", "tifffile") and row["levels"] > 1
+    full = lake.read_region("images", row["uri"], 0, 0, 200, 300)
+    np.testing.assert_array_equal(full[:, :, 0], values)
+    half = lake.read_region("images", row["uri"], 0, 0, 100, 150, level=1)
+    expected = (values[0::2, 0::2] + values[1::2, 0::2] + values[0::2, 1::2] + values[1::2, 1::2]) * 0.25
+    np.testing.assert_allclose(half[:, :, 0], expected, rtol=1e-6)
+    assert np.abs(half.imag).max() > 0

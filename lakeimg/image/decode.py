@@ -207,7 +207,8 @@ def _decode_page(data: bytes, uri: str, page: int) -> np.ndarray:
 
 
 def probe_image(path: str) -> DecodedImage:
-    """Header facts of a local image file without decoding its pixels (`pixels` is None).
+    """Header facts of a local image file without decoding its pixels (`pixels` is None);
+    `decoder` names the reader that decodes the file at full resolution (for tiling).
 
     Example:
         >>> import tempfile, os, numpy as np, tifffile
@@ -226,11 +227,15 @@ def probe_image(path: str) -> DecodedImage:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
                 channels = int(page.shaped[0]) * int(page.shaped[4])
-                return _tiff_image(page, len(tif.pages), (*tiff_page_shape(page), channels), np.dtype(page.dtype))
+                header = _tiff_image(page, len(tif.pages), (*tiff_page_shape(page), channels), np.dtype(page.dtype))
+                return dataclasses.replace(header, decoder="tifffile")
         if kind == "DICOM":
-            return probe_dicom(path)
+            return dataclasses.replace(probe_dicom(path), decoder="pydicom")
         with Image.open(path) as im:
-            return _pillow_header(im, _png16_ihdr(head))[0]
+            png16 = _png16_ihdr(head)
+            # The same test as `decode_plain_jpeg` minus the end marker, which needs the whole file.
+            plain_jpeg = im.format == "JPEG" and im.mode in ("L", "RGB") and "adobe" not in im.info
+            return dataclasses.replace(_pillow_header(im, png16)[0], decoder="opencv" if png16 or plain_jpeg else "pillow")
 
 
 def _classify(exc: BaseException) -> str:
@@ -470,15 +475,69 @@ def _read_tiff(data: bytes, uri: str, *, limits: tuple[int | None, int | None]) 
             raise ImageDecodeError(uri, ErrorClass.CORRUPT, "the TIFF header points at no readable page")
         page = tif.pages[0]
         planes, depth, height, width, contig = (int(v) for v in page.shaped)
-        if page.dtype is None:
-            raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_DTYPE,
-                                   f"no numpy dtype holds BitsPerSample {page.bitspersample} with "
-                                   f"SampleFormat {int(page.sampleformat)}")
-        check_dtype(uri, page.dtype)
-        check_decoded_size(uri, width, height, planes * contig, page.dtype, frames=depth,
+        dtype = page.dtype if page.dtype is not None else _packed_int_dtype(uri, page)
+        check_dtype(uri, dtype)
+        check_decoded_size(uri, width, height, planes * contig, dtype, frames=depth,
                            max_bytes=limits[0], max_pixels=limits[1])
-        arr = tiff_page_pixels(page)
+        if page.dtype is None:
+            arr = apply_orientation(_unpack_tiff_ints(data, uri, page, dtype), tiff_orientation(page))
+        else:
+            arr = tiff_page_pixels(page)
         return _tiff_image(page, len(tif.pages), arr.shape, arr.dtype, arr)
+
+
+def _packed_int_dtype(uri: str, page) -> np.dtype:
+    """The smallest numpy integer dtype that holds a TIFF page's packed integer samples.
+
+    tifffile has no dtype for signed samples of a width that is not 8, 16, 32 or 64 bits, nor for
+    unsigned samples wider than 32 bits (33..63, e.g. 48-bit); `_unpack_tiff_ints` reads those.
+
+    Example:
+        >>> class Page: bitspersample, sampleformat = 24, 2
+        >>> _packed_int_dtype("x.tif", Page())
+        dtype('int32')
+    """
+    bits, sample_format = int(page.bitspersample), int(page.sampleformat)
+    if sample_format not in (1, 2) or not 1 <= bits <= 64:
+        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_DTYPE,
+                               f"no numpy dtype holds BitsPerSample {bits} with SampleFormat {sample_format}")
+    width = next(w for w in (8, 16, 32, 64) if bits <= w)
+    return np.dtype(f"{'u' if sample_format == 1 else 'i'}{width // 8}")
+
+
+def _unpack_tiff_ints(data: bytes, uri: str, page, dtype: np.dtype) -> np.ndarray:
+    """HWC pixels of a striped TIFF page whose integer samples are packed at a width tifffile
+    does not unpack: tifffile parses and decompresses, the bits are read here (MSB first, each
+    row padded to a byte, as TIFF 6.0 packs them), signed values sign-extended."""
+    import tifffile
+
+    bits, channels = int(page.bitspersample), int(page.samplesperpixel)
+    height, width = int(page.imagelength), int(page.imagewidth)
+    if page.is_tiled or int(page.predictor) != 1:
+        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_FORMAT,
+                               f"{bits}-bit samples are read from strips without a predictor only")
+    separate = int(page.planarconfig) == 2 and channels > 1
+    per_row = width if separate else width * channels
+    row_bytes = (per_row * bits + 7) // 8
+    decompress = tifffile.TIFF.DECOMPRESSORS[page.compression]
+    raw = b"".join(bytes(decompress(data[o:o + n])) if int(page.compression) != 1 else data[o:o + n]
+                   for o, n in zip(page.dataoffsets, page.databytecounts, strict=True))
+    planes = channels if separate else 1
+    rows = np.frombuffer(raw, np.uint8, count=planes * height * row_bytes).reshape(planes * height, row_bytes)
+    weights = np.left_shift(np.uint64(1), np.arange(bits - 1, -1, -1, dtype=np.uint64))
+    values = np.empty((planes * height, per_row), np.uint64)
+    step = max(1, (32 << 20) // max(1, row_bytes * 8))  # about 32 MiB of unpacked bits at a time
+    bitorder = "little" if int(page.fillorder) == 2 else "big"
+    for start in range(0, planes * height, step):
+        unpacked = np.unpackbits(rows[start:start + step], axis=1, bitorder=bitorder)[:, :per_row * bits]
+        values[start:start + step] = unpacked.reshape(-1, per_row, bits) @ weights
+    if dtype.kind == "i":
+        signed = values.astype(np.int64)
+        signed[values >= (1 << (bits - 1))] -= 1 << bits
+        values = signed
+    if separate:
+        return np.ascontiguousarray(values.reshape(channels, height, width).transpose(1, 2, 0)).astype(dtype)
+    return values.reshape(height, width, channels).astype(dtype)
 
 
 def geotiff_info(page) -> dict | None:

@@ -104,28 +104,21 @@ def apply_orientation(arr: np.ndarray, orientation: int | None) -> np.ndarray:
 
 
 def check_dtype(uri: str, dtype: Any) -> None:
-    """Refuse sample types lakeimg does not store: complex values (a `unsupported_dtype` reject).
+    """Refuse sample types lakeimg does not store (an `unsupported_dtype` reject).
 
-    Every real numpy dtype (bool, int8..uint64, float16..float64) is kept as it is. Complex
-    samples (TIFF SampleFormat 6, e.g. radar or FFT data) are refused on purpose: thumbnails,
-    display windows and every op would silently drop the imaginary part (numpy's
-    ComplexWarning, once per file).
+    Every numeric numpy dtype is kept as it is: bool, int8..uint64, float16..float64 and
+    complex64/complex128 (TIFF SampleFormat 6: radar, FFT data; thumbnails show the magnitude).
 
     Example:
         >>> check_dtype("x.tif", "complex64")
+        >>> check_dtype("x.tif", "U4")
         Traceback (most recent call last):
         ...
-        lakeimg.errors.ImageDecodeError: x.tif: unsupported_dtype: complex-valued samples (complex64) are not supported: store the real and imaginary parts (or magnitude and phase) as separate float images
+        lakeimg.errors.ImageDecodeError: x.tif: unsupported_dtype: samples of type <U4 are not supported
     """
     kind = np.dtype(dtype).kind if dtype is not None else "V"
-    if kind == "c":
-        raise ImageDecodeError(
-            uri, ErrorClass.UNSUPPORTED_DTYPE,
-            f"complex-valued samples ({np.dtype(dtype)}) are not supported: store the real and imaginary "
-            "parts (or magnitude and phase) as separate float images",
-        )
-    if kind not in "biuf":
-        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_DTYPE, f"samples of type {dtype} are not supported")
+    if kind not in "biufc":
+        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_DTYPE, f"samples of type {np.dtype(dtype) if dtype is not None else dtype} are not supported")
 
 
 def decoded_bytes(width: int, height: int, channels: int, dtype: Any, frames: int = 1) -> int:
