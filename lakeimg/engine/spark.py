@@ -340,8 +340,7 @@ class SparkEngine:
         it has no `keep_versions`. Callers check the dry run against the versions they must
         keep (`lakeimg.catalog.maintenance` refuses the table when one would lose files).
         """
-        location = self.location(name).replace("`", "``")
-        query = f"VACUUM delta.`{location}` RETAIN {max(0.0, float(retention_hours)):g} HOURS"
+        query = f"VACUUM {_table_sql(self.location(name))} RETAIN {max(0.0, float(retention_hours)):g} HOURS"
         settings = {
             # A retention under Delta's 7-day safety check is the caller's explicit choice.
             "spark.databricks.delta.retentionDurationCheck.enabled": "false",
@@ -443,7 +442,7 @@ class SparkEngine:
         if missing:
             columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()} COMMENT {_sql_string(f.metadata.get('comment', ''))}"
                                 for f in missing)
-            sql = f"ALTER TABLE delta.`{self.location(name)}` ADD COLUMNS ({columns})"
+            sql = f"ALTER TABLE {_table_sql(self.location(name))} ADD COLUMNS ({columns})"
             with self._user_metadata(metadata):
                 with_retries(name, lambda: self.spark.sql(sql), _conflicts())
 
@@ -495,6 +494,11 @@ def _conflicts() -> tuple[type[BaseException], ...]:
     from delta import exceptions as conflicts
 
     return tuple(getattr(conflicts, n) for n in conflicts.__all__)
+
+
+def _table_sql(location: str) -> str:
+    """Spark SQL's name of the Delta table at `location` (backticks in the path doubled)."""
+    return "delta.`" + location.replace("`", "``") + "`"
 
 
 def _sql_string(value: str) -> str:
