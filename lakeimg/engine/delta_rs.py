@@ -168,7 +168,8 @@ class LocalEngine:
         if not files:
             empty = pa.schema([f.with_nullable(True) for f in schema]).empty_table()
             return empty.select(list(columns)) if columns else empty
-        physical = _physical_schema(files, schema)
+        with _damage_as_error(name, table.version(), files[:1], columns):
+            physical = _physical_schema(files, schema)
         if filter is None:
             with _damage_as_error(name, table.version(), files, columns):
                 result = pq.ParquetDataset(files, schema=physical).read(columns=list(columns) if columns else None)
@@ -330,15 +331,18 @@ class LocalEngine:
     def _add_missing_columns(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None) -> None:
         """Schema evolution: the contract's columns a table written under an older contract lacks
         are added (nullable, at the end) in a commit of their own before the data commit, so
-        rows written before read those columns as null."""
+        rows written before read those columns as null. A retry looks again: a concurrent
+        writer may have added them first."""
         from deltalake import Schema as DeltaSchema
 
-        have = set(self.arrow_schema(name).names)
-        missing = [f for f in contract.arrow_schema if f.name not in have]
-        if missing:
-            fields = DeltaSchema.from_arrow(pa.schema([f.with_nullable(True) for f in missing])).fields
-            with_retries(name, lambda: self._delta_table(name).alter.add_columns(
-                fields, commit_properties=_commit_properties(metadata)), _conflicts())
+        def add() -> None:
+            have = set(self.arrow_schema(name).names)
+            missing = [f for f in contract.arrow_schema if f.name not in have]
+            if missing:
+                fields = DeltaSchema.from_arrow(pa.schema([f.with_nullable(True) for f in missing])).fields
+                self._delta_table(name).alter.add_columns(fields, commit_properties=_commit_properties(metadata))
+
+        with_retries(name, add, _conflicts())
 
     def _write(self, write: Write, files: list[str], rows: pa.Table | None) -> CommitResult:
         """One write_deltalake commit ("append", or "overwrite" with the schema) from rows or files."""

@@ -436,15 +436,18 @@ class SparkEngine:
     def _add_missing_columns(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None) -> None:
         """Schema evolution: the contract's columns a table written under an older contract lacks
         are added (nullable, at the end) in a commit of their own before the data commit, so
-        rows written before read those columns as null."""
-        have = set(self.frame(name).schema.fieldNames())
-        missing = [f for f in _contract_struct(contract).fields if f.name not in have]
-        if missing:
-            columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()} COMMENT {_sql_string(f.metadata.get('comment', ''))}"
-                                for f in missing)
-            sql = f"ALTER TABLE {_table_sql(self.location(name))} ADD COLUMNS ({columns})"
-            with self._user_metadata(metadata):
-                with_retries(name, lambda: self.spark.sql(sql), _conflicts())
+        rows written before read those columns as null. A retry looks again: a concurrent
+        writer may have added them first."""
+        def add() -> None:
+            have = set(self.frame(name).schema.fieldNames())
+            missing = [f for f in _contract_struct(contract).fields if f.name not in have]
+            if missing:
+                columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()} COMMENT {_sql_string(f.metadata.get('comment', ''))}"
+                                    for f in missing)
+                self.spark.sql(f"ALTER TABLE {_table_sql(self.location(name))} ADD COLUMNS ({columns})")
+
+        with self._user_metadata(metadata):
+            with_retries(name, add, _conflicts())
 
     # --- kernels -------------------------------------------------------------------------
 
