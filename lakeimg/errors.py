@@ -41,6 +41,8 @@ class ErrorClass(enum.StrEnum):
     TRUNCATED = "truncated"
     UNSUPPORTED_FORMAT = "unsupported_format"
     UNSUPPORTED_DTYPE = "unsupported_dtype"
+    EMPTY_IMAGE = "empty_image"  # a header of 0 x N pixels: a valid file with no image in it
+    NO_PIXEL_DATA = "no_pixel_data"  # a DICOM without pixels (DICOMDIR, structured report, ...)
     CORRUPT = "corrupt"
     TOO_LARGE = "too_large"
     UNREADABLE = "unreadable"

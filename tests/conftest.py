@@ -79,3 +79,12 @@ def s3_server():
 
     with moto_s3_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def azurite():
+    """Azurite's blob service on 127.0.0.1 for the whole run (see tests/object_stores.py)."""
+    from object_stores import azurite_server
+
+    with azurite_server() as server:
+        yield server

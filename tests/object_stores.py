@@ -1,4 +1,4 @@
-"""Real object-store servers on loopback for tests: moto's standalone S3 server.
+"""Real object-store servers on loopback for tests: moto's standalone S3 server and Azurite.
 
 Each server is a child process on 127.0.0.1 at a free port, started once per test session by
 the fixtures in conftest.py and stopped at its end. Waiting for it is a bounded loop.
@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import shutil
 import socket
+import tempfile
 import subprocess
 import sys
 import time
@@ -100,3 +102,72 @@ def moto_s3_server() -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+# Azurite's well-known development account (public, documented by Microsoft; not a secret).
+AZURITE_ACCOUNT = "devstoreaccount1"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+
+
+def azurite_command() -> str:
+    """The `azurite-blob` executable: $LAKEIMG_AZURITE, else on PATH (.ci/run installs it with npm)."""
+    found = os.environ.get("LAKEIMG_AZURITE") or shutil.which("azurite-blob")
+    if not found:
+        raise RuntimeError("azurite-blob not found: `npm install -g azurite@3` (as .ci/run does) or set LAKEIMG_AZURITE")
+    return found
+
+
+@dataclasses.dataclass(frozen=True)
+class AzuriteServer:
+    """A running Azurite blob server: its endpoint and the options that reach it."""
+
+    endpoint: str  # http://127.0.0.1:PORT/devstoreaccount1
+
+    @property
+    def env(self) -> dict[str, str]:
+        """The standard Azure environment variables plus the emulator's endpoint."""
+        return {
+            "AZURE_STORAGE_ACCOUNT_NAME": AZURITE_ACCOUNT,
+            "AZURE_STORAGE_ACCOUNT_KEY": AZURITE_KEY,
+            "AZURE_STORAGE_ENDPOINT": self.endpoint,
+            "AZURE_ALLOW_HTTP": "true",
+        }
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        return dict(self.env)
+
+    def new_container(self, prefix: str = "lake") -> str:
+        """A fresh, empty container."""
+        import pyarrow.fs as pafs
+
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        authority = self.endpoint.split("//", 1)[1].split("/", 1)[0]
+        fs = pafs.AzureFileSystem(account_name=AZURITE_ACCOUNT, account_key=AZURITE_KEY,
+                                  blob_storage_authority=authority, dfs_storage_authority=authority,
+                                  blob_storage_scheme="http", dfs_storage_scheme="http")
+        fs.create_dir(name)
+        return name
+
+
+@contextlib.contextmanager
+def azurite_server() -> Iterator[AzuriteServer]:
+    """Start Azurite's blob service on 127.0.0.1 at a free port, in memory, without telemetry."""
+    port = free_port()
+    # Azurite writes a debug log and its extent files under its working folder even in memory.
+    with tempfile.TemporaryDirectory(prefix="azurite-") as workdir:
+        process = subprocess.Popen(
+            [azurite_command(), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+             "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
+        )
+        try:
+            wait_for_http(f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list", process)
+            yield AzuriteServer(f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}")
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)

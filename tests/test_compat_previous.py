@@ -88,6 +88,12 @@ def test_a_lake_written_by_the_previous_code_is_read_and_merged_into(tmp_path):
     assert set(after) == (set(before) - {(src / "extra1.png").as_uri()}) | {(src / "extra9.png").as_uri()}
     kept = set(before) & set(after) - {(src / "extra0.png").as_uri()}
     assert all(after[u] == before[u] for u in kept), "unchanged rows written by the previous code were rewritten"
+    # images v2 added `decoder`: the table gained the column, new rows carry it, old rows read null
+    decoders = {r["uri"]: r["decoder"] for r in lake.read("images", columns=["uri", "decoder", "tiled"]).to_pylist()
+                if not r["tiled"]}
+    assert decoders[(src / "extra9.png").as_uri()] == decoders[(src / "extra0.png").as_uri()] == "pillow"
+    assert kept and all(decoders[u] is None for u in kept if u in decoders)
+    assert "decoder" not in lake.read("images", version=0).column_names
 
     third = _ok(_cli(ROOT, "transform", "--lake", str(lake_path), "--source", "images", "--target", "small",
                      "--spec", str(spec), "--json"))

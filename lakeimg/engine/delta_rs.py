@@ -168,9 +168,11 @@ class LocalEngine:
         if not files:
             empty = pa.schema([f.with_nullable(True) for f in schema]).empty_table()
             return empty.select(list(columns)) if columns else empty
+        with _damage_as_error(name, table.version(), files[:1], columns):
+            physical = _physical_schema(files, schema)
         if filter is None:
             with _damage_as_error(name, table.version(), files, columns):
-                result = pq.ParquetDataset(files).read(columns=list(columns) if columns else None)
+                result = pq.ParquetDataset(files, schema=physical).read(columns=list(columns) if columns else None)
             return cast_to_schema(result, schema, columns)
         # Filter after casting: files written by delta-rs' MERGE hold string_view columns, which
         # pyarrow's dataset filter kernels reject ("array_filter ... string_view").
@@ -178,7 +180,7 @@ class LocalEngine:
             # Pushdown first: row groups whose statistics miss the filter are never read (the
             # tiles table's region reads rely on it); binding fails up front on string_view files.
             with _damage_as_error(name, table.version(), files, columns, passthrough=pa.ArrowNotImplementedError):
-                pushed = pq.ParquetDataset(files, filters=filter).read(columns=list(columns) if columns else None)
+                pushed = pq.ParquetDataset(files, schema=physical, filters=filter).read(columns=list(columns) if columns else None)
             return cast_to_schema(pushed, schema, columns)
         except pa.ArrowNotImplementedError:
             pass
@@ -186,7 +188,7 @@ class LocalEngine:
         if columns:
             needed = list(dict.fromkeys([*columns, *_expression_fields(filter, schema.names)]))
         with _damage_as_error(name, table.version(), files, needed):
-            result = cast_to_schema(pq.ParquetDataset(files).read(columns=needed), schema, needed)
+            result = cast_to_schema(pq.ParquetDataset(files, schema=physical).read(columns=needed), schema, needed)
         result = result.filter(filter)
         return result.select(list(columns)) if columns else result
 
@@ -303,6 +305,8 @@ class LocalEngine:
         """
         name, contract = write.table, write.contract
         before = self.version(name)
+        if before is not None and write.mode != "overwrite":  # an overwrite replaces the schema itself
+            self._add_missing_columns(name, contract, write.metadata)
         files = [*(write.staged.files() if write.staged is not None else []), *write.files]
         rows = write.rows if write.rows is not None and write.rows.num_rows else None
         if write.mode == "replace":
@@ -323,6 +327,22 @@ class LocalEngine:
         if write.create and result.version is None:
             result = CommitResult(self.create_empty(name, contract, write.metadata), True)
         return result
+
+    def _add_missing_columns(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None) -> None:
+        """Schema evolution: the contract's columns a table written under an older contract lacks
+        are added (nullable, at the end) in a commit of their own before the data commit, so
+        rows written before read those columns as null. A retry looks again: a concurrent
+        writer may have added them first."""
+        from deltalake import Schema as DeltaSchema
+
+        def add() -> None:
+            have = set(self.arrow_schema(name).names)
+            missing = [f for f in contract.arrow_schema if f.name not in have]
+            if missing:
+                fields = DeltaSchema.from_arrow(pa.schema([f.with_nullable(True) for f in missing])).fields
+                self._delta_table(name).alter.add_columns(fields, commit_properties=_commit_properties(metadata))
+
+        with_retries(name, add, _conflicts())
 
     def _write(self, write: Write, files: list[str], rows: pa.Table | None) -> CommitResult:
         """One write_deltalake commit ("append", or "overwrite" with the schema) from rows or files."""
@@ -433,6 +453,14 @@ def _conflicts() -> tuple[type[BaseException], ...]:
     from deltalake.exceptions import CommitFailedError
 
     return (CommitFailedError,)
+
+
+def _physical_schema(files: list[str], delta_schema: pa.Schema) -> pa.Schema:
+    """The first file's Parquet schema plus the Delta schema's columns it lacks (added to the
+    table after it was written): the dataset then reads those as nulls from older files instead
+    of dropping them from newer ones."""
+    first = pq.read_schema(files[0])
+    return pa.schema([*first, *(f for f in delta_schema if f.name not in first.names)])
 
 
 def _commit_properties(metadata: Mapping[str, Any] | None):

@@ -640,8 +640,7 @@ class SparkEngine:
         it has no `keep_versions`. Callers check the dry run against the versions they must
         keep (`lakeimg.catalog.maintenance` refuses the table when one would lose files).
         """
-        location = self._path(name).replace("`", "``")
-        query = f"VACUUM delta.`{location}` RETAIN {max(0.0, float(retention_hours)):g} HOURS"
+        query = f"VACUUM {_table_sql(self._path(name))} RETAIN {max(0.0, float(retention_hours)):g} HOURS"
         settings = {
             # A retention under Delta's 7-day safety check is the caller's explicit choice.
             "spark.databricks.delta.retentionDurationCheck.enabled": "false",
@@ -711,6 +710,8 @@ class SparkEngine:
             if write.files:
                 uris.update(r[0] for r in self.spark.read.parquet(*map(hadoop_path, write.files)).select("uri").distinct().collect())
         before = self.version(name)
+        if before is not None and write.mode != "overwrite":  # an overwrite replaces the schema itself
+            self._add_missing_columns(name, contract, write.metadata)
         if not parts and write.mode != "overwrite" and not (write.mode == "replace" and uris and before is not None):
             if write.create and before is None:
                 return CommitResult(self.create_empty(name, contract, write.metadata), True)
@@ -731,6 +732,22 @@ class SparkEngine:
             with_retries(name, lambda: writer.save(self._path(name)), _conflicts())
         after = self.version(name)
         return CommitResult(after, after != before)
+
+    def _add_missing_columns(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None) -> None:
+        """Schema evolution: the contract's columns a table written under an older contract lacks
+        are added (nullable, at the end) in a commit of their own before the data commit, so
+        rows written before read those columns as null. A retry looks again: a concurrent
+        writer may have added them first."""
+        def add() -> None:
+            have = set(self.frame(name).schema.fieldNames())
+            missing = [f for f in _contract_struct(contract).fields if f.name not in have]
+            if missing:
+                columns = ", ".join(f"`{f.name}` {f.dataType.simpleString()} COMMENT {_sql_string(f.metadata.get('comment', ''))}"
+                                    for f in missing)
+                self.spark.sql(f"ALTER TABLE {_table_sql(self._path(name))} ADD COLUMNS ({columns})")
+
+        with self._user_metadata(metadata):
+            with_retries(name, add, _conflicts())
 
     # --- kernels -------------------------------------------------------------------------
 
@@ -782,6 +799,11 @@ def _conflicts() -> tuple[type[BaseException], ...]:
     from delta import exceptions as conflicts
 
     return tuple(getattr(conflicts, n) for n in conflicts.__all__)
+
+
+def _table_sql(location: str) -> str:
+    """Spark SQL's name of the Delta table at `location` (backticks in the path doubled)."""
+    return "delta.`" + location.replace("`", "``") + "`"
 
 
 def _sql_string(value: str) -> str:

@@ -1,9 +1,11 @@
 """Decoding and probing image files: bytes in, header + native-dtype ndarray (HWC) + metadata out.
 
-Pure: no Spark, no Delta. Pillow reads the common formats; tifffile reads every TIFF (any dtype,
-float16, BigTIFF, compressed through imagecodecs); OpenCV reads 16-bit PNGs, which Pillow squeezes
-to 8 bits; pydicom (with the pylibjpeg plugins) reads DICOM (`lakeimg.image.dicom`). EXIF/TIFF
-orientation is applied, so `width` and `height` are as displayed and `decode_image(content)`
+Pure: no Spark, no Delta. Each format has a chain of readers, tried in order until one decodes
+the file (`_readers`; the winner's name is `DecodedImage.decoder`). Pillow reads the common
+formats; tifffile reads every TIFF (any dtype, float16, BigTIFF, compressed through imagecodecs)
+and Pillow the TIFFs it refuses; OpenCV reads 16-bit PNGs, which Pillow squeezes to 8 bits;
+pydicom (with the pylibjpeg plugins) reads DICOM (`lakeimg.image.dicom`). EXIF/TIFF orientation
+is applied, so `width` and `height` are as displayed and `decode_image(content)`
 returns the displayed pixels. `probe_image` reads the same header facts without the pixels.
 
 Example:
@@ -17,8 +19,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import warnings
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -35,6 +40,7 @@ from lakeimg.image.info import (
     check_dtype,
     valid_orientation,
 )
+from lakeimg.storage import TimeLimitExceeded
 
 __all__ = [
     "decode_image",
@@ -73,6 +79,7 @@ def read_image(
     max_bytes: int | None = DEFAULT_MAX_DECODED_BYTES,
     max_pixels: int | None = None,
     preview: int | None = None,
+    codecs: Iterable[Any] = (),
 ) -> DecodedImage:
     """Read a file's header, metadata and page-0 pixels.
 
@@ -85,10 +92,14 @@ def read_image(
         max_pixels: the same for width x height (an extra cap; None: none).
         preview: when set, pixels may be decoded at reduced scale whose longest side is at
             least this (JPEG DCT scaling), which is all a thumbnail needs.
+        codecs: extra readers (`can_read(uri, head)`, `read(data, uri)`, optional `name`);
+            those that claim the file are tried before the format's own chain.
 
     Raises:
-        ImageDecodeError: with error_class empty, truncated, unsupported_format,
-            unsupported_dtype (complex samples), corrupt or too_large.
+        ImageDecodeError: with error_class empty, empty_image (0 x N pixels), no_pixel_data
+            (a DICOM without pixels), truncated, unsupported_format, unsupported_dtype
+            (complex samples), corrupt or too_large. When a format has more than one reader
+            (`_readers`), the message names each reader tried and why it refused.
 
     Example:
         >>> read_image(b"", "file:///x.png")
@@ -98,28 +109,70 @@ def read_image(
     """
     if not data:
         raise ImageDecodeError(uri, ErrorClass.EMPTY, "the file has no bytes")
-    kind = sniff_format(data[:132], uri)
     limits = (max_bytes, max_pixels)
-    try:
-        with decoder_settings():
-            if kind == "DICOM":
-                decoded = read_dicom(data, uri, max_pixels=max_pixels, max_bytes=max_bytes)
-            elif kind == "TIFF":
-                decoded = _read_tiff(data, uri, limits=limits)
-            elif _png16_ihdr(data) is not None:
-                decoded = _read_png16(data, uri, limits=limits)
-            else:
-                decoded = _read_pillow(data, uri, limits=limits, preview=preview)
-    except ImageDecodeError:
-        raise
-    except MemoryError as exc:
-        raise ImageDecodeError(uri, ErrorClass.TOO_LARGE, f"out of memory while decoding: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_FORMAT, "not an image format that Pillow, tifffile or pydicom can read") from exc
-    except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a typed reject
-        raise ImageDecodeError(uri, _classify(exc), f"{type(exc).__name__}: {exc}") from exc
+    with decoder_settings():
+        claimed = [(_codec_name(c), functools.partial(c.read, data, uri)) for c in codecs if c.can_read(uri, data[:132])]
+        decoded = _read_first(uri, claimed + _readers(data, uri, limits, preview))
     check_dtype(uri, decoded.dtype)
     return decoded
+
+
+def _codec_name(codec: Any) -> str:
+    return str(getattr(codec, "name", "") or getattr(codec, "__name__", "") or type(codec).__name__)
+
+
+# Facts of the header that every reader would find alike: the next reader is not tried.
+_FINAL = (ErrorClass.TOO_LARGE, ErrorClass.EMPTY_IMAGE)
+
+
+def _readers(data: bytes, uri: str, limits: tuple[int | None, int | None], preview: int | None) -> list[tuple[str, Any]]:
+    """The reader chain of a file's format, fastest faithful reader first.
+
+    DICOM: pydicom alone (Pillow reads no DICOM). TIFF: tifffile (every dtype, BigTIFF, every
+    imagecodecs compression), then Pillow (libtiff: YCbCr-subsampled LZW/deflate, old-style
+    JPEG, ThunderScan). 16-bit PNG: OpenCV (keeps 16 bits), then Pillow. Everything else:
+    Pillow, whose JPEG path decodes plain JPEGs through OpenCV (`decode_plain_jpeg`).
+    """
+    pillow = ("pillow", lambda: _read_pillow(data, uri, limits=limits, preview=preview))
+    kind = sniff_format(data[:132], uri)
+    if kind == "DICOM":
+        return [("pydicom", lambda: read_dicom(data, uri, max_pixels=limits[1], max_bytes=limits[0]))]
+    if kind == "TIFF":
+        return [("tifffile", lambda: _read_tiff(data, uri, limits=limits)), pillow]
+    if kind == "PNG" and data[12:16] == b"IHDR":
+        width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        check_decoded_size(uri, width, height, 1, "uint8", max_bytes=None)  # Pillow calls a 0 x N PNG unidentified
+    if _png16_ihdr(data) is not None:
+        return [("opencv", lambda: _read_png16(data, uri, limits=limits)), pillow]
+    return [pillow]
+
+
+def _read_first(uri: str, readers: list[tuple[str, Any]]) -> DecodedImage:
+    """The first reader's image that succeeds (its name in `decoder`), or one reject naming
+    every reader tried and why it refused, classed by the first (most faithful) reader."""
+    refusals: list[tuple[str, ImageDecodeError]] = []
+    for name, read in readers:
+        try:
+            decoded = read()
+        except ImageDecodeError as exc:
+            error = exc
+        except TimeLimitExceeded:
+            raise  # the caller's time budget, not this reader's verdict on the file
+        except MemoryError as exc:
+            error = ImageDecodeError(uri, ErrorClass.TOO_LARGE, f"out of memory while decoding: {exc}")
+        except UnidentifiedImageError:
+            error = ImageDecodeError(uri, ErrorClass.UNSUPPORTED_FORMAT, "not an image format that Pillow, tifffile or pydicom can read")
+        except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a typed reject
+            error = ImageDecodeError(uri, _classify(exc), f"{type(exc).__name__}: {exc}")
+        else:
+            return dataclasses.replace(decoded, decoder=decoded.decoder or name)
+        refusals.append((name, error))
+        if error.error_class in _FINAL:
+            break
+    if len(refusals) == 1 and len(readers) == 1:
+        raise refusals[0][1]
+    text = "; ".join(f"{name} refused ({error.error_class}: {error.message})" for name, error in refusals)
+    raise ImageDecodeError(uri, refusals[0][1].error_class, text)
 
 
 def decode_image(data: bytes, uri: str = "", *, page: int = 0) -> np.ndarray:
@@ -154,7 +207,8 @@ def _decode_page(data: bytes, uri: str, page: int) -> np.ndarray:
 
 
 def probe_image(path: str) -> DecodedImage:
-    """Header facts of a local image file without decoding its pixels (`pixels` is None).
+    """Header facts of a local image file without decoding its pixels (`pixels` is None);
+    `decoder` names the reader that decodes the file at full resolution (for tiling).
 
     Example:
         >>> import tempfile, os, numpy as np, tifffile
@@ -173,11 +227,15 @@ def probe_image(path: str) -> DecodedImage:
             with tifffile.TiffFile(path) as tif:
                 page = tif.pages[0]
                 channels = int(page.shaped[0]) * int(page.shaped[4])
-                return _tiff_image(page, len(tif.pages), (*tiff_page_shape(page), channels), np.dtype(page.dtype))
+                header = _tiff_image(page, len(tif.pages), (*tiff_page_shape(page), channels), np.dtype(page.dtype))
+                return dataclasses.replace(header, decoder="tifffile")
         if kind == "DICOM":
-            return probe_dicom(path)
+            return dataclasses.replace(probe_dicom(path), decoder="pydicom")
         with Image.open(path) as im:
-            return _pillow_header(im, _png16_ihdr(head))[0]
+            png16 = _png16_ihdr(head)
+            # The same test as `decode_plain_jpeg` minus the end marker, which needs the whole file.
+            plain_jpeg = im.format == "JPEG" and im.mode in ("L", "RGB") and "adobe" not in im.info
+            return dataclasses.replace(_pillow_header(im, png16)[0], decoder="opencv" if png16 or plain_jpeg else "pillow")
 
 
 def _classify(exc: BaseException) -> str:
@@ -289,12 +347,13 @@ def _read_pillow(data: bytes, uri: str, *, limits: tuple[int | None, int | None]
         header, orientation = _pillow_header(im)
         check_decoded_size(uri, *im.size, header.channels, header.dtype, max_bytes=limits[0], max_pixels=limits[1])
         arr = None if preview else decode_plain_jpeg(im, data)
+        decoder = "opencv" if arr is not None else "pillow"
         if arr is None:
             if preview and im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
                 im.draft(im.mode, (preview, preview))
             im.load()
             arr = _pillow_array(im, header.mode, header.channels, header.dtype)
-    return dataclasses.replace(header, pixels=apply_orientation(arr, orientation))
+    return dataclasses.replace(header, pixels=apply_orientation(arr, orientation), decoder=decoder)
 
 
 def decode_plain_jpeg(im: Image.Image, data: bytes | memoryview, scale: int = 1) -> np.ndarray | None:
@@ -416,12 +475,69 @@ def _read_tiff(data: bytes, uri: str, *, limits: tuple[int | None, int | None]) 
             raise ImageDecodeError(uri, ErrorClass.CORRUPT, "the TIFF header points at no readable page")
         page = tif.pages[0]
         planes, depth, height, width, contig = (int(v) for v in page.shaped)
-        if page.dtype is not None:
-            check_dtype(uri, page.dtype)
-            check_decoded_size(uri, width, height, planes * contig, page.dtype, frames=depth,
-                               max_bytes=limits[0], max_pixels=limits[1])
-        arr = tiff_page_pixels(page)
+        dtype = page.dtype if page.dtype is not None else _packed_int_dtype(uri, page)
+        check_dtype(uri, dtype)
+        check_decoded_size(uri, width, height, planes * contig, dtype, frames=depth,
+                           max_bytes=limits[0], max_pixels=limits[1])
+        if page.dtype is None:
+            arr = apply_orientation(_unpack_tiff_ints(data, uri, page, dtype), tiff_orientation(page))
+        else:
+            arr = tiff_page_pixels(page)
         return _tiff_image(page, len(tif.pages), arr.shape, arr.dtype, arr)
+
+
+def _packed_int_dtype(uri: str, page) -> np.dtype:
+    """The smallest numpy integer dtype that holds a TIFF page's packed integer samples.
+
+    tifffile has no dtype for signed samples of a width that is not 8, 16, 32 or 64 bits, nor for
+    unsigned samples wider than 32 bits (33..63, e.g. 48-bit); `_unpack_tiff_ints` reads those.
+
+    Example:
+        >>> class Page: bitspersample, sampleformat = 24, 2
+        >>> _packed_int_dtype("x.tif", Page())
+        dtype('int32')
+    """
+    bits, sample_format = int(page.bitspersample), int(page.sampleformat)
+    if sample_format not in (1, 2) or not 1 <= bits <= 64:
+        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_DTYPE,
+                               f"no numpy dtype holds BitsPerSample {bits} with SampleFormat {sample_format}")
+    width = next(w for w in (8, 16, 32, 64) if bits <= w)
+    return np.dtype(f"{'u' if sample_format == 1 else 'i'}{width // 8}")
+
+
+def _unpack_tiff_ints(data: bytes, uri: str, page, dtype: np.dtype) -> np.ndarray:
+    """HWC pixels of a striped TIFF page whose integer samples are packed at a width tifffile
+    does not unpack: tifffile parses and decompresses, the bits are read here (MSB first, each
+    row padded to a byte, as TIFF 6.0 packs them), signed values sign-extended."""
+    import tifffile
+
+    bits, channels = int(page.bitspersample), int(page.samplesperpixel)
+    height, width = int(page.imagelength), int(page.imagewidth)
+    if page.is_tiled or int(page.predictor) != 1:
+        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_FORMAT,
+                               f"{bits}-bit samples are read from strips without a predictor only")
+    separate = int(page.planarconfig) == 2 and channels > 1
+    per_row = width if separate else width * channels
+    row_bytes = (per_row * bits + 7) // 8
+    decompress = tifffile.TIFF.DECOMPRESSORS[page.compression]
+    raw = b"".join(bytes(decompress(data[o:o + n])) if int(page.compression) != 1 else data[o:o + n]
+                   for o, n in zip(page.dataoffsets, page.databytecounts, strict=True))
+    planes = channels if separate else 1
+    rows = np.frombuffer(raw, np.uint8, count=planes * height * row_bytes).reshape(planes * height, row_bytes)
+    weights = np.left_shift(np.uint64(1), np.arange(bits - 1, -1, -1, dtype=np.uint64))
+    values = np.empty((planes * height, per_row), np.uint64)
+    step = max(1, (32 << 20) // max(1, row_bytes * 8))  # about 32 MiB of unpacked bits at a time
+    bitorder = "little" if int(page.fillorder) == 2 else "big"
+    for start in range(0, planes * height, step):
+        unpacked = np.unpackbits(rows[start:start + step], axis=1, bitorder=bitorder)[:, :per_row * bits]
+        values[start:start + step] = unpacked.reshape(-1, per_row, bits) @ weights
+    if dtype.kind == "i":
+        signed = values.astype(np.int64)
+        signed[values >= (1 << (bits - 1))] -= 1 << bits
+        values = signed
+    if separate:
+        return np.ascontiguousarray(values.reshape(channels, height, width).transpose(1, 2, 0)).astype(dtype)
+    return values.reshape(height, width, channels).astype(dtype)
 
 
 def geotiff_info(page) -> dict | None:

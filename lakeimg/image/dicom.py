@@ -115,7 +115,9 @@ def read_dicom(data: bytes, uri: str = "", *, max_pixels: int | None = None, max
     """
     ds = _open(data)
     if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_FORMAT, "DICOM file has no pixel data")
+        raise ImageDecodeError(uri, ErrorClass.NO_PIXEL_DATA,
+                              f"DICOM file has no pixel data (SOP class {ds.get('SOPClassUID', 'unknown')}, "
+                              f"e.g. a DICOMDIR, structured report or presentation state)")
     rows, cols = _int(ds.get("Rows")) or 0, _int(ds.get("Columns")) or 0
     frames = _int(ds.get("NumberOfFrames")) or 1
     samples = _int(ds.get("SamplesPerPixel")) or 1

@@ -32,6 +32,11 @@ def _percentile_window(arr: np.ndarray) -> tuple[float, float]:
     return float(low), float(high if high > low else low + 1)
 
 
+def _real(arr: np.ndarray) -> np.ndarray:
+    # A cast to real would keep only the real part, with a ComplexWarning per call.
+    return np.abs(arr) if arr.dtype.kind == "c" else arr
+
+
 def to_display_uint8(
     pixels: np.ndarray,
     *,
@@ -40,10 +45,11 @@ def to_display_uint8(
 ) -> np.ndarray:
     """Render HWC pixels of any dtype as uint8 gray or RGB (alpha composited on white).
 
-    uint8 passes through; bool becomes 0/255; other dtypes are windowed to `window`
-    (low, high) or, without one, to the 0.5th..99.5th percentile of finite values.
+    uint8 passes through; bool becomes 0/255; complex samples show their magnitude; other
+    dtypes are windowed to `window` (low, high) or, without one, to the 0.5th..99.5th
+    percentile of finite values.
     """
-    arr = as_hwc(pixels)
+    arr = _real(as_hwc(pixels))
     channels = arr.shape[2]
     alpha = None
     if channels in (2, 4):
@@ -84,7 +90,8 @@ def make_thumbnail(
     invert: bool = False,
     quality: int = 85,
 ) -> bytes:
-    """JPEG bytes of an 8-bit rendering whose longest side is at most `size`.
+    """JPEG bytes of an 8-bit rendering whose longest side is at most `size` and every side at
+    least one pixel, for every dtype and shape lakeimg stores (1 x N, N x 1, many channels).
 
     Example:
         >>> import numpy as np
@@ -97,7 +104,7 @@ def make_thumbnail(
     if scale < 1.0:
         new = (max(1, round(w * scale)), max(1, round(h * scale)))
         # Area averaging on the native dtype before windowing keeps 16-bit detail.
-        src = as_hwc(pixels)
+        src = _real(as_hwc(pixels))
         if src.shape[2] > 4:  # OpenCV resizes up to 4 channels; the rendering shows the first 3
             src = src[:, :, :3]
         if src.dtype == np.bool_:

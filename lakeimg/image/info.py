@@ -59,6 +59,7 @@ class DecodedImage:
     geo: dict[str, Any] | None = None
     display_window: tuple[float, float] | None = None  # (low, high) for 8-bit display
     invert_display: bool = False
+    decoder: str | None = None  # the reader that decoded the pixels (see `lakeimg.image.decode`)
 
 
 def as_hwc(arr: np.ndarray) -> np.ndarray:
@@ -103,28 +104,21 @@ def apply_orientation(arr: np.ndarray, orientation: int | None) -> np.ndarray:
 
 
 def check_dtype(uri: str, dtype: Any) -> None:
-    """Refuse sample types lakeimg does not store: complex values (a `unsupported_dtype` reject).
+    """Refuse sample types lakeimg does not store (an `unsupported_dtype` reject).
 
-    Every real numpy dtype (bool, int8..uint64, float16..float64) is kept as it is. Complex
-    samples (TIFF SampleFormat 6, e.g. radar or FFT data) are refused on purpose: thumbnails,
-    display windows and every op would silently drop the imaginary part (numpy's
-    ComplexWarning, once per file).
+    Every numeric numpy dtype is kept as it is: bool, int8..uint64, float16..float64 and
+    complex64/complex128 (TIFF SampleFormat 6: radar, FFT data; thumbnails show the magnitude).
 
     Example:
         >>> check_dtype("x.tif", "complex64")
+        >>> check_dtype("x.tif", "U4")
         Traceback (most recent call last):
         ...
-        lakeimg.errors.ImageDecodeError: x.tif: unsupported_dtype: complex-valued samples (complex64) are not supported: store the real and imaginary parts (or magnitude and phase) as separate float images
+        lakeimg.errors.ImageDecodeError: x.tif: unsupported_dtype: samples of type <U4 are not supported
     """
     kind = np.dtype(dtype).kind if dtype is not None else "V"
-    if kind == "c":
-        raise ImageDecodeError(
-            uri, ErrorClass.UNSUPPORTED_DTYPE,
-            f"complex-valued samples ({np.dtype(dtype)}) are not supported: store the real and imaginary "
-            "parts (or magnitude and phase) as separate float images",
-        )
-    if kind not in "biuf":
-        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_DTYPE, f"samples of type {dtype} are not supported")
+    if kind not in "biufc":
+        raise ImageDecodeError(uri, ErrorClass.UNSUPPORTED_DTYPE, f"samples of type {np.dtype(dtype) if dtype is not None else dtype} are not supported")
 
 
 def decoded_bytes(width: int, height: int, channels: int, dtype: Any, frames: int = 1) -> int:
@@ -192,7 +186,7 @@ def check_decoded_size(
     frames: int = 1,
     what: str = "for formats that must be decoded whole",
 ) -> None:
-    """Raise a `too_large` (or `corrupt`, for an empty size) reject from header facts alone.
+    """Raise a `too_large` (or `empty_image`, for a 0 x N size) reject from header facts alone.
 
     Example:
         >>> check_decoded_size("x.png", 15_000, 15_000, 1, "uint8", max_bytes=64 << 20)
@@ -201,7 +195,7 @@ def check_decoded_size(
         lakeimg.errors.ImageDecodeError: x.png: too_large: header claims 15000x15000 = 225,000,000 pixels (1 x uint8): 225,000,000 bytes decoded (214.6 MiB), above the limit of 67,108,864 bytes (64.0 MiB, max_decoded_bytes) for formats that must be decoded whole
     """
     if width <= 0 or height <= 0:
-        raise ImageDecodeError(uri, ErrorClass.CORRUPT, f"header gives an empty size {width}x{height}")
+        raise ImageDecodeError(uri, ErrorClass.EMPTY_IMAGE, f"header gives an empty size {width}x{height}")
     pixels = width * height
     frame_text = f" x {frames} frames" if frames > 1 else ""
     if max_pixels is not None and pixels > max_pixels:

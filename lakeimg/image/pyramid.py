@@ -110,8 +110,8 @@ def downsample2(rows: np.ndarray) -> np.ndarray:
         return as_hwc(out)
     if dtype == np.bool_:
         acc = rows.astype(np.uint8)
-    elif dtype.kind == "f":
-        acc = rows.astype(np.float64)
+    elif dtype.kind in "fc":
+        acc = rows.astype(np.complex128 if dtype.kind == "c" else np.float64)
     elif dtype.kind in "ui" and dtype.itemsize <= 2:
         acc = rows.astype(np.int32)
     else:
@@ -119,7 +119,7 @@ def downsample2(rows: np.ndarray) -> np.ndarray:
     total = acc[0::2, 0::2] + acc[1::2, 0::2] + acc[0::2, 1::2] + acc[1::2, 1::2]
     if dtype == np.bool_:
         return total >= 2
-    if dtype.kind == "f":
+    if dtype.kind in "fc":
         return (total * 0.25).astype(dtype)
     return ((total + 2) // 4).astype(dtype)
 

@@ -230,7 +230,7 @@ def check_tileable(
       decoded whole (not TIFF, or a TIFF page we do not read by windows) decodes to more than
       `max_decoded_bytes`; a TIFF page read by windows needs a band (one strip or tile row,
       at least `tile_size` rows, full width) larger than `max_decoded_bytes`;
-    * `unsupported_dtype`: complex samples.
+    * `unsupported_format`: a page whose packed sample width tifffile does not read by windows.
 
     Example:
         >>> import tempfile, os, numpy as np, tifffile

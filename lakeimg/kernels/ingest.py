@@ -39,7 +39,6 @@ from lakeimg.image.info import (
     DEFAULT_MAX_DECODED_BYTES,
     DecodedImage,
     check_decoded_size,
-    check_dtype,
     decoded_bytes,
 )
 from lakeimg.image.pyramid import DEFAULT_TILE_SIZE, level_count
@@ -175,15 +174,8 @@ def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: It
             raise ImageDecodeError(uri, ErrorClass.UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
         sha = hashlib.sha256(data).hexdigest()
         with time_limit(options.file_timeout_s):
-            decoded = None
-            for codec in codecs or ():
-                if codec.can_read(uri, data[:132]):
-                    decoded = codec.read(data, uri)
-                    check_dtype(uri, decoded.dtype)
-                    break
-            if decoded is None:
-                decoded = read_image(data, uri, max_bytes=options.max_decoded_bytes, max_pixels=options.max_pixels,
-                                     preview=options.thumbnail_size)
+            decoded = read_image(data, uri, max_bytes=options.max_decoded_bytes, max_pixels=options.max_pixels,
+                                 preview=options.thumbnail_size, codecs=codecs or ())
             thumbnail = make_thumbnail(
                 decoded.pixels,
                 size=options.thumbnail_size,
@@ -228,6 +220,7 @@ def _image_row(
         "tile_size": tile_size,
         "levels": level_count(info.height, info.width, tile_size) if tile_size else None,
         "label": listing.get("label"),
+        "decoder": info.decoder,
         "run_id": options.run_id,
         "ingested_at": options.ingested_at or _now(),
         "outcome": "image",
