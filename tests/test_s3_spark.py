@@ -151,6 +151,10 @@ def test_spark_engine_creates_commits_and_reads_a_table_on_s3(spark, s3_server):
     adds = [json.loads(line)["add"]["path"] for line in log.splitlines() if b'"add"' in line]
     assert adds and all("://" not in p and not p.startswith("/") for p in adds)
     assert {f"lake/r/{p}" for p in adds} <= set(keys)
+    # VACUUM (dry run) names the files the replace dropped in the lake's own spelling.
+    doomed = eng.vacuum("r", retention_hours=0, dry_run=True)
+    assert doomed and all(p.startswith(f"s3://{bucket}/lake/r/") for p in doomed)
+    assert {p.split(f"s3://{bucket}/", 1)[1] for p in doomed} <= set(keys)
     # Spark's table detail names the s3a location it read.
     from delta.tables import DeltaTable
 
