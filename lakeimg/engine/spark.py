@@ -70,7 +70,7 @@ DELTA_SQL_CONF = {
 # Each URL scheme lakeimg accepts -> (the scheme Hadoop's connector registers, its Maven artifact).
 _CONNECTORS = {
     "s3": ("s3a", "hadoop-aws"), "s3a": ("s3a", "hadoop-aws"), "s3n": ("s3a", "hadoop-aws"),
-    "abfs": ("abfs", "hadoop-azure"), "abfss": ("abfss", "hadoop-azure"),
+    "abfs": ("abfs", "hadoop-azure"), "abfss": ("abfss", "hadoop-azure"), "az": ("abfss", "hadoop-azure"),
     "wasb": ("wasb", "hadoop-azure"), "wasbs": ("wasbs", "hadoop-azure"),
 }
 _S3A_TEMPORARY = "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"
