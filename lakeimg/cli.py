@@ -16,10 +16,17 @@ Every failure is one line on stderr, `lakeimg: error: ...`, never a traceback, a
 - 8 the lake is damaged (a data file missing or unreadable, a broken log entry, or stored bytes
   that do not match their content_sha256: LakeDamagedError, ContentMismatchError)
 - 9 `verify` found problems
+- 10 an object store refused the credentials (wrong key, secret or token; no permission)
+- 11 an object store's endpoint cannot be reached (wrong `AWS_ENDPOINT_URL`, network down)
+  (a missing bucket is exit 5 for the lake and 3 for a source: lakeimg never creates buckets)
 - 130 interrupted (Ctrl-C or SIGTERM): `lakeimg: interrupted`
 
 `lakeimg --debug COMMAND ...` (or the environment variable LAKEIMG_DEBUG=1) shows the traceback
-instead of the one line.
+instead of the one line. Messages never hold a secret of the storage options or environment
+(`lakeimg.storage.redact`).
+
+Every command that takes `--lake` also takes `--storage-option KEY=VALUE` (repeatable): object
+store settings in delta-rs' spelling over the `AWS_*`/`AZURE_*`/`GOOGLE_*` environment variables.
 """
 
 from __future__ import annotations
@@ -38,18 +45,23 @@ from collections.abc import Iterator
 from lakeimg._version import __version__
 from lakeimg.commands import COMMAND_MODULES
 from lakeimg.errors import (
+    BucketNotFoundError,
     LakeDamagedError,
     LakeImgError,
     LakeNotFoundError,
     LakeNotWritableError,
     SourceNotFoundError,
     SpecError,
+    StorageAccessError,
+    StorageUnreachableError,
     TableNotFoundError,
 )
 from lakeimg.lake import Lake
+from lakeimg.storage import parse_storage_options, redact, storage_error
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_SOURCE, EXIT_LAKE, EXIT_TABLE = 0, 1, 2, 3, 4, 5
 EXIT_DAMAGED, EXIT_VERIFY_FAILED = 8, 9
+EXIT_STORAGE_ACCESS, EXIT_STORAGE_UNREACHABLE = 10, 11
 EXIT_INTERRUPTED = 130
 _CREATE_LAKE = ("ingest", "demo")  # the only commands that make a lake where there is none
 
@@ -72,7 +84,20 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers.required = True
     for name in COMMAND_MODULES:
         importlib.import_module(name).add_parser(subparsers)
+    _add_storage_options(subparsers)
     return parser
+
+
+def _add_storage_options(subparsers) -> None:
+    """`--storage-option` on every (sub)command that takes `--lake`: one definition for all."""
+    for sub in subparsers.choices.values():
+        nested = [a for a in sub._actions if isinstance(a, argparse._SubParsersAction)]
+        for action in nested:
+            _add_storage_options(action)
+        if any(a.dest == "lake" for a in sub._actions):
+            sub.add_argument("--storage-option", action="append", default=[], metavar="KEY=VALUE",
+                             help="object-store setting, e.g. AWS_ENDPOINT_URL=http://host:9000 (repeatable; "
+                                  "over the AWS_*/AZURE_*/GOOGLE_* environment variables)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         debug = args.debug or os.environ.get("LAKEIMG_DEBUG", "") not in ("", "0")
         try:
             if args.command not in _CREATE_LAKE and getattr(args, "lake", None):
-                Lake.existing(args.lake)
+                Lake.existing(args.lake, storage_options=parse_storage_options(getattr(args, "storage_option", None) or []))
             return int(args.handler(args) or 0)
         except KeyboardInterrupt:
             # No claim about the tables: a run stopped between commits keeps what landed and the
@@ -94,18 +119,38 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - every failure is one line and an exit code
             if debug:
                 raise
-            code, message = classify_error(exc, getattr(args, "lake", None))
-            print(f"lakeimg: error: {message}", file=sys.stderr)
+            options = _storage_options_or_none(args)
+            code, message = classify_error(exc, getattr(args, "lake", None), options)
+            print(f"lakeimg: error: {redact(message, options)}", file=sys.stderr)
             return code
 
 
-def classify_error(exc: BaseException, lake: str | None = None) -> tuple[int, str]:
+def _storage_options_or_none(args) -> dict[str, str] | None:
+    try:
+        return parse_storage_options(getattr(args, "storage_option", None) or [])
+    except SpecError:
+        return None
+
+
+def classify_error(exc: BaseException, lake: str | None = None, storage_options: dict[str, str] | None = None) -> tuple[int, str]:
     """(exit code, one-line message) of an error that reached the command line.
 
     Example:
         >>> classify_error(OSError(28, "No space left on device", "/lake/images/part-0.parquet"))
         (4, 'cannot write: No space left on device: /lake/images/part-0.parquet')
+        >>> classify_error(OSError("Generic S3 error: Error performing GET ... error sending request"), "s3://b/lake")[0]
+        11
     """
+    if lake and not isinstance(exc, LakeImgError):
+        typed = storage_error(exc, lake, storage_options)  # delta-rs' or pyarrow's texts of a store failure
+        if typed is not None:
+            exc = typed
+    if isinstance(exc, StorageAccessError):
+        return EXIT_STORAGE_ACCESS, _one_line(exc)
+    if isinstance(exc, StorageUnreachableError):
+        return EXIT_STORAGE_UNREACHABLE, _one_line(exc)
+    if isinstance(exc, BucketNotFoundError) and exc.what == "source":
+        return EXIT_SOURCE, _one_line(exc)
     if isinstance(exc, SpecError):
         return EXIT_USAGE, _one_line(exc)
     if isinstance(exc, SourceNotFoundError):
@@ -137,7 +182,7 @@ def classify_error(exc: BaseException, lake: str | None = None) -> tuple[int, st
 def _vacuumed_version(exc: LakeDamagedError, lake: str | None) -> str | None:
     """The message for a read of an old version whose files vacuum removed (exit 5, not damage),
     naming the versions that are still readable; None when this is not such a read."""
-    if lake is None or exc.version is None or not exc.file or os.path.exists(exc.file):
+    if lake is None or exc.version is None or not exc.file or "://" in exc.file or os.path.exists(exc.file):
         return None
     try:
         opened = Lake(lake)

@@ -241,3 +241,40 @@ class VersionNotFoundError(TableNotFoundError):
     def __init__(self, table: str, version: object, lake: str, reason: str):
         LakeImgError.__init__(self, f"{table}@{version}: {reason} (lake {lake})",
                               table=table, version=version, lake=lake, reason=reason)
+
+
+class StorageAccessError(LakeImgError):
+    """An object store refused the credentials (wrong key, secret or token, or no permission).
+
+    Example:
+        >>> StorageAccessError("s3://b/lake", "the store refused the credentials").url
+        's3://b/lake'
+    """
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"{url}: access denied: {reason}", url=url, reason=reason)
+
+
+class StorageUnreachableError(LakeImgError):
+    """An object store's endpoint could not be reached (wrong endpoint, network down).
+
+    Example:
+        >>> StorageUnreachableError("s3://b/lake", "cannot reach http://127.0.0.1:9").reason
+        'cannot reach http://127.0.0.1:9'
+    """
+
+    def __init__(self, url: str, reason: str):
+        super().__init__(f"{url}: storage unreachable: {reason}", url=url, reason=reason)
+
+
+class BucketNotFoundError(LakeNotFoundError):
+    """The bucket (or container) a URL names does not exist; lakeimg never creates buckets.
+
+    Example:
+        >>> BucketNotFoundError("s3://nobucket/lake", "nobucket").bucket
+        'nobucket'
+    """
+
+    def __init__(self, url: str, bucket: str, *, what: str = "lake"):
+        LakeImgError.__init__(self, f"no bucket {bucket!r} for the {what} at {url} (lakeimg does not create buckets)",
+                              lake=url, url=url, bucket=bucket, what=what)

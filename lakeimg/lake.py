@@ -25,7 +25,7 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import pyarrow as pa
@@ -39,7 +39,7 @@ from lakeimg.catalog.sql import run_spark_sql, run_sql
 from lakeimg.engine import open_engine
 from lakeimg.engine.base import Engine, EngineName, VersionLike
 from lakeimg.engine.delta_rs import LocalEngine
-from lakeimg.engine.layout import require_lake
+from lakeimg.engine.layout import require_lake, tables_in
 from lakeimg.engine.spark import spark_session_builder
 from lakeimg.errors import SpecError, TableNotFoundError
 from lakeimg.fluent import TableBuilder
@@ -48,7 +48,8 @@ from lakeimg.jobs.ingest import IngestSummary, ingest_files
 from lakeimg.jobs.regions import read_region
 from lakeimg.jobs.transform import TransformSummary, transform_table
 from lakeimg.jobs.verify import VerifyReport, check_content, verify_table
-from lakeimg.tables import is_table_name, lake_tables
+from lakeimg.storage import is_remote, uri_to_path
+from lakeimg.tables import is_table_name
 
 __all__ = ["Lake", "EngineName", "ExportFormat"]
 
@@ -59,16 +60,27 @@ class Lake:
     """A lake rooted at `path`. Reads use delta-rs at any version; jobs run on the chosen engine.
 
     Args:
-        path: the lake's root folder.
+        path: the lake's root: a folder, a `file://` URL, or an object-store URL
+            (`s3://bucket/prefix`; see the README's "Object stores").
         engine: "local" (default, no JVM) or "spark".
         spark: an existing SparkSession for the Spark engine (lakeimg never builds a hidden one).
+        storage_options: object-store settings in delta-rs' spelling (`AWS_REGION`,
+            `AWS_ENDPOINT_URL`, ...) over the `AWS_*`/`AZURE_*`/`GOOGLE_*` environment variables;
+            they reach delta-rs, the source reader and the workers. Never stored or printed.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, engine: EngineName = "local", spark: Any = None):
-        self.path = os.path.abspath(os.fspath(path))
+    def __init__(self, path: str | os.PathLike[str], *, engine: EngineName = "local", spark: Any = None,
+                 storage_options: Mapping[str, str] | None = None):
+        text = os.fspath(path)
+        self.path = text.rstrip("/") if is_remote(text) else os.path.abspath(uri_to_path(text))
         self.engine_name = engine
         self.spark = spark
-        self._local = LocalEngine(self.path)
+        self._local = LocalEngine(self.path, storage_options=storage_options)
+
+    @property
+    def storage_options(self) -> dict[str, str]:
+        """The object-store settings every part of this lake uses (environment + given options)."""
+        return dict(self._local.options)
 
     @classmethod
     def existing(cls, path: str | os.PathLike[str], **options: Any) -> Lake:
@@ -80,8 +92,9 @@ class Lake:
             ...
             lakeimg.errors.LakeNotFoundError: no lake at /nonexistent/lake
         """
-        require_lake(path)
-        return cls(path, **options)
+        lake = cls(path, **options)
+        require_lake(lake.path, lake.storage_options)
+        return lake
 
     @classmethod
     def on_new_spark_session(cls, path: str | os.PathLike[str], master: str | None = None, conf: Iterable[str] = ()) -> Lake:
@@ -98,7 +111,7 @@ class Lake:
 
     def tables(self) -> list[str]:
         """Names of the lake's tables (lakeimg's own runs and training-set tables left out)."""
-        return [t for t in lake_tables(self.path) if is_table_name(t)]
+        return [t for t in tables_in(self.path, self._local.options) if is_table_name(t)]
 
     def version(self, table: str) -> int | None:
         """Current version of `table`, or None when it does not exist."""

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import os
 import re
@@ -42,19 +43,30 @@ import shutil
 import signal
 import stat
 import threading
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from lakeimg.errors import ErrorClass, UriError
+from lakeimg.errors import (
+    BucketNotFoundError,
+    ErrorClass,
+    LakeImgError,
+    SpecError,
+    StorageAccessError,
+    StorageUnreachableError,
+    UriError,
+)
 
 __all__ = [
-    "Listed", "NotRegularFileError", "TimeLimitExceeded", "delete_file", "has_scheme", "list_files",
-    "local_path_or_none", "open_input", "open_output", "open_regular_file", "path_to_uri", "printable",
-    "read_bytes", "remove_prefix", "resolve", "sha256_of", "time_limit", "to_uri", "uri_to_path", "write_bytes",
+    "Listed", "NotRegularFileError", "TimeLimitExceeded", "check_store", "delete_file", "exists", "file_size",
+    "has_scheme", "is_remote", "is_secret_option", "join_url", "list_children", "list_files", "local_path_or_none",
+    "normalized_storage_options", "open_input", "open_output", "open_regular_file", "parse_storage_options",
+    "path_to_uri", "printable", "read_bytes", "redact", "remove_prefix", "resolve", "sha256_of", "storage_error",
+    "storage_scheme", "time_limit", "to_uri", "upload", "uri_to_path", "write_bytes",
 ]
 
 # A scheme followed by "//" (every object store URL has one), or "file:" (Hadoop writes "file:/p").
@@ -218,6 +230,131 @@ _OPTIONS = {
                       "client_secret": "client_secret", "tenant_id": "tenant_id"}),
 }
 _SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az", "abfs": "az", "abfss": "az"}
+# Environment variables that configure object stores (delta-rs reads the same ones).
+_ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_")
+# Option names whose values are secrets: never printed, logged or stored (see `redact`).
+_SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "ACCOUNT_KEY", "ACCESS_KEY", "SAS", "CONNECTION_STRING",
+                 "CREDENTIAL", "CLIENT_SECRET", "SERVICE_ACCOUNT_KEY")
+
+
+def storage_scheme(url: str) -> str | None:
+    """The object store kind a URL names ("s3", "gs", "az"), or None for a local path or file URL.
+
+    Example:
+        >>> storage_scheme("s3a://b/k"), storage_scheme("/data/lake"), storage_scheme("abfss://c@a.dfs.core.windows.net/k")
+        ('s3', None, 'az')
+    """
+    if local_path_or_none(url) is not None:
+        return None
+    return _SCHEMES.get(url.partition("://")[0].lower(), url.partition("://")[0].lower())
+
+
+def is_remote(url: str | os.PathLike) -> bool:
+    """Whether `url` names an object store (or any non-local file system) rather than a local path.
+
+    Example:
+        >>> is_remote("s3://bucket/lake"), is_remote("file:///data/lake"), is_remote("/data/lake")
+        (True, False, False)
+    """
+    return local_path_or_none(os.fspath(url)) is None
+
+
+def normalized_storage_options(storage_options: Mapping[str, str] | None = None, *,
+                               environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The one set of object-store settings lakeimg uses: the `AWS_*`, `AZURE_*` and `GOOGLE_*`
+    environment variables, overridden by `storage_options`, keys upper-cased (delta-rs' spelling,
+    `AWS_ENDPOINT_URL`, `AWS_ALLOW_HTTP`, ...). The same mapping goes to delta-rs, to
+    `resolve` (pyarrow.fs) and to the workers; the Spark engine translates it to `fs.s3a.*`.
+
+    Example:
+        >>> normalized_storage_options({"aws_region": "eu-west-1"}, environ={"AWS_ALLOW_HTTP": "true", "HOME": "/root"})
+        {'AWS_ALLOW_HTTP': 'true', 'AWS_REGION': 'eu-west-1'}
+    """
+    env = os.environ if environ is None else environ
+    merged = {k.upper(): v for k, v in env.items() if k.upper().startswith(_ENV_PREFIXES)}
+    merged.update((str(k).upper(), str(v)) for k, v in (storage_options or {}).items())
+    return dict(sorted(merged.items()))
+
+
+def parse_storage_options(pairs: Iterable[str]) -> dict[str, str]:
+    """`KEY=VALUE` texts (the CLI's repeatable `--storage-option`) as a mapping.
+
+    Raises:
+        SpecError: a text without "=" or with an empty key.
+
+    Example:
+        >>> parse_storage_options(["AWS_REGION=eu-west-1", "aws_allow_http=true"])
+        {'AWS_REGION': 'eu-west-1', 'AWS_ALLOW_HTTP': 'true'}
+    """
+    options = {}
+    for pair in pairs:
+        key, eq, value = pair.partition("=")
+        if not eq or not key.strip():
+            raise SpecError(f"--storage-option needs KEY=VALUE, got {key.strip() or '(nothing)'}=...")
+        options[key.strip().upper()] = value
+    return options
+
+
+def is_secret_option(key: str) -> bool:
+    """Whether a storage option's value is a secret (keys, tokens, connection strings).
+
+    Example:
+        >>> is_secret_option("AWS_SECRET_ACCESS_KEY"), is_secret_option("AWS_REGION")
+        (True, False)
+    """
+    upper = key.upper()
+    return upper not in ("AWS_ACCESS_KEY_ID",) and any(word in upper for word in _SECRET_WORDS)
+
+
+def redact(text: str, storage_options: Mapping[str, str] | None = None) -> str:
+    """`text` with every secret value of `storage_options` and of the environment replaced by
+    `***`: the last guard of messages, logs and stored records.
+
+    Example:
+        >>> redact("denied for s3cr3t-value", {"AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
+        'denied for ***'
+    """
+    for key, value in normalized_storage_options(storage_options).items():
+        if is_secret_option(key) and value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return text
+
+
+def _filesystem(url: str, storage_options: Mapping[str, str] | None) -> tuple[pafs.FileSystem, str]:
+    scheme, _, rest = url.partition("://")
+    kind = _SCHEMES.get(scheme.lower())
+    if kind is None:
+        return pafs.FileSystem.from_uri(url)
+    prefix, names = _OPTIONS[kind]
+    given = {k.lower(): v for k, v in normalized_storage_options(storage_options).items()}
+    args = tuple(sorted((arg, given[key]) for key, arg in ((k if k in given else prefix + k, a) for k, a in names.items())
+                        if key in given))
+    if kind == "az":
+        container, _, key = rest.partition("/")
+        container, _, host = container.partition("@")  # abfss://container@account.dfs.core.windows.net/key
+        rest = f"{container}/{key}"
+        if not dict(args).get("account_name"):
+            if not host:
+                raise UriError(url, "no Azure storage account (set AZURE_STORAGE_ACCOUNT_NAME)")
+            args = (*args, ("account_name", host.split(".")[0]))
+    allow_http = given.get(prefix + "allow_http", given.get("allow_http", "false")).lower() == "true"
+    return _cached_filesystem(kind, args, allow_http), rest
+
+
+@functools.lru_cache(maxsize=32)
+def _cached_filesystem(kind: str, args: tuple[tuple[str, str], ...], allow_http: bool) -> pafs.FileSystem:
+    # One client per configuration and process: a kernel reads thousands of objects.
+    options = dict(args)
+    if kind == "s3":
+        if options.get("endpoint_override", "").startswith("http://"):
+            allow_http = True
+        # allow_delayed_open: an object smaller than one part is one PUT, not a multipart upload
+        # (fewer requests; and moto's server, used by the tests, fails pyarrow's multipart completion).
+        return pafs.S3FileSystem(**options, allow_delayed_open=True, **({"scheme": "http"} if allow_http else {}))
+    if kind == "gs":
+        return pafs.GcsFileSystem(**options)
+    account = options.pop("account_name")
+    return pafs.AzureFileSystem(account, **options)
 
 
 def resolve(url: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
@@ -225,8 +362,9 @@ def resolve(url: str, storage_options: Mapping[str, str] | None = None) -> tuple
 
     Local paths and file URIs give the local file system and an absolute path; `s3://`, `gs://`
     and `az://` / `abfss://` URLs give pyarrow's S3, GCS or Azure file system configured from
-    `storage_options` (delta-rs' keys, such as `AWS_REGION`) over the same variables in the
-    environment. Other schemes go to `pyarrow.fs.FileSystem.from_uri`.
+    `normalized_storage_options(storage_options)` (delta-rs' keys, such as `AWS_REGION`, over the
+    same variables in the environment). Other schemes go to `pyarrow.fs.FileSystem.from_uri`.
+    Azure and GCS are one more branch each here.
 
     Example:
         >>> fs, path = resolve("file:///data/a%20b.jpg"); fs.type_name, path
@@ -237,25 +375,144 @@ def resolve(url: str, storage_options: Mapping[str, str] | None = None) -> tuple
     local = local_path_or_none(url)
     if local is not None:
         return _LOCAL, os.path.abspath(local)
-    scheme, _, rest = url.partition("://")
-    kind = _SCHEMES.get(scheme.lower())
-    if kind is None:
-        return pafs.FileSystem.from_uri(url)
-    prefix, names = _OPTIONS[kind]
-    given = {k.lower(): v for k, v in os.environ.items() if k.lower().startswith(prefix)}
-    given.update((k.lower(), v) for k, v in (storage_options or {}).items())
-    args = {arg: given[key] for key, arg in ((k if k in given else prefix + k, a) for k, a in names.items()) if key in given}
-    if kind == "s3":
-        allow_http = given.get("aws_allow_http", given.get("allow_http", "false")).lower() == "true"
-        return pafs.S3FileSystem(**args, **({"scheme": "http"} if allow_http else {})), rest
-    if kind == "gs":
-        return pafs.GcsFileSystem(**args), rest
-    container, _, key = rest.partition("/")
-    container, _, host = container.partition("@")  # abfss://container@account.dfs.core.windows.net/key
-    account = args.pop("account_name", None) or host.split(".")[0]
-    if not account:
-        raise UriError(url, "no Azure storage account (set AZURE_STORAGE_ACCOUNT_NAME)")
-    return pafs.AzureFileSystem(account, **args), f"{container}/{key}"
+    return _filesystem(url, storage_options)
+
+
+def join_url(base: str, *parts: str) -> str:
+    """`base` (a path or URL) with `/`-separated parts appended.
+
+    Example:
+        >>> join_url("s3://b/lake/", "images", "part-0.parquet"), join_url("/data/lake", "images")
+        ('s3://b/lake/images/part-0.parquet', '/data/lake/images')
+    """
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts if p)])
+
+
+def exists(url: str, storage_options: Mapping[str, str] | None = None) -> bool:
+    """Whether a file (or folder / prefix) exists at `url`.
+
+    Example:
+        >>> exists("/nonexistent/x")
+        False
+    """
+    fs, path = resolve(url, storage_options)
+    if fs is _LOCAL:
+        return os.path.lexists(path)
+    return fs.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def file_size(url: str, storage_options: Mapping[str, str] | None = None) -> int:
+    """The size in bytes of one file.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.bin"); write_bytes(path, b"abc"); file_size(path)
+        3
+    """
+    fs, path = resolve(url, storage_options)
+    if fs is _LOCAL:
+        return os.path.getsize(path)
+    info = fs.get_file_info(path)
+    if info.type != pafs.FileType.File:
+        raise FileNotFoundError(errno.ENOENT, "no such object", url)
+    return int(info.size)
+
+
+def upload(path: str, url: str, storage_options: Mapping[str, str] | None = None) -> None:
+    """Write the local file `path` as the object (or file) `url`, under its final name: object
+    stores have no rename, so a staged local file reaches a remote table this way.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp(); write_bytes(d + "/a.bin", b"abc"); upload(d + "/a.bin", d + "/b.bin"); read_bytes(d + "/b.bin")
+        b'abc'
+    """
+    fs, target = resolve(url, storage_options)
+    if fs is _LOCAL:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copyfile(path, target)
+        return
+    pafs.copy_files(path, target, source_filesystem=_LOCAL, destination_filesystem=fs)
+
+
+def list_children(url: str, storage_options: Mapping[str, str] | None = None) -> list[str]:
+    """Names of the folders (prefixes) right under `url`; none when it does not exist.
+
+    Example:
+        >>> import tempfile
+        >>> d = tempfile.mkdtemp(); write_bytes(d + "/t/x", b""); list_children(d)
+        ['t']
+    """
+    fs, path = resolve(url, storage_options)
+    infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
+
+def check_store(url: str, storage_options: Mapping[str, str] | None = None, *, writable: bool = False,
+                what: str = "lake") -> None:
+    """Reach the object store `url` lives on once, up front, so that wrong credentials, a
+    missing bucket or an unreachable endpoint is one typed error before any table is touched
+    (`StorageAccessError`, `BucketNotFoundError`, `StorageUnreachableError`). With `writable`,
+    a probe object is written and deleted too. Local paths are left to the caller.
+
+    Example:
+        >>> check_store("/data/lake")
+    """
+    if not is_remote(url):
+        return
+    fs, path = resolve(url, storage_options)
+    bucket = path.split("/", 1)[0]
+    try:
+        info = fs.get_file_info(bucket)
+        if info.type == pafs.FileType.NotFound:
+            raise BucketNotFoundError(url, bucket, what=what)
+        fs.get_file_info(path)
+        if writable:
+            probe = join_url(path, f".lakeimg-write-probe-{os.getpid()}-{uuid.uuid4().hex}")
+            with fs.open_output_stream(probe) as sink:
+                sink.write(b"")
+            fs.delete_file(probe)
+    except LakeImgError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pyarrow's OSError texts carry AWS' error codes
+        typed = storage_error(exc, url, storage_options)
+        if typed is None:
+            raise
+        raise typed from None
+
+
+# AWS / object_store error texts -> what the user must fix.
+_AUTH_MARKERS = ("access_denied", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden",
+                 "invalid_access_key", "signature_does_not_match", "unauthorized", "expiredtoken")
+_UNREACHABLE_MARKERS = ("network_connection", "could not connect", "connection refused", "error sending request",
+                        "failed to connect", "dns error", "timed out", "couldn't resolve host", "connect error",
+                        "tcp connect", "http error")
+_NO_BUCKET_MARKERS = ("nosuchbucket", "no_such_bucket", "bucket does not exist", "the specified bucket does not exist")
+
+
+def storage_error(exc: BaseException, url: str, storage_options: Mapping[str, str] | None = None) -> LakeImgError | None:
+    """A typed lakeimg error for an object-store failure (pyarrow's or delta-rs' error text):
+    `StorageAccessError`, `BucketNotFoundError` or `StorageUnreachableError`; None when the error
+    is none of those. Messages name the URL and what to check, never a secret.
+
+    Example:
+        >>> type(storage_error(OSError("AWS Error ACCESS_DENIED during HeadObject"), "s3://b/lake")).__name__
+        'StorageAccessError'
+    """
+    if not is_remote(url):
+        return None
+    text = " ".join(str(exc).lower().split())
+    if any(m in text for m in _NO_BUCKET_MARKERS):
+        bucket = resolve(url, storage_options)[1].split("/", 1)[0]
+        return BucketNotFoundError(url, bucket)
+    if any(m in text for m in _AUTH_MARKERS):
+        return StorageAccessError(url, "the store refused the credentials (check AWS_ACCESS_KEY_ID / "
+                                       "AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or --storage-option)")
+    if any(m in text for m in _UNREACHABLE_MARKERS):
+        endpoint = normalized_storage_options(storage_options).get("AWS_ENDPOINT_URL", "the default endpoint")
+        return StorageUnreachableError(url, f"cannot reach {redact(endpoint, storage_options)} (check AWS_ENDPOINT_URL "
+                                            "and the network)")
+    return None
 
 
 def open_input(url: str, storage_options: Mapping[str, str] | None = None, *, memory_map: bool = False):
@@ -431,7 +688,8 @@ def list_files(url: str, storage_options: Mapping[str, str] | None = None) -> It
 
     Locally only stat is called, so a FIFO or device is listed with its `kind`, never opened;
     folder links are followed, each folder once per path, and a link back to a parent is a
-    `symlink_loop`. Object stores are listed one level at a time.
+    `symlink_loop`. Object stores are listed with the store's paged LIST, one recursive listing
+    per top-level prefix (no request per object).
 
     Example:
         >>> import tempfile
@@ -444,19 +702,23 @@ def list_files(url: str, storage_options: Mapping[str, str] | None = None) -> It
         yield from _walk_local(path)
         return
     base = url.rstrip("/")
-    info = fs.get_file_info(path)
+    root = path.rstrip("/")
+    info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
         yield Listed(url, info.size, info.mtime_ns or 0)
         return
-    stack = [path.rstrip("/")]
-    while stack:
-        for info in fs.get_file_info(pafs.FileSelector(stack.pop(), allow_not_found=True)):
-            if info.base_name.startswith("."):
-                continue
-            if info.type == pafs.FileType.Directory:
-                stack.append(info.path)
-            elif info.type == pafs.FileType.File:
-                yield Listed(base + info.path[len(path.rstrip("/")):], info.size, info.mtime_ns or 0)
+    # The store's paged LIST (one request per 1000 keys), not a walk of HEAD requests: one
+    # recursive listing per top-level prefix, so files stream out prefix by prefix.
+    for top in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
+        if top.base_name.startswith("."):
+            continue
+        if top.type == pafs.FileType.File:
+            yield Listed(base + top.path[len(root):], top.size, top.mtime_ns or 0)
+            continue
+        for info in fs.get_file_info(pafs.FileSelector(top.path, recursive=True, allow_not_found=True)):
+            relative = info.path[len(root):]
+            if info.type == pafs.FileType.File and not any(p.startswith(".") for p in relative.split("/")):
+                yield Listed(base + relative, info.size, info.mtime_ns or 0)
 
 
 def _walk_local(path: str) -> Iterator[Listed]:

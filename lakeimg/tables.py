@@ -32,6 +32,7 @@ import json
 import os
 import re
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -162,9 +163,10 @@ def lake_tables(lake: str | os.PathLike[str]) -> list[str]:
     return [n for n in [*names, RUNS_TABLE, TRAINSETS_TABLE] if os.path.isdir(os.path.join(root, n, "_delta_log"))]
 
 
-def sql_tables(lake: str | os.PathLike[str]) -> dict[str, str]:
+def sql_tables(lake: str | os.PathLike[str], tables: Sequence[str] | None = None) -> dict[str, str]:
     """SQL name -> lake-relative path of the tables SQL sees: the user's tables under their own
     names and the runs table as `lakeimg_runs` (training sets are read through `TrainingSet`).
+    `tables`: the lake's tables when the caller listed them already (an object-store lake).
 
     Example:
         >>> import tempfile
@@ -172,7 +174,8 @@ def sql_tables(lake: str | os.PathLike[str]) -> dict[str, str]:
         {}
     """
     names = {RUNS_TABLE: RUNS_SQL_NAME}
-    return {names.get(path, path): path for path in lake_tables(lake) if path != TRAINSETS_TABLE}
+    listed = lake_tables(lake) if tables is None else tables
+    return {names.get(path, path): path for path in listed if path != TRAINSETS_TABLE}
 
 
 @dataclass(frozen=True)

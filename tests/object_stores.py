@@ -11,9 +11,9 @@ import dataclasses
 import os
 import shutil
 import socket
-import tempfile
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -53,13 +53,15 @@ class S3Server:
     """A running moto S3 server: its endpoint and the options that reach it."""
 
     endpoint: str
+    key_id: str = S3_KEY_ID
+    secret: str = S3_SECRET
 
     @property
     def env(self) -> dict[str, str]:
         """The standard AWS environment variables a subprocess (CLI, Spark) reads."""
         return {
-            "AWS_ACCESS_KEY_ID": S3_KEY_ID,
-            "AWS_SECRET_ACCESS_KEY": S3_SECRET,
+            "AWS_ACCESS_KEY_ID": self.key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret,
             "AWS_REGION": S3_REGION,
             "AWS_ENDPOINT_URL": self.endpoint,
             "AWS_ALLOW_HTTP": "true",
@@ -73,8 +75,8 @@ class S3Server:
     def client(self):
         import boto3
 
-        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=S3_KEY_ID,
-                            aws_secret_access_key=S3_SECRET, region_name=S3_REGION)
+        return boto3.client("s3", endpoint_url=self.endpoint, aws_access_key_id=self.key_id,
+                            aws_secret_access_key=self.secret, region_name=S3_REGION)
 
     def new_bucket(self, prefix: str = "lake") -> str:
         """A fresh, empty bucket (names are unique, so tests never share one)."""
@@ -84,17 +86,26 @@ class S3Server:
 
 
 @contextlib.contextmanager
-def moto_s3_server() -> Iterator[S3Server]:
-    """Start `moto_server` on 127.0.0.1 at a free port; stop it on exit."""
+def moto_s3_server(*, authenticated: bool = False) -> Iterator[S3Server]:
+    """Start `moto_server` on 127.0.0.1 at a free port; stop it on exit.
+
+    `authenticated`: the server checks credentials (moto's IAM mode, where only the first few
+    requests go unchecked): the test key pair is made an IAM user's key with full S3 access, so
+    any other key pair is refused, as real S3 does.
+    """
     port = free_port()
+    env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "3"} if authenticated else {})}
     process = subprocess.Popen(
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )
     try:
         endpoint = f"http://127.0.0.1:{port}"
         wait_for_http(endpoint + "/moto-api/", process)
-        yield S3Server(endpoint)
+        server = S3Server(endpoint)
+        if authenticated:
+            server = _with_iam_user(server)
+        yield server
     finally:
         process.terminate()
         try:
@@ -102,6 +113,21 @@ def moto_s3_server() -> Iterator[S3Server]:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=10)
+
+
+def _with_iam_user(server: S3Server) -> S3Server:
+    """Three unchecked requests make an IAM user, its key pair and its S3 policy."""
+    import json
+
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=server.endpoint, aws_access_key_id=S3_KEY_ID,
+                       aws_secret_access_key=S3_SECRET, region_name=S3_REGION)
+    iam.create_user(UserName="lakeimg")
+    key = iam.create_access_key(UserName="lakeimg")["AccessKey"]
+    iam.put_user_policy(UserName="lakeimg", PolicyName="s3", PolicyDocument=json.dumps(
+        {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}))
+    return dataclasses.replace(server, key_id=key["AccessKeyId"], secret=key["SecretAccessKey"])
 
 
 # Azurite's well-known development account (public, documented by Microsoft; not a secret).

@@ -14,7 +14,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from lakeimg.engine import layout
 from lakeimg.engine.base import Write
 from lakeimg.engine.spark import (
     SparkEngine,
@@ -234,10 +233,6 @@ def test_log_store_check(spark, s3_server):
 
 
 @pytest.mark.spark
-@pytest.mark.skipif(
-    not hasattr(layout, "staging_root"),
-    reason="needs the embedded engine's object-store lakes (ensure_lake, staging, listing on s3://): issue 13's other half",
-)
 def test_spark_ingest_local_files_into_an_s3_lake(spark, s3_server, tmp_path):
     from lakeimg.engine.delta_rs import LocalEngine
     from lakeimg.jobs.ingest import ingest_files
@@ -258,6 +253,7 @@ def test_spark_ingest_local_files_into_an_s3_lake(spark, s3_server, tmp_path):
     assert local.read("_lakeimg/runs", columns=["status"])["status"].to_pylist() == ["succeeded"]
     # Staging cleaned up (an empty "folder/" marker object may stay: pyarrow keeps the parent).
     assert [k for k in _keys(s3_server, bucket, "lake/_lakeimg/staging/") if not k.endswith("/")] == []
+    assert {"images", "images_rejects", "_lakeimg/runs"} <= set(SparkEngine(lake, spark, storage_options=options).tables())
     versions = (local.version("images"), local.version("images_rejects"))
     again = ingest_files(lake, [str(src)], engine=SparkEngine(lake, spark, storage_options=options), label_from_path="parent")
     assert (again.added, again.updated, again.unchanged, again.rejected) == (0, 0, 4, 0)  # a no-op re-run

@@ -61,7 +61,7 @@ def _wait_for_worker(ui_port: int, procs: list[subprocess.Popen], timeout: float
                 state = json.load(response)
             if state.get("aliveworkers", 0) >= 1:
                 return
-        except OSError:
+        except (OSError, ValueError):  # not listening yet, or a starting UI's empty answer
             pass
         time.sleep(1)
     raise AssertionError("the worker did not register with the master in time")

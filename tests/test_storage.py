@@ -368,7 +368,8 @@ def test_object_store_urls_resolve_with_delta_rs_option_keys(monkeypatch):
     options = {"AWS_REGION": "us-west-2", "AWS_ENDPOINT_URL": "127.0.0.1:9000", "AWS_ALLOW_HTTP": "true",
                "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s", "AWS_S3_ALLOW_UNSAFE_RENAME": "true"}
     fs, _ = resolve("s3://bucket/c.jpg", options)
-    assert fs.equals(pafs.S3FileSystem(region="us-west-2", endpoint_override="127.0.0.1:9000", scheme="http", access_key="k", secret_key="s"))
+    assert fs.equals(pafs.S3FileSystem(region="us-west-2", endpoint_override="127.0.0.1:9000", scheme="http", access_key="k",
+                                       secret_key="s", allow_delayed_open=True))
     fs, path = resolve("abfss://photos@acct.dfs.core.windows.net/a/c.jpg")
     assert (fs.type_name, path) == ("abfs", "photos/a/c.jpg")
     assert resolve("gs://bucket/c.jpg")[0].type_name == "gcs"

@@ -110,6 +110,8 @@ class SplitData:
 
     def __init__(self, trainset: TrainingSet, split: str, *, cache_dir: str | os.PathLike[str] | None = None):
         self.lake = trainset.engine.lake
+        # Object-store settings travel with the data to DataLoader workers (never printed).
+        self._storage = dict(getattr(trainset.engine, "options", None) or {})
         self.name = trainset.name
         self.split = split
         self.cache_dir = os.fspath(cache_dir) if cache_dir is not None else None
@@ -161,7 +163,7 @@ class SplitData:
         return table
 
     def _read(self) -> pa.Table:
-        engine = LocalEngine(self.lake)
+        engine = LocalEngine(self.lake, storage_options=self._storage)
         schema = engine.arrow_schema(self.table, self.version)
         keys = self._keys.column_names
         if "data" in schema.names and "encoding" in schema.names:

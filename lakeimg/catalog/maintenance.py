@@ -33,6 +33,7 @@ from lakeimg.engine.layout import ensure_lake, require_lake
 from lakeimg.engine.staging import remove_stale_staging
 from lakeimg.errors import LakeImgError, SpecError
 from lakeimg.schemas import table_contract
+from lakeimg.storage import is_remote, join_url
 from lakeimg.tables import RUNS_TABLE, RunRecord, new_run_id, utc_now
 
 __all__ = ["MaintenanceReport", "TableMaintenance", "maintain", "protected_versions", "readable_versions"]
@@ -97,8 +98,18 @@ def protected_versions(engine: LocalEngine) -> tuple[dict[str, set[int]], list[s
     return keep, problems
 
 
+def _normal(path: str, location: str) -> str:
+    """A data file as one spelling: local paths normalized, object-store URLs as they are."""
+    if is_remote(path):
+        return path
+    if is_remote(location):
+        return join_url(location, path)
+    return os.path.normpath(path if os.path.isabs(path) else os.path.join(location, path))
+
+
 def _files_of(engine: LocalEngine, table: str, version: int) -> set[str]:
-    return {os.path.normpath(p) for p in engine.data_files(table, version)}
+    location = engine.location(table)
+    return {_normal(p, location) for p in engine.data_files(table, version)}
 
 
 def maintain(
@@ -122,9 +133,10 @@ def maintain(
     """
     if vacuum_hours is not None and not vacuum_hours >= 0:
         raise SpecError(f"vacuum hours must be a number >= 0, not {vacuum_hours}")
-    require_lake(engine.lake)
+    storage = getattr(engine, "options", None)
+    require_lake(engine.lake, storage)
     if not dry_run:
-        ensure_lake(engine.lake)  # writable: fail before the first change, not halfway
+        ensure_lake(engine.lake, storage)  # writable: fail before the first change, not halfway
         remove_stale_staging(engine.lake)
     reader = engine.reader()
     run = RunRecord(run_id=new_run_id(), job="maintain", engine=engine.name, target_table="*",
@@ -162,7 +174,7 @@ def _vacuum(engine: Engine, reader: LocalEngine, name: str, hours: float, protec
     """Vacuum one table unless a dry run says a protected version would lose files."""
     candidates = engine.vacuum(name, retention_hours=hours, keep_versions=protected, dry_run=True)
     location = engine.location(name)
-    doomed = {os.path.normpath(c if os.path.isabs(c) else os.path.join(location, c)) for c in candidates}
+    doomed = {_normal(c, location) for c in candidates}
     clash = []
     for version in protected:
         try:
@@ -182,7 +194,7 @@ def _check_pinned(engine: LocalEngine) -> dict[str, bool]:
     for record in list_trainsets(engine):
         try:
             files = engine.data_files(record.table, record.version)
-            status[record.name] = all(os.path.exists(f) for f in files)
+            status[record.name] = all(engine.file_exists(f) for f in files)
         except Exception:  # noqa: BLE001 - an unreadable pinned version is exactly what we report
             status[record.name] = False
     return status
@@ -205,6 +217,6 @@ def readable_versions(engine: LocalEngine, table: str, *, newest: int = 500) -> 
             files = engine.data_files(table, version)
         except Exception:  # noqa: BLE001 - its log entry is gone: older ones are too
             break
-        if all(os.path.exists(f) for f in files):
+        if all(engine.file_exists(f) for f in files):
             out.append(version)
     return sorted(out)

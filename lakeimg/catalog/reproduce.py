@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import tempfile
 from dataclasses import dataclass
 from typing import Any
@@ -173,7 +172,7 @@ def _require_readable(engine: LocalEngine, table: str, version: int, what: str) 
         files = engine.data_files(table, version)
     except TableNotFoundError as exc:
         raise LakeImgError(f"cannot reproduce: {what} is no longer readable ({exc})") from exc
-    missing = [f for f in files if not os.path.exists(f)]
+    missing = [f for f in files if not engine.file_exists(f)]
     if missing:
         raise LakeImgError(
             f"cannot reproduce: {what} is no longer readable: {len(missing)} of its files were vacuumed "

@@ -31,6 +31,7 @@ import pyarrow as pa
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeDamagedError, LakeImgError, SpecError, SqlError, TableNotFoundError
 from lakeimg.sqlguard import check_spark_query, check_statement, confined_connection
+from lakeimg.storage import is_remote, resolve
 from lakeimg.tables import sql_tables
 
 __all__ = ["run_sql", "run_spark_sql", "register", "TimeTravelRef", "table_refs"]
@@ -152,6 +153,18 @@ def _snapshot_view(views: _Views, engine: LocalEngine, view: str, table_path: st
         views.empties[f"__empty_{view}"] = pa.schema([pa.field(f.name, f.type) for f in pa.schema(schema)]).empty_table()
         views.selects[view] = f"SELECT * FROM {_quote('__empty_' + view)}"
         return
+    if any(is_remote(f) for f in files):
+        # DuckDB reads object stores only through extensions lakeimg does not load: the
+        # snapshot is an Arrow dataset on pyarrow's file system instead (projection and filters
+        # still reach the Parquet files), registered like the empty tables.
+        import pyarrow.dataset as ds
+
+        schema = pa.schema([pa.field(f.name, f.type) for f in engine.arrow_schema(table_path, version)])
+        fs, _ = resolve(files[0], engine.options)
+        dataset = ds.dataset([resolve(f, engine.options)[1] for f in files], schema=schema, format="parquet", filesystem=fs)
+        views.empties[f"__snapshot_{view}"] = dataset
+        views.selects[view] = f"SELECT * FROM {_quote('__snapshot_' + view)}"
+        return
     # Absolute paths: DuckDB's allowed_paths compares the paths it opens with these.
     files = [f if "://" in f else os.path.abspath(f) for f in files]
     views.files += files
@@ -175,7 +188,7 @@ def run_sql(lake: str | os.PathLike[str], query: str, *, engine: LocalEngine | N
 
     lake = os.fspath(lake)
     engine = engine or LocalEngine(lake)
-    tables = sql_tables(lake)
+    tables = sql_tables(lake, engine.tables())
     masked = _mask(query)
     words = {w.lower() for w in re.findall(r"[A-Za-z_]\w*", masked)}
     quoted = {_unquote(q) for q in re.findall(r"\"[^\"]+\"|`[^`]+`", query)}

@@ -300,7 +300,7 @@ def create_trainset(
     rule = parse_split_rule(splits)
     if where is not None:
         parse_where(where)  # refused before anything is read; columns are checked on the read
-    ensure_lake(engine.lake)
+    ensure_lake(engine.lake, getattr(engine, "options", None))
     existing = {r.name: r for r in list_trainsets(engine)}
     if name in existing:
         raise SpecError(f"training set {name!r} already exists (training sets are immutable; pick a new name)")

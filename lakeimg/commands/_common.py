@@ -25,6 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from lakeimg.lake import Lake
+from lakeimg.storage import parse_storage_options
 
 
 def add_engine_options(parser) -> None:
@@ -34,12 +35,22 @@ def add_engine_options(parser) -> None:
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark settings (repeatable)")
 
 
+def storage_options_of(args) -> dict[str, str]:
+    """The command's `--storage-option KEY=VALUE` settings (see `lakeimg.storage`)."""
+    return parse_storage_options(getattr(args, "storage_option", None) or [])
+
+
+def lake_of(args) -> Lake:
+    """`args.lake` with the command's storage options, on the embedded engine."""
+    return Lake(args.lake, storage_options=storage_options_of(args))
+
+
 @contextmanager
 def open_lake(args) -> Iterator[Lake]:
     """`args.lake` on the engine `args.engine` names; a Spark session is built for the command
     (no --master: spark-submit's, or local[*]) and stopped after it."""
     if getattr(args, "engine", "local") != "spark":
-        yield Lake(args.lake)
+        yield lake_of(args)
         return
     lake = Lake.on_new_spark_session(args.lake, args.master, args.spark_conf)
     try:

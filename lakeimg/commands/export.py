@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from lakeimg.commands._common import print_json
-from lakeimg.lake import Lake
+from lakeimg.commands._common import lake_of, print_json
 from lakeimg.tables import parse_table_ref
 
 
@@ -20,7 +19,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     ref = parse_table_ref(args.table)
-    summary = Lake(args.lake).export(ref.name, args.out, format=args.format, version=ref.version, quality=args.quality)
+    summary = lake_of(args).export(ref.name, args.out, format=args.format, version=ref.version, quality=args.quality)
     if args.json:
         print_json(summary)
     else:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from lakeimg.commands._common import format_table, print_json
-from lakeimg.lake import Lake
+from lakeimg.commands._common import format_table, lake_of, print_json
 from lakeimg.tables import parse_table_ref
 
 
@@ -18,7 +17,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     name = parse_table_ref(args.table).name
-    versions = Lake(args.lake).versions(name, limit=args.limit)
+    versions = lake_of(args).versions(name, limit=args.limit)
     if args.json:
         print_json({"table": name, "versions": versions})
         return 0

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from lakeimg.commands._common import print_json
-from lakeimg.lake import Lake
+from lakeimg.commands._common import lake_of, print_json
 from lakeimg.tables import parse_table_ref
 
 
@@ -16,7 +15,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    lake = Lake(args.lake)
+    lake = lake_of(args)
     if args.ref.startswith("trainset:"):
         steps = lake.lineage(args.ref)
     else:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 
+from lakeimg.commands._common import lake_of
 from lakeimg.errors import SpecError
 from lakeimg.image.codecs import export_bytes
-from lakeimg.lake import Lake
 from lakeimg.storage import write_bytes
 
 
@@ -35,7 +35,7 @@ def write_window(path: str, pixels) -> None:
 
 
 def run(args) -> int:
-    pixels = Lake(args.lake).read_region(
+    pixels = lake_of(args).read_region(
         args.table, args.uri, args.x, args.y, args.width, args.height, level=args.level, page=args.page, version=args.version
     )
     write_window(args.out, pixels)

@@ -5,8 +5,7 @@ Exit 0 when identical, 6 when rows differ (so scripts can check reproducibility)
 
 from __future__ import annotations
 
-from lakeimg.commands._common import format_table, print_json
-from lakeimg.lake import Lake
+from lakeimg.commands._common import format_table, lake_of, print_json
 from lakeimg.tables import parse_table_ref
 
 EXIT_DIFFERENT = 6
@@ -24,7 +23,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     ref = parse_table_ref(args.ref)
-    result = Lake(args.lake).reproduce(ref.name, ref.version, scratch=args.scratch, workers=args.workers)
+    result = lake_of(args).reproduce(ref.name, ref.version, scratch=args.scratch, workers=args.workers)
     if args.json:
         print_json(result)
     else:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from lakeimg.commands._common import format_table, print_json
-from lakeimg.lake import Lake
+from lakeimg.commands._common import format_table, lake_of, print_json
 from lakeimg.tables import parse_table_ref
 
 
@@ -39,14 +38,14 @@ def add_parser(subparsers) -> None:
 
 def run_create(args) -> int:
     ref = parse_table_ref(args.table)
-    trainset = Lake(args.lake).create_training_set(args.name, ref.name, ref.version, splits=args.split, seed=args.seed,
+    trainset = lake_of(args).create_training_set(args.name, ref.name, ref.version, splits=args.split, seed=args.seed,
                                                    where=args.where, label_column=args.label_column or None,
                                                    stratify=args.stratify)
     return _show(trainset, args.json)
 
 
 def run_show(args) -> int:
-    return _show(Lake(args.lake).training_set(args.name), args.json)
+    return _show(lake_of(args).training_set(args.name), args.json)
 
 
 def _show(ts, as_json: bool) -> int:
@@ -68,7 +67,7 @@ def _show(ts, as_json: bool) -> int:
 
 
 def run_list(args) -> int:
-    records = Lake(args.lake).training_sets()
+    records = lake_of(args).training_sets()
     if args.json:
         print_json({"trainsets": records})
         return 0

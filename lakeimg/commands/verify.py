@@ -5,8 +5,7 @@ Exit 0 when clean, 9 when anything is missing, unreadable or does not match its 
 
 from __future__ import annotations
 
-from lakeimg.commands._common import format_table, print_json
-from lakeimg.lake import Lake
+from lakeimg.commands._common import format_table, lake_of, print_json
 from lakeimg.tables import parse_table_ref
 
 EXIT_VERIFY_FAILED = 9  # cli.EXIT_VERIFY_FAILED (not imported: cli imports the commands)
@@ -23,7 +22,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     ref = parse_table_ref(args.ref)
-    report = Lake(args.lake).verify(ref.name, ref.version, tiles=not args.no_tiles)
+    report = lake_of(args).verify(ref.name, ref.version, tiles=not args.no_tiles)
     if args.json:
         print_json(report.to_dict())
     else:

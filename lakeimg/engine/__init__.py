@@ -34,6 +34,7 @@ def open_engine(
     master: str | None = None,
     spark_conf: Mapping[str, str] | Iterable[str] = (),
     spark: Any = None,
+    storage_options: Mapping[str, str] | None = None,
 ) -> Engine:
     """The engine handle for a lake.
 
@@ -46,7 +47,7 @@ def open_engine(
         >>> eng.close()  # doctest: +SKIP
     """
     if engine == "local":
-        return LocalEngine(os.fspath(lake))
+        return LocalEngine(os.fspath(lake), storage_options=storage_options)
     if engine == "spark":
         owns = spark is None
         if owns:

@@ -19,6 +19,8 @@ import contextlib
 import datetime as dt
 import itertools
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -44,14 +46,22 @@ from lakeimg.engine.layout import (
     check_log_tail,
     check_not_before_first,
     delta_file_path,
+    staging_location,
     table_location,
+    tables_in,
 )
 from lakeimg.engine.pool import map_kernel
 from lakeimg.engine.staged import LocalStaged
 from lakeimg.errors import LakeDamagedError, LakeImgError, TableNotFoundError
 from lakeimg.schemas import TableContract
-from lakeimg.storage import uri_to_path
-from lakeimg.tables import lake_tables
+from lakeimg.storage import exists as storage_exists
+from lakeimg.storage import (
+    is_remote,
+    normalized_storage_options,
+    resolve,
+    storage_error,
+    uri_to_path,
+)
 
 __all__ = ["LocalEngine"]
 
@@ -61,10 +71,16 @@ class LocalEngine:
 
     name = "local"
 
-    def __init__(self, lake: str | os.PathLike[str], *, workers: int | None = None, storage_options: dict[str, str] | None = None):
+    def __init__(self, lake: str | os.PathLike[str], *, workers: int | None = None,
+                 storage_options: Mapping[str, str] | None = None):
         self.lake = str(lake)
         self.workers = (os.cpu_count() or 1) if workers is None else workers
-        self.storage_options = storage_options
+        self.remote = is_remote(self.lake)
+        # The environment's AWS_*/AZURE_*/GOOGLE_* settings under the given options: the same
+        # mapping reaches delta-rs, pyarrow.fs and the workers (sources on object stores).
+        self.options = normalized_storage_options(storage_options)
+        # delta-rs gets them only for an object-store lake (a local lake needs none).
+        self.storage_options = self.options if self.remote else None
 
     # --- reading -------------------------------------------------------------------------
 
@@ -102,7 +118,8 @@ class LocalEngine:
         if isinstance(version, (str, dt.datetime)):
             when = to_datetime(version)
             table.load_as_version(when)
-            check_not_before_first(self.location(name), table.version(), when, name, version, self.lake)
+            check_not_before_first(self.location(name), table.version(), when, name, version, self.lake,
+                                   self.storage_options)
         return table
 
     def version(self, name: str) -> int | None:
@@ -112,7 +129,8 @@ class LocalEngine:
         return self._delta_table(name).version()
 
     def data_files(self, name: str, version: VersionLike = None) -> list[str]:
-        """Local paths of the Parquet files that make up a snapshot."""
+        """The Parquet files that make up a snapshot: local paths, or URLs on an object store
+        (read them through `parquet_files`)."""
         table = self._delta_table(name, version)
         features = table.protocol().reader_features or []
         if "deletionVectors" in features:
@@ -135,12 +153,12 @@ class LocalEngine:
         delta = self._delta_table(name, version)
         schema = pa.schema(delta.schema().to_arrow())
         for path in self.data_files(name, version):
-            with _damage_as_error(name, delta.version(), path):
-                parquet = pq.ParquetFile(path, memory_map=True)
+            with _damage_as_error(name, delta.version(), path, options=self.options):
+                parquet = self.parquet_file(path)
                 present = [c for c in columns if c in parquet.schema_arrow.names]
                 batches = parquet.iter_batches(batch_size=batch_rows, columns=present)
             while True:
-                with _damage_as_error(name, delta.version(), path):
+                with _damage_as_error(name, delta.version(), path, options=self.options):
                     batch = next(batches, None)
                 if batch is None:
                     break
@@ -168,29 +186,48 @@ class LocalEngine:
         if not files:
             empty = pa.schema([f.with_nullable(True) for f in schema]).empty_table()
             return empty.select(list(columns)) if columns else empty
-        with _damage_as_error(name, table.version(), files[:1], columns):
-            physical = _physical_schema(files, schema)
+        with _damage_as_error(name, table.version(), files[:1], columns, options=self.options):
+            physical = _physical_schema(self.parquet_file(files[0]).schema_arrow, schema)
         if filter is None:
-            with _damage_as_error(name, table.version(), files, columns):
-                result = pq.ParquetDataset(files, schema=physical).read(columns=list(columns) if columns else None)
+            with _damage_as_error(name, table.version(), files, columns, options=self.options):
+                result = self.parquet_dataset(files, schema=physical).read(columns=list(columns) if columns else None)
             return cast_to_schema(result, schema, columns)
         # Filter after casting: files written by delta-rs' MERGE hold string_view columns, which
         # pyarrow's dataset filter kernels reject ("array_filter ... string_view").
         try:
             # Pushdown first: row groups whose statistics miss the filter are never read (the
             # tiles table's region reads rely on it); binding fails up front on string_view files.
-            with _damage_as_error(name, table.version(), files, columns, passthrough=pa.ArrowNotImplementedError):
-                pushed = pq.ParquetDataset(files, schema=physical, filters=filter).read(columns=list(columns) if columns else None)
+            with _damage_as_error(name, table.version(), files, columns, passthrough=pa.ArrowNotImplementedError,
+                                  options=self.options):
+                pushed = self.parquet_dataset(files, schema=physical, filters=filter).read(columns=list(columns) if columns else None)
             return cast_to_schema(pushed, schema, columns)
         except pa.ArrowNotImplementedError:
             pass
         needed = None
         if columns:
             needed = list(dict.fromkeys([*columns, *_expression_fields(filter, schema.names)]))
-        with _damage_as_error(name, table.version(), files, needed):
-            result = cast_to_schema(pq.ParquetDataset(files, schema=physical).read(columns=needed), schema, needed)
+        with _damage_as_error(name, table.version(), files, needed, options=self.options):
+            result = cast_to_schema(self.parquet_dataset(files, schema=physical).read(columns=needed), schema, needed)
         result = result.filter(filter)
         return result.select(list(columns)) if columns else result
+
+    def file_exists(self, path: str) -> bool:
+        """Whether a data file (a path or URL from `data_files`) is still there."""
+        return storage_exists(path, self.options)
+
+    def parquet_file(self, path: str) -> pq.ParquetFile:
+        """One data file (a local path or URL from `data_files`) opened through `storage.resolve`."""
+        fs, inner = resolve(path, self.options)
+        if not self.remote and not is_remote(path):
+            return pq.ParquetFile(inner, memory_map=True)
+        return pq.ParquetFile(fs.open_input_file(inner))
+
+    def parquet_dataset(self, files: Sequence[str], **options: Any) -> pq.ParquetDataset:
+        """`data_files` as one pyarrow ParquetDataset, on the file system `storage.resolve` gives."""
+        if not any(is_remote(f) for f in files):
+            return pq.ParquetDataset(list(files), **options)
+        fs, _ = resolve(files[0], self.options)
+        return pq.ParquetDataset([resolve(f, self.options)[1] for f in files], filesystem=fs, **options)
 
     def history(self, name: str, limit: int | None = None) -> list[dict[str, Any]]:
         """Commit infos, newest first, with lakeimg's run record parsed from userMetadata."""
@@ -314,12 +351,21 @@ class LocalEngine:
             for keyed in (write.staged.keys() if write.staged is not None else None, rows):
                 if keyed is not None:
                     uris.update(keyed["uri"].to_pylist())
+            scratch = None
             if rows is not None:
-                root = uri_to_path(self.location(name))
-                os.makedirs(root, exist_ok=True)
+                if self.remote:  # written locally, then once under its final name by the commit
+                    scratch = tempfile.mkdtemp(prefix="lakeimg-rows-")
+                    root = scratch
+                else:
+                    root = uri_to_path(self.location(name))
+                    os.makedirs(root, exist_ok=True)
                 files.append(os.path.join(root, f".rows-{uuid.uuid4().hex}.parquet"))
                 pq.write_table(as_contract(rows, contract), files[-1], row_group_size=64)
-            result, _found = commit_files_by_uri(self, name, contract, files, uris=sorted(uris), metadata=write.metadata)
+            try:
+                result, _found = commit_files_by_uri(self, name, contract, files, uris=sorted(uris), metadata=write.metadata)
+            finally:
+                if scratch is not None:
+                    shutil.rmtree(scratch, ignore_errors=True)
         elif rows is None and not files and write.mode == "append":
             result = CommitResult(before)
         else:
@@ -394,7 +440,7 @@ class LocalEngine:
 
     def tables(self) -> list[str]:
         """The Delta tables in the lake (lakeimg's own as `_lakeimg/runs`...)."""
-        return lake_tables(self.lake)
+        return tables_in(self.lake, self.options)
 
     # --- kernels -------------------------------------------------------------------------
 
@@ -413,7 +459,7 @@ class LocalEngine:
             if stage.on_progress is not None:
                 stage.on_progress(done, total)
 
-        staged = LocalStaged(table_location(self.lake, f"_lakeimg/staging/{stage.label}"), stage.contract,
+        staged = LocalStaged(staging_location(self.lake, stage.label), stage.contract,
                              stage.output_schema, stage.held)
         try:
             for batch in map_kernel(
@@ -455,11 +501,10 @@ def _conflicts() -> tuple[type[BaseException], ...]:
     return (CommitFailedError,)
 
 
-def _physical_schema(files: list[str], delta_schema: pa.Schema) -> pa.Schema:
+def _physical_schema(first: pa.Schema, delta_schema: pa.Schema) -> pa.Schema:
     """The first file's Parquet schema plus the Delta schema's columns it lacks (added to the
     table after it was written): the dataset then reads those as nulls from older files instead
     of dropping them from newer ones."""
-    first = pq.read_schema(files[0])
     return pa.schema([*first, *(f for f in delta_schema if f.name not in first.names)])
 
 
@@ -479,6 +524,7 @@ def _damage_as_error(
     columns: Sequence[str] | None = None,
     *,
     passthrough: type[BaseException] | tuple[type[BaseException], ...] = (),
+    options: Mapping[str, str] | None = None,
 ) -> Iterator[None]:
     """Turn pyarrow's errors on a missing or damaged data file (a bad footer, page header or
     codec stream) into LakeDamagedError naming the table, version and file. When several files
@@ -490,13 +536,17 @@ def _damage_as_error(
     except (OSError, pa.ArrowException) as exc:
         paths = [files] if isinstance(files, str) else list(files)
         culprit = paths[0] if len(paths) == 1 else None
+        typed = storage_error(exc, paths[0], options) if paths else None
+        if typed is not None:  # the store refused or was unreachable: not damage
+            raise typed from exc
         for path in paths if culprit is None else ():
             try:
-                pq.ParquetFile(path).read(columns=list(columns) if columns else None)
+                fs, inner = resolve(path, options)
+                pq.ParquetFile(fs.open_input_file(inner)).read(columns=list(columns) if columns else None)
             except (OSError, pa.ArrowException):
                 culprit = path
                 break
-        reason = "missing (deleted or vacuumed)" if culprit and not os.path.exists(culprit) else _one_line(exc)
+        reason = "missing (deleted or vacuumed)" if culprit and not storage_exists(culprit, options) else _one_line(exc)
         raise LakeDamagedError(name, f"{reason}; run `lakeimg verify {name}@{version}`", version=version, file=culprit) from exc
 
 

@@ -10,11 +10,16 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 import os
+import tempfile
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import pyarrow.fs as pafs
 
 from lakeimg.errors import (
     LakeDamagedError,
@@ -22,10 +27,22 @@ from lakeimg.errors import (
     LakeNotWritableError,
     VersionNotFoundError,
 )
-from lakeimg.storage import has_scheme, local_path_or_none, uri_to_path
-from lakeimg.tables import lake_relative
+from lakeimg.storage import (
+    check_store,
+    has_scheme,
+    is_remote,
+    join_url,
+    list_children,
+    read_bytes,
+    resolve,
+    uri_to_path,
+)
+from lakeimg.tables import RUNS_TABLE, TRAINSETS_TABLE, is_table_name, lake_relative, lake_tables
 
-__all__ = ["table_location", "ensure_lake", "lake_exists", "require_lake", "check_log_tail", "check_not_before_first", "delta_file_path"]
+__all__ = ["table_location", "ensure_lake", "lake_exists", "require_lake", "check_log_tail", "check_not_before_first",
+           "delta_file_path", "staging_location", "staging_root", "tables_in"]
+
+StorageOptions = Mapping[str, str] | None
 
 
 def table_location(lake: str | os.PathLike[str], name: str) -> str:
@@ -37,9 +54,57 @@ def table_location(lake: str | os.PathLike[str], name: str) -> str:
     return f"{str(lake).rstrip('/')}/{lake_relative(name)}"
 
 
+def staging_root(lake: str | os.PathLike[str]) -> str:
+    """The local folder where runs on `lake` stage their output before the commit.
+
+    `LAKE/_lakeimg/staging` for a local lake. For an object-store lake it is a local folder
+    named after the lake's URL: object stores have no rename and no lock, so staged files are
+    written locally (where the run's flock marks them live, `engine/staging.py`) and the commit
+    writes each one once, under its final name inside the table.
+
+    Example:
+        >>> staging_root("/data/lake")
+        '/data/lake/_lakeimg/staging'
+    """
+    if not is_remote(os.fspath(lake)):
+        return os.path.join(uri_to_path(os.fspath(lake)), "_lakeimg", "staging")
+    key = hashlib.sha256(os.fspath(lake).rstrip("/").encode()).hexdigest()[:16]
+    return os.path.join(tempfile.gettempdir(), "lakeimg-staging", key)
+
+
+def staging_location(lake: str | os.PathLike[str], label: str) -> str:
+    """Where a stage labelled `label` (it starts with the run id) stages its files.
+
+    Example:
+        >>> staging_location("/data/lake", "r1-rows")
+        '/data/lake/_lakeimg/staging/r1-rows'
+    """
+    lake_relative(f"_lakeimg/staging/{label}")  # the label is one safe path component
+    return os.path.join(staging_root(lake), label)
+
+
+def tables_in(lake: str | os.PathLike[str], storage_options: StorageOptions = None) -> list[str]:
+    """`lakeimg.tables.lake_tables` for a lake anywhere: an object-store lake is listed through
+    `lakeimg.storage` (one LIST per level).
+
+    Example:
+        >>> tables_in("/nonexistent/lake")
+        []
+    """
+    lake = os.fspath(lake)
+    if not is_remote(lake):
+        return lake_tables(lake)
+    names = [n for n in list_children(lake, storage_options) if is_table_name(n)]
+    owned = [n for n in (RUNS_TABLE, TRAINSETS_TABLE) if n.rsplit("/", 1)[-1] in list_children(join_url(lake, "_lakeimg"), storage_options)]
+    return [n for n in [*names, *owned] if "_delta_log" in list_children(join_url(lake, n), storage_options)]
+
+
 def delta_file_path(uri: str) -> str:
-    """The local path of a data file as delta-rs' `file_uris()` gives it: a URL, or an absolute
-    path percent-encoded like one ("/my%20lake/images/part-0.parquet")."""
+    """The path of a data file as delta-rs' `file_uris()` gives it: a URL, or an absolute
+    path percent-encoded like one ("/my%20lake/images/part-0.parquet"). Local files become
+    local paths; object-store URLs stay URLs (read through `lakeimg.storage.resolve`)."""
+    if is_remote(uri) and has_scheme(uri):
+        return uri
     if has_scheme(uri) or uri.startswith("/"):
         return uri_to_path(uri if has_scheme(uri) else "file://" + uri)
     return uri
@@ -51,13 +116,14 @@ def check_log_tail(location: str, name: str) -> None:
     A crash before a commit reached the disk can leave `_delta_log/N.json` empty or partial.
     delta-rs reads an empty entry as a version with no actions, so version N's rows vanish
     from reads, and the next commit (N+1) makes that permanent. Refuse instead, with the
-    repair. Only local tables are checked here.
+    repair. Only local tables are checked here: an object store's PUT makes an object whole or
+    not at all, so a cut entry cannot happen there.
 
     Example:
         >>> check_log_tail("/nonexistent/table", "images")
     """
-    if local_path_or_none(location) is None:
-        return  # an object store's PUT is whole: no cut entry to find there
+    if is_remote(location):
+        return
     log = os.path.join(uri_to_path(location), "_delta_log")
     try:
         entries = [e for e in os.scandir(log) if len(e.name) == 25 and e.name.endswith(".json") and e.name[:20].isdigit()]
@@ -93,9 +159,15 @@ def check_log_tail(location: str, name: str) -> None:
         )
 
 
-def ensure_lake(lake: str) -> None:
-    """Create the lake folder; raise LakeNotWritableError when that or writing into it fails."""
+def ensure_lake(lake: str, storage_options: StorageOptions = None) -> None:
+    """Create the lake folder; raise LakeNotWritableError when that or writing into it fails.
 
+    An object-store lake has no folder to make: its bucket is reached and a probe object
+    written and deleted (`lakeimg.storage.check_store`: typed errors for wrong credentials, a
+    missing bucket, an unreachable endpoint)."""
+    if is_remote(lake):
+        check_store(lake, storage_options, writable=True)
+        return
     path = Path(uri_to_path(lake))
     try:
         path.mkdir(parents=True, exist_ok=True)
@@ -106,16 +178,20 @@ def ensure_lake(lake: str) -> None:
         raise LakeNotWritableError(lake, f"{type(exc).__name__}: {exc.strerror or exc}") from exc
 
 
-def lake_exists(lake: str | os.PathLike[str]) -> bool:
-    """Whether `lake` is a lake: a folder with lakeimg's `_lakeimg` folder or a Delta table in it.
+def lake_exists(lake: str | os.PathLike[str], storage_options: StorageOptions = None) -> bool:
+    """Whether `lake` is a lake: a folder (or object-store prefix) with lakeimg's `_lakeimg`
+    folder or a Delta table in it. An unreachable store raises its typed error.
 
     Example:
         >>> lake_exists("/nonexistent/lake")
         False
     """
     text = str(lake)
-    if "://" in text and not text.startswith("file://"):
-        return True  # an object store or cluster file system: the engine finds out when it reads
+    if is_remote(text):
+        check_store(text, storage_options)
+        children = list_children(text, storage_options)
+        return "_lakeimg" in children or any(
+            "_delta_log" in list_children(join_url(text, c), storage_options) for c in children if is_table_name(c))
     root = Path(uri_to_path(text))
     if (root / "_lakeimg").is_dir():
         return True
@@ -125,7 +201,7 @@ def lake_exists(lake: str | os.PathLike[str]) -> bool:
         return False
 
 
-def require_lake(lake: str | os.PathLike[str]) -> None:
+def require_lake(lake: str | os.PathLike[str], storage_options: StorageOptions = None) -> None:
     """Raise `LakeNotFoundError` unless `lake` is a lake (every job but ingest and demo reads or
     writes an existing lake, and never creates one from a mistyped path).
 
@@ -135,34 +211,33 @@ def require_lake(lake: str | os.PathLike[str]) -> None:
         ...
         lakeimg.errors.LakeNotFoundError: no lake at /nonexistent/lake
     """
-    if not lake_exists(lake):
-
+    if not lake_exists(lake, storage_options):
         raise LakeNotFoundError(str(lake))
 
 
-def check_not_before_first(location: str, loaded: int, when: dt.datetime, name: str, ref: Any, lake: str) -> None:
+def check_not_before_first(location: str, loaded: int, when: dt.datetime, name: str, ref: Any, lake: str,
+                           storage_options: StorageOptions = None) -> None:
     """delta-rs loads the first version for a time before it; Delta (and lakeimg) refuse."""
 
-    if local_path_or_none(location) is None:
-        return  # delta-rs reads an object-store log itself
-    log = os.path.join(uri_to_path(location), "_delta_log")
+    fs, log = resolve(join_url(location, "_delta_log"), storage_options)
     try:
-        first = min(int(n[:20]) for n in os.listdir(log) if len(n) == 25 and n.endswith(".json") and n[:20].isdigit())
+        infos = fs.get_file_info(pafs.FileSelector(log, allow_not_found=True))
+        names = {i.base_name: i for i in infos}
+        first = min(int(n[:20]) for n in names if len(n) == 25 and n.endswith(".json") and n[:20].isdigit())
     except (OSError, ValueError):
         return
     if loaded != first:
         return
-    entry = os.path.join(log, f"{first:020d}.json")
+    entry = names[f"{first:020d}.json"]
     stamp_ms = None
     try:
-        with open(entry, encoding="utf-8") as handle:
-            for line in handle:
-                info = json.loads(line).get("commitInfo") if line.strip() else None
-                if info and info.get("timestamp") is not None:
-                    stamp_ms = int(info["timestamp"])
-                    break
+        for line in read_bytes(join_url(location, "_delta_log", entry.base_name), storage_options).decode("utf-8").splitlines():
+            info = json.loads(line).get("commitInfo") if line.strip() else None
+            if info and info.get("timestamp") is not None:
+                stamp_ms = int(info["timestamp"])
+                break
         if stamp_ms is None:
-            stamp_ms = int(os.path.getmtime(entry) * 1000)
+            stamp_ms = int((entry.mtime_ns or 0) // 1_000_000)
     except (OSError, ValueError):
         return
     committed = dt.datetime.fromtimestamp(stamp_ms / 1000, dt.timezone.utc)

@@ -44,12 +44,11 @@ from lakeimg.engine.base import (
     with_retries,
 )
 from lakeimg.engine.delta_rs import LocalEngine
-from lakeimg.engine.layout import check_log_tail, table_location
+from lakeimg.engine.layout import check_log_tail, table_location, tables_in
 from lakeimg.engine.pool import isolated_kernel
 from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
 from lakeimg.schemas import TableContract, arrow_type
 from lakeimg.storage import local_path_or_none, remove_prefix
-from lakeimg.tables import lake_tables
 
 __all__ = [
     "spark_session_builder", "DELTA_SQL_CONF", "SparkEngine", "SparkStaged", "bundled_hadoop_version",
@@ -589,8 +588,8 @@ class SparkEngine:
         return LocalEngine(self.lake, storage_options=self.storage_options)
 
     def tables(self) -> list[str]:
-        """The Delta tables in the lake (a local lake's; lakeimg's own as `_lakeimg/runs`...)."""
-        return lake_tables(self.lake) if local_path_or_none(self.lake) else []
+        """The Delta tables in the lake (lakeimg's own as `_lakeimg/runs`...)."""
+        return tables_in(self.lake, self.storage_options)
 
     # --- writing -------------------------------------------------------------------------
 

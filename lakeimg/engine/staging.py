@@ -26,7 +26,8 @@ import socket
 import time
 import weakref
 
-from lakeimg.storage import delete_file, remove_prefix, uri_to_path
+from lakeimg.engine.layout import staging_root
+from lakeimg.storage import delete_file, remove_prefix
 
 __all__ = ["StagingClaim", "claim_staging", "remove_stale_staging", "STAGING_FOLDER"]
 
@@ -35,7 +36,8 @@ GRACE_HOURS = 24.0
 
 
 def _staging_root(lake: str) -> str:
-    return os.path.join(uri_to_path(str(lake)), STAGING_FOLDER)
+    # A local folder even for an object-store lake (`layout.staging_root`): flocks need one.
+    return staging_root(str(lake))
 
 
 def _close(handle) -> None:

@@ -175,8 +175,10 @@ def ingest_files(
     validate_name("target table", table)  # before anything is created: `../x` must not leave the lake
     started = time.monotonic()
     lake = str(lake)
-    ensure_lake(lake)
     engine = engine or LocalEngine(lake, workers=workers)
+    # The engine's object-store settings (env + options): they reach the lake and the sources.
+    storage = getattr(engine, "options", None) or {}
+    ensure_lake(lake, storage)
     run_id, started_at = new_run_id(), utc_now()
     options = IngestOptions(
         run_id=run_id,
@@ -191,6 +193,7 @@ def ingest_files(
         ingested_at=started_at,
         tile_above_pixels=tile_above_pixels,
         tile_size=tile_size,
+        storage=tuple(storage.items()),
     )
     tile_options = TileOptions(tile_size=tile_size, overlap=tile_overlap, encoding=tile_encoding,
                                rows_per_task=tile_rows_per_task, run_id=run_id, ingested_at=started_at,
@@ -294,7 +297,8 @@ def plan_run(
 ) -> IngestRun:
     """List the sources and compare them with the tables: what to read, what vanished."""
     validate_name("target table", table)
-    listing = list_sources(sources, exclude=[lake], label_from_path=label_from_path)
+    listing = list_sources(sources, exclude=[lake], label_from_path=label_from_path,
+                           storage_options=dict(options.storage))
     images_keys, rejects_keys = _keys(engine, table), _keys(engine, rejects_of(table), ["error_class"])
     todo = plan_ingest(listing, images_keys, rejects_keys, retry_rejects=retry_rejects)
     known_images = set(images_keys["uri"].to_pylist())

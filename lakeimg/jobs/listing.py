@@ -22,7 +22,7 @@ import datetime as dt
 import glob
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -30,11 +30,15 @@ import pyarrow as pa
 from lakeimg.errors import SourceNotFoundError, SpecError
 from lakeimg.kernels.ingest import LISTING_SCHEMA
 from lakeimg.storage import (
+    check_store,
+    exists,
     has_scheme,
+    is_remote,
     list_files,
     local_path_or_none,
     path_to_uri,
     printable,
+    to_uri,
     uri_to_path,
 )
 
@@ -53,7 +57,8 @@ def label_for(uri: str, rule: str | None) -> str | None:
     """
     if not rule:
         return None
-    path = uri_to_path(uri)
+    # An object's key reads like a path: "s3://bucket/cats/1.jpg" -> "bucket/cats/1.jpg".
+    path = uri.split("://", 1)[1] if is_remote(uri) else uri_to_path(uri)
     if rule == "parent":
         label = os.path.basename(os.path.dirname(path)) or None
     else:
@@ -83,16 +88,50 @@ class SourceScope:
     def covers(self, uri: str) -> bool:
         if uri in self.files or any(uri.startswith(p) for p in self.prefixes):
             return True
-        return any(glob_match(uri_to_path(uri), p) for p in self.patterns)
+        # Local patterns are paths, object-store patterns URLs; each matches its own kind.
+        return any(glob_match(uri if is_remote(p) else uri_to_path(uri), p)
+                   for p in self.patterns if is_remote(p) == is_remote(uri))
 
 
 def glob_match(path: str, pattern: str) -> bool:
-    regex = glob.translate(pattern, recursive=True, include_hidden=False) if hasattr(glob, "translate") else None
-    if regex is None:
-        import fnmatch
+    """Whether `path` (or an object URL) matches a glob as `glob.glob(recursive=True)` reads it:
+    `**/` is any number of folders (none too), `*` and `?` stay inside one name, hidden names
+    match only a pattern that names them.
 
-        return fnmatch.fnmatch(path, pattern)
-    return re.match(regex, path) is not None
+    Example:
+        >>> glob_match("s3://b/scans/a/1.tif", "s3://b/scans/**/*.tif"), glob_match("s3://b/scans/1.tif", "s3://b/scans/**/*.tif")
+        (True, True)
+        >>> glob_match("/d/x/1.jpg", "/d/*.jpg")
+        False
+    """
+    return re.fullmatch(_glob_regex(pattern), path) is not None
+
+
+def _glob_regex(pattern: str) -> str:
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append(r"(?:[^/.][^/]*/)*")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(r"(?:[^/.][^/]*(?:/[^/.][^/]*)*)?")
+            i += 2
+        elif pattern[i] == "*":
+            out.append(r"(?:[^/.][^/]*)?" if i == 0 or pattern[i - 1] == "/" else r"[^/]*")
+            i += 1
+        elif pattern[i] == "?":
+            out.append(r"[^/]")
+            i += 1
+        elif pattern[i] == "[" and "]" in pattern[i + 2:]:
+            end = pattern.index("]", i + 2)
+            body = pattern[i + 1:end]
+            body = body.replace("\\", "\\\\")
+            out.append("[" + ("^" + body[1:] if body[:1] == "!" else body) + "]")
+            i = end + 1
+        else:
+            out.append(re.escape(pattern[i]))
+            i += 1
+    return "".join(out)
 
 
 def list_sources(
@@ -100,11 +139,14 @@ def list_sources(
     *,
     exclude: Sequence[str] = (),
     label_from_path: str | None = None,
+    storage_options: Mapping[str, str] | None = None,
 ) -> pa.Table:
     """List every file under `sources` (files, folders, globs) as a listing table.
 
     A source that exists under its literal name is taken literally, even with glob characters
-    in it (`ü[1].jpg`, `q?mark.jpg`); otherwise `*`, `?` and `[` make it a glob.
+    in it (`ü[1].jpg`, `q?mark.jpg`); otherwise `*`, `?` and `[` make it a glob. Object-store
+    sources (`s3://bucket/scans/**/*.tif`) are listed with the store's paged LIST under the
+    glob's literal prefix and matched here.
 
     Raises:
         SourceNotFoundError: a source does not exist, or a glob matches nothing.
@@ -114,15 +156,29 @@ def list_sources(
             re.compile(label_from_path)
         except re.error as exc:
             raise SpecError(f"--label-from-path: invalid regular expression {label_from_path!r}: {exc}") from exc
-    excluded = tuple(_source_path(e).rstrip("/") + "/" for e in exclude)
+    excluded = tuple(to_uri(e).rstrip("/") + "/" for e in exclude)
     found: dict[str, tuple[int, int, str | None]] = {}
 
-    def add(path: str) -> None:
-        for file in list_files(path):
-            if not any((uri_to_path(file.url) + "/").startswith(e) for e in excluded):
+    def add(path: str, pattern: str | None = None) -> int:
+        count = 0
+        for file in list_files(path, storage_options):
+            if pattern is not None and not glob_match(file.url, pattern):
+                continue
+            if not any((file.url + "/").startswith(e) for e in excluded):
                 found[file.url] = (file.size, file.mtime_ns, file.kind)
+                count += 1
+        return count
 
     for source in sources:
+        if is_remote(source):
+            check_store(source, storage_options, what="source")
+            if _GLOB_CHARS.search(source) and not exists(source, storage_options):
+                prefix = source[: _GLOB_CHARS.search(source).start()].rsplit("/", 1)[0]
+                if not add(prefix, source):
+                    raise SourceNotFoundError(source)
+            elif not add(source):
+                raise SourceNotFoundError(source)
+            continue
         path = _source_path(source)
         if _GLOB_CHARS.search(path) and not os.path.lexists(path):
             matches = [m for m in glob.glob(path, recursive=True) if not _hidden(m)]
@@ -166,6 +222,13 @@ def source_scope(sources: Sequence[str]) -> SourceScope:
     """The scope of `sources` for sync-deletes."""
     prefixes, files, patterns = [], set(), []
     for source in sources:
+        if is_remote(source):
+            if _GLOB_CHARS.search(source):
+                patterns.append(source)
+            else:  # an object or a prefix: both cover what starts with it
+                files.add(source)
+                prefixes.append(source.rstrip("/") + "/")
+            continue
         path = _source_path(source)
         if _GLOB_CHARS.search(path) and not os.path.lexists(path):
             patterns.append(path)

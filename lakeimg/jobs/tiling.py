@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakeimg.engine.base import CommitResult, Engine, Stage, Write
-from lakeimg.engine.layout import table_location
+from lakeimg.engine.layout import staging_location
 from lakeimg.errors import ErrorClass
 from lakeimg.image.codecs import decode_tile
 from lakeimg.image.display import make_thumbnail
@@ -119,7 +119,7 @@ def tile_images(
     Rows whose tiling fails leave the image rows and come back as reject rows.
     """
     schema = ingest_result_schema()
-    staging = table_location(engine.lake, f"_lakeimg/staging/{options.run_id or 'run'}")
+    staging = staging_location(engine.lake, options.run_id or "run")
     result = TilingResult(rows.slice(0, 0), schema.empty_table(), staging=staging)
     if rows.num_rows == 0:
         return result

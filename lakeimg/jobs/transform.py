@@ -222,11 +222,12 @@ def transform_table(
     validate_name("target table", target)
     if target == source:
         raise SpecError(f"bad target table name {target!r}: it is the source")
-    require_lake(lake)  # a transform reads an existing lake; it never creates one
-    ensure_lake(lake)  # ... that it can write
     if engine == "spark" and spark is None:
         raise SpecError("engine spark needs a SparkSession (pass spark=...; the CLI builds one)")
     eng = open_engine(lake, engine, spark=spark) if isinstance(engine, str) else engine
+    storage = getattr(eng, "options", None)
+    require_lake(lake, storage)  # a transform reads an existing lake; it never creates one
+    ensure_lake(lake, storage)  # ... that it can write
     if not eng.exists(source):
         raise TableNotFoundError(source, lake)
     run_id = new_run_id()

@@ -25,7 +25,7 @@ import hashlib
 import os
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -114,6 +114,9 @@ class IngestOptions:
     # (see lakeimg/jobs/tiling.py); 0 turns tiling off.
     tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS
     tile_size: int = DEFAULT_TILE_SIZE
+    # Object-store settings for reading sources (`lakeimg.storage.normalized_storage_options`),
+    # as pairs; never printed (repr=False) and never part of the run's recorded spec.
+    storage: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 def ingest_result_schema() -> pa.Schema:
@@ -165,7 +168,7 @@ def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: It
         return _tiled_row(listing, huge, options)
     try:
         try:
-            data = read_bytes(uri)
+            data = read_bytes(uri, dict(options.storage))
         except FileNotFoundError as exc:
             raise ImageDecodeError(uri, ErrorClass.UNREADABLE, f"file vanished before it was read: {exc}") from exc
         except NotRegularFileError as exc:
@@ -261,7 +264,7 @@ def _tiled_row(listing: dict[str, Any], header: DecodedImage, options: IngestOpt
     step (lakeimg/jobs/tiling.py) cuts the tiles and fills the thumbnail from the top level."""
     uri = listing["uri"]
     try:
-        sha = sha256_of(uri)  # streamed: a huge file is never read whole
+        sha = sha256_of(uri, dict(options.storage))  # streamed: a huge file is never read whole
     except OSError as exc:
         return _reject(listing, ImageDecodeError(uri, ErrorClass.UNREADABLE, f"{type(exc).__name__}: {exc}"), None, options)
     try:
