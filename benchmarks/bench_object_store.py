@@ -20,7 +20,8 @@ waits that much longer; AWS_ENDPOINT_URL points at it):
   bare S3, 1 GET   the same loop with one GET at a time per process (informational).
 
 The proxy counts the requests it passes (by HTTP method) per measurement: requests per file show
-how many round trips each file costs.
+how many round trips each file costs; `--log-requests FILE` appends each proxied request line
+(method and path, no headers) with a timestamp, to see where the latency run's time goes.
 
 Targets: S3 -> S3 >= 0.8x the bare S3 loop's throughput in both settings, and S3 -> S3 with the
 latency >= 0.5x local -> local. A missed target prints MISSED and the exit status is 1.
@@ -237,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from lakeimg.samples import write_photo_jpegs
 
+    # A terminated run still stops moto and the proxy and removes its files (the finally blocks).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="bench-object-store-")
     results: dict[str, float] = {}
     requests: dict[str, dict[str, int]] = {}
