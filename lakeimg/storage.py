@@ -229,12 +229,12 @@ _OPTIONS = {
                       "storage_sas_token": "sas_token", "client_id": "client_id",
                       "client_secret": "client_secret", "tenant_id": "tenant_id"}),
 }
-_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az", "abfs": "az", "abfss": "az"}
+_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az", "abfs": "az", "abfss": "az", "adl": "az"}
 # Environment variables that configure object stores (delta-rs reads the same ones).
 _ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_")
 # Option names whose values are secrets: never printed, logged or stored (see `redact`).
 _SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "ACCOUNT_KEY", "ACCESS_KEY", "SAS", "CONNECTION_STRING",
-                 "CREDENTIAL", "CLIENT_SECRET", "SERVICE_ACCOUNT_KEY")
+                 "CREDENTIAL", "CLIENT_SECRET", "SERVICE_ACCOUNT_KEY", "MASTER_KEY")
 
 
 def storage_scheme(url: str) -> str | None:
@@ -271,9 +271,33 @@ def normalized_storage_options(storage_options: Mapping[str, str] | None = None,
         {'AWS_ALLOW_HTTP': 'true', 'AWS_REGION': 'eu-west-1'}
     """
     env = os.environ if environ is None else environ
-    merged = {k.upper(): v for k, v in env.items() if k.upper().startswith(_ENV_PREFIXES)}
-    merged.update((str(k).upper(), str(v)) for k, v in (storage_options or {}).items())
+    merged = _with_azure_connection_string({k.upper(): v for k, v in env.items() if k.upper().startswith(_ENV_PREFIXES)})
+    merged.update(_with_azure_connection_string({str(k).upper(): str(v) for k, v in (storage_options or {}).items()}))
     return dict(sorted(merged.items()))
+
+
+def _with_azure_connection_string(options: dict[str, str]) -> dict[str, str]:
+    # Neither delta-rs nor pyarrow takes a connection string: its parts become the options both
+    # read. A layer's own explicit keys win over its connection string; the string itself stays
+    # in the mapping so that `redact` knows it.
+    text = options.get("AZURE_STORAGE_CONNECTION_STRING")
+    if not text:
+        return options
+    parts = {}
+    for item in text.split(";"):
+        name, eq, value = item.strip().partition("=")
+        if eq:
+            parts[name.strip().lower()] = value.strip()
+    found = {"AZURE_STORAGE_ACCOUNT_NAME": parts.get("accountname"), "AZURE_STORAGE_ACCOUNT_KEY": parts.get("accountkey"),
+             "AZURE_STORAGE_SAS_TOKEN": parts.get("sharedaccesssignature")}
+    endpoint = parts.get("blobendpoint")
+    if not endpoint and parts.get("endpointsuffix", "core.windows.net") != "core.windows.net" and parts.get("accountname"):
+        endpoint = f"{parts.get('defaultendpointsprotocol', 'https')}://{parts['accountname']}.blob.{parts['endpointsuffix']}"
+    if endpoint:
+        found["AZURE_STORAGE_ENDPOINT"] = endpoint.rstrip("/")
+        if endpoint.lower().startswith("http://"):
+            found["AZURE_ALLOW_HTTP"] = "true"
+    return {**{k: v for k, v in found.items() if v}, **options}
 
 
 def parse_storage_options(pairs: Iterable[str]) -> dict[str, str]:
@@ -333,10 +357,7 @@ def _filesystem(url: str, storage_options: Mapping[str, str] | None) -> tuple[pa
         container, _, key = rest.partition("/")
         container, _, host = container.partition("@")  # abfss://container@account.dfs.core.windows.net/key
         rest = f"{container}/{key}"
-        if not dict(args).get("account_name"):
-            if not host:
-                raise UriError(url, "no Azure storage account (set AZURE_STORAGE_ACCOUNT_NAME)")
-            args = (*args, ("account_name", host.split(".")[0]))
+        args = _azure_arguments(url, dict(args), host.split(".")[0], given)
     allow_http = given.get(prefix + "allow_http", given.get("allow_http", "false")).lower() == "true"
     return _cached_filesystem(kind, args, allow_http), rest
 
@@ -355,6 +376,43 @@ def _cached_filesystem(kind: str, args: tuple[tuple[str, str], ...], allow_http:
         return pafs.GcsFileSystem(**options)
     account = options.pop("account_name")
     return pafs.AzureFileSystem(account, **options)
+
+
+def _azure_arguments(url: str, args: dict[str, str], url_account: str,
+                     given: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """pyarrow's AzureFileSystem arguments: the account (an abfss:// URL's host names it), and
+    the endpoint override delta-rs reads (`AZURE_STORAGE_ENDPOINT`, e.g. Azurite's
+    `http://127.0.0.1:10000/devstoreaccount1` or a sovereign cloud's
+    `https://acct.blob.core.chinacloudapi.cn`) as pyarrow's authority and scheme."""
+    account = url_account or args.get("account_name") or given.get("azure_storage_account") or ""
+    if not account:
+        raise UriError(url, "no Azure storage account (set AZURE_STORAGE_ACCOUNT_NAME, "
+                            "AZURE_STORAGE_CONNECTION_STRING or use abfss://container@account.dfs.core.windows.net/)")
+    args["account_name"] = account
+    for key in ("azure_storage_account_key", "azure_storage_access_key", "azure_storage_master_key", "access_key",
+                "account_key", "master_key"):
+        if given.get(key) and "account_key" not in args:
+            args["account_key"] = given[key]
+    for key in ("azure_storage_sas_key", "sas_key", "sas_token"):
+        if given.get(key) and "sas_token" not in args:
+            args["sas_token"] = given[key]
+    if "account_key" in args:
+        args.pop("sas_token", None)  # pyarrow takes one of them; the key signs everything a SAS allows
+    elif "sas_token" in args:
+        args["sas_token"] = args["sas_token"].lstrip("?")
+    endpoint = next((given[k] for k in ("azure_storage_endpoint", "azure_endpoint", "endpoint") if given.get(k)), "")
+    if endpoint:
+        scheme, _, rest = endpoint.partition("://")
+        host = rest.split("/", 1)[0]
+        if host.lower().startswith(account.lower() + "."):
+            # Host-style (https://acct.blob.<suffix>): pyarrow puts the account before ".blob.<suffix>".
+            blob = host[len(account):]
+            dfs = blob.replace(".blob.", ".dfs.", 1)
+        else:
+            blob = dfs = host  # path-style (an emulator): pyarrow puts the account in the path
+        args.update(blob_storage_authority=blob, dfs_storage_authority=dfs,
+                    blob_storage_scheme=scheme.lower(), dfs_storage_scheme=scheme.lower())
+    return tuple(sorted(args.items()))
 
 
 def resolve(url: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
@@ -481,13 +539,23 @@ def check_store(url: str, storage_options: Mapping[str, str] | None = None, *, w
         raise typed from None
 
 
-# AWS / object_store error texts -> what the user must fix.
+# AWS / Azure / object_store error texts -> what the user must fix.
 _AUTH_MARKERS = ("access_denied", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden",
-                 "invalid_access_key", "signature_does_not_match", "unauthorized", "expiredtoken")
+                 "invalid_access_key", "signature_does_not_match", "unauthorized", "expiredtoken",
+                 "authorizationfailure", "authenticationfailed", "server failed to authenticate",
+                 "authorizationpermissionmismatch")
 _UNREACHABLE_MARKERS = ("network_connection", "could not connect", "connection refused", "error sending request",
                         "failed to connect", "dns error", "timed out", "couldn't resolve host", "connect error",
                         "tcp connect", "http error")
-_NO_BUCKET_MARKERS = ("nosuchbucket", "no_such_bucket", "bucket does not exist", "the specified bucket does not exist")
+_NO_BUCKET_MARKERS = ("nosuchbucket", "no_such_bucket", "bucket does not exist", "the specified bucket does not exist",
+                      "containernotfound", "the specified container does not exist")
+# What to check, per store: the settings that carry credentials and the endpoint.
+_HINTS = {
+    "s3": ("AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN", ("AWS_ENDPOINT_URL",)),
+    "az": ("AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY / AZURE_STORAGE_CONNECTION_STRING / "
+           "AZURE_STORAGE_SAS_TOKEN", ("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")),
+    "gs": ("GOOGLE_APPLICATION_CREDENTIALS / GOOGLE_SERVICE_ACCOUNT", ("GOOGLE_ENDPOINT_URL",)),
+}
 
 
 def storage_error(exc: BaseException, url: str, storage_options: Mapping[str, str] | None = None) -> LakeImgError | None:
@@ -505,12 +573,13 @@ def storage_error(exc: BaseException, url: str, storage_options: Mapping[str, st
     if any(m in text for m in _NO_BUCKET_MARKERS):
         bucket = resolve(url, storage_options)[1].split("/", 1)[0]
         return BucketNotFoundError(url, bucket)
+    credentials, endpoints = _HINTS.get(storage_scheme(url) or "", _HINTS["s3"])
     if any(m in text for m in _AUTH_MARKERS):
-        return StorageAccessError(url, "the store refused the credentials (check AWS_ACCESS_KEY_ID / "
-                                       "AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or --storage-option)")
+        return StorageAccessError(url, f"the store refused the credentials (check {credentials} or --storage-option)")
     if any(m in text for m in _UNREACHABLE_MARKERS):
-        endpoint = normalized_storage_options(storage_options).get("AWS_ENDPOINT_URL", "the default endpoint")
-        return StorageUnreachableError(url, f"cannot reach {redact(endpoint, storage_options)} (check AWS_ENDPOINT_URL "
+        options = normalized_storage_options(storage_options)
+        endpoint = next((options[k] for k in endpoints if options.get(k)), "the default endpoint")
+        return StorageUnreachableError(url, f"cannot reach {redact(endpoint, storage_options)} (check {endpoints[0]} "
                                             "and the network)")
     return None
 
