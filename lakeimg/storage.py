@@ -338,9 +338,10 @@ def redact(text: str, storage_options: Mapping[str, str] | None = None) -> str:
         >>> redact("denied for s3cr3t-value", {"AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
         'denied for ***'
     """
-    for key, value in normalized_storage_options(storage_options).items():
-        if is_secret_option(key) and value and len(value) >= 4:
-            text = text.replace(value, "***")
+    secrets = {v for k, value in normalized_storage_options(storage_options).items() if is_secret_option(k)
+               for v in (value, value.lstrip("?")) if len(v) >= 4}  # a SAS token is given with or without "?"
+    for value in sorted(secrets, key=len, reverse=True):  # a connection string before the key inside it
+        text = text.replace(value, "***")
     return text
 
 
