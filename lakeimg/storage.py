@@ -400,7 +400,7 @@ def _azure_arguments(url: str, args: dict[str, str], url_account: str,
     if "account_key" in args:
         args.pop("sas_token", None)  # pyarrow takes one of them; the key signs everything a SAS allows
     elif "sas_token" in args:
-        args["sas_token"] = args["sas_token"].lstrip("?")
+        args["sas_token"] = "?" + args["sas_token"].lstrip("?")  # pyarrow appends it to URLs as it is
     endpoint = next((given[k] for k in ("azure_storage_endpoint", "azure_endpoint", "endpoint") if given.get(k)), "")
     if endpoint:
         scheme, _, rest = endpoint.partition("://")

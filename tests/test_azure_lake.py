@@ -133,6 +133,25 @@ def test_abfss_and_adl_urls_and_a_connection_string_reach_the_same_container(azu
     assert AZURITE_KEY not in written.stdout + written.stderr
 
 
+def test_a_sas_token_alone_reads_and_writes_and_a_wrong_one_is_refused(azurite, tmp_path):
+    from lakeimg.errors import StorageAccessError
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(_jpeg(3))
+    container = azurite.new_container()
+    options = {k: v for k, v in azurite.storage_options.items() if k != "AZURE_STORAGE_ACCOUNT_KEY"}
+    lake = Lake(f"az://{container}/lake", storage_options={**options, "AZURE_STORAGE_SAS_TOKEN": "?" + azurite.sas_token()})
+    assert lake.ingest([str(src)], workers=0).added == 1
+    assert lake.ingest([str(src)], workers=0).unchanged == 1  # the second commit reads the first
+    assert lake.read("images", columns=["uri"])["uri"].to_pylist() == [(src / "a.jpg").as_uri()]
+    forged = azurite.sas_token(base64.b64encode(CANARY.encode()).decode())
+    with pytest.raises(StorageAccessError) as refused:
+        Lake(f"az://{container}/other", storage_options={**options, "AZURE_STORAGE_SAS_TOKEN": forged}).ingest(
+            [str(src)], workers=0)
+    assert forged.rsplit("sig=", 1)[1] not in str(refused.value)
+
+
 def test_azure_settings_map_onto_pyarrow_and_delta_rs_alike():
     key = base64.b64encode(CANARY.encode()).decode()
     string = f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={key};EndpointSuffix=core.chinacloudapi.cn"
@@ -154,7 +173,7 @@ def test_azure_settings_map_onto_pyarrow_and_delta_rs_alike():
         "AZURE_STORAGE_ENDPOINT": "http://127.0.0.1:10000/devstoreaccount1", "AZURE_STORAGE_SAS_TOKEN": "?sv=1&sig=abc%2Bdef"})
     args = fs.__reduce__()[1][0]
     assert (path, args["account_name"], args["blob_storage_authority"], args["blob_storage_scheme"], args["sas_token"]) == (
-        "photos/raw", "devstoreaccount1", "127.0.0.1:10000", "http", "sv=1&sig=abc%2Bdef")
+        "photos/raw", "devstoreaccount1", "127.0.0.1:10000", "http", "?sv=1&sig=abc%2Bdef")
     # Keys, SAS tokens and connection strings are secrets.
     text = f"failed with {string} and {key} and ?sv=1&sig=abc%2Bdef"
     assert redact(text, {"AZURE_STORAGE_CONNECTION_STRING": string, "AZURE_STORAGE_SAS_TOKEN": "?sv=1&sig=abc%2Bdef"}) == (
