@@ -197,7 +197,7 @@ def ingest_files(
     )
     tile_options = TileOptions(tile_size=tile_size, overlap=tile_overlap, encoding=tile_encoding,
                                rows_per_task=tile_rows_per_task, run_id=run_id, ingested_at=started_at,
-                               file_timeout_s=file_timeout_s)
+                               file_timeout_s=file_timeout_s, storage=tuple(storage.items()))
     spec = {
         "sources": [to_uri(s) for s in sources],
         "table": table,

@@ -237,7 +237,7 @@ def transform_table(
     target_keys = eng.read(target, columns=key_columns) if target_exists else pa.table({c: pa.array([], pa.int32() if c == "variant" else pa.string()) for c in key_columns})
     plan = _plan(eng, source, source_version, spec, target_keys, last_transform_run(eng, target), full=full, target_exists=target_exists)
 
-    options = TransformOptions(spec=spec, run_id=run_id)
+    options = TransformOptions(spec=spec, run_id=run_id, storage=tuple((storage or {}).items()))
     remove_stale_staging(lake)  # of runs killed before they could clean up
     staging = claim_staging(lake, run_id)  # marks this run's staging as live (engine/staging.py)
     try:

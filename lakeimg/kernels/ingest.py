@@ -54,6 +54,7 @@ from lakeimg.storage import (
     NotRegularFileError,
     TimeLimitExceeded,
     local_path_or_none,
+    open_source,
     read_bytes,
     sha256_of,
     time_limit,
@@ -243,12 +244,16 @@ _KIND_MESSAGES = {
 def _huge_header(listing: dict[str, Any], options: IngestOptions) -> DecodedImage | None:
     """The header of a file to tile (too many pixels or bytes, or above the memory limit), or
     None to ingest it whole."""
-    path = local_path_or_none(listing["uri"]) if options.tile_above_pixels > 0 else None
-    # stat never blocks; open() of a FIFO swapped in after listing would (the read path refuses it).
-    if path is None or not os.path.isfile(path):
+    if options.tile_above_pixels <= 0:
         return None
-    try:
-        header = probe_image(path)
+    uri = listing["uri"]
+    path = local_path_or_none(uri)
+    # stat never blocks; open() of a FIFO swapped in after listing would (the read path refuses it).
+    if path is not None and not os.path.isfile(path):
+        return None
+    try:  # only the header's bytes: an object is read by ranges, never downloaded
+        with open_source(uri, dict(options.storage)) as source:
+            header = probe_image(source, uri)
     except Exception:  # noqa: BLE001 - unreadable headers take the normal path and become rejects
         return None
     if header.width * header.height > options.tile_above_pixels or listing["size_bytes"] > options.inline_max_bytes:
@@ -273,8 +278,9 @@ def _tiled_row(listing: dict[str, Any], header: DecodedImage, options: IngestOpt
                                max_bytes=None, max_pixels=options.max_pixels)
         # Before any tiling task is planned: strips/tiles inside the file, the tiled-pixel cap,
         # and the memory one task holds (a whole page, or one band of a windowed TIFF page).
-        check_tileable(local_path_or_none(uri), uri, tile_size=options.tile_size,
-                       max_decoded_bytes=options.max_decoded_bytes, max_tiled_pixels=options.max_tiled_pixels)
+        with open_source(uri, dict(options.storage)) as source:
+            check_tileable(source, uri, tile_size=options.tile_size,
+                           max_decoded_bytes=options.max_decoded_bytes, max_tiled_pixels=options.max_tiled_pixels)
     except ImageDecodeError as exc:
         return _reject(listing, exc, sha, options)
     except Exception as exc:  # noqa: BLE001 - a header tifffile or Pillow cannot parse twice
