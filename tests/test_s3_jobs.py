@@ -7,7 +7,14 @@ cleanup of objects a killed run uploaded but never committed.
 from __future__ import annotations
 
 import io
+import json
 import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +23,7 @@ import tifffile
 from PIL import Image
 
 from lakeimg import Lake
+from lakeimg.engine._delta_txn import ABANDONED_AFTER_S, remove_abandoned_uploads
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -116,3 +124,96 @@ def test_content_read_from_s3_sources_with_the_lakes_options_only(s3_server, s3_
     assert (again["written"], again["failed"]) == (3, 1)
     changed = lake.reproduce("images", summary.version)
     assert [(d["uri"], d["reason"]) for d in changed.differences] == [(png_uri, "source_changed")]
+
+
+# Runs the CLI with a SIGKILL at one point of the commit of staged files: right after the first
+# object is uploaded (before any commit lands), or right after a commit landed (before its
+# manifest is removed). Fault injection only: storage and Delta stay real.
+_KILL_RUNNER = """
+import os, signal, sys
+import lakeimg.engine._delta_txn as txn
+def die(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
+if sys.argv[1] == "upload":
+    real = txn.upload
+    def upload(*args, **kwargs):
+        real(*args, **kwargs)
+        die()
+    txn.upload = upload
+else:
+    txn._remove_manifest = die
+from lakeimg.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def _manifests(s3_server, bucket: str) -> list[str]:
+    # pyarrow leaves an empty "folder/" marker when a folder's last object goes: not a manifest
+    return [k for k in _keys(s3_server, bucket, "lake/_lakeimg/uploads/") if k.endswith(".json")]
+
+
+def _parquet_keys(s3_server, bucket: str, prefix: str) -> set[str]:
+    return {k for k in _keys(s3_server, bucket, prefix) if k.endswith(".parquet")}
+
+
+@pytest.mark.parametrize("point", ["upload", "commit"])
+def test_the_next_run_deletes_what_a_killed_run_uploaded_but_never_committed(s3_server, tmp_path, point):
+    bucket = s3_server.new_bucket()
+    lake_url = f"s3://{bucket}/lake"
+    src = tmp_path / "src"
+    src.mkdir()
+    for j in range(3):
+        (src / f"a{j}.jpg").write_bytes(_jpeg(j))
+    env = {**os.environ, **s3_server.env, "PYTHONPATH": str(ROOT)}
+    first = subprocess.run([sys.executable, "-m", "lakeimg.cli", "ingest", str(src), "--lake", lake_url, "--workers", "0"],
+                           env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    for j in range(3, 8):
+        (src / f"a{j}.jpg").write_bytes(_jpeg(j))
+    killed = subprocess.run([sys.executable, "-c", _KILL_RUNNER, point, "ingest", str(src), "--lake", lake_url,
+                             "--workers", "0"], env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    lake = Lake(lake_url, storage_options=s3_server.storage_options)
+    referenced = {f.split("/", 3)[-1] for f in lake._local.data_files("images")}
+    assert len(_manifests(s3_server, bucket)) == 1
+    if point == "upload":  # an object of a commit that never landed is in the bucket
+        assert _parquet_keys(s3_server, bucket, "lake/images/") - referenced
+        assert len(lake.read("images", columns=["uri"])) == 3
+    else:  # the commit landed: its objects are the table's
+        assert _parquet_keys(s3_server, bucket, "lake/images/") == referenced
+
+    done = subprocess.run([sys.executable, "-m", "lakeimg.cli", "ingest", str(src), "--lake", lake_url, "--workers", "0"],
+                          env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert sorted(lake.read("images", columns=["uri"])["uri"].to_pylist()) == sorted(p.as_uri() for p in src.iterdir())
+    referenced = {f.split("/", 3)[-1] for f in lake._local.data_files("images")}
+    assert _parquet_keys(s3_server, bucket, "lake/images/") == referenced  # exactly the referenced objects
+    assert _manifests(s3_server, bucket) == []
+
+
+def test_uploads_of_a_writer_that_may_still_commit_are_never_deleted(s3_server, tmp_path):
+    bucket = s3_server.new_bucket()
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(_jpeg(1))
+    lake = Lake(f"s3://{bucket}/lake", storage_options=s3_server.storage_options)
+    lake.ingest([str(src)], workers=0)
+    client = s3_server.client()
+    mine, foreign = uuid.uuid4().hex, uuid.uuid4().hex
+    writers = {mine: {"host": socket.gethostname(), "pid": os.getpid()},  # alive: this process
+               foreign: {"host": "another-host.example", "pid": 1}}  # another host: only its age tells
+    for token, writer in writers.items():
+        client.put_object(Bucket=bucket, Key=f"lake/images/part-{token}-0.parquet", Body=b"not yet committed")
+        manifest = {"table": "images", "token": token, "after_version": lake.version("images"), **writer}
+        client.put_object(Bucket=bucket, Key=f"lake/_lakeimg/uploads/{token}.json", Body=json.dumps(manifest).encode())
+    (src / "b.jpg").write_bytes(_jpeg(2))
+    assert lake.ingest([str(src)], workers=0).added == 1  # the next run leaves both alone
+    keys = _keys(s3_server, bucket, "lake/")
+    for token in writers:
+        assert f"lake/images/part-{token}-0.parquet" in keys and f"lake/_lakeimg/uploads/{token}.json" in keys
+    # A day later the other host's writer is taken as gone; this process is still alive.
+    removed = remove_abandoned_uploads(lake._local, now=time.time() + ABANDONED_AFTER_S + 60)
+    assert removed == [f"s3://{bucket}/lake/images/part-{foreign}-0.parquet"]
+    keys = _keys(s3_server, bucket, "lake/")
+    assert f"lake/images/part-{mine}-0.parquet" in keys and f"lake/_lakeimg/uploads/{foreign}.json" not in keys
+    assert len(lake.read("images", columns=["uri"])) == 2
