@@ -250,7 +250,7 @@ def open_tiff(handle: BinaryIO, name: str = ""):
 
     Example:
         >>> import tifffile
-        >>> out = io.BytesIO(); tifffile.imwrite(out, np.ones((3, 2), np.uint8))
+        >>> out = io.BytesIO(); tifffile.imwrite(out, np.ones((3, 2), np.uint8)); _ = out.seek(0)
         >>> with open_tiff(out, "s3://b/a.tif") as tif:
         ...     tif.pages[0].shape
         (3, 2)
