@@ -41,10 +41,16 @@ sys.path.insert(0, str(ROOT))
 
 def bare_one_file(path: str) -> dict:
     """Read, hash, header, EXIF-aware 256-pixel thumbnail: the per-file work, nothing else."""
-    from PIL import Image, ImageOps
-
     with open(path, "rb") as handle:
         data = handle.read()
+    st = os.stat(path)
+    return bare_row(data, "file://" + path, st.st_mtime_ns // 1000)
+
+
+def bare_row(data: bytes, uri: str, modified_at: int | None) -> dict:
+    """The per-file work on bytes already read (also used by bench_object_store's S3 loop)."""
+    from PIL import Image, ImageOps
+
     sha = hashlib.sha256(data).hexdigest()
     with Image.open(io.BytesIO(data)) as im:
         fmt, (width, height), mode = im.format, im.size, im.mode
@@ -56,12 +62,11 @@ def bare_one_file(path: str) -> dict:
         thumb.convert("RGB").save(out, "JPEG", quality=85)
     if exif.get("274") in ("5", "6", "7", "8"):
         width, height = height, width
-    st = os.stat(path)
     return {
-        "uri": "file://" + path,
+        "uri": uri,
         "content_sha256": sha,
-        "size_bytes": st.st_size,
-        "modified_at": st.st_mtime_ns // 1000,
+        "size_bytes": len(data),
+        "modified_at": modified_at,
         "format": fmt,
         "width": width,
         "height": height,

@@ -17,7 +17,7 @@ Every failure is one line on stderr, `lakeimg: error: ...`, never a traceback, a
   that do not match their content_sha256: LakeDamagedError, ContentMismatchError)
 - 9 `verify` found problems
 - 10 an object store refused the credentials (wrong key, secret or token; no permission)
-- 11 an object store's endpoint cannot be reached (wrong `AWS_ENDPOINT_URL`, network down)
+- 11 an object store's endpoint cannot be reached (wrong `AWS_ENDPOINT_URL` / `AZURE_STORAGE_ENDPOINT`, network down)
   (a missing bucket is exit 5 for the lake and 3 for a source: lakeimg never creates buckets)
 - 130 interrupted (Ctrl-C or SIGTERM): `lakeimg: interrupted`
 

@@ -276,5 +276,7 @@ class BucketNotFoundError(LakeNotFoundError):
     """
 
     def __init__(self, url: str, bucket: str, *, what: str = "lake"):
-        LakeImgError.__init__(self, f"no bucket {bucket!r} for the {what} at {url} (lakeimg does not create buckets)",
+        # Azure calls its buckets containers.
+        word = "container" if url.partition("://")[0].lower() in ("az", "azure", "abfs", "abfss", "adl") else "bucket"
+        LakeImgError.__init__(self, f"no {word} {bucket!r} for the {what} at {url} (lakeimg does not create {word}s)",
                               lake=url, url=url, bucket=bucket, what=what)

@@ -37,6 +37,7 @@ import contextlib
 import errno
 import functools
 import hashlib
+import io
 import os
 import re
 import shutil
@@ -62,9 +63,9 @@ from lakeimg.errors import (
 )
 
 __all__ = [
-    "Listed", "NotRegularFileError", "TimeLimitExceeded", "check_store", "delete_file", "exists", "file_size",
+    "SOURCE_BUFFER_BYTES", "Listed", "NotRegularFileError", "TimeLimitExceeded", "check_store", "delete_file", "exists", "file_size",
     "has_scheme", "is_remote", "is_secret_option", "join_url", "list_children", "list_files", "local_path_or_none",
-    "normalized_storage_options", "open_input", "open_output", "open_regular_file", "parse_storage_options",
+    "normalized_storage_options", "open_input", "open_output", "open_source", "open_regular_file", "parse_storage_options",
     "path_to_uri", "printable", "read_bytes", "redact", "remove_prefix", "resolve", "sha256_of", "storage_error",
     "storage_scheme", "time_limit", "to_uri", "upload", "uri_to_path", "write_bytes",
 ]
@@ -229,12 +230,12 @@ _OPTIONS = {
                       "storage_sas_token": "sas_token", "client_id": "client_id",
                       "client_secret": "client_secret", "tenant_id": "tenant_id"}),
 }
-_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az", "abfs": "az", "abfss": "az"}
+_SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az", "abfs": "az", "abfss": "az", "adl": "az"}
 # Environment variables that configure object stores (delta-rs reads the same ones).
 _ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_")
 # Option names whose values are secrets: never printed, logged or stored (see `redact`).
 _SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "ACCOUNT_KEY", "ACCESS_KEY", "SAS", "CONNECTION_STRING",
-                 "CREDENTIAL", "CLIENT_SECRET", "SERVICE_ACCOUNT_KEY")
+                 "CREDENTIAL", "CLIENT_SECRET", "SERVICE_ACCOUNT_KEY", "MASTER_KEY")
 
 
 def storage_scheme(url: str) -> str | None:
@@ -271,9 +272,33 @@ def normalized_storage_options(storage_options: Mapping[str, str] | None = None,
         {'AWS_ALLOW_HTTP': 'true', 'AWS_REGION': 'eu-west-1'}
     """
     env = os.environ if environ is None else environ
-    merged = {k.upper(): v for k, v in env.items() if k.upper().startswith(_ENV_PREFIXES)}
-    merged.update((str(k).upper(), str(v)) for k, v in (storage_options or {}).items())
+    merged = _with_azure_connection_string({k.upper(): v for k, v in env.items() if k.upper().startswith(_ENV_PREFIXES)})
+    merged.update(_with_azure_connection_string({str(k).upper(): str(v) for k, v in (storage_options or {}).items()}))
     return dict(sorted(merged.items()))
+
+
+def _with_azure_connection_string(options: dict[str, str]) -> dict[str, str]:
+    # Neither delta-rs nor pyarrow takes a connection string: its parts become the options both
+    # read. A layer's own explicit keys win over its connection string; the string itself stays
+    # in the mapping so that `redact` knows it.
+    text = options.get("AZURE_STORAGE_CONNECTION_STRING")
+    if not text:
+        return options
+    parts = {}
+    for item in text.split(";"):
+        name, eq, value = item.strip().partition("=")
+        if eq:
+            parts[name.strip().lower()] = value.strip()
+    found = {"AZURE_STORAGE_ACCOUNT_NAME": parts.get("accountname"), "AZURE_STORAGE_ACCOUNT_KEY": parts.get("accountkey"),
+             "AZURE_STORAGE_SAS_TOKEN": parts.get("sharedaccesssignature")}
+    endpoint = parts.get("blobendpoint")
+    if not endpoint and parts.get("endpointsuffix", "core.windows.net") != "core.windows.net" and parts.get("accountname"):
+        endpoint = f"{parts.get('defaultendpointsprotocol', 'https')}://{parts['accountname']}.blob.{parts['endpointsuffix']}"
+    if endpoint:
+        found["AZURE_STORAGE_ENDPOINT"] = endpoint.rstrip("/")
+        if endpoint.lower().startswith("http://"):
+            found["AZURE_ALLOW_HTTP"] = "true"
+    return {**{k: v for k, v in found.items() if v}, **options}
 
 
 def parse_storage_options(pairs: Iterable[str]) -> dict[str, str]:
@@ -314,9 +339,10 @@ def redact(text: str, storage_options: Mapping[str, str] | None = None) -> str:
         >>> redact("denied for s3cr3t-value", {"AWS_SECRET_ACCESS_KEY": "s3cr3t-value"})
         'denied for ***'
     """
-    for key, value in normalized_storage_options(storage_options).items():
-        if is_secret_option(key) and value and len(value) >= 4:
-            text = text.replace(value, "***")
+    secrets = {v for k, value in normalized_storage_options(storage_options).items() if is_secret_option(k)
+               for v in (value, value.lstrip("?")) if len(v) >= 4}  # a SAS token is given with or without "?"
+    for value in sorted(secrets, key=len, reverse=True):  # a connection string before the key inside it
+        text = text.replace(value, "***")
     return text
 
 
@@ -333,10 +359,7 @@ def _filesystem(url: str, storage_options: Mapping[str, str] | None) -> tuple[pa
         container, _, key = rest.partition("/")
         container, _, host = container.partition("@")  # abfss://container@account.dfs.core.windows.net/key
         rest = f"{container}/{key}"
-        if not dict(args).get("account_name"):
-            if not host:
-                raise UriError(url, "no Azure storage account (set AZURE_STORAGE_ACCOUNT_NAME)")
-            args = (*args, ("account_name", host.split(".")[0]))
+        args = _azure_arguments(url, dict(args), host.split(".")[0], given)
     allow_http = given.get(prefix + "allow_http", given.get("allow_http", "false")).lower() == "true"
     return _cached_filesystem(kind, args, allow_http), rest
 
@@ -355,6 +378,43 @@ def _cached_filesystem(kind: str, args: tuple[tuple[str, str], ...], allow_http:
         return pafs.GcsFileSystem(**options)
     account = options.pop("account_name")
     return pafs.AzureFileSystem(account, **options)
+
+
+def _azure_arguments(url: str, args: dict[str, str], url_account: str,
+                     given: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """pyarrow's AzureFileSystem arguments: the account (an abfss:// URL's host names it), and
+    the endpoint override delta-rs reads (`AZURE_STORAGE_ENDPOINT`, e.g. Azurite's
+    `http://127.0.0.1:10000/devstoreaccount1` or a sovereign cloud's
+    `https://acct.blob.core.chinacloudapi.cn`) as pyarrow's authority and scheme."""
+    account = url_account or args.get("account_name") or given.get("azure_storage_account") or ""
+    if not account:
+        raise UriError(url, "no Azure storage account (set AZURE_STORAGE_ACCOUNT_NAME, "
+                            "AZURE_STORAGE_CONNECTION_STRING or use abfss://container@account.dfs.core.windows.net/)")
+    args["account_name"] = account
+    for key in ("azure_storage_account_key", "azure_storage_access_key", "azure_storage_master_key", "access_key",
+                "account_key", "master_key"):
+        if given.get(key) and "account_key" not in args:
+            args["account_key"] = given[key]
+    for key in ("azure_storage_sas_key", "sas_key", "sas_token"):
+        if given.get(key) and "sas_token" not in args:
+            args["sas_token"] = given[key]
+    if "account_key" in args:
+        args.pop("sas_token", None)  # pyarrow takes one of them; the key signs everything a SAS allows
+    elif "sas_token" in args:
+        args["sas_token"] = "?" + args["sas_token"].lstrip("?")  # pyarrow appends it to URLs as it is
+    endpoint = next((given[k] for k in ("azure_storage_endpoint", "azure_endpoint", "endpoint") if given.get(k)), "")
+    if endpoint:
+        scheme, _, rest = endpoint.partition("://")
+        host = rest.split("/", 1)[0]
+        if host.lower().startswith(account.lower() + "."):
+            # Host-style (https://acct.blob.<suffix>): pyarrow puts the account before ".blob.<suffix>".
+            blob = host[len(account):]
+            dfs = blob.replace(".blob.", ".dfs.", 1)
+        else:
+            blob = dfs = host  # path-style (an emulator): pyarrow puts the account in the path
+        args.update(blob_storage_authority=blob, dfs_storage_authority=dfs,
+                    blob_storage_scheme=scheme.lower(), dfs_storage_scheme=scheme.lower())
+    return tuple(sorted(args.items()))
 
 
 def resolve(url: str, storage_options: Mapping[str, str] | None = None) -> tuple[pafs.FileSystem, str]:
@@ -481,13 +541,23 @@ def check_store(url: str, storage_options: Mapping[str, str] | None = None, *, w
         raise typed from None
 
 
-# AWS / object_store error texts -> what the user must fix.
+# AWS / Azure / object_store error texts -> what the user must fix.
 _AUTH_MARKERS = ("access_denied", "accessdenied", "invalidaccesskeyid", "signaturedoesnotmatch", "forbidden",
-                 "invalid_access_key", "signature_does_not_match", "unauthorized", "expiredtoken")
+                 "invalid_access_key", "signature_does_not_match", "unauthorized", "expiredtoken",
+                 "authorizationfailure", "authenticationfailed", "server failed to authenticate",
+                 "authorizationpermissionmismatch")
 _UNREACHABLE_MARKERS = ("network_connection", "could not connect", "connection refused", "error sending request",
                         "failed to connect", "dns error", "timed out", "couldn't resolve host", "connect error",
                         "tcp connect", "http error")
-_NO_BUCKET_MARKERS = ("nosuchbucket", "no_such_bucket", "bucket does not exist", "the specified bucket does not exist")
+_NO_BUCKET_MARKERS = ("nosuchbucket", "no_such_bucket", "bucket does not exist", "the specified bucket does not exist",
+                      "containernotfound", "the specified container does not exist")
+# What to check, per store: the settings that carry credentials and the endpoint.
+_HINTS = {
+    "s3": ("AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN", ("AWS_ENDPOINT_URL",)),
+    "az": ("AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY / AZURE_STORAGE_CONNECTION_STRING / "
+           "AZURE_STORAGE_SAS_TOKEN", ("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")),
+    "gs": ("GOOGLE_APPLICATION_CREDENTIALS / GOOGLE_SERVICE_ACCOUNT", ("GOOGLE_ENDPOINT_URL",)),
+}
 
 
 def storage_error(exc: BaseException, url: str, storage_options: Mapping[str, str] | None = None) -> LakeImgError | None:
@@ -505,22 +575,26 @@ def storage_error(exc: BaseException, url: str, storage_options: Mapping[str, st
     if any(m in text for m in _NO_BUCKET_MARKERS):
         bucket = resolve(url, storage_options)[1].split("/", 1)[0]
         return BucketNotFoundError(url, bucket)
+    credentials, endpoints = _HINTS.get(storage_scheme(url) or "", _HINTS["s3"])
     if any(m in text for m in _AUTH_MARKERS):
-        return StorageAccessError(url, "the store refused the credentials (check AWS_ACCESS_KEY_ID / "
-                                       "AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or --storage-option)")
+        return StorageAccessError(url, f"the store refused the credentials (check {credentials} or --storage-option)")
     if any(m in text for m in _UNREACHABLE_MARKERS):
-        endpoint = normalized_storage_options(storage_options).get("AWS_ENDPOINT_URL", "the default endpoint")
-        return StorageUnreachableError(url, f"cannot reach {redact(endpoint, storage_options)} (check AWS_ENDPOINT_URL "
+        options = normalized_storage_options(storage_options)
+        endpoint = next((options[k] for k in endpoints if options.get(k)), "the default endpoint")
+        return StorageUnreachableError(url, f"cannot reach {redact(endpoint, storage_options)} (check {endpoints[0]} "
                                             "and the network)")
     return None
 
 
-def open_input(url: str, storage_options: Mapping[str, str] | None = None, *, memory_map: bool = False):
+def open_input(url: str, storage_options: Mapping[str, str] | None = None, *, memory_map: bool = False,
+               buffer_size: int = 0):
     """A seekable binary file to read `url` from.
 
     A local file is opened only if it is a regular file (`open_regular_file`: a FIFO never
     blocks, it raises `NotRegularFileError`); `memory_map` maps a local file instead (lakeimg's
-    own files, such as spools, read zero-copy by Arrow).
+    own files, such as spools, read zero-copy by Arrow). An object is read by ranged GETs as the
+    caller seeks and reads; `buffer_size` puts a read buffer of that many bytes in front of it,
+    so the many small reads of a header parser (tifffile, pydicom) become a few requests.
 
     Example:
         >>> import tempfile
@@ -531,8 +605,29 @@ def open_input(url: str, storage_options: Mapping[str, str] | None = None, *, me
     """
     fs, path = resolve(url, storage_options)
     if fs is not _LOCAL:
-        return fs.open_input_file(path)
+        handle = fs.open_input_file(path)
+        return io.BufferedReader(handle, buffer_size) if buffer_size > 0 else handle
     return pa.memory_map(path) if memory_map else open_regular_file(path)
+
+
+# The read buffer in front of a source object read by windows: tifffile's and pydicom's header
+# reads are a few bytes each, and one ranged GET costs 20-100 ms on a real store.
+SOURCE_BUFFER_BYTES = 1 << 18
+
+
+def open_source(url: str, storage_options: Mapping[str, str] | None = None):
+    """A seekable binary file of a source image, for header and windowed reads (tiling, regions):
+    a local regular file, or an object read by ranged GETs behind a `SOURCE_BUFFER_BYTES` buffer,
+    never downloaded whole.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.bin"); write_bytes(path, b"abc")
+        >>> with open_source(path) as handle:
+        ...     handle.read(2)
+        b'ab'
+    """
+    return open_input(url, storage_options, buffer_size=SOURCE_BUFFER_BYTES)
 
 
 @contextlib.contextmanager

@@ -135,11 +135,22 @@ AZURITE_ACCOUNT = "devstoreaccount1"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 
 
+# delta-rs lists the Delta log with List Blobs' `startFrom`; older Azurite ignores it, so every
+# commit after a table's second fails ("Invalid table version").
+AZURITE_MIN_VERSION = (3, 37, 0)
+
+
 def azurite_command() -> str:
-    """The `azurite-blob` executable: $LAKEIMG_AZURITE, else on PATH (.ci/run installs it with npm)."""
+    """The `azurite-blob` executable (3.37 or newer): $LAKEIMG_AZURITE, else on PATH (.ci/run
+    installs it with npm)."""
     found = os.environ.get("LAKEIMG_AZURITE") or shutil.which("azurite-blob")
+    install = "`npm install -g azurite@^3.37.0` (as .ci/run does) or set LAKEIMG_AZURITE"
     if not found:
-        raise RuntimeError("azurite-blob not found: `npm install -g azurite@3` (as .ci/run does) or set LAKEIMG_AZURITE")
+        raise RuntimeError(f"azurite-blob not found: {install}")
+    text = subprocess.run([found, "--version"], capture_output=True, text=True, timeout=60).stdout.strip()
+    version = tuple(int(p) for p in text.split(".")[:3] if p.isdigit())
+    if version < AZURITE_MIN_VERSION:
+        raise RuntimeError(f"{found} is Azurite {text or '?'}; the tests need 3.37.0 or newer: {install}")
     return found
 
 
@@ -163,17 +174,59 @@ class AzuriteServer:
     def storage_options(self) -> dict[str, str]:
         return dict(self.env)
 
-    def new_container(self, prefix: str = "lake") -> str:
-        """A fresh, empty container."""
+    @property
+    def connection_string(self) -> str:
+        """The same account as an Azure connection string."""
+        return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT};AccountKey={AZURITE_KEY};"
+                f"BlobEndpoint={self.endpoint};")
+
+    def sas_token(self, key: str = AZURITE_KEY) -> str:
+        """An account SAS (blob service; read, add, create, write, delete, list) signed with `key`."""
+        import base64
+        import hashlib
+        import hmac
+        from urllib.parse import quote
+
+        fields = {"sv": "2019-12-12", "ss": "b", "srt": "sco", "sp": "racwdl", "se": "2099-01-01T00:00:00Z",
+                  "spr": "https,http"}
+        signed = "\n".join([AZURITE_ACCOUNT, fields["sp"], fields["ss"], fields["srt"], "", fields["se"], "",
+                             fields["spr"], fields["sv"], ""])
+        signature = base64.b64encode(hmac.new(base64.b64decode(key), signed.encode(), hashlib.sha256).digest()).decode()
+        return "&".join(f"{k}={quote(v, safe=',')}" for k, v in {**fields, "sig": signature}.items())
+
+    def filesystem(self):
+        """pyarrow's Azure file system on this server (the tests' own client, not lakeimg's)."""
         import pyarrow.fs as pafs
 
-        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
         authority = self.endpoint.split("//", 1)[1].split("/", 1)[0]
-        fs = pafs.AzureFileSystem(account_name=AZURITE_ACCOUNT, account_key=AZURITE_KEY,
-                                  blob_storage_authority=authority, dfs_storage_authority=authority,
-                                  blob_storage_scheme="http", dfs_storage_scheme="http")
-        fs.create_dir(name)
+        return pafs.AzureFileSystem(account_name=AZURITE_ACCOUNT, account_key=AZURITE_KEY,
+                                    blob_storage_authority=authority, dfs_storage_authority=authority,
+                                    blob_storage_scheme="http", dfs_storage_scheme="http")
+
+    def new_container(self, prefix: str = "lake") -> str:
+        """A fresh, empty container."""
+        name = f"{prefix}-{uuid.uuid4().hex[:12]}"
+        self.filesystem().create_dir(name)
         return name
+
+    def put(self, container: str, key: str, data: bytes) -> None:
+        with self.filesystem().open_output_stream(f"{container}/{key}") as sink:
+            sink.write(data)
+
+    def delete(self, container: str, key: str) -> None:
+        self.filesystem().delete_file(f"{container}/{key}")
+
+    def get(self, container: str, key: str) -> bytes:
+        with self.filesystem().open_input_stream(f"{container}/{key}") as source:
+            return source.read()
+
+    def keys(self, container: str, prefix: str = "") -> list[str]:
+        """Every blob's name in `container` under `prefix`, sorted."""
+        import pyarrow.fs as pafs
+
+        infos = self.filesystem().get_file_info(pafs.FileSelector(container, recursive=True))
+        names = (i.path.split("/", 1)[1] for i in infos if i.type == pafs.FileType.File)
+        return sorted(n for n in names if n.startswith(prefix))
 
 
 @contextlib.contextmanager

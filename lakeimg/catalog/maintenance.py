@@ -27,6 +27,7 @@ from typing import Any
 
 from lakeimg.catalog.lineage import lineage_nodes
 from lakeimg.catalog.trainsets import list_trainsets
+from lakeimg.engine._delta_txn import remove_abandoned_uploads
 from lakeimg.engine.base import Engine
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import ensure_lake, require_lake
@@ -138,6 +139,7 @@ def maintain(
     if not dry_run:
         ensure_lake(engine.lake, storage)  # writable: fail before the first change, not halfway
         remove_stale_staging(engine.lake)
+        remove_abandoned_uploads(engine.reader())  # of commits whose writer died first
     reader = engine.reader()
     run = RunRecord(run_id=new_run_id(), job="maintain", engine=engine.name, target_table="*",
                     spec={"optimize": optimize, "vacuum_hours": vacuum_hours, "dry_run": dry_run},

@@ -32,11 +32,16 @@ import pyarrow as pa
 from lakeimg.catalog.lineage import LineageStep, producing_step
 from lakeimg.engine.base import VersionLike
 from lakeimg.engine.delta_rs import LocalEngine
-from lakeimg.errors import LakeImgError, TableNotFoundError
+from lakeimg.errors import (
+    LakeImgError,
+    StorageAccessError,
+    StorageUnreachableError,
+    TableNotFoundError,
+)
 from lakeimg.jobs.regions import tiles_as_of
 from lakeimg.jobs.transform import transform_table
 from lakeimg.jobs.verify import content_mismatches
-from lakeimg.storage import remove_prefix, sha256_of
+from lakeimg.storage import remove_prefix, sha256_of, storage_error
 from lakeimg.tables import TableRef, tiles_of
 
 __all__ = ["ReproduceResult", "reproduce", "row_hashes"]
@@ -128,9 +133,12 @@ def _reproduce_ingest(engine: LocalEngine, table: str, version: int) -> tuple[in
             diffs.append({"uri": uri, "variant": None, "reason": "stored_content_differs",
                           "recorded_hash": expected, "reproduced_hash": actual})
     for row in sorted(rows, key=lambda r: r["uri"]):
-        try:
-            current = sha256_of(row["uri"])
-        except OSError:
+        try:  # with the lake's storage options: the source may be an object
+            current = sha256_of(row["uri"], engine.options)
+        except OSError as exc:
+            typed = storage_error(exc, row["uri"], engine.options)
+            if isinstance(typed, (StorageAccessError, StorageUnreachableError)):
+                raise typed from None  # the store refused or is down: not a missing source
             current = None
         if current == row["content_sha256"]:
             continue
@@ -148,7 +156,8 @@ def _reproduce_transform(
     source, source_version = inputs[0]["table"], int(inputs[0]["version"])
     _require_readable(engine, source, source_version, f"its input {source}@{source_version}")
     workdir = scratch or tempfile.mkdtemp(prefix="lakeimg-reproduce-")
-    scratch_engine = LocalEngine(workdir)
+    # The lake's storage options: the re-run reads not-inlined content from its source objects.
+    scratch_engine = LocalEngine(workdir, storage_options=engine.options)
     try:
         tiles = tiles_of(source)  # tiled sources: pyramid levels live beside the images table
         if engine.exists(tiles):  # as they were when the input version was committed
@@ -157,7 +166,7 @@ def _reproduce_transform(
             engine.copy_snapshot(tiles, tiles_as_of(engine, source, source_version), scratch_engine, tiles)
         engine.copy_snapshot(source, source_version, scratch_engine, source)
         spec = json.loads(step.spec) if isinstance(step.spec, str) else step.spec
-        transform_table(workdir, source, step.table, spec, full=True, workers=workers)
+        transform_table(workdir, source, step.table, spec, full=True, workers=workers, engine=scratch_engine)
         recorded = row_hashes(_content(engine, step.table, step.version))
         reproduced = row_hashes(_content(scratch_engine, step.table, None))
     finally:

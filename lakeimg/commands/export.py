@@ -10,7 +10,7 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("export", help="write a table's images (derived or source) back as files")
     p.add_argument("table", metavar="TABLE[@VERSION]", help="table to export, optionally at a version or ISO timestamp")
     p.add_argument("--lake", required=True, help="the lake's root folder")
-    p.add_argument("--out", required=True, help="output folder (created; nothing is written outside it)")
+    p.add_argument("--out", required=True, help="output folder (created; nothing is written outside it) or an object-store prefix (s3://bucket/prefix)")
     p.add_argument("--format", choices=("jpeg", "png", "tiff", "bmp"), default="png", help="file format (default: png)")
     p.add_argument("--quality", type=int, default=90, help="JPEG quality 1..100 (default: 90)")
     p.add_argument("--json", action="store_true", help="print one JSON summary line")

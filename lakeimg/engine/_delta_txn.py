@@ -23,22 +23,40 @@ import contextlib
 import datetime as dt
 import json
 import os
+import re
+import socket
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import unquote
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lakeimg.engine.base import META_KEY, CommitResult, commit_metadata_json, with_retries
 from lakeimg.engine.layout import delta_file_path
+from lakeimg.errors import LakeImgError
 from lakeimg.schemas import TableContract
-from lakeimg.storage import delete_file, file_size, is_remote, join_url, upload, uri_to_path
+from lakeimg.storage import (
+    delete_file,
+    file_size,
+    is_remote,
+    join_url,
+    list_files,
+    read_bytes,
+    resolve,
+    upload,
+    uri_to_path,
+    write_bytes,
+)
+from lakeimg.tables import lake_relative
 
-__all__ = ["commit_files_by_uri", "file_stats", "as_contract", "cast_to_schema"]
+__all__ = ["commit_files_by_uri", "file_stats", "as_contract", "cast_to_schema", "remove_abandoned_uploads"]
 
 
 def cast_to_schema(table: pa.Table, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
@@ -117,10 +135,16 @@ def commit_files_by_uri(
     moved: list[str] = []
     custom = {META_KEY: commit_metadata_json(metadata)} if metadata is not None else None
 
+    # On an object store, every object this call uploads is named part-<token>-*, and a manifest
+    # naming the token is written before the first upload: if this process dies before the commit
+    # lands, the next run deletes exactly those objects (`remove_abandoned_uploads`).
+    token = uuid.uuid4().hex
+    manifest = _write_manifest(engine, name, token) if remote and (files or drop) else None
+
     def move_in(path: str) -> Any:
         """A finished local file as a file of the table: renamed locally; on an object store
         written once under its final name (no rename there)."""
-        target = f"part-{uuid.uuid4().hex}.parquet"
+        target = f"part-{token}-{uuid.uuid4().hex[:16]}.parquet" if remote else f"part-{uuid.uuid4().hex}.parquet"
         if remote:
             stats, size = file_stats(path), os.path.getsize(path)
             url = join_url(root, target)
@@ -131,9 +155,14 @@ def commit_files_by_uri(
         moved.append(os.path.join(root, target))
         return AddAction(target, os.path.getsize(moved[-1]), {}, now_ms, True, file_stats(moved[-1]))
 
-    def remove_moved(path: str) -> None:
-        with contextlib.suppress(OSError):
+    def remove_moved(path: str) -> bool:
+        try:
             delete_file(path, options) if remote else os.remove(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            return False
+        return True
 
     def removals(table: Any) -> tuple[list[Any], set[str]]:
         actions: list[Any] = []
@@ -202,7 +231,112 @@ def commit_files_by_uri(
 
         committed = with_retries(name, attempt, (CommitFailedError,))
     except BaseException:
-        for path in moved:  # never committed: not part of any version
-            remove_moved(path)
+        # never committed: not part of any version (a manifest stays if an object could not go)
+        if all([remove_moved(path) for path in moved]) and manifest is not None:
+            _remove_manifest(manifest, options)
         raise
+    if manifest is not None:
+        _remove_manifest(manifest, options)
     return CommitResult(engine.version(name), committed), frozenset(found)
+
+
+# Where a run's manifests of uploads live, and how long one from another host stays untouched.
+# A manifest lives from just before a commit's first upload to just after the commit lands (a
+# commit call: minutes, even for huge tiles); a day is far beyond that, and far inside the
+# retention vacuum keeps (7 days), so a foreign writer's objects are never taken mid-commit.
+UPLOADS_FOLDER = "_lakeimg/uploads"
+ABANDONED_AFTER_S = 24 * 3600.0
+_TOKEN = re.compile(r"^[0-9a-f]{32}$")
+
+
+def _write_manifest(engine: Any, name: str, token: str) -> str:
+    url = join_url(engine.lake, UPLOADS_FOLDER, f"{token}.json")
+    record = {"table": name, "token": token, "after_version": engine.version(name), "host": socket.gethostname(),
+              "pid": os.getpid(), "written_at": dt.datetime.now(dt.timezone.utc).isoformat()}
+    write_bytes(url, json.dumps(record, sort_keys=True).encode(), engine.options)
+    return url
+
+
+def _remove_manifest(url: str, options: Mapping[str, str] | None) -> None:
+    with contextlib.suppress(OSError):
+        delete_file(url, options)
+
+
+def _writer_gone(record: Mapping[str, Any], written_ns: int, now: float) -> bool:
+    """Whether the process that wrote a manifest can no longer commit: on this host, its pid is
+    gone; from another host (no way to ask), the manifest is older than ABANDONED_AFTER_S."""
+    if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
+        if record["pid"] == os.getpid():
+            return False
+        try:
+            os.kill(record["pid"], 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False  # alive, another user's
+        return False  # alive (or its pid reused: the objects wait for a later run)
+    return now - written_ns / 1e9 > ABANDONED_AFTER_S
+
+
+def _added_since(engine: Any, name: str, after: int | None) -> set[str] | None:
+    """Names of the data files every commit after version `after` added; None when a log entry
+    in that range cannot be read (then nothing may be deleted)."""
+    latest = engine.version(name)
+    if latest is None:
+        return set()
+    location = engine.location(name)
+    added: set[str] = set()
+    for version in range(0 if after is None else after + 1, latest + 1):
+        try:
+            text = read_bytes(join_url(location, "_delta_log", f"{version:020d}.json"), engine.options).decode("utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+        for line in text.splitlines():
+            action = json.loads(line).get("add") if line.strip() else None
+            if action and action.get("path"):
+                added.add(unquote(action["path"]).rsplit("/", 1)[-1])
+    return added
+
+
+def remove_abandoned_uploads(engine: Any, *, now: float | None = None) -> list[str]:
+    """Delete the objects of commits whose writer died before its commit landed; returns their URLs.
+
+    Each manifest under `LAKE/_lakeimg/uploads` names a table and the token of the objects one
+    commit call uploaded (`part-<token>-*`). Only a manifest whose writer is gone (see
+    `_writer_gone`) is acted on, and of its objects only those no commit after the manifest's
+    version added are deleted (the writer may have died after its commit landed); then the
+    manifest goes. A local lake has no manifests (its staged files are renamed in).
+
+    Example:
+        >>> import tempfile; from lakeimg.engine.delta_rs import LocalEngine
+        >>> remove_abandoned_uploads(LocalEngine(tempfile.mkdtemp()))
+        []
+    """
+    if not is_remote(engine.lake):
+        return []
+    now = time.time() if now is None else now
+    options = engine.options
+    removed: list[str] = []
+    for listed in list_files(join_url(engine.lake, UPLOADS_FOLDER), options):
+        try:
+            record = json.loads(read_bytes(listed.url, options))
+            token, name = str(record["token"]), lake_relative(str(record["table"]))  # confined to the lake
+        except (OSError, ValueError, KeyError, TypeError, LakeImgError):
+            continue  # not a manifest lakeimg wrote: left alone
+        if not _TOKEN.match(token) or not _writer_gone(record, listed.mtime_ns, now):
+            continue
+        after = record.get("after_version")
+        added = _added_since(engine, name, after if isinstance(after, int) else None)
+        if added is None:
+            continue
+        fs, root = resolve(engine.location(name), options)
+        leftovers = [i for i in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True))
+                     if i.type == pafs.FileType.File and i.base_name.startswith(f"part-{token}-")
+                     and i.base_name not in added]
+        for info in leftovers:
+            url = join_url(engine.location(name), info.base_name)
+            with contextlib.suppress(FileNotFoundError):  # another run cleaning up at the same time
+                delete_file(url, options)
+            removed.append(url)
+        _remove_manifest(listed.url, options)
+    return removed

@@ -18,12 +18,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import io
 import warnings
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
 from PIL import ExifTags, Image, UnidentifiedImageError
@@ -43,10 +44,12 @@ from lakeimg.image.info import (
 from lakeimg.storage import TimeLimitExceeded
 
 __all__ = [
+    "binary_file",
     "decode_image",
     "decode_plain_jpeg",
     "exif_orientation",
     "geotiff_info",
+    "open_tiff",
     "probe_image",
     "read_image",
     "sniff_format",
@@ -206,9 +209,13 @@ def _decode_page(data: bytes, uri: str, page: int) -> np.ndarray:
             return _pillow_array(im, *_pillow_target(im))
 
 
-def probe_image(path: str) -> DecodedImage:
-    """Header facts of a local image file without decoding its pixels (`pixels` is None);
+def probe_image(source: str | BinaryIO, name: str = "") -> DecodedImage:
+    """Header facts of an image file without decoding its pixels (`pixels` is None);
     `decoder` names the reader that decodes the file at full resolution (for tiling).
+
+    `source` is a local path or a seekable binary file (an object opened through
+    `lakeimg.storage.open_input`: only the header's bytes are read); `name` (a path or URI)
+    helps to tell a preamble-less DICOM by its suffix.
 
     Example:
         >>> import tempfile, os, numpy as np, tifffile
@@ -217,25 +224,58 @@ def probe_image(path: str) -> DecodedImage:
         >>> probe_image(p).dtype, probe_image(p).width
         ('uint16', 20)
     """
-    with decoder_settings():
-        with open(path, "rb") as handle:
-            head = handle.read(132)
-        kind = sniff_format(head, path)
+    with decoder_settings(), binary_file(source) as handle:
+        head = handle.read(132)
+        handle.seek(0)
+        kind = sniff_format(head, name or (source if isinstance(source, str) else ""))
         if kind == "TIFF":
-            import tifffile
 
-            with tifffile.TiffFile(path) as tif:
+            with open_tiff(handle, name) as tif:
                 page = tif.pages[0]
                 channels = int(page.shaped[0]) * int(page.shaped[4])
                 header = _tiff_image(page, len(tif.pages), (*tiff_page_shape(page), channels), np.dtype(page.dtype))
                 return dataclasses.replace(header, decoder="tifffile")
         if kind == "DICOM":
-            return dataclasses.replace(probe_dicom(path), decoder="pydicom")
-        with Image.open(path) as im:
+            return dataclasses.replace(probe_dicom(handle), decoder="pydicom")
+        with Image.open(handle) as im:
             png16 = _png16_ihdr(head)
             # The same test as `decode_plain_jpeg` minus the end marker, which needs the whole file.
             plain_jpeg = im.format == "JPEG" and im.mode in ("L", "RGB") and "adobe" not in im.info
             return dataclasses.replace(_pillow_header(im, png16)[0], decoder="opencv" if png16 or plain_jpeg else "pillow")
+
+
+def open_tiff(handle: BinaryIO, name: str = ""):
+    """tifffile's TiffFile on an open binary file; `name` (a path or URI) stands in for the
+    file's own name when it has none (an object, or a file opened from a descriptor).
+
+    Example:
+        >>> import tifffile
+        >>> out = io.BytesIO(); tifffile.imwrite(out, np.ones((3, 2), np.uint8)); _ = out.seek(0)
+        >>> with open_tiff(out, "s3://b/a.tif") as tif:
+        ...     tif.pages[0].shape
+        (3, 2)
+    """
+    import tifffile
+
+    own = getattr(handle, "name", None)
+    return tifffile.TiffFile(handle, name=None if isinstance(own, str) else name.rsplit("/", 1)[-1] or "image")
+
+
+@contextlib.contextmanager
+def binary_file(source: str | BinaryIO) -> Iterator[BinaryIO]:
+    """A local path opened for reading (closed after), or the caller's file rewound (left open).
+
+    Example:
+        >>> with binary_file(io.BytesIO(b"abc")) as handle:
+        ...     handle.read()
+        b'abc'
+    """
+    if isinstance(source, str):
+        with open(source, "rb") as handle:
+            yield handle
+        return
+    source.seek(0)
+    yield source
 
 
 def _classify(exc: BaseException) -> str:

@@ -136,8 +136,9 @@ def read_dicom(data: bytes, uri: str = "", *, max_pixels: int | None = None, max
     return _dicom_image(dicom_fields(ds), pixels.shape, pixels.dtype, pixels)
 
 
-def probe_dicom(path: str) -> DecodedImage:
-    """The header of a DICOM file (`pixels` None), read without its pixel data.
+def probe_dicom(path) -> DecodedImage:
+    """The header of a DICOM file (a path or a seekable binary file; `pixels` None), read without
+    its pixel data.
 
     Example:
         >>> from pydicom.data import get_testdata_file
@@ -155,8 +156,9 @@ def probe_dicom(path: str) -> DecodedImage:
     return _dicom_image(dicom_fields(ds), (int(ds.Rows), int(ds.Columns), int(ds.get("SamplesPerPixel") or 1)), dtype)
 
 
-def read_dicom_frame(path: str, index: int) -> np.ndarray:
-    """One frame of a DICOM file as HWC, decoding only that frame (pydicom's `iter_pixels`)."""
+def read_dicom_frame(path, index: int) -> np.ndarray:
+    """One frame of a DICOM file (a path or a seekable binary file) as HWC, decoding only that
+    frame (pydicom's `iter_pixels`)."""
     from pydicom.pixels import iter_pixels
 
     for frame in iter_pixels(path, indices=[index]):

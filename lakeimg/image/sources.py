@@ -1,4 +1,8 @@
-"""Reading a local image file by windows of rows, and the checks that it can be tiled.
+"""Reading an image file by windows of rows, and the checks that it can be tiled.
+
+A file is a local path or a seekable binary file (an object-store object opened through
+`lakeimg.storage.open_input`: tifffile and pydicom read it by ranges, so only the header and
+the segments a window touches are fetched).
 
 * Tiled TIFF/BigTIFF pages are read TIFF tile by TIFF tile and strip TIFFs strip by strip
   (tifffile's `page.decode` on the segment bytes at `page.dataoffsets`), never the whole page.
@@ -18,15 +22,17 @@ Example:
 from __future__ import annotations
 
 import math
-import os
+from typing import BinaryIO
 
 import numpy as np
 
 from lakeimg.errors import ErrorClass, ImageDecodeError
 from lakeimg.image._settings import decoder_settings
 from lakeimg.image.decode import (
+    binary_file,
     decode_image,
     geotiff_info,
+    open_tiff,
     probe_image,
     sniff_format,
     tiff_orientation,
@@ -139,18 +145,21 @@ class TiffPageSource:
 
 class OpenedImage:
     """An open image file: `pages` and `page(i)` -> a source with height, width, channels,
-    dtype, geotransform and read_rows(y0, y1). Close it (or use it as a context manager)."""
+    dtype, geotransform and read_rows(y0, y1). Close it (or use it as a context manager).
 
-    def __init__(self, path: str):
-        import tifffile
+    `source` is a local path (opened and closed here) or a seekable binary file (the caller
+    closes it); `name` (its path or URI) is for messages and the DICOM suffix test."""
 
-        self.path = path
-        self._handle = open(path, "rb")  # noqa: SIM115 - closed in close()
-        self.format = sniff_format(self._handle.read(132), path)
+    def __init__(self, source: str | BinaryIO, name: str = ""):
+        self.path = name or (source if isinstance(source, str) else "")
+        self._owned = isinstance(source, str)
+        self._handle = open(source, "rb") if isinstance(source, str) else source  # noqa: SIM115 - closed in close()
+        self._handle.seek(0)
+        self.format = sniff_format(self._handle.read(132), self.path)
         self._handle.seek(0)
         with decoder_settings():
-            self._tif = tifffile.TiffFile(self._handle) if self.format == "TIFF" else None
-        self.pages = len(self._tif.pages) if self._tif is not None else probe_image(path).pages
+            self._tif = open_tiff(self._handle, self.path) if self.format == "TIFF" else None
+        self.pages = len(self._tif.pages) if self._tif is not None else probe_image(self._handle, self.path).pages
 
     def page(self, index: int):
         with decoder_settings():
@@ -161,15 +170,17 @@ class OpenedImage:
                 if TiffPageSource.windowable(page):
                     return TiffPageSource(self._tif, page, transform)
                 return ArraySource(tiff_page_pixels(page), transform)
+            self._handle.seek(0)
             if self.format == "DICOM":
-                return ArraySource(read_dicom_frame(self.path, index))
-            with open(self.path, "rb") as handle:
-                return ArraySource(decode_image(handle.read(), self.path, page=index))
+                return ArraySource(read_dicom_frame(self._handle, index))
+            # Not read by windows: the page is decoded whole (`check_tileable` bounds its size).
+            return ArraySource(decode_image(self._handle.read(), self.path, page=index))
 
     def close(self) -> None:
         if self._tif is not None:
             self._tif.close()
-        self._handle.close()
+        if self._owned:
+            self._handle.close()
 
     def __enter__(self) -> OpenedImage:
         return self
@@ -178,8 +189,8 @@ class OpenedImage:
         self.close()
 
 
-def open_image(path: str) -> OpenedImage:
-    """Open a local image file for windowed reading.
+def open_image(source: str | BinaryIO, name: str = "") -> OpenedImage:
+    """Open an image file (a local path or a seekable binary file) for windowed reading.
 
     Example:
         >>> import tempfile, os, numpy as np, tifffile
@@ -189,11 +200,12 @@ def open_image(path: str) -> OpenedImage:
         ...     img.page(0).read_rows(100, 140).shape
         (40, 200, 1)
     """
-    return OpenedImage(path)
+    return OpenedImage(source, name)
 
 
-def page_shapes(path: str) -> list[tuple[int, int]]:
-    """(height, width) of every page of a local image file, from headers only.
+def page_shapes(source: str | BinaryIO) -> list[tuple[int, int]]:
+    """(height, width) of every page of an image file (a path or a seekable binary file), from
+    headers only.
 
     Example:
         >>> import tempfile, os, numpy as np, tifffile
@@ -202,17 +214,15 @@ def page_shapes(path: str) -> list[tuple[int, int]]:
         >>> page_shapes(p)
         [(30, 20), (30, 20)]
     """
-    header = probe_image(path)
+    header = probe_image(source)
     if header.format != "TIFF":
         return [(header.height, header.width)] * header.pages
-    import tifffile
-
-    with decoder_settings(), tifffile.TiffFile(path) as tif:
+    with decoder_settings(), binary_file(source) as handle, open_tiff(handle) as tif:
         return [tiff_page_shape(page) for page in tif.pages]
 
 
 def check_tileable(
-    path: str,
+    path: str | BinaryIO,
     uri: str = "",
     *,
     tile_size: int = DEFAULT_TILE_SIZE,
@@ -241,7 +251,7 @@ def check_tileable(
         ...
         lakeimg.errors.ImageDecodeError: : too_large: 60,000 pixels over 1 page(s) to tile, above the limit of 50,000 (max_tiled_pixels)
     """
-    header = probe_image(path)
+    header = probe_image(path, uri)
     with decoder_settings():
         check_dtype(uri, header.dtype)
         if header.format != "TIFF":
@@ -252,10 +262,8 @@ def check_tileable(
                 what=f"for a {header.format} page, which is decoded whole to be tiled",
             )
             return header
-        import tifffile
-
-        file_size = os.path.getsize(path)
-        with tifffile.TiffFile(path) as tif:
+        with binary_file(path) as handle, open_tiff(handle, uri) as tif:
+            file_size = tif.filehandle.size
             pages = list(tif.pages)
             shapes = [tuple(int(v) for v in page.shaped) for page in pages]
             # A header that does not describe its data is `corrupt` whatever size it claims.

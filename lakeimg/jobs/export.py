@@ -3,7 +3,11 @@
 File names come from the uri (its last path component, sanitized) plus a short hash of the
 uri (and the variant), so different uris never collide and no uri can name a path outside the
 output folder: names are single components of `[A-Za-z0-9._-]`, never start with a dot, and
-every resolved path is checked to sit directly inside the folder before writing.
+every resolved path is checked to sit directly inside the folder before writing. The output
+may be an object-store prefix (`s3://bucket/out`): each name becomes one object right under it.
+Source rows whose file was too large to inline are read from their source (file or object,
+with the lake's storage options) and checked against `content_sha256`; tiled images are not
+exported whole.
 
 Example:
     >>> safe_name("file:///data/../../etc/passwd", "png")[:7]
@@ -29,7 +33,15 @@ from lakeimg.errors import LakeDamagedError, LakeImgError, SpecError, TableNotFo
 from lakeimg.image.codecs import EXPORT_FORMATS, decode_pixels, export_bytes
 from lakeimg.image.decode import decode_image
 from lakeimg.jobs.verify import READ_ERRORS, content_mismatches
-from lakeimg.storage import local_path_or_none, resolve, write_bytes
+from lakeimg.storage import (
+    check_store,
+    is_remote,
+    join_url,
+    local_path_or_none,
+    read_bytes,
+    resolve,
+    write_bytes,
+)
 
 __all__ = ["export_table", "safe_name"]
 
@@ -97,14 +109,22 @@ def export_table(
     derived = "data" in names
     hashed = not derived and "content_sha256" in names
     columns = [c for c in _PIXEL_COLUMNS if c in names] if derived else ["uri", "content"] + (["content_sha256"] if hashed else [])
-    folder = Path(out).resolve()
-    folder.mkdir(parents=True, exist_ok=True)
+    columns += ["tiled"] if not derived and "tiled" in names else []
+    options = engine.options
+    remote_out = is_remote(os.fspath(out))
+    folder: Path | str
+    if remote_out:  # an object-store prefix: names are single safe components joined under it
+        folder = os.fspath(out).rstrip("/")
+        check_store(folder, options, what="export")  # one typed error (credentials, bucket) before any read
+    else:
+        folder = Path(out).resolve()
+        folder.mkdir(parents=True, exist_ok=True)
     ext = EXPORT_FORMATS[fmt].lstrip(".")
     written = failed = 0
     mismatched: list[str] = []  # uris whose stored bytes do not match content_sha256
     unreadable: list[tuple[str, str]] = []  # (data file, why)
     for path in engine.data_files(table, resolved):
-        for batch in _batches(path, columns, unreadable):
+        for batch in _batches(path, columns, unreadable, options):
             bad = {m[0] for m in content_mismatches(batch)} if hashed else set()
             for row in batch.to_pylist():
                 if row["uri"] in bad:  # damage, not a decode failure: never written as a good file
@@ -115,15 +135,15 @@ def export_table(
                     if derived:
                         pixels = decode_pixels(row["data"], row["encoding"], row["width"], row["height"], row["channels"], row["dtype"])
                     else:
-                        if row["content"] is None:
-                            raise LakeImgError("content not inlined in the table")
-                        pixels = decode_image(row["content"], row["uri"])
+                        pixels = decode_image(_source_content(row, options), row["uri"])
                     data = export_bytes(pixels, fmt, quality=quality)
                 except Exception as exc:  # noqa: BLE001 - one bad row never stops the export
                     failed += 1
                     print(f"lakeimg: export: {row['uri']}: {type(exc).__name__}: {exc}", file=sys.stderr)
                     continue
-                write_bytes(str(_inside(folder, safe_name(row["uri"], ext, row.get("variant")))), data)
+                name = safe_name(row["uri"], ext, row.get("variant"))
+                target = join_url(folder, name) if isinstance(folder, str) else str(_inside(folder, name))
+                write_bytes(target, data, options)
                 written += 1
     if mismatched or unreadable:
         parts = []
@@ -142,7 +162,21 @@ def export_table(
     return {"table": table, "version": resolved, "out": str(folder), "format": fmt, "written": written, "failed": failed}
 
 
-def _batches(path: str, columns: list[str], unreadable: list[tuple[str, str]]) -> Iterator[pa.RecordBatch]:
+def _source_content(row: dict[str, Any], options: dict[str, str] | None) -> bytes:
+    """A source row's image bytes: inline, or read from its source file or object (a file too
+    large to inline) and checked against `content_sha256`. Tiled files are not exported whole."""
+    if row["content"] is not None:
+        return row["content"]
+    if row.get("tiled"):
+        raise LakeImgError("a tiled image is not exported whole; read windows of it with read_region")
+    data = read_bytes(row["uri"], options)
+    if row.get("content_sha256") and hashlib.sha256(data).hexdigest() != row["content_sha256"]:
+        raise LakeImgError("content not inlined and the source file changed since it was ingested; re-ingest it")
+    return data
+
+
+def _batches(path: str, columns: list[str], unreadable: list[tuple[str, str]],
+             options: dict[str, str] | None = None) -> Iterator[pa.RecordBatch]:
     """A data file's batches, row group by row group; a missing file or a damaged row group
     (bad page, page checksum or codec stream) is noted in `unreadable` and skipped. Only reads
     are guarded: a failed write of an exported file stays an error."""
@@ -152,7 +186,7 @@ def _batches(path: str, columns: list[str], unreadable: list[tuple[str, str]]) -
         unreadable.append((path, " ".join("".join(ch if ch.isprintable() else " " for ch in why).split())))
 
     try:
-        fs, located = resolve(path)
+        fs, located = resolve(path, options)
         parquet = pq.ParquetFile(located, filesystem=fs, page_checksum_verification=True)
         groups = parquet.num_row_groups
     except READ_ERRORS as exc:

@@ -29,6 +29,7 @@ from functools import partial
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from lakeimg.engine._delta_txn import remove_abandoned_uploads
 from lakeimg.engine.base import Engine, MergeMetrics, Stage, Staged, Write
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import ensure_lake
@@ -197,7 +198,7 @@ def ingest_files(
     )
     tile_options = TileOptions(tile_size=tile_size, overlap=tile_overlap, encoding=tile_encoding,
                                rows_per_task=tile_rows_per_task, run_id=run_id, ingested_at=started_at,
-                               file_timeout_s=file_timeout_s)
+                               file_timeout_s=file_timeout_s, storage=tuple(storage.items()))
     spec = {
         "sources": [to_uri(s) for s in sources],
         "table": table,
@@ -219,6 +220,7 @@ def ingest_files(
                    sync_deletes=sync_deletes, options=options, record=record, retry_rejects=retry_rejects)
 
     remove_stale_staging(lake)  # of runs killed before they could clean up
+    remove_abandoned_uploads(engine.reader())  # ... and objects they uploaded but never committed
     staging = claim_staging(lake, run_id)  # marks this run's staging as live (engine/staging.py)
     try:
         decoded = decode_files(engine, run, tile_options, workers=workers, on_progress=on_progress)

@@ -19,6 +19,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from typing import Any
 
 import numpy as np
@@ -29,7 +30,7 @@ from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeImgError
 from lakeimg.image.decode import decode_image
 from lakeimg.image.pyramid import assemble_region, downsample2, level_shape
-from lakeimg.storage import open_regular_file, to_uri, uri_to_path
+from lakeimg.storage import read_bytes, to_uri
 from lakeimg.tables import tiles_of
 
 __all__ = ["read_region", "image_record", "tiles_as_of"]
@@ -125,10 +126,7 @@ def read_region(
 def _from_content(engine, table, row, x, y, width, height, level, page, version) -> np.ndarray:
     data = engine.read(table, version=version, columns=["content"], filter=pc.field("uri") == row["uri"])["content"][0].as_py()
     if data is None:  # not inlined: the source file is the content (its hash is checked)
-        import hashlib
-
-        with open_regular_file(uri_to_path(row["uri"])) as handle:
-            data = handle.read()
+        data = read_bytes(row["uri"], getattr(engine, "options", None))  # a local file or an object
         if hashlib.sha256(data).hexdigest() != row["content_sha256"]:
             raise LakeImgError(f"{row['uri']} changed since it was ingested; re-ingest it to read it")
     pixels = decode_image(data, row["uri"], page=page)

@@ -41,7 +41,7 @@ from lakeimg.kernels.tiles import (
     top_tile,
 )
 from lakeimg.schemas import table_contract
-from lakeimg.storage import remove_prefix, uri_to_path
+from lakeimg.storage import open_source, remove_prefix, uri_to_path
 from lakeimg.tables import tiles_of
 
 __all__ = ["TilingResult", "commit_tiles", "previously_tiled", "tile_images"]
@@ -88,7 +88,10 @@ def _plan(row: dict[str, Any], options: TileOptions, staging: str) -> list[dict[
     # Only TIFF pages are read by windows; splitting any other format would decode it whole
     # in every share, so those get one task per page (decoded once, streamed out as tiles).
     split = options.rows_per_task if row.get("format") in (None, "TIFF") else 0
-    shapes = page_shapes(uri_to_path(row["uri"])) if split > 0 else None
+    shapes = None
+    if split > 0:  # headers only: an object is read by ranges
+        with open_source(row["uri"], dict(options.storage)) as handle:
+            shapes = page_shapes(handle)
     pixels = sum(h * w for h, w in shapes) if shapes else row["height"] * row["width"] * (row["pages"] or 1)
     return plan_tile_tasks(
         row["uri"], row["content_sha256"], row["height"], row["width"],

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakeimg.engine import open_engine
+from lakeimg.engine._delta_txn import remove_abandoned_uploads
 from lakeimg.engine.base import Engine, EngineName, MergeMetrics, SnapshotRows, Stage, Staged, Write
 from lakeimg.engine.layout import ensure_lake, require_lake
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
@@ -237,8 +238,9 @@ def transform_table(
     target_keys = eng.read(target, columns=key_columns) if target_exists else pa.table({c: pa.array([], pa.int32() if c == "variant" else pa.string()) for c in key_columns})
     plan = _plan(eng, source, source_version, spec, target_keys, last_transform_run(eng, target), full=full, target_exists=target_exists)
 
-    options = TransformOptions(spec=spec, run_id=run_id)
+    options = TransformOptions(spec=spec, run_id=run_id, storage=tuple((storage or {}).items()))
     remove_stale_staging(lake)  # of runs killed before they could clean up
+    remove_abandoned_uploads(eng.reader())  # ... and objects they uploaded but never committed
     staging = claim_staging(lake, run_id)  # marks this run's staging as live (engine/staging.py)
     try:
         tiled: set[str] = set()

@@ -44,6 +44,7 @@ from lakeimg.engine.base import VersionLike
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import ContentMismatchError
 from lakeimg.jobs.regions import tiles_as_of
+from lakeimg.storage import exists, file_size, is_remote, join_url, resolve
 from lakeimg.tables import tiles_of
 
 __all__ = ["VerifyProblem", "VerifyReport", "verify_table", "content_mismatches", "check_content", "READ_ERRORS"]
@@ -135,8 +136,8 @@ def check_content(rows: pa.Table | pa.RecordBatch, table: str, version: int | No
 
 
 class _Checker:
-    def __init__(self, batch_rows: int):
-        self.batch_rows = batch_rows
+    def __init__(self, batch_rows: int, options: dict[str, str] | None = None):
+        self.batch_rows, self.options = batch_rows, options  # object-store settings of the lake
         self.files = self.rows = self.hashed = self.not_inline = self.count = 0
         self.problems: list[VerifyProblem] = []
         self.checked: list[str] = []
@@ -153,19 +154,21 @@ class _Checker:
         hashable = {"uri", "content", "content_sha256"} <= set(engine.arrow_schema(name, resolved).names)
         logged = _logged_files(engine.add_actions(name, resolved), engine.location(name))
         for path in engine.data_files(name, resolved):
-            self.file(name, path, logged.get(os.path.normpath(path)), hashable)
+            self.file(name, path, logged.get(_key(path)), hashable)
         return resolved
 
     def file(self, table: str, path: str, logged: tuple[int | None, int | None] | None, hashable: bool) -> None:
         self.files += 1
-        if not os.path.exists(path):
-            self.problem(table, path, "missing", "the Delta log lists it but it is not on disk (deleted or vacuumed)")
+        options = self.options
+        if not exists(path, options):
+            self.problem(table, path, "missing", "the Delta log lists it but it is not in the store (deleted or vacuumed)")
             return
         size, records = logged or (None, None)
-        if size is not None and os.path.getsize(path) != size:
-            self.problem(table, path, "size_mismatch", f"{os.path.getsize(path)} bytes on disk, {size} in the Delta log")
+        actual = file_size(path, options)
+        if size is not None and actual != size:
+            self.problem(table, path, "size_mismatch", f"{actual} bytes stored, {size} in the Delta log")
         try:
-            parquet = pq.ParquetFile(path, buffer_size=_BUFFER_BYTES, pre_buffer=False, page_checksum_verification=True)
+            parquet = self.open(path, page_checksum_verification=True)
             groups = parquet.num_row_groups
         except READ_ERRORS as exc:
             self.problem(table, path, "unreadable", _one_line(exc))
@@ -190,12 +193,17 @@ class _Checker:
         """Name the damaged rows of a row group that failed its page checksums, when it still
         decodes without them (garbled image bytes usually do)."""
         try:
-            parquet = pq.ParquetFile(path, buffer_size=_BUFFER_BYTES, pre_buffer=False)
+            parquet = self.open(path)
             for batch in parquet.iter_batches(batch_size=self.batch_rows, row_groups=[group], columns=["uri", "content", "content_sha256"]):
                 for uri, expected, actual in content_mismatches(batch):
                     self.problem(table, path, "content_mismatch", f"stored bytes hash to {actual}, content_sha256 is {expected}", uri)
         except READ_ERRORS:
             pass  # already reported as unreadable
+
+    def open(self, path: str, **kwargs: Any) -> pq.ParquetFile:
+        """A data file (local path or object URL) read through `storage.resolve`, buffered."""
+        fs, located = resolve(path, self.options)
+        return pq.ParquetFile(located, filesystem=fs, buffer_size=_BUFFER_BYTES, pre_buffer=False, **kwargs)
 
     def rows_of(self, table: str, path: str, batch: pa.RecordBatch) -> None:
         content = batch.column(batch.schema.get_field_index("content"))
@@ -218,9 +226,13 @@ def _logged_files(actions: pa.Table, location: str) -> dict[str, tuple[int | Non
     root = location[len("file://"):] if location.startswith("file://") else location
     out = {}
     for action in actions:
-        path = os.path.normpath(os.path.join(root, unquote(action["path"])))
-        out[path] = (action.get("size_bytes"), action.get("num_records"))
+        out[_key(join_url(root, unquote(action["path"])))] = (action.get("size_bytes"), action.get("num_records"))
     return out
+
+
+def _key(path: str) -> str:
+    """One spelling of a data file's name: normalized locally, the URL as it is on a store."""
+    return path.rstrip("/") if is_remote(path) else os.path.normpath(path)
 
 
 def verify_table(
@@ -234,7 +246,7 @@ def verify_table(
     """Check every data file and row of `table@version` (latest by default); never raises for
     damage found, which is reported instead.
     """
-    check = _Checker(batch_rows)
+    check = _Checker(batch_rows, engine.options)
     schema = engine.arrow_schema(table, version)
     resolved = check.table(engine, table, version)
     names = set(schema.names)

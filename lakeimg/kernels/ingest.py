@@ -19,12 +19,15 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import functools
 import hashlib
+import io
 import os
 import warnings
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +56,9 @@ from lakeimg.schemas import table_contract
 from lakeimg.storage import (
     NotRegularFileError,
     TimeLimitExceeded,
+    is_remote,
     local_path_or_none,
+    open_source,
     read_bytes,
     sha256_of,
     time_limit,
@@ -145,8 +150,10 @@ def _reject(listing: dict[str, Any], error: ImageDecodeError, sha: str | None, o
     return rejects.reject_row(listing, error.error_class, error.message, run_id=options.run_id, at=options.ingested_at, sha=sha)
 
 
-def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: Iterable[Any] | None = None) -> dict[str, Any]:
+def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: Iterable[Any] | None = None,
+                    fetched: Future[bytes] | None = None) -> dict[str, Any]:
     """Read, hash and describe one file; return an image row or a reject row (never raises).
+    `fetched`: the file's bytes being read ahead (`_prefetched`).
 
     Decoders' warnings about the file (pydicom's invalid values, numpy casts in an odd codec)
     are dropped: what matters about a file lands in its row or its reject, and N workers
@@ -154,27 +161,26 @@ def ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: Ite
     """
     with decoder_settings(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return _ingest_one_file(listing, options, codecs)
+        return _ingest_one_file(listing, options, codecs, fetched)
 
 
-def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: Iterable[Any] | None) -> dict[str, Any]:
+def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: Iterable[Any] | None,
+                     fetched: Future[bytes] | None = None) -> dict[str, Any]:
     uri = listing["uri"]
     sha = None
     if listing.get("kind"):
         return _reject(listing, ImageDecodeError(uri, listing["kind"], _KIND_MESSAGES.get(listing["kind"], listing["kind"])),
                           None, options)
-    huge = _huge_header(listing, options)
+    try:
+        data = _source_bytes(uri, options, fetched) if fetched is not None else None
+    except ImageDecodeError as exc:
+        return _reject(listing, exc, None, options)
+    huge = _huge_header(listing, options, data)
     if huge is not None:
         return _tiled_row(listing, huge, options)
     try:
-        try:
-            data = read_bytes(uri, dict(options.storage))
-        except FileNotFoundError as exc:
-            raise ImageDecodeError(uri, ErrorClass.UNREADABLE, f"file vanished before it was read: {exc}") from exc
-        except NotRegularFileError as exc:
-            raise ImageDecodeError(uri, ErrorClass.NOT_REGULAR_FILE, _KIND_MESSAGES[ErrorClass.NOT_REGULAR_FILE]) from exc
-        except OSError as exc:
-            raise ImageDecodeError(uri, ErrorClass.UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
+        if data is None:
+            data = _source_bytes(uri, options)
         sha = hashlib.sha256(data).hexdigest()
         with time_limit(options.file_timeout_s):
             decoded = read_image(data, uri, max_bytes=options.max_decoded_bytes, max_pixels=options.max_pixels,
@@ -240,15 +246,31 @@ _KIND_MESSAGES = {
 }
 
 
-def _huge_header(listing: dict[str, Any], options: IngestOptions) -> DecodedImage | None:
-    """The header of a file to tile (too many pixels or bytes, or above the memory limit), or
-    None to ingest it whole."""
-    path = local_path_or_none(listing["uri"]) if options.tile_above_pixels > 0 else None
-    # stat never blocks; open() of a FIFO swapped in after listing would (the read path refuses it).
-    if path is None or not os.path.isfile(path):
-        return None
+def _source_bytes(uri: str, options: IngestOptions, fetched: Future[bytes] | None = None) -> bytes:
+    """A source file's bytes (read now, or by `fetched`), or the reject of a file that cannot be read."""
     try:
-        header = probe_image(path)
+        return fetched.result() if fetched is not None else read_bytes(uri, dict(options.storage))
+    except FileNotFoundError as exc:
+        raise ImageDecodeError(uri, ErrorClass.UNREADABLE, f"file vanished before it was read: {exc}") from exc
+    except NotRegularFileError as exc:
+        raise ImageDecodeError(uri, ErrorClass.NOT_REGULAR_FILE, _KIND_MESSAGES[ErrorClass.NOT_REGULAR_FILE]) from exc
+    except OSError as exc:
+        raise ImageDecodeError(uri, ErrorClass.UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
+
+
+def _huge_header(listing: dict[str, Any], options: IngestOptions, data: bytes | None = None) -> DecodedImage | None:
+    """The header of a file to tile (too many pixels or bytes, or above the memory limit), or
+    None to ingest it whole. `data`: the file's bytes when they were already fetched."""
+    if options.tile_above_pixels <= 0:
+        return None
+    uri = listing["uri"]
+    path = local_path_or_none(uri)
+    # stat never blocks; open() of a FIFO swapped in after listing would (the read path refuses it).
+    if path is not None and not os.path.isfile(path):
+        return None
+    try:  # only the header's bytes: an object is read by ranges, never downloaded
+        with (io.BytesIO(data) if data is not None else open_source(uri, dict(options.storage))) as source:
+            header = probe_image(source, uri)
     except Exception:  # noqa: BLE001 - unreadable headers take the normal path and become rejects
         return None
     if header.width * header.height > options.tile_above_pixels or listing["size_bytes"] > options.inline_max_bytes:
@@ -273,13 +295,43 @@ def _tiled_row(listing: dict[str, Any], header: DecodedImage, options: IngestOpt
                                max_bytes=None, max_pixels=options.max_pixels)
         # Before any tiling task is planned: strips/tiles inside the file, the tiled-pixel cap,
         # and the memory one task holds (a whole page, or one band of a windowed TIFF page).
-        check_tileable(local_path_or_none(uri), uri, tile_size=options.tile_size,
-                       max_decoded_bytes=options.max_decoded_bytes, max_tiled_pixels=options.max_tiled_pixels)
+        with open_source(uri, dict(options.storage)) as source:
+            check_tileable(source, uri, tile_size=options.tile_size,
+                           max_decoded_bytes=options.max_decoded_bytes, max_tiled_pixels=options.max_tiled_pixels)
     except ImageDecodeError as exc:
         return _reject(listing, exc, sha, options)
     except Exception as exc:  # noqa: BLE001 - a header tifffile or Pillow cannot parse twice
         return _reject(listing, ImageDecodeError(uri, ErrorClass.CORRUPT, f"{type(exc).__name__}: {exc}"), sha, options)
     return _image_row(listing, sha, header, options, tile_size=options.tile_size)
+
+
+# Objects read ahead per worker: a GET to an object store takes tens of milliseconds, so a
+# worker keeps this many in flight while it decodes (bounded in bytes too).
+_PREFETCH_FILES = 16
+_PREFETCH_BYTES = 64 << 20
+
+
+def _prefetched(listings: Iterator[dict[str, Any]], options: IngestOptions) -> Iterator[tuple[dict[str, Any], Future[bytes] | None]]:
+    """Each listing with its bytes being read ahead in threads, for objects on a store that are
+    small enough to be read whole (at most `inline_max_bytes`; bigger ones are tiled from ranged
+    reads); local files and everything else pair with None and are read when their turn comes."""
+    storage = dict(options.storage)
+    window: collections.deque[tuple[dict[str, Any], Future[bytes] | None, int]] = collections.deque()
+    in_flight = 0
+    with ThreadPoolExecutor(max_workers=_PREFETCH_FILES, thread_name_prefix="lakeimg-read") as pool:
+        for listing in listings:
+            size = int(listing.get("size_bytes") or 0)
+            ahead = (not listing.get("kind") and is_remote(listing["uri"]) and size <= options.inline_max_bytes)
+            future = pool.submit(read_bytes, listing["uri"], storage) if ahead else None
+            window.append((listing, future, size if ahead else 0))
+            in_flight += size if ahead else 0
+            while len(window) > _PREFETCH_FILES or (in_flight > _PREFETCH_BYTES and len(window) > 1):
+                done, fetched, held = window.popleft()
+                in_flight -= held
+                yield done, fetched
+        while window:
+            done, fetched, _held = window.popleft()
+            yield done, fetched
 
 
 def prepare_ingest_kernel(options: IngestOptions) -> None:
@@ -297,7 +349,8 @@ def prepare_ingest_kernel(options: IngestOptions) -> None:
 def ingest_kernel(batches: Iterator[pa.RecordBatch], options: IngestOptions) -> Iterator[pa.RecordBatch]:
     """mapInArrow-shaped kernel: listing batches in, result batches (images + rejects) out."""
     codecs = _load_codecs(tuple(options.codecs))
-    rows = (ingest_one_file(listing, options, codecs) for batch in batches for listing in batch.to_pylist())
+    listings = (listing for batch in batches for listing in batch.to_pylist())
+    rows = (ingest_one_file(listing, options, codecs, fetched) for listing, fetched in _prefetched(listings, options))
     yield from batch_rows(rows, ingest_result_schema(), max_rows=_OUTPUT_BATCH_ROWS, max_bytes=_OUTPUT_BATCH_BYTES,
                           size=lambda row: len(row.get("content") or b"") + len(row.get("thumbnail") or b""))
 

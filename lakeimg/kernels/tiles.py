@@ -28,7 +28,7 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -49,7 +49,14 @@ from lakeimg.image.pyramid import (
 from lakeimg.image.sources import open_image
 from lakeimg.kernels._batches import batch_rows
 from lakeimg.schemas import table_contract
-from lakeimg.storage import TimeLimitExceeded, open_output, remove_prefix, time_limit, uri_to_path
+from lakeimg.storage import (
+    TimeLimitExceeded,
+    open_output,
+    open_source,
+    remove_prefix,
+    time_limit,
+    uri_to_path,
+)
 
 __all__ = [
     "STAGED_SCHEMA",
@@ -114,6 +121,9 @@ class TileOptions:
     run_id: str = ""
     ingested_at: dt.datetime | None = None
     file_timeout_s: float = 0.0
+    # Object-store settings for reading sources (`lakeimg.storage.normalized_storage_options`),
+    # as pairs; never printed (repr=False) and never recorded.
+    storage: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 # Pixels one `file_timeout_s` pays for when tiling. Tiling runs at 20-100 megapixels/s per
@@ -283,7 +293,8 @@ def _task_tiles(task: dict[str, Any], options: TileOptions) -> Iterator[tuple[An
             level = tile.level + from_level
             yield tile, level, tile_geotransform(gt, tile.x, tile.y, level)
         return
-    with open_image(uri_to_path(task["uri"])) as img:
+    # A source object is read by ranges (the header, then the segments each band touches).
+    with open_source(task["uri"], dict(options.storage)) as handle, open_image(handle, task["uri"]) as img:
         source = img.page(task["page"])
         max_level = None if task["max_level"] < 0 else task["max_level"]
         for tile in iter_tiles(

@@ -25,7 +25,7 @@ from __future__ import annotations
 import hashlib
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,9 @@ class TransformOptions:
 
     spec: TransformSpec
     run_id: str = ""
+    # Object-store settings for reading content that was not inlined from its source
+    # (`lakeimg.storage.normalized_storage_options`), as pairs; never printed or recorded.
+    storage: tuple[tuple[str, str], ...] = field(default=(), repr=False)
 
 
 def transform_result_schema(spec: TransformSpec) -> pa.Schema:
@@ -163,7 +166,8 @@ def _reduced_jpeg(content: bytes | memoryview, need: tuple[int, int]) -> np.ndar
     return np.ascontiguousarray(apply_orientation(arr, orientation))
 
 
-def _source_pixels(src: dict[str, Any], spec: TransformSpec | None = None) -> np.ndarray:
+def _source_pixels(src: dict[str, Any], spec: TransformSpec | None = None,
+                   storage: tuple[tuple[str, str], ...] = ()) -> np.ndarray:
     content = src.get("content")
     if content is not None and spec is not None and content[:2] == b"\xff\xd8" and src.get("width") and src.get("height"):
         need = spec.shrink_target(src["width"], src["height"])
@@ -175,7 +179,7 @@ def _source_pixels(src: dict[str, Any], spec: TransformSpec | None = None) -> np
         if src.get("tiled"):
             raise ImageDecodeError(src["uri"], ErrorClass.TILED_SOURCE, "the source is tiled and its pyramid level could not be read")
         try:  # not inlined at ingest (above --inline-max-bytes): read the original file
-            content = read_bytes(src["uri"])
+            content = read_bytes(src["uri"], dict(storage))
         except OSError as exc:
             raise ImageDecodeError(src["uri"], ErrorClass.UNREADABLE, f"content not inlined and the file cannot be read: {exc}") from exc
     return decode_image(bytes(content), src["uri"])
@@ -185,7 +189,7 @@ def transform_rows(src: dict[str, Any], options: TransformOptions) -> list[dict[
     """All output rows of one source row: one per variant, or one reject row."""
     spec = options.spec
     try:
-        pixels = _source_pixels(src, spec)
+        pixels = _source_pixels(src, spec, options.storage)
     except ImageDecodeError as exc:
         return [reject_row(src, exc.error_class, exc.message, run_id=options.run_id)]
     except Exception as exc:  # noqa: BLE001 - one bad image never stops the run
