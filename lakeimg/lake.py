@@ -104,7 +104,8 @@ class Lake:
         Example:
             >>> lake = Lake.on_new_spark_session("/tmp/lake", "local[2]")  # doctest: +SKIP
         """
-        return cls(path, engine="spark", spark=spark_session_builder(master, conf).getOrCreate())
+        session = spark_session_builder(master, conf, object_stores=[os.fspath(path)]).getOrCreate()
+        return cls(path, engine="spark", spark=session)
 
     def __repr__(self) -> str:
         return f"Lake({self.path!r})"
@@ -190,7 +191,7 @@ class Lake:
 
     def spark_engine(self):
         """The lake's SparkEngine on the session given as `Lake(path, engine="spark", spark=...)`."""
-        return open_engine(self.path, "spark", spark=self._spark())
+        return open_engine(self.path, "spark", spark=self._spark(), storage_options=self.storage_options)
 
     def _spark(self) -> Any:
         if self.spark is None:

@@ -22,24 +22,28 @@ from typing import Any
 
 from lakeimg.catalog.sql import register
 from lakeimg.engine.spark import SparkEngine, spark_session_builder
+from lakeimg.storage import is_remote
 from lakeimg.tables import RUNS_SQL_NAME as RUNS_NAME
 
 __all__ = ["session_builder", "register", "engine", "RUNS_NAME"]
 
 
-def session_builder(master: str | None = None, conf: Mapping[str, str] | Iterable[str] = ()):
-    """A SparkSession builder with Delta's extension, catalog and jars (see `engine.spark`).
+def session_builder(master: str | None = None, conf: Mapping[str, str] | Iterable[str] = (), *,
+                    object_stores: Iterable[str] = ()):
+    """A SparkSession builder with Delta's extension, catalog and jars, plus the connector jars
+    of the `object_stores` (lake URLs such as "s3://bucket/lake"; see `engine.spark`).
 
     Example:
         >>> spark = session_builder("local[2]", ["spark.ui.enabled=false"]).getOrCreate()  # doctest: +SKIP
     """
-    return spark_session_builder(master, conf)
+    return spark_session_builder(master, conf, object_stores=object_stores)
 
 
-def engine(spark: Any, lake: str | os.PathLike[str]):
-    """The lake's SparkEngine on `spark`.
+def engine(spark: Any, lake: str | os.PathLike[str], storage_options: Mapping[str, str] | None = None):
+    """The lake's SparkEngine on `spark` (a URL lake takes `storage_options`).
 
     Example:
         >>> engine(spark, "/data/lake").read("images", version=0).num_rows  # doctest: +SKIP
     """
-    return SparkEngine(os.path.abspath(os.fspath(lake)), spark)
+    lake = os.fspath(lake)
+    return SparkEngine(lake if is_remote(lake) else os.path.abspath(lake), spark, storage_options=storage_options)

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from lakeimg import Lake
 from lakeimg.engine.base import Write
 from lakeimg.engine.spark import (
     SparkEngine,
@@ -255,6 +256,8 @@ def test_spark_ingest_local_files_into_an_s3_lake(spark, s3_server, tmp_path):
     assert [k for k in _keys(s3_server, bucket, "lake/_lakeimg/staging/") if not k.endswith("/")] == []
     assert {"images", "images_rejects", "_lakeimg/runs"} <= set(SparkEngine(lake, spark, storage_options=options).tables())
     versions = (local.version("images"), local.version("images_rejects"))
-    again = ingest_files(lake, [str(src)], engine=SparkEngine(lake, spark, storage_options=options), label_from_path="parent")
+    on_spark = Lake(lake, engine="spark", spark=spark, storage_options=options)  # the Lake wires SparkEngine
+    assert {"images", "images_rejects", "_lakeimg/runs"} <= set(on_spark.spark_engine().tables())
+    again = on_spark.ingest([str(src)], label_from_path="parent")
     assert (again.added, again.updated, again.unchanged, again.rejected) == (0, 0, 4, 0)  # a no-op re-run
     assert (local.version("images"), local.version("images_rejects")) == versions

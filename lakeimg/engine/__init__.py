@@ -39,8 +39,8 @@ def open_engine(
     """The engine handle for a lake.
 
     For "spark", pass an existing `spark` session; without one (the CLI's case) a session is
-    built from `spark_session_builder(master, spark_conf)` and owned by the engine, which then
-    stops it on `close()`.
+    built from `spark_session_builder(master, spark_conf, object_stores=[lake])` (the lake's
+    object-store connector jars) and owned by the engine, which then stops it on `close()`.
 
     Example:
         >>> eng = open_engine("/tmp/lake", "spark", master="local[2]")  # doctest: +SKIP
@@ -51,6 +51,6 @@ def open_engine(
     if engine == "spark":
         owns = spark is None
         if owns:
-            spark = spark_session_builder(master, spark_conf).getOrCreate()
-        return SparkEngine(os.fspath(lake), spark, owns_session=owns)
+            spark = spark_session_builder(master, spark_conf, object_stores=[os.fspath(lake)]).getOrCreate()
+        return SparkEngine(os.fspath(lake), spark, owns_session=owns, storage_options=storage_options)
     raise SpecError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
