@@ -1,13 +1,15 @@
 """Real object-store servers on loopback for tests: moto's standalone S3 server and Azurite.
 
 Each server is a child process on 127.0.0.1 at a free port, started once per test session by
-the fixtures in conftest.py and stopped at its end. Waiting for it is a bounded loop.
+the fixtures in conftest.py and stopped at its end (`running_server`: start, a bounded wait,
+terminate-then-kill). Also the small JPEG and CLI helpers the object-store tests share.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import io
 import os
 import shutil
 import socket
@@ -19,11 +21,40 @@ import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 # moto accepts any key pair; these are what every test client passes.
 S3_KEY_ID = "lakeimg-test-key"
 S3_SECRET = "lakeimg-test-secret"
 S3_REGION = "us-east-1"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def jpeg(seed: int, size=(40, 30)) -> bytes:
+    """A small random RGB JPEG (`size` is width, height)."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(out, format="JPEG")
+    return out.getvalue()
+
+
+def write_photos(root: Path) -> Path:
+    """cats/ and dogs/ under `root` with 3 JPEGs each and one broken JPEG."""
+    for i, label in enumerate(("cats", "dogs")):
+        (root / label).mkdir(parents=True)
+        for j in range(3):
+            (root / label / f"{label}{j}.jpg").write_bytes(jpeg(10 * i + j))
+    (root / "cats" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    return root
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """Run the lakeimg CLI in a fresh interpreter with `env` over this process's environment."""
+    return subprocess.run([sys.executable, "-m", "lakeimg.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, cwd=str(ROOT), env={**os.environ, **env})
 
 
 def free_port() -> int:
@@ -46,6 +77,28 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout_s: float = 60.0) 
         except OSError:
             time.sleep(0.2)
     raise TimeoutError(f"no answer at {url} within {timeout_s:.0f} s")
+
+
+def stop_process(process: subprocess.Popen, timeout_s: float = 10.0) -> None:
+    """Terminate `process` if it still runs; kill it if it has not exited within `timeout_s`."""
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=timeout_s)
+
+
+@contextlib.contextmanager
+def running_server(command: list[str], ready_url: str, **popen_args) -> Iterator[subprocess.Popen]:
+    """Start `command` (output discarded), wait until `ready_url` answers, stop it on exit."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen_args)
+    try:
+        wait_for_http(ready_url, process)
+        yield process
+    finally:
+        stop_process(process)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,24 +148,11 @@ def moto_s3_server(*, authenticated: bool = False) -> Iterator[S3Server]:
     """
     port = free_port()
     env = {**os.environ, **({"INITIAL_NO_AUTH_ACTION_COUNT": "3"} if authenticated else {})}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )
-    try:
-        endpoint = f"http://127.0.0.1:{port}"
-        wait_for_http(endpoint + "/moto-api/", process)
+    endpoint = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    with running_server(command, endpoint + "/moto-api/", env=env):
         server = S3Server(endpoint)
-        if authenticated:
-            server = _with_iam_user(server)
-        yield server
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=10)
+        yield _with_iam_user(server) if authenticated else server
 
 
 def _with_iam_user(server: S3Server) -> S3Server:
@@ -233,20 +273,10 @@ class AzuriteServer:
 def azurite_server() -> Iterator[AzuriteServer]:
     """Start Azurite's blob service on 127.0.0.1 at a free port, in memory, without telemetry."""
     port = free_port()
+    endpoint = f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}"
+    command = [azurite_command(), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+               "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"]
     # Azurite writes a debug log and its extent files under its working folder even in memory.
-    with tempfile.TemporaryDirectory(prefix="azurite-") as workdir:
-        process = subprocess.Popen(
-            [azurite_command(), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-             "--disableTelemetry", "--skipApiVersionCheck", "--loose", "--silent"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=workdir,
-        )
-        try:
-            wait_for_http(f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}?comp=list", process)
-            yield AzuriteServer(f"http://127.0.0.1:{port}/{AZURITE_ACCOUNT}")
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+    with tempfile.TemporaryDirectory(prefix="azurite-") as workdir, \
+            running_server(command, endpoint + "?comp=list", cwd=workdir):
+        yield AzuriteServer(endpoint)

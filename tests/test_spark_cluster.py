@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from object_stores import stop_process
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -41,13 +42,7 @@ def _start(args: list[str], log: Path, env: dict[str, str]) -> subprocess.Popen:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
+    stop_process(proc, timeout_s=30)
     proc.log_handle.close()  # type: ignore[attr-defined]
 
 
