@@ -113,7 +113,7 @@ def test_crashing_and_hanging_decoders_become_rejects_and_the_run_lands(tmp_path
     summary = lake.ingest(
         [str(src)],
         workers=2,
-        # Long enough that a loaded machine still sees the crash before the time limit.
+        # Well above a fresh worker's start-up on a loaded machine: only the stuck files reach it.
         file_timeout_s=5,
         codecs=("lakeimg_test_codecs:CRASH", "lakeimg_test_codecs:SLEEP", "lakeimg_test_codecs:STUCK"),
     )

@@ -322,6 +322,9 @@ def _prefetched(listings: Iterator[dict[str, Any]], options: IngestOptions) -> I
         for listing in listings:
             size = int(listing.get("size_bytes") or 0)
             ahead = (not listing.get("kind") and is_remote(listing["uri"]) and size <= options.inline_max_bytes)
+            if not ahead and not window:  # nothing to overlap: a local file is read in its turn
+                yield listing, None
+                continue
             future = pool.submit(read_bytes, listing["uri"], storage) if ahead else None
             window.append((listing, future, size if ahead else 0))
             in_flight += size if ahead else 0
