@@ -15,24 +15,15 @@ import subprocess
 import sys
 import time
 import uuid
-from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
+from object_stores import ROOT, jpeg
 from PIL import Image
 
 from lakeimg import Lake
 from lakeimg.engine._delta_txn import ABANDONED_AFTER_S, remove_abandoned_uploads
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _jpeg(seed: int, size=(40, 30)) -> bytes:
-    rng = np.random.default_rng(seed)
-    out = io.BytesIO()
-    Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(out, format="JPEG")
-    return out.getvalue()
 
 
 def _tiff(arr: np.ndarray, **kwargs) -> bytes:
@@ -61,7 +52,7 @@ def s3_sources(s3_server):
     Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(big, format="PNG")
     client.put_object(Bucket=bucket, Key="scans/big.png", Body=big.getvalue())
     for j in range(3):
-        client.put_object(Bucket=bucket, Key=f"scans/small{j}.jpg", Body=_jpeg(j))
+        client.put_object(Bucket=bucket, Key=f"scans/small{j}.jpg", Body=jpeg(j))
     return {"bucket": bucket, "slide": slide, "strips": strips, "png": big.getvalue()}
 
 
@@ -119,7 +110,7 @@ def test_content_read_from_s3_sources_with_the_lakes_options_only(s3_server, s3_
     assert len(keys) == 4 and all(k.startswith("exports/small/") and k.endswith(".png") for k in keys)
 
     # A source object that changed after ingest is never exported or read as the ingested image.
-    s3_server.client().put_object(Bucket=bucket, Key="scans/big.png", Body=_jpeg(77))
+    s3_server.client().put_object(Bucket=bucket, Key="scans/big.png", Body=jpeg(77))
     again = lake.export("images", tmp_path / "out2", format="png")
     assert (again["written"], again["failed"]) == (3, 1)
     changed = lake.reproduce("images", summary.version)
@@ -163,13 +154,13 @@ def test_the_next_run_deletes_what_a_killed_run_uploaded_but_never_committed(s3_
     src = tmp_path / "src"
     src.mkdir()
     for j in range(3):
-        (src / f"a{j}.jpg").write_bytes(_jpeg(j))
+        (src / f"a{j}.jpg").write_bytes(jpeg(j))
     env = {**os.environ, **s3_server.env, "PYTHONPATH": str(ROOT)}
     first = subprocess.run([sys.executable, "-m", "lakeimg.cli", "ingest", str(src), "--lake", lake_url, "--workers", "0"],
                            env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=120)
     assert first.returncode == 0, first.stderr
     for j in range(3, 8):
-        (src / f"a{j}.jpg").write_bytes(_jpeg(j))
+        (src / f"a{j}.jpg").write_bytes(jpeg(j))
     killed = subprocess.run([sys.executable, "-c", _KILL_RUNNER, point, "ingest", str(src), "--lake", lake_url,
                              "--workers", "0"], env=env, cwd=str(ROOT), capture_output=True, text=True, timeout=120)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
@@ -195,7 +186,7 @@ def test_uploads_of_a_writer_that_may_still_commit_are_never_deleted(s3_server, 
     bucket = s3_server.new_bucket()
     src = tmp_path / "src"
     src.mkdir()
-    (src / "a.jpg").write_bytes(_jpeg(1))
+    (src / "a.jpg").write_bytes(jpeg(1))
     lake = Lake(f"s3://{bucket}/lake", storage_options=s3_server.storage_options)
     lake.ingest([str(src)], workers=0)
     client = s3_server.client()
@@ -206,7 +197,7 @@ def test_uploads_of_a_writer_that_may_still_commit_are_never_deleted(s3_server, 
         client.put_object(Bucket=bucket, Key=f"lake/images/part-{token}-0.parquet", Body=b"not yet committed")
         manifest = {"table": "images", "token": token, "after_version": lake.version("images"), **writer}
         client.put_object(Bucket=bucket, Key=f"lake/_lakeimg/uploads/{token}.json", Body=json.dumps(manifest).encode())
-    (src / "b.jpg").write_bytes(_jpeg(2))
+    (src / "b.jpg").write_bytes(jpeg(2))
     assert lake.ingest([str(src)], workers=0).added == 1  # the next run leaves both alone
     keys = _keys(s3_server, bucket, "lake/")
     for token in writers:
