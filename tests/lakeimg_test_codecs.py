@@ -34,11 +34,18 @@ class _Crash(_Claims):
 
 
 class _Sleep(_Claims):
-    """Hangs in Python: the kernel's per-file alarm interrupts it."""
+    """Hangs in Python: the kernel's per-file alarm interrupts it.
+
+    With `LAKEIMG_TEST_SLEEPERS` set to a folder, it first leaves a file there named after its
+    process, so a test can wait until every worker is in its hanging read.
+    """
 
     suffix = ".sleep"
 
     def read(self, data: bytes, uri: str):
+        if folder := os.environ.get("LAKEIMG_TEST_SLEEPERS"):
+            with open(os.path.join(folder, str(os.getpid())), "w"):
+                pass
         time.sleep(3600)
 
 

@@ -260,15 +260,19 @@ def test_sigterm_ends_the_cli_like_ctrl_c(tmp_path):
     for i in range(6):
         (src / f"f{i}.sleep").write_bytes(b"z")
     lake = tmp_path / "lake"
+    sleepers = tmp_path / "sleepers"
+    sleepers.mkdir()
     proc = subprocess.Popen(
         [sys.executable, "-m", "lakeimg.cli", "ingest", str(src), "--lake", str(lake), "--workers", "2",
          "--codec", "lakeimg_test_codecs:SLEEP", "--file-timeout", "300"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**ENV, "LAKEIMG_TEST_SLEEPERS": str(sleepers)},
     )
+    # Signal once both workers are in their hanging reads: a worker still being started while the
+    # pool stops prints the forkserver's own traceback, which is not what this test is about.
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not list(tmp_path.glob("lake/_lakeimg/staging/*.lock")):
+    while time.monotonic() < deadline and len(list(sleepers.iterdir())) < 2 and proc.poll() is None:
         time.sleep(0.2)
-    time.sleep(3.0)  # the workers are in their hanging reads, not being started (a worker started while the pool stops prints the forkserver's traceback)
+    assert len(list(sleepers.iterdir())) == 2, proc.communicate(timeout=60)[1][-2000:]
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
