@@ -73,8 +73,8 @@
         if (!t.ok) { continue; }
         var dx = (col * ts * f - vx) * scale, dy = (row * ts * f - vy) * scale;
         var dw = t.img.naturalWidth * f * scale, dh = t.img.naturalHeight * f * scale;
-        if (scale === 1 && level === 0) {
-          ctx.drawImage(t.img, Math.round(dx), Math.round(dy));  // 1:1, exact pixels
+        if (scale * f === 1) {
+          ctx.drawImage(t.img, Math.round(dx), Math.round(dy));  // one tile pixel per canvas pixel: exact
         } else {
           ctx.drawImage(t.img, dx, dy, dw, dh);
         }
