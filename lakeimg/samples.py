@@ -61,10 +61,12 @@ def pattern_tile(y0: int, x0: int, height: int, width: int) -> np.ndarray:
     return down[:, None] + across[None, :]  # uint8 arithmetic wraps: the sum modulo 256
 
 
-def write_tiled_bigtiff(path: str | os.PathLike[str], size: int, *, tile: int = 512, pyramid: int = 0) -> str:
+def write_tiled_bigtiff(path: str | os.PathLike[str], size: int, *, tile: int = 512, pyramid: int = 0,
+                        photo: bool = False) -> str:
     """Write a `size` x `size` uint8 BigTIFF of `pattern_tile`, tiled and zlib-compressed, one
     tile at a time (memory: one tile). `pyramid` > 0 adds that many 2x-smaller levels as SubIFDs
-    (their pixels are the pattern at that level's coordinates, for read benchmarks).
+    (their pixels are the pattern at that level's coordinates, for read benchmarks). `photo`:
+    photo-like tiles instead (they compress like photos, not like the pattern; for benchmarks).
 
     Example:
         >>> import tempfile, tifffile
@@ -74,12 +76,17 @@ def write_tiled_bigtiff(path: str | os.PathLike[str], size: int, *, tile: int = 
     """
     import tifffile
 
+    variants = [photo_like(tile, tile, seed=s, channels=1)[:, :, 0] for s in range(8)] if photo else []
+
     def tiles(shape: int):
         for r in range(0, shape, tile):
             for c in range(0, shape, tile):
                 out = np.zeros((tile, tile), np.uint8)
                 h, w = min(tile, shape - r), min(tile, shape - c)
-                out[:h, :w] = pattern_tile(r, c, h, w)
+                if photo:
+                    out[:h, :w] = variants[(r // tile * 7 + c // tile * 3) % 8][:h, :w] + np.uint8((r // tile * 5 + c // tile * 3) % 64)
+                else:
+                    out[:h, :w] = pattern_tile(r, c, h, w)
                 yield out
 
     path = os.fspath(path)

@@ -7,7 +7,8 @@ Routes (all GET; any other method is refused with 405 before a route runs):
     /table/{table}                      grid: thumbnails, `where`, `sort`, `desc`, `page`
     /image/{table}?uri=                 image page: viewer, metadata, same uri elsewhere, history
     /api/zoom/{table}?uri=              deep-zoom descriptor (JSON)
-    /zoom/{table}/{version}/{level}/{col}_{row}.png?uri=&window=lo,hi   one tile (ETag, 304)
+    /zoom/{table}/{version}/{level}/{col}_{row}.png?uri=&window=lo,hi[&z=1]   one tile (ETag, 304;
+                                        z=1: deflated PNG, what the viewer asks for off loopback)
     /runs                               the runs table
     /lineage/{table | trainset:NAME}    the lineage graph (SVG drawn server-side)
     /static/viewer.js, /static/style.css
@@ -50,7 +51,7 @@ from lakeimg.lake import Lake
 from lakeimg.serve import pages
 from lakeimg.serve.catalog import BadRequest, Catalog, check_uri, parse_at
 from lakeimg.serve.graph import lineage_svg
-from lakeimg.serve.zoom import TileStore, etag, parse_window, render_png
+from lakeimg.serve.zoom import RenderedTiles, TileStore, etag, parse_window, render_png
 
 __all__ = ["create_app", "check_bind", "serve", "is_loopback"]
 
@@ -115,8 +116,10 @@ class _Guard:
         return await self.app(scope, receive, with_headers)
 
 
-def create_app(lake: Lake | str, *, token: str | None = None, loopback_only: bool = True) -> Starlette:
+def create_app(lake: Lake | str, *, token: str | None = None, loopback_only: bool = True,
+               compress_tiles: bool | None = None) -> Starlette:
     """The catalog app over `lake` (a Lake or its path). `loopback_only`: Host must be loopback.
+    `compress_tiles`: the viewer asks for deflated PNG tiles (default: when not loopback-only).
 
     Example:
         >>> import tempfile
@@ -126,6 +129,8 @@ def create_app(lake: Lake | str, *, token: str | None = None, loopback_only: boo
     lake = lake if isinstance(lake, Lake) else Lake(lake)
     catalog = Catalog(lake)
     store = TileStore(catalog.engine)
+    rendered = RenderedTiles()
+    compress = (not loopback_only) if compress_tiles is None else compress_tiles
 
     def html(text: str, status: int = 200) -> HTMLResponse:
         return HTMLResponse(text, status_code=status)
@@ -190,7 +195,7 @@ def create_app(lake: Lake | str, *, token: str | None = None, loopback_only: boo
             info = store.info(table, version, uri, 0, variant).to_dict()
         except LakeImgError as exc:
             return failure(exc, json_body=True)
-        params = {"uri": uri, **({"variant": variant} if variant else {})}
+        params = {"uri": uri, **({"variant": variant} if variant else {}), **({"z": "1"} if compress else {})}
         info["tile_url"] = (f"/zoom/{urllib.parse.quote(table)}/{version}/{{level}}/{{col}}_{{row}}.png?"
                             + urllib.parse.urlencode(params))
         info["scheme"] = "dzi-like: /zoom/{table}/{version}/{level}/{col}_{row}.png, level 0 = full resolution"
@@ -205,16 +210,17 @@ def create_app(lake: Lake | str, *, token: str | None = None, loopback_only: boo
             if not (p["tile"].endswith(".png") and col_text.isdigit() and row_text.isdigit()):
                 raise BadRequest(f"tile {p['tile']!r}: use COL_ROW.png")
             version, level, col, row = int(p["version"]), int(p["level"]), int(col_text), int(row_text)
-            window, variant = parse_window(q.get("window")), q.get("variant") or None
-            tag = etag(table, version, uri, 0, level, col, row, window, variant)
+            window, variant, deflate = parse_window(q.get("window")), q.get("variant") or None, q.get("z") == "1"
+            tag = etag(table, version, uri, 0, level, col, row, window, variant, deflate)
             headers = {"ETag": tag, "Cache-Control": "private, max-age=86400"}
             if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
                 return Response(status_code=304, headers=headers)
-            info = store.info(table, version, uri, 0, variant)
-            pixels = store.tile(info, level, col, row)
-            if window is None:
-                window = info.window
-            return Response(render_png(pixels, window), media_type="image/png", headers=headers)
+            data = rendered.get(tag)
+            if data is None:
+                info = store.info(table, version, uri, 0, variant)
+                data = render_png(store.tile(info, level, col, row), window or info.window, compress=deflate)
+                rendered.put(tag, data)
+            return Response(data, media_type="image/png", headers=headers)
         except LakeImgError as exc:
             return failure(exc, json_body=True)
 

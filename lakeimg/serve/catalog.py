@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import datetime as dt
+import time
 import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
@@ -108,11 +109,16 @@ class Catalog:
     def __init__(self, lake: Lake):
         self.lake = lake
         self.engine = LocalEngine(lake.path, storage_options=lake.storage_options)
+        self._listed: tuple[float, list[str]] | None = None
 
     # --- names and versions ---
 
     def tables(self) -> list[str]:
-        return self.lake.tables()
+        """The lake's tables, listed again at most every 2 seconds (every request asks)."""
+        now = time.monotonic()
+        if self._listed is None or now - self._listed[0] > 2.0:
+            self._listed = (now, self.lake.tables())
+        return self._listed[1]
 
     def table(self, name: str) -> str:
         """`name` when it is one of the lake's tables; BadRequest otherwise (no paths, no `..`)."""

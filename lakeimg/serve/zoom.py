@@ -41,7 +41,7 @@ from lakeimg.jobs.regions import image_record, read_region, tiles_as_of
 from lakeimg.serve.catalog import BadRequest
 from lakeimg.tables import tiles_of
 
-__all__ = ["ImageInfo", "TileStore", "etag", "render_png", "parse_window"]
+__all__ = ["ImageInfo", "RenderedTiles", "TileStore", "etag", "render_png", "parse_window"]
 
 _TILE_COLUMNS = ["data", "encoding", "x", "y", "width", "height", "channels", "dtype", "overlap"]
 _INDEX_COLUMNS = ["uri", "content_sha256", "page", "level", "tile_row", "tile_col"]
@@ -71,9 +71,10 @@ class ImageInfo:
 
 
 def etag(table: str, version: int, uri: str, page: int, level: int, col: int, row: int,
-         window: tuple[float, float] | None, variant: str | None = None) -> str:
-    """A strong ETag for one rendered tile: its identity at a version, and the display window."""
-    key = "\0".join(str(p) for p in (table, version, uri, page, level, col, row, window, variant))
+         window: tuple[float, float] | None, variant: str | None = None, compress: bool = False) -> str:
+    """A strong ETag for one rendered tile: its identity at a version, the display window and
+    the PNG's encoding."""
+    key = "\0".join(str(p) for p in (table, version, uri, page, level, col, row, window, variant, compress))
     return '"' + hashlib.sha256(key.encode()).hexdigest()[:32] + '"'
 
 
@@ -95,12 +96,19 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
     return lo, hi
 
 
-def render_png(pixels: np.ndarray, window: tuple[float, float] | None) -> bytes:
-    """PNG bytes of an 8-bit rendering (uint8 as is; other dtypes through `window`)."""
+def render_png(pixels: np.ndarray, window: tuple[float, float] | None, *, compress: bool = False) -> bytes:
+    """PNG bytes of an 8-bit rendering (uint8 as is; other dtypes through `window`).
+
+    Lossless either way. Without `compress` the PNG is stored (no filter, deflate level 0): it
+    encodes in about a millisecond, 10-20x faster than deflating, at the raw size, which suits
+    loopback; `compress` (deflate level 1, SUB filter) is for serving over a network.
+    """
     out = to_display_uint8(pixels, window=window)
     if out.ndim == 3 and out.shape[2] == 3:
         out = cv2.cvtColor(out, cv2.COLOR_RGB2BGR)
-    ok, data = cv2.imencode(".png", out, [cv2.IMWRITE_PNG_COMPRESSION, 1])  # speed over size: loopback
+    options = ([cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_SUB] if compress
+               else [cv2.IMWRITE_PNG_COMPRESSION, 0, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE])
+    ok, data = cv2.imencode(".png", out, options)
     if not ok:
         raise BadRequest("tile could not be encoded")
     return data.tobytes()
@@ -125,6 +133,30 @@ class _Lru:
         return value
 
 
+class RenderedTiles:
+    """Rendered tiles (PNG bytes) by ETag, least recently used first out, within a byte budget:
+    a tile served once is served again without reading or encoding (a version never changes)."""
+
+    def __init__(self, max_bytes: int = 128 << 20):
+        self.max_bytes, self.used, self.items, self.lock = max_bytes, 0, OrderedDict(), threading.Lock()
+
+    def get(self, tag: str) -> bytes | None:
+        with self.lock:
+            data = self.items.get(tag)
+            if data is not None:
+                self.items.move_to_end(tag)
+            return data
+
+    def put(self, tag: str, data: bytes) -> None:
+        with self.lock:
+            if tag in self.items or len(data) > self.max_bytes:
+                return
+            self.items[tag] = data
+            self.used += len(data)
+            while self.used > self.max_bytes:
+                self.used -= len(self.items.popitem(last=False)[1])
+
+
 class TileStore:
     """Tiles of one lake's images at resolved versions (see the module docstring)."""
 
@@ -135,7 +167,7 @@ class TileStore:
         self._tiles_version = _Lru(256)
         self._files = _Lru(64)
         self._index = _Lru(64)
-        self._groups = _Lru(32)
+        self._groups = _Lru(16)  # a row group holds 16 tiles (kernels/tiles.py)
         self._levels = _Lru(8)
 
     # --- descriptors ---
@@ -168,6 +200,8 @@ class TileStore:
                              self.tile_size, level_count(height, width, self.tile_size), None, None, variant)
         else:
             raise BadRequest(f"{table} holds no images")
+        if info.tiled:
+            self._uri_index(info)  # built with the descriptor, so no tile request waits for it
         if np.dtype(info.dtype) != np.uint8:
             top = self.tile(info, info.levels - 1, 0, 0)
             info = ImageInfo(**{**info.to_dict(), "window": _default_window(top)})
@@ -221,15 +255,21 @@ class TileStore:
                 handle = self._parquet(path)
                 meta = handle.metadata
                 position = handle.schema_arrow.get_field_index("uri")
+                groups = []
                 for group in range(meta.num_row_groups):
                     stats = meta.row_group(group).column(position).statistics
-                    if stats is not None and stats.has_min_max and not (stats.min <= info.uri <= stats.max):
-                        continue  # this row group holds other images' tiles
-                    keys = handle.read_row_group(group, columns=_INDEX_COLUMNS)
-                    hits = pc.indices_nonzero(pc.equal(keys["uri"], info.uri)).to_pylist()
-                    for i in hits:
-                        k = {name: keys.column(name)[i].as_py() for name in _INDEX_COLUMNS[1:]}
-                        index[(k["content_sha256"], k["page"], k["level"], k["tile_row"], k["tile_col"])] = (path, group, i)
+                    if stats is None or not stats.has_min_max or stats.min <= info.uri <= stats.max:
+                        groups.append(group)  # else: this row group holds other images' tiles only
+                if not groups:
+                    continue
+                keys = handle.read_row_groups(groups, columns=_INDEX_COLUMNS)  # one read per file
+                where = [(g, i) for g in groups for i in range(meta.row_group(g).num_rows)]
+                hits = pc.indices_nonzero(pc.equal(keys["uri"], info.uri)).to_pylist()
+                picked = keys.take(hits).to_pydict()
+                for n, hit in enumerate(hits):
+                    group, offset = where[hit]
+                    index[(picked["content_sha256"][n], picked["page"][n], picked["level"][n], picked["tile_row"][n],
+                           picked["tile_col"][n])] = (path, group, offset)
             return index
 
         return self._index.get((tiles_table, tiles_version, info.uri), make)
