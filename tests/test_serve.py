@@ -31,7 +31,8 @@ pytest.importorskip("selenium")
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    """images v0: 6 photos; images v1: 2 more photos and a tiled 16-bit TIFF; `small`: derived."""
+    """images v0: 6 photos; images v1: 2 more photos and a tiled 16-bit TIFF; `small`: derived;
+    training set `pets` on small."""
     root = tmp_path_factory.mktemp("serve")
     photos, more = root / "photos", root / "photos" / "more"
     write_photo_jpegs(photos, 6, width=96, height=64)
@@ -43,6 +44,7 @@ def demo(tmp_path_factory):
     tifffile.imwrite(more / "ramp16.tif", ramp)
     lake.ingest(str(photos), workers=0, tile_above_pixels=100_000, tile_size=256)
     lake.transform("images", "small", {"ops": [{"op": "resize", "width": 32, "height": 24}]}, workers=0)
+    lake.create_training_set("pets", "small", splits="train=0.5,test=0.5", seed=1)
     return lake
 
 
@@ -103,6 +105,12 @@ def test_grid_shows_a_thumbnail_per_row_and_an_older_version_changes_it(server, 
     assert "@0" in browser.find_element("tag name", "h1").text
 
 
+def test_grid_of_a_derived_table_renders_its_data(server, browser, demo):
+    browser.get(server + "/table/small")
+    screenshot(browser, "grid-derived")
+    assert len(browser.find_elements("css selector", "#grid img.thumb")) == demo.read("small", columns=["uri"]).num_rows == 9
+
+
 def test_where_box_filters_and_sorts(server, browser):
     browser.get(server + "/table/images?" + urllib.parse.urlencode({"where": "width < 90", "sort": "width", "desc": "1"}))
     screenshot(browser, "grid-where")
@@ -134,7 +142,9 @@ def test_image_page_metadata_elsewhere_history_and_exact_pixels(server, browser,
     browser.get(server + "/image/images?" + urllib.parse.urlencode({"uri": uri}))
     wait_for_viewer(browser)
     screenshot(browser, "image-page")
-    assert "small@" in browser.find_element("css selector", "table.elsewhere").text
+    elsewhere = browser.find_element("css selector", "table.elsewhere").text
+    split = demo.training_set("pets").rows().to_pydict()
+    assert "small@" in elsewhere and f"split {split['split'][split['uri'].index(uri)]}" in elsewhere
     history = browser.find_element("css selector", "table.history").text
     assert "insert" in history
     meta = browser.find_element("css selector", "table.kv").text
@@ -179,11 +189,19 @@ def test_lineage_page_shows_the_transform_run_and_source_version(server, browser
     assert len(browser.find_elements("css selector", "#lineage-graph path.edge")) >= 2  # images -> small, folder -> images
 
 
+def test_lineage_of_a_training_set(server, browser):
+    browser.get(server + "/lineage/trainset:pets")
+    screenshot(browser, "lineage-trainset")
+    tables = [n.get_attribute("data-table") for n in browser.find_elements("css selector", "g.step")]
+    assert tables == ["trainset:pets", "small", "images"]
+
+
 def test_runs_page_lists_every_run(server, browser, demo):
     browser.get(server + "/runs")
     screenshot(browser, "runs")
     rows = browser.find_elements("css selector", "table.runs tbody tr")
-    assert len(rows) == 3
+    runs = demo.sql("SELECT DISTINCT run_id FROM lakeimg_runs")["run_id"].to_pylist()
+    assert sorted(r.get_attribute("id") for r in rows) == sorted(runs) and len(runs) >= 3
     assert {r.get_attribute("class") for r in rows} == {"status-succeeded"}
 
 
@@ -228,21 +246,25 @@ def test_tiles_are_cached_by_etag(server, demo):
     assert _get(other, headers={"If-None-Match": tag})[0] == 200  # another tile, another tag
 
 
-def test_a_token_guards_the_server_and_other_hosts_need_one(demo):
-    from starlette.testclient import TestClient
-
+def test_a_token_guards_the_server_and_other_hosts_need_one(demo, server):
     from lakeimg.errors import SpecError
-    from lakeimg.serve.app import check_bind, create_app
+    from lakeimg.serve.app import check_bind
 
     with pytest.raises(SpecError, match="give --token"):
         check_bind("0.0.0.0", None)
     check_bind("0.0.0.0", "s3cret")
-    client = TestClient(create_app(demo, token="s3cret", loopback_only=False), base_url="http://lake.example")
-    assert client.get("/").status_code == 401
-    assert client.get("/", headers={"Authorization": "Bearer wrong"}).status_code == 401
-    assert client.get("/", headers={"Authorization": "Bearer s3cret"}).status_code == 200
-    first = client.get("/runs?token=s3cret", follow_redirects=False)
-    assert first.status_code == 303 and first.headers["location"] == "/runs" and "s3cret" not in first.headers["location"]
-    assert client.get("/runs").status_code == 200  # the cookie the redirect set
-    local = TestClient(create_app(demo), base_url="http://attacker.example")
-    assert local.get("/").status_code == 400  # loopback: a foreign Host header (DNS rebinding) is refused
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "lakeimg.cli", "serve", "--lake", demo.path, "--port", str(port), "--token", "s3cret"]
+    with running_server(command, base + "/static/style.css", cwd=str(ROOT)):
+        assert _get(base + "/")[0] == 401
+        assert _get(base + "/", headers={"Authorization": "Bearer wrong"})[0] == 401
+        assert _get(base + "/", headers={"Authorization": "Bearer s3cret"})[0] == 200
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor())
+        with opener.open(base + "/runs?token=s3cret", timeout=30) as response:  # redirected, with a cookie
+            assert response.status == 200 and response.geturl() == base + "/runs"
+        with opener.open(base + "/table/images", timeout=30) as response:
+            assert response.status == 200
+    # on loopback, a foreign Host header (DNS rebinding) is refused
+    assert _get(server + "/", headers={"Host": "attacker.example"})[0] == 400
