@@ -44,6 +44,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout, as the other benchmarks
 
 from lakeimg import Lake  # noqa: E402
+from lakeimg.engine.delta_rs import LocalEngine  # noqa: E402
 from lakeimg.image.pyramid import level_shape  # noqa: E402
 from lakeimg.samples import write_tiled_bigtiff  # noqa: E402
 from lakeimg.serve.zoom import TileStore, render_png  # noqa: E402
@@ -193,7 +194,7 @@ def main() -> None:
             conn.close()
             stop(process)
 
-        store = TileStore(lake._local)
+        store = TileStore(LocalEngine(lake.path))
         info = store.info("images", version, uri)
         for level in LEVELS:
             for col, row in chosen[level]:

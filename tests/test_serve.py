@@ -203,6 +203,9 @@ def test_runs_page_lists_every_run(server, browser, demo):
     runs = demo.sql("SELECT DISTINCT run_id FROM lakeimg_runs")["run_id"].to_pylist()
     assert sorted(r.get_attribute("id") for r in rows) == sorted(runs) and len(runs) >= 3
     assert {r.get_attribute("class") for r in rows} == {"status-succeeded"}
+    first = demo.sql("SELECT min(started_at) AS t FROM lakeimg_runs")["t"][0].as_py()
+    _, body, _ = _get(server + "/runs?" + urllib.parse.urlencode({"at": first.isoformat()}))
+    assert body.count(b'<tr id="') == 1  # a timestamp shows the runs started by then
 
 
 @pytest.mark.parametrize("path", [

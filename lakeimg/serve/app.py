@@ -34,6 +34,7 @@ import urllib.parse
 from importlib import resources
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
@@ -52,6 +53,7 @@ from lakeimg.serve import pages
 from lakeimg.serve.catalog import BadRequest, Catalog, check_uri, parse_at
 from lakeimg.serve.graph import lineage_svg
 from lakeimg.serve.zoom import RenderedTiles, TileStore, etag, parse_window, render_png
+from lakeimg.tables import is_table_name
 
 __all__ = ["create_app", "check_bind", "serve", "is_loopback"]
 
@@ -201,10 +203,14 @@ def create_app(lake: Lake | str, *, token: str | None = None, loopback_only: boo
         info["scheme"] = "dzi-like: /zoom/{table}/{version}/{level}/{col}_{row}.png, level 0 = full resolution"
         return Response(json.dumps(info), media_type="application/json", headers={"Cache-Control": "no-cache"})
 
-    def tile(request: Request) -> Response:
+    async def tile(request: Request) -> Response:
+        # async: a tile the rendered-tile cache holds (or a 304) is answered on the event loop;
+        # only reading and rendering a new one goes to the thread pool.
         q, p = request.query_params, request.path_params
         try:
-            table = catalog.table(p["table"])
+            table = p["table"]
+            if not is_table_name(table):  # whether the lake has it is checked before reading
+                raise BadRequest(f"no table {table!r} in this lake")
             uri = check_uri(q.get("uri"))
             col_text, _, row_text = p["tile"].removesuffix(".png").partition("_")
             if not (p["tile"].endswith(".png") and col_text.isdigit() and row_text.isdigit()):
@@ -217,8 +223,11 @@ def create_app(lake: Lake | str, *, token: str | None = None, loopback_only: boo
                 return Response(status_code=304, headers=headers)
             data = rendered.get(tag)
             if data is None:
-                info = store.info(table, version, uri, 0, variant)
-                data = render_png(store.tile(info, level, col, row), window or info.window, compress=deflate)
+                def render() -> bytes:
+                    info = store.info(catalog.table(table), version, uri, 0, variant)
+                    return render_png(store.tile(info, level, col, row), window or info.window, compress=deflate)
+
+                data = await run_in_threadpool(render)
                 rendered.put(tag, data)
             return Response(data, media_type="image/png", headers=headers)
         except LakeImgError as exc:
@@ -226,7 +235,8 @@ def create_app(lake: Lake | str, *, token: str | None = None, loopback_only: boo
 
     def runs(request: Request) -> Response:
         try:
-            return html(pages.runs_page(catalog.runs(), parse_at(request.query_params.get("at"))))
+            at = parse_at(request.query_params.get("at"))
+            return html(pages.runs_page(catalog.runs(at), at))
         except LakeImgError as exc:
             return failure(exc)
 

@@ -299,9 +299,14 @@ class Catalog:
 
     # --- runs and lineage ---
 
-    def runs(self) -> list[dict[str, Any]]:
-        """The runs table, newest first, with each run's duration in seconds."""
+    def runs(self, at: int | str | None = None) -> list[dict[str, Any]]:
+        """The runs table, newest first, with each run's duration in seconds; with a timestamp
+        `at`, the runs started by then."""
         rows = list(run_records(self.engine).values())
+        if isinstance(at, str):
+            when = dt.datetime.fromisoformat(at.replace("Z", "+00:00"))
+            when = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+            rows = [r for r in rows if r.get("started_at") is None or r["started_at"] <= when]
         for row in rows:
             started, finished = row.get("started_at"), row.get("finished_at")
             row["duration_s"] = (finished - started).total_seconds() if started and finished else None
