@@ -227,7 +227,7 @@ class TileStore:
         if where is None:
             raise BadRequest(f"no stored tile {col}_{row} at level {level} of {info.uri}")
         path, group, index = where
-        rows = self._groups.get((path, group), lambda: self._parquet(path).read_row_group(group, columns=_TILE_COLUMNS))
+        rows = self._groups.get((path, group), lambda: self._parquet(path).read_row_group(group, columns=_TILE_COLUMNS, use_threads=False))
         t = {name: rows.column(name)[index].as_py() for name in _TILE_COLUMNS}
         pixels = decode_tile(t["data"], t["encoding"], t["height"], t["width"], t["channels"], t["dtype"])
         ts, overlap = info.tile_size, int(t["overlap"] or 0)
