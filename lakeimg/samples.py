@@ -30,6 +30,8 @@ __all__ = [
     "geotiff_bytes",
     "png_with_huge_header",
     "pydicom_test_file",
+    "pattern_tile",
+    "write_tiled_bigtiff",
 ]
 
 
@@ -43,6 +45,59 @@ def photo_like(height: int, width: int, seed: int = 0, channels: int = 3) -> np.
         out[:, :, c] = 128 + 80 * np.sin(x * fx + phase) * np.cos(y * fy - phase)
     out += rng.normal(0, 6, size=(height, width, 1)).astype(np.float32)
     return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def pattern_tile(y0: int, x0: int, height: int, width: int) -> np.ndarray:
+    """A window of the huge test pattern `write_tiled_bigtiff` writes (uint8 gray, HxW): every
+    pixel depends on its position, so a misplaced tile or pixel shows.
+
+    Example:
+        >>> int(pattern_tile(0, 0, 1, 2)[0, 1])
+        3
+    """
+    x, y = np.arange(x0, x0 + width), np.arange(y0, y0 + height)
+    across = ((x * 3 + (x // 512) * 41) % 256).astype(np.uint8)
+    down = ((y * 7 + (y // 512) * 13) % 256).astype(np.uint8)
+    return down[:, None] + across[None, :]  # uint8 arithmetic wraps: the sum modulo 256
+
+
+def write_tiled_bigtiff(path: str | os.PathLike[str], size: int, *, tile: int = 512, pyramid: int = 0,
+                        photo: bool = False) -> str:
+    """Write a `size` x `size` uint8 BigTIFF of `pattern_tile`, tiled and zlib-compressed, one
+    tile at a time (memory: one tile). `pyramid` > 0 adds that many 2x-smaller levels as SubIFDs
+    (their pixels are the pattern at that level's coordinates, for read benchmarks). `photo`:
+    photo-like tiles instead (they compress like photos, not like the pattern; for benchmarks).
+
+    Example:
+        >>> import tempfile, tifffile
+        >>> p = write_tiled_bigtiff(os.path.join(tempfile.mkdtemp(), "a.tif"), 1000, tile=256)
+        >>> bool((tifffile.imread(p)[300:310, 500:520] == pattern_tile(300, 500, 10, 20)).all())
+        True
+    """
+    import tifffile
+
+    variants = [photo_like(tile, tile, seed=s, channels=1)[:, :, 0] for s in range(8)] if photo else []
+
+    def tiles(shape: int):
+        for r in range(0, shape, tile):
+            for c in range(0, shape, tile):
+                out = np.zeros((tile, tile), np.uint8)
+                h, w = min(tile, shape - r), min(tile, shape - c)
+                if photo:
+                    out[:h, :w] = variants[(r // tile * 7 + c // tile * 3) % 8][:h, :w] + np.uint8((r // tile * 5 + c // tile * 3) % 64)
+                else:
+                    out[:h, :w] = pattern_tile(r, c, h, w)
+                yield out
+
+    path = os.fspath(path)
+    options = {"tile": (tile, tile), "compression": "zlib", "compressionargs": {"level": 1}, "photometric": "minisblack"}
+    with tifffile.TiffWriter(path, bigtiff=True) as tif:
+        tif.write(tiles(size), shape=(size, size), dtype=np.uint8, subifds=pyramid or None, **options)
+        level_size = size
+        for _ in range(pyramid):
+            level_size = (level_size + 1) // 2
+            tif.write(tiles(level_size), shape=(level_size, level_size), dtype=np.uint8, subfiletype=1, **options)
+    return path
 
 
 def write_photo_jpegs(folder: str | os.PathLike[str], count: int, *, width: int = 1024, height: int = 768, quality: int = 90) -> list[str]:
