@@ -32,6 +32,7 @@ import pyarrow as pa
 
 from lakeimg.catalog import trainsets
 from lakeimg.catalog.history import HistoryEntry, table_history
+from lakeimg.catalog.inventory import TableInfo, TableSummary, lake_inventory, table_info
 from lakeimg.catalog.lineage import LineageStep, table_lineage, trainset_lineage
 from lakeimg.catalog.maintenance import MaintenanceReport, maintain, readable_versions
 from lakeimg.catalog.reproduce import ReproduceResult, reproduce
@@ -49,7 +50,7 @@ from lakeimg.jobs.regions import read_region
 from lakeimg.jobs.transform import TransformSummary, transform_table
 from lakeimg.jobs.verify import VerifyReport, check_content, verify_table
 from lakeimg.storage import is_remote, uri_to_path
-from lakeimg.tables import is_table_name
+from lakeimg.tables import is_table_name, table_path
 
 __all__ = ["Lake", "EngineName", "ExportFormat"]
 
@@ -116,7 +117,16 @@ class Lake:
 
     def version(self, table: str) -> int | None:
         """Current version of `table`, or None when it does not exist."""
-        return self._local.version(table)
+        return self._local.version(table_path(table))
+
+    def inventory(self) -> list[TableSummary]:
+        """Every table (SQL names, `lakeimg_runs` included) and training set of the lake: kind,
+        rows, current version, last change, size, from the Delta log only (`lakeimg tables`)."""
+        return lake_inventory(self._local)
+
+    def info(self, table: str, version: VersionLike = None) -> TableInfo:
+        """One table version's schema, rows, size, versions, properties and lineage (`lakeimg info`)."""
+        return table_info(self._local, table, version)
 
     def readable_versions(self, table: str) -> list[int]:
         """Versions of `table` time travel can still read (vacuum and log cleanup remove others)."""
@@ -131,6 +141,7 @@ class Lake:
         a mismatch raises ContentMismatchError naming the uri. Reads without `content` cost
         nothing extra. A missing or unreadable data file raises LakeDamagedError naming it.
         """
+        table = table_path(table)
         wanted = list(columns) if columns is not None else None
         if not verify or (wanted is not None and "content" not in wanted):
             return self._local.read(table, version=version, columns=columns)
@@ -148,7 +159,7 @@ class Lake:
         `versions()` is lakeimg's reading of the same log (run, job, status, counts per
         version): what `lakeimg history` prints.
         """
-        return self._local.history(table, limit)
+        return self._local.history(table_path(table), limit)
 
     def sql(self, query: str) -> pa.Table:
         """One read-only query over the lake's tables: DuckDB, or Spark SQL on the Spark engine.
@@ -207,7 +218,7 @@ class Lake:
 
     def versions(self, table: str, limit: int | None = None) -> list[HistoryEntry]:
         """The table's versions, newest first: operation, run, job, status, counts, timestamp."""
-        return table_history(self._local, table, limit=limit)
+        return table_history(self._local, table_path(table), limit=limit)
 
     def lineage(self, table: str, version: VersionLike = None) -> list[LineageStep]:
         """Steps from `table@version` (or "trainset:NAME") back to ingest runs and source folders.

@@ -160,5 +160,5 @@ def test_a_bad_table_reference_exits_2_naming_it(src, lake_dir, tmp_path, comman
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.strip().splitlines() == [f"lakeimg: error: table reference {ref!r}: "
                                                 + ("no table name before @" if command == "history"
-                                                   else "after @ give a version number or an ISO timestamp")]
+                                                   else "after @ give a version number, latest or an ISO timestamp")]
     assert not (tmp_path / "out").exists()

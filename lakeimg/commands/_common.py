@@ -81,6 +81,23 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], Non
         yield update
 
 
+def human_bytes(size: int | None) -> str:
+    """A byte count for people: 1536 -> '1.5 KiB' (None -> '').
+
+    Example:
+        >>> human_bytes(1536), human_bytes(12), human_bytes(None)
+        ('1.5 KiB', '12 B', '')
+    """
+    if size is None:
+        return ""
+    value, unit = float(size), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, max_width: int = 60) -> str:
     """Rows as a plain-text table (rich, no colours, never wrapped): a header, a rule of dashes,
     one line per row; cells longer than `max_width` end in an ellipsis, bytes show their size."""
