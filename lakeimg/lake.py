@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -41,7 +42,7 @@ from lakeimg.engine import open_engine
 from lakeimg.engine.base import Engine, EngineName, VersionLike
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import require_lake, tables_in
-from lakeimg.engine.spark import spark_session_builder
+from lakeimg.engine.spark import jvm_output_to, spark_session_builder
 from lakeimg.errors import SpecError, TableNotFoundError
 from lakeimg.fluent import TableBuilder
 from lakeimg.jobs.export import export_table
@@ -76,6 +77,7 @@ class Lake:
         self.path = text.rstrip("/") if is_remote(text) else os.path.abspath(uri_to_path(text))
         self.engine_name = engine
         self.spark = spark
+        self.spark_log: str | None = None  # where a quiet session's JVM output went (on_new_spark_session)
         self._local = LocalEngine(self.path, storage_options=storage_options)
 
     @property
@@ -98,15 +100,31 @@ class Lake:
         return lake
 
     @classmethod
-    def on_new_spark_session(cls, path: str | os.PathLike[str], master: str | None = None, conf: Iterable[str] = ()) -> Lake:
+    def on_new_spark_session(cls, path: str | os.PathLike[str], master: str | None = None, conf: Iterable[str] = (),
+                             *, quiet: bool = False) -> Lake:
         """The lake on the Spark engine with a session built for it (Delta configured; no
         `master`: spark-submit's, or local[*] when run directly). The caller stops `lake.spark`.
+
+        `quiet` (the CLI without --verbose): the JVM's own output (Ivy's report, log4j) goes to
+        a log file in the temp folder (`lake.spark_log`) instead of the terminal, and Spark logs
+        errors only.
 
         Example:
             >>> lake = Lake.on_new_spark_session("/tmp/lake", "local[2]")  # doctest: +SKIP
         """
-        session = spark_session_builder(master, conf, object_stores=[os.fspath(path)]).getOrCreate()
-        return cls(path, engine="spark", spark=session)
+        builder = spark_session_builder(master, conf, object_stores=[os.fspath(path)])
+        log = None
+        if quiet:
+            handle, log = tempfile.mkstemp(prefix="lakeimg-spark-", suffix=".log")
+            os.close(handle)
+            with jvm_output_to(log):
+                session = builder.getOrCreate()
+            session.sparkContext.setLogLevel("ERROR")
+        else:
+            session = builder.getOrCreate()
+        lake = cls(path, engine="spark", spark=session)
+        lake.spark_log = log
+        return lake
 
     def __repr__(self) -> str:
         return f"Lake({self.path!r})"
