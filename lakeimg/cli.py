@@ -5,12 +5,13 @@ Every failure is one line on stderr, `lakeimg: error: ...`, never a traceback, a
 - 0 success (rejects are data, not failures)
 - 1 any other error: the worker pool failed (PoolError), a run stopped between its commits
   (PartialRunError: what landed stays, the next run completes it), an unexpected error
-- 2 bad arguments: options, names, table references, specs, SQL
+- 2 bad arguments: options, names, table references, timestamps, specs, SQL, a region outside the image
 - 3 a source is missing
 - 4 the lake cannot be written: permissions, a read-only file system, a full disk or quota
-- 5 something to read is missing: no lake at the path (only `ingest` and `demo` create one), a
-  table, or a table version (before the table's first version, or vacuumed: the message says
-  which versions are still readable)
+- 5 something to read is missing (NotFoundError and LakeNotFoundError): no lake at the path
+  (only `ingest` and `demo` create one), a table (the message lists the lake's tables), a table
+  version (before the table's first version, or vacuumed: the message says which versions are
+  still readable), a training set, an image in a table
 - 6 `reproduce` found differences
 - 7 `maintain` refused to vacuum files a pinned version needs
 - 8 the lake is damaged (a data file missing or unreadable, a broken log entry, or stored bytes
@@ -20,6 +21,9 @@ Every failure is one line on stderr, `lakeimg: error: ...`, never a traceback, a
 - 11 an object store's endpoint cannot be reached (wrong `AWS_ENDPOINT_URL` / `AZURE_STORAGE_ENDPOINT`, network down)
   (a missing bucket is exit 5 for the lake and 3 for a source: lakeimg never creates buckets)
 - 130 interrupted (Ctrl-C or SIGTERM): `lakeimg: interrupted`
+
+With `--json`, a failure also prints one JSON object on stdout: `error`, `error_class`, `exit_code`.
+Every command takes `--quiet`, `--verbose` and `--log-level`; `--lake` defaults to LAKEIMG_LAKE.
 
 `lakeimg --debug COMMAND ...` (or the environment variable LAKEIMG_DEBUG=1) shows the traceback
 instead of the one line. Messages never hold a secret of the storage options or environment
