@@ -235,3 +235,20 @@ def test_dry_runs_count_and_commit_nothing(lake, capsys, tmp_path):
     assert not (tmp_path / "fresh").exists()
     assert not os.listdir(os.path.join(lake.path, "_lakeimg", "staging")) if os.path.isdir(
         os.path.join(lake.path, "_lakeimg", "staging")) else True
+
+
+def test_quiet_spark_sends_the_jvms_output_to_a_log(tmp_path, capfd):
+    """What a JVM started inside `jvm_output_to` writes (Ivy, log4j) lands in the log, for its
+    whole life; Python's own stdout and stderr come back after the block."""
+    from lakeimg.engine.spark import jvm_output_to
+
+    log = tmp_path / "spark.log"
+    with jvm_output_to(str(log)):
+        child = subprocess.Popen(["sh", "-c", "echo ivy-report >&2; echo log4j-line; read _; echo later >&2"],
+                                 stdin=subprocess.PIPE)
+    print("python-out")
+    print("python-err", file=sys.stderr)
+    child.communicate(b"\n", timeout=60)  # the child writes again after the block ended
+    out = capfd.readouterr()
+    assert out.out == "python-out\n" and out.err == "python-err\n"
+    assert log.read_text().split() == ["ivy-report", "log4j-line", "later"]
