@@ -27,7 +27,7 @@ def run(args) -> int:
     print(format_table([{"column": c["name"], "type": c["type"], "nullable": c["nullable"]} for c in info.schema], max_width=80))
     print("\nproperties:")
     print(format_table([{"property": k, "value": v} for k, v in sorted(info.properties.items())], max_width=80))
-    print(f"\nreadable versions: {', '.join(map(str, info.readable_versions)) or 'none'}")
+    print(f"\nversions (newest first; readable: {', '.join(map(str, info.readable_versions)) or 'none'}):")
     print(format_table([{k: ("" if v is None else v) for k, v in entry.items() if k != "run_id"} for entry in info.versions]))
     if info.lineage:
         print("\nlineage:")

@@ -79,9 +79,8 @@ def run(args) -> int:
         codecs=args.codec,
         tile_above_pixels=args.tile_above_pixels,
         tile_size=args.tile_size,
+        dry_run=args.dry_run,
     )
-    if args.dry_run:
-        options["dry_run"] = True
     with open_lake(args) as lake, progress_bar("decoding", enabled=show_progress(args)) as on_progress:
         summary = lake.ingest(args.sources, on_progress=on_progress, **options)
     print_run_summary(args.lake, summary, args.json)

@@ -32,6 +32,6 @@ def run(args) -> int:
     validate_name("target table", args.target)
     with open_lake(args) as lake, progress_bar("transforming", enabled=show_progress(args), unit="rows") as on_progress:
         summary = lake.transform(args.source, args.target, args.spec, full=args.full, workers=args.workers,
-                                 on_progress=on_progress, **({"dry_run": True} if args.dry_run else {}))
+                                 on_progress=on_progress, dry_run=args.dry_run)
     print_run_summary(args.lake, summary, args.json)
     return 0
