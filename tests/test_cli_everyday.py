@@ -66,6 +66,7 @@ def _subprocess(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         (["sql", "SELECT * FROM imgaes"], 5, "(tables: images, images_rejects, small, small_rejects, lakeimg_runs)"),
         (["history", "imgaes"], 5, "(tables: images, images_rejects, small, small_rejects, lakeimg_runs)"),
         (["info", "imgaes@latest"], 5, "(tables: images, images_rejects, small, small_rejects, lakeimg_runs)"),
+        (["export", "images@99", "--out", "OUT"], 5, "images@99: no such version (latest: "),
     ],
 )
 def test_every_command_follows_the_exit_code_table(lake, capsys, tmp_path, args, code, words):
