@@ -74,11 +74,27 @@ class ImageDecodeError(LakeImgError):
         super().__init__(f"{uri}: {error_class}: {message}", uri=uri, error_class=error_class, message=message)
 
 
-class TableNotFoundError(LakeImgError):
-    """The named table does not exist in the lake (or not at the requested version)."""
+class NotFoundError(LakeImgError):
+    """Something to read is not there (CLI exit code 5): a training set, an image in a table.
 
-    def __init__(self, table: str, lake: str):
-        super().__init__(f"table {table!r} not found in lake {lake}", table=table, lake=lake)
+    Example:
+        >>> NotFoundError("no training set named 'x' in lake /l", name="x").name
+        'x'
+    """
+
+
+class TableNotFoundError(NotFoundError):
+    """The named table does not exist in the lake (or not at the requested version); `available`,
+    when given, lists the tables that do exist (so the message names them).
+
+    Example:
+        >>> str(TableNotFoundError("imgaes", "/lake", available=["images", "lakeimg_runs"]))
+        "table 'imgaes' not found in lake /lake (tables: images, lakeimg_runs)"
+    """
+
+    def __init__(self, table: str, lake: str, *, available: list[str] | None = None):
+        listed = "" if available is None else f" (tables: {', '.join(available) or 'none'})"
+        super().__init__(f"table {table!r} not found in lake {lake}{listed}", table=table, lake=lake, available=available)
 
 
 class ConcurrentWriteError(LakeImgError):

@@ -25,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -32,6 +33,7 @@ import pyarrow as pa
 
 from lakeimg.catalog import trainsets
 from lakeimg.catalog.history import HistoryEntry, table_history
+from lakeimg.catalog.inventory import TableInfo, TableSummary, lake_inventory, table_info
 from lakeimg.catalog.lineage import LineageStep, table_lineage, trainset_lineage
 from lakeimg.catalog.maintenance import MaintenanceReport, maintain, readable_versions
 from lakeimg.catalog.reproduce import ReproduceResult, reproduce
@@ -40,7 +42,7 @@ from lakeimg.engine import open_engine
 from lakeimg.engine.base import Engine, EngineName, VersionLike
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import require_lake, tables_in
-from lakeimg.engine.spark import spark_session_builder
+from lakeimg.engine.spark import jvm_output_to, spark_session_builder
 from lakeimg.errors import SpecError, TableNotFoundError
 from lakeimg.fluent import TableBuilder
 from lakeimg.jobs.export import export_table
@@ -49,7 +51,7 @@ from lakeimg.jobs.regions import read_region
 from lakeimg.jobs.transform import TransformSummary, transform_table
 from lakeimg.jobs.verify import VerifyReport, check_content, verify_table
 from lakeimg.storage import is_remote, uri_to_path
-from lakeimg.tables import is_table_name
+from lakeimg.tables import is_table_name, table_path
 
 __all__ = ["Lake", "EngineName", "ExportFormat"]
 
@@ -75,6 +77,7 @@ class Lake:
         self.path = text.rstrip("/") if is_remote(text) else os.path.abspath(uri_to_path(text))
         self.engine_name = engine
         self.spark = spark
+        self.spark_log: str | None = None  # where a quiet session's JVM output went (on_new_spark_session)
         self._local = LocalEngine(self.path, storage_options=storage_options)
 
     @property
@@ -97,15 +100,31 @@ class Lake:
         return lake
 
     @classmethod
-    def on_new_spark_session(cls, path: str | os.PathLike[str], master: str | None = None, conf: Iterable[str] = ()) -> Lake:
+    def on_new_spark_session(cls, path: str | os.PathLike[str], master: str | None = None, conf: Iterable[str] = (),
+                             *, quiet: bool = False) -> Lake:
         """The lake on the Spark engine with a session built for it (Delta configured; no
         `master`: spark-submit's, or local[*] when run directly). The caller stops `lake.spark`.
+
+        `quiet` (the CLI without --verbose): the JVM's own output (Ivy's report, log4j) goes to
+        a log file in the temp folder (`lake.spark_log`) instead of the terminal, and Spark logs
+        errors only.
 
         Example:
             >>> lake = Lake.on_new_spark_session("/tmp/lake", "local[2]")  # doctest: +SKIP
         """
-        session = spark_session_builder(master, conf, object_stores=[os.fspath(path)]).getOrCreate()
-        return cls(path, engine="spark", spark=session)
+        builder = spark_session_builder(master, conf, object_stores=[os.fspath(path)])
+        log = None
+        if quiet:
+            handle, log = tempfile.mkstemp(prefix="lakeimg-spark-", suffix=".log")
+            os.close(handle)
+            with jvm_output_to(log):
+                session = builder.getOrCreate()
+            session.sparkContext.setLogLevel("ERROR")
+        else:
+            session = builder.getOrCreate()
+        lake = cls(path, engine="spark", spark=session)
+        lake.spark_log = log
+        return lake
 
     def __repr__(self) -> str:
         return f"Lake({self.path!r})"
@@ -116,7 +135,16 @@ class Lake:
 
     def version(self, table: str) -> int | None:
         """Current version of `table`, or None when it does not exist."""
-        return self._local.version(table)
+        return self._local.version(table_path(table))
+
+    def inventory(self) -> list[TableSummary]:
+        """Every table (SQL names, `lakeimg_runs` included) and training set of the lake: kind,
+        rows, current version, last change, size, from the Delta log only (`lakeimg tables`)."""
+        return lake_inventory(self._local)
+
+    def info(self, table: str, version: VersionLike = None) -> TableInfo:
+        """One table version's schema, rows, size, versions, properties and lineage (`lakeimg info`)."""
+        return table_info(self._local, table, version)
 
     def readable_versions(self, table: str) -> list[int]:
         """Versions of `table` time travel can still read (vacuum and log cleanup remove others)."""
@@ -131,6 +159,7 @@ class Lake:
         a mismatch raises ContentMismatchError naming the uri. Reads without `content` cost
         nothing extra. A missing or unreadable data file raises LakeDamagedError naming it.
         """
+        table = table_path(table)
         wanted = list(columns) if columns is not None else None
         if not verify or (wanted is not None and "content" not in wanted):
             return self._local.read(table, version=version, columns=columns)
@@ -148,7 +177,7 @@ class Lake:
         `versions()` is lakeimg's reading of the same log (run, job, status, counts per
         version): what `lakeimg history` prints.
         """
-        return self._local.history(table, limit)
+        return self._local.history(table_path(table), limit)
 
     def sql(self, query: str) -> pa.Table:
         """One read-only query over the lake's tables: DuckDB, or Spark SQL on the Spark engine.
@@ -207,7 +236,7 @@ class Lake:
 
     def versions(self, table: str, limit: int | None = None) -> list[HistoryEntry]:
         """The table's versions, newest first: operation, run, job, status, counts, timestamp."""
-        return table_history(self._local, table, limit=limit)
+        return table_history(self._local, table_path(table), limit=limit)
 
     def lineage(self, table: str, version: VersionLike = None) -> list[LineageStep]:
         """Steps from `table@version` (or "trainset:NAME") back to ingest runs and source folders.

@@ -38,11 +38,13 @@ _ROW = "__lakeimg_row"
 
 
 def confined_connection(tables: Mapping[str, pa.Table] | None = None, *, allowed_paths: Iterable[str] = (),
-                        views: Mapping[str, str] | None = None):
+                        views: Mapping[str, str] | None = None, copies: Mapping[str, pa.Table] | None = None):
     """A DuckDB connection that reaches nothing outside what it is given, with its settings locked.
 
     `tables` are registered as Arrow scans; `views` (name -> SELECT) are created before the lock
-    and may read only `allowed_paths` (exact files, e.g. a snapshot's Parquet files).
+    and may read only `allowed_paths` (exact files, e.g. a snapshot's Parquet files); `copies`
+    (small Arrow tables, e.g. an empty snapshot) become DuckDB tables of their own, so nothing
+    but their name shows in `SHOW TABLES`.
 
     Example:
         >>> con = confined_connection({"t": pa.table({"a": [1]})})
@@ -67,6 +69,10 @@ def confined_connection(tables: Mapping[str, pa.Table] | None = None, *, allowed
         con.execute("SET python_enable_replacements = false")
         for name, table in (tables or {}).items():
             con.register(name, table)
+        for name, table in (copies or {}).items():
+            con.register("__lakeimg_copy", table)
+            con.execute(f"CREATE TABLE {_quote(name)} AS SELECT * FROM __lakeimg_copy")
+            con.unregister("__lakeimg_copy")
         for name, select in (views or {}).items():
             con.execute(f"CREATE VIEW {_quote(name)} AS {select}")
         con.execute("SET lock_configuration = true")

@@ -45,7 +45,7 @@ from lakeimg.schemas import table_contract
 __all__ = [
     "NAME_RULE", "NameKind", "RUNS_SQL_NAME", "RUNS_TABLE", "RUN_STATUS_RANK", "RunRecord", "TRAINSETS_TABLE",
     "TableRef", "canonical_json", "is_table_name", "lake_relative", "lake_tables", "new_run_id", "parse_table_ref",
-    "rejects_of", "spec_hash", "sql_tables", "tiles_of", "utc_now", "validate_name",
+    "rejects_of", "spec_hash", "sql_tables", "table_path", "tiles_of", "utc_now", "validate_name",
 ]
 
 NameKind = Literal["table", "target table", "training set", "split"]
@@ -178,6 +178,17 @@ def sql_tables(lake: str | os.PathLike[str], tables: Sequence[str] | None = None
     return {names.get(path, path): path for path in listed if path != TRAINSETS_TABLE}
 
 
+def table_path(name: str) -> str:
+    """The lake-relative path of the table SQL calls `name` (`lakeimg_runs` is `_lakeimg/runs`),
+    so every command takes the names SQL uses.
+
+    Example:
+        >>> table_path("lakeimg_runs"), table_path("images")
+        ('_lakeimg/runs', 'images')
+    """
+    return RUNS_TABLE if name == RUNS_SQL_NAME else name
+
+
 @dataclass(frozen=True)
 class TableRef:
     """A table at a version (int), an ISO timestamp (str) or its latest (None); `str()` gives
@@ -198,15 +209,18 @@ class TableRef:
 def parse_table_ref(text: str) -> TableRef:
     """`TABLE[@VERSION|@TIMESTAMP]` as a TableRef; TableRefError (exit code 2) when malformed.
 
-    A number after `@` is a version; anything else must be an ISO timestamp (naive means UTC).
+    A number after `@` is a version, `latest` (or nothing after the name) the latest version;
+    anything else must be an ISO timestamp (naive means UTC).
 
     Example:
+        >>> parse_table_ref("images@latest")
+        TableRef(name='images', version=None)
         >>> parse_table_ref("images@2026-01-31T12:00:00Z")
         TableRef(name='images', version='2026-01-31T12:00:00Z')
         >>> parse_table_ref("images@yesterday")
         Traceback (most recent call last):
         ...
-        lakeimg.errors.TableRefError: table reference 'images@yesterday': after @ give a version number or an ISO timestamp
+        lakeimg.errors.TableRefError: table reference 'images@yesterday': after @ give a version number, latest or an ISO timestamp
     """
     name, sep, ref = text.partition("@")
     if not name:
@@ -214,12 +228,14 @@ def parse_table_ref(text: str) -> TableRef:
     if not sep:
         return TableRef(name)
     ref = ref.strip()
+    if ref.lower() == "latest":
+        return TableRef(name)
     if ref.isdigit():
         return TableRef(name, int(ref))
     try:
         dt.datetime.fromisoformat(ref.replace("Z", "+00:00"))
     except ValueError as exc:
-        raise TableRefError(text, "after @ give a version number or an ISO timestamp") from exc
+        raise TableRefError(text, "after @ give a version number, latest or an ISO timestamp") from exc
     return TableRef(name, ref)
 
 

@@ -87,7 +87,9 @@ def test_missing_source_exits_3_with_one_line(tmp_path, lake_dir):
     assert done.returncode == 3
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "source not found" in lines[0] and "nowhere" in lines[0]
-    assert done.stdout == ""
+    # --json: the failure is also one JSON object on stdout (issue 15)
+    assert json.loads(done.stdout) == {"error": lines[0].removeprefix("lakeimg: error: "), "error_class": "SourceNotFoundError",
+                                       "exit_code": 3}
     glob = run_cli("ingest", str(tmp_path / "*.nothing"), "--lake", str(lake_dir))
     assert glob.returncode == 3
 
@@ -160,5 +162,5 @@ def test_a_bad_table_reference_exits_2_naming_it(src, lake_dir, tmp_path, comman
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert done.stderr.strip().splitlines() == [f"lakeimg: error: table reference {ref!r}: "
                                                 + ("no table name before @" if command == "history"
-                                                   else "after @ give a version number or an ISO timestamp")]
+                                                   else "after @ give a version number, latest or an ISO timestamp")]
     assert not (tmp_path / "out").exists()

@@ -68,7 +68,7 @@ def test_library_maintain_and_transform_need_a_lake(tmp_path):
     assert not (tmp_path / "nope").exists()
 
 
-@pytest.mark.parametrize("ref", ["images@latest", "images@", "@3", "images@-1", "images@yesterday"])
+@pytest.mark.parametrize("ref", ["images@lastest", "images@", "@3", "images@-1", "images@yesterday"])
 def test_malformed_table_references_are_usage_errors(lake, ref, tmp_path):
     for command in (["history", ref], ["export", ref, "--out", str(tmp_path / "o")], ["lineage", ref]):
         done = run_cli(*command, "--lake", lake.path)

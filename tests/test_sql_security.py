@@ -5,6 +5,7 @@ training-set and split names cannot leave the lake."""
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 
 import duckdb
@@ -73,7 +74,8 @@ def test_sql_outside_the_lake_is_refused(lake, query, capsys):
     code, out = _cli_sql(lake, query, capsys)
     assert code == 2
     assert out.err.startswith("lakeimg: error: SQL refused") and "Traceback" not in out.err
-    assert "/etc" not in out.out and out.out == ""
+    # stdout holds only the --json error object (no rows); its message is the stderr line's
+    assert json.loads(out.out) == {"error": out.err.strip().removeprefix("lakeimg: error: "), "error_class": "SqlError", "exit_code": 2}
 
 
 def test_sql_that_writes_files_writes_nothing(lake, tmp_path, capsys):

@@ -1,7 +1,7 @@
 """Embedded SQL over a lake: DuckDB reads each Delta snapshot's Parquet files. No JVM.
 
 Table names resolve inside the lake: `images`, `images_rejects`, derived tables, and the runs
-table as `lakeimg_runs`. Time travel is written the Spark way, `images VERSION AS OF 3` or
+table as `lakeimg_runs`; `SHOW TABLES` and `information_schema.tables` / `.columns` list them. Time travel is written the Spark way, `images VERSION AS OF 3` or
 `images TIMESTAMP AS OF '2026-01-01T00:00:00Z'`; lakeimg rewrites such a reference to a view
 over that snapshot (aliased back to the table's name, so `images.uri` still works).
 
@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -50,6 +50,10 @@ _REF = re.compile(
     re.IGNORECASE,
 )
 _WORD = re.compile(r"\s*([A-Za-z_]\w*)")
+# Queries about the catalog itself see every table of the lake (not only those they name).
+_CATALOG_QUERY = re.compile(r"\bshow\s+(all\s+)?tables\b|\b(information_schema|duckdb_tables|duckdb_views|duckdb_columns)\b",
+                            re.IGNORECASE)
+_SHOW_TABLES = re.compile(r"\s*show\s+(all\s+)?tables\s*;?\s*", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -136,22 +140,22 @@ class _Views:
     """What the confined connection gets before its settings are locked."""
 
     selects: dict[str, str]
-    empties: dict[str, pa.Table]
+    empties: dict[str, Any]  # Arrow scans (object-store snapshots as datasets)
     files: list[str]
+    copies: dict[str, pa.Table] = field(default_factory=dict)  # empty snapshots
 
 
 def _snapshot_view(views: _Views, engine: LocalEngine, view: str, table_path: str, version: int | str | None) -> None:
     try:
         files = engine.data_files(table_path, version)
-    except (TableNotFoundError, LakeDamagedError):
+    except (TableNotFoundError, LakeDamagedError, SpecError):
         raise
     except Exception as exc:  # noqa: BLE001 - e.g. a timestamp before the table existed
         at = "" if version is None else f" as of {version!r}"
         raise LakeImgError(f"cannot read {table_path}{at}: {exc}") from exc
     if not files:
         schema = engine.arrow_schema(table_path, version)
-        views.empties[f"__empty_{view}"] = pa.schema([pa.field(f.name, f.type) for f in pa.schema(schema)]).empty_table()
-        views.selects[view] = f"SELECT * FROM {_quote('__empty_' + view)}"
+        views.copies[view] = pa.schema([pa.field(f.name, f.type) for f in pa.schema(schema)]).empty_table()
         return
     if any(is_remote(f) for f in files):
         # DuckDB reads object stores only through extensions lakeimg does not load: the
@@ -193,21 +197,25 @@ def run_sql(lake: str | os.PathLike[str], query: str, *, engine: LocalEngine | N
     words = {w.lower() for w in re.findall(r"[A-Za-z_]\w*", masked)}
     quoted = {_unquote(q) for q in re.findall(r"\"[^\"]+\"|`[^`]+`", query)}
     views = _Views({}, {}, [])
+    catalog_query = bool(_CATALOG_QUERY.search(masked))
     for sql_name, path in tables.items():
-        if sql_name.lower() in words or sql_name in quoted:
+        if catalog_query or sql_name.lower() in words or sql_name in quoted:
             _snapshot_view(views, engine, sql_name, path, None)
+    if _SHOW_TABLES.fullmatch(masked):
+        # The lake's tables only (an object-store snapshot is a registered scan named __...).
+        query = r"SELECT name FROM (SHOW TABLES) WHERE name NOT LIKE '\_\_%' ESCAPE '\' ORDER BY name"
     # Rewrite time-travel references back to front so earlier offsets stay valid.
     rewritten = query
     for ref in sorted(table_refs(query), key=lambda r: r.start, reverse=True):
         path = tables.get(ref.name)
         if path is None:
-            raise TableNotFoundError(ref.name, lake)
+            raise TableNotFoundError(ref.name, lake, available=list(tables))
         tag = re.sub(r"\W", "_", str(ref.version))
         view = f"{ref.name}@{tag}"
         _snapshot_view(views, engine, view, path, ref.version)
         replacement = _quote(view) + ("" if ref.has_alias else f" AS {_quote(ref.name)}")
         rewritten = rewritten[: ref.start] + replacement + rewritten[ref.end :]
-    con = confined_connection(views.empties, allowed_paths=views.files, views=views.selects)
+    con = confined_connection(views.empties, allowed_paths=views.files, views=views.selects, copies=views.copies)
     try:
         check_statement(con, rewritten)
         try:
@@ -217,7 +225,7 @@ def run_sql(lake: str | os.PathLike[str], query: str, *, engine: LocalEngine | N
         except duckdb.CatalogException as exc:
             missing = re.search(r"with name (.+?) does not exist", str(exc))
             if missing:
-                raise TableNotFoundError(missing.group(1).strip("\"'!"), lake) from exc
+                raise TableNotFoundError(missing.group(1).strip("\"'!"), lake, available=list(tables)) from exc
             raise SpecError(f"SQL: {_first_line(exc)}") from exc
         except (duckdb.ParserException, duckdb.BinderException, duckdb.ConversionException) as exc:
             raise SpecError(f"SQL: {_first_line(exc)}") from exc

@@ -52,7 +52,7 @@ from lakeimg.catalog.loaders import iter_numpy, to_spark
 from lakeimg.engine.base import VersionLike
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import ensure_lake
-from lakeimg.errors import LakeImgError, SpecError
+from lakeimg.errors import LakeImgError, NotFoundError, SpecError
 from lakeimg.schemas import table_contract
 from lakeimg.sqlguard import filter_table, parse_where
 from lakeimg.tables import (
@@ -202,18 +202,19 @@ def list_trainsets(engine: LocalEngine) -> list[TrainingSetRecord]:
 
 
 def load_trainset_record(engine: LocalEngine, name: str) -> TrainingSetRecord:
-    """One training set's record; LakeImgError when there is none.
+    """One training set's record; NotFoundError (exit code 5) when there is none.
 
     Example:
         >>> load_trainset_record(LocalEngine("/tmp/empty-lake"), "cats-v1")
         Traceback (most recent call last):
         ...
-        lakeimg.errors.LakeImgError: no training set named 'cats-v1' in lake /tmp/empty-lake
+        lakeimg.errors.NotFoundError: no training set named 'cats-v1' in lake /tmp/empty-lake (training sets: none)
     """
     for record in list_trainsets(engine):
         if record.name == name:
             return record
-    raise LakeImgError(f"no training set named {name!r} in lake {engine.lake}")
+    known = ", ".join(r.name for r in list_trainsets(engine)) or "none"
+    raise NotFoundError(f"no training set named {name!r} in lake {engine.lake} (training sets: {known})", name=name)
 
 
 def _selected_rows(engine: LocalEngine, spec: TrainingSetRecord) -> pa.Table:

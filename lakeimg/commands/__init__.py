@@ -5,5 +5,5 @@ A command's handler returns the exit status. `COMMAND_MODULES` lists them in --h
 
 from __future__ import annotations
 
-_NAMES = "ingest demo region transform export history lineage reproduce verify trainset maintain sql show serve"
+_NAMES = "ingest demo tables info region transform export history lineage reproduce verify trainset maintain sql show serve"
 COMMAND_MODULES = tuple(f"lakeimg.commands.{name}" for name in _NAMES.split())

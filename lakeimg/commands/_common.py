@@ -17,7 +17,10 @@ import decimal
 import io
 import json
 import math
+import os
 import sys
+import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -33,6 +36,11 @@ def add_engine_options(parser) -> None:
     parser.add_argument("--engine", choices=("local", "spark"), default="local", help="embedded (default, no JVM) or Apache Spark")
     parser.add_argument("--master", default=None, help="Spark master URL (spark engine), e.g. local[2] or spark://host:7077")
     parser.add_argument("--spark-conf", action="append", default=[], metavar="KEY=VALUE", help="extra Spark settings (repeatable)")
+
+
+def show_progress(args) -> bool:
+    """Progress lines on stderr unless --quiet."""
+    return not getattr(args, "quiet", False)
 
 
 def storage_options_of(args) -> dict[str, str]:
@@ -52,9 +60,16 @@ def open_lake(args) -> Iterator[Lake]:
     if getattr(args, "engine", "local") != "spark":
         yield lake_of(args)
         return
-    lake = Lake.on_new_spark_session(args.lake, args.master, args.spark_conf)
+    lake = Lake.on_new_spark_session(args.lake, args.master, args.spark_conf, quiet=not getattr(args, "verbose", False))
     try:
         yield lake
+    except BaseException:
+        if lake.spark_log:
+            print(f"lakeimg: Spark's own output is in {lake.spark_log} (--verbose shows it)", file=sys.stderr)
+        raise
+    else:
+        if lake.spark_log:
+            os.remove(lake.spark_log)
     finally:
         lake.spark.stop()
 
@@ -64,11 +79,39 @@ def print_json(value: Any) -> None:
     print(json.dumps(value, sort_keys=True, default=lambda v: v.to_dict() if hasattr(v, "to_dict") else str(v)))
 
 
+PROGRESS_ENV = "LAKEIMG_PROGRESS_SECONDS"  # seconds between progress lines when stderr is no terminal
+
+
+def _progress_interval() -> float:
+    try:
+        return max(0.0, float(os.environ.get(PROGRESS_ENV, "5")))
+    except ValueError:
+        return 5.0
+
+
 @contextmanager
-def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A rich progress bar on a terminal; yields an on_progress(done, total) callback or None."""
-    if not enabled or not sys.stderr.isatty():
+def progress_bar(label: str, enabled: bool, unit: str = "files") -> Iterator[Callable[[int, int], None] | None]:
+    """Progress on stderr; yields an on_progress(done, total) callback (None when not `enabled`).
+
+    A rich bar on a terminal; otherwise (cron, Airflow, a pipe) one line every few seconds
+    (`LAKEIMG_PROGRESS_SECONDS`, default 5) and one when the work is done:
+    `lakeimg: decoding: 120/1000 files (12 %)`.
+    """
+    if not enabled:
         yield None
+        return
+    if not sys.stderr.isatty():
+        interval, last = _progress_interval(), [time.monotonic()]
+
+        def line(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done < total and now - last[0] < interval:
+                return
+            last[0] = now
+            share = f" ({100 * done // total} %)" if total else ""
+            print(f"lakeimg: {label}: {done}/{total} {unit}{share}", file=sys.stderr, flush=True)
+
+        yield line
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -79,6 +122,46 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], Non
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def human_bytes(size: int | None) -> str:
+    """A byte count for people: 1536 -> '1.5 KiB' (None -> '').
+
+    Example:
+        >>> human_bytes(1536), human_bytes(12), human_bytes(None)
+        ('1.5 KiB', '12 B', '')
+    """
+    if size is None:
+        return ""
+    value, unit = float(size), "B"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
+        value /= 1024
+    return f"{int(value)} B" if unit == "B" else f"{value:.1f} {unit}"
+
+
+@contextmanager
+def heartbeat(label: str, enabled: bool) -> Iterator[None]:
+    """For long work without counts (export, reproduce, maintain, trainset create): a line on
+    stderr every few seconds (`LAKEIMG_PROGRESS_SECONDS`, default 5) while it runs, so cron and
+    Airflow logs show it is alive: `lakeimg: exporting: running for 10 s`."""
+    if not enabled:
+        yield
+        return
+    interval, started, stop = max(_progress_interval(), 0.05), time.monotonic(), threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(interval):
+            print(f"lakeimg: {label}: running for {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=beat, name="lakeimg-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, max_width: int = 60) -> str:
@@ -115,6 +198,11 @@ def print_run_summary(lake: str, summary: Any, as_json: bool) -> None:
         print_json(result)
         return
     mode = f" ({summary.mode})" if getattr(summary, "mode", None) else ""
+    if getattr(summary, "dry_run", False):
+        at = "does not exist yet" if summary.version is None else f"stays at version {summary.version}"
+        print(f"dry run{mode}: {lake}/{summary.table} {at}; would add {summary.add}, update {summary.update}, "
+              f"delete {summary.delete}; {summary.unchanged} unchanged; nothing committed")
+        return
     print(
         f"{lake}/{summary.table} version {summary.version}{mode}: {summary.added} added, {summary.updated} updated, "
         f"{summary.unchanged} unchanged, {summary.deleted} deleted, {summary.rejected} rejected "

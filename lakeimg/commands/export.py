@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lakeimg.commands._common import lake_of, print_json
+from lakeimg.commands._common import heartbeat, lake_of, print_json, show_progress
 from lakeimg.tables import parse_table_ref
 
 
@@ -19,7 +19,8 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     ref = parse_table_ref(args.table)
-    summary = lake_of(args).export(ref.name, args.out, format=args.format, version=ref.version, quality=args.quality)
+    with heartbeat("exporting", show_progress(args)):
+        summary = lake_of(args).export(ref.name, args.out, format=args.format, version=ref.version, quality=args.quality)
     if args.json:
         print_json(summary)
     else:

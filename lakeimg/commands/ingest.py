@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from lakeimg.commands._common import add_engine_options, open_lake, print_run_summary, progress_bar
+from lakeimg.commands._common import (
+    add_engine_options,
+    open_lake,
+    print_run_summary,
+    progress_bar,
+    show_progress,
+)
 from lakeimg.tables import validate_name
 
 
@@ -51,6 +57,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--codec", action="append", default=[], metavar="MODULE:ATTR", help="extra reader tried before the built-in ones")
     p.add_argument("--tile-above-pixels", type=_positive_int, default=64_000_000, help="store images with more pixels as tiles + pyramid in <table>_tiles (default 64 megapixels; 0: never)")
     p.add_argument("--tile-size", type=_positive_int, default=512, help="tile edge in pixels (default 512)")
+    p.add_argument("--dry-run", action="store_true", help="list and plan only: count what would be added, re-read, deleted; commit nothing")
     p.add_argument("--json", action="store_true", help="print one JSON summary line")
     add_engine_options(p)
     p.set_defaults(handler=run)
@@ -72,8 +79,9 @@ def run(args) -> int:
         codecs=args.codec,
         tile_above_pixels=args.tile_above_pixels,
         tile_size=args.tile_size,
+        dry_run=args.dry_run,
     )
-    with open_lake(args) as lake, progress_bar("decoding", enabled=not args.json) as on_progress:
+    with open_lake(args) as lake, progress_bar("decoding", enabled=show_progress(args)) as on_progress:
         summary = lake.ingest(args.sources, on_progress=on_progress, **options)
     print_run_summary(args.lake, summary, args.json)
     return 0

@@ -5,7 +5,13 @@ Exit 0 when done, 7 when a table was refused (it would have broken a pinned trai
 
 from __future__ import annotations
 
-from lakeimg.commands._common import add_engine_options, open_lake, print_json
+from lakeimg.commands._common import (
+    add_engine_options,
+    heartbeat,
+    open_lake,
+    print_json,
+    show_progress,
+)
 
 EXIT_REFUSED = 7
 
@@ -36,7 +42,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    with open_lake(args) as lake:
+    with open_lake(args) as lake, heartbeat("maintaining", show_progress(args)):
         report = lake.maintain(optimize=args.optimize, vacuum_hours=args.vacuum_hours, dry_run=args.dry_run,
                                tables=args.table).to_dict()
     if args.json:

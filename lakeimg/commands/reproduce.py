@@ -5,7 +5,7 @@ Exit 0 when identical, 6 when rows differ (so scripts can check reproducibility)
 
 from __future__ import annotations
 
-from lakeimg.commands._common import format_table, lake_of, print_json
+from lakeimg.commands._common import format_table, heartbeat, lake_of, print_json, show_progress
 from lakeimg.tables import parse_table_ref
 
 EXIT_DIFFERENT = 6
@@ -23,7 +23,8 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     ref = parse_table_ref(args.ref)
-    result = lake_of(args).reproduce(ref.name, ref.version, scratch=args.scratch, workers=args.workers)
+    with heartbeat("reproducing", show_progress(args)):
+        result = lake_of(args).reproduce(ref.name, ref.version, scratch=args.scratch, workers=args.workers)
     if args.json:
         print_json(result)
     else:

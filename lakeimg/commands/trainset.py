@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lakeimg.commands._common import format_table, lake_of, print_json
+from lakeimg.commands._common import format_table, heartbeat, lake_of, print_json, show_progress
 from lakeimg.tables import parse_table_ref
 
 
@@ -38,7 +38,8 @@ def add_parser(subparsers) -> None:
 
 def run_create(args) -> int:
     ref = parse_table_ref(args.table)
-    trainset = lake_of(args).create_training_set(args.name, ref.name, ref.version, splits=args.split, seed=args.seed,
+    with heartbeat("creating training set", show_progress(args)):
+        trainset = lake_of(args).create_training_set(args.name, ref.name, ref.version, splits=args.split, seed=args.seed,
                                                    where=args.where, label_column=args.label_column or None,
                                                    stratify=args.stratify)
     return _show(trainset, args.json)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from lakeimg.commands._common import add_engine_options, open_lake, print_run_summary, progress_bar
+from lakeimg.commands._common import (
+    add_engine_options,
+    open_lake,
+    print_run_summary,
+    progress_bar,
+    show_progress,
+)
 from lakeimg.tables import validate_name
 
 
@@ -14,6 +20,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--spec", required=True, help="spec file (.json, .yaml) or inline JSON")
     p.add_argument("--full", action="store_true", help="recompute every row and delete rows whose source row is gone")
     p.add_argument("--workers", type=int, default=None, help="processes for the embedded engine (default: CPU count)")
+    p.add_argument("--dry-run", action="store_true", help="plan only: count what would be added, recomputed, deleted; commit nothing")
     p.add_argument("--json", action="store_true", help="print one JSON summary line")
     add_engine_options(p)
     p.set_defaults(handler=run)
@@ -23,8 +30,8 @@ def run(args) -> int:
     # Before a JVM starts: a bad name fails in a moment.
     validate_name("table", args.source)
     validate_name("target table", args.target)
-    with open_lake(args) as lake, progress_bar("transforming", enabled=not args.json) as on_progress:
+    with open_lake(args) as lake, progress_bar("transforming", enabled=show_progress(args), unit="rows") as on_progress:
         summary = lake.transform(args.source, args.target, args.spec, full=args.full, workers=args.workers,
-                                 on_progress=on_progress)
+                                 on_progress=on_progress, dry_run=args.dry_run)
     print_run_summary(args.lake, summary, args.json)
     return 0

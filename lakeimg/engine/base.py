@@ -23,7 +23,7 @@ from typing import Any, Literal, Protocol, TypeVar
 
 import pyarrow as pa
 
-from lakeimg.errors import ConcurrentWriteError
+from lakeimg.errors import ConcurrentWriteError, SpecError
 from lakeimg.schemas import TableContract
 
 __all__ = [
@@ -58,7 +58,10 @@ _T = TypeVar("_T")
 def to_datetime(value: str | dt.datetime) -> dt.datetime:
     """A timestamp version (ISO text or datetime) as an aware datetime; naive means UTC."""
     if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        try:
+            value = dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        except ValueError:
+            raise SpecError(f"not a version or an ISO timestamp: {value!r} (e.g. 3 or 2026-01-31T12:00:00Z)") from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=dt.timezone.utc)
     return value

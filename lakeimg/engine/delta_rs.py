@@ -52,7 +52,7 @@ from lakeimg.engine.layout import (
 )
 from lakeimg.engine.pool import map_kernel
 from lakeimg.engine.staged import LocalStaged
-from lakeimg.errors import LakeDamagedError, LakeImgError, TableNotFoundError
+from lakeimg.errors import LakeDamagedError, LakeImgError, TableNotFoundError, VersionNotFoundError
 from lakeimg.schemas import TableContract
 from lakeimg.storage import exists as storage_exists
 from lakeimg.storage import (
@@ -113,6 +113,9 @@ class LocalEngine:
             raise TableNotFoundError(name, self.lake) from exc
         except Exception as exc:  # noqa: BLE001 - delta-rs says "version not found" as DeltaError
             if isinstance(version, int):
+                latest = self.version(name) if version >= 0 else None
+                if latest is not None and version > latest:
+                    raise VersionNotFoundError(name, version, self.lake, f"no such version (latest: {latest})") from exc
                 raise TableNotFoundError(f"{name}@{version}", self.lake) from exc
             raise
         if isinstance(version, (str, dt.datetime)):

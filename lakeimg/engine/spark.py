@@ -52,7 +52,7 @@ from lakeimg.storage import local_path_or_none, remove_prefix
 
 __all__ = [
     "spark_session_builder", "DELTA_SQL_CONF", "SparkEngine", "SparkStaged", "bundled_hadoop_version",
-    "connector_packages", "hadoop_path", "spark_storage_conf", "check_log_store",
+    "connector_packages", "hadoop_path", "spark_storage_conf", "check_log_store", "local_python_conf", "jvm_output_to",
 ]
 
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
@@ -355,12 +355,65 @@ def spark_session_builder(
         # that is pure task overhead on every snapshot.
         builder = builder.config("spark.databricks.delta.snapshotPartitions", "2")
     pairs = _pairs(conf)
+    for key, value in local_python_conf(master, pairs).items():
+        builder = builder.config(key, value)
     extra_packages = [v for k, v in pairs if k == "spark.jars.packages"] + connector_packages(object_stores)
     builder = configure_spark_with_delta_pip(builder, extra_packages=extra_packages or None)
     for key, value in pairs:
         if key != "spark.jars.packages":
             builder = builder.config(key, value)
     return builder
+
+
+def local_python_conf(master: str | None, pairs: Sequence[tuple[str, str]] = ()) -> dict[str, str]:
+    """`spark.pyspark.python` / `spark.pyspark.driver.python` = this interpreter, for a session
+    whose workers run on this machine (a `local` master, or none outside spark-submit), unless
+    the user chose an interpreter (in `pairs` or PYSPARK_PYTHON / PYSPARK_DRIVER_PYTHON).
+
+    Spark's workers otherwise run `python3` from PATH: from a venv that was never activated
+    that is the system Python, without numpy or lakeimg.
+
+    Example:
+        >>> import sys
+        >>> local_python_conf("local[2]", [])["spark.pyspark.python"] == sys.executable
+        True
+        >>> local_python_conf("spark://host:7077", []), local_python_conf("local[2]", [("spark.pyspark.python", "/opt/py")])
+        ({}, {})
+    """
+    import sys
+
+    under_submit = master is None and "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit started this driver
+    if not sys.executable or under_submit or (master is not None and not master.startswith("local")):
+        return {}
+    keys = {k for k, _ in pairs}
+    if {"spark.pyspark.python", "spark.pyspark.driver.python"} & keys or os.environ.get("PYSPARK_PYTHON") \
+            or os.environ.get("PYSPARK_DRIVER_PYTHON"):
+        return {}
+    return {"spark.pyspark.python": sys.executable, "spark.pyspark.driver.python": sys.executable}
+
+
+@contextmanager
+def jvm_output_to(path: str):
+    """File descriptors 1 and 2 point at `path` while a JVM starts inside the block: the JVM
+    inherits them for its lifetime (Ivy's resolution report, log4j), Python's own stdout and
+    stderr come back after it. The CLI's quiet Spark (`--verbose` shows it all)."""
+    import sys
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    log = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, log):
+            os.close(fd)
 
 
 def arrow_schema_of(struct) -> pa.Schema:

@@ -41,7 +41,7 @@ from lakeimg.image.pyramid import DEFAULT_TILE_SIZE
 from lakeimg.image.sources import DEFAULT_MAX_TILED_PIXELS, DEFAULT_TILE_ABOVE_PIXELS
 from lakeimg.jobs.listing import list_sources, source_scope
 from lakeimg.jobs.runs import run_commits
-from lakeimg.jobs.summary import RunSummary
+from lakeimg.jobs.summary import DryRunSummary, RunSummary
 from lakeimg.jobs.tiling import (
     TilingResult,
     commit_tiles,
@@ -141,7 +141,8 @@ def ingest_files(
     tile_overlap: int = 0,
     tile_encoding: str = DEFAULT_TILE_ENCODING,
     tile_rows_per_task: int = 8,
-) -> IngestSummary:
+    dry_run: bool = False,
+) -> IngestSummary | DryRunSummary:
     """Ingest image files into `LAKE/<table>` (+ `<table>_rejects`) and record the run.
 
     Args:
@@ -167,6 +168,8 @@ def ingest_files(
             stored as tiles and a pyramid in `<table>_tiles` (0: never); see jobs/tiling.py.
         tile_size, tile_overlap, tile_encoding: the tiles' edge, overlap and codec.
         tile_rows_per_task: split one huge page into tasks of this many tile rows (0: no split).
+        dry_run: list and plan only: a `DryRunSummary` of the files that would be added,
+            re-read and deleted; nothing is decoded, created or committed (no runs row).
     """
     if tile_size < 16 or tile_overlap < 0 or tile_overlap >= tile_size or tile_encoding not in TILE_ENCODINGS:
         raise SpecError(
@@ -179,7 +182,8 @@ def ingest_files(
     engine = engine or LocalEngine(lake, workers=workers)
     # The engine's object-store settings (env + options): they reach the lake and the sources.
     storage = getattr(engine, "options", None) or {}
-    ensure_lake(lake, storage)
+    if not dry_run:
+        ensure_lake(lake, storage)
     run_id, started_at = new_run_id(), utc_now()
     options = IngestOptions(
         run_id=run_id,
@@ -219,6 +223,12 @@ def ingest_files(
     run = plan_run(engine, lake, sources, table=table, label_from_path=label_from_path,
                    sync_deletes=sync_deletes, options=options, record=record, retry_rejects=retry_rejects)
 
+    if dry_run:
+        known = run.known_images | run.known_rejects
+        todo = run.todo["uri"].to_pylist()
+        updated = sum(1 for uri in todo if uri in known)
+        return DryRunSummary("ingest", table, engine.version(table) if engine.exists(table) else None,
+                             add=len(todo) - updated, update=updated, delete=run.deleted, unchanged=run.unchanged)
     remove_stale_staging(lake)  # of runs killed before they could clean up
     remove_abandoned_uploads(engine.reader())  # ... and objects they uploaded but never committed
     staging = claim_staging(lake, run_id)  # marks this run's staging as live (engine/staging.py)

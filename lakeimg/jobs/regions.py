@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 
 from lakeimg.engine.base import VersionLike
 from lakeimg.engine.delta_rs import LocalEngine
-from lakeimg.errors import LakeImgError
+from lakeimg.errors import LakeImgError, NotFoundError, SpecError
 from lakeimg.image.decode import decode_image
 from lakeimg.image.pyramid import assemble_region, downsample2, level_shape
 from lakeimg.storage import read_bytes, to_uri
@@ -43,7 +43,7 @@ def image_record(engine: LocalEngine, table: str, uri: str, version: VersionLike
     uri = to_uri(uri)
     rows = engine.read(table, version=version, columns=_META, filter=pc.field("uri") == uri).to_pylist()
     if not rows:
-        raise LakeImgError(f"{uri} is not in {table}" + (f" at version {version}" if version is not None else ""))
+        raise NotFoundError(f"{uri} is not in {table}" + (f" at version {version}" if version is not None else ""))
     return rows[0]
 
 
@@ -80,24 +80,25 @@ def read_region(
         version: the images table's version (int) or timestamp; None for the latest.
 
     Raises:
-        LakeImgError: unknown uri, level or page, or a window outside the image.
+        NotFoundError: the uri is not in the table (CLI exit code 5).
+        SpecError: no such level or page, or a window outside the image (exit code 2).
     """
     row = image_record(engine, table, uri, version)
     uri = row["uri"]
     levels = row["levels"] if row["tiled"] else None
     if page < 0 or page >= (row["pages"] or 1):
-        raise LakeImgError(f"{uri} has {row['pages'] or 1} page(s); page {page} does not exist")
+        raise SpecError(f"{uri} has {row['pages'] or 1} page(s); page {page} does not exist")
     if level < 0 or (levels is not None and level >= levels):
-        raise LakeImgError(f"{uri} has {levels} level(s); level {level} does not exist")
+        raise SpecError(f"{uri} has {levels} level(s); level {level} does not exist")
     if width <= 0 or height <= 0 or x < 0 or y < 0:
-        raise LakeImgError(f"empty or negative window {x},{y} {width}x{height}")
+        raise SpecError(f"empty or negative window {x},{y} {width}x{height}")
     if not row["tiled"]:
         return _from_content(engine, table, row, x, y, width, height, level, page, version)
 
     if page == 0:
         level_h, level_w = level_shape(row["height"], row["width"], level)
         if x + width > level_w or y + height > level_h:
-            raise LakeImgError(f"window {x},{y} {width}x{height} runs past the edge of {uri} ({level_w}x{level_h} at level {level})")
+            raise SpecError(f"window {x},{y} {width}x{height} runs past the edge of {uri} ({level_w}x{level_h} at level {level})")
     ts = int(row["tile_size"])
     r0, r1 = y // ts, (y + height - 1) // ts
     c0, c1 = x // ts, (x + width - 1) // ts
@@ -114,7 +115,7 @@ def read_region(
     tiles = tiles.filter(pc.field("content_sha256") == row["content_sha256"]).to_pylist()
     if not tiles:
         raise LakeImgError(f"no tiles of {uri} page {page} level {level} cover {x},{y} {width}x{height}")
-    past_edge = LakeImgError(f"window {x},{y} {width}x{height} runs past the edge of {uri} at level {level}")
+    past_edge = SpecError(f"window {x},{y} {width}x{height} runs past the edge of {uri} at level {level}")
     if len(tiles) < (r1 - r0 + 1) * (c1 - c0 + 1):
         raise past_edge
     if max(t["x"] + t["width"] for t in tiles) < x + width or max(t["y"] + t["height"] for t in tiles) < y + height:
@@ -134,5 +135,5 @@ def _from_content(engine, table, row, x, y, width, height, level, page, version)
         pixels = downsample2(pixels)
     h, w = pixels.shape[:2]
     if x + width > w or y + height > h:
-        raise LakeImgError(f"window {x},{y} {width}x{height} runs past the edge of {row['uri']} ({w}x{h} at level {level})")
+        raise SpecError(f"window {x},{y} {width}x{height} runs past the edge of {row['uri']} ({w}x{h} at level {level})")
     return np.ascontiguousarray(pixels[y : y + height, x : x + width])

@@ -50,7 +50,7 @@ from lakeimg.image.codecs import export_bytes
 from lakeimg.image.pyramid import level_shape
 from lakeimg.jobs.regions import read_region
 from lakeimg.jobs.runs import run_commits
-from lakeimg.jobs.summary import RunSummary
+from lakeimg.jobs.summary import DryRunSummary, RunSummary
 from lakeimg.kernels.rejects import as_rejects, reject_row
 from lakeimg.kernels.transform import (
     SOURCE_COLUMNS,
@@ -197,7 +197,8 @@ def transform_table(
     workers: int | None = None,
     spark: Any = None,
     on_progress: Callable[[int, int], None] | None = None,
-) -> TransformSummary:
+    dry_run: bool = False,
+) -> TransformSummary | DryRunSummary:
     """Compute `LAKE/<target>` from `LAKE/<source>` with a transform spec; record the run.
 
     Args:
@@ -210,6 +211,9 @@ def transform_table(
             an engine (`lakeimg.engine.open_engine`).
         workers: processes for the local engine (default: CPU count; 0 runs in this process).
         spark: the SparkSession for engine="spark".
+        dry_run: plan only: a `DryRunSummary` of the source images whose rows would be added,
+            recomputed and deleted (mode: initial, incremental, spec_change, full); nothing is
+            computed or committed (no runs row).
 
     Example:
         >>> transform_table("/tmp/lake", "images", "gray", {"ops": [{"op": "color", "to": "gray"}]}).added  # doctest: +SKIP
@@ -228,7 +232,8 @@ def transform_table(
     eng = open_engine(lake, engine, spark=spark) if isinstance(engine, str) else engine
     storage = getattr(eng, "options", None)
     require_lake(lake, storage)  # a transform reads an existing lake; it never creates one
-    ensure_lake(lake, storage)  # ... that it can write
+    if not dry_run:
+        ensure_lake(lake, storage)  # ... that it can write
     if not eng.exists(source):
         raise TableNotFoundError(source, lake)
     run_id = new_run_id()
@@ -238,6 +243,12 @@ def transform_table(
     target_keys = eng.read(target, columns=key_columns) if target_exists else pa.table({c: pa.array([], pa.int32() if c == "variant" else pa.string()) for c in key_columns})
     plan = _plan(eng, source, source_version, spec, target_keys, last_transform_run(eng, target), full=full, target_exists=target_exists)
 
+    if dry_run:
+        existing = set(target_keys["uri"].to_pylist())
+        recomputed = len(plan.todo & existing)
+        return DryRunSummary("transform", target, eng.version(target) if target_exists else None,
+                             add=len(plan.todo) - recomputed, update=recomputed, delete=len(plan.drop & existing - plan.todo),
+                             unchanged=len(existing - plan.todo - plan.drop), mode=plan.mode)
     options = TransformOptions(spec=spec, run_id=run_id, storage=tuple((storage or {}).items()))
     remove_stale_staging(lake)  # of runs killed before they could clean up
     remove_abandoned_uploads(eng.reader())  # ... and objects they uploaded but never committed
