@@ -89,3 +89,12 @@ def azurite():
 
     with azurite_server() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A GCS emulator (gcp-storage-emulator) on 127.0.0.1 for the whole run (see tests/object_stores.py)."""
+    from object_stores import gcs_server
+
+    with gcs_server() as server:
+        yield server
