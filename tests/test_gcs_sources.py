@@ -13,8 +13,8 @@ from __future__ import annotations
 import json
 import time
 
-from object_stores import jpeg
 from object_stores import cli as _cli
+from object_stores import jpeg
 
 from lakeimg import Lake
 from lakeimg.storage import list_files, read_bytes, redact
