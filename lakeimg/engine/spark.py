@@ -7,10 +7,11 @@ way for delta-spark, for the CLI, tests and jobs to call `.getOrCreate()` on).
 Object stores: Spark reaches them through Hadoop's connectors (S3A for `s3://`, ABFS for
 Azure). This module owns what that takes: the connector jars at the Hadoop version pyspark
 bundles (`connector_packages`, added by `spark_session_builder(object_stores=...)`), the one
-mapping of lakeimg's URLs to the scheme Hadoop reads (`hadoop_path`: `s3://` -> `s3a://`; lakeimg
-keeps and reports the user's spelling), the translation of lakeimg's storage options into
-Hadoop settings (`spark_storage_conf`), and the check of delta-spark's LogStore on S3
-(`check_log_store`).
+mapping of lakeimg's URLs to the paths Hadoop reads (`hadoop_path`: `s3://` -> `s3a://`,
+`az://c/k` -> `abfs[s]://c@ACCOUNT.dfs.core.windows.net/k`; lakeimg keeps and reports the user's
+spelling), the translation of lakeimg's storage options into Hadoop settings
+(`spark_storage_conf`, `azure_settings`), and the check of delta-spark's LogStore on S3 and
+Azure (`check_log_store`).
 
 Example:
     >>> builder = spark_session_builder("local[2]", object_stores=["s3://bucket/lake"])  # doctest: +SKIP
