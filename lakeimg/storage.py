@@ -235,7 +235,7 @@ _SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure
 _ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_")
 # Option names whose values are secrets: never printed, logged or stored (see `redact`).
 _SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "ACCOUNT_KEY", "ACCESS_KEY", "SAS", "CONNECTION_STRING",
-                 "CREDENTIAL", "CLIENT_SECRET", "SERVICE_ACCOUNT_KEY", "MASTER_KEY")
+                 "CREDENTIAL", "CLIENT_SECRET", "SERVICE_ACCOUNT", "MASTER_KEY")  # GOOGLE_SERVICE_ACCOUNT[_KEY|_PATH]
 
 
 def storage_scheme(url: str) -> str | None:

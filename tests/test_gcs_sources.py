@@ -65,9 +65,10 @@ def test_gcs_credentials_never_reach_output_tables_or_logs(gcs, tmp_path):
     src = gcs.new_bucket()
     gcs.put(src, "a.jpg", jpeg(1))
     key_json = json.dumps({"type": "service_account", "private_key": f"-----BEGIN PRIVATE KEY-----{CANARY}"})
-    secrets = [f"/secrets/{CANARY}-path/sa.json", key_json]
+    secrets = [f"/secrets/{CANARY}-path/sa.json", key_json, f"/secrets/{CANARY}-other/sa.json"]
     options = ["--storage-option", f"GOOGLE_APPLICATION_CREDENTIALS={secrets[0]}",
-               "--storage-option", f"GOOGLE_SERVICE_ACCOUNT_KEY={secrets[1]}"]
+               "--storage-option", f"GOOGLE_SERVICE_ACCOUNT_KEY={secrets[1]}",
+               "--storage-option", f"GOOGLE_SERVICE_ACCOUNT={secrets[2]}"]
     lake_dir = str(tmp_path / "lake")
     # Output and logs of a run, of lineage (commit metadata and the runs table), and of a failure.
     outputs = [_cli("ingest", f"gs://{src}/", "--lake", lake_dir, "--json", *options, env=gcs.env),
@@ -82,4 +83,5 @@ def test_gcs_credentials_never_reach_output_tables_or_logs(gcs, tmp_path):
             assert CANARY.encode() not in path.read_bytes(), path
     # The redaction the CLI applies knows both as secrets.
     assert CANARY not in redact(" ".join(secrets), {"GOOGLE_APPLICATION_CREDENTIALS": secrets[0],
-                                                      "GOOGLE_SERVICE_ACCOUNT_KEY": secrets[1]})
+                                                      "GOOGLE_SERVICE_ACCOUNT_KEY": secrets[1],
+                                                      "GOOGLE_SERVICE_ACCOUNT": secrets[2]})
