@@ -225,7 +225,7 @@ _OPTIONS = {
     "s3": ("aws_", {"access_key_id": "access_key", "secret_access_key": "secret_key",
                     "session_token": "session_token", "token": "session_token", "region": "region",
                     "endpoint": "endpoint_override", "endpoint_url": "endpoint_override"}),
-    "gs": ("google_", {"endpoint": "endpoint_override", "endpoint_url": "endpoint_override"}),
+    "gs": ("google_", {}),  # see _gcs_arguments
     "az": ("azure_", {"storage_account_name": "account_name", "storage_account_key": "account_key",
                       "storage_sas_token": "sas_token", "client_id": "client_id",
                       "client_secret": "client_secret", "tenant_id": "tenant_id"}),
@@ -235,7 +235,7 @@ _SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure
 _ENV_PREFIXES = ("AWS_", "AZURE_", "GOOGLE_")
 # Option names whose values are secrets: never printed, logged or stored (see `redact`).
 _SECRET_WORDS = ("SECRET", "TOKEN", "PASSWORD", "ACCOUNT_KEY", "ACCESS_KEY", "SAS", "CONNECTION_STRING",
-                 "CREDENTIAL", "CLIENT_SECRET", "SERVICE_ACCOUNT_KEY", "MASTER_KEY")
+                 "CREDENTIAL", "CLIENT_SECRET", "SERVICE_ACCOUNT", "MASTER_KEY")  # GOOGLE_SERVICE_ACCOUNT[_KEY|_PATH]
 
 
 def storage_scheme(url: str) -> str | None:
@@ -360,12 +360,14 @@ def _filesystem(url: str, storage_options: Mapping[str, str] | None) -> tuple[pa
         container, _, host = container.partition("@")  # abfss://container@account.dfs.core.windows.net/key
         rest = f"{container}/{key}"
         args = _azure_arguments(url, dict(args), host.split(".")[0], given)
+    if kind == "gs":
+        args = _gcs_arguments(given)
     allow_http = given.get(prefix + "allow_http", given.get("allow_http", "false")).lower() == "true"
     return _cached_filesystem(kind, args, allow_http), rest
 
 
 @functools.lru_cache(maxsize=32)
-def _cached_filesystem(kind: str, args: tuple[tuple[str, str], ...], allow_http: bool) -> pafs.FileSystem:
+def _cached_filesystem(kind: str, args: tuple[tuple[str, str | bool], ...], allow_http: bool) -> pafs.FileSystem:
     # One client per configuration and process: a kernel reads thousands of objects.
     options = dict(args)
     if kind == "s3":
@@ -414,6 +416,24 @@ def _azure_arguments(url: str, args: dict[str, str], url_account: str,
             blob = dfs = host  # path-style (an emulator): pyarrow puts the account in the path
         args.update(blob_storage_authority=blob, dfs_storage_authority=dfs,
                     blob_storage_scheme=scheme.lower(), dfs_storage_scheme=scheme.lower())
+    return tuple(sorted(args.items()))
+
+
+def _gcs_arguments(given: Mapping[str, str]) -> tuple[tuple[str, str | bool], ...]:
+    """pyarrow's GcsFileSystem arguments: an endpoint (delta-rs' `GOOGLE_BASE_URL`, or
+    `GOOGLE_ENDPOINT_URL`; a GCS emulator's `http://127.0.0.1:4443`) as pyarrow's authority and
+    scheme, and `GOOGLE_SKIP_SIGNATURE=true` as anonymous access (public buckets, emulators).
+    Credentials otherwise come from Google's default chain, which reads
+    GOOGLE_APPLICATION_CREDENTIALS from the environment."""
+    args: dict[str, str | bool] = {}
+    endpoint = next((given[k] for k in ("google_base_url", "google_endpoint_url", "google_endpoint", "base_url")
+                     if given.get(k)), "")
+    if endpoint:
+        scheme, sep, rest = endpoint.partition("://")
+        args["endpoint_override"] = rest.split("/", 1)[0] if sep else endpoint
+        args["scheme"] = scheme.lower() if sep else "https"
+    if given.get("google_skip_signature", given.get("skip_signature", "")).lower() == "true":
+        args["anonymous"] = True
     return tuple(sorted(args.items()))
 
 
@@ -556,7 +576,7 @@ _HINTS = {
     "s3": ("AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN", ("AWS_ENDPOINT_URL",)),
     "az": ("AZURE_STORAGE_ACCOUNT_NAME / AZURE_STORAGE_ACCOUNT_KEY / AZURE_STORAGE_CONNECTION_STRING / "
            "AZURE_STORAGE_SAS_TOKEN", ("AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")),
-    "gs": ("GOOGLE_APPLICATION_CREDENTIALS / GOOGLE_SERVICE_ACCOUNT", ("GOOGLE_ENDPOINT_URL",)),
+    "gs": ("GOOGLE_APPLICATION_CREDENTIALS / GOOGLE_SERVICE_ACCOUNT", ("GOOGLE_BASE_URL", "GOOGLE_ENDPOINT_URL")),
 }
 
 
@@ -758,6 +778,11 @@ def remove_prefix(url: str, storage_options: Mapping[str, str] | None = None) ->
     if fs is not _LOCAL:
         with contextlib.suppress(FileNotFoundError):
             fs.delete_dir(path)
+        # Hadoop's ABFS (Spark on Azure Blob) marks a folder with an empty blob of the folder's
+        # own name, which a delete of the prefix leaves behind.
+        if fs.get_file_info(path.rstrip("/")).type == pafs.FileType.File:
+            with contextlib.suppress(FileNotFoundError):
+                fs.delete_file(path.rstrip("/"))
         return
     if os.path.isdir(path) and not os.path.islink(path):
         shutil.rmtree(path, ignore_errors=True)
@@ -803,9 +828,12 @@ def list_files(url: str, storage_options: Mapping[str, str] | None = None) -> It
         yield Listed(url, info.size, info.mtime_ns or 0)
         return
     # The store's paged LIST (one request per 1000 keys), not a walk of HEAD requests: one
-    # recursive listing per top-level prefix, so files stream out prefix by prefix.
-    for top in fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)):
-        if top.base_name.startswith("."):
+    # recursive listing per top-level prefix, so files stream out prefix by prefix. GCS: one
+    # recursive listing (pyarrow's one-level GCS listing can leave the sub-prefixes out).
+    tops = ([pafs.FileInfo(root, pafs.FileType.Directory)] if isinstance(fs, pafs.GcsFileSystem)
+            else fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)))
+    for top in tops:
+        if top.path != root and top.base_name.startswith("."):
             continue
         if top.type == pafs.FileType.File:
             yield Listed(base + top.path[len(root):], top.size, top.mtime_ns or 0)

@@ -58,8 +58,9 @@ def spark():
         # Delta replays its log with 50 tasks by default; test tables have a handful of commits.
         "spark.databricks.delta.snapshotPartitions": "2",
     }
-    # With S3A's jars (hadoop-aws + AWS SDK, warmed by spark_setup): one JVM serves local and S3 tests.
-    session = spark_session_builder("local[2]", conf, app_name="lakeimg-tests", object_stores=("s3",)).getOrCreate()
+    # With S3A's and ABFS' jars (hadoop-aws + AWS SDK, hadoop-azure; warmed by spark_setup): one JVM
+    # serves local, S3 and Azure tests.
+    session = spark_session_builder("local[2]", conf, app_name="lakeimg-tests", object_stores=("s3", "az")).getOrCreate()
     session.sparkContext.setLogLevel("ERROR")
     yield session
     session.stop()
@@ -87,4 +88,13 @@ def azurite():
     from object_stores import azurite_server
 
     with azurite_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def gcs():
+    """A GCS emulator (gcp-storage-emulator) on 127.0.0.1 for the whole run (see tests/object_stores.py)."""
+    from object_stores import gcs_server
+
+    with gcs_server() as server:
         yield server

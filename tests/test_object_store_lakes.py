@@ -305,3 +305,28 @@ def test_secrets_never_reach_tables_logs_lineage_or_output(store, tmp_path):
     assert all(secret not in o.stdout + o.stderr for o in outputs)
     for key in store.keys(bucket):  # every Delta log entry and data file of every table
         assert secret.encode() not in store.get(bucket, key), key
+
+
+def test_an_azure_connection_string_never_reaches_output_tables_or_logs(azurite, tmp_path):
+    """The account key inside a connection string (the form Azure tools hand out) is as secret
+    as the key itself: not in output, logs, lineage or any blob, also when the store refuses it."""
+    container = azurite.new_container()
+    lake_url = f"az://{container}/lake"
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a.jpg").write_bytes(jpeg(1))
+    env = {"AZURE_STORAGE_ACCOUNT_KEY": base64.b64encode(b"not-the-key").decode()}  # the option's string wins
+    wrong_key = base64.b64encode(CANARY.encode()).decode()
+    good, bad = azurite.connection_string, azurite.connection_string.replace(AZURITE_KEY, wrong_key)
+    outputs = [_cli("ingest", str(src), "--lake", lake_url, "--json", "--storage-option",
+                    f"AZURE_STORAGE_CONNECTION_STRING={good}", env=env),
+               _cli("lineage", "images", "--lake", lake_url, "--json", "--storage-option",
+                    f"AZURE_STORAGE_CONNECTION_STRING={good}", env=env),
+               _cli("ingest", str(src), "--lake", lake_url, "--storage-option", f"AZURE_STORAGE_CONNECTION_STRING={bad}",
+                    env=env)]
+    assert [o.returncode for o in outputs] == [0, 0, 10], [o.stderr for o in outputs]
+    for out in outputs:
+        text = out.stdout + out.stderr
+        assert AZURITE_KEY not in text and wrong_key not in text and "AccountKey=" not in text
+    for key in azurite.keys(container):
+        assert AZURITE_KEY.encode() not in azurite.get(container, key), key

@@ -90,6 +90,7 @@ def test_storage_conf_session_token_virtual_hosts_and_buckets():
     assert azure["spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net"] == "a2V5=="
     conn = "DefaultEndpointsProtocol=https;AccountName=other;AccountKey=c2Vj=;EndpointSuffix=core.windows.net"
     assert spark_storage_conf({}, environ={"AZURE_STORAGE_CONNECTION_STRING": conn}) == {
+        "spark.hadoop.fs.azure.account.auth.type.other.dfs.core.windows.net": "SharedKey",
         "spark.hadoop.fs.azure.account.key.other.dfs.core.windows.net": "c2Vj=",
         "spark.hadoop.fs.azure.account.key.other.blob.core.windows.net": "c2Vj=",
     }

@@ -7,10 +7,11 @@ way for delta-spark, for the CLI, tests and jobs to call `.getOrCreate()` on).
 Object stores: Spark reaches them through Hadoop's connectors (S3A for `s3://`, ABFS for
 Azure). This module owns what that takes: the connector jars at the Hadoop version pyspark
 bundles (`connector_packages`, added by `spark_session_builder(object_stores=...)`), the one
-mapping of lakeimg's URLs to the scheme Hadoop reads (`hadoop_path`: `s3://` -> `s3a://`; lakeimg
-keeps and reports the user's spelling), the translation of lakeimg's storage options into
-Hadoop settings (`spark_storage_conf`), and the check of delta-spark's LogStore on S3
-(`check_log_store`).
+mapping of lakeimg's URLs to the paths Hadoop reads (`hadoop_path`: `s3://` -> `s3a://`,
+`az://c/k` -> `abfs[s]://c@ACCOUNT.dfs.core.windows.net/k`; lakeimg keeps and reports the user's
+spelling), the translation of lakeimg's storage options into Hadoop settings
+(`spark_storage_conf`, `azure_settings`), and the check of delta-spark's LogStore on S3 and
+Azure (`check_log_store`).
 
 Example:
     >>> builder = spark_session_builder("local[2]", object_stores=["s3://bucket/lake"])  # doctest: +SKIP
@@ -27,7 +28,7 @@ import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
@@ -52,7 +53,8 @@ from lakeimg.storage import local_path_or_none, remove_prefix
 
 __all__ = [
     "spark_session_builder", "DELTA_SQL_CONF", "SparkEngine", "SparkStaged", "bundled_hadoop_version",
-    "connector_packages", "hadoop_path", "spark_storage_conf", "check_log_store", "local_python_conf", "jvm_output_to",
+    "connector_packages", "hadoop_path", "spark_storage_conf", "check_log_store", "azure_settings", "AzureSettings",
+    "local_python_conf", "jvm_output_to",
 ]
 
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
@@ -72,6 +74,10 @@ _CONNECTORS = {
     "abfs": ("abfs", "hadoop-azure"), "abfss": ("abfss", "hadoop-azure"), "az": ("abfss", "hadoop-azure"),
     "wasb": ("wasb", "hadoop-azure"), "wasbs": ("wasbs", "hadoop-azure"),
 }
+# Azurite's well-known development account (public, documented by Microsoft): what
+# AZURE_STORAGE_USE_EMULATOR=true means, as in delta-rs.
+_AZURITE_ACCOUNT = "devstoreaccount1"
+_AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 _S3A_TEMPORARY = "org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider"
 _S3A_SIMPLE = "org.apache.hadoop.fs.s3a.SimpleAWSCredentialsProvider"
 # delta-spark's LogStore for s3a when nothing is set: mutual exclusion inside one driver only.
@@ -88,23 +94,146 @@ _S3_UNSAFE_LOG_STORES = {
     for name in ("HDFSLogStore", "LocalLogStore", "AzureLogStore", "GCSLogStore")
 }
 
+# delta-spark's LogStore for abfs[s] (and wasb[s], adl) when nothing is set: a rename that
+# never overwrites (atomic on ADLS Gen2).
+_AZURE_DEFAULT_LOG_STORE = "io.delta.storage.AzureLogStore"
+_AZURE_SAFE_LOG_STORES = {
+    _AZURE_DEFAULT_LOG_STORE, "org.apache.spark.sql.delta.storage.AzureLogStore",
+    "io.delta.storage.HDFSLogStore", "org.apache.spark.sql.delta.storage.HDFSLogStore",  # FileContext's rename
+}
+_AZURE_UNSAFE_LOG_STORES = {
+    f"{package}.{name}"
+    for package in ("io.delta.storage", "org.apache.spark.sql.delta.storage")
+    for name in ("LocalLogStore", "S3SingleDriverLogStore", "S3DynamoDBLogStore", "GCSLogStore")
+}
+
 
 def _scheme(url: str) -> str:
     head, sep, _ = url.partition("://")
     return head.lower() if sep else url.lower()
 
 
-def hadoop_path(url: str) -> str:
-    """The path Spark's Hadoop file systems read for a lakeimg URL: the one place `s3://`
-    becomes `s3a://` (Hadoop 3 has no `s3://` file system). Other URLs and local paths are
-    unchanged; lakeimg records and reports the user's own spelling.
+def hadoop_path(url: str, storage_options: Mapping[str, str] | None = None, *,
+                environ: Mapping[str, str] | None = None) -> str:
+    """The path Spark's Hadoop file systems read for a lakeimg URL: the one place lakeimg's
+    spellings become Hadoop's. `s3://` becomes `s3a://` (Hadoop 3 has no `s3://` file system);
+    `az://container/key` becomes ABFS' `abfss://container@ACCOUNT.dfs.SUFFIX/key`, the account
+    (and a sovereign cloud's suffix) taken from the storage options (`azure_settings`), and
+    `abfs://` over an `http://` endpoint (an emulator such as Azurite). Other URLs and local
+    paths are unchanged; lakeimg records and reports the user's own spelling.
+
+    Raises:
+        SpecError: an `az://` URL and no Azure account in the options or the environment.
 
     Example:
         >>> hadoop_path("s3://bucket/lake/images"), hadoop_path("/data/lake/images")
         ('s3a://bucket/lake/images', '/data/lake/images')
+        >>> hadoop_path("az://photos/lake", {"AZURE_STORAGE_ACCOUNT_NAME": "acct"}, environ={})
+        'abfss://photos@acct.dfs.core.windows.net/lake'
+        >>> hadoop_path("az://photos/lake", {"AZURE_STORAGE_ACCOUNT_NAME": "devstoreaccount1",
+        ...     "AZURE_STORAGE_ENDPOINT": "http://127.0.0.1:10000/devstoreaccount1"}, environ={})
+        'abfs://photos@devstoreaccount1.dfs.core.windows.net/lake'
     """
     head, sep, rest = url.partition("://")
-    return f"s3a://{rest}" if sep and head.lower() in ("s3", "s3n") else url
+    scheme = head.lower()
+    if not sep:
+        return url
+    if scheme in ("s3", "s3n"):
+        return f"s3a://{rest}"
+    if scheme not in ("az", "azure", "abfs", "abfss", "adl"):
+        return url
+    authority, slash, key = rest.partition("/")
+    container, at, host = authority.partition("@")
+    settings = azure_settings(storage_options, environ=environ, account=host.split(".")[0] if at else None)
+    if settings is None:
+        raise SpecError(f"{url}: no Azure storage account for Spark (set AZURE_STORAGE_ACCOUNT_NAME or "
+                        "AZURE_STORAGE_CONNECTION_STRING, or use abfss://container@account.dfs.core.windows.net/)")
+    if at and scheme in ("abfs", "abfss") and not settings.emulator:
+        return url  # already Hadoop's spelling
+    return f"{'abfs' if settings.http else 'abfss'}://{container}@{settings.host}{slash}{key}"
+
+
+class AzureSettings(NamedTuple):
+    """What Spark's ABFS connector needs for one Azure account (see `azure_settings`)."""
+
+    account: str
+    host: str  # ACCOUNT.dfs.SUFFIX: the host in ABFS URLs and in per-account setting names
+    key: str | None  # the shared key (a secret)
+    endpoint: str | None  # host:port of a path-style endpoint (an emulator), else None
+    http: bool  # the endpoint is plain HTTP
+
+    @property
+    def emulator(self) -> bool:
+        return self.endpoint is not None
+
+
+def azure_settings(storage_options: Mapping[str, str] | None = None, *, environ: Mapping[str, str] | None = None,
+                   account: str | None = None) -> AzureSettings | None:
+    """The Azure account, key and endpoint lakeimg's options name, as ABFS needs them (None:
+    no account). Options over the environment, like delta-rs: AZURE_STORAGE_ACCOUNT_NAME,
+    AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_CONNECTION_STRING (its AccountName, AccountKey
+    and BlobEndpoint), AZURE_STORAGE_ENDPOINT (a sovereign cloud's `https://acct.blob.SUFFIX`
+    or an emulator's path-style `http://127.0.0.1:10000/devstoreaccount1`) and
+    AZURE_STORAGE_USE_EMULATOR (Azurite's default endpoint and account).
+
+    Example:
+        >>> azure_settings({"AZURE_STORAGE_USE_EMULATOR": "true"}, environ={}).endpoint
+        '127.0.0.1:10000'
+    """
+    options = dict(storage_options or {})
+    env = os.environ if environ is None else environ
+    key = _option(options, env, "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_MASTER_KEY")
+    named = _option(options, env, "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT")
+    endpoint = _option(options, env, "AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")
+    connection = _option(options, env, "AZURE_STORAGE_CONNECTION_STRING")
+    if connection:
+        fields = _connection_string(connection)
+        named, key = named or fields.get("accountname"), key or fields.get("accountkey")
+        endpoint = endpoint or fields.get("blobendpoint")
+    if (_option(options, env, "AZURE_STORAGE_USE_EMULATOR", "AZURE_USE_EMULATOR") or "").lower() == "true":
+        named = named or _AZURITE_ACCOUNT
+        key = key or _AZURITE_KEY
+        endpoint = endpoint or f"http://127.0.0.1:10000/{named}"
+    account = account or named
+    if not account:
+        return None
+    suffix, path_style = "core.windows.net", None
+    if endpoint:
+        scheme, _, rest = endpoint.partition("://")
+        authority = rest.split("/", 1)[0]
+        if authority.lower().startswith(account.lower() + ".") and ".blob." in authority:
+            suffix = authority.split(".blob.", 1)[1]  # https://acct.blob.core.chinacloudapi.cn
+        else:
+            path_style = authority  # an emulator: the account is the URL's first path segment
+        http = scheme.lower() == "http"
+    else:
+        http = False
+    return AzureSettings(account, f"{account}.dfs.{suffix}", key, path_style, http)
+
+
+def _azure_conf(settings: AzureSettings) -> dict[str, str]:
+    """ABFS' per-account settings (`fs.azure.*.<host>`) for `settings`; plain HTTP is the one
+    setting ABFS reads for every account (`fs.azure.always.use.https`), and it only lets
+    `abfs://` URLs (which `hadoop_path` gives for an http endpoint only) go over HTTP."""
+    conf = {}
+    if settings.key:
+        conf["fs.azure.account.auth.type"] = "SharedKey"
+        conf["fs.azure.account.key"] = settings.key
+    if settings.emulator:
+        conf.update({
+            "fs.azure.abfs.endpoint": settings.endpoint,
+            # Azurite speaks the Blob API only: ABFS' Blob client, and no hierarchical namespace.
+            "fs.azure.fns.account.service.type": "BLOB",
+            "fs.azure.ingress.service.type": "BLOB",
+            "fs.azure.account.hns.enabled": "false",
+            "fs.azure.networking.library": "JDK_HTTP_URL_CONNECTION",
+        })
+    out = {f"spark.hadoop.{k}.{settings.host}": v for k, v in conf.items()}
+    if settings.key:  # wasb[s]:// reads the key under the account's blob host
+        out[f"spark.hadoop.fs.azure.account.key.{settings.host.replace('.dfs.', '.blob.', 1)}"] = settings.key
+    if settings.http:
+        out["spark.hadoop.fs.azure.always.use.https"] = "false"
+    return out
 
 
 def bundled_hadoop_version(jars_dir: str | None = None) -> str:
@@ -195,14 +324,18 @@ def spark_storage_conf(
     Options use delta-rs' keys, which are the standard variables' names (AWS_ACCESS_KEY_ID,
     AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_REGION, AWS_ENDPOINT_URL, AWS_ALLOW_HTTP,
     AWS_VIRTUAL_HOSTED_STYLE_REQUEST, AZURE_STORAGE_ACCOUNT_NAME, AZURE_STORAGE_ACCOUNT_KEY,
-    AZURE_STORAGE_CONNECTION_STRING); a key missing from `storage_options` is taken from
+    AZURE_STORAGE_CONNECTION_STRING, AZURE_STORAGE_ENDPOINT, AZURE_STORAGE_USE_EMULATOR); a key missing from `storage_options` is taken from
     `environ` (default: the process environment). With `bucket`, the S3A settings are that
     bucket's own (`fs.s3a.bucket.<bucket>.*`), leaving other buckets as the session has them.
 
     - a custom endpoint (MinIO, R2, a test server) turns on path-style access unless
       AWS_VIRTUAL_HOSTED_STYLE_REQUEST is true, and an `http://` endpoint turns TLS off;
     - an access key pair selects S3A's simple credentials provider, plus a session token
-      the temporary one; without keys S3A keeps its default chain (instance roles, profiles).
+      the temporary one; without keys S3A keeps its default chain (instance roles, profiles);
+    - Azure (`azure_settings`): the account's shared key, per account
+      (`fs.azure.account.key.ACCOUNT.dfs.core.windows.net`); an emulator's path-style endpoint
+      (Azurite) adds ABFS' endpoint override, its Blob-API client and no hierarchical namespace
+      for that account, and an `http://` endpoint allows HTTP for `abfs://` URLs.
 
     The values hold secrets: pass them to a running session (`spark.conf.set`, what
     `SparkEngine` does), never to a session builder, whose settings reach the `spark-submit`
@@ -223,8 +356,12 @@ def spark_storage_conf(
         >>> spark_storage_conf({"aws_session_token": "t"}, environ={"AWS_ACCESS_KEY_ID": "k",
         ...     "AWS_SECRET_ACCESS_KEY": "s"}, bucket="b")["spark.hadoop.fs.s3a.bucket.b.aws.credentials.provider"]
         'org.apache.hadoop.fs.s3a.TemporaryAWSCredentialsProvider'
-        >>> spark_storage_conf({"AZURE_STORAGE_CONNECTION_STRING": "AccountName=acct;AccountKey=k=="}, environ={})
-        {'spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net': 'k==', 'spark.hadoop.fs.azure.account.key.acct.blob.core.windows.net': 'k=='}
+        >>> for k, v in sorted(spark_storage_conf({"AZURE_STORAGE_CONNECTION_STRING": "AccountName=acct;AccountKey=k=="},
+        ...                                        environ={}).items()):
+        ...     print(k, "=", v)
+        spark.hadoop.fs.azure.account.auth.type.acct.dfs.core.windows.net = SharedKey
+        spark.hadoop.fs.azure.account.key.acct.blob.core.windows.net = k==
+        spark.hadoop.fs.azure.account.key.acct.dfs.core.windows.net = k==
         >>> spark_storage_conf({}, environ={})
         {}
     """
@@ -253,15 +390,9 @@ def spark_storage_conf(
     prefix = f"spark.hadoop.fs.s3a.bucket.{bucket}." if bucket else "spark.hadoop.fs.s3a."
     conf = {prefix + k: v for k, v in s3a.items()}
 
-    account = _option(options, env, "AZURE_STORAGE_ACCOUNT_NAME")
-    account_key = _option(options, env, "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY")
-    connection = _option(options, env, "AZURE_STORAGE_CONNECTION_STRING")
-    if connection and not account_key:
-        fields = _connection_string(connection)
-        account, account_key = account or fields.get("accountname"), fields.get("accountkey")
-    if account and account_key:
-        for host in ("dfs", "blob"):  # abfs[s]:// and wasb[s]:// read the key under their host names
-            conf[f"spark.hadoop.fs.azure.account.key.{account}.{host}.core.windows.net"] = account_key
+    azure = azure_settings(options, environ=env)
+    if azure is not None and (azure.key or azure.emulator):
+        conf.update(_azure_conf(azure))
     return conf
 
 
@@ -273,28 +404,43 @@ def check_log_store(spark, lake: str) -> str | None:
     a check-then-PUT rather than S3's conditional PUT. That is safe for lakeimg's runs (one
     driver commits a table's versions in order) but not for two drivers, or a driver and the
     embedded engine, committing to one table at the same time. A rename- or local-file-based
-    store (HDFSLogStore, LocalLogStore, ...) is never safe on S3 and is refused; a class
-    lakeimg does not know is allowed with a warning. Returns the store's class (None for a
-    local lake, where delta-spark's default is atomic rename).
+    store (HDFSLogStore, LocalLogStore, ...) is never safe on S3 and is refused.
+
+    On Azure (`az://`, Spark's `abfs[s]://`) the default is `AzureLogStore`: a rename that
+    must not overwrite. ABFS makes that rename atomic on ADLS Gen2 (hierarchical namespace);
+    on a Blob Storage account without it Delta supports one writing driver per table.
+    `LocalLogStore` and the S3 stores are refused there.
+
+    A class lakeimg does not know is allowed with a warning. Returns the store's class (None
+    for a local lake, where delta-spark's default is atomic rename).
 
     Example:
         >>> check_log_store(None, "/data/lake") is None
         True
     """
-    if _scheme(lake) not in ("s3", "s3a", "s3n"):
+    scheme = _scheme(lake)
+    if scheme in ("s3", "s3a", "s3n"):
+        keys, default, safe, unsafe, store_name = ("s3a",), _S3_DEFAULT_LOG_STORE, _S3_SAFE_LOG_STORES, _S3_UNSAFE_LOG_STORES, "S3"
+        advice = (f"unset spark.delta.logStore.* to use {_S3_DEFAULT_LOG_STORE} (one writing driver per table) or use "
+                  "io.delta.storage.S3DynamoDBLogStore")
+    elif scheme in ("az", "azure", "abfs", "abfss", "adl"):
+        keys, default, safe, unsafe, store_name = ("abfss", "abfs"), _AZURE_DEFAULT_LOG_STORE, _AZURE_SAFE_LOG_STORES, \
+            _AZURE_UNSAFE_LOG_STORES, "Azure"
+        advice = f"unset spark.delta.logStore.* to use {_AZURE_DEFAULT_LOG_STORE}"
+    else:
         return None
     conf = spark.conf
-    store = conf.get("spark.delta.logStore.s3a.impl", None) or conf.get("spark.delta.logStore.class", None)
-    store = (store or _S3_DEFAULT_LOG_STORE).strip()
-    if store in _S3_UNSAFE_LOG_STORES:
+    store = next((conf.get(f"spark.delta.logStore.{k}.impl", None) for k in keys
+                  if conf.get(f"spark.delta.logStore.{k}.impl", None)), None)
+    store = (store or conf.get("spark.delta.logStore.class", None) or default).strip()
+    if store in unsafe:
         raise SpecError(
-            f"delta-spark's LogStore {store} is not safe on S3 (it relies on an atomic rename or a local "
-            f"file system, so concurrent commits can overwrite each other); unset spark.delta.logStore.* to use "
-            f"{_S3_DEFAULT_LOG_STORE} (one writing driver per table) or use io.delta.storage.S3DynamoDBLogStore"
+            f"delta-spark's LogStore {store} is not safe on {store_name} (it relies on an atomic rename, a local file "
+            f"system or another store's semantics, so concurrent commits can overwrite each other); {advice}"
         )
-    if store not in _S3_SAFE_LOG_STORES:
+    if store not in safe:
         warnings.warn(
-            f"delta-spark's LogStore {store} on {lake}: lakeimg cannot tell whether it makes S3 commits "
+            f"delta-spark's LogStore {store} on {lake}: lakeimg cannot tell whether it makes {store_name} commits "
             "exclusive; two writers committing at once may lose a version",
             stacklevel=2,
         )
@@ -441,7 +587,7 @@ class SparkStaged:
     def _frame(self, part: str):
         from pyspark.sql import functions as F
 
-        df = self.engine.spark.read.parquet(hadoop_path(self.location))
+        df = self.engine.spark.read.parquet(self.engine.hadoop(self.location))
         rejected = F.col("error_class").isNotNull() if "error_class" in self.schema.names else F.lit(False)
         held = F.coalesce(F.col(self.held_column), F.lit(False)) if self.held_column else F.lit(False)
         return df.where({"rejects": rejected, "held": ~rejected & held, "output": ~rejected & ~held}[part])
@@ -511,25 +657,36 @@ class SparkEngine:
         self._configure_store()
 
     def _configure_store(self) -> None:
-        """Set the lake's bucket's S3A settings on the session (a session setting reaches the
-        Hadoop configuration of every read and write it runs, on the executors too)."""
-        if _scheme(self.lake) not in ("s3", "s3a", "s3n"):
+        """Set the lake's bucket's S3A settings, or its Azure account's ABFS settings, on the
+        session (a session setting reaches the Hadoop configuration of every read and write it
+        runs, on the executors too)."""
+        scheme = _scheme(self.lake)
+        if scheme in ("s3", "s3a", "s3n"):
+            bucket = self.lake.partition("://")[2].split("/", 1)[0]
+            wanted = "spark.hadoop.fs.s3a."
+        elif scheme in ("az", "azure", "abfs", "abfss", "adl"):
+            bucket, wanted = None, "spark.hadoop.fs.azure."
+            hadoop_path(self.lake, self.storage_options)  # no account: a SpecError now, not a JVM error later
+        else:
             return
-        bucket = self.lake.partition("://")[2].split("/", 1)[0]
         for key, value in spark_storage_conf(self.storage_options, bucket=bucket).items():
-            if key.startswith("spark.hadoop.fs.s3a."):
+            if key.startswith(wanted):
                 self.spark.conf.set(key[len("spark.hadoop."):], value)
+
+    def hadoop(self, url: str) -> str:
+        """`url` (in the lake, or a staged file) as Spark's Hadoop file systems read it."""
+        return hadoop_path(url, self.storage_options)
 
     def _path(self, name: str) -> str:
         """A table's location as Spark's Hadoop file systems read it (`hadoop_path`)."""
-        return hadoop_path(self.location(name))
+        return self.hadoop(self.location(name))
 
     def _user_spelling(self, path: str) -> str:
-        """A path Spark reports (`s3a://...`) in the lake's own spelling (`s3://...`)."""
-        lake_scheme = self.lake.partition("://")[0]
-        hadoop_scheme = hadoop_path(self.lake).partition("://")[0]
-        if lake_scheme != hadoop_scheme and path.startswith(hadoop_scheme + "://"):
-            return lake_scheme + path[len(hadoop_scheme):]
+        """A path Spark reports (`s3a://...`, `abfs://c@acct.dfs.core.windows.net/...`) in the
+        lake's own spelling (`s3://...`, `az://c/...`)."""
+        hadoop_lake = self.hadoop(self.lake).rstrip("/")
+        if hadoop_lake != self.lake and (path == hadoop_lake or path.startswith(hadoop_lake + "/")):
+            return self.lake.rstrip("/") + path[len(hadoop_lake):]
         return path
 
     def close(self) -> None:
@@ -754,13 +911,13 @@ class SparkEngine:
         if write.rows is not None and write.rows.num_rows:
             parts.append(self.conform(write.rows, contract))
         if write.files:
-            parts.append(self.conform(self.spark.read.parquet(*map(hadoop_path, write.files)), contract))
+            parts.append(self.conform(self.spark.read.parquet(*map(self.hadoop, write.files)), contract))
         uris = set(write.replace)
         if write.mode == "replace" and parts:
             keys = [write.staged.keys() if write.staged is not None else None, write.rows]
             uris.update(u for k in keys if k is not None for u in k["uri"].to_pylist())
             if write.files:
-                uris.update(r[0] for r in self.spark.read.parquet(*map(hadoop_path, write.files)).select("uri").distinct().collect())
+                uris.update(r[0] for r in self.spark.read.parquet(*map(self.hadoop, write.files)).select("uri").distinct().collect())
         before = self.version(name)
         if before is not None and write.mode != "overwrite":  # an overwrite replaces the schema itself
             self._add_missing_columns(name, contract, write.metadata)
@@ -835,7 +992,7 @@ class SparkEngine:
         staged = SparkStaged(self, location, stage.output_schema, stage.held)
         try:
             frame.repartition(partitions).mapInArrow(kernel, _struct_of(stage.output_schema)).write.mode("overwrite").parquet(
-                hadoop_path(location)
+                self.hadoop(location)
             )
         except BaseException:
             staged.discard()

@@ -1,14 +1,15 @@
 """Warm the Ivy cache with the jars lakeimg's Spark sessions use: `python -m lakeimg.engine.spark_setup`.
 
 Starts a local Spark session built by `spark_session_builder` (which resolves delta-spark's
-Maven artifact and, for S3, `hadoop-aws` at pyspark's Hadoop version with its AWS SDK, through
+Maven artifact and, for S3 and Azure, `hadoop-aws` (with its AWS SDK) and `hadoop-azure` at
+pyspark's Hadoop version, through
 `spark.jars.packages` into `~/.ivy2`), runs one tiny Delta write and read to prove the jars
-work, checks that Hadoop finds the S3A file system, and stops the session. CI and the Docker
+work, checks that Hadoop finds the S3A and ABFS file systems, and stops the session. CI and the Docker
 image run it once at install time so tests and jobs never race to download jars.
 
 Example:
     $ python -m lakeimg.engine.spark_setup
-    delta-spark ready: io.delta:delta-spark_4.2_2.13:4.4.1,org.apache.hadoop:hadoop-aws:3.5.0 (Spark 4.2.0)
+    delta-spark ready: io.delta:delta-spark_4.2_2.13:4.4.1,org.apache.hadoop:hadoop-aws:3.5.0,org.apache.hadoop:hadoop-azure:3.5.0 (Spark 4.2.0)
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import sys
 import tempfile
 
 # The object stores whose connectors are warmed (what the test suite's session loads).
-OBJECT_STORES = ("s3",)
-_FILE_SYSTEMS = {"s3": "s3a"}
+OBJECT_STORES = ("s3", "az")
+_FILE_SYSTEMS = {"s3": "s3a", "az": "abfs"}
 
 
 def warm_up(master: str = "local[1]", object_stores: tuple[str, ...] = OBJECT_STORES) -> str:
@@ -26,7 +27,7 @@ def warm_up(master: str = "local[1]", object_stores: tuple[str, ...] = OBJECT_ST
 
     Example:
         >>> warm_up()  # doctest: +SKIP
-        'io.delta:delta-spark_4.2_2.13:4.4.1,org.apache.hadoop:hadoop-aws:3.5.0'
+        'io.delta:delta-spark_4.2_2.13:4.4.1,org.apache.hadoop:hadoop-aws:3.5.0,org.apache.hadoop:hadoop-azure:3.5.0'
     """
     from lakeimg.engine.spark import spark_session_builder
 
