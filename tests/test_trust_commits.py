@@ -81,10 +81,11 @@ def test_a_failed_run_never_undoes_what_another_writer_committed(tmp_path, monke
     # The other writer's 40 rows are all there, its run succeeded, and mine is recorded failed.
     assert {Path(uri_to_path(u)).parent for u in _uris(lake, "images")} >= {theirs}
     assert sum(Path(uri_to_path(u)).parent == theirs for u in _uris(lake, "images")) == 40
-    # (the other writer found my rejects commit without a runs row and recorded it incomplete;
-    # my own row, written after, wins)
+    # The other writer found my rejects commit without a runs row, saw my run alive (its staging
+    # claim held) and left the row to me: no `incomplete` row for a run that was still going.
     status = {run_id: r["status"] for run_id, r in run_records(LocalEngine(lake.path)).items()}
     assert status[failed.value.run_id] == "failed"
+    assert "incomplete" not in lake.read("_lakeimg/runs", columns=["status"])["status"].to_pylist()
     assert list(status.values()).count("succeeded") == (2 if not new_lake else 1)
     # The next run of mine completes the work.
     summary = lake.ingest([str(mine)], workers=0)

@@ -29,7 +29,7 @@ import weakref
 from lakeimg.engine.layout import staging_root
 from lakeimg.storage import delete_file, remove_prefix
 
-__all__ = ["StagingClaim", "claim_staging", "remove_stale_staging", "STAGING_FOLDER"]
+__all__ = ["StagingClaim", "claim_staging", "remove_stale_staging", "staging_is_live", "STAGING_FOLDER"]
 
 STAGING_FOLDER = os.path.join("_lakeimg", "staging")
 GRACE_HOURS = 24.0
@@ -98,6 +98,32 @@ def _newest_mtime(path: str) -> float:
             with contextlib.suppress(OSError):
                 newest = max(newest, os.lstat(os.path.join(folder, name)).st_mtime)
     return newest
+
+
+def staging_is_live(lake: str, run_id: str) -> bool:
+    """Whether a run on this machine still holds its staging claim (it is running).
+
+    Example:
+        >>> import tempfile
+        >>> lake = tempfile.mkdtemp()
+        >>> claim = claim_staging(lake, "0123abcd")
+        >>> staging_is_live(lake, "0123abcd"), staging_is_live(lake, "feedbeef")
+        (True, False)
+        >>> claim.release()
+    """
+    import fcntl
+
+    try:
+        handle = open(os.path.join(_staging_root(lake), f"{run_id}.lock"))  # noqa: SIM115
+    except OSError:
+        return False
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        _close(handle)  # closing drops a lock this probe took
+    return False
 
 
 def remove_stale_staging(lake: str, *, grace_hours: float = GRACE_HOURS) -> list[str]:

@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 
 from lakeimg._version import __version__
+from lakeimg.engine.staging import staging_is_live
 from lakeimg.errors import PartialRunError
 from lakeimg.schemas import table_contract
 from lakeimg.tables import RUNS_TABLE, RunRecord, utc_now
@@ -32,7 +33,9 @@ def record_unfinished_runs(engine: Any, tables: Sequence[str], *, current_run_id
     A run killed between its commits leaves data committed (each commit correct on its own)
     and no runs row; its commits still carry its record in their `userMetadata`. This finds
     them among the tables' recent commits and records them, so history and lineage say what
-    happened. `engine` is a `LocalEngine`; returns the run ids recorded.
+    happened. A run that still holds its staging claim is alive (committing its other tables
+    right now) and is left to write its own row. `engine` is a `LocalEngine`; returns the run
+    ids recorded.
 
     Example:
         >>> from lakeimg.engine.delta_rs import LocalEngine
@@ -49,6 +52,9 @@ def record_unfinished_runs(engine: Any, tables: Sequence[str], *, current_run_id
             meta = entry.get("lakeimg")
             run_id = meta.get("run_id") if isinstance(meta, dict) else None
             if not run_id or run_id in known or run_id == current_run_id or meta.get("job") not in ("ingest", "transform"):
+                continue
+            if run_id not in found and staging_is_live(engine.lake, run_id):
+                known.add(run_id)
                 continue
             outputs = found.setdefault(run_id, {"meta": meta, "outputs": {}})["outputs"]
             outputs[table] = max(outputs.get(table, -1), int(entry["version"]))
