@@ -43,7 +43,7 @@ from lakeimg.engine.layout import require_lake, tables_in
 from lakeimg.engine.spark import spark_session_builder
 from lakeimg.errors import SpecError, TableNotFoundError
 from lakeimg.fluent import TableBuilder
-from lakeimg.jobs.export import export_table
+from lakeimg.jobs.export import ExportLayout, export_table
 from lakeimg.jobs.ingest import IngestSummary, ingest_files
 from lakeimg.jobs.regions import read_region
 from lakeimg.jobs.transform import TransformSummary, transform_table
@@ -180,10 +180,17 @@ class Lake:
 
     def export(
         self, table: str, out: str | os.PathLike[str], *, format: ExportFormat = "png", version: VersionLike = None,
-        quality: int = 90,
+        quality: int = 90, layout: ExportLayout = "flat", where: str | None = None, overwrite: bool = False,
+        pages: Literal["first", "all"] = "first", metadata: bool = True,
     ) -> dict[str, Any]:
-        """Write every image of `table@version` into the folder `out` as files; returns a summary."""
-        return export_table(self.path, table, out, fmt=format, version=version, quality=quality, engine=self._local)
+        """Write the images of `table@version` into the folder `out` as files; returns a summary.
+
+        `layout` "flat", "label" (`out/<label>/...`) or "source" (the source tree), `where` a
+        condition over the table's columns, `pages="all"` every page of multi-page images, plus
+        `out/metadata.csv`; existing files are refused unless `overwrite` (see `jobs.export.export_table`).
+        """
+        return export_table(self.path, table, out, fmt=format, version=version, quality=quality, engine=self._local,
+                            layout=layout, where=where, overwrite=overwrite, pages=pages, metadata=metadata)
 
     def jobs_engine(self) -> Engine:
         """The engine jobs run on: the lake's `LocalEngine`, or its SparkEngine (`spark_engine`)."""
