@@ -102,13 +102,14 @@ def test_metadata_sets_labels_and_attributes_and_a_changed_file_relabels_without
 
 def test_metadata_with_a_uri_column_of_absolute_paths_and_uris(tmp_path, photos):
     lake = Lake(tmp_path / "lake")
-    meta = tmp_path / "labels.jsonl"
+    meta = photos / "labels.jsonl"  # among the images, as imagefolder keeps it: not ingested itself
     meta.write_text(json.dumps({"uri": str(photos / "cats" / "a.png"), "label": "x", "tags": ["a", "b"]}) + "\n"
                     + json.dumps({"uri": (photos / "dogs" / "c.png").as_uri(), "label": "y"}) + "\n")
     lake.ingest([str(photos)], workers=0, metadata=str(meta))
     rows = _rows(lake)
     assert (rows["cats/a.png"]["label"], rows["dogs/c.png"]["label"], rows["cats/b.png"]["label"]) == ("x", "y", None)
     assert rows["cats/a.png"]["attributes"] == {"tags": '["a", "b"]'}
+    assert "labels.jsonl" not in rows and lake.read("images_rejects").num_rows == 0
     # SQL reads the map like any column
     assert lake.sql("SELECT count(*) AS n FROM images WHERE attributes['tags'] IS NOT NULL").to_pylist() == [{"n": 1}]
 
@@ -202,3 +203,21 @@ def test_cli_metadata_and_relabel(tmp_path, photos):
     assert _rows(Lake(lake))["cats/a.png"]["attributes"] == {"quality": "1"}
     bad = run_cli("ingest", str(photos), "--lake", str(lake), "--relabel")
     assert bad.returncode == 2 and "lakeimg: error:" in bad.stderr
+
+
+@pytest.mark.spark
+@pytest.mark.slow  # two Spark ingests
+def test_metadata_and_relabel_on_the_spark_engine(spark, tmp_path, photos):
+    lake = Lake(tmp_path / "lake", engine="spark", spark=spark)
+    meta = tmp_path / "m.csv"
+    meta.write_text("file_name,label,split\ncats/a.png,tabby,train\n")
+    first = lake.ingest([str(photos)], metadata=str(meta))
+    assert first.added == 4
+    meta.write_text("file_name,label,split\ncats/a.png,siamese,test\n")
+    changed = lake.ingest([str(photos)], metadata=str(meta), label_from_path="parent", relabel=True)
+    assert (changed.relabeled, changed.updated, changed.added) == (4, 0, 0)
+    rows = _rows(lake)
+    assert {k: r["label"] for k, r in rows.items()} == {"cats/a.png": "siamese", "cats/b.png": "cats",
+                                                        "dogs/c.png": "dogs", "dogs/sub/d.png": "sub"}
+    assert rows["cats/a.png"]["attributes"] == {"split": "test"} and rows["cats/b.png"]["attributes"] is None
+    assert lake.verify("images").ok

@@ -329,7 +329,9 @@ def plan_run(
     """List the sources and compare them with the tables: what to read, what vanished, and
     which unchanged images get a new label or attributes."""
     validate_name("target table", table)
-    listing = list_sources(sources, exclude=[lake], label_from_path=label_from_path,
+    # The lake, and a metadata file kept among the images (imagefolder's metadata.csv), are not images.
+    exclude = [lake, *([metadata.source] if metadata is not None else [])]
+    listing = list_sources(sources, exclude=exclude, label_from_path=label_from_path,
                            storage_options=dict(options.storage))
     if metadata is not None:
         listing = _with_metadata(listing, metadata)
