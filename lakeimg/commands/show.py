@@ -29,11 +29,8 @@ def add_parser(subparsers) -> None:
 def run(args) -> int:
     with open_lake(args) as lake:
         sheet = lake.show(args.query, limit=args.limit)  # rows past --limit are never read
-    out = os.path.abspath(args.out)
-    if os.path.dirname(out):
-        os.makedirs(os.path.dirname(out), exist_ok=True)
     try:
-        sheet.save(out, columns=args.columns)
+        sheet.save(os.path.abspath(args.out), columns=args.columns)
     except (KeyError, ValueError) as exc:  # Pillow does not know the suffix
         raise SpecError(f"--out {args.out}: not an image format Pillow writes ({exc}); use .png or .html") from exc
     more = f" (the first {len(sheet)}; the query matched more rows)" if sheet.more else ""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -126,7 +127,10 @@ class ContactSheet:
         return html_page(self.items, title=self.title)
 
     def save(self, path: str, *, columns: int = 6) -> None:
-        """Write a .html page (self-contained) or an image Pillow writes (by suffix)."""
+        """Write a .html page (self-contained) or an image Pillow writes (by suffix); the
+        folder is created."""
+        if os.path.dirname(os.path.abspath(path)):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         if path.lower().endswith((".html", ".htm")):
             with open(path, "w", encoding="utf-8") as handle:
                 handle.write(self.html())
