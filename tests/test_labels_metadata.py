@@ -134,6 +134,8 @@ def test_relabel_applies_a_new_label_rule_to_existing_rows_without_decoding(tmp_
     lake.ingest([str(photos)], workers=0)
     before = _rows(lake)
     assert {r["label"] for r in before.values()} == {None}
+    spec = {"ops": [{"op": "resize", "width": 4, "height": 3}], "output": "raw"}
+    lake.transform("images", "small", spec, workers=0)
 
     # A new rule alone labels new files only (unchanged rows keep theirs), as before.
     plain, _ = _ingest(lake, photos, label_from_path="parent")
@@ -145,6 +147,9 @@ def test_relabel_applies_a_new_label_rule_to_existing_rows_without_decoding(tmp_
     assert {k: r["label"] for k, r in after.items()} == {"cats/a.png": "cats", "cats/b.png": "cats",
                                                          "dogs/c.png": "dogs", "dogs/sub/d.png": "sub"}
     assert all(after[k]["ingested_at"] == before[k]["ingested_at"] for k in before)
+    # A derived table follows: the relabeled rows are updates in the change feed.
+    assert lake.transform("images", "small", spec, workers=0).updated == 4
+    assert sorted(lake.read("small", columns=["label"])["label"].to_pylist()) == ["cats", "cats", "dogs", "sub"]
 
     # Another rule: every row follows it; a rule that gives no label clears it.
     regex, _ = _ingest(lake, photos, label_from_path=r"/(?P<label>[a-c])\.png$", relabel=True)
