@@ -120,6 +120,7 @@ def test_metadata_with_a_uri_column_of_absolute_paths_and_uris(tmp_path, photos)
     ("name,label\ncats/a.png,x\n", "file_name"),
     ("file_name,label\ncats/a.png,x\ncats/./a.png,y\n", "two rows"),
     ("file_name,label\nnope/a.png,x\n", "no row names a listed file"),
+    ("uri,label\ncats/a.png,x\n", "absolute path or a URI"),
 ])
 def test_bad_metadata_files_are_refused_before_anything_is_written(tmp_path, photos, text, message):
     meta = tmp_path / "m.csv"

@@ -266,7 +266,6 @@ def _plan(engine: LocalEngine, table: str, version: int, names: Sequence[str], *
     if where is not None:
         rows = filter_table(rows, where, columns=small)
     records = rows.select([c for c in ("uri", "variant", "label", "attributes", "pages", "tiled") if c in small]).to_pylist()
-    records = [r for r in records if not r.get("tiled")] if "data" not in names else records
     plan = _Plan()
     root: list[str] = []
     if layout == "source" and records:

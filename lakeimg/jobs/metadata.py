@@ -22,6 +22,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import os
 import posixpath
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -102,6 +103,9 @@ def read_metadata(path: str, *, roots: Sequence[str], storage_options: Mapping[s
 def _uris(name: str, key: str, roots: Sequence[str], path: str, number: int) -> list[str]:
     """The image URIs one row names: its uri, or its file_name under each source root."""
     if key == "uri":
+        if not has_scheme(name) and not os.path.isabs(os.path.expanduser(name)):
+            raise SpecError(f"--metadata {path}: row {number}: uri {name!r} must be an absolute path or a URI; "
+                            "use a `file_name` column for paths relative to the source root")
         return [to_uri(name)]
     relative = name.replace("\\", "/") if not has_scheme(name) else None
     parts = posixpath.normpath(relative).split("/") if relative else []
