@@ -147,6 +147,20 @@ class TableRefError(SpecError):
         super().__init__(f"table reference {ref!r}: {reason}", ref=ref, reason=reason)
 
 
+class OutputExistsError(SpecError):
+    """An export would overwrite files that are already there (`--overwrite` allows it).
+
+    Example:
+        >>> OutputExistsError("/out", ["/out/a.png"]).files
+        ['/out/a.png']
+    """
+
+    def __init__(self, out: str, files: list[str]):
+        shown = ", ".join(files[:3]) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+        super().__init__(f"export to {out} would overwrite {len(files)} existing files ({shown}); "
+                         "pass --overwrite (overwrite=True) or choose an empty folder", out=out, files=files)
+
+
 class SqlError(SpecError):
     """A query or stored `where` was refused: more than one statement, not read-only, or it
     reaches outside the lake's tables (files, extensions, settings).

@@ -24,12 +24,14 @@ Example:
 
 from __future__ import annotations
 
+import html
 import os
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lakeimg.catalog import trainsets
 from lakeimg.catalog.history import HistoryEntry, table_history
@@ -45,7 +47,8 @@ from lakeimg.engine.layout import require_lake, tables_in
 from lakeimg.engine.spark import jvm_output_to, spark_session_builder
 from lakeimg.errors import SpecError, TableNotFoundError
 from lakeimg.fluent import TableBuilder
-from lakeimg.jobs.export import export_table
+from lakeimg.image.sheet import PIXEL_COLUMNS, ContactSheet, SheetItem, caption_lines, row_thumbnail
+from lakeimg.jobs.export import ExportLayout, export_table
 from lakeimg.jobs.ingest import IngestSummary, ingest_files
 from lakeimg.jobs.regions import read_region
 from lakeimg.jobs.transform import TransformSummary, transform_table
@@ -53,9 +56,42 @@ from lakeimg.jobs.verify import VerifyReport, check_content, verify_table
 from lakeimg.storage import is_remote, uri_to_path
 from lakeimg.tables import is_table_name, table_path
 
-__all__ = ["Lake", "EngineName", "ExportFormat"]
+__all__ = ["Lake", "EngineName", "ExportFormat", "FilterTerms", "filter_expression"]
 
 ExportFormat = Literal["jpeg", "png", "tiff", "bmp"]
+# delta-rs' filter terms: (column, operator, value) tuples that must all hold.
+FilterTerms = Sequence[tuple[str, str, Any]]
+_OPERATORS = {"=": "__eq__", "==": "__eq__", "!=": "__ne__", "<": "__lt__", "<=": "__le__", ">": "__gt__", ">=": "__ge__"}
+
+
+def filter_expression(terms: pc.Expression | FilterTerms) -> pc.Expression:
+    """A read filter as a pyarrow expression: one already, or delta-rs style (column, op, value)
+    terms joined by AND. Columns are field references and values literals: nothing is parsed
+    as SQL.
+
+    Example:
+        >>> str(filter_expression([("label", "=", "cats"), ("width", ">=", 64)]))
+        '((label == "cats") and (width >= 64))'
+    """
+    if isinstance(terms, pc.Expression):
+        return terms
+    expression = None
+    for term in terms:
+        if not (isinstance(term, (tuple, list)) and len(term) == 3 and isinstance(term[0], str)):
+            raise SpecError(f"filter term {term!r}: give (column, operator, value)")
+        column, op, value = term
+        field = pc.field(column)
+        if op in _OPERATORS:
+            part = getattr(field, _OPERATORS[op])(value)
+        elif op in ("in", "not in"):
+            part = field.isin(list(value))
+            part = ~part if op == "not in" else part
+        else:
+            raise SpecError(f"filter term {term!r}: operator must be one of {', '.join([*_OPERATORS, 'in', 'not in'])}")
+        expression = part if expression is None else expression & part
+    if expression is None:
+        raise SpecError("filter: give at least one (column, operator, value) term")
+    return expression
 
 
 class Lake:
@@ -151,23 +187,40 @@ class Lake:
         return readable_versions(self._local, table)
 
     def read(self, table: str, version: VersionLike = None, *, columns: Sequence[str] | None = None,
-             verify: bool = True) -> pa.Table:
+             filter: pc.Expression | FilterTerms | None = None, verify: bool = True) -> pa.Table:
         """The table as Arrow at a version (int), timestamp (datetime or ISO string) or latest.
+
+        `filter` keeps matching rows and is pushed down to the Parquet files (row groups whose
+        statistics rule it out are never read): a pyarrow expression
+        (`pc.field("label") == "cats"`) or delta-rs style terms (`[("label", "=", "cats"),
+        ("width", ">=", 64)]`, all must hold; operators = != < <= > >= in "not in").
 
         With `verify` (the default), whenever `content` is read every returned row's bytes are
         hashed and compared with its `content_sha256` (read too, then dropped if not asked for):
         a mismatch raises ContentMismatchError naming the uri. Reads without `content` cost
         nothing extra. A missing or unreadable data file raises LakeDamagedError naming it.
+
+        Example:
+            >>> import tempfile, pyarrow.compute as pc
+            >>> from lakeimg.samples import write_photo_jpegs
+            >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
+            >>> _ = write_photo_jpegs(photos, 3, width=32, height=24); _ = lake.ingest(photos, workers=0)
+            >>> lake.read("images", columns=["uri"], filter=[("width", "=", 32)]).num_rows
+            3
+            >>> lake.read("images", columns=["uri"], filter=pc.field("width") > 32).num_rows
+            0
         """
         table = table_path(table)
+        expression = filter_expression(filter) if filter is not None else None
         wanted = list(columns) if columns is not None else None
         if not verify or (wanted is not None and "content" not in wanted):
-            return self._local.read(table, version=version, columns=columns)
+            return self._local.read(table, version=version, columns=columns, filter=expression)
         resolved = self._local.resolve_version(table, version)
         if not {"uri", "content", "content_sha256"} <= set(self._local.arrow_schema(table, resolved).names):
-            return self._local.read(table, version=resolved, columns=columns)
+            return self._local.read(table, version=resolved, columns=columns, filter=expression)
         extra = [c for c in ("uri", "content_sha256") if wanted is not None and c not in wanted]
-        result = self._local.read(table, version=resolved, columns=None if wanted is None else wanted + extra)
+        result = self._local.read(table, version=resolved, columns=None if wanted is None else wanted + extra,
+                                  filter=expression)
         check_content(result, table, resolved)
         return result.drop_columns(extra) if extra else result
 
@@ -179,8 +232,10 @@ class Lake:
         """
         return self._local.history(table_path(table), limit)
 
-    def sql(self, query: str) -> pa.Table:
-        """One read-only query over the lake's tables: DuckDB, or Spark SQL on the Spark engine.
+    def sql(self, query: str, *, limit: int | None = None) -> pa.Table:
+        """One read-only query over the lake's tables as an Arrow table: DuckDB, or Spark SQL on
+        the Spark engine. `limit` caps the rows (applied by the engine, not pasted into the
+        text). `.to_pandas()` or `polars.from_arrow(...)` turn the result into a data frame.
 
         Example:
             >>> import tempfile
@@ -188,8 +243,36 @@ class Lake:
             [{'one': 1}]
         """
         if self.engine_name == "spark":
-            return run_spark_sql(self._spark(), self.path, query)
-        return run_sql(self.path, query, engine=self._local)
+            return run_spark_sql(self._spark(), self.path, query, limit=limit)
+        return run_sql(self.path, query, engine=self._local, limit=limit)
+
+    def show(self, query: str, *, limit: int = 500) -> ContactSheet:
+        """A query's rows as a contact sheet (`.save("x.png" | "x.html")`; inline in Jupyter).
+
+        Rows are drawn from their `thumbnail`, or (derived tables) from `data` with `encoding`,
+        `width`, `height`, `channels`, `dtype` rendered at display size; `uri`, `width`,
+        `height`, `size_bytes` and `label` make the captions. At most `limit` rows are read.
+
+        Example:
+            >>> import tempfile
+            >>> sheet = Lake(tempfile.mkdtemp()).show("SELECT 'a.jpg' AS uri, NULL::BLOB AS thumbnail")
+            >>> len(sheet), "a.jpg" in sheet._repr_html_()
+            (1, True)
+        """
+        table = self.sql(query, limit=max(0, limit) + 1)  # one more: whether rows were left out
+        names = set(table.column_names)
+        if "thumbnail" not in names and not set(PIXEL_COLUMNS) <= names:
+            raise SpecError("the query must select the thumbnail column (SELECT uri, label, thumbnail FROM images) "
+                            f"or, for a derived table, {', '.join(PIXEL_COLUMNS)} (SELECT * FROM small)")
+        rows = table.slice(0, max(0, limit)).to_pylist()
+        items = [SheetItem(row_thumbnail(row), caption_lines(row)) for row in rows]
+        return ContactSheet(items, title=query, more=table.num_rows > len(rows))
+
+    def _repr_html_(self) -> str:
+        """The lake's tables with their current versions, for Jupyter."""
+        cells = "".join(f"<tr><td>{html.escape(t)}</td><td>{self.version(t)}</td></tr>" for t in self.tables())
+        return (f"<p>lakeimg lake <code>{html.escape(self.path)}</code></p>"
+                f"<table><thead><tr><th>table</th><th>version</th></tr></thead><tbody>{cells}</tbody></table>")
 
     def table(self, name: str) -> TableBuilder:
         """A fluent transform builder over table `name` (see `lakeimg.fluent.TableBuilder`)."""
@@ -209,10 +292,17 @@ class Lake:
 
     def export(
         self, table: str, out: str | os.PathLike[str], *, format: ExportFormat = "png", version: VersionLike = None,
-        quality: int = 90,
+        quality: int = 90, layout: ExportLayout = "flat", where: str | None = None, overwrite: bool = False,
+        pages: Literal["first", "all"] = "first", metadata: bool = True,
     ) -> dict[str, Any]:
-        """Write every image of `table@version` into the folder `out` as files; returns a summary."""
-        return export_table(self.path, table, out, fmt=format, version=version, quality=quality, engine=self._local)
+        """Write the images of `table@version` into the folder `out` as files; returns a summary.
+
+        `layout` "flat", "label" (`out/<label>/...`) or "source" (the source tree), `where` a
+        condition over the table's columns, `pages="all"` every page of multi-page images, plus
+        `out/metadata.csv`; existing files are refused unless `overwrite` (see `jobs.export.export_table`).
+        """
+        return export_table(self.path, table, out, fmt=format, version=version, quality=quality, engine=self._local,
+                            layout=layout, where=where, overwrite=overwrite, pages=pages, metadata=metadata)
 
     def jobs_engine(self) -> Engine:
         """The engine jobs run on: the lake's `LocalEngine`, or its SparkEngine (`spark_engine`)."""

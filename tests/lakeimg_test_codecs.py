@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from lakeimg.image.decode import read_image
 from lakeimg.image.ops import ImageTransformer
 
 
@@ -59,7 +60,19 @@ class _Stuck(_Claims):
         time.sleep(3600)
 
 
+class _Wrapped(_Claims):
+    """Reads `.wrapped` files (b"WRAP" + a PNG), which no built-in reader knows: installing it
+    turns their `unsupported_format` rejects into images (the `--retry-rejects` tests)."""
+
+    suffix = ".wrapped"
+    name = "wrapped"
+
+    def read(self, data: bytes, uri: str):
+        return read_image(data[4:], uri)
+
+
 CRASH = _Crash()
+WRAPPED = _Wrapped()
 SLEEP = _Sleep()
 STUCK = _Stuck()
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 from lakeimg.samples import photo_like, write_broken_files
 
-SUMMARY_FIELDS = {"run_id", "table", "version", "added", "updated", "unchanged", "deleted", "rejected", "seconds"}
+SUMMARY_FIELDS = {"run_id", "table", "version", "added", "updated", "unchanged", "deleted", "rejected", "seconds", "relabeled"}
 
 
 @pytest.fixture

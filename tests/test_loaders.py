@@ -7,10 +7,12 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_catalog import SPEC_A, write_pngs
 from torch.utils.data import DataLoader
 
 from lakeimg import Lake
+from lakeimg.catalog.loaders import MixedImageSizesError
 from lakeimg.image import decode_image
 from lakeimg.jobs.transform import transform_table
 
@@ -68,7 +70,8 @@ def test_same_seed_and_epoch_same_order_and_shards_cover_once(pinned):
     everything = sorted(ts.rows("train")["uri"].to_pylist())
     for world in (1, 2, 3):
         seen = [u for r in range(world) for u in order(epoch=3, rank=r, world_size=world)]
-        assert sorted(seen) == everything
+        assert sorted(set(seen)) == everything  # every sample; padded to equal shards when world > 1
+        assert len(seen) == world * -(-len(everything) // world)
 
 
 @pytest.mark.parametrize("world_size", [1, 2, 3])
@@ -87,7 +90,10 @@ def test_torch_exactly_once_per_epoch_with_two_workers(pinned, world_size, tmp_p
                 assert float(batch["image"].max()) <= 1.0
                 assert batch["label"].dtype == torch.int64
                 seen += batch["uri"]
-        assert Counter(seen) == Counter(expected)  # each sample exactly once across shards and workers
+        if world_size == 1:
+            assert Counter(seen) == Counter(expected)  # each sample exactly once across workers
+        else:  # every sample, the shards padded to one length by repeating samples (DistributedSampler)
+            assert set(seen) == set(expected) and len(seen) == -(-len(expected) // (2 * world_size)) * 2 * world_size
         per_epoch.append(seen)
     if world_size == 1:
         assert per_epoch[0] != per_epoch[1]  # a new epoch, a new global order
@@ -119,3 +125,46 @@ def test_to_spark_gives_an_mllib_vector_column(pinned, spark):
     assert isinstance(row["features"], DenseVector) and len(row["features"]) == 6 * 8 * 3
     assert np.array_equal(row["features"].toArray(), batch["image"][0].astype(np.float64).ravel())
     assert row["label_index"] == int(batch["label"][0])
+
+
+def test_13_samples_on_2_ranks_give_every_rank_the_same_number_of_batches(pinned):
+    pinned.create_training_set("cats13", "images", splits="all=1.0", seed=2, where="label = 'cats'")
+    ts = pinned.training_set("cats13")
+    assert ts.rows("all").num_rows == 13
+
+    def batches(rank, **options):
+        return [b["uri"] for b in ts.iter_numpy("all", batch_size=2, epoch=1, rank=rank, world_size=2, **options)]
+
+    padded = [batches(rank) for rank in (0, 1)]
+    assert [len(b) for b in padded] == [4, 4]  # 7 samples each: the 14th repeats the first
+    seen = [u for rank in padded for batch in rank for u in batch]
+    assert len(seen) == 14 and len(set(seen)) == 13
+    dropped = [batches(rank, drop_last=True) for rank in (0, 1)]
+    assert [len(b) for b in dropped] == [3, 3] and len({u for r in dropped for b in r for u in b}) == 12
+    datasets = [ts.torch("all", rank=rank, world_size=2) for rank in (0, 1)]
+    assert [len(d) for d in datasets] == [7, 7]
+    assert [len(list(DataLoader(d, batch_size=2))) for d in datasets] == [4, 4]
+    assert [len(ts.torch("all", rank=rank, world_size=2, drop_last=True)) for rank in (0, 1)] == [6, 6]
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory):
+    """A set over images of two sizes."""
+    root = tmp_path_factory.mktemp("mixed")
+    for i, (h, w) in enumerate([(12, 16), (20, 10), (12, 16)]):
+        (root / "src").mkdir(exist_ok=True)
+        Image.fromarray(np.full((h, w, 3), 50 * i, np.uint8)).save(root / "src" / f"{i}.png")
+    lake = Lake(root / "lake")
+    lake.ingest([str(root / "src")], workers=0)
+    return lake.create_training_set("mixed", "images", splits="all=1.0", seed=1)
+
+
+def test_mixed_sizes_raise_a_clear_error_or_resize_or_collate(mixed):
+    with pytest.raises(MixedImageSizesError, match=r"resize=\(height, width\).*collate=list"):
+        next(mixed.iter_numpy("all", batch_size=3))
+    batch = next(mixed.iter_numpy("all", batch_size=3, resize=(8, 10)))
+    assert batch["image"].shape == (3, 8, 10, 3) and batch["image"].dtype == np.uint8
+    listed = next(mixed.iter_numpy("all", batch_size=3, collate=list, shuffle=False))
+    assert isinstance(listed["image"], list) and sorted(im.shape for im in listed["image"]) == [(12, 16, 3), (12, 16, 3), (20, 10, 3)]
+    loader = DataLoader(mixed.torch("all", resize=(8, 10)), batch_size=3)
+    assert tuple(next(iter(loader))["image"].shape) == (3, 3, 8, 10)

@@ -231,7 +231,8 @@ def test_training_set_loads_each_sample_once_across_shards_and_maintain_keeps_it
         for batch in ts.iter_numpy("train", batch_size=3, epoch=1, rank=rank, world_size=2):
             assert batch["image"].shape[1:] == (24, 32, 3)
             seen += batch["uri"]
-    assert sorted(seen) == sorted(train) and len(seen) == len(set(seen))
+    # every sample; two ranks get one length each (an odd count repeats one, like DistributedSampler)
+    assert set(seen) == train and len(seen) == 2 * -(-len(train) // 2)
     # optimize compacts, vacuum removes what nothing pins.
     report = store_lake.maintain(optimize=True, vacuum_hours=0)
     assert not report.refused and report.pinned_sets_readable == {"pets-v1": True}

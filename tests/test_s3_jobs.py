@@ -101,13 +101,14 @@ def test_content_read_from_s3_sources_with_the_lakes_options_only(s3_server, s3_
 
     local = lake.export("images", tmp_path / "out", format="png")
     assert (local["written"], local["failed"]) == (4, 0)
-    exported = {p.name: p for p in (tmp_path / "out").iterdir()}
+    exported = {p.name: p for p in (tmp_path / "out").glob("*.png")}  # and metadata.csv
     assert len(exported) == 4
     assert any(np.array_equal(np.asarray(Image.open(p)), png) for p in exported.values())
     remote = lake.export("small", f"s3://{out_bucket}/exports/small", format="png")
     assert (remote["written"], remote["failed"]) == (4, 0)
-    keys = _keys(s3_server, out_bucket)
+    keys = [k for k in _keys(s3_server, out_bucket) if k != "exports/small/metadata.csv"]  # metadata.csv too
     assert len(keys) == 4 and all(k.startswith("exports/small/") and k.endswith(".png") for k in keys)
+    assert "exports/small/metadata.csv" in _keys(s3_server, out_bucket)
 
     # A source object that changed after ingest is never exported or read as the ingested image.
     s3_server.client().put_object(Bucket=bucket, Key="scans/big.png", Body=jpeg(77))

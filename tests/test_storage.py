@@ -176,7 +176,7 @@ def test_export_region_and_reproduce_of_hostile_names(hostile, tmp_path):
     out = tmp_path / "out"
     summary = export_table(hostile["lake"], "images", out, fmt="png")
     assert (summary["written"], summary["failed"]) == (len(hostile["expected"]), 0)
-    exported = {hashlib.sha256(np.asarray(Image.open(p)).tobytes()).hexdigest() for p in out.iterdir()}
+    exported = {hashlib.sha256(np.asarray(Image.open(p)).tobytes()).hexdigest() for p in out.glob("*.png")}
     sources = set()
     for path in hostile["expected"]:
         with open(path, "rb") as handle:

@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lakeimg.catalog.loaders import SplitData, epoch_order, shard_positions, to_chw_float32
+from lakeimg.catalog.loaders import (
+    SplitData,
+    epoch_order,
+    even_shard_positions,
+    resized,
+    to_chw_float32,
+)
 
 if TYPE_CHECKING:
     from lakeimg.catalog.trainsets import TrainingSet
@@ -28,7 +34,11 @@ __all__ = ["LakeImageDataset", "torch_dataset"]
 
 
 class LakeImageDataset(IterableDataset):
-    """Global (seed, epoch) shuffle, sharded by rank x DataLoader worker: each sample once per epoch."""
+    """Global (seed, epoch) shuffle, sharded by rank x DataLoader worker: each sample once per
+    epoch with one process; with world_size > 1 every shard gets the same number of samples
+    (padded by repeating samples like DistributedSampler, or cut with `drop_last`), so every
+    rank yields the same number of batches. `resize=(height, width)` resizes on load, so
+    DataLoader's collate can stack images of mixed sizes."""
 
     def __init__(
         self,
@@ -41,6 +51,8 @@ class LakeImageDataset(IterableDataset):
         world_size: int = 1,
         transform: Callable[[Any], Any] | None = None,
         decode_batch: int = 16,
+        drop_last: bool = False,
+        resize: tuple[int, int] | None = None,
     ):
         super().__init__()
         if not 0 <= rank < world_size:
@@ -53,19 +65,24 @@ class LakeImageDataset(IterableDataset):
         self.world_size = world_size
         self.transform = transform
         self.decode_batch = decode_batch
+        self.drop_last = drop_last
+        self.resize = resize
 
     def set_epoch(self, epoch: int) -> None:
         """Choose the epoch whose order the next iteration follows."""
         self.epoch = epoch
 
     def __len__(self) -> int:
-        """Samples this rank yields per epoch (over all its workers)."""
-        return len(shard_positions(np.arange(len(self.data)), self.rank, self.world_size))
+        """Samples this rank yields per epoch (over all its workers, without DataLoader workers)."""
+        return len(self.positions())
 
     def positions(self, worker: int = 0, workers: int = 1) -> np.ndarray:
         """Set positions one worker of this rank reads this epoch, in order."""
         order = epoch_order(len(self.data), seed=self.seed, epoch=self.epoch, shuffle=self.shuffle)
-        return shard_positions(order, self.rank * workers + worker, self.world_size * workers)
+        shard, shards = self.rank * workers + worker, self.world_size * workers
+        if self.world_size > 1:
+            return even_shard_positions(order, shard, shards, drop_last=self.drop_last)
+        return order[shard::shards]
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -74,6 +91,8 @@ class LakeImageDataset(IterableDataset):
         for start in range(0, len(mine), self.decode_batch):
             chunk = mine[start : start + self.decode_batch]
             for position, image in zip(chunk, self.data.decode(chunk), strict=True):
+                if self.resize is not None:
+                    image = resized(image, self.resize)
                 tensor = torch.from_numpy(to_chw_float32(image))
                 if self.transform is not None:
                     tensor = self.transform(tensor)
@@ -87,7 +106,7 @@ class LakeImageDataset(IterableDataset):
 def torch_dataset(trainset: TrainingSet, split: str, *, seed: int | None = None,
                   cache_dir: str | os.PathLike[str] | None = None, **options: Any) -> LakeImageDataset:
     """A torch IterableDataset of {"image": CHW float32 tensor, "label": int64, "uri": str};
-    `options` as `LakeImageDataset` (shuffle, epoch, rank, world_size, transform).
+    `options` as `LakeImageDataset` (shuffle, epoch, rank, world_size, drop_last, transform, resize).
 
     Call `.set_epoch(e)` before each epoch (like DistributedSampler). Needs `pip install lakeimg[torch]`.
     """

@@ -8,8 +8,16 @@ goes stale; its name is derived from the set's run id).
 
 Order and sharding: the epoch's order is one global permutation from (seed, epoch) (seed
 defaults to the set's seed); shard k of n takes positions k, k+n, k+2n, ... where
-n = world_size * DataLoader workers and k = rank * workers + worker id. Every sample therefore
-appears exactly once per epoch across all shards, and the same seed and epoch give the same order.
+n = world_size * DataLoader workers and k = rank * workers + worker id. With one process every
+sample appears exactly once per epoch. With world_size > 1 every shard gets the same number of
+samples, so every rank the same number of batches (unequal counts hang collective ops): the
+order is padded by repeating its first samples, as torch's DistributedSampler does, or with
+`drop_last=True` cut to a multiple of the shard count. The same seed and epoch give the same order.
+
+Sizes: a batch stacks to (N, H, W, C) only when its images share one shape and dtype; mixed
+sizes raise MixedImageSizesError naming the fixes (`resize=(height, width)` on load,
+`collate=list` for a list of arrays, or a derived table made with a `resize`), never a
+silent 1-D object array.
 
 Integrity: an ingest table's `content` is checked against `content_sha256` when the split is
 read (ContentMismatchError names the uri); a damaged data file raises LakeDamagedError. A
@@ -48,12 +56,25 @@ from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeImgError
 from lakeimg.image import decode_image
 from lakeimg.image.codecs import decode_pixels
+from lakeimg.image.ops.geometry import resize_to
 from lakeimg.jobs.verify import check_content
 
 if TYPE_CHECKING:
     from lakeimg.catalog.trainsets import TrainingSet
 
-__all__ = ["SplitData", "decode_rows", "iter_numpy", "to_spark", "epoch_order", "shard_positions", "to_chw_float32"]
+__all__ = [
+    "MixedImageSizesError",
+    "SplitData",
+    "decode_rows",
+    "epoch_order",
+    "even_shard_positions",
+    "iter_numpy",
+    "resized",
+    "shard_positions",
+    "stack_images",
+    "to_chw_float32",
+    "to_spark",
+]
 
 _PIXEL_COLUMNS_DERIVED = ["data", "width", "height", "channels", "dtype", "encoding"]
 
@@ -80,6 +101,62 @@ def shard_positions(order: np.ndarray, shard: int, shards: int) -> np.ndarray:
     if not 0 <= shard < shards:
         raise ValueError(f"shard {shard} out of range for {shards} shards")
     return order[shard::shards]
+
+
+def even_shard_positions(order: np.ndarray, shard: int, shards: int, *, drop_last: bool = False) -> np.ndarray:
+    """Shard `shard` of `shards` with every shard the same length: the order padded by
+    repeating its first samples (DistributedSampler's default), or with `drop_last` cut to a
+    multiple of `shards`.
+
+    Example:
+        >>> [len(even_shard_positions(np.arange(13), r, 2)) for r in (0, 1)], even_shard_positions(np.arange(13), 1, 2)[-1]
+        ([7, 7], np.int64(0))
+        >>> [len(even_shard_positions(np.arange(13), r, 2, drop_last=True)) for r in (0, 1)]
+        [6, 6]
+    """
+    extra = len(order) % shards
+    if extra and drop_last:
+        order = order[: len(order) - extra]
+    elif extra and len(order):
+        order = np.concatenate([order, np.resize(order, shards - extra)])  # np.resize repeats cyclically
+    return shard_positions(order, shard, shards)
+
+
+class MixedImageSizesError(LakeImgError):
+    """A batch's images differ in size or dtype, so they cannot stack into (N, H, W, C)."""
+
+
+def stack_images(images: list[np.ndarray], uris: list[str]) -> np.ndarray:
+    """Images of one shape and dtype as one (N, H, W, C) array; MixedImageSizesError otherwise.
+
+    Example:
+        >>> stack_images([np.zeros((2, 3, 1), np.uint8)] * 2, ["a", "b"]).shape
+        (2, 2, 3, 1)
+    """
+    first = images[0] if images else None
+    for image, uri in zip(images, uris, strict=True):
+        if image.shape != first.shape or image.dtype != first.dtype:
+            raise MixedImageSizesError(
+                f"images of different sizes in one batch ({_shape(first)} {first.dtype} and {_shape(image)} "
+                f"{image.dtype} at {uri}): pass resize=(height, width) to resize on load, collate=list to get a "
+                "list of arrays, or make the set from a derived table with a resize op (lakeimg transform)",
+                uri=uri, shapes=[first.shape, image.shape])
+    return np.stack(images) if images else np.empty((0,), np.uint8)
+
+
+def _shape(image: np.ndarray) -> str:
+    return "x".join(map(str, image.shape))
+
+
+def resized(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An image resized to `size` = (height, width), dtype kept (area when shrinking, bilinear when enlarging).
+
+    Example:
+        >>> resized(np.zeros((8, 6, 3), np.uint16), (4, 3)).shape
+        (4, 3, 3)
+    """
+    height, width = size
+    return resize_to(image, int(width), int(height))
 
 
 def to_chw_float32(image: np.ndarray) -> np.ndarray:
@@ -224,14 +301,6 @@ def _key(table: pa.Table) -> pa.Array:
     return pc.binary_join_element_wise(table["uri"], pc.cast(table["variant"], pa.string()), "\0")
 
 
-def _stack(images: list[np.ndarray]) -> np.ndarray:
-    if images and all(im.shape == images[0].shape and im.dtype == images[0].dtype for im in images):
-        return np.stack(images)
-    out = np.empty(len(images), dtype=object)  # ragged: sizes differ (resize in `transform`)
-    out[:] = images
-    return out
-
-
 def iter_numpy(
     trainset: TrainingSet,
     split: str,
@@ -244,28 +313,45 @@ def iter_numpy(
     world_size: int = 1,
     drop_last: bool = False,
     transform: Callable[[np.ndarray], np.ndarray] | None = None,
+    resize: tuple[int, int] | None = None,
+    collate: Callable[[list[np.ndarray]], Any] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     threads: int = 0,
     data: SplitData | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Batches {"image": ndarray (N, H, W, C) native dtype, "label": int64 ndarray, "uri": list}.
 
-    Images of different sizes come as an object array unless `transform` makes them equal.
-    `threads` > 0 decodes in that many threads and prefetches the next batch (same order).
+    Args:
+        shuffle, seed, epoch: the epoch's order (one permutation from seed and epoch).
+        rank, world_size: this process's shard; with world_size > 1 every rank gets the same
+            number of batches (padded by repeating samples, or cut with `drop_last`).
+        drop_last: drop the last incomplete batch (and, with world_size > 1, the samples that
+            do not divide evenly among the ranks) instead of padding.
+        transform: a function applied to each decoded HWC image.
+        resize: (height, width) every image is resized to after decoding (and `transform`).
+        collate: turns a batch's list of images into `batch["image"]` (e.g. `list`); by default
+            they stack into one array, and images of different sizes raise MixedImageSizesError.
+        cache_dir: keep the split's pixels as a memory-mapped Arrow file shared by processes.
+        threads: > 0 decodes in that many threads and prefetches the next batch (same order).
     """
     data = data or SplitData(trainset, split, cache_dir=cache_dir)
     order = epoch_order(len(data), seed=trainset.seed if seed is None else seed, epoch=epoch, shuffle=shuffle)
-    mine = shard_positions(order, rank, world_size)
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} out of range for world_size {world_size}")
+    mine = even_shard_positions(order, rank, world_size, drop_last=drop_last) if world_size > 1 else order
     batches = [mine[start : start + batch_size] for start in range(0, len(mine), batch_size)]
     if drop_last and batches and len(batches[-1]) < batch_size:
         batches.pop()
 
     def load(positions: np.ndarray) -> list[np.ndarray]:
         images = data.decode(positions)
-        return [transform(im) for im in images] if transform is not None else images
+        images = [transform(im) for im in images] if transform is not None else images
+        return [resized(im, resize) for im in images] if resize is not None else images
 
     def batch_of(positions: np.ndarray, images: list[np.ndarray]) -> dict[str, Any]:
-        return {"image": _stack(images), "label": data.labels[positions], "uri": [data.uris[int(p)] for p in positions]}
+        uris = [data.uris[int(p)] for p in positions]
+        return {"image": collate(images) if collate is not None else stack_images(images, uris),
+                "label": data.labels[positions], "uri": uris}
 
     if threads <= 0:
         for positions in batches:

@@ -175,13 +175,15 @@ def _snapshot_view(views: _Views, engine: LocalEngine, view: str, table_path: st
     views.selects[view] = f"SELECT * FROM read_parquet({_files_literal(files)}, union_by_name = true)"
 
 
-def run_sql(lake: str | os.PathLike[str], query: str, *, engine: LocalEngine | None = None) -> pa.Table:
+def run_sql(lake: str | os.PathLike[str], query: str, *, engine: LocalEngine | None = None, limit: int | None = None) -> pa.Table:
     """Run one read-only SQL query over the lake's tables with DuckDB; returns the result as Arrow.
 
     The query reaches the lake's tables and nothing else: exactly one statement, a query
     (SELECT, WITH, VALUES, ...), on a connection with external access off except the snapshots'
     Parquet files and its settings locked (lakeimg.sqlguard), so `read_blob`, `read_csv`,
-    `COPY ... TO`, `ATTACH`, `INSTALL`/`LOAD` and `SET` are refused.
+    `COPY ... TO`, `ATTACH`, `INSTALL`/`LOAD` and `SET` are refused. `limit` caps the rows
+    through DuckDB's relation API (never pasted into the text), so wide columns of rows past it
+    are not read.
 
     Raises:
         SqlError: the text is not exactly one read-only query, or it reaches outside the lake.
@@ -219,7 +221,8 @@ def run_sql(lake: str | os.PathLike[str], query: str, *, engine: LocalEngine | N
     try:
         check_statement(con, rewritten)
         try:
-            return con.sql(rewritten).to_arrow_table()
+            relation = con.sql(rewritten)
+            return (relation.limit(limit) if limit is not None else relation).to_arrow_table()
         except duckdb.PermissionException as exc:
             raise SqlError(query, f"it reaches outside the lake's tables: {_first_line(exc)}") from exc
         except duckdb.CatalogException as exc:
@@ -235,7 +238,7 @@ def run_sql(lake: str | os.PathLike[str], query: str, *, engine: LocalEngine | N
         con.close()
 
 
-def run_spark_sql(spark, lake: str | os.PathLike[str], query: str) -> pa.Table:
+def run_spark_sql(spark, lake: str | os.PathLike[str], query: str, *, limit: int | None = None) -> pa.Table:
     """Run one query in Spark SQL with the lake's tables registered in the session catalog.
 
     Spark SQL reads Delta's `VERSION AS OF` / `TIMESTAMP AS OF` natively. The result comes back
@@ -250,6 +253,8 @@ def run_spark_sql(spark, lake: str | os.PathLike[str], query: str) -> pa.Table:
     register(spark, os.fspath(lake))
     try:
         frame = spark.sql(query)
+        if limit is not None:
+            frame = frame.limit(limit)
         if hasattr(frame, "toArrow"):  # Spark >= 4.0
             return frame.toArrow()
         return pa.Table.from_pandas(frame.toPandas(), preserve_index=False)  # pragma: no cover - older Spark

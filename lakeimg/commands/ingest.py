@@ -42,6 +42,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--table", default="images", help="images table name (default: images)")
     p.add_argument("--workers", type=_positive_int, default=None, help="decoding processes (default: CPU count)")
     p.add_argument("--label-from-path", default=None, metavar="parent|REGEX", help="label from the parent folder or a regex group")
+    p.add_argument("--metadata", default=None, metavar="FILE",
+                   help="labels and extra columns per image: CSV, JSONL or Parquet with a file_name (relative to the "
+                        "source folder) or uri column, an optional label column; other columns go to `attributes`")
+    p.add_argument("--relabel", action="store_true",
+                   help="also apply --label-from-path / --metadata to unchanged images (rows rewritten, nothing decoded)")
     p.add_argument("--inline-max-bytes", type=_positive_int, default=16 << 20, help="keep original bytes up to this size (default 16 MiB)")
     p.add_argument("--max-decoded-bytes", type=_byte_size, default=None, metavar="BYTES",
                    help="memory limit of one decoded image (width x height x channels x bytes per sample, from the header); "
@@ -69,6 +74,8 @@ def run(args) -> int:
         table=args.table,
         workers=args.workers,
         label_from_path=args.label_from_path,
+        metadata=args.metadata,
+        relabel=args.relabel,
         inline_max_bytes=args.inline_max_bytes,
         max_pixels=args.max_pixels,
         max_decoded_bytes=args.max_decoded_bytes,

@@ -1,7 +1,9 @@
 """`lakeimg show --lake LAKE "SELECT ..." --out sheet.png|page.html`: a query's thumbnails as a contact sheet.
 
-The query must select `thumbnail`; `uri`, `width`, `height`, `size_bytes` and `label`, when
-selected, make the captions. `.html` output is one self-contained page (images inlined as
+The query must select `thumbnail`, or for a derived table `data` with `encoding`, `width`,
+`height`, `channels`, `dtype` (rendered at display size); `uri`, `width`, `height`,
+`size_bytes` and `label`, when selected, make the captions. `--limit` is applied by the engine
+before any thumbnail is read (`Lake.show`). `.html` output is one self-contained page (images inlined as
 data: URIs); any other suffix is an image Pillow writes (PNG recommended).
 """
 
@@ -9,10 +11,8 @@ from __future__ import annotations
 
 import os
 
-from lakeimg.commands._common import add_engine_options
-from lakeimg.commands.sql import query_rows
+from lakeimg.commands._common import add_engine_options, open_lake
 from lakeimg.errors import SpecError
-from lakeimg.image.sheet import SheetItem, caption_lines, contact_sheet, html_page
 
 
 def add_parser(subparsers) -> None:
@@ -27,22 +27,12 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    rows, columns = query_rows(args, binary="bytes")
-    if "thumbnail" not in columns:
-        raise SpecError("the query must select the thumbnail column, e.g. SELECT uri, label, thumbnail FROM images")
-    shown = rows[: max(0, args.limit)]
-    items = [SheetItem(row.get("thumbnail"), caption_lines(row)) for row in shown]
-    out = os.path.abspath(args.out)
-    if os.path.dirname(out):
-        os.makedirs(os.path.dirname(out), exist_ok=True)
-    if out.lower().endswith((".html", ".htm")):
-        with open(out, "w", encoding="utf-8") as handle:
-            handle.write(html_page(items, title=args.query))
-    else:
-        try:
-            contact_sheet(items, columns=args.columns).save(out)
-        except (KeyError, ValueError) as exc:  # Pillow does not know the suffix
-            raise SpecError(f"--out {args.out}: not an image format Pillow writes ({exc}); use .png or .html") from exc
-    more = f" (first {len(shown)} of {len(rows)} rows)" if len(rows) > len(shown) else ""
-    print(f"wrote {args.out}: {len(shown)} thumbnails{more}")
+    with open_lake(args) as lake:
+        sheet = lake.show(args.query, limit=args.limit)  # rows past --limit are never read
+    try:
+        sheet.save(os.path.abspath(args.out), columns=args.columns)
+    except (KeyError, ValueError) as exc:  # Pillow does not know the suffix
+        raise SpecError(f"--out {args.out}: not an image format Pillow writes ({exc}); use .png or .html") from exc
+    more = f" (the first {len(sheet)}; the query matched more rows)" if sheet.more else ""
+    print(f"wrote {args.out}: {len(sheet)} thumbnails{more}")
     return 0

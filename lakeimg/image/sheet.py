@@ -1,6 +1,8 @@
 """Contact sheets: thumbnails with short captions as one PNG, or as a self-contained HTML page.
 
-Pure Pillow; the `lakeimg show` command feeds it the rows of a query.
+Pure Pillow; the `lakeimg show` command and `Lake.show` feed it the rows of a query. A row
+without a `thumbnail` (a derived table) is rendered from its `data` at display size
+(`row_thumbnail`). `ContactSheet` shows itself in Jupyter (`_repr_html_`).
 
 Example:
     >>> import io, numpy as np
@@ -15,12 +17,20 @@ from __future__ import annotations
 import base64
 import html
 import io
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont
 
-__all__ = ["SheetItem", "contact_sheet", "html_page", "caption_lines"]
+from lakeimg.image.codecs import decode_pixels
+from lakeimg.image.display import make_thumbnail
+
+__all__ = ["SheetItem", "ContactSheet", "contact_sheet", "html_page", "html_cells", "caption_lines", "row_thumbnail",
+           "PIXEL_COLUMNS"]
+
+# What a row needs to be drawn from its pixels when it has no thumbnail (a derived table's row).
+PIXEL_COLUMNS = ("data", "encoding", "width", "height", "channels", "dtype")
 
 CELL = 256
 PAD = 8
@@ -72,6 +82,76 @@ def caption_lines(row: dict) -> list[str]:
     return lines[:CAPTION_LINES]
 
 
+def row_thumbnail(row: dict) -> bytes | None:
+    """A row's thumbnail: its `thumbnail` column, else its `data` decoded by `encoding` and
+    rendered at display size (derived tables); None when neither is there or decodable.
+
+    Example:
+        >>> import numpy as np
+        >>> row_thumbnail({"data": bytes(12), "encoding": "raw", "width": 2, "height": 2, "channels": 3, "dtype": "uint8"})[:2]
+        b'\xff\xd8'
+    """
+    if row.get("thumbnail"):
+        return row["thumbnail"]
+    if all(row.get(c) is not None for c in PIXEL_COLUMNS):
+        try:
+            pixels = decode_pixels(row["data"], row["encoding"], row["width"], row["height"], row["channels"], row["dtype"])
+            return make_thumbnail(pixels, size=CELL)
+        except Exception:  # noqa: BLE001 - an undecodable row becomes a placeholder, not a failure
+            return None
+    return None
+
+
+@dataclass(frozen=True)
+class ContactSheet:
+    """Rows of a query as a contact sheet: `save(path)` (.png or .html), `image()`, and an
+    inline grid in Jupyter (`_repr_html_`). `more` says the query matched more rows than shown.
+
+    Example:
+        >>> sheet = ContactSheet([SheetItem(None, ["a.jpg"])], title="demo")
+        >>> "<figure>" in sheet._repr_html_() and "a.jpg" in sheet._repr_html_()
+        True
+    """
+
+    items: Sequence[SheetItem]
+    title: str = "lakeimg"
+    more: bool = False
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def image(self, columns: int = 6) -> Image.Image:
+        return contact_sheet(self.items, columns=columns)
+
+    def html(self) -> str:
+        return html_page(self.items, title=self.title)
+
+    def save(self, path: str, *, columns: int = 6) -> None:
+        """Write a .html page (self-contained) or an image Pillow writes (by suffix); the
+        folder is created."""
+        if os.path.dirname(os.path.abspath(path)):
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if path.lower().endswith((".html", ".htm")):
+            with open(path, "w", encoding="utf-8") as handle:
+                handle.write(self.html())
+        else:
+            self.image(columns).save(path)
+
+    def _repr_html_(self) -> str:
+        return f"<div class=\"lakeimg-sheet\">{_STYLE}<main>{html_cells(self.items)}</main></div>"
+
+    def _repr_png_(self) -> bytes:  # terminals and notebooks without HTML
+        buffer = io.BytesIO()
+        self.image().save(buffer, "PNG")
+        return buffer.getvalue()
+
+
+_STYLE = ("<style>.lakeimg-sheet main{display:flex;flex-wrap:wrap;gap:12px}.lakeimg-sheet figure{margin:0;width:256px}"
+          ".lakeimg-sheet figure img{display:block;margin:auto;max-width:256px}"
+          ".lakeimg-sheet figcaption{font-size:12px;word-break:break-all}"
+          ".lakeimg-sheet .none{width:256px;height:256px;border:1px solid #aaa}</style>")
+
+
 def _open_thumb(data: bytes | None) -> Image.Image | None:
     if not data:
         return None
@@ -110,6 +190,20 @@ def contact_sheet(items: Sequence[SheetItem], *, columns: int = 6, background: s
 
 def html_page(items: Sequence[SheetItem], *, title: str = "lakeimg") -> str:
     """The same grid as one self-contained HTML page (thumbnails inlined as data: URIs)."""
+    return (
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        f"<title>{html.escape(title)}</title><style>"
+        "body{font-family:sans-serif;margin:12px}main{display:flex;flex-wrap:wrap;gap:12px}"
+        "figure{margin:0;width:256px}figure img{display:block;margin:auto;max-width:256px}"
+        "figcaption{font-size:12px;word-break:break-all}.none{width:256px;height:256px;border:1px solid #aaa}"
+        f"</style></head><body><h1>{html.escape(title)}</h1><p>{len(items)} rows</p><main>\n"
+        + html_cells(items)
+        + "\n</main></body></html>\n"
+    )
+
+
+def html_cells(items: Sequence[SheetItem]) -> str:
+    """The grid's cells as HTML `<figure>`s (captions escaped, thumbnails as data: URIs)."""
     cells = []
     for item in items:
         thumb = _open_thumb(item.thumbnail)
@@ -123,13 +217,4 @@ def html_page(items: Sequence[SheetItem], *, title: str = "lakeimg") -> str:
             image = f'<img src="data:image/jpeg;base64,{data}" width="{thumb.width}" height="{thumb.height}" alt="{alt}">'
         caption = "<br>".join(html.escape(line) for line in item.caption)
         cells.append(f"<figure>{image}<figcaption>{caption}</figcaption></figure>")
-    return (
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-        f"<title>{html.escape(title)}</title><style>"
-        "body{font-family:sans-serif;margin:12px}main{display:flex;flex-wrap:wrap;gap:12px}"
-        "figure{margin:0;width:256px}figure img{display:block;margin:auto;max-width:256px}"
-        "figcaption{font-size:12px;word-break:break-all}.none{width:256px;height:256px;border:1px solid #aaa}"
-        f"</style></head><body><h1>{html.escape(title)}</h1><p>{len(items)} rows</p><main>\n"
-        + "\n".join(cells)
-        + "\n</main></body></html>\n"
-    )
+    return "\n".join(cells)

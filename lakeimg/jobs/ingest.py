@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakeimg.engine._delta_txn import remove_abandoned_uploads
-from lakeimg.engine.base import Engine, MergeMetrics, Stage, Staged, Write
+from lakeimg.engine.base import Engine, MergeMetrics, SnapshotRows, Stage, Staged, Write
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import ensure_lake
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
@@ -39,7 +39,8 @@ from lakeimg.image.codecs import DEFAULT_TILE_ENCODING, TILE_ENCODINGS
 from lakeimg.image.info import default_max_decoded_bytes
 from lakeimg.image.pyramid import DEFAULT_TILE_SIZE
 from lakeimg.image.sources import DEFAULT_MAX_TILED_PIXELS, DEFAULT_TILE_ABOVE_PIXELS
-from lakeimg.jobs.listing import list_sources, source_scope
+from lakeimg.jobs.listing import list_sources, source_roots, source_scope
+from lakeimg.jobs.metadata import Metadata, read_metadata
 from lakeimg.jobs.runs import run_commits
 from lakeimg.jobs.summary import DryRunSummary, RunSummary
 from lakeimg.jobs.tiling import (
@@ -55,6 +56,7 @@ from lakeimg.kernels.ingest import (
     prepare_ingest_kernel,
 )
 from lakeimg.kernels.rejects import as_rejects, reject_row
+from lakeimg.kernels.relabel import Labels, relabel_kernel, relabel_result_schema
 from lakeimg.kernels.tiles import TileOptions
 from lakeimg.schemas import table_contract
 from lakeimg.storage import to_uri
@@ -78,6 +80,7 @@ class IngestSummary(RunSummary):
     """What an ingest run did; `version` is the images table's version after the run."""
 
     rejects_version: int | None = None
+    relabeled: int = 0  # unchanged images whose label or attributes were rewritten (nothing decoded)
 
 
 # Reject classes that say nothing about the file itself (a worker killed or a read that failed
@@ -115,8 +118,9 @@ def plan_ingest(listing: pa.Table, images_keys: pa.Table, rejects_keys: pa.Table
     known = pa.concat_tables([images_keys.select(_KEY_COLUMNS), rejects_keys.select(_KEY_COLUMNS)]).cast(
         listing.select(_KEY_COLUMNS).schema
     )
-    todo = listing.join(known, keys=_KEY_COLUMNS, join_type="left anti")
-    return todo.sort_by("uri").select(listing.column_names)
+    # Joined on the keys alone: Arrow joins carry no map columns (the listing's `attributes`).
+    todo_uris = listing.select(_KEY_COLUMNS).join(known, keys=_KEY_COLUMNS, join_type="left anti")["uri"]
+    return listing.filter(pc.is_in(listing["uri"], value_set=todo_uris.combine_chunks())).sort_by("uri")
 
 
 def ingest_files(
@@ -142,6 +146,8 @@ def ingest_files(
     tile_encoding: str = DEFAULT_TILE_ENCODING,
     tile_rows_per_task: int = 8,
     dry_run: bool = False,
+    metadata: str | os.PathLike[str] | None = None,
+    relabel: bool = False,
 ) -> IngestSummary | DryRunSummary:
     """Ingest image files into `LAKE/<table>` (+ `<table>_rejects`) and record the run.
 
@@ -170,6 +176,12 @@ def ingest_files(
         tile_rows_per_task: split one huge page into tasks of this many tile rows (0: no split).
         dry_run: list and plan only: a `DryRunSummary` of the files that would be added,
             re-read and deleted; nothing is decoded, created or committed (no runs row).
+        metadata: a CSV, JSONL or Parquet file with a `file_name` (relative to the source
+            root) or `uri` column, an optional `label` column and extra columns (the
+            `attributes` map); see `lakeimg.jobs.metadata`. Rows it names whose label or
+            attributes differ are rewritten without decoding, also when their files did not change.
+        relabel: apply `label_from_path` and `metadata` to every unchanged image under the
+            sources too (without decoding): labels no rule gives any more become null.
     """
     if tile_size < 16 or tile_overlap < 0 or tile_overlap >= tile_size or tile_encoding not in TILE_ENCODINGS:
         raise SpecError(
@@ -177,11 +189,14 @@ def ingest_files(
             f"got tile_size={tile_size}, overlap={tile_overlap}, encoding={tile_encoding!r}"
         )
     validate_name("target table", table)  # before anything is created: `../x` must not leave the lake
+    if relabel and not (label_from_path or metadata):
+        raise SpecError("--relabel re-applies --label-from-path or --metadata: give one of them")
     started = time.monotonic()
     lake = str(lake)
     engine = engine or LocalEngine(lake, workers=workers)
     # The engine's object-store settings (env + options): they reach the lake and the sources.
     storage = getattr(engine, "options", None) or {}
+    meta = read_metadata(os.fspath(metadata), roots=source_roots(sources), storage_options=storage) if metadata else None
     if not dry_run:
         ensure_lake(lake, storage)
     run_id, started_at = new_run_id(), utc_now()
@@ -218,17 +233,23 @@ def ingest_files(
         "tile_overlap": tile_overlap,
         "tile_encoding": tile_encoding,
     }
+    if meta is not None:  # only when given: earlier runs' recorded specs stay as they were
+        spec.update(metadata=meta.source, metadata_sha256=meta.sha256)
+    if relabel:
+        spec["relabel"] = True
     record = RunRecord(run_id=run_id, job="ingest", engine=engine.name, target_table=table, spec=spec,
                        started_at=started_at, sources=spec["sources"])
     run = plan_run(engine, lake, sources, table=table, label_from_path=label_from_path,
-                   sync_deletes=sync_deletes, options=options, record=record, retry_rejects=retry_rejects)
+                   sync_deletes=sync_deletes, options=options, record=record, retry_rejects=retry_rejects,
+                   metadata=meta, relabel=relabel)
 
     if dry_run:
         known = run.known_images | run.known_rejects
         todo = run.todo["uri"].to_pylist()
         updated = sum(1 for uri in todo if uri in known)
         return DryRunSummary("ingest", table, engine.version(table) if engine.exists(table) else None,
-                             add=len(todo) - updated, update=updated, delete=run.deleted, unchanged=run.unchanged)
+                             add=len(todo) - updated, update=updated, delete=run.deleted, unchanged=run.unchanged,
+                             relabel=len(run.relabel))
     remove_stale_staging(lake)  # of runs killed before they could clean up
     remove_abandoned_uploads(engine.reader())  # ... and objects they uploaded but never committed
     staging = claim_staging(lake, run_id)  # marks this run's staging as live (engine/staging.py)
@@ -251,6 +272,7 @@ def ingest_files(
         rejected=decoded.rejects.num_rows,
         seconds=round(time.monotonic() - started, 3),
         rejects_version=rejects_version,
+        relabeled=len(run.relabel),
     )
 
 
@@ -270,6 +292,9 @@ class IngestRun:
     tiles_replace: set[str]  # uris whose old tiles go (changed or vanished tiled files)
     stale_images: list[str] = dataclasses.field(default_factory=list)  # left by a stopped run
     stale_rejects: list[str] = dataclasses.field(default_factory=list)
+    # Unchanged images whose label/attributes change (rewritten from `images_version`, not decoded).
+    relabel: dict[str, tuple[str | None, tuple[tuple[str, str], ...] | None]] = dataclasses.field(default_factory=dict)
+    images_version: int | None = None
 
     @property
     def unchanged(self) -> int:
@@ -289,10 +314,13 @@ class DecodedFiles:
     tiling: TilingResult
     rejects: pa.Table
     image_uris: set[str]
+    relabeled: Staged | None = None
 
     def cleanup(self) -> None:
         self.tiling.cleanup()
         self.staged.discard()
+        if self.relabeled is not None:
+            self.relabeled.discard()
 
 
 def plan_run(
@@ -306,11 +334,19 @@ def plan_run(
     options: IngestOptions,
     record: RunRecord,
     retry_rejects: bool = False,
+    metadata: Metadata | None = None,
+    relabel: bool = False,
 ) -> IngestRun:
-    """List the sources and compare them with the tables: what to read, what vanished."""
+    """List the sources and compare them with the tables: what to read, what vanished, and
+    which unchanged images get a new label or attributes."""
     validate_name("target table", table)
-    listing = list_sources(sources, exclude=[lake], label_from_path=label_from_path,
+    # The lake, and a metadata file kept among the images (imagefolder's metadata.csv), are not images.
+    exclude = [lake, *([metadata.source] if metadata is not None else [])]
+    listing = list_sources(sources, exclude=exclude, label_from_path=label_from_path,
                            storage_options=dict(options.storage))
+    if metadata is not None:
+        listing = _with_metadata(listing, metadata)
+    images_version = engine.version(table)
     images_keys, rejects_keys = _keys(engine, table), _keys(engine, rejects_of(table), ["error_class"])
     todo = plan_ingest(listing, images_keys, rejects_keys, retry_rejects=retry_rejects)
     known_images = set(images_keys["uri"].to_pylist())
@@ -333,9 +369,59 @@ def plan_run(
         listed_keys = listing.select(_KEY_COLUMNS)
         matched = listed_keys.join(images_keys.select(_KEY_COLUMNS).cast(listed_keys.schema), keys=_KEY_COLUMNS, join_type="inner")
         current_images = set(matched["uri"].to_pylist())
+    stale_images = sorted(in_both - current_images)
+    changed_labels: dict[str, tuple[str | None, tuple[tuple[str, str], ...] | None]] = {}
+    if (metadata is not None or relabel) and images_version is not None:
+        skip = todo_uris | set(stale_images)
+        changed_labels = _label_changes(engine, table, images_version, listing, metadata, relabel, skip)
     return IngestRun(table, options, record, listing, todo, known_images, known_rejects,
                      vanished_images, vanished_rejects, tiles_replace,
-                     stale_images=sorted(in_both - current_images), stale_rejects=sorted(in_both & current_images))
+                     stale_images=stale_images, stale_rejects=sorted(in_both & current_images),
+                     relabel=changed_labels, images_version=images_version)
+
+
+def _with_metadata(listing: pa.Table, metadata: Metadata) -> pa.Table:
+    """The listing with the metadata file's labels (over the path rule's) and attributes."""
+    uris = listing["uri"].to_pylist()
+    if metadata.rows and not any(u in metadata.rows for u in uris):
+        raise SpecError(f"--metadata {metadata.source}: no row names a listed file (file_name is relative to "
+                        "the source folder; a uri column holds absolute paths or URIs)")
+    labels, attributes = listing["label"].to_pylist(), []
+    for i, uri in enumerate(uris):
+        label, attrs = metadata.rows.get(uri, (None, None))
+        if label is not None:
+            labels[i] = label
+        attributes.append(sorted(attrs.items()) if attrs else None)
+    listing = listing.set_column(listing.schema.get_field_index("label"), "label", pa.array(labels, pa.string()))
+    index = listing.schema.get_field_index("attributes")
+    return listing.set_column(index, listing.schema.field(index), pa.array(attributes, listing.schema.field(index).type))
+
+
+def _label_changes(engine: Engine, table: str, version: int, listing: pa.Table, metadata: Metadata | None,
+                   relabel: bool, skip: set[str]) -> dict[str, tuple[str | None, tuple[tuple[str, str], ...] | None]]:
+    """Unchanged images (not in `skip`) whose stored label or attributes differ from what the
+    rules give now: with `relabel` every listed image, else the ones the metadata file names
+    (their label only when the file gives one)."""
+    have = engine.arrow_schema(table, version).names
+    stored = engine.read(table, version=version, columns=[c for c in ("uri", "label", "attributes") if c in have])
+    current = {
+        row["uri"]: (row["label"], tuple(sorted(row["attributes"])) if row.get("attributes") else None)
+        for row in stored.to_pylist()
+    }
+    changes = {}
+    for row in listing.select(["uri", "label", "attributes"]).to_pylist():
+        uri = row["uri"]
+        if uri in skip or uri not in current:
+            continue
+        wanted = (row["label"], tuple(sorted(row["attributes"])) if row["attributes"] else None)
+        if not relabel:
+            if metadata is None or uri not in metadata.rows:
+                continue
+            if metadata.rows[uri][0] is None:  # the file gives no label for it: the stored one stays
+                wanted = (current[uri][0], wanted[1])
+        if wanted != current[uri]:
+            changes[uri] = wanted
+    return changes
 
 
 def decode_files(
@@ -376,7 +462,30 @@ def decode_files(
         raise
     rejects = pa.concat_tables([as_rejects(staged.rejects()), as_rejects(tiling.rejects)])
     image_uris = {*staged.keys()["uri"].to_pylist(), *tiling.tiled_uris}
-    return DecodedFiles(staged, tiling, rejects, image_uris)
+    try:
+        relabeled = relabel_rows(engine, run) if run.relabel else None
+    except BaseException:
+        tiling.cleanup()
+        staged.discard()
+        raise
+    return DecodedFiles(staged, tiling, rejects, image_uris, relabeled)
+
+
+def relabel_rows(engine: Engine, run: IngestRun) -> Staged:
+    """Stage the rows of `run.relabel` with their new labels: read from the planned snapshot by
+    the engine and passed through the relabel kernel (a copy: nothing is decoded)."""
+    have = set(engine.arrow_schema(run.table, run.images_version).names)
+    columns = tuple(c for c in table_contract("images").column_names if c in have)
+    labels: Labels = dict(run.relabel)
+    return engine.stage(Stage(
+        partial(relabel_kernel, labels=labels, run_id=run.options.run_id),
+        SnapshotRows(run.table, run.images_version, columns, frozenset(labels)),
+        label=f"{run.options.run_id}-relabel",
+        output_schema=relabel_result_schema(),
+        contract=table_contract("images"),
+        rows_per_task=64,
+        workers=0,  # a copy of rows: a pool would cost more than it saves
+    ))
 
 
 def worker_time_limit(options: IngestOptions) -> float:
@@ -417,6 +526,11 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles) -> tupl
                                      replace=frozenset(images_delete), metadata=metadata))
         if images.committed:
             landed[table] = images.version
+        if decoded.relabeled is not None:  # unchanged images' new labels: rows copied, not decoded
+            relabeled = engine.commit(Write(table, table_contract("images"), staged=decoded.relabeled, metadata=metadata))
+            if relabeled.committed:
+                images = relabeled
+                landed[table] = relabeled.version
         metrics = MergeMetrics.of(old=run.known_images, new=decoded.image_uris, deleted=images_delete)
         rejects_version = engine.version(rejects_name)
         record.status = "succeeded"
@@ -427,5 +541,7 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles) -> tupl
         record.finished_at = utc_now()
         record.counts = {"added": metrics.inserted, "updated": metrics.updated, "unchanged": run.unchanged,
                          "deleted": run.deleted, "rejected": len(reject_uris)}
+        if run.relabel:
+            record.counts["relabeled"] = len(run.relabel)
         engine.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
     return images.version, metrics, rejects_version

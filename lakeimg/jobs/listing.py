@@ -42,7 +42,7 @@ from lakeimg.storage import (
     uri_to_path,
 )
 
-__all__ = ["list_sources", "source_scope", "SourceScope", "label_for"]
+__all__ = ["list_sources", "source_scope", "source_roots", "SourceScope", "label_for"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
@@ -197,6 +197,7 @@ def list_sources(
             "size_bytes": [found[u][0] for u in uris],
             "modified_at": [_ns_to_datetime(found[u][1]) for u in uris],
             "label": [label_for(u, label_from_path) for u in uris],
+            "attributes": [None] * len(uris),
             "kind": [found[u][2] for u in uris],
         },
         schema=LISTING_SCHEMA,
@@ -216,6 +217,31 @@ def _source_path(source: str) -> str:
 def _ns_to_datetime(ns: int) -> dt.datetime:
     # Microseconds: Delta timestamps' resolution, so re-runs compare equal.
     return _EPOCH + dt.timedelta(microseconds=ns // 1000)
+
+
+def source_roots(sources: Sequence[str]) -> list[str]:
+    """The root of each source, which a metadata file's `file_name` is relative to: a folder
+    itself, a glob's literal folder, a single file's folder (an object-store prefix as a URL).
+
+    Example:
+        >>> source_roots(["/data/photos", "s3://b/scans/**/*.tif"])
+        ['file:///data/photos', 's3://b/scans']
+    """
+    roots: list[str] = []
+    for source in sources:
+        if is_remote(source):
+            match = _GLOB_CHARS.search(source)
+            root = source[: match.start()].rsplit("/", 1)[0] if match else source.rstrip("/")
+        else:
+            path = _source_path(source)
+            if _GLOB_CHARS.search(path) and not os.path.lexists(path):
+                path = path[: _GLOB_CHARS.search(path).start()].rsplit("/", 1)[0] or "/"
+            elif os.path.lexists(path) and not os.path.isdir(path):
+                path = os.path.dirname(path)
+            root = path_to_uri(path)
+        if root not in roots:
+            roots.append(root)
+    return roots
 
 
 def source_scope(sources: Sequence[str]) -> SourceScope:

@@ -52,6 +52,7 @@ class DryRunSummary:
     delete: int
     unchanged: int
     mode: str | None = None
+    relabel: int = 0  # unchanged images whose label or attributes would be rewritten (ingest)
     dry_run: bool = True
 
     def to_dict(self) -> dict[str, Any]:

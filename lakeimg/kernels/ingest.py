@@ -78,6 +78,8 @@ LISTING_SCHEMA = pa.schema(
         pa.field("size_bytes", pa.int64(), nullable=False),
         pa.field("modified_at", pa.timestamp("us", tz="UTC"), nullable=False),
         pa.field("label", pa.string()),
+        # Extra columns of a `--metadata` file (`lakeimg.jobs.metadata`), null without one.
+        pa.field("attributes", pa.map_(pa.string(), pa.string())),
         # Null for a regular file; else the reject class listing found (not_regular_file,
         # broken_symlink, symlink_loop, unreadable): the kernel records it without opening the path.
         pa.field("kind", pa.string()),
@@ -229,6 +231,7 @@ def _image_row(
         "tile_size": tile_size,
         "levels": level_count(info.height, info.width, tile_size) if tile_size else None,
         "label": listing.get("label"),
+        "attributes": listing.get("attributes"),
         "decoder": info.decoder,
         "run_id": options.run_id,
         "ingested_at": options.ingested_at or _now(),
