@@ -39,7 +39,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lakeimg.engine.base import META_KEY, CommitResult, commit_metadata_json, with_retries
-from lakeimg.engine.layout import delta_file_path
+from lakeimg.engine.layout import delta_file_path, row_group_rows
 from lakeimg.errors import LakeImgError
 from lakeimg.schemas import TableContract
 from lakeimg.storage import (
@@ -181,11 +181,11 @@ def commit_files_by_uri(
                 if remote:
                     with tempfile.TemporaryDirectory(prefix="lakeimg-rewrite-") as scratch:
                         tmp = os.path.join(scratch, "rewrite.parquet")
-                        pq.write_table(kept, tmp, row_group_size=16)
+                        pq.write_table(kept, tmp, row_group_size=row_group_rows(kept), write_page_checksum=True)
                         actions.append(move_in(tmp))
                 else:
                     tmp = os.path.join(root, f".rewrite-{uuid.uuid4().hex}.parquet")
-                    pq.write_table(kept, tmp, row_group_size=16)
+                    pq.write_table(kept, tmp, row_group_size=row_group_rows(kept), write_page_checksum=True)
                     actions.append(move_in(tmp))
         return actions, found
 

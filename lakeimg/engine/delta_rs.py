@@ -46,6 +46,7 @@ from lakeimg.engine.layout import (
     check_log_tail,
     check_not_before_first,
     delta_file_path,
+    row_group_rows,
     staging_location,
     table_location,
     tables_in,
@@ -128,10 +129,10 @@ class LocalEngine:
             return None
         return self._delta_table(name).version()
 
-    def data_files(self, name: str, version: VersionLike = None) -> list[str]:
+    def data_files(self, name: str, version: VersionLike = None, *, table: Any = None) -> list[str]:
         """The Parquet files that make up a snapshot: local paths, or URLs on an object store
-        (read them through `parquet_files`)."""
-        table = self._delta_table(name, version)
+        (read them through `parquet_files`); `table` is the snapshot when the caller opened it."""
+        table = table if table is not None else self._delta_table(name, version)
         features = table.protocol().reader_features or []
         if "deletionVectors" in features:
             actions = pa.table(table.get_add_actions(flatten=True))
@@ -152,7 +153,7 @@ class LocalEngine:
         """
         delta = self._delta_table(name, version)
         schema = pa.schema(delta.schema().to_arrow())
-        for path in self.data_files(name, version):
+        for path in self.data_files(name, version, table=delta):
             with _damage_as_error(name, delta.version(), path, options=self.options):
                 parquet = self.parquet_file(path)
                 present = [c for c in columns if c in parquet.schema_arrow.names]
@@ -182,7 +183,7 @@ class LocalEngine:
         """
         table = self._delta_table(name, version)
         schema = pa.schema(table.schema().to_arrow())
-        files = self.data_files(name, version)
+        files = self.data_files(name, version, table=table)
         if not files:
             empty = pa.schema([f.with_nullable(True) for f in schema]).empty_table()
             return empty.select(list(columns)) if columns else empty
@@ -360,7 +361,8 @@ class LocalEngine:
                     root = uri_to_path(self.location(name))
                     os.makedirs(root, exist_ok=True)
                 files.append(os.path.join(root, f".rows-{uuid.uuid4().hex}.parquet"))
-                pq.write_table(as_contract(rows, contract), files[-1], row_group_size=64)
+                contracted = as_contract(rows, contract)
+                pq.write_table(contracted, files[-1], row_group_size=row_group_rows(contracted), write_page_checksum=True)
             try:
                 result, _found = commit_files_by_uri(self, name, contract, files, uris=sorted(uris), metadata=write.metadata)
             finally:

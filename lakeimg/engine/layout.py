@@ -39,6 +39,29 @@ from lakeimg.storage import (
 )
 from lakeimg.tables import RUNS_TABLE, TRAINSETS_TABLE, is_table_name, lake_relative, lake_tables
 
+# The data file layout of lakeimg's tables (README "Performance", DEVELOPERS "Table layout").
+# A data file closes at TARGET_FILE_BYTES (Arrow bytes written; image bytes are already
+# compressed, so the file is about that size): replacing one row rewrites at most one such file,
+# and a table of a million small images is a few dozen files. Row groups close at
+# ROW_GROUP_BYTES or ROW_GROUP_ROWS, whichever comes first: a reader that wants a few rows by uri
+# reads a few row groups (their uri statistics prune the rest), a streamed read holds one, and
+# a re-run's key-column read touches a few hundred row groups per million rows, not 60,000.
+TARGET_FILE_BYTES = 64 << 20
+ROW_GROUP_BYTES = 8 << 20
+ROW_GROUP_ROWS = 4096
+
+
+def row_group_rows(table: Any) -> int:
+    """Rows per row group for writing `table` (a pyarrow Table) in one go, per the layout above.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> row_group_rows(pa.table({"b": [b"x" * 1000] * 10})), row_group_rows(pa.table({"b": [b"x" * (3 << 20)] * 10}))
+        (4096, 2)
+    """
+    per_row = max(1, table.nbytes // max(1, table.num_rows))
+    return max(1, min(ROW_GROUP_ROWS, ROW_GROUP_BYTES // per_row))
+
 __all__ = ["table_location", "ensure_lake", "lake_exists", "require_lake", "check_log_tail", "check_not_before_first",
            "delta_file_path", "staging_location", "staging_root", "tables_in"]
 

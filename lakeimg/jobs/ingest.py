@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -45,7 +45,6 @@ from lakeimg.jobs.summary import RunSummary
 from lakeimg.jobs.tiling import (
     TilingResult,
     commit_tiles,
-    previously_tiled,
     tile_images,
 )
 from lakeimg.kernels.ingest import (
@@ -86,11 +85,26 @@ TRANSIENT_REJECTS = tuple(str(c) for c in ErrorClass if c.transient)
 
 
 def _keys(engine: Engine, name: str, extra: Sequence[str] = ()) -> pa.Table:
+    """Only the key columns (and `extra`) of a table, as Arrow: a re-run never reads content."""
     if not engine.exists(name):
         return pa.table({"uri": pa.array([], pa.string()), "size_bytes": pa.array([], pa.int64()),
                          "modified_at": pa.array([], pa.timestamp("us", tz="UTC")),
-                         **{c: pa.array([], pa.string()) for c in extra}})
+                         **{c: pa.array([], pa.bool_() if c == "tiled" else pa.string()) for c in extra}})
     return engine.read(name, columns=[*_KEY_COLUMNS, *extra])
+
+
+def _among(uris: Iterable[str] | pa.Array | pa.ChunkedArray, known: pa.Array | pa.ChunkedArray) -> set[str]:
+    """The `uris` (a small set: this run's files) that are in `known` (a table's whole uri column,
+    kept as Arrow: a million uris as Python strings would cost the driver ~100 MB)."""
+    wanted = uris if isinstance(uris, (pa.Array, pa.ChunkedArray)) else pa.array(sorted(uris), pa.string())
+    if len(wanted) == 0 or len(known) == 0:
+        return set()
+    return set(wanted.filter(pc.is_in(wanted, value_set=_plain(known))).to_pylist())
+
+
+def _plain(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column.cast(pa.string()) if column.type != pa.string() else column
 
 
 def plan_ingest(listing: pa.Table, images_keys: pa.Table, rejects_keys: pa.Table, *, retry_rejects: bool = False) -> pa.Table:
@@ -253,8 +267,8 @@ class IngestRun:
     record: RunRecord
     listing: pa.Table
     todo: pa.Table  # the listing rows to read (new or changed files)
-    known_images: set[str]
-    known_rejects: set[str]
+    known_images: pa.Array  # uris in the images table (Arrow: a million of them stay small)
+    known_rejects: pa.Array
     vanished_images: list[str]
     vanished_rejects: list[str]
     tiles_replace: set[str]  # uris whose old tiles go (changed or vanished tiled files)
@@ -297,32 +311,38 @@ def plan_run(
     record: RunRecord,
     retry_rejects: bool = False,
 ) -> IngestRun:
-    """List the sources and compare them with the tables: what to read, what vanished."""
+    """List the sources and compare them with the tables: what to read, what vanished.
+
+    Everything per file stays in Arrow (the listing, the tables' key columns, the joins); only
+    the files to read, vanished and stale ones become Python objects, so a re-run that finds
+    nothing to do costs the driver ~200 bytes a file.
+    """
     validate_name("target table", table)
     listing = list_sources(sources, exclude=[lake], label_from_path=label_from_path,
                            storage_options=dict(options.storage))
-    images_keys, rejects_keys = _keys(engine, table), _keys(engine, rejects_of(table), ["error_class"])
+    images_keys, rejects_keys = _keys(engine, table, ["tiled"]), _keys(engine, rejects_of(table), ["error_class"])
     todo = plan_ingest(listing, images_keys, rejects_keys, retry_rejects=retry_rejects)
-    known_images = set(images_keys["uri"].to_pylist())
-    known_rejects = set(rejects_keys["uri"].to_pylist())
+    known_images, known_rejects = _plain(images_keys["uri"]), _plain(rejects_keys["uri"])
     vanished_images: list[str] = []
     vanished_rejects: list[str] = []
+    listed = _plain(listing["uri"])
     if sync_deletes:
         scope = source_scope(sources)
-        listed = set(listing["uri"].to_pylist())
-        vanished_images = sorted(u for u in known_images if u not in listed and scope.covers(u))
-        vanished_rejects = sorted(u for u in known_rejects if u not in listed and scope.covers(u))
+        for known, vanished in ((known_images, vanished_images), (known_rejects, vanished_rejects)):
+            gone = known.filter(pc.invert(pc.is_in(known, value_set=listed)))
+            vanished.extend(sorted(u for u in gone.to_pylist() if scope.covers(u)))
     # Old tiles go when their file changed or vanished (or failed); new ones come from tiling.
     todo_uris = set(todo["uri"].to_pylist())
-    tiles_replace = previously_tiled(engine, table) & (todo_uris | set(vanished_images))
+    tiled = images_keys.filter(pc.fill_null(images_keys["tiled"], False))["uri"]
+    tiles_replace = _among(todo_uris | set(vanished_images), tiled)
     # A run stopped between its rejects and images commits can leave a file in both tables;
     # the row whose key no longer matches the file goes now (this completes that run).
-    in_both = (known_images & known_rejects) - todo_uris
+    in_both = _among(known_rejects, known_images) - todo_uris
     current_images: set[str] = set()
     if in_both:
         listed_keys = listing.select(_KEY_COLUMNS)
         matched = listed_keys.join(images_keys.select(_KEY_COLUMNS).cast(listed_keys.schema), keys=_KEY_COLUMNS, join_type="inner")
-        current_images = set(matched["uri"].to_pylist())
+        current_images = _among(in_both, matched["uri"])
     return IngestRun(table, options, record, listing, todo, known_images, known_rejects,
                      vanished_images, vanished_rejects, tiles_replace,
                      stale_images=sorted(in_both - current_images), stale_rejects=sorted(in_both & current_images))
@@ -392,8 +412,8 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles) -> tupl
     rejects_name, tiles_name = rejects_of(table), tiles_of(table)
     metadata = record.commit_metadata()
     reject_uris = set(decoded.rejects["uri"].to_pylist())
-    images_delete = {*run.vanished_images, *run.stale_images, *(reject_uris & run.known_images)}
-    rejects_delete = {*run.vanished_rejects, *run.stale_rejects, *(decoded.image_uris & run.known_rejects)}
+    images_delete = {*run.vanished_images, *run.stale_images, *_among(reject_uris, run.known_images)}
+    rejects_delete = {*run.vanished_rejects, *run.stale_rejects, *_among(decoded.image_uris, run.known_rejects)}
     with run_commits(engine, record, [table, rejects_name, tiles_name]) as landed:
         # The rejects table is made with the first images commit, so SQL can name it.
         rejects = engine.commit(Write(rejects_name, table_contract("rejects"), rows=decoded.rejects, replace=frozenset(rejects_delete),
@@ -407,7 +427,8 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles) -> tupl
                                      replace=frozenset(images_delete), metadata=metadata))
         if images.committed:
             landed[table] = images.version
-        metrics = MergeMetrics.of(old=run.known_images, new=decoded.image_uris, deleted=images_delete)
+        metrics = MergeMetrics.of(old=_among(decoded.image_uris | images_delete, run.known_images),
+                                  new=decoded.image_uris, deleted=images_delete)
         rejects_version = engine.version(rejects_name)
         record.status = "succeeded"
         record.target_version = images.version

@@ -1,0 +1,199 @@
+"""How ingest's costs grow with the table: first ingest, no-op re-run, +1,000 files, 10 changed files.
+
+    python benchmarks/bench_scale.py [--sizes 10000,100000] [--workers N] [--small 20000] [--keep DIR]
+
+Sources are made cheaply: a few hundred small images (32x32 PNGs and 64x64 JPEGs) and a million
+distinct paths that are hard links to them (`--sizes`: 1,000 files per folder), so a million
+files take no disk. Each step runs in a fresh interpreter, which reports its wall time and its
+own peak RSS (`ru_maxrss`: the driver only; the pool's workers are separate processes):
+
+  first      ingest of N files into a fresh lake
+  no-op      the same ingest again: nothing changed, nothing is decoded, no commit
+  +1000      1,000 new files added to the source (compared with +1000 into an empty lake)
+  changed10  10 files rewritten with new content; the row says how many bytes of Parquet the
+             commit rewrote (removed files' sizes from the Delta log)
+
+`--small N` also times ingest of N tiny images (half 32x32 PNG, half 64x64 JPEG) against the bare
+loop of bench_ingest.py (same per-file work, same number of processes); target >= 1.2x.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+PER_FOLDER = 1000
+DISTINCT = 300
+
+
+def write_small_images(folder: str, count: int, *, seed: int = 0) -> list[str]:
+    """`count` distinct tiny images: 32x32 PNGs and 64x64 JPEGs, alternating."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i in range(count):
+        if i % 2:
+            path = os.path.join(folder, f"s{seed}_{i:06d}.jpg")
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path, quality=90)
+        else:
+            path = os.path.join(folder, f"s{seed}_{i:06d}.png")
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def link_tree(originals: list[str], root: str, count: int, *, start: int = 0) -> None:
+    """`count` hard links to `originals` under `root/dNNNN/` (1,000 per folder), named distinctly."""
+    for i in range(start, start + count):
+        folder = os.path.join(root, f"d{i // PER_FOLDER:05d}")
+        if i % PER_FOLDER == 0 or i == start:
+            os.makedirs(folder, exist_ok=True)
+        original = originals[i % len(originals)]
+        os.link(original, os.path.join(folder, f"f{i:07d}{os.path.splitext(original)[1]}"))
+
+
+def _step(lake: str, src: str, workers: int) -> dict:
+    """One ingest in this interpreter: seconds, summary counts, this process's peak RSS."""
+    from lakeimg.jobs.ingest import ingest_files
+
+    start = time.perf_counter()
+    summary = ingest_files(lake, [src], workers=workers)
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "added": summary.added, "updated": summary.updated, "unchanged": summary.unchanged,
+            "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def run_step(lake: str, src: str, workers: int) -> dict:
+    """`_step` in a fresh interpreter (so the peak RSS is this step's alone)."""
+    code = ("import json, sys; sys.path[:0] = [%r, %r]; from bench_scale import _step; "
+            "print(json.dumps(_step(%r, %r, %d)))") % (str(ROOT), str(ROOT / "benchmarks"), lake, src, workers)
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rewritten_bytes(lake: str, table: str = "images") -> tuple[int, int]:
+    """(bytes, files) of Parquet the table's latest commit removed (what a change rewrote)."""
+    log = Path(lake) / table / "_delta_log"
+    latest = max(log.glob("*.json"))
+    size = files = 0
+    for line in latest.read_text().splitlines():
+        action = json.loads(line)
+        if "remove" in action:
+            size += action["remove"].get("size") or 0
+            files += 1
+    return size, files
+
+
+def scale_row(n: int, originals: list[str], work: str, workers: int) -> dict:
+    src = os.path.join(work, f"src{n}")
+    lake = os.path.join(work, f"lake{n}")
+    t0 = time.perf_counter()
+    link_tree(originals, src, n)
+    print(f"  {n} files linked in {time.perf_counter() - t0:.1f} s", flush=True)
+    row = {"n": n}
+    row["first"] = run_step(lake, src, workers)
+    print(f"  first  {row['first']}", flush=True)
+    row["noop"] = run_step(lake, src, workers)
+    print(f"  no-op  {row['noop']}", flush=True)
+    extra = write_small_images(os.path.join(work, f"new{n}"), DISTINCT, seed=n)
+    link_tree(extra, src, 1000, start=n)
+    row["add"] = run_step(lake, src, workers)
+    print(f"  +1000  {row['add']}", flush=True)
+    # 10 changed files: new content under 10 existing paths spread over the table.
+    fresh = write_small_images(os.path.join(work, f"chg{n}"), 10, seed=n + 1)
+    for k, path in enumerate(fresh):
+        i = (k * n) // 10 + 7
+        target = os.path.join(src, f"d{i // PER_FOLDER:05d}", f"f{i:07d}{os.path.splitext(originals[i % len(originals)])[1]}")
+        os.unlink(target)
+        shutil.copyfile(path, target)
+    row["changed"] = run_step(lake, src, workers)
+    row["rewritten"] = rewritten_bytes(lake)
+    print(f"  chg10  {row['changed']} rewrote {row['rewritten']}", flush=True)
+    shutil.rmtree(lake, ignore_errors=True)
+    shutil.rmtree(src, ignore_errors=True)
+    return row
+
+
+def empty_add(originals: list[str], work: str, workers: int) -> dict:
+    """+1,000 files into an empty lake (the baseline of the +1000 column)."""
+    src = os.path.join(work, "src-empty")
+    link_tree(originals, src, 1000)
+    result = run_step(os.path.join(work, "lake-empty"), src, workers)
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(os.path.join(work, "lake-empty"), ignore_errors=True)
+    return result
+
+
+def small_files(count: int, work: str, workers: int) -> tuple[float, float]:
+    """(lakeimg seconds, bare-loop seconds) over `count` distinct tiny images."""
+    from bench_ingest import bare_loop
+
+    src = os.path.join(work, "small")
+    files = write_small_images(src, count, seed=12345)
+    lake_s = run_step(os.path.join(work, "lake-small"), src, workers)["seconds"]
+    out = os.path.join(work, "bare-small")
+    os.makedirs(out)
+    bare_s = bare_loop(files, workers, out)
+    return lake_s, bare_s
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000", help="table sizes, comma-separated (e.g. 10000,100000,1000000)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--small", type=int, default=20000, help="tiny images for the small-files ratio (0: skip)")
+    parser.add_argument("--keep", default=None, help="work folder (default: a temporary one, removed)")
+    args = parser.parse_args(argv)
+    work = args.keep or tempfile.mkdtemp(prefix="bench-scale-")
+    os.makedirs(work, exist_ok=True)
+    try:
+        originals = write_small_images(os.path.join(work, "originals"), DISTINCT)
+        rows = []
+        if args.sizes:
+            base = empty_add(originals, work, args.workers)
+            print(f"+1000 into an empty lake: {base}", flush=True)
+            for n in (int(s) for s in args.sizes.split(",")):
+                print(f"table of {n} files", flush=True)
+                rows.append(scale_row(n, originals, work, args.workers))
+            print()
+            print(f"workers={args.workers}; seconds / driver peak RSS MB; +1000 into an empty lake: "
+                  f"{base['seconds']:.1f} s / {base['rss_mb']:.0f} MB")
+            print("| files | first ingest | no-op re-run | +1,000 files | 10 changed files | rewritten by the change |")
+            print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+            for r in rows:
+                cells = [f"{r[k]['seconds']:.1f} s / {r[k]['rss_mb']:.0f} MB" for k in ("first", "noop", "add", "changed")]
+                print(f"| {r['n']:,} | " + " | ".join(cells) + f" | {r['rewritten'][0] / 2**20:.1f} MiB in {r['rewritten'][1]} files |")
+            for r in rows:
+                ratio = r["add"]["seconds"] / base["seconds"]
+                print(f"  {r['n']:,}: +1000 costs {ratio:.2f}x the empty-lake add (target <= 2x) {'OK' if ratio <= 2 else 'MISSED'}; "
+                      f"no-op {'OK' if r['noop']['seconds'] <= 60 and r['noop']['rss_mb'] <= 1024 else 'MISSED'} (<= 60 s, <= 1 GB)")
+        if args.small:
+            lake_s, bare_s = small_files(args.small, work, args.workers)
+            ratio = bare_s / lake_s
+            print(f"small files ({args.small}: 32x32 PNG + 64x64 JPEG): lakeimg {lake_s:.1f} s ({args.small / lake_s:.0f}/s), "
+                  f"bare loop {bare_s:.1f} s ({args.small / bare_s:.0f}/s): {ratio:.2f}x (target >= 1.2x) "
+                  f"{'OK' if ratio >= 1.2 else 'MISSED'}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
