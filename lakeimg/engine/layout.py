@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from lakeimg.errors import (
@@ -51,7 +52,25 @@ ROW_GROUP_BYTES = 8 << 20
 ROW_GROUP_ROWS = 4096
 
 
-def row_group_rows(table: Any) -> int:
+# Columns whose values are (nearly) all distinct: dictionary encoding only costs time there
+# (Parquet falls back to plain pages after trying), and image bytes are already compressed.
+_UNIQUE_COLUMNS = ("uri", "content_sha256", "content", "thumbnail", "pixels", "data", "tile")
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns of a pyarrow schema worth Parquet dictionary encoding (repeated values: format,
+    mode, label...), for `use_dictionary=`: not the unique keys, hashes and byte columns.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> dictionary_columns(pa.schema([("uri", pa.string()), ("format", pa.string()), ("content", pa.binary())]))
+        ['format']
+    """
+    return [f.name for f in schema if f.name not in _UNIQUE_COLUMNS and not pa.types.is_binary(f.type)
+            and not pa.types.is_large_binary(f.type)]
+
+
+def row_group_rows(table: pa.Table) -> int:
     """Rows per row group for writing `table` (a pyarrow Table) in one go, per the layout above.
 
     Example:

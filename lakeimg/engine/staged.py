@@ -22,7 +22,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lakeimg.engine.layout import ROW_GROUP_BYTES, ROW_GROUP_ROWS, TARGET_FILE_BYTES
+from lakeimg.engine.layout import (
+    ROW_GROUP_BYTES,
+    ROW_GROUP_ROWS,
+    TARGET_FILE_BYTES,
+    dictionary_columns,
+)
 from lakeimg.schemas import TableContract
 from lakeimg.storage import open_output, remove_prefix, uri_to_path
 
@@ -80,7 +85,8 @@ class StagedParquet:
             self.files.append(os.path.join(self.folder, f"part-{len(self.files):05d}.parquet"))
             # Page checksums let `lakeimg verify` catch damage in columns that have no hash of their own.
             self._sink = open_output(self.files[-1])
-            self._writer = pq.ParquetWriter(self._sink, self._schema, write_page_checksum=True)
+            self._writer = pq.ParquetWriter(self._sink, self._schema, write_page_checksum=True,
+                                            use_dictionary=dictionary_columns(self._schema))
             self._written = 0
         per_row = max(1, size // max(1, table.num_rows))
         self._writer.write_table(table, row_group_size=max(1, min(self.row_group_rows, self.row_group_bytes // per_row)))
@@ -135,10 +141,12 @@ class LocalStaged:
     def add(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Sort one output batch into rejects, held rows and output rows."""
         table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-        rejected = pc.is_valid(table["error_class"]) if "error_class" in table.column_names else pa.array([False] * table.num_rows)
-        self._rejects.append(table.filter(rejected))
-        table = table.filter(pc.invert(rejected))
-        if self.held_column is not None:
+        # Filters copy every column (image bytes included): only when a batch mixes kinds of rows.
+        if "error_class" in table.column_names and table["error_class"].null_count < table.num_rows:
+            rejected = pc.is_valid(table["error_class"])
+            self._rejects.append(table.filter(rejected))
+            table = table.filter(pc.invert(rejected))
+        if self.held_column is not None and pc.any(pc.fill_null(table[self.held_column], False)).as_py():
             hold = pc.fill_null(table[self.held_column], False)
             self._held.append(table.filter(hold))
             table = table.filter(pc.invert(hold))

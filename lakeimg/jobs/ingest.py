@@ -375,7 +375,7 @@ def decode_files(
         on_failure=partial(reject_row, run_id=options.run_id, at=options.ingested_at),
         prepare=partial(prepare_ingest_kernel, options),
         task_timeout_s=worker_time_limit(options),
-        rows_per_task=max(1, min(16, run.todo.num_rows // max(1, parallel * 4))),
+        rows_per_task=rows_per_task(run.todo, parallel),
         on_progress=on_progress,
         workers=workers,
     ))
@@ -387,6 +387,26 @@ def decode_files(
     rejects = pa.concat_tables([as_rejects(staged.rejects()), as_rejects(tiling.rejects)])
     image_uris = {*staged.keys()["uri"].to_pylist(), *tiling.tiled_uris}
     return DecodedFiles(staged, tiling, rejects, image_uris)
+
+
+def rows_per_task(todo: pa.Table, parallel: int) -> int:
+    """Files per pool task: 16, or 64 when the files are small (a task's spool and IPC cost is
+    then worth more than the files' own work); fewer when there are few files, so every worker
+    gets some.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> rows_per_task(pa.table({"size_bytes": [5_000] * 10_000}), 2), rows_per_task(pa.table({"size_bytes": [3 << 20] * 10_000}), 2)
+        (64, 16)
+    """
+    if todo.num_rows == 0:
+        return 1
+    mean = (pc.sum(todo["size_bytes"]).as_py() or 0) / todo.num_rows
+    most = 64 if mean <= _SMALL_FILE_BYTES else 16
+    return max(1, min(most, todo.num_rows // max(1, parallel * 4)))
+
+
+_SMALL_FILE_BYTES = 256 << 10
 
 
 def worker_time_limit(options: IngestOptions) -> float:
