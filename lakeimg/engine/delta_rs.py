@@ -43,6 +43,7 @@ from lakeimg.engine.base import (
     with_retries,
 )
 from lakeimg.engine.layout import (
+    TARGET_FILE_BYTES,
     check_log_tail,
     check_not_before_first,
     delta_file_path,
@@ -261,9 +262,11 @@ class LocalEngine:
     # --- maintenance ---------------------------------------------------------------------
 
     def optimize(self, name: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Compact small files into larger ones (a new version with the same rows)."""
+        """Compact small files into files of about `layout.TARGET_FILE_BYTES` (a new version with the
+        same rows): the size a replace by uri rewrites at most per changed file."""
         return with_retries(
-            name, lambda: self._delta_table(name).optimize.compact(commit_properties=_commit_properties(metadata)), _conflicts()
+            name, lambda: self._delta_table(name).optimize.compact(
+                target_size=TARGET_FILE_BYTES, commit_properties=_commit_properties(metadata)), _conflicts()
         )
 
     def vacuum(
