@@ -9,7 +9,8 @@ own peak RSS (`ru_maxrss`: the driver only; the pool's workers are separate proc
 
   first      ingest of N files into a fresh lake
   no-op      the same ingest again: nothing changed, nothing is decoded, no commit
-  +1000      1,000 new files added to the source (compared with +1000 into an empty lake)
+  +1000      a new folder of 1,000 files ingested into the N-row table (compared with the same
+             into an empty lake); re-listing the whole N-file source costs the no-op on top
   changed10  10 files rewritten with new content; the row says how many bytes of Parquet the
              commit rewrote (removed files' sizes from the Delta log)
 
@@ -135,9 +136,11 @@ def scale_row(n: int, originals: list[str], work: str, workers: int) -> dict:
     print(f"  first  {row['first']}", flush=True)
     row["noop"] = run_step(lake, src, workers)
     print(f"  no-op  {row['noop']}", flush=True)
+    # A new batch of 1,000 files (its own folder, as a nightly drop) ingested into the big table.
     extra = write_small_images(os.path.join(work, f"new{n}"), DISTINCT, seed=n)
-    link_tree(extra, src, 1000, start=n)
-    row["add"] = run_step(lake, src, workers)
+    batch = os.path.join(work, f"batch{n}")
+    link_tree(extra, batch, 1000, start=n)
+    row["add"] = run_step(lake, batch, workers)
     print(f"  +1000  {row['add']}", flush=True)
     # 10 changed files: new content under 10 existing paths spread over the table.
     fresh = write_small_images(os.path.join(work, f"chg{n}"), 10, seed=n + 1)
@@ -149,15 +152,15 @@ def scale_row(n: int, originals: list[str], work: str, workers: int) -> dict:
     row["changed"] = run_step(lake, src, workers)
     row["rewritten"] = rewritten_bytes(lake)
     print(f"  chg10  {row['changed']} rewrote {row['rewritten']}", flush=True)
-    shutil.rmtree(lake, ignore_errors=True)
-    shutil.rmtree(src, ignore_errors=True)
+    for folder in (lake, src, batch):
+        shutil.rmtree(folder, ignore_errors=True)
     return row
 
 
-def empty_add(originals: list[str], work: str, workers: int) -> dict:
+def empty_add(work: str, workers: int) -> dict:
     """+1,000 files into an empty lake (the baseline of the +1000 column)."""
     src = os.path.join(work, "src-empty")
-    link_tree(originals, src, 1000)
+    link_tree(write_small_images(os.path.join(work, "new-empty"), DISTINCT, seed=7), src, 1000)
     result = run_step(os.path.join(work, "lake-empty"), src, workers)
     shutil.rmtree(src, ignore_errors=True)
     shutil.rmtree(os.path.join(work, "lake-empty"), ignore_errors=True)
@@ -188,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         originals = write_small_images(os.path.join(work, "originals"), DISTINCT)
         rows = []
         if args.sizes:
-            base = empty_add(originals, work, args.workers)
+            base = empty_add(work, args.workers)
             print(f"+1000 into an empty lake: {base}", flush=True)
             for n in (int(s) for s in args.sizes.split(",")):
                 print(f"table of {n} files", flush=True)

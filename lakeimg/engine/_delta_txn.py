@@ -174,7 +174,7 @@ def commit_files_by_uri(
             path = delta_file_path(uri)
             relative = path[len(root) + 1:] if remote else os.path.relpath(path, root)
             bounds = ranges.get(relative)
-            if bounds is not None and not _any_between(wanted, *bounds):
+            if bounds is not None and not any_between(wanted, *bounds):
                 continue  # the log's uri statistics rule this file out: it is not even opened
             held = engine.parquet_file(path).read(columns=["uri"])["uri"]
             hit = pc.is_in(held, pa.array(sorted(drop), held.type))
@@ -266,7 +266,7 @@ def uri_ranges(table: Any) -> dict[str, tuple[str, str]]:
     return ranges
 
 
-def _any_between(sorted_uris: Sequence[str], low: str, high: str) -> bool:
+def any_between(sorted_uris: Sequence[str], low: str, high: str) -> bool:
     i = bisect.bisect_left(sorted_uris, low)
     return i < len(sorted_uris) and sorted_uris[i] <= high
 

@@ -8,8 +8,8 @@ Example:
     >>> import tempfile
     >>> from lakeimg.schemas import table_contract
     >>> staged = StagedParquet(tempfile.mkdtemp() + "/stage", table_contract("rejects"))
-    >>> staged.finish(), staged.uris
-    ([], [])
+    >>> staged.finish()
+    []
     >>> staged.discard()
 """
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -52,13 +53,13 @@ class StagedParquet:
         self.folder, self.contract = uri_to_path(folder), contract
         self.file_bytes, self.row_group_bytes, self.row_group_rows = file_bytes, row_group_bytes, row_group_rows
         self.files: list[str] = []
-        self.uris: list[str] = []  # of every row written, in order
         self._schema = contract.arrow_schema
         self._writer: pq.ParquetWriter | None = None
         self._sink = None
         self._written = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = self._pending_bytes = 0
+        self._uris: list[pa.Array] = []  # of every row written, in order (copies, see LocalStaged.add)
 
     def write(self, rows: pa.Table | pa.RecordBatch) -> None:
         """Append rows (any column order; cast to the contract's schema)."""
@@ -66,12 +67,17 @@ class StagedParquet:
             return
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
         table = table.select(self._schema.names).cast(self._schema)
-        self.uris += table["uri"].to_pylist()
+        self._uris.append(pc.take(table["uri"], pa.array(np.arange(table.num_rows))).combine_chunks())
         self._pending.append(table)
         self._pending_rows += table.num_rows
         self._pending_bytes += table.nbytes
         if self._pending_rows >= self.row_group_rows or self._pending_bytes >= self.row_group_bytes:
             self._flush()
+
+    @property
+    def uris(self) -> list[str]:
+        """The uri of every row written, in order."""
+        return [u for chunk in self._uris for u in chunk.to_pylist()]
 
     def _flush(self) -> None:
         """The buffered rows as one row group (several when a single hand-over is larger)."""
@@ -152,7 +158,9 @@ class LocalStaged:
             table = table.filter(pc.invert(hold))
         if self.parquet is not None:
             self.parquet.write(table)
-        self._keys.append(table.select(self._key_columns))
+        # A copy: sliced from the worker's IPC message, the key columns would keep the whole
+        # message (image bytes and thumbnails) alive until the commit, ~5 KB per small file.
+        self._keys.append(table.select(self._key_columns).take(pa.array(np.arange(table.num_rows))))
 
     def _concat(self, parts: list[pa.Table], columns: Sequence[str] | None = None) -> pa.Table:
         table = pa.concat_tables(parts) if parts else self.schema.empty_table()
