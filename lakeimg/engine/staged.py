@@ -59,7 +59,6 @@ class StagedParquet:
         self._written = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = self._pending_bytes = 0
-        self._uris: list[pa.Array] = []  # of every row written, in order (copies, see LocalStaged.add)
 
     def write(self, rows: pa.Table | pa.RecordBatch) -> None:
         """Append rows (any column order; cast to the contract's schema)."""
@@ -67,7 +66,6 @@ class StagedParquet:
             return
         table = rows if isinstance(rows, pa.Table) else pa.Table.from_batches([rows])
         table = table.select(self._schema.names).cast(self._schema)
-        self._uris.append(pc.take(table["uri"], pa.array(np.arange(table.num_rows))).combine_chunks())
         self._pending.append(table)
         self._pending_rows += table.num_rows
         self._pending_bytes += table.nbytes
@@ -76,8 +74,8 @@ class StagedParquet:
 
     @property
     def uris(self) -> list[str]:
-        """The uri of every row written, in order."""
-        return [u for chunk in self._uris for u in chunk.to_pylist()]
+        """The uri of every row in the finished files, in order (read back: not kept in memory)."""
+        return [u for path in self.files for u in pq.read_table(path, columns=["uri"])["uri"].to_pylist()]
 
     def _flush(self) -> None:
         """The buffered rows as one row group (several when a single hand-over is larger)."""
