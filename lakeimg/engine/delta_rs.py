@@ -500,6 +500,9 @@ class LocalEngine:
                 on_progress=progress, output_schema=stage.output_schema,
             ):
                 staged.add(batch)
+            # The last row group and footers are written now, so a full disk fails the stage
+            # (before any commit), not the commit that moves the files in.
+            staged.files()
         except BaseException:
             staged.discard()
             raise
