@@ -2,7 +2,8 @@
 
 Hidden files and folders (a name starting with ".") and anything inside the lake are skipped.
 The listing is an Arrow table in the kernel's input schema (`uri`, `size_bytes`, `modified_at`,
-`label`, `kind`), so it feeds `ingest_kernel` on either engine. URIs come from
+`label`, `kind`), so it feeds `ingest_kernel` on either engine. It is gathered in Arrow chunks as
+files are found (~100 bytes a file; Python objects live for one chunk), sorted by uri. URIs come from
 `lakeimg.storage.path_to_uri`, so any file name the file system allows is listed (non-UTF-8 names too).
 
 What is not a regular file is listed too, never opened, with `kind` set to the reject class the
