@@ -878,11 +878,31 @@ def _walk_local(path: str) -> Iterator[Listed]:
         if key in ancestors:
             yield Listed(path_to_uri(path), lst.st_size, lst.st_mtime_ns, ErrorClass.SYMLINK_LOOP)
             continue
+        # Regular files are listed right here from their folder entry (one lstat each, the
+        # folder's URI encoded once); folders and links go on the stack for the checks above.
+        folder_uri = path_to_uri(path).rstrip("/") + "/"
+        others: list[str] = []
+        files: list[Listed] = []
         try:
             with os.scandir(path) as entries:
-                names = [e.name for e in entries if not e.name.startswith(".")]
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if entry.is_symlink() or not entry.is_file(follow_symlinks=False):
+                        others.append(entry.name)
+                        continue
+                    try:
+                        fst = entry.stat(follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue  # vanished while listing
+                    except OSError:
+                        others.append(entry.name)  # the full checks name why
+                        continue
+                    files.append(Listed(folder_uri + quote_from_bytes(os.fsencode(entry.name), safe=_PATH_SAFE),
+                                        fst.st_size, fst.st_mtime_ns))
         except OSError:
             yield Listed(path_to_uri(path), st.st_size, st.st_mtime_ns, ErrorClass.UNREADABLE)
             continue
+        yield from files
         below = (*ancestors, key)
-        stack.extend((os.path.join(path, name), below) for name in names)
+        stack.extend((os.path.join(path, name), below) for name in others)

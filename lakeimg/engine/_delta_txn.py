@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as dt
 import json
@@ -39,7 +40,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lakeimg.engine.base import META_KEY, CommitResult, commit_metadata_json, with_retries
-from lakeimg.engine.layout import delta_file_path
+from lakeimg.engine.layout import delta_file_path, row_group_rows
 from lakeimg.errors import LakeImgError
 from lakeimg.schemas import TableContract
 from lakeimg.storage import (
@@ -56,7 +57,7 @@ from lakeimg.storage import (
 )
 from lakeimg.tables import lake_relative
 
-__all__ = ["commit_files_by_uri", "file_stats", "as_contract", "cast_to_schema", "remove_abandoned_uploads"]
+__all__ = ["commit_files_by_uri", "file_stats", "uri_ranges", "as_contract", "cast_to_schema", "remove_abandoned_uploads"]
 
 
 def cast_to_schema(table: pa.Table, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
@@ -167,25 +168,30 @@ def commit_files_by_uri(
     def removals(table: Any) -> tuple[list[Any], set[str]]:
         actions: list[Any] = []
         found: set[str] = set()
+        ranges = uri_ranges(table) if drop else {}
+        wanted = sorted(drop)
         for uri in table.file_uris() if drop else []:
             path = delta_file_path(uri)
+            relative = path[len(root) + 1:] if remote else os.path.relpath(path, root)
+            bounds = ranges.get(relative)
+            if bounds is not None and not any_between(wanted, *bounds):
+                continue  # the log's uri statistics rule this file out: it is not even opened
             held = engine.parquet_file(path).read(columns=["uri"])["uri"]
             hit = pc.is_in(held, pa.array(sorted(drop), held.type))
             if not pc.any(hit).as_py():
                 continue
             found.update(held.filter(hit).to_pylist())
-            relative = path[len(root) + 1:] if remote else os.path.relpath(path, root)
             actions.append(RemoveAction(relative, True, now_ms, file_size(path, options), {}))
             if not pc.all(hit).as_py():  # keep the other uris' rows in a rewritten file
                 kept = as_contract(engine.parquet_file(path).read().filter(pc.invert(hit)), contract)
                 if remote:
                     with tempfile.TemporaryDirectory(prefix="lakeimg-rewrite-") as scratch:
                         tmp = os.path.join(scratch, "rewrite.parquet")
-                        pq.write_table(kept, tmp, row_group_size=16)
+                        pq.write_table(kept, tmp, row_group_size=row_group_rows(kept), write_page_checksum=True)
                         actions.append(move_in(tmp))
                 else:
                     tmp = os.path.join(root, f".rewrite-{uuid.uuid4().hex}.parquet")
-                    pq.write_table(kept, tmp, row_group_size=16)
+                    pq.write_table(kept, tmp, row_group_size=row_group_rows(kept), write_page_checksum=True)
                     actions.append(move_in(tmp))
         return actions, found
 
@@ -238,6 +244,31 @@ def commit_files_by_uri(
     if manifest is not None:
         _remove_manifest(manifest, options)
     return CommitResult(engine.version(name), committed), frozenset(found)
+
+
+def uri_ranges(table: Any) -> dict[str, tuple[str, str]]:
+    """Each data file's (min uri, max uri) from a delta-rs snapshot's add-action statistics,
+    by its path relative to the table; files without those statistics are left out.
+
+    A replace by uri reads only the files whose range holds one of its uris: rows are staged in
+    uri order, so a file covers a narrow range and changing a few files rewrites a few files.
+    (Spark truncates long string statistics: its min is a prefix and its max is rounded up, so
+    the range still holds every uri of the file.)
+    """
+    actions = pa.table(table.get_add_actions(flatten=True))
+    if not {"min.uri", "max.uri"} <= set(actions.column_names):
+        return {}
+    ranges = {}
+    for path, low, high in zip(actions["path"].to_pylist(), actions["min.uri"].to_pylist(),
+                               actions["max.uri"].to_pylist(), strict=True):
+        if low is not None and high is not None:
+            ranges[unquote(path)] = (low, high)
+    return ranges
+
+
+def any_between(sorted_uris: Sequence[str], low: str, high: str) -> bool:
+    i = bisect.bisect_left(sorted_uris, low)
+    return i < len(sorted_uris) and sorted_uris[i] <= high
 
 
 # Where a run's manifests of uploads live, and how long one from another host stays untouched.

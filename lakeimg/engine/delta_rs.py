@@ -29,7 +29,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from lakeimg.engine._delta_txn import as_contract, cast_to_schema, commit_files_by_uri
+from lakeimg.engine._delta_txn import (
+    any_between,
+    as_contract,
+    cast_to_schema,
+    commit_files_by_uri,
+    uri_ranges,
+)
 from lakeimg.engine.base import (
     META_KEY,
     CommitResult,
@@ -43,9 +49,11 @@ from lakeimg.engine.base import (
     with_retries,
 )
 from lakeimg.engine.layout import (
+    TARGET_FILE_BYTES,
     check_log_tail,
     check_not_before_first,
     delta_file_path,
+    row_group_rows,
     staging_location,
     table_location,
     tables_in,
@@ -131,10 +139,10 @@ class LocalEngine:
             return None
         return self._delta_table(name).version()
 
-    def data_files(self, name: str, version: VersionLike = None) -> list[str]:
+    def data_files(self, name: str, version: VersionLike = None, *, table: Any = None) -> list[str]:
         """The Parquet files that make up a snapshot: local paths, or URLs on an object store
-        (read them through `parquet_files`)."""
-        table = self._delta_table(name, version)
+        (read them through `parquet_files`); `table` is the snapshot when the caller opened it."""
+        table = table if table is not None else self._delta_table(name, version)
         features = table.protocol().reader_features or []
         if "deletionVectors" in features:
             actions = pa.table(table.get_add_actions(flatten=True))
@@ -144,10 +152,15 @@ class LocalEngine:
                 raise LakeImgError(f"{name} uses deletion vectors; lakeimg tables are written without them")
         return [delta_file_path(uri) for uri in table.file_uris()]
 
-    def read_batches(self, name: str, *, columns: Sequence[str], version: VersionLike = None, batch_rows: int = 64) -> Iterator[pa.Table]:
+    def read_batches(self, name: str, *, columns: Sequence[str], version: VersionLike = None, batch_rows: int = 64,
+                     uris: Sequence[str] | None = None) -> Iterator[pa.Table]:
         """A snapshot as a stream of small tables typed like `read`'s, file by file: the memory
         it takes is a few batches, whatever the table's size (the transform streams its image
         bytes to the workers this way).
+
+        With `uris`, only rows with those uris come back, and only the data files and row groups
+        whose uri statistics (Delta log, Parquet footer) can hold one of them are read: 1,000
+        changed rows of a million-row table read a few row groups, not the table.
 
         Example:
             >>> sum(t.num_rows for t in LocalEngine("/tmp/lake").read_batches("images", columns=["uri"]))  # doctest: +SKIP
@@ -155,17 +168,33 @@ class LocalEngine:
         """
         delta = self._delta_table(name, version)
         schema = pa.schema(delta.schema().to_arrow())
-        for path in self.data_files(name, version):
+        wanted = sorted(set(uris)) if uris is not None else None
+        ranges = uri_ranges(delta) if wanted is not None else {}
+        location = self.location(name).rstrip("/")
+        root = location if self.remote else uri_to_path(location)
+        for path in self.data_files(name, version, table=delta):
+            if wanted is not None:
+                bounds = ranges.get(path[len(root) + 1:] if self.remote else os.path.relpath(path, root))
+                if not wanted or (bounds is not None and not any_between(wanted, *bounds)):
+                    continue
             with _damage_as_error(name, delta.version(), path, options=self.options):
                 parquet = self.parquet_file(path)
-                present = [c for c in columns if c in parquet.schema_arrow.names]
-                batches = parquet.iter_batches(batch_size=batch_rows, columns=present)
+                present = [c for c in dict.fromkeys([*columns, *(["uri"] if wanted is not None else [])])
+                           if c in parquet.schema_arrow.names]
+                groups = _row_groups_holding(parquet, wanted) if wanted is not None else None
+                if groups == []:
+                    continue
+                batches = parquet.iter_batches(batch_size=batch_rows, columns=present, row_groups=groups)
             while True:
                 with _damage_as_error(name, delta.version(), path, options=self.options):
                     batch = next(batches, None)
                 if batch is None:
                     break
                 piece = pa.Table.from_batches([batch])
+                if wanted is not None:
+                    piece = piece.filter(pc.is_in(piece["uri"].cast(pa.string()), value_set=pa.array(wanted, pa.string())))
+                    if not piece.num_rows:
+                        continue
                 for c in columns:  # a column added after this file was written reads as nulls
                     if c not in present:
                         piece = piece.append_column(c, pa.nulls(piece.num_rows, schema.field(c).type))
@@ -185,7 +214,7 @@ class LocalEngine:
         """
         table = self._delta_table(name, version)
         schema = pa.schema(table.schema().to_arrow())
-        files = self.data_files(name, version)
+        files = self.data_files(name, version, table=table)
         if not files:
             empty = pa.schema([f.with_nullable(True) for f in schema]).empty_table()
             return empty.select(list(columns)) if columns else empty
@@ -263,9 +292,11 @@ class LocalEngine:
     # --- maintenance ---------------------------------------------------------------------
 
     def optimize(self, name: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        """Compact small files into larger ones (a new version with the same rows)."""
+        """Compact small files into files of about `layout.TARGET_FILE_BYTES` (a new version with the
+        same rows): the size a replace by uri rewrites at most per changed file."""
         return with_retries(
-            name, lambda: self._delta_table(name).optimize.compact(commit_properties=_commit_properties(metadata)), _conflicts()
+            name, lambda: self._delta_table(name).optimize.compact(
+                target_size=TARGET_FILE_BYTES, commit_properties=_commit_properties(metadata)), _conflicts()
         )
 
     def vacuum(
@@ -363,7 +394,8 @@ class LocalEngine:
                     root = uri_to_path(self.location(name))
                     os.makedirs(root, exist_ok=True)
                 files.append(os.path.join(root, f".rows-{uuid.uuid4().hex}.parquet"))
-                pq.write_table(as_contract(rows, contract), files[-1], row_group_size=64)
+                contracted = as_contract(rows, contract)
+                pq.write_table(contracted, files[-1], row_group_size=row_group_rows(contracted), write_page_checksum=True)
             try:
                 result, _found = commit_files_by_uri(self, name, contract, files, uris=sorted(uris), metadata=write.metadata)
             finally:
@@ -471,6 +503,9 @@ class LocalEngine:
                 on_progress=progress, output_schema=stage.output_schema,
             ):
                 staged.add(batch)
+            # The last row group and footers are written now, so a full disk fails the stage
+            # (before any commit), not the commit that moves the files in.
+            staged.files()
         except BaseException:
             staged.discard()
             raise
@@ -481,11 +516,8 @@ class LocalEngine:
         if isinstance(inputs, pa.Table):
             yield inputs
         elif inputs.uris:
-            wanted = pa.array(sorted(inputs.uris), pa.string())
-            for piece in self.read_batches(inputs.table, version=inputs.version, columns=list(inputs.columns)):
-                piece = piece.filter(pc.is_in(piece["uri"], value_set=wanted))
-                if piece.num_rows:
-                    yield piece
+            yield from self.read_batches(inputs.table, version=inputs.version, columns=list(inputs.columns),
+                                         uris=sorted(inputs.uris))
         if extra is not None and extra.num_rows:
             yield extra
 
@@ -495,6 +527,27 @@ class LocalEngine:
 
     def close(self) -> None:
         """Nothing to release (the pool lives only as long as a stage)."""
+
+
+def _row_groups_holding(parquet: pq.ParquetFile, wanted: Sequence[str]) -> list[int] | None:
+    """Row groups of a data file whose uri statistics can hold one of `wanted` (sorted); None
+    when the file has no uri statistics (then every row group is read)."""
+    meta = parquet.metadata
+    names = [meta.schema.column(i).path for i in range(meta.num_columns)]
+    if "uri" not in names:
+        return None
+    column = names.index("uri")
+    groups = []
+    for i in range(meta.num_row_groups):
+        stats = meta.row_group(i).column(column).statistics
+        if stats is None or not stats.has_min_max:
+            return None
+        low, high = stats.min, stats.max
+        if isinstance(low, bytes):
+            low, high = low.decode("utf-8", "surrogateescape"), high.decode("utf-8", "surrogateescape")
+        if any_between(wanted, low, high):
+            groups.append(i)
+    return groups
 
 
 def _conflicts() -> tuple[type[BaseException], ...]:

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from lakeimg.errors import (
@@ -38,6 +39,47 @@ from lakeimg.storage import (
     uri_to_path,
 )
 from lakeimg.tables import RUNS_TABLE, TRAINSETS_TABLE, is_table_name, lake_relative, lake_tables
+
+# The data file layout of lakeimg's tables (README "Performance", DEVELOPERS "Table layout").
+# A data file closes at TARGET_FILE_BYTES (Arrow bytes written; image bytes are already
+# compressed, so the file is about that size): replacing one row rewrites at most one such file,
+# and a table of a million small images is a few dozen files. Row groups close at
+# ROW_GROUP_BYTES or ROW_GROUP_ROWS, whichever comes first: a reader that wants a few rows by uri
+# reads a few row groups (their uri statistics prune the rest), a streamed read holds one, and
+# a re-run's key-column read touches a few hundred row groups per million rows, not 60,000.
+TARGET_FILE_BYTES = 64 << 20
+ROW_GROUP_BYTES = 8 << 20
+ROW_GROUP_ROWS = 4096
+
+
+# Columns whose values are (nearly) all distinct: dictionary encoding only costs time there
+# (Parquet falls back to plain pages after trying), and image bytes are already compressed.
+_UNIQUE_COLUMNS = ("uri", "content_sha256", "content", "thumbnail", "pixels", "data", "tile")
+
+
+def dictionary_columns(schema: pa.Schema) -> list[str]:
+    """Columns of a pyarrow schema worth Parquet dictionary encoding (repeated values: format,
+    mode, label...), for `use_dictionary=`: not the unique keys, hashes and byte columns.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> dictionary_columns(pa.schema([("uri", pa.string()), ("format", pa.string()), ("content", pa.binary())]))
+        ['format']
+    """
+    return [f.name for f in schema if f.name not in _UNIQUE_COLUMNS and not pa.types.is_binary(f.type)
+            and not pa.types.is_large_binary(f.type)]
+
+
+def row_group_rows(table: pa.Table) -> int:
+    """Rows per row group for writing `table` (a pyarrow Table) in one go, per the layout above.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> row_group_rows(pa.table({"b": [b"x" * 1000] * 10})), row_group_rows(pa.table({"b": [b"x" * (3 << 20)] * 10}))
+        (4096, 2)
+    """
+    per_row = max(1, table.nbytes // max(1, table.num_rows))
+    return max(1, min(ROW_GROUP_ROWS, ROW_GROUP_BYTES // per_row))
 
 __all__ = ["table_location", "ensure_lake", "lake_exists", "require_lake", "check_log_tail", "check_not_before_first",
            "delta_file_path", "staging_location", "staging_root", "tables_in"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
@@ -46,7 +46,6 @@ from lakeimg.jobs.summary import DryRunSummary, RunSummary
 from lakeimg.jobs.tiling import (
     TilingResult,
     commit_tiles,
-    previously_tiled,
     tile_images,
 )
 from lakeimg.kernels.ingest import (
@@ -89,11 +88,26 @@ TRANSIENT_REJECTS = tuple(str(c) for c in ErrorClass if c.transient)
 
 
 def _keys(engine: Engine, name: str, extra: Sequence[str] = ()) -> pa.Table:
+    """Only the key columns (and `extra`) of a table, as Arrow: a re-run never reads content."""
     if not engine.exists(name):
         return pa.table({"uri": pa.array([], pa.string()), "size_bytes": pa.array([], pa.int64()),
                          "modified_at": pa.array([], pa.timestamp("us", tz="UTC")),
-                         **{c: pa.array([], pa.string()) for c in extra}})
+                         **{c: pa.array([], pa.bool_() if c == "tiled" else pa.string()) for c in extra}})
     return engine.read(name, columns=[*_KEY_COLUMNS, *extra])
+
+
+def _among(uris: Iterable[str] | pa.Array | pa.ChunkedArray, known: pa.Array | pa.ChunkedArray) -> set[str]:
+    """The `uris` (a small set: this run's files) that are in `known` (a table's whole uri column,
+    kept as Arrow: a million uris as Python strings would cost the driver ~100 MB)."""
+    wanted = uris if isinstance(uris, (pa.Array, pa.ChunkedArray)) else pa.array(sorted(uris), pa.string())
+    if len(wanted) == 0 or len(known) == 0:
+        return set()
+    return set(wanted.filter(pc.is_in(wanted, value_set=_plain(known))).to_pylist())
+
+
+def _plain(column: pa.Array | pa.ChunkedArray) -> pa.Array:
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column.cast(pa.string()) if column.type != pa.string() else column
 
 
 def plan_ingest(listing: pa.Table, images_keys: pa.Table, rejects_keys: pa.Table, *, retry_rejects: bool = False) -> pa.Table:
@@ -244,9 +258,8 @@ def ingest_files(
                    metadata=meta, relabel=relabel)
 
     if dry_run:
-        known = run.known_images | run.known_rejects
-        todo = run.todo["uri"].to_pylist()
-        updated = sum(1 for uri in todo if uri in known)
+        todo = run.todo["uri"]
+        updated = len(_among(todo, run.known_images) | _among(todo, run.known_rejects))
         return DryRunSummary("ingest", table, engine.version(table) if engine.exists(table) else None,
                              add=len(todo) - updated, update=updated, delete=run.deleted, unchanged=run.unchanged,
                              relabel=len(run.relabel))
@@ -285,8 +298,8 @@ class IngestRun:
     record: RunRecord
     listing: pa.Table
     todo: pa.Table  # the listing rows to read (new or changed files)
-    known_images: set[str]
-    known_rejects: set[str]
+    known_images: pa.Array  # uris in the images table (Arrow: a million of them stay small)
+    known_rejects: pa.Array
     vanished_images: list[str]
     vanished_rejects: list[str]
     tiles_replace: set[str]  # uris whose old tiles go (changed or vanished tiled files)
@@ -338,7 +351,13 @@ def plan_run(
     relabel: bool = False,
 ) -> IngestRun:
     """List the sources and compare them with the tables: what to read, what vanished, and
-    which unchanged images get a new label or attributes."""
+    which unchanged images get a new label or attributes.
+
+    Everything per file stays in Arrow (the listing, the tables' key columns, the joins); only
+    the files to read, vanished and stale ones become Python objects, so a re-run that finds
+    nothing to do costs the driver ~200 bytes a file (`--metadata` and `--relabel` also compare
+    the stored labels of the images they name).
+    """
     validate_name("target table", table)
     # The lake, and a metadata file kept among the images (imagefolder's metadata.csv), are not images.
     exclude = [lake, *([metadata.source] if metadata is not None else [])]
@@ -347,28 +366,29 @@ def plan_run(
     if metadata is not None:
         listing = _with_metadata(listing, metadata)
     images_version = engine.version(table)
-    images_keys, rejects_keys = _keys(engine, table), _keys(engine, rejects_of(table), ["error_class"])
+    images_keys, rejects_keys = _keys(engine, table, ["tiled"]), _keys(engine, rejects_of(table), ["error_class"])
     todo = plan_ingest(listing, images_keys, rejects_keys, retry_rejects=retry_rejects)
-    known_images = set(images_keys["uri"].to_pylist())
-    known_rejects = set(rejects_keys["uri"].to_pylist())
+    known_images, known_rejects = _plain(images_keys["uri"]), _plain(rejects_keys["uri"])
     vanished_images: list[str] = []
     vanished_rejects: list[str] = []
+    listed = _plain(listing["uri"])
     if sync_deletes:
         scope = source_scope(sources)
-        listed = set(listing["uri"].to_pylist())
-        vanished_images = sorted(u for u in known_images if u not in listed and scope.covers(u))
-        vanished_rejects = sorted(u for u in known_rejects if u not in listed and scope.covers(u))
+        for known, vanished in ((known_images, vanished_images), (known_rejects, vanished_rejects)):
+            gone = known.filter(pc.invert(pc.is_in(known, value_set=listed)))
+            vanished.extend(sorted(u for u in gone.to_pylist() if scope.covers(u)))
     # Old tiles go when their file changed or vanished (or failed); new ones come from tiling.
     todo_uris = set(todo["uri"].to_pylist())
-    tiles_replace = previously_tiled(engine, table) & (todo_uris | set(vanished_images))
+    tiled = images_keys.filter(pc.fill_null(images_keys["tiled"], False))["uri"]
+    tiles_replace = _among(todo_uris | set(vanished_images), tiled)
     # A run stopped between its rejects and images commits can leave a file in both tables;
     # the row whose key no longer matches the file goes now (this completes that run).
-    in_both = (known_images & known_rejects) - todo_uris
+    in_both = _among(known_rejects, known_images) - todo_uris
     current_images: set[str] = set()
     if in_both:
         listed_keys = listing.select(_KEY_COLUMNS)
         matched = listed_keys.join(images_keys.select(_KEY_COLUMNS).cast(listed_keys.schema), keys=_KEY_COLUMNS, join_type="inner")
-        current_images = set(matched["uri"].to_pylist())
+        current_images = _among(in_both, matched["uri"])
     stale_images = sorted(in_both - current_images)
     changed_labels: dict[str, tuple[str | None, tuple[tuple[str, str], ...] | None]] = {}
     if (metadata is not None or relabel) and images_version is not None:
@@ -451,7 +471,7 @@ def decode_files(
         on_failure=partial(reject_row, run_id=options.run_id, at=options.ingested_at),
         prepare=partial(prepare_ingest_kernel, options),
         task_timeout_s=worker_time_limit(options),
-        rows_per_task=max(1, min(16, run.todo.num_rows // max(1, parallel * 4))),
+        rows_per_task=rows_per_task(run.todo, parallel),
         on_progress=on_progress,
         workers=workers,
     ))
@@ -488,6 +508,26 @@ def relabel_rows(engine: Engine, run: IngestRun) -> Staged:
     ))
 
 
+def rows_per_task(todo: pa.Table, parallel: int) -> int:
+    """Files per pool task: 16, or 64 when the files are small (a task's spool and IPC cost is
+    then worth more than the files' own work); fewer when there are few files, so every worker
+    gets some.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> rows_per_task(pa.table({"size_bytes": [5_000] * 10_000}), 2), rows_per_task(pa.table({"size_bytes": [3 << 20] * 10_000}), 2)
+        (64, 16)
+    """
+    if todo.num_rows == 0:
+        return 1
+    mean = (pc.sum(todo["size_bytes"]).as_py() or 0) / todo.num_rows
+    most = 64 if mean <= _SMALL_FILE_BYTES else 16
+    return max(1, min(most, todo.num_rows // max(1, parallel * 4)))
+
+
+_SMALL_FILE_BYTES = 256 << 10
+
+
 def worker_time_limit(options: IngestOptions) -> float:
     """Seconds per file after which a decoding worker is killed.
 
@@ -511,8 +551,8 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles) -> tupl
     rejects_name, tiles_name = rejects_of(table), tiles_of(table)
     metadata = record.commit_metadata()
     reject_uris = set(decoded.rejects["uri"].to_pylist())
-    images_delete = {*run.vanished_images, *run.stale_images, *(reject_uris & run.known_images)}
-    rejects_delete = {*run.vanished_rejects, *run.stale_rejects, *(decoded.image_uris & run.known_rejects)}
+    images_delete = {*run.vanished_images, *run.stale_images, *_among(reject_uris, run.known_images)}
+    rejects_delete = {*run.vanished_rejects, *run.stale_rejects, *_among(decoded.image_uris, run.known_rejects)}
     with run_commits(engine, record, [table, rejects_name, tiles_name]) as landed:
         # The rejects table is made with the first images commit, so SQL can name it.
         rejects = engine.commit(Write(rejects_name, table_contract("rejects"), rows=decoded.rejects, replace=frozenset(rejects_delete),
@@ -531,7 +571,8 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles) -> tupl
             if relabeled.committed:
                 images = relabeled
                 landed[table] = relabeled.version
-        metrics = MergeMetrics.of(old=run.known_images, new=decoded.image_uris, deleted=images_delete)
+        metrics = MergeMetrics.of(old=_among(decoded.image_uris | images_delete, run.known_images),
+                                  new=decoded.image_uris, deleted=images_delete)
         rejects_version = engine.version(rejects_name)
         record.status = "succeeded"
         record.target_version = images.version

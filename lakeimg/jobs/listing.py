@@ -2,7 +2,8 @@
 
 Hidden files and folders (a name starting with ".") and anything inside the lake are skipped.
 The listing is an Arrow table in the kernel's input schema (`uri`, `size_bytes`, `modified_at`,
-`label`, `kind`), so it feeds `ingest_kernel` on either engine. URIs come from
+`label`, `kind`), so it feeds `ingest_kernel` on either engine. It is gathered in Arrow chunks as
+files are found (~100 bytes a file; Python objects live for one chunk), sorted by uri. URIs come from
 `lakeimg.storage.path_to_uri`, so any file name the file system allows is listed (non-UTF-8 names too).
 
 What is not a regular file is listed too, never opened, with `kind` set to the reject class the
@@ -18,7 +19,6 @@ Example:
 
 from __future__ import annotations
 
-import datetime as dt
 import glob
 import os
 import re
@@ -26,10 +26,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lakeimg.errors import SourceNotFoundError, SpecError
 from lakeimg.kernels.ingest import LISTING_SCHEMA
 from lakeimg.storage import (
+    Listed,
     check_store,
     exists,
     has_scheme,
@@ -45,7 +47,6 @@ from lakeimg.storage import (
 __all__ = ["list_sources", "source_scope", "source_roots", "SourceScope", "label_for"]
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
-_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 
 
 def label_for(uri: str, rule: str | None) -> str | None:
@@ -157,7 +158,7 @@ def list_sources(
         except re.error as exc:
             raise SpecError(f"--label-from-path: invalid regular expression {label_from_path!r}: {exc}") from exc
     excluded = tuple(to_uri(e).rstrip("/") + "/" for e in exclude)
-    found: dict[str, tuple[int, int, str | None]] = {}
+    chunks = _ListingChunks(label_from_path)
 
     def add(path: str, pattern: str | None = None) -> int:
         count = 0
@@ -165,7 +166,7 @@ def list_sources(
             if pattern is not None and not glob_match(file.url, pattern):
                 continue
             if not any((file.url + "/").startswith(e) for e in excluded):
-                found[file.url] = (file.size, file.mtime_ns, file.kind)
+                chunks.add(file)
                 count += 1
         return count
 
@@ -190,18 +191,52 @@ def list_sources(
         if not os.path.lexists(path):
             raise SourceNotFoundError(source)
         add(path)
-    uris = sorted(found)
-    return pa.table(
-        {
-            "uri": uris,
-            "size_bytes": [found[u][0] for u in uris],
-            "modified_at": [_ns_to_datetime(found[u][1]) for u in uris],
-            "label": [label_for(u, label_from_path) for u in uris],
-            "attributes": [None] * len(uris),
-            "kind": [found[u][2] for u in uris],
-        },
-        schema=LISTING_SCHEMA,
-    )
+    return chunks.table()
+
+
+class _ListingChunks:
+    """Listed files gathered as Arrow record batches of `CHUNK_ROWS` rows: a million files take
+    Arrow's ~100 bytes each, never a Python object each (those live for one chunk)."""
+
+    CHUNK_ROWS = 65536
+
+    def __init__(self, label_from_path: str | None):
+        self.label_from_path = label_from_path
+        self.batches: list[pa.RecordBatch] = []
+        self.pending: list[Listed] = []
+
+    def add(self, file: Listed) -> None:
+        self.pending.append(file)
+        if len(self.pending) >= self.CHUNK_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        uris, sizes, mtimes, kinds = zip(*self.pending, strict=True)
+        self.pending = []
+        micros = pc.divide(pa.array(mtimes, pa.int64()), 1000)  # Delta's resolution: re-runs compare equal
+        labels = [label_for(u, self.label_from_path) for u in uris] if self.label_from_path else None
+        self.batches.append(pa.RecordBatch.from_arrays([
+            pa.array(uris, pa.string()), pa.array(sizes, pa.int64()), micros.cast(LISTING_SCHEMA.field("modified_at").type),
+            pa.array(labels, pa.string()) if labels is not None else pa.nulls(len(uris), pa.string()),
+            pa.nulls(len(uris), LISTING_SCHEMA.field("attributes").type),  # filled from --metadata later
+            pa.array(kinds, pa.string()),
+        ], schema=LISTING_SCHEMA))
+
+    def table(self) -> pa.Table:
+        """Every listed file once (the last listing of a uri wins), sorted by uri."""
+        self.flush()
+        table = pa.Table.from_batches(self.batches, schema=LISTING_SCHEMA)
+        self.batches = []
+        if table.num_rows < 2:
+            return table
+        # Stable sort, so among duplicates (overlapping sources) the last listed one is last.
+        table = table.take(pc.sort_indices(table, [("uri", "ascending")]))
+        uris = table["uri"]
+        last = pc.not_equal(uris.slice(0, len(uris) - 1), uris.slice(1))
+        keep = pa.concat_arrays([*last.chunks, pa.array([True])]) if isinstance(last, pa.ChunkedArray) else pa.concat_arrays([last, pa.array([True])])
+        return table.filter(keep).combine_chunks()
 
 
 def _source_path(source: str) -> str:
@@ -212,11 +247,6 @@ def _source_path(source: str) -> str:
     if path is None:
         raise SpecError(f"only local sources are supported so far: {source}")
     return os.path.abspath(path)
-
-
-def _ns_to_datetime(ns: int) -> dt.datetime:
-    # Microseconds: Delta timestamps' resolution, so re-runs compare equal.
-    return _EPOCH + dt.timedelta(microseconds=ns // 1000)
 
 
 def source_roots(sources: Sequence[str]) -> list[str]:

@@ -174,7 +174,9 @@ def _plan(
     drop = deleted | (upserted - selected)
     # Skip rows whose inputs did not change (same bytes, label and spec for every variant).
     done: dict[str, list[tuple[Any, Any, Any]]] = {}
-    for row in target_keys.to_pylist():
+    # Only the selected uris' keys become Python rows (a million-row target stays in Arrow).
+    wanted = pa.array(sorted(selected), pa.string())
+    for row in target_keys.filter(pc.is_in(target_keys["uri"], value_set=wanted)).to_pylist():
         done.setdefault(row["uri"], []).append((row["source_sha256"], row["label"], row["spec_hash"]))
     current = {r["uri"]: (r["content_sha256"], r["label"]) for r in meta.select(["uri", "content_sha256", "label"]).to_pylist()} if meta is not None else {}
     todo = set()

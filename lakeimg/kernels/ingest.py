@@ -177,7 +177,12 @@ def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: It
         data = _source_bytes(uri, options, fetched) if fetched is not None else None
     except ImageDecodeError as exc:
         return _reject(listing, exc, None, options)
-    huge = _huge_header(listing, options, data)
+    if data is None and _read_first(listing, options):
+        try:  # a small local file is read whole anyway: its header is checked from the bytes
+            data = _source_bytes(uri, options)
+        except ImageDecodeError as exc:
+            return _reject(listing, exc, None, options)
+    huge = None if data is not None and _surely_small(data, options) else _huge_header(listing, options, data)
     if huge is not None:
         return _tiled_row(listing, huge, options)
     try:
@@ -281,6 +286,68 @@ def _huge_header(listing: dict[str, Any], options: IngestOptions, data: bytes | 
     # Above the memory limit: tiled if the format reads by windows, else `_tiled_row` rejects it.
     if decoded_bytes(header.width, header.height, header.channels, header.dtype) > options.max_decoded_bytes:
         return header
+    return None
+
+
+# A local file up to this size is read before its header is looked at (it is read whole anyway
+# unless it turns out to be huge, and then it is small enough that the extra read is cheap).
+_READ_FIRST_BYTES = 4 << 20
+# The most bytes a pixel of a PNG or JPEG decodes to (4 channels x 16 bits).
+_MAX_PIXEL_BYTES = 8
+
+
+def _read_first(listing: dict[str, Any], options: IngestOptions) -> bool:
+    size = int(listing.get("size_bytes") or 0)
+    return (options.tile_above_pixels > 0 and size <= min(_READ_FIRST_BYTES, options.inline_max_bytes)
+            and local_path_or_none(listing["uri"]) is not None)
+
+
+def _surely_small(data: bytes, options: IngestOptions) -> bool:
+    """Whether a PNG's or JPEG's dimensions, read from its first bytes without Pillow, put it
+    below every limit that makes a file tiled (`_huge_header`): then the header probe (a third
+    of the work for a tiny image) is skipped. False when unsure: the probe decides.
+
+    Example:
+        >>> import io, numpy as np; from PIL import Image
+        >>> out = io.BytesIO(); Image.fromarray(np.zeros((4, 6), np.uint8)).save(out, "JPEG")
+        >>> _surely_small(out.getvalue(), IngestOptions()), _surely_small(b"not an image", IngestOptions())
+        (True, False)
+    """
+    dims = _png_or_jpeg_size(data)
+    if dims is None or len(data) > options.inline_max_bytes:
+        return False
+    pixels = dims[0] * dims[1]
+    return 0 < pixels <= options.tile_above_pixels and pixels * _MAX_PIXEL_BYTES <= options.max_decoded_bytes
+
+
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _png_or_jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR or a JPEG's first SOF segment; None otherwise."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:2] != b"\xff\xd8":
+        return None
+    i, end = 2, min(len(data), 1 << 20)
+    while i + 4 <= end:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD8)):  # markers without a length
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2:i + 4], "big")
+        if marker in _JPEG_SOF:
+            if i + 9 > len(data) or length < 8:
+                return None
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        if marker in (0xD9, 0xDA) or length < 2:  # end of image or start of scan before any SOF
+            return None
+        i += 2 + length
     return None
 
 

@@ -1,0 +1,226 @@
+"""How ingest's costs grow with the table: first ingest, no-op re-run, +1,000 files, 10 changed files.
+
+    python benchmarks/bench_scale.py [--sizes 10000,100000] [--workers N] [--small 20000] [--keep DIR]
+
+Sources are made cheaply: a few hundred small images (32x32 PNGs and 64x64 JPEGs) and a million
+distinct paths that are hard links to them (`--sizes`: 1,000 files per folder), so a million
+files take no disk. Each step runs in a fresh interpreter, which reports its wall time and its
+own peak RSS (`ru_maxrss`: the driver only; the pool's workers are separate processes):
+
+  first      ingest of N files into a fresh lake
+  no-op      the same ingest again: nothing changed, nothing is decoded, no commit
+  +1000      a new folder of 1,000 files ingested into the N-row table (compared with the same
+             into an empty lake); re-listing the whole N-file source costs the no-op on top
+  changed10  10 files rewritten with new content; the row says how many bytes of Parquet the
+             commit rewrote (removed files' sizes from the Delta log)
+
+`--small N` also times ingest of N tiny images (half 32x32 PNG, half 64x64 JPEG) against the bare
+loop of bench_ingest.py (same per-file work, same number of processes); target >= 1.2x. Both
+wall clock and CPU seconds (the process tree's) are reported: on a shared machine the CPU
+ratio is the steadier one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+PER_FOLDER = 1000
+DISTINCT = 300
+
+
+def write_small_images(folder: str, count: int, *, seed: int = 0) -> list[str]:
+    """`count` distinct tiny images: 32x32 PNGs and 64x64 JPEGs, alternating."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for i in range(count):
+        if i % 2:
+            path = os.path.join(folder, f"s{seed}_{i:06d}.jpg")
+            Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path, quality=90)
+        else:
+            path = os.path.join(folder, f"s{seed}_{i:06d}.png")
+            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+    return paths
+
+
+def link_tree(originals: list[str], root: str, count: int, *, start: int = 0) -> None:
+    """`count` hard links to `originals` under `root/dNNNN/` (1,000 per folder), named distinctly."""
+    for i in range(start, start + count):
+        folder = os.path.join(root, f"d{i // PER_FOLDER:05d}")
+        if i % PER_FOLDER == 0 or i == start:
+            os.makedirs(folder, exist_ok=True)
+        original = originals[i % len(originals)]
+        os.link(original, os.path.join(folder, f"f{i:07d}{os.path.splitext(original)[1]}"))
+
+
+def _step(lake: str, src: str, workers: int) -> dict:
+    """One ingest in this interpreter: seconds, summary counts, this process's peak RSS."""
+    from lakeimg.jobs.ingest import ingest_files
+
+    start = time.perf_counter()
+    summary = ingest_files(lake, [src], workers=workers)
+    seconds = time.perf_counter() - start
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "added": summary.added, "updated": summary.updated, "unchanged": summary.unchanged,
+            "rss_mb": rss, "cpu_s": _tree_cpu()}
+
+
+def _tree_cpu() -> float:
+    """CPU seconds of this process and every process it started (the pool's workers are the
+    forkserver's children: it reaps them, and is reaped by this process once stopped)."""
+    import multiprocessing.forkserver as fs
+
+    stop = getattr(getattr(fs, "_forkserver", None), "_stop", None)
+    if stop is not None:
+        stop()
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _bare(files_from: str, out: str, workers: int) -> dict:
+    """bench_ingest's bare loop over every file under `files_from`, in this interpreter."""
+    from bench_ingest import bare_loop
+
+    files = sorted(str(p) for p in Path(files_from).rglob("*") if p.is_file())
+    seconds = bare_loop(files, workers, out)
+    return {"seconds": seconds, "cpu_s": _tree_cpu()}
+
+
+def run_step(lake: str, src: str, workers: int, step: str = "_step") -> dict:
+    """`_step` (or `_bare`) in a fresh interpreter (so peak RSS and CPU are this step's alone)."""
+    code = (f"import json, sys; sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'benchmarks')!r}]; "
+            f"from bench_scale import {step}; print(json.dumps({step}({lake!r}, {src!r}, {workers})))")
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def rewritten_bytes(lake: str, table: str = "images") -> tuple[int, int]:
+    """(bytes, files) of Parquet the table's latest commit removed (what a change rewrote)."""
+    log = Path(lake) / table / "_delta_log"
+    latest = max(log.glob("*.json"))
+    size = files = 0
+    for line in latest.read_text().splitlines():
+        action = json.loads(line)
+        if "remove" in action:
+            size += action["remove"].get("size") or 0
+            files += 1
+    return size, files
+
+
+def scale_row(n: int, originals: list[str], work: str, workers: int) -> dict:
+    src = os.path.join(work, f"src{n}")
+    lake = os.path.join(work, f"lake{n}")
+    t0 = time.perf_counter()
+    link_tree(originals, src, n)
+    print(f"  {n} files linked in {time.perf_counter() - t0:.1f} s", flush=True)
+    row = {"n": n}
+    row["first"] = run_step(lake, src, workers)
+    print(f"  first  {row['first']}", flush=True)
+    row["noop"] = run_step(lake, src, workers)
+    print(f"  no-op  {row['noop']}", flush=True)
+    # A new batch of 1,000 files (its own folder, as a nightly drop) ingested into the big table.
+    extra = write_small_images(os.path.join(work, f"new{n}"), DISTINCT, seed=n)
+    batch = os.path.join(work, f"batch{n}")
+    link_tree(extra, batch, 1000, start=n)
+    row["add"] = run_step(lake, batch, workers)
+    print(f"  +1000  {row['add']}", flush=True)
+    # 10 changed files: new content under 10 existing paths spread over the table.
+    fresh = write_small_images(os.path.join(work, f"chg{n}"), 10, seed=n + 1)
+    for k, path in enumerate(fresh):
+        i = (k * n) // 10 + 7
+        target = os.path.join(src, f"d{i // PER_FOLDER:05d}", f"f{i:07d}{os.path.splitext(originals[i % len(originals)])[1]}")
+        os.unlink(target)
+        shutil.copyfile(path, target)
+    row["changed"] = run_step(lake, src, workers)
+    row["rewritten"] = rewritten_bytes(lake)
+    print(f"  chg10  {row['changed']} rewrote {row['rewritten']}", flush=True)
+    for folder in (lake, src, batch):
+        shutil.rmtree(folder, ignore_errors=True)
+    return row
+
+
+def empty_add(work: str, workers: int) -> dict:
+    """+1,000 files into an empty lake (the baseline of the +1000 column)."""
+    src = os.path.join(work, "src-empty")
+    link_tree(write_small_images(os.path.join(work, "new-empty"), DISTINCT, seed=7), src, 1000)
+    result = run_step(os.path.join(work, "lake-empty"), src, workers)
+    shutil.rmtree(src, ignore_errors=True)
+    shutil.rmtree(os.path.join(work, "lake-empty"), ignore_errors=True)
+    return result
+
+
+def small_files(count: int, work: str, workers: int) -> tuple[dict, dict]:
+    """(lakeimg, bare loop) over `count` distinct tiny images: seconds and CPU seconds."""
+    src = os.path.join(work, "small")
+    write_small_images(src, count, seed=12345)
+    ours = run_step(os.path.join(work, "lake-small"), src, workers)
+    out = os.path.join(work, "bare-small")
+    os.makedirs(out)
+    bare = run_step(src, out, workers, step="_bare")
+    return ours, bare
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", default="10000,100000", help="table sizes, comma-separated (e.g. 10000,100000,1000000)")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--small", type=int, default=20000, help="tiny images for the small-files ratio (0: skip)")
+    parser.add_argument("--keep", default=None, help="work folder (default: a temporary one, removed)")
+    args = parser.parse_args(argv)
+    work = args.keep or tempfile.mkdtemp(prefix="bench-scale-")
+    os.makedirs(work, exist_ok=True)
+    try:
+        originals = write_small_images(os.path.join(work, "originals"), DISTINCT)
+        rows = []
+        if args.sizes:
+            base = empty_add(work, args.workers)
+            print(f"+1000 into an empty lake: {base}", flush=True)
+            for n in (int(s) for s in args.sizes.split(",")):
+                print(f"table of {n} files", flush=True)
+                rows.append(scale_row(n, originals, work, args.workers))
+            print()
+            print(f"workers={args.workers}; seconds / driver peak RSS MB; +1000 into an empty lake: "
+                  f"{base['seconds']:.1f} s / {base['rss_mb']:.0f} MB")
+            print("| files | first ingest | no-op re-run | +1,000 files | 10 changed files | rewritten by the change |")
+            print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+            for r in rows:
+                cells = [f"{r[k]['seconds']:.1f} s / {r[k]['rss_mb']:.0f} MB" for k in ("first", "noop", "add", "changed")]
+                print(f"| {r['n']:,} | " + " | ".join(cells) + f" | {r['rewritten'][0] / 2**20:.1f} MiB in {r['rewritten'][1]} files |")
+            for r in rows:
+                ratio = r["add"]["seconds"] / base["seconds"]
+                print(f"  {r['n']:,}: +1000 costs {ratio:.2f}x the empty-lake add (target <= 2x) {'OK' if ratio <= 2 else 'MISSED'}; "
+                      f"no-op {'OK' if r['noop']['seconds'] <= 60 and r['noop']['rss_mb'] <= 1024 else 'MISSED'} (<= 60 s, <= 1 GB)")
+        if args.small:
+            ours, bare = small_files(args.small, work, args.workers)
+            ratio, cpu_ratio = bare["seconds"] / ours["seconds"], bare["cpu_s"] / ours["cpu_s"]
+            print(f"small files ({args.small}: 32x32 PNG + 64x64 JPEG), {args.workers} processes each: "
+                  f"lakeimg {ours['seconds']:.1f} s ({args.small / ours['seconds']:.0f}/s, {ours['cpu_s']:.0f} CPU s), "
+                  f"bare loop {bare['seconds']:.1f} s ({args.small / bare['seconds']:.0f}/s, {bare['cpu_s']:.0f} CPU s)")
+            print(f"  throughput vs the bare loop: {ratio:.2f}x wall clock, {cpu_ratio:.2f}x per CPU second "
+                  f"(target >= 1.2x) {'OK' if ratio >= 1.2 else 'MISSED'}")
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
