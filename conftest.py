@@ -5,8 +5,8 @@ import layer. The one Spark session of a test process lives here so tests and do
 
 Docstring examples find these names ready (`doctest_namespace`), each only when it uses it:
 - `lake`, `lake_dir`: a Lake (and its folder) holding 4 small JPEGs labelled cat/dog in `images`
-  and the training set "pets" (train/test) on it; ingested once per session, copied for each
-  example, so an example may change it freely;
+  and the training set "pets" (train/test) on it; ingested once per session and copied for each
+  example, which may change it freely (Spark examples only read it and share the original);
 - `out_dir`: an empty folder of the example's own;
 - `spark`: the session below (such an example is marked `spark`, like the tests that start it).
 """
@@ -86,10 +86,11 @@ def _doctest_names(request, doctest_namespace):
     if used & {"lake", "lake_dir"}:
         from lakeimg.lake import Lake
 
-        tmp = request.getfixturevalue("tmp_path")
-        copy = shutil.copytree(request.getfixturevalue("_doctest_lake"), tmp / "lake")
-        doctest_namespace["lake_dir"] = str(copy)
-        doctest_namespace["lake"] = Lake(copy)
+        where = request.getfixturevalue("_doctest_lake")
+        if "spark" not in used:  # Spark examples only read: they share the lake, whose logs Spark caches
+            where = shutil.copytree(where, request.getfixturevalue("tmp_path") / "lake")
+        doctest_namespace["lake_dir"] = str(where)
+        doctest_namespace["lake"] = Lake(where)
     if "out_dir" in used:
         out = request.getfixturevalue("tmp_path") / "out"
         out.mkdir()

@@ -102,7 +102,9 @@ class Lake:
         `master`: spark-submit's, or local[*] when run directly). The caller stops `lake.spark`.
 
         Example:
-            >>> lake = Lake.on_new_spark_session("/tmp/lake", "local[2]")  # doctest: +SKIP
+            >>> lake = Lake.on_new_spark_session(lake_dir, "local[2]")  # getOrCreate: a running session is reused
+            >>> lake.spark is spark, lake.version("images")
+            (True, 0)
         """
         session = spark_session_builder(master, conf, object_stores=[os.fspath(path)]).getOrCreate()
         return cls(path, engine="spark", spark=session)
@@ -249,6 +251,7 @@ class Lake:
         """Training set `name`'s split as a Spark DataFrame with an MLlib vector column.
 
         Example:
-            >>> Lake("/lakes/main").to_spark(spark, "cats-v1", "train").printSchema()  # doctest: +SKIP
+            >>> Lake(lake_dir).to_spark(spark, "pets", "train").dtypes
+            [('uri', 'string'), ('label', 'string'), ('label_index', 'bigint'), ('features', 'vector')]
         """
         return self.training_set(name).to_spark(spark, split, **options)
