@@ -298,7 +298,7 @@ def to_spark(spark: Any, trainset: TrainingSet, split: str, *, features: str = "
     Example:
         >>> df = to_spark(spark, lake.training_set("pets"), "train")
         >>> sorted((row.label, row.label_index, row.features.size) for row in df.collect())
-        [('cat', 0, 2304), ('dog', 1, 2304), ('dog', 1, 2304)]
+        [('cat', 0, 2304), ('cat', 0, 2304), ('dog', 1, 2304), ('dog', 1, 2304)]
     """
     from functools import partial
 

@@ -402,7 +402,7 @@ class TrainingSet:
         """A Spark DataFrame (uri, label, label_index, features: MLlib vector); see `loaders.to_spark`.
 
         Example:
-            >>> lake.training_set("pets").to_spark(spark, "test").columns
+            >>> lake.training_set("pets").to_spark(spark, "train").columns
             ['uri', 'label', 'label_index', 'features']
         """
         return to_spark(spark, self, split, **options)
