@@ -151,7 +151,8 @@ class TableBuilder:
         """Run the transform into `LAKE/<target>`; options as `lakeimg.jobs.transform.transform_table`.
 
         Example:
-            >>> lake.table("images").resize(64, 64).save("small")  # doctest: +SKIP
+            >>> lake.table("images").resize(16, 16).save("small", workers=0).added
+            4
         """
         if self._lake is None:
             raise SpecError("this builder has no lake; start from Lake(path).table(name)")

@@ -146,7 +146,9 @@ class Lake:
         errors only.
 
         Example:
-            >>> lake = Lake.on_new_spark_session("/tmp/lake", "local[2]")  # doctest: +SKIP
+            >>> lake = Lake.on_new_spark_session(lake_dir, "local[2]")  # getOrCreate: a running session is reused
+            >>> lake.spark is spark, lake.version("images")
+            (True, 0)
         """
         builder = spark_session_builder(master, conf, object_stores=[os.fspath(path)])
         log = None
@@ -368,6 +370,7 @@ class Lake:
         """Training set `name`'s split as a Spark DataFrame with an MLlib vector column.
 
         Example:
-            >>> Lake("/lakes/main").to_spark(spark, "cats-v1", "train").printSchema()  # doctest: +SKIP
+            >>> Lake(lake_dir).to_spark(spark, "pets", "train").dtypes
+            [('uri', 'string'), ('label', 'string'), ('label_index', 'bigint'), ('features', 'vector')]
         """
         return self.training_set(name).to_spark(spark, split, **options)

@@ -9,9 +9,11 @@
 
 Example:
     >>> import lakeimg.spark
-    >>> spark = lakeimg.spark.session_builder("local[2]").getOrCreate()  # doctest: +SKIP
-    >>> lakeimg.spark.register(spark, "/data/lake")  # doctest: +SKIP
-    {'images': 'file:/data/lake/images', ...}
+    >>> spark = lakeimg.spark.session_builder("local[2]").getOrCreate()  # or the one already running
+    >>> sorted(lakeimg.spark.register(spark, lake_dir))
+    ['images', 'images_rejects', 'lakeimg_runs']
+    >>> spark.sql("SELECT label, count(*) AS n FROM images VERSION AS OF 0 GROUP BY label ORDER BY label").collect()
+    [Row(label='cat', n=2), Row(label='dog', n=2)]
 """
 
 from __future__ import annotations
@@ -34,7 +36,9 @@ def session_builder(master: str | None = None, conf: Mapping[str, str] | Iterabl
     of the `object_stores` (lake URLs such as "s3://bucket/lake"; see `engine.spark`).
 
     Example:
-        >>> spark = session_builder("local[2]", ["spark.ui.enabled=false"]).getOrCreate()  # doctest: +SKIP
+        >>> spark = session_builder("local[2]", ["spark.ui.enabled=false"]).getOrCreate()  # or the running one
+        >>> spark.conf.get("spark.sql.catalog.spark_catalog")
+        'org.apache.spark.sql.delta.catalog.DeltaCatalog'
     """
     return spark_session_builder(master, conf, object_stores=object_stores)
 
@@ -43,7 +47,8 @@ def engine(spark: Any, lake: str | os.PathLike[str], storage_options: Mapping[st
     """The lake's SparkEngine on `spark` (a URL lake takes `storage_options`).
 
     Example:
-        >>> engine(spark, "/data/lake").read("images", version=0).num_rows  # doctest: +SKIP
+        >>> engine(spark, lake_dir).read("images", version=0).num_rows
+        4
     """
     lake = os.fspath(lake)
     return SparkEngine(lake if is_remote(lake) else os.path.abspath(lake), spark, storage_options=storage_options)

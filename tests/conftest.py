@@ -1,4 +1,7 @@
-"""Shared fixtures: every test gets its own lake under tmp_path; sample folders are generated."""
+"""Shared fixtures: every test gets its own lake under tmp_path; sample folders are generated.
+
+The `spark` session fixture is in the root conftest.py, shared with the docstring examples.
+"""
 
 from __future__ import annotations
 
@@ -40,30 +43,6 @@ def run_cli(*args: str, timeout: float = 300):
         timeout=timeout,
         cwd=str(ROOT),
     )
-
-
-@pytest.fixture(scope="session")
-def spark():
-    """One local[2] Spark session with Delta for the whole test run (marked tests only start it)."""
-    from lakeimg.engine.spark import spark_session_builder
-
-    conf = {
-        "spark.ui.enabled": "false",
-        "spark.sql.shuffle.partitions": "2",
-        "spark.default.parallelism": "2",
-        "spark.driver.host": "127.0.0.1",
-        "spark.driver.bindAddress": "127.0.0.1",
-        "spark.driver.memory": "1g",
-        "spark.pyspark.python": sys.executable,
-        # Delta replays its log with 50 tasks by default; test tables have a handful of commits.
-        "spark.databricks.delta.snapshotPartitions": "2",
-    }
-    # With S3A's and ABFS' jars (hadoop-aws + AWS SDK, hadoop-azure; warmed by spark_setup): one JVM
-    # serves local, S3 and Azure tests.
-    session = spark_session_builder("local[2]", conf, app_name="lakeimg-tests", object_stores=("s3", "az")).getOrCreate()
-    session.sparkContext.setLogLevel("ERROR")
-    yield session
-    session.stop()
 
 
 def pytest_collection_modifyitems(config, items):

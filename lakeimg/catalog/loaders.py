@@ -382,8 +382,9 @@ def to_spark(spark: Any, trainset: TrainingSet, split: str, *, features: str = "
     kernel (mapInArrow), then `array_to_vector` makes the MLlib column: no row-at-a-time UDF.
 
     Example:
-        >>> df = ts.to_spark(spark, "train")  # doctest: +SKIP
-        >>> df.select("label_index", "features").first()  # doctest: +SKIP
+        >>> df = to_spark(spark, lake.training_set("pets"), "train")
+        >>> sorted((row.label, row.label_index, row.features.size) for row in df.collect())
+        [('cat', 0, 2304), ('cat', 0, 2304), ('dog', 1, 2304), ('dog', 1, 2304)]
     """
     from functools import partial
 

@@ -245,7 +245,8 @@ def run_spark_sql(spark, lake: str | os.PathLike[str], query: str, *, limit: int
     as Arrow (`DataFrame.toArrow`); it is a query's result, so it is meant to be small.
 
     Example:
-        >>> run_spark_sql(spark, "/data/lake", "SELECT count(*) FROM images VERSION AS OF 0")  # doctest: +SKIP
+        >>> run_spark_sql(spark, lake_dir, "SELECT count(*) AS n FROM images VERSION AS OF 0").to_pylist()
+        [{'n': 4}]
     """
     from pyspark.errors import AnalysisException, ParseException
 
@@ -276,8 +277,10 @@ def register(spark: Any, lake: str | os.PathLike[str], *, database: str | None =
     elsewhere is re-pointed at this lake.
 
     Example:
-        >>> register(spark, "/data/lake")  # doctest: +SKIP
-        >>> spark.sql("SELECT format, count(*) FROM images GROUP BY format").show()  # doctest: +SKIP
+        >>> sorted(register(spark, lake_dir))
+        ['images', 'images_rejects', 'lakeimg_runs']
+        >>> spark.sql("SELECT format, count(*) AS n FROM images GROUP BY format").collect()
+        [Row(format='JPEG', n=4)]
     """
     root = os.path.abspath(os.fspath(lake))
     if database:

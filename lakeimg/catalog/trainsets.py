@@ -403,7 +403,8 @@ class TrainingSet:
         """A Spark DataFrame (uri, label, label_index, features: MLlib vector); see `loaders.to_spark`.
 
         Example:
-            >>> ts.to_spark(spark, "train").select("label_index", "features").first()  # doctest: +SKIP
+            >>> lake.training_set("pets").to_spark(spark, "train").columns
+            ['uri', 'label', 'label_index', 'features']
         """
         return to_spark(spark, self, split, **options)
 

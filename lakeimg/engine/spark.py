@@ -14,8 +14,10 @@ spelling), the translation of lakeimg's storage options into Hadoop settings
 Azure (`check_log_store`).
 
 Example:
-    >>> builder = spark_session_builder("local[2]", object_stores=["s3://bucket/lake"])  # doctest: +SKIP
-    >>> spark = builder.getOrCreate()  # doctest: +SKIP
+    >>> connector_packages(["s3://bucket/lake"], hadoop_version="3.5.0")  # the builder adds them
+    ['org.apache.hadoop:hadoop-aws:3.5.0']
+    >>> spark_storage_conf({"AWS_REGION": "eu-west-1"}, environ={}, bucket="bucket")  # the engine sets them
+    {'spark.hadoop.fs.s3a.bucket.bucket.endpoint.region': 'eu-west-1'}
     >>> hadoop_path("s3://bucket/lake/images")
     's3a://bucket/lake/images'
 """
@@ -483,7 +485,9 @@ def spark_session_builder(
     it is applied last, so it can override anything here.
 
     Example:
-        >>> spark = spark_session_builder("local[2]", ["spark.ui.enabled=false"]).getOrCreate()  # doctest: +SKIP
+        >>> spark = spark_session_builder("local[2]", ["spark.ui.enabled=false"]).getOrCreate()  # or the running one
+        >>> spark.conf.get("spark.sql.extensions")
+        'io.delta.sql.DeltaSparkSessionExtension'
     """
     from delta import configure_spark_with_delta_pip
     from pyspark.sql import SparkSession
@@ -631,9 +635,9 @@ class SparkEngine:
     path lakeimg reports keep the lake's own spelling.
 
     Example:
-        >>> eng = SparkEngine("/tmp/lake", spark)  # doctest: +SKIP
-        >>> eng.read("images", version=0, columns=["uri"]).num_rows  # doctest: +SKIP
-        >>> SparkEngine("s3://bucket/lake", spark, storage_options={"AWS_REGION": "eu-west-1"})  # doctest: +SKIP
+        >>> eng = SparkEngine(lake_dir, spark)
+        >>> eng.read("images", version=0, columns=["uri"]).num_rows
+        4
     """
 
     name = "spark"

@@ -151,8 +151,8 @@ def export_table(
         metadata: also write `out/metadata.csv` (file_name, uri, label, variant/page, attributes).
 
     Example:
-        >>> export_table("/tmp/lake", "cats_256", "/tmp/out", fmt="jpeg")["written"]  # doctest: +SKIP
-        12
+        >>> export_table(lake_dir, "images", out_dir, fmt="png")["written"]
+        4
     """
     if fmt not in EXPORT_FORMATS:
         raise SpecError(f"unknown export format {fmt!r}; use one of {', '.join(EXPORT_FORMATS)}")

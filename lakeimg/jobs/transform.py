@@ -25,7 +25,11 @@ while committing undoes nothing: the run is recorded `failed` and the next run, 
 last succeeded run, redoes its work.
 
 Example:
-    >>> transform_table("/tmp/lake", "images", "small", {"ops": [{"op": "resize", "width": 64, "height": 64}]})  # doctest: +SKIP
+    >>> spec = {"ops": [{"op": "resize", "width": 16, "height": 16}]}
+    >>> transform_table(lake_dir, "images", "small", spec, workers=0).added
+    4
+    >>> transform_table(lake_dir, "images", "small", spec, workers=0).added  # nothing changed
+    0
 """
 
 from __future__ import annotations
@@ -218,8 +222,8 @@ def transform_table(
             computed or committed (no runs row).
 
     Example:
-        >>> transform_table("/tmp/lake", "images", "gray", {"ops": [{"op": "color", "to": "gray"}]}).added  # doctest: +SKIP
-        12
+        >>> transform_table(lake_dir, "images", "gray", {"ops": [{"op": "color", "to": "gray"}]}, workers=0).added
+        4
     """
     started = time.monotonic()
     started_at = utc_now()
