@@ -5,15 +5,10 @@ The `spark` session fixture is in the root conftest.py, shared with the docstrin
 
 from __future__ import annotations
 
-import os
-import sys
 from pathlib import Path
 
+import cli_runs  # noqa: F401 - sets PYTHONPATH for spawned workers before any test runs
 import pytest
-
-# Spawned decoding workers must import the same lakeimg as the tests.
-ROOT = Path(__file__).resolve().parent.parent
-os.environ.setdefault("PYTHONPATH", str(ROOT))
 
 
 @pytest.fixture
@@ -30,19 +25,6 @@ def samples_dir(tmp_path: Path) -> Path:
     folder = tmp_path / "samples"
     write_sample_folder(folder)
     return folder
-
-
-def run_cli(*args: str, timeout: float = 300):
-    """Run the lakeimg CLI in a fresh interpreter; returns CompletedProcess (text mode)."""
-    import subprocess
-
-    return subprocess.run(
-        [sys.executable, "-m", "lakeimg.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=str(ROOT),
-    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from conftest import run_cli
+from cli_runs import run_cli
 from PIL import Image
 
 from lakeimg.samples import photo_like, write_broken_files

@@ -4,18 +4,22 @@ traceback, and a mistyped --lake creates nothing (issue 11, items 13 and 14)."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from cli_runs import run_cli
 from PIL import Image
 
 from lakeimg import Lake
 
+_PROGRESS = re.compile(r"^lakeimg: [\w -]+: (\d+/\d+ |running for )")
+
 
 def _one_error_line(done) -> str:
-    lines = done.stderr.strip().splitlines()
+    """The one error line on stderr (progress lines, printed when stderr is no terminal, aside)."""
+    lines = [line for line in done.stderr.strip().splitlines() if not _PROGRESS.match(line)]
     assert len(lines) == 1 and lines[0].startswith("lakeimg: error: "), done.stderr[-3000:]
     return lines[0]
 

@@ -15,7 +15,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from cli_runs import ROOT
 from PIL import Image
 
 from lakeimg import Lake

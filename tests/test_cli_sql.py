@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import run_cli
+from cli_runs import run_cli
 from PIL import Image
 
 from lakeimg import Lake

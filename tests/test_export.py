@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from conftest import run_cli
+from cli_runs import run_cli
 from PIL import Image
 
 from lakeimg import Lake

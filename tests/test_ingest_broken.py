@@ -18,6 +18,7 @@ import types
 
 import numpy as np
 import pytest
+from cli_runs import ROOT
 from PIL import Image
 
 from lakeimg import Lake
@@ -28,7 +29,6 @@ from lakeimg.samples import (
     png_with_huge_header,
     write_broken_files,
 )
-from tests.conftest import ROOT
 
 # A word each error message must contain, so a reader of the rejects table learns the problem.
 MESSAGE_WORDS = {

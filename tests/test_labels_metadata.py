@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli
+from cli_runs import run_cli
 from PIL import Image
 
 from lakeimg import Lake

@@ -28,6 +28,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import tifffile
+from cli_runs import ROOT, run_cli
 from PIL import Image
 
 from lakeimg import Lake
@@ -43,7 +44,6 @@ from lakeimg.kernels.tiles import (
     stage_tiles_kernel,
 )
 from lakeimg.transform_spec import parse_spec
-from tests.conftest import ROOT, run_cli
 
 
 def _zeros_png(path: Path, width: int, height: int) -> None:

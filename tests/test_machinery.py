@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pytest
-from conftest import ROOT
+from cli_runs import ROOT
 from PIL import Image
 
 from lakeimg import Lake
@@ -211,7 +211,7 @@ def test_transient_rejects_are_retried_and_retry_rejects_retries_all(tmp_path):
 
 
 def test_cli_retry_rejects_flag(tmp_path):
-    from conftest import run_cli
+    from cli_runs import run_cli
 
     src = _images(tmp_path / "src", 2)
     (src / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)

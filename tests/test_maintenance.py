@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from cli_runs import run_cli
 from test_catalog import SPEC_A, SPEC_B, write_pngs
 
 from lakeimg import Lake

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from conftest import run_cli
+from cli_runs import run_cli
 from deltalake import DeltaTable, QueryBuilder
 from PIL import Image
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from cli_runs import ROOT
 
 README = ROOT / "README.md"
 MAX_SKIPPED = 12

@@ -16,13 +16,13 @@ import urllib.request
 import numpy as np
 import pytest
 import tifffile
+from cli_runs import ROOT
 from PIL import Image
 
 from lakeimg.image.display import to_display_uint8
 from lakeimg.lake import Lake
 from lakeimg.samples import write_photo_jpegs
 from tests.browser import canvas_rgb, chromium, screenshot, wait_for_viewer
-from tests.conftest import ROOT
 from tests.object_stores import free_port, running_server
 
 pytest.importorskip("starlette")

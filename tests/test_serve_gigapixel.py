@@ -10,11 +10,11 @@ import sys
 
 import numpy as np
 import pytest
+from cli_runs import ROOT
 
 from lakeimg.lake import Lake
 from lakeimg.samples import pattern_tile, write_tiled_bigtiff
 from tests.browser import canvas_rgb, chromium, screenshot, wait_for_viewer
-from tests.conftest import ROOT
 from tests.object_stores import free_port, running_server
 
 pytest.importorskip("starlette")

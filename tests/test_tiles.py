@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pytest
 import tifffile
+from cli_runs import run_cli
 
 from lakeimg import Lake
 from lakeimg.errors import LakeImgError
@@ -23,7 +24,6 @@ from lakeimg.image.decode import decode_image
 from lakeimg.image.pyramid import ArraySource, downsample2, iter_tiles, level_count, level_shape
 from lakeimg.image.sources import open_image
 from lakeimg.samples import geotiff_bytes, photo_like, pydicom_test_file
-from tests.conftest import run_cli
 
 TILE = 512
 SMALL_THRESHOLD = 100_000  # pixels: everything bigger than ~316 x 316 is tiled in these tests

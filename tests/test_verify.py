@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import run_cli
+from cli_runs import run_cli
 from PIL import Image
 
 from lakeimg import Lake
