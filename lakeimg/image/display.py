@@ -13,12 +13,19 @@ import numpy as np
 
 from lakeimg.image.info import as_hwc
 
-__all__ = ["to_display_uint8", "make_thumbnail", "THUMBNAIL_SIZE"]
+__all__ = ["to_display_uint8", "make_thumbnail", "display_window", "THUMBNAIL_SIZE"]
 
 THUMBNAIL_SIZE = 256
 
 
-def _percentile_window(arr: np.ndarray) -> tuple[float, float]:
+def display_window(arr: np.ndarray) -> tuple[float, float]:
+    """The (low, high) sample values shown as black and white: the 0.5th and 99.5th percentiles
+    of the finite samples (their min and max when those two are equal).
+
+    Example:
+        >>> display_window(np.arange(1001, dtype=np.uint16))
+        (5.0, 995.0)
+    """
     sample = arr.reshape(-1)
     if sample.size > 1_000_000:  # a strided sample is plenty for a display window
         sample = sample[:: sample.size // 1_000_000]
@@ -61,7 +68,7 @@ def to_display_uint8(
     elif arr.dtype == np.bool_:
         out = arr.astype(np.uint8) * 255
     else:
-        low, high = window or _percentile_window(arr)
+        low, high = window or display_window(arr)
         # float64 for wide types: float32 would overflow (a warning per file) on values past 3.4e38
         work = arr.astype(np.float64 if arr.dtype.itemsize > 4 else np.float32)
         span = float(high) - float(low)

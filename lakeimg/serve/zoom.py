@@ -35,7 +35,7 @@ import pyarrow.parquet as pq
 
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.image.codecs import decode_pixels, decode_tile
-from lakeimg.image.display import to_display_uint8
+from lakeimg.image.display import display_window, to_display_uint8
 from lakeimg.image.pyramid import DEFAULT_TILE_SIZE, downsample2, level_count, level_shape
 from lakeimg.jobs.regions import image_record, read_region, tiles_as_of
 from lakeimg.serve.catalog import BadRequest
@@ -204,7 +204,7 @@ class TileStore:
             self._uri_index(info)  # built with the descriptor, so no tile request waits for it
         if np.dtype(info.dtype) != np.uint8:
             top = self.tile(info, info.levels - 1, 0, 0)
-            info = ImageInfo(**{**info.to_dict(), "window": _default_window(top)})
+            info = ImageInfo(**{**info.to_dict(), "window": display_window(top)})
         return info
 
     # --- tiles ---
@@ -297,14 +297,3 @@ class TileStore:
             return read_region(self.engine, table, uri, 0, 0, row["width"], row["height"], page=page, version=version)
 
         return self._levels.get((table, version, uri, page, level, variant), make)
-
-
-def _default_window(pixels: np.ndarray) -> tuple[float, float]:
-    sample = pixels.astype(np.float64).reshape(-1)
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
-        return 0.0, 1.0
-    lo, hi = np.percentile(sample, [0.5, 99.5])
-    if hi <= lo:
-        lo, hi = float(sample.min()), float(sample.max())
-    return float(lo), float(hi if hi > lo else lo + 1)
