@@ -169,13 +169,16 @@ def create_app(lake: Lake | str, *, token: str | None = None, loopback_only: boo
                                         per_page=per_page, error=(type(exc).__name__, str(exc).splitlines()[0])), 400)
         return html(pages.grid_page(result, version, where=where, sort=sort, descending=descending, page=page, per_page=per_page))
 
+    def image_target(request: Request) -> tuple[str, str, int, str | None]:
+        """(table, uri, version, variant) an image page or zoom descriptor asks for, checked."""
+        q = request.query_params
+        table = catalog.table(request.path_params["table"])
+        return table, check_uri(q.get("uri")), catalog.resolve(table, parse_at(q.get("at"))), q.get("variant") or None
+
     def image(request: Request) -> Response:
         q = request.query_params
         try:
-            table = catalog.table(request.path_params["table"])
-            uri = check_uri(q.get("uri"))
-            version = catalog.resolve(table, parse_at(q.get("at")))
-            variant = q.get("variant") or None
+            table, uri, version, variant = image_target(request)
             row = catalog.row(table, version, uri)
             try:
                 info = store.info(table, version, uri, 0, variant).to_dict()
@@ -188,12 +191,8 @@ def create_app(lake: Lake | str, *, token: str | None = None, loopback_only: boo
             return failure(exc, at=q.get("at"))
 
     def descriptor(request: Request) -> Response:
-        q = request.query_params
         try:
-            table = catalog.table(request.path_params["table"])
-            uri = check_uri(q.get("uri"))
-            version = catalog.resolve(table, parse_at(q.get("at")))
-            variant = q.get("variant") or None
+            table, uri, version, variant = image_target(request)
             info = store.info(table, version, uri, 0, variant).to_dict()
         except LakeImgError as exc:
             return failure(exc, json_body=True)
