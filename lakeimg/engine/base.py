@@ -183,7 +183,10 @@ class Stage:
     A row whose kernel crashes or overruns `task_timeout_s` becomes `on_failure(row,
     error_class, message)`; `prepare` runs once per worker before the kernel; `contract` is the
     output table's (rows staged in its schema); `held` names the output column marking rows held
-    back for the driver; `workers` sizes a local pool (0: in this process).
+    back for the driver; `workers` sizes a local pool (0: in this process). `target` names the
+    table a "replace" commit will move the staged rows into: on an object-store lake the
+    embedded engine then writes them straight under their final names there while the stage
+    runs (`engine/staged.py`), so uploading overlaps the work.
     """
 
     kernel: Kernel
@@ -199,6 +202,7 @@ class Stage:
     extra: pa.Table | None = None
     on_progress: Callable[[int, int], None] | None = None
     workers: int | None = None
+    target: str | None = None
 
     @property
     def total(self) -> int:

@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 
 from lakeimg.engine._delta_txn import (
     any_between,
+    begin_placement,
     as_contract,
     cast_to_schema,
     commit_files_by_uri,
@@ -53,13 +54,14 @@ from lakeimg.engine.layout import (
     check_log_tail,
     check_not_before_first,
     delta_file_path,
+    latest_version,
     row_group_rows,
     staging_location,
     table_location,
     tables_in,
 )
 from lakeimg.engine.pool import map_kernel
-from lakeimg.engine.staged import LocalStaged
+from lakeimg.engine.staged import LocalStaged, PlacedFile
 from lakeimg.errors import LakeDamagedError, LakeImgError, TableNotFoundError, VersionNotFoundError
 from lakeimg.schemas import TableContract
 from lakeimg.storage import exists as storage_exists
@@ -96,9 +98,7 @@ class LocalEngine:
         return table_location(self.lake, name)
 
     def exists(self, name: str) -> bool:
-        from deltalake import DeltaTable
-
-        return DeltaTable.is_deltatable(self.location(name), storage_options=self.storage_options)
+        return latest_version(self.location(name), self.storage_options) is not None
 
     def _delta_table(self, name: str, version: VersionLike = None):
         """delta-rs DeltaTable at a version (int), timestamp (datetime or ISO string) or latest.
@@ -134,10 +134,10 @@ class LocalEngine:
         return table
 
     def version(self, name: str) -> int | None:
-        """Current version of a table, or None when it does not exist."""
-        if not self.exists(name):
-            return None
-        return self._delta_table(name).version()
+        """Current version of a table, or None when it does not exist (one listing of its log;
+        a local table's newest entry is checked whole first, as every latest read does)."""
+        check_log_tail(self.location(name), name)
+        return latest_version(self.location(name), self.storage_options)
 
     def data_files(self, name: str, version: VersionLike = None, *, table: Any = None) -> list[str]:
         """The Parquet files that make up a snapshot: local paths, or URLs on an object store
@@ -396,11 +396,17 @@ class LocalEngine:
                 files.append(os.path.join(root, f".rows-{uuid.uuid4().hex}.parquet"))
                 contracted = as_contract(rows, contract)
                 pq.write_table(contracted, files[-1], row_group_size=row_group_rows(contracted), write_page_checksum=True)
+            lost = write.staged.missing() if write.staged is not None else []
+            if lost:  # deleted by another run's cleanup of a writer it took for dead: never commit a hole
+                raise LakeImgError(f"{name}: {len(lost)} staged file(s) of this run vanished before the commit, "
+                                   f"e.g. {lost[0]}; nothing was committed, run again")
             try:
                 result, _found = commit_files_by_uri(self, name, contract, files, uris=sorted(uris), metadata=write.metadata)
             finally:
                 if scratch is not None:
                     shutil.rmtree(scratch, ignore_errors=True)
+            if write.staged is not None:
+                write.staged.handed_over()
         elif rows is None and not files and write.mode == "append":
             result = CommitResult(before)
         else:
@@ -425,7 +431,7 @@ class LocalEngine:
 
         with_retries(name, add, _conflicts())
 
-    def _write(self, write: Write, files: list[str], rows: pa.Table | None) -> CommitResult:
+    def _write(self, write: Write, files: list[str | PlacedFile], rows: pa.Table | None) -> CommitResult:
         """One write_deltalake commit ("append", or "overwrite" with the schema) from rows or files."""
         import pyarrow.dataset as ds
         from deltalake import write_deltalake
@@ -433,10 +439,16 @@ class LocalEngine:
         contract, schema = write.contract, write.contract.arrow_schema
         parts = [as_contract(rows, contract)] if rows is not None else []
 
+        local = [f for f in files if not isinstance(f, PlacedFile)]
+        placed = [resolve(f.url, self.options) for f in files if isinstance(f, PlacedFile)]  # staged on the store
+
         def data() -> pa.RecordBatchReader:  # a fresh stream for every attempt: a retry cannot rewind one
             streams = [part.to_batches() for part in parts]
-            if files:
-                streams.append(ds.dataset(files, schema=schema, format="parquet").to_batches())
+            if local:
+                streams.append(ds.dataset(local, schema=schema, format="parquet").to_batches())
+            if placed:
+                streams.append(ds.dataset([path for _fs, path in placed], schema=schema, format="parquet",
+                                          filesystem=placed[0][0]).to_batches())
             return pa.RecordBatchReader.from_batches(schema, itertools.chain.from_iterable(streams))
 
         exists = self.exists(write.table)
@@ -494,8 +506,10 @@ class LocalEngine:
             if stage.on_progress is not None:
                 stage.on_progress(done, total)
 
+        placement = (begin_placement(self, stage.target)
+                     if self.remote and stage.target is not None and stage.contract is not None else None)
         staged = LocalStaged(staging_location(self.lake, stage.label), stage.contract,
-                             stage.output_schema, stage.held)
+                             stage.output_schema, stage.held, placement)
         try:
             for batch in map_kernel(
                 stage.kernel, self._input_pieces(stage.inputs, stage.extra), workers=min(workers, total),

@@ -474,6 +474,7 @@ def decode_files(
         rows_per_task=rows_per_task(run.todo, parallel),
         on_progress=on_progress,
         workers=workers,
+        target=run.table,
     ))
     try:
         tiling = tile_images(engine, staged.held(), tile_options, thumbnail_size=options.thumbnail_size)
@@ -505,6 +506,7 @@ def relabel_rows(engine: Engine, run: IngestRun) -> Staged:
         contract=table_contract("images"),
         rows_per_task=64,
         workers=0,  # a copy of rows: a pool would cost more than it saves
+        target=run.table,
     ))
 
 

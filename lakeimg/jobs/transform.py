@@ -279,6 +279,7 @@ def transform_table(
             on_progress=on_progress,
             # a pool costs more than it saves on a handful of images
             workers=0 if parallel > 0 and len(plan.todo) < 2 * parallel else workers,
+            target=target,
         ))
         try:
             version, metrics, rejected, rejects_version = _commit(
