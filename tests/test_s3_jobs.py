@@ -239,7 +239,7 @@ def test_staged_rows_are_written_under_their_final_names_and_a_vanished_one_fail
     result = engine.commit(Write("t", CONTRACT, staged=staged, replace=frozenset({"b", "c"})))
     staged.discard()  # after a commit: the table's objects stay
     assert result.committed and placed <= _parquet_keys(s3_server, bucket, "lake/t/")
-    assert sorted(zip(*engine.read("t", columns=["uri", "error_message"]).to_pydict().values())) == [
+    assert sorted(zip(*engine.read("t", columns=["uri", "error_message"]).to_pydict().values(), strict=True)) == [
         ("a", "v1"), ("b", "v2"), ("c", "v2")]
     names = {k.rsplit("/", 1)[-1] for k in placed}
     added = [a for a in pa.table(engine._delta_table("t").get_add_actions(flatten=True)).to_pylist() if a["path"] in names]

@@ -31,8 +31,8 @@ import pyarrow.parquet as pq
 
 from lakeimg.engine._delta_txn import (
     any_between,
-    begin_placement,
     as_contract,
+    begin_placement,
     cast_to_schema,
     commit_files_by_uri,
     uri_ranges,

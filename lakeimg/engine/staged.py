@@ -40,7 +40,15 @@ from lakeimg.engine.layout import (
     dictionary_columns,
 )
 from lakeimg.schemas import TableContract
-from lakeimg.storage import delete_file, file_size, join_url, open_output, remove_prefix, uri_to_path, write_bytes
+from lakeimg.storage import (
+    delete_file,
+    file_size,
+    join_url,
+    open_output,
+    remove_prefix,
+    uri_to_path,
+    write_bytes,
+)
 
 __all__ = ["StagedParquet", "LocalStaged", "KEY_COLUMNS", "PlacedFile", "ColumnStats", "Placement"]
 
@@ -211,7 +219,7 @@ class StagedParquet:
             return False
 
         with ThreadPoolExecutor(max_workers=max(1, min(8, len(self.placed)))) as pool:
-            return [p.url for p, lost in zip(self.placed, pool.map(gone, [p.url for p in self.placed])) if lost]
+            return [p.url for p, lost in zip(self.placed, pool.map(gone, [p.url for p in self.placed]), strict=True) if lost]
 
     def handed_over(self) -> None:
         """The placed files were committed: they are the table's now, and the manifest goes."""
