@@ -170,6 +170,26 @@ def test_progress_lines_when_stderr_is_no_terminal_and_quiet(tmp_path):
     assert done.returncode == 2
 
 
+def test_progress_of_a_huge_image_counts_tiles(tmp_path, capsys, monkeypatch):
+    """A tiled image reports its tiles (all levels, known up front), not one file."""
+    import tifffile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(src / "big.tif", rng.integers(0, 255, (1024, 1024), np.uint8), tile=(64, 64))
+    monkeypatch.setenv("LAKEIMG_PROGRESS_SECONDS", "0")
+    code, _, err = _cli(capsys, "ingest", str(src), "--lake", str(tmp_path / "lake"), "--workers", "0",
+                        "--tile-above-pixels", "100000", "--tile-size", "64")
+    assert code == 0, err
+    # 16 x 16 + 8 x 8 + 4 x 4 + 2 x 2 + 1 tiles, cut as two shares of 8 tile rows and a top task
+    tiles = [line for line in err.splitlines() if line.startswith("lakeimg: tiling: ")]
+    assert tiles == ["lakeimg: tiling: 170/341 tiles (49 %)", "lakeimg: tiling: 340/341 tiles (99 %)",
+                     "lakeimg: tiling: 341/341 tiles (100 %)"], err
+    assert "lakeimg: decoding: 1/1 files (100 %)" in err.splitlines()
+    assert Lake(tmp_path / "lake").read("images_tiles", columns=["level"]).num_rows == 341
+
+
 def test_heartbeat_prints_while_work_runs(capsys, monkeypatch):
     import threading
 

@@ -153,6 +153,7 @@ def ingest_files(
     retry_rejects: bool = False,
     codecs: Sequence[str] = (),
     on_progress: Callable[[int, int], None] | None = None,
+    on_tile_progress: Callable[[int, int], None] | None = None,
     engine: Engine | None = None,
     tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS,
     tile_size: int = DEFAULT_TILE_SIZE,
@@ -184,6 +185,8 @@ def ingest_files(
             are read again by every run anyway).
         codecs: extra readers as "module:attribute" tried before the built-in ones.
         on_progress: called as on_progress(done, total) while files are decoded.
+        on_tile_progress: called as on_tile_progress(done, total) while the tiles of huge
+            files are cut (counted in tiles, all levels of every page).
         tile_above_pixels: files with more pixels (or more bytes than inline_max_bytes) are
             stored as tiles and a pyramid in `<table>_tiles` (0: never); see jobs/tiling.py.
         tile_size, tile_overlap, tile_encoding: the tiles' edge, overlap and codec.
@@ -267,7 +270,8 @@ def ingest_files(
     remove_abandoned_uploads(engine.reader())  # ... and objects they uploaded but never committed
     staging = claim_staging(lake, run_id)  # marks this run's staging as live (engine/staging.py)
     try:
-        decoded = decode_files(engine, run, tile_options, workers=workers, on_progress=on_progress)
+        decoded = decode_files(engine, run, tile_options, workers=workers, on_progress=on_progress,
+                               on_tile_progress=on_tile_progress)
         try:
             images_version, metrics, rejects_version = commit_ingest(engine, run, decoded)
         finally:
@@ -451,6 +455,7 @@ def decode_files(
     *,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_tile_progress: Callable[[int, int], None] | None = None,
 ) -> DecodedFiles:
     """Decode the files to read on the engine's workers, then cut the tiles of huge ones.
 
@@ -476,7 +481,8 @@ def decode_files(
         workers=workers,
     ))
     try:
-        tiling = tile_images(engine, staged.held(), tile_options, thumbnail_size=options.thumbnail_size)
+        tiling = tile_images(engine, staged.held(), tile_options, thumbnail_size=options.thumbnail_size,
+                             on_progress=on_tile_progress)
     except BaseException:
         staged.discard()
         raise
