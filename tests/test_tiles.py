@@ -21,7 +21,14 @@ from lakeimg import Lake
 from lakeimg.errors import LakeImgError
 from lakeimg.image.codecs import TILE_ENCODINGS, decode_tile, encode_tile
 from lakeimg.image.decode import decode_image
-from lakeimg.image.pyramid import ArraySource, downsample2, iter_tiles, level_count, level_shape, tile_count
+from lakeimg.image.pyramid import (
+    ArraySource,
+    downsample2,
+    iter_tiles,
+    level_count,
+    level_shape,
+    tile_count,
+)
 from lakeimg.image.sources import open_image
 from lakeimg.kernels.tiles import plan_tile_tasks
 from lakeimg.samples import geotiff_bytes, photo_like, pydicom_test_file
