@@ -134,6 +134,7 @@ def test_show_tables_and_information_schema_in_sql(lake, capsys):
 def test_latest_and_lakeimg_runs_work_everywhere(lake, capsys, tmp_path):
     assert _cli(capsys, "verify", "--lake", lake.path, "images@latest")[0] == 0
     assert _cli(capsys, "lineage", "--lake", lake.path, "small@latest")[0] == 0
+    assert _cli(capsys, "history", "--lake", lake.path, "images@latest")[0] == 0
     assert _cli(capsys, "export", "--lake", lake.path, "small@latest", "--out", str(tmp_path / "x"))[0] == 0
     code, out, _ = _cli(capsys, "history", "--lake", lake.path, "lakeimg_runs", "--json")
     assert code == 0 and json.loads(out)["table"] == "lakeimg_runs" and len(json.loads(out)["versions"]) >= 3
@@ -168,6 +169,30 @@ def test_progress_lines_when_stderr_is_no_terminal_and_quiet(tmp_path):
     assert done.returncode == 0 and done.stderr == ""
     done = _subprocess("tables", "--lake", str(tmp_path / "lake"), "--log-level", "nonsense")
     assert done.returncode == 2
+
+
+def test_every_long_command_reports_progress_when_stderr_is_no_terminal(tmp_path, capsys, monkeypatch):
+    """ingest, transform, export, reproduce, maintain and trainset create each leave lines on
+    stderr for a log (counts where there are counts, else a heartbeat and its last line)."""
+    src = tmp_path / "src" / "cats"
+    src.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(src / f"{i}.png")
+    monkeypatch.setenv("LAKEIMG_PROGRESS_SECONDS", "0")
+    lake = str(tmp_path / "lake")
+    runs = {
+        "lakeimg: decoding: 3/3 files (100 %)": ["ingest", str(tmp_path / "src"), "--workers", "0", "--label-from-path", "parent"],
+        "lakeimg: transforming: 3/3 rows (100 %)": ["transform", "--target", "t", "--workers", "0",
+                                                    "--spec", '{"ops": [{"op": "resize", "width": 4, "height": 4}]}'],
+        "lakeimg: exporting: done in ": ["export", "t", "--out", str(tmp_path / "out")],
+        "lakeimg: reproducing: done in ": ["reproduce", "t@latest", "--workers", "0"],
+        "lakeimg: maintaining: done in ": ["maintain", "--optimize"],
+        "lakeimg: creating training set: done in ": ["trainset", "create", "--name", "s", "--table", "t@latest", "--seed", "1"],
+    }
+    for line, args in runs.items():
+        code, _, err = _cli(capsys, *args, "--lake", lake)
+        assert code == 0 and any(e.startswith(line) for e in err.splitlines()), (args, err)
+    assert _cli(capsys, "maintain", "--optimize", "--lake", lake, "--quiet")[2] == ""
 
 
 def test_progress_of_a_huge_image_counts_tiles(tmp_path, capsys, monkeypatch):

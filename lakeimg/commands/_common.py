@@ -165,7 +165,8 @@ def human_bytes(size: int | None) -> str:
 def heartbeat(label: str, enabled: bool) -> Iterator[None]:
     """For long work without counts (export, reproduce, maintain, trainset create): a line on
     stderr every few seconds (`LAKEIMG_PROGRESS_SECONDS`, default 5) while it runs, so cron and
-    Airflow logs show it is alive: `lakeimg: exporting: running for 10 s`."""
+    Airflow logs show it is alive: `lakeimg: exporting: running for 10 s`; when stderr is no
+    terminal, one more when the work is done: `lakeimg: exporting: done in 12 s`."""
     if not enabled:
         yield
         return
@@ -182,6 +183,8 @@ def heartbeat(label: str, enabled: bool) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+    if not sys.stderr.isatty():  # a log's last word on the step (a failure prints its own)
+        print(f"lakeimg: {label}: done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, max_width: int = 60) -> str:
