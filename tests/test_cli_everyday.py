@@ -153,6 +153,35 @@ def test_default_lake_from_the_environment_and_lake_wins(lake, tmp_path):
     assert done.returncode == 2 and "--lake (or set LAKEIMG_LAKE)" in done.stderr
 
 
+def _leaf_commands(parser, path=()):
+    import argparse
+
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not nested:
+        yield path, parser
+    for action in nested:
+        for name, sub in action.choices.items():
+            yield from _leaf_commands(sub, (*path, name))
+
+
+def test_every_command_takes_quiet_verbose_and_log_level(lake, capsys):
+    import logging
+
+    from lakeimg.cli import build_parser
+
+    commands = dict(_leaf_commands(build_parser()))
+    assert len(commands) >= 18 and ("trainset", "create") in commands
+    for path, parser in commands.items():
+        assert {"--quiet", "-q", "--verbose", "-v", "--log-level"} <= set(parser._option_string_actions), path
+    root = logging.getLogger()
+    try:
+        for options, level in ((["--log-level", "debug"], logging.DEBUG), (["--verbose"], logging.INFO), ([], logging.WARNING)):
+            assert _cli(capsys, "tables", "--lake", lake.path, *options)[0] == 0
+            assert root.level == level, options
+    finally:
+        root.setLevel(logging.WARNING)
+
+
 def test_progress_lines_when_stderr_is_no_terminal_and_quiet(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -298,3 +327,17 @@ def test_quiet_spark_sends_the_jvms_output_to_a_log(tmp_path, capfd):
     out = capfd.readouterr()
     assert out.out == "python-out\n" and out.err == "python-err\n"
     assert log.read_text().split() == ["ivy-report", "log4j-line", "later"]
+
+
+@pytest.mark.spark
+@pytest.mark.slow  # a JVM of its own (~1 min): the CLI builds its Spark session
+def test_cli_on_spark_prints_only_its_own_lines(lake):
+    """`lakeimg sql --engine spark` end to end: SHOW TABLES answers the lake's tables, and
+    stderr holds no Ivy report or log4j line (they go to a log file)."""
+    conf = ["spark.ui.enabled=false", "spark.driver.host=127.0.0.1", "spark.driver.bindAddress=127.0.0.1",
+            "spark.sql.shuffle.partitions=2", "spark.databricks.delta.snapshotPartitions=2"]
+    done = _subprocess("sql", "--lake", lake.path, "--engine", "spark", "--master", "local[1]", "--json",
+                       *[a for c in conf for a in ("--spark-conf", c)], "SHOW TABLES")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["name"] for r in json.loads(done.stdout)] == ["images", "images_rejects", "lakeimg_runs", "small", "small_rejects"]
+    assert [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("lakeimg: ")] == [], done.stderr
