@@ -67,6 +67,7 @@ def _subprocess(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         (["history", "imgaes"], 5, "(tables: images, images_rejects, small, small_rejects, lakeimg_runs)"),
         (["info", "imgaes@latest"], 5, "(tables: images, images_rejects, small, small_rejects, lakeimg_runs)"),
         (["export", "images@99", "--out", "OUT"], 5, "images@99: no such version (latest: "),
+        (["tables", "--log-level", "nonsense"], 2, "argument --log-level: invalid choice"),  # argparse's own, as JSON too
     ],
 )
 def test_every_command_follows_the_exit_code_table(lake, capsys, tmp_path, args, code, words):
