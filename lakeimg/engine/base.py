@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lakeimg.errors import ConcurrentWriteError, SpecError
 from lakeimg.schemas import TableContract
@@ -184,6 +185,9 @@ class Stage:
     error_class, message)`; `prepare` runs once per worker before the kernel; `contract` is the
     output table's (rows staged in its schema); `held` names the output column marking rows held
     back for the driver; `workers` sizes a local pool (0: in this process).
+
+    `on_progress(done, total)` counts input rows; with `progress_column` it counts units of
+    work instead: the column's sum over the input rows is the total, over the output rows done.
     """
 
     kernel: Kernel
@@ -199,12 +203,21 @@ class Stage:
     extra: pa.Table | None = None
     on_progress: Callable[[int, int], None] | None = None
     workers: int | None = None
+    progress_column: str | None = None
 
     @property
     def total(self) -> int:
         """How many input rows the stage maps."""
         rows = self.inputs.num_rows if isinstance(self.inputs, pa.Table) else len(self.inputs.uris)
         return rows + (self.extra.num_rows if self.extra is not None else 0)
+
+    def progress_total(self) -> int:
+        """What `on_progress` counts up to: input rows, or the sum of `progress_column` over
+        the driver's input rows."""
+        if self.progress_column is None:
+            return self.total
+        return sum(pc.sum(t[self.progress_column]).as_py() or 0
+                   for t in (self.inputs, self.extra) if isinstance(t, pa.Table) and self.progress_column in t.column_names)
 
 
 @dataclass(frozen=True)
