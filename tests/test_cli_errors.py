@@ -14,7 +14,7 @@ from PIL import Image
 
 from lakeimg import Lake
 
-_PROGRESS = re.compile(r"^lakeimg: [\w -]+: (\d+/\d+ |running for )")
+_PROGRESS = re.compile(r"^lakeimg: [\w -]+: (\d+/\d+ |running for |done in )")
 
 
 def _one_error_line(done) -> str:

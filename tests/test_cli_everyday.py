@@ -67,6 +67,7 @@ def _subprocess(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         (["history", "imgaes"], 5, "(tables: images, images_rejects, small, small_rejects, lakeimg_runs)"),
         (["info", "imgaes@latest"], 5, "(tables: images, images_rejects, small, small_rejects, lakeimg_runs)"),
         (["export", "images@99", "--out", "OUT"], 5, "images@99: no such version (latest: "),
+        (["tables", "--log-level", "nonsense"], 2, "argument --log-level: invalid choice"),  # argparse's own, as JSON too
     ],
 )
 def test_every_command_follows_the_exit_code_table(lake, capsys, tmp_path, args, code, words):
@@ -134,6 +135,7 @@ def test_show_tables_and_information_schema_in_sql(lake, capsys):
 def test_latest_and_lakeimg_runs_work_everywhere(lake, capsys, tmp_path):
     assert _cli(capsys, "verify", "--lake", lake.path, "images@latest")[0] == 0
     assert _cli(capsys, "lineage", "--lake", lake.path, "small@latest")[0] == 0
+    assert _cli(capsys, "history", "--lake", lake.path, "images@latest")[0] == 0
     assert _cli(capsys, "export", "--lake", lake.path, "small@latest", "--out", str(tmp_path / "x"))[0] == 0
     code, out, _ = _cli(capsys, "history", "--lake", lake.path, "lakeimg_runs", "--json")
     assert code == 0 and json.loads(out)["table"] == "lakeimg_runs" and len(json.loads(out)["versions"]) >= 3
@@ -152,6 +154,35 @@ def test_default_lake_from_the_environment_and_lake_wins(lake, tmp_path):
     assert done.returncode == 2 and "--lake (or set LAKEIMG_LAKE)" in done.stderr
 
 
+def _leaf_commands(parser, path=()):
+    import argparse
+
+    nested = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not nested:
+        yield path, parser
+    for action in nested:
+        for name, sub in action.choices.items():
+            yield from _leaf_commands(sub, (*path, name))
+
+
+def test_every_command_takes_quiet_verbose_and_log_level(lake, capsys):
+    import logging
+
+    from lakeimg.cli import build_parser
+
+    commands = dict(_leaf_commands(build_parser()))
+    assert len(commands) >= 18 and ("trainset", "create") in commands
+    for path, parser in commands.items():
+        assert {"--quiet", "-q", "--verbose", "-v", "--log-level"} <= set(parser._option_string_actions), path
+    root = logging.getLogger()
+    try:
+        for options, level in ((["--log-level", "debug"], logging.DEBUG), (["--verbose"], logging.INFO), ([], logging.WARNING)):
+            assert _cli(capsys, "tables", "--lake", lake.path, *options)[0] == 0
+            assert root.level == level, options
+    finally:
+        root.setLevel(logging.WARNING)
+
+
 def test_progress_lines_when_stderr_is_no_terminal_and_quiet(tmp_path):
     src = tmp_path / "src"
     src.mkdir()
@@ -168,6 +199,50 @@ def test_progress_lines_when_stderr_is_no_terminal_and_quiet(tmp_path):
     assert done.returncode == 0 and done.stderr == ""
     done = _subprocess("tables", "--lake", str(tmp_path / "lake"), "--log-level", "nonsense")
     assert done.returncode == 2
+
+
+def test_every_long_command_reports_progress_when_stderr_is_no_terminal(tmp_path, capsys, monkeypatch):
+    """ingest, transform, export, reproduce, maintain and trainset create each leave lines on
+    stderr for a log (counts where there are counts, else a heartbeat and its last line)."""
+    src = tmp_path / "src" / "cats"
+    src.mkdir(parents=True)
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(src / f"{i}.png")
+    monkeypatch.setenv("LAKEIMG_PROGRESS_SECONDS", "0")
+    lake = str(tmp_path / "lake")
+    runs = {
+        "lakeimg: decoding: 3/3 files (100 %)": ["ingest", str(tmp_path / "src"), "--workers", "0", "--label-from-path", "parent"],
+        "lakeimg: transforming: 3/3 rows (100 %)": ["transform", "--target", "t", "--workers", "0",
+                                                    "--spec", '{"ops": [{"op": "resize", "width": 4, "height": 4}]}'],
+        "lakeimg: exporting: done in ": ["export", "t", "--out", str(tmp_path / "out")],
+        "lakeimg: reproducing: done in ": ["reproduce", "t@latest", "--workers", "0"],
+        "lakeimg: maintaining: done in ": ["maintain", "--optimize"],
+        "lakeimg: creating training set: done in ": ["trainset", "create", "--name", "s", "--table", "t@latest", "--seed", "1"],
+    }
+    for line, args in runs.items():
+        code, _, err = _cli(capsys, *args, "--lake", lake)
+        assert code == 0 and any(e.startswith(line) for e in err.splitlines()), (args, err)
+    assert _cli(capsys, "maintain", "--optimize", "--lake", lake, "--quiet")[2] == ""
+
+
+def test_progress_of_a_huge_image_counts_tiles(tmp_path, capsys, monkeypatch):
+    """A tiled image reports its tiles (all levels, known up front), not one file."""
+    import tifffile
+
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    tifffile.imwrite(src / "big.tif", rng.integers(0, 255, (1024, 1024), np.uint8), tile=(64, 64))
+    monkeypatch.setenv("LAKEIMG_PROGRESS_SECONDS", "0")
+    code, _, err = _cli(capsys, "ingest", str(src), "--lake", str(tmp_path / "lake"), "--workers", "0",
+                        "--tile-above-pixels", "100000", "--tile-size", "64")
+    assert code == 0, err
+    # 16 x 16 + 8 x 8 + 4 x 4 + 2 x 2 + 1 tiles, cut as two shares of 8 tile rows and a top task
+    tiles = [line for line in err.splitlines() if line.startswith("lakeimg: tiling: ")]
+    assert tiles == ["lakeimg: tiling: 170/341 tiles (49 %)", "lakeimg: tiling: 340/341 tiles (99 %)",
+                     "lakeimg: tiling: 341/341 tiles (100 %)"], err
+    assert "lakeimg: decoding: 1/1 files (100 %)" in err.splitlines()
+    assert Lake(tmp_path / "lake").read("images_tiles", columns=["level"]).num_rows == 341
 
 
 def test_heartbeat_prints_while_work_runs(capsys, monkeypatch):
@@ -253,3 +328,17 @@ def test_quiet_spark_sends_the_jvms_output_to_a_log(tmp_path, capfd):
     out = capfd.readouterr()
     assert out.out == "python-out\n" and out.err == "python-err\n"
     assert log.read_text().split() == ["ivy-report", "log4j-line", "later"]
+
+
+@pytest.mark.spark
+@pytest.mark.slow  # a JVM of its own (~1 min): the CLI builds its Spark session
+def test_cli_on_spark_prints_only_its_own_lines(lake):
+    """`lakeimg sql --engine spark` end to end: SHOW TABLES answers the lake's tables, and
+    stderr holds no Ivy report or log4j line (they go to a log file)."""
+    conf = ["spark.ui.enabled=false", "spark.driver.host=127.0.0.1", "spark.driver.bindAddress=127.0.0.1",
+            "spark.sql.shuffle.partitions=2", "spark.databricks.delta.snapshotPartitions=2"]
+    done = _subprocess("sql", "--lake", lake.path, "--engine", "spark", "--master", "local[1]", "--json",
+                       *[a for c in conf for a in ("--spark-conf", c)], "SHOW TABLES")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["name"] for r in json.loads(done.stdout)] == ["images", "images_rejects", "lakeimg_runs", "small", "small_rejects"]
+    assert [line for line in done.stderr.splitlines() if line.strip() and not line.startswith("lakeimg: ")] == [], done.stderr

@@ -16,7 +16,7 @@ from PIL import Image
 
 from lakeimg import Lake
 from lakeimg.catalog.sql import run_sql, table_refs
-from lakeimg.errors import SpecError, TableNotFoundError
+from lakeimg.errors import SpecError, SqlError, TableNotFoundError
 from lakeimg.samples import photo_like
 
 
@@ -220,3 +220,26 @@ def test_spark_sql_on_the_same_lake(lake, spark):
         run_spark_sql(spark, lake.path, "SELECT * FROM no_such_table")
     with pytest.raises(SpecError):
         run_spark_sql(spark, lake.path, "SELEC 1")
+
+
+@pytest.mark.spark
+def test_spark_sql_lists_the_lakes_tables_like_the_embedded_engine(lake, spark, tmp_path):
+    """SHOW TABLES and information_schema on Spark: the lake's tables only (not others the
+    session knows), the same names and columns as DuckDB's, and no view left behind."""
+    on_spark = Lake(lake.path, engine="spark", spark=spark)
+    spark.sql("CREATE OR REPLACE TEMPORARY VIEW not_in_the_lake AS SELECT 1 AS x")
+    names = ["images", "images_rejects", "lakeimg_runs", "small", "small_rejects"]
+    for query in ("SHOW TABLES", "show tables;"):
+        assert on_spark.sql(query).to_pylist() == lake.sql(query).to_pylist() == [{"name": n} for n in names]
+    query = "SELECT table_name FROM information_schema.tables WHERE table_name LIKE 'small%' ORDER BY table_name"
+    assert on_spark.sql(query).to_pylist() == lake.sql(query).to_pylist() == [{"table_name": "small"}, {"table_name": "small_rejects"}]
+    query = ("SELECT c.column_name FROM INFORMATION_SCHEMA.COLUMNS c JOIN information_schema.tables t "
+             "ON c.table_name = t.table_name WHERE t.table_name = 'images' ORDER BY c.ordinal_position")
+    assert on_spark.sql(query).to_pylist() == lake.sql(query).to_pylist()
+    assert on_spark.sql(query, limit=2).column("column_name").to_pylist() == ["uri", "content_sha256"]
+    assert not [t.name for t in spark.catalog.listTables() if t.name.startswith("lakeimg_information_schema")]
+    with pytest.raises(TableNotFoundError, match=r"\(tables: images, images_rejects, small, small_rejects, lakeimg_runs\)"):
+        on_spark.sql("SELECT * FROM imgaes")
+    with pytest.raises(SqlError):  # the guard still holds for catalog queries
+        on_spark.sql("SELECT * FROM information_schema.tables, csv.`/etc/passwd`")
+    spark.catalog.dropTempView("not_in_the_lake")

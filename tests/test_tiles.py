@@ -21,8 +21,16 @@ from lakeimg import Lake
 from lakeimg.errors import LakeImgError
 from lakeimg.image.codecs import TILE_ENCODINGS, decode_tile, encode_tile
 from lakeimg.image.decode import decode_image
-from lakeimg.image.pyramid import ArraySource, downsample2, iter_tiles, level_count, level_shape
+from lakeimg.image.pyramid import (
+    ArraySource,
+    downsample2,
+    iter_tiles,
+    level_count,
+    level_shape,
+    tile_count,
+)
 from lakeimg.image.sources import open_image
+from lakeimg.kernels.tiles import plan_tile_tasks
 from lakeimg.samples import geotiff_bytes, photo_like, pydicom_test_file
 
 TILE = 512
@@ -68,6 +76,29 @@ def test_streamed_pyramid_equals_whole_image_pyramid_and_splits_agree(overlap):
     assert sorted((t.level, t.tile_row, t.tile_col) for t in shares) == sorted(k for k in keys if k[0] <= 2)
     for t in shares:
         assert np.array_equal(refs[t.level][t.y : t.y + t.height, t.x : t.x + t.width], t.pixels)
+
+
+@pytest.mark.parametrize(("height", "width", "tile"), [(300, 200, 128), (1000, 700, 64), (513, 1025, 32), (2000, 40, 16)])
+def test_planned_tile_counts_match_the_tiles_emitted(height, width, tile):
+    """Each task's `tiles` (progress counts them) is what it emits, for every split; a split of
+    1 tile row still builds the whole pyramid."""
+    source = ArraySource(np.zeros((height, width, 1), np.uint8))
+    whole = sum(1 for _ in iter_tiles(source, tile_size=tile))
+    assert tile_count(height, width, tile) == whole
+    for rows_per_task in (0, 1, 2, 3, 8):
+        tasks = plan_tile_tasks("u", None, height, width, pages=1, tile_size=tile, rows_per_task=rows_per_task, staging="s")
+        emitted = 0
+        for task in tasks:
+            if task["from_level"] > 0:  # the top task: the levels above the shares'
+                levels = level_count(height, width, tile) - task["from_level"] - 1
+                assert levels > 0 and task["tiles"] == tile_count(height, width, tile, min_level=task["from_level"] + 1)
+                emitted += task["tiles"]
+                continue
+            top = None if task["max_level"] < 0 else task["max_level"]
+            count = sum(1 for _ in iter_tiles(source, tile_size=tile, rows=(task["row_start"], task["row_end"]), max_level=top))
+            assert count == task["tiles"], task
+            emitted += count
+        assert emitted == whole, rows_per_task
 
 
 def test_downsample_is_area_average_keeping_dtype():

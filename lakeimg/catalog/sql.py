@@ -241,18 +241,32 @@ def run_sql(lake: str | os.PathLike[str], query: str, *, engine: LocalEngine | N
 def run_spark_sql(spark, lake: str | os.PathLike[str], query: str, *, limit: int | None = None) -> pa.Table:
     """Run one query in Spark SQL with the lake's tables registered in the session catalog.
 
-    Spark SQL reads Delta's `VERSION AS OF` / `TIMESTAMP AS OF` natively. The result comes back
-    as Arrow (`DataFrame.toArrow`); it is a query's result, so it is meant to be small.
+    Spark SQL reads Delta's `VERSION AS OF` / `TIMESTAMP AS OF` natively. `SHOW TABLES` and
+    `information_schema.tables` / `.columns` (which Spark's own catalog lacks) list the lake's
+    tables as on the embedded engine, from temporary views dropped after the query. The result
+    comes back as Arrow (`DataFrame.toArrow`); it is a query's result, so it is meant to be small.
 
     Example:
         >>> run_spark_sql(spark, lake_dir, "SELECT count(*) AS n FROM images VERSION AS OF 0").to_pylist()
         [{'n': 4}]
+        >>> run_spark_sql(spark, lake_dir, "SHOW TABLES").column("name").to_pylist()
+        ['images', 'images_rejects', 'lakeimg_runs']
     """
     from pyspark.errors import AnalysisException, ParseException
 
+    lake = os.fspath(lake)
+    if _SHOW_TABLES.fullmatch(_mask(query)):
+        query = "SELECT table_name AS name FROM information_schema.tables ORDER BY name"
+    # `information_schema.X` becomes the view of X (a plain name, as the guard wants).
+    masked, catalog_views = _mask(query), {}
+    for m in sorted(_INFORMATION_SCHEMA.finditer(masked), key=lambda m: m.start(), reverse=True):
+        view = catalog_views.setdefault(m.group(1).lower(), f"lakeimg_information_schema_{m.group(1).lower()}")
+        query = query[: m.start()] + view + query[m.end() :]
     check_spark_query(query)
-    register(spark, os.fspath(lake))
+    registered = register(spark, lake)
     try:
+        for kind, view in catalog_views.items():
+            spark.createDataFrame(_spark_catalog_rows(spark, sorted(registered), kind)).createOrReplaceTempView(view)
         frame = spark.sql(query)
         if limit is not None:
             frame = frame.limit(limit)
@@ -264,8 +278,34 @@ def run_spark_sql(spark, lake: str | os.PathLike[str], query: str, *, limit: int
     except AnalysisException as exc:
         missing = re.search(r"TABLE_OR_VIEW_NOT_FOUND\]?[^`]*`?([^`\s]+)`?", str(exc))
         if missing:
-            raise TableNotFoundError(missing.group(1), os.fspath(lake)) from exc
+            raise TableNotFoundError(missing.group(1), lake, available=list(registered)) from exc
         raise SpecError(f"SQL: {_first_line(exc)}") from exc
+    finally:
+        for view in catalog_views.values():
+            spark.catalog.dropTempView(view)
+
+
+_INFORMATION_SCHEMA = re.compile(r"\binformation_schema\s*\.\s*(tables|columns)\b", re.IGNORECASE)
+
+
+def _spark_catalog_rows(spark: Any, names: list[str], kind: str) -> pa.Table:
+    """information_schema's `tables` or `columns` rows of the lake's registered tables (the
+    standard's leading columns, as DuckDB names them)."""
+    place = {"table_catalog": spark.catalog.currentCatalog(), "table_schema": spark.catalog.currentDatabase()}
+    if kind == "tables":
+        rows = [{**place, "table_name": n, "table_type": "BASE TABLE"} for n in names]
+    else:
+        rows = [{**place, "table_name": n, "column_name": f.name, "ordinal_position": i,
+                 "is_nullable": "YES" if f.nullable else "NO", "data_type": f.dataType.simpleString().upper()}
+                for n in names for i, f in enumerate(spark.table(f"`{n}`").schema.fields, start=1)]
+    return pa.Table.from_pylist(rows, schema=_CATALOG_SCHEMAS[kind])
+
+
+_CATALOG_SCHEMAS = {
+    "tables": pa.schema([(c, pa.string()) for c in ("table_catalog", "table_schema", "table_name", "table_type")]),
+    "columns": pa.schema([(c, pa.int32() if c == "ordinal_position" else pa.string()) for c in (
+        "table_catalog", "table_schema", "table_name", "column_name", "ordinal_position", "is_nullable", "data_type")]),
+}
 
 
 def register(spark: Any, lake: str | os.PathLike[str], *, database: str | None = None, replace: bool = True) -> dict[str, str]:

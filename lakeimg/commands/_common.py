@@ -90,38 +90,58 @@ def _progress_interval() -> float:
 
 
 @contextmanager
-def progress_bar(label: str, enabled: bool, unit: str = "files") -> Iterator[Callable[[int, int], None] | None]:
-    """Progress on stderr; yields an on_progress(done, total) callback (None when not `enabled`).
+def progress_bars(enabled: bool) -> Iterator[Callable[[str, str], Callable[[int, int], None] | None]]:
+    """Progress on stderr for work in several steps (ingest: files decoded, then tiles cut);
+    yields `track(label, unit)`, which gives each step its on_progress(done, total) callback
+    (None when not `enabled`).
 
-    A rich bar on a terminal; otherwise (cron, Airflow, a pipe) one line every few seconds
-    (`LAKEIMG_PROGRESS_SECONDS`, default 5) and one when the work is done:
-    `lakeimg: decoding: 120/1000 files (12 %)`.
+    A rich bar per step on a terminal; otherwise (cron, Airflow, a pipe) one line per step every
+    few seconds (`LAKEIMG_PROGRESS_SECONDS`, default 5) and one when it is done:
+    `lakeimg: decoding: 120/1000 files (12 %)`, `lakeimg: tiling: 1200/4096 tiles (29 %)`.
     """
     if not enabled:
-        yield None
+        yield lambda label, unit: None
         return
     if not sys.stderr.isatty():
-        interval, last = _progress_interval(), [time.monotonic()]
+        interval = _progress_interval()
 
-        def line(done: int, total: int) -> None:
-            now = time.monotonic()
-            if done < total and now - last[0] < interval:
-                return
-            last[0] = now
-            share = f" ({100 * done // total} %)" if total else ""
-            print(f"lakeimg: {label}: {done}/{total} {unit}{share}", file=sys.stderr, flush=True)
+        def lines(label: str, unit: str) -> Callable[[int, int], None]:
+            last, shown = [time.monotonic()], [None]
 
-        yield line
+            def line(done: int, total: int) -> None:
+                now = time.monotonic()
+                if (done, total) == shown[0] or (done < total and now - last[0] < interval):
+                    return
+                last[0], shown[0] = now, (done, total)
+                share = f" ({100 * done // total} %)" if total else ""
+                print(f"lakeimg: {label}: {done}/{total} {unit}{share}", file=sys.stderr, flush=True)
+
+            return line
+
+        yield lines
         return
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), transient=True) as bar:
-        task = bar.add_task(label, total=None)
 
-        def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+        def bars(label: str, unit: str) -> Callable[[int, int], None]:
+            task: list[Any] = []  # added at the first update: a step that never runs shows no bar
 
-        yield update
+            def update(done: int, total: int) -> None:
+                if not task:
+                    task.append(bar.add_task(f"{label} ({unit})", total=None))
+                bar.update(task[0], completed=done, total=total)
+
+            return update
+
+        yield bars
+
+
+@contextmanager
+def progress_bar(label: str, enabled: bool, unit: str = "files") -> Iterator[Callable[[int, int], None] | None]:
+    """One step's progress (`progress_bars`): yields its on_progress(done, total) callback."""
+    with progress_bars(enabled) as track:
+        yield track(label, unit)
 
 
 def human_bytes(size: int | None) -> str:
@@ -145,7 +165,8 @@ def human_bytes(size: int | None) -> str:
 def heartbeat(label: str, enabled: bool) -> Iterator[None]:
     """For long work without counts (export, reproduce, maintain, trainset create): a line on
     stderr every few seconds (`LAKEIMG_PROGRESS_SECONDS`, default 5) while it runs, so cron and
-    Airflow logs show it is alive: `lakeimg: exporting: running for 10 s`."""
+    Airflow logs show it is alive: `lakeimg: exporting: running for 10 s`; when stderr is no
+    terminal, one more when the work is done: `lakeimg: exporting: done in 12 s`."""
     if not enabled:
         yield
         return
@@ -162,6 +183,8 @@ def heartbeat(label: str, enabled: bool) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+    if not sys.stderr.isatty():  # a log's last word on the step (a failure prints its own)
+        print(f"lakeimg: {label}: done in {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
 
 
 def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None, max_width: int = 60) -> str:

@@ -8,7 +8,7 @@ from lakeimg.commands._common import (
     add_engine_options,
     open_lake,
     print_run_summary,
-    progress_bar,
+    progress_bars,
     show_progress,
 )
 from lakeimg.tables import validate_name
@@ -88,7 +88,8 @@ def run(args) -> int:
         tile_size=args.tile_size,
         dry_run=args.dry_run,
     )
-    with open_lake(args) as lake, progress_bar("decoding", enabled=show_progress(args)) as on_progress:
-        summary = lake.ingest(args.sources, on_progress=on_progress, **options)
+    with open_lake(args) as lake, progress_bars(enabled=show_progress(args)) as track:
+        summary = lake.ingest(args.sources, on_progress=track("decoding", "files"),
+                              on_tile_progress=track("tiling", "tiles"), **options)
     print_run_summary(args.lake, summary, args.json)
     return 0

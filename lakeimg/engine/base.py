@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeVar
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lakeimg.errors import ConcurrentWriteError, SpecError
 from lakeimg.schemas import TableContract
@@ -187,6 +188,9 @@ class Stage:
     table a "replace" commit will move the staged rows into: on an object-store lake the
     embedded engine then writes them straight under their final names there while the stage
     runs (`engine/staged.py`), so uploading overlaps the work.
+
+    `on_progress(done, total)` counts input rows; with `progress_column` it counts units of
+    work instead: the column's sum over the input rows is the total, over the output rows done.
     """
 
     kernel: Kernel
@@ -202,6 +206,7 @@ class Stage:
     extra: pa.Table | None = None
     on_progress: Callable[[int, int], None] | None = None
     workers: int | None = None
+    progress_column: str | None = None
     target: str | None = None
 
     @property
@@ -209,6 +214,14 @@ class Stage:
         """How many input rows the stage maps."""
         rows = self.inputs.num_rows if isinstance(self.inputs, pa.Table) else len(self.inputs.uris)
         return rows + (self.extra.num_rows if self.extra is not None else 0)
+
+    def progress_total(self) -> int:
+        """What `on_progress` counts up to: input rows, or the sum of `progress_column` over
+        the driver's input rows."""
+        if self.progress_column is None:
+            return self.total
+        return sum(pc.sum(t[self.progress_column]).as_py() or 0
+                   for t in (self.inputs, self.extra) if isinstance(t, pa.Table) and self.progress_column in t.column_names)
 
 
 @dataclass(frozen=True)

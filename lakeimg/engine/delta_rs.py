@@ -498,7 +498,7 @@ class LocalEngine:
         `prepare` is for engines whose workers outlive a task; the pool's workers start fresh.
         """
         workers = self.workers if stage.workers is None else stage.workers
-        total, done = stage.total, 0
+        total, done, column = stage.progress_total(), 0, stage.progress_column
 
         def progress(n: int) -> None:
             nonlocal done
@@ -512,11 +512,13 @@ class LocalEngine:
                              stage.output_schema, stage.held, placement)
         try:
             for batch in map_kernel(
-                stage.kernel, self._input_pieces(stage.inputs, stage.extra), workers=min(workers, total),
+                stage.kernel, self._input_pieces(stage.inputs, stage.extra), workers=min(workers, stage.total),
                 batch_rows=stage.rows_per_task, task_timeout_s=stage.task_timeout_s, on_failure=stage.on_failure,
-                on_progress=progress, output_schema=stage.output_schema,
+                on_progress=None if column else progress, output_schema=stage.output_schema,
             ):
                 staged.add(batch)
+                if column and batch.num_rows:  # units of work the output rows report done
+                    progress(pc.sum(batch[column]).as_py() or 0)
             # The last row group and footers are written now, so a full disk fails the stage
             # (before any commit), not the commit that moves the files in.
             staged.files()

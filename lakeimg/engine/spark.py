@@ -1001,8 +1001,8 @@ class SparkEngine:
         except BaseException:
             staged.discard()
             raise
-        if stage.on_progress is not None:
-            stage.on_progress(total, total)
+        if stage.on_progress is not None:  # the executors report nothing on the way
+            stage.on_progress(stage.progress_total(), stage.progress_total())
         return staged
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "iter_tiles",
     "level_count",
     "level_shape",
+    "tile_count",
     "tile_geotransform",
 ]
 
@@ -70,6 +71,35 @@ def level_count(height: int, width: int, tile_size: int) -> int:
         height, width = level_shape(height, width, 1)
         levels += 1
     return levels
+
+
+def _level_rows(height: int, tile_size: int, level: int, rows: tuple[int, int]) -> tuple[int, int]:
+    """Tile rows [lo, hi) of `level` that a task covering level-0 tile rows `rows` emits."""
+    start, end = rows
+    scale = 2**level
+    h, _ = level_shape(height, 1, level)
+    return math.ceil(start / scale), math.ceil(end / scale) if end * tile_size < height else math.ceil(h / tile_size)
+
+
+def tile_count(
+    height: int, width: int, tile_size: int, *, rows: tuple[int, int] | None = None, min_level: int = 0,
+    max_level: int | None = None,
+) -> int:
+    """How many tiles `iter_tiles` emits for a page (levels `min_level`..`max_level`, level-0
+    tile rows `rows`): known from the page's shape alone, before any pixel is read.
+
+    Example:
+        >>> tile_count(300, 200, 128), tile_count(300, 200, 128, max_level=0), tile_count(300, 200, 128, min_level=1)
+        (9, 6, 3)
+    """
+    levels = level_count(height, width, tile_size)
+    top = levels - 1 if max_level is None else min(max_level, levels - 1)
+    span = rows if rows is not None else (0, math.ceil(height / tile_size))
+    total = 0
+    for level in range(min_level, top + 1):
+        lo, hi = _level_rows(height, tile_size, level, span)
+        total += max(0, hi - lo) * math.ceil(level_shape(height, width, level)[1] / tile_size)
+    return total
 
 
 def tile_geotransform(geotransform: list[float] | None, x: int, y: int, level: int) -> list[float] | None:
@@ -251,10 +281,8 @@ def iter_tiles(
     chain: _Level | None = None
     for level in range(top, -1, -1):  # build top-down so each level knows its parent
         h, w = level_shape(height, width, level)
-        scale = 2**level
-        lo = math.ceil(start / scale)
-        hi = math.ceil(end / scale) if end * tile_size < height else math.ceil(h / tile_size)
-        chain = _Level(level, h, w, tile_size, overlap, page, source.geotransform, (lo, hi), chain)
+        chain = _Level(level, h, w, tile_size, overlap, page, source.geotransform,
+                       _level_rows(height, tile_size, level, (start, end)), chain)
     assert chain is not None
     # Level-0 rows to read: this range plus the overlap each level needs, aligned so that
     # every level's 2x2 pairs start on an even row.

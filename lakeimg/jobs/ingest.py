@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import partial
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -153,6 +154,7 @@ def ingest_files(
     retry_rejects: bool = False,
     codecs: Sequence[str] = (),
     on_progress: Callable[[int, int], None] | None = None,
+    on_tile_progress: Callable[[int, int], None] | None = None,
     engine: Engine | None = None,
     tile_above_pixels: int = DEFAULT_TILE_ABOVE_PIXELS,
     tile_size: int = DEFAULT_TILE_SIZE,
@@ -184,6 +186,8 @@ def ingest_files(
             are read again by every run anyway).
         codecs: extra readers as "module:attribute" tried before the built-in ones.
         on_progress: called as on_progress(done, total) while files are decoded.
+        on_tile_progress: called as on_tile_progress(done, total) while the tiles of huge
+            files are cut (counted in tiles, all levels of every page).
         tile_above_pixels: files with more pixels (or more bytes than inline_max_bytes) are
             stored as tiles and a pyramid in `<table>_tiles` (0: never); see jobs/tiling.py.
         tile_size, tile_overlap, tile_encoding: the tiles' edge, overlap and codec.
@@ -267,7 +271,8 @@ def ingest_files(
     remove_abandoned_uploads(engine.reader())  # ... and objects they uploaded but never committed
     staging = claim_staging(lake, run_id)  # marks this run's staging as live (engine/staging.py)
     try:
-        decoded = decode_files(engine, run, tile_options, workers=workers, on_progress=on_progress)
+        decoded = decode_files(engine, run, tile_options, workers=workers, on_progress=on_progress,
+                               on_tile_progress=on_tile_progress)
         try:
             images_version, metrics, rejects_version = commit_ingest(engine, run, decoded)
         finally:
@@ -421,27 +426,63 @@ def _label_changes(engine: Engine, table: str, version: int, listing: pa.Table, 
                    relabel: bool, skip: set[str]) -> dict[str, tuple[str | None, tuple[tuple[str, str], ...] | None]]:
     """Unchanged images (not in `skip`) whose stored label or attributes differ from what the
     rules give now: with `relabel` every listed image, else the ones the metadata file names
-    (their label only when the file gives one)."""
+    (their label only when the file gives one).
+
+    Compared in Arrow (a join on uri, attributes as (row, key, value) entries joined by key), so
+    the driver's Python work grows with the rows that change, not with the table.
+    """
+    wanted = listing.select(["uri", "label", "attributes"])
+    wanted = wanted.set_column(0, "uri", _plain(wanted["uri"]))
+    if skip:
+        wanted = wanted.filter(pc.invert(pc.is_in(wanted["uri"], value_set=pa.array(sorted(skip), pa.string()))))
+    keep_stored = None  # rows whose stored label stays (the metadata file gives them none)
+    if not relabel:
+        named = metadata.rows if metadata is not None else {}
+        wanted = wanted.filter(pc.is_in(wanted["uri"], value_set=pa.array(list(named), pa.string())))
+        unlabeled = pa.array([uri for uri, (label, _) in named.items() if label is None], pa.string())
+        keep_stored = pc.is_in(wanted["uri"], value_set=unlabeled)
     have = engine.arrow_schema(table, version).names
     stored = engine.read(table, version=version, columns=[c for c in ("uri", "label", "attributes") if c in have])
-    current = {
-        row["uri"]: (row["label"], tuple(sorted(row["attributes"])) if row.get("attributes") else None)
-        for row in stored.to_pylist()
-    }
-    changes = {}
-    for row in listing.select(["uri", "label", "attributes"]).to_pylist():
-        uri = row["uri"]
-        if uri in skip or uri not in current:
-            continue
-        wanted = (row["label"], tuple(sorted(row["attributes"])) if row["attributes"] else None)
-        if not relabel:
-            if metadata is None or uri not in metadata.rows:
-                continue
-            if metadata.rows[uri][0] is None:  # the file gives no label for it: the stored one stays
-                wanted = (current[uri][0], wanted[1])
-        if wanted != current[uri]:
-            changes[uri] = wanted
-    return changes
+    if "attributes" not in stored.column_names:
+        stored = stored.append_column("attributes", pa.nulls(stored.num_rows, wanted.schema.field("attributes").type))
+    # Arrow joins carry no map columns: join row numbers on uri, then take the columns.
+    pairs = pa.table({"uri": wanted["uri"], "w": np.arange(wanted.num_rows, dtype=np.int64)}).join(
+        pa.table({"uri": _plain(stored["uri"]), "s": np.arange(stored.num_rows, dtype=np.int64)}),
+        keys="uri", join_type="inner").sort_by("w")
+    w, st = pairs["w"], pairs["s"]
+    new_label, old_label = wanted["label"].take(w).cast(pa.string()), stored["label"].take(st).cast(pa.string())
+    if keep_stored is not None:
+        new_label = pc.if_else(keep_stored.take(w), old_label, new_label)
+    changed = pc.invert(_same(new_label, old_label))
+    new_attrs, old_attrs = wanted["attributes"].take(w), stored["attributes"].take(st)
+    differs = _map_differs(new_attrs.combine_chunks(), old_attrs.combine_chunks().cast(new_attrs.type))
+    changed = pc.or_(changed, pc.is_in(pa.array(np.arange(pairs.num_rows, dtype=np.int64)), value_set=differs))
+    rows = pa.table({"uri": pairs["uri"], "label": new_label, "attributes": new_attrs}).filter(changed)
+    return {row["uri"]: (row["label"], tuple(sorted(row["attributes"])) if row["attributes"] else None)
+            for row in rows.to_pylist()}
+
+
+def _same(a: pa.Array | pa.ChunkedArray, b: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Equal values, or both null."""
+    return pc.fill_null(pc.equal(a, b), pc.and_(pc.is_null(a), pc.is_null(b)))
+
+
+def _map_differs(a: pa.MapArray, b: pa.MapArray) -> pa.Array:
+    """Row numbers where two map columns hold different entries (null and empty maps are equal).
+
+    Example:
+        >>> t = pa.map_(pa.string(), pa.string())
+        >>> _map_differs(pa.array([[("k", "1")], None, [], [("k", "1")]], t), pa.array([[("k", "1")], [], None, [("k", "2")]], t)).to_pylist()
+        [3]
+    """
+    def entries(m: pa.MapArray) -> pa.Table:
+        offsets = m.offsets.to_numpy()  # (pc.list_parent_indices aborts on maps)
+        pairs = m.values.slice(offsets[0], offsets[-1] - offsets[0])
+        rows = np.repeat(np.arange(len(m), dtype=np.int64), np.diff(offsets))
+        return pa.table({"row": rows, "key": pairs.field(0), "value": pairs.field(1)})
+
+    joined = entries(a).join(entries(b), keys=["row", "key"], join_type="full outer", left_suffix="_a", right_suffix="_b")
+    return pc.unique(joined.filter(pc.invert(_same(joined["value_a"], joined["value_b"])))["row"].combine_chunks())
 
 
 def decode_files(
@@ -451,6 +492,7 @@ def decode_files(
     *,
     workers: int | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    on_tile_progress: Callable[[int, int], None] | None = None,
 ) -> DecodedFiles:
     """Decode the files to read on the engine's workers, then cut the tiles of huge ones.
 
@@ -477,7 +519,8 @@ def decode_files(
         target=run.table,
     ))
     try:
-        tiling = tile_images(engine, staged.held(), tile_options, thumbnail_size=options.thumbnail_size)
+        tiling = tile_images(engine, staged.held(), tile_options, thumbnail_size=options.thumbnail_size,
+                             on_progress=on_tile_progress)
     except BaseException:
         staged.discard()
         raise

@@ -14,7 +14,7 @@ big the image. The same code runs on both engines."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -108,6 +108,11 @@ def _failed_task(task: dict[str, Any], error_class: str, message: str, *, stagin
             "error_class": error_class, "error_message": message}
 
 
+def _progress_after(on_progress: Callable[[int, int], None], before: int, total: int, done: int, _: int) -> None:
+    """A phase's progress (tiles it wrote) as the run's: after the `before` tiles of earlier phases."""
+    on_progress(before + done, total)
+
+
 def tile_images(
     engine: Engine,
     rows: pa.Table,
@@ -115,11 +120,14 @@ def tile_images(
     *,
     thumbnail_size: int = 256,
     task_timeout_s: float = 6 * 3600.0,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> TilingResult:
     """Cut the tiles of the images rows `rows` (files the ingest kernel marked `tiled`) into
     staged Parquet on `engine`, and fill their thumbnails from the top level.
 
     Rows whose tiling fails leave the image rows and come back as reject rows.
+    `on_progress(done, total)` counts tiles (every task's count is known from its page's shape
+    before it runs); the tiles of a failed task count as done once its phase ends.
     """
     schema = ingest_result_schema()
     staging = staging_location(engine.lake, options.run_id or "run")
@@ -139,11 +147,16 @@ def tile_images(
     if budgets:  # no task outlives its file's budget; this kills one stuck where no alarm reaches
         task_timeout_s = min(task_timeout_s, max(budgets) + 60.0)
     summaries: list[dict[str, Any]] = []
+    planned = [t for t in tasks if t["uri"] not in failures]
+    total, finished = sum(t["tiles"] for t in planned), 0  # tiles planned, tiles of the phases done
     # Shares and whole pages first; then the top tasks, which read the shares' staged tiles.
     for phase, first in (("shares", True), ("tops", False)):
         todo = [t for t in tasks if (t["from_level"] == 0) == first and t["uri"] not in failures]
+        phase_tiles = sum(t["tiles"] for t in planned if (t["from_level"] == 0) == first)
         if not todo:
+            finished += phase_tiles
             continue
+        phase_progress = None if on_progress is None else partial(_progress_after, on_progress, finished, total)
         staged = engine.stage(Stage(
             partial(stage_tiles_kernel, options=options, staging=staging),
             pa.Table.from_pylist(todo, schema=TILE_TASK_SCHEMA),
@@ -151,6 +164,7 @@ def tile_images(
             task_timeout_s=task_timeout_s, on_failure=partial(_failed_task, staging=staging),
             # a single top task (it only reads staged tiles) runs in this process: no pool for it
             workers=0 if not first and len(todo) == 1 else None,
+            on_progress=phase_progress, progress_column="tiles",
         ))
         try:
             summaries += staged.keys(STAGED_SCHEMA.names).to_pylist() + staged.rejects().to_pylist()
@@ -159,6 +173,9 @@ def tile_images(
         for s in summaries:  # one reject per file: the error that stopped it, not its skipped tasks
             if s.get("error_class") and (s["uri"] not in failures or failures[s["uri"]][0] == ErrorClass.SKIPPED):
                 failures[s["uri"]] = (s["error_class"], f"tiling failed: {s['error_message'] or 'tiling failed'}")
+        finished += phase_tiles
+        if on_progress is not None:
+            on_progress(finished, total)
 
     kept, rejects = [], []
     for row in tiled:

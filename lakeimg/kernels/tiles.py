@@ -44,6 +44,7 @@ from lakeimg.image.pyramid import (
     assemble_region,
     iter_tiles,
     level_count,
+    tile_count,
     tile_geotransform,
 )
 from lakeimg.image.sources import open_image
@@ -82,6 +83,7 @@ TILE_TASK_SCHEMA = pa.schema(
         # Seconds all tasks of this file may take together, from its first task's start (see
         # `file_budget_s`); null or <= 0: no budget.
         pa.field("budget_s", pa.float64()),
+        pa.field("tiles", pa.int64()),  # how many tiles the task emits (progress counts them)
     ]
 )
 
@@ -213,12 +215,13 @@ def plan_tile_tasks(
 
     With `rows_per_task` = R > 0 and more than R level-0 tile rows, a page becomes shares of
     2**m >= R tile rows that emit levels 0..m, and one top task that builds levels above m
-    from staged level-m tiles (`staging` names where the shares' Parquet files land).
+    from staged level-m tiles (`staging` names where the shares' Parquet files land). Each
+    task counts the tiles it will emit (`tiles`), from the page's shape alone.
 
     Example:
-        >>> [(t["row_start"], t["row_end"], t["max_level"], t["from_level"]) for t in
+        >>> [(t["row_start"], t["row_end"], t["max_level"], t["from_level"], t["tiles"]) for t in
         ...  plan_tile_tasks("a", None, 3000, 2000, pages=1, tile_size=256, rows_per_task=4, staging="s")]
-        [(0, 4, 2, 0), (4, 8, 2, 0), (8, 12, 2, 0), (0, 0, -1, 2)]
+        [(0, 4, 2, 0, 42), (4, 8, 2, 0, 42), (8, 12, 2, 0, 42), (0, 0, -1, 2, 3)]
     """
     tasks = []
     for page in range(pages):
@@ -227,14 +230,19 @@ def plan_tile_tasks(
         levels = level_count(h, w, tile_size)
         base = {"uri": uri, "content_sha256": sha, "page": page, "staging": staging, "budget_s": budget_s}
         if rows_per_task <= 0 or rows <= rows_per_task or levels <= 1:
-            tasks.append({**base, "row_start": 0, "row_end": rows, "max_level": -1, "from_level": 0})
+            tasks.append({**base, "row_start": 0, "row_end": rows, "max_level": -1, "from_level": 0,
+                          "tiles": tile_count(h, w, tile_size)})
             continue
-        m = min(levels - 1, max(0, math.ceil(math.log2(rows_per_task))))
+        # At least level 1 in the shares: the top task is told apart by from_level > 0.
+        m = min(levels - 1, max(1, math.ceil(math.log2(rows_per_task))))
         share = 2**m
         for start in range(0, rows, share):
-            tasks.append({**base, "row_start": start, "row_end": min(rows, start + share), "max_level": m, "from_level": 0})
+            end = min(rows, start + share)
+            tasks.append({**base, "row_start": start, "row_end": end, "max_level": m, "from_level": 0,
+                          "tiles": tile_count(h, w, tile_size, rows=(start, end), max_level=m)})
         if m < levels - 1:
-            tasks.append({**base, "row_start": 0, "row_end": 0, "max_level": -1, "from_level": m})
+            tasks.append({**base, "row_start": 0, "row_end": 0, "max_level": -1, "from_level": m,
+                          "tiles": tile_count(h, w, tile_size, min_level=m + 1)})
     return tasks
 
 
