@@ -298,6 +298,11 @@ class Engine(Protocol):
         path: region reads): a `LocalEngine` on the same lake, on either engine."""
         ...
 
+    def start_workers(self) -> None:
+        """Start what `stage` will need (the embedded engine's worker pool) in the background,
+        so that it gets ready while the driver lists and plans; nothing to wait for."""
+        ...
+
     def stage(self, stage: Stage) -> Staged:
         """Map the stage's kernel over its inputs; its output stays staged until a commit."""
         ...

@@ -60,7 +60,7 @@ from lakeimg.engine.layout import (
     table_location,
     tables_in,
 )
-from lakeimg.engine.pool import map_kernel
+from lakeimg.engine.pool import map_kernel, start_forkserver
 from lakeimg.engine.staged import LocalStaged, PlacedFile
 from lakeimg.errors import LakeDamagedError, LakeImgError, TableNotFoundError, VersionNotFoundError
 from lakeimg.schemas import TableContract
@@ -91,6 +91,8 @@ class LocalEngine:
         self.options = normalized_storage_options(storage_options)
         # delta-rs gets them only for an object-store lake (a local lake needs none).
         self.storage_options = self.options if self.remote else None
+        # (table, contract columns) known to hold every column of the contract (_add_missing_columns)
+        self._complete: set[tuple[str, tuple[str, ...]]] = set()
 
     # --- reading -------------------------------------------------------------------------
 
@@ -346,14 +348,20 @@ class LocalEngine:
 
     def create_empty(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
         """Create a table with the contract's schema and properties (no rows); no-op if it exists."""
-        from deltalake import DeltaTable
+        from deltalake import Schema as DeltaSchema
+        from deltalake.transaction import create_table_with_add_actions
 
-        table = DeltaTable.create(
-            self.location(name), schema=contract.arrow_schema, mode="ignore", name=name.rsplit("/", 1)[-1],
-            description=contract.description, configuration=contract.properties,
+        # Not DeltaTable.create: it loads the new table again only to hand it back, a round of
+        # requests per table on an object store.
+        created = not self.exists(name)
+        create_table_with_add_actions(
+            self.location(name), DeltaSchema.from_arrow(contract.arrow_schema), [], mode="ignore",
+            name=name.rsplit("/", 1)[-1], description=contract.description, configuration=contract.properties,
             storage_options=self.storage_options, commit_properties=_commit_properties(metadata),
         )
-        return table.version()
+        if created:  # by this call or a concurrent twin: either way from this contract
+            self._complete.add((name, tuple(contract.column_names)))
+        return int(self.version(name))
 
     def append(self, name: str, rows: pa.Table, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
         """Append rows (creating the table on first write); returns the new version."""
@@ -429,7 +437,10 @@ class LocalEngine:
                 fields = DeltaSchema.from_arrow(pa.schema([f.with_nullable(True) for f in missing])).fields
                 self._delta_table(name).alter.add_columns(fields, commit_properties=_commit_properties(metadata))
 
-        with_retries(name, add, _conflicts())
+        key = (name, tuple(contract.column_names))
+        if key not in self._complete:  # checked once per table and contract in this engine's life
+            with_retries(name, add, _conflicts())
+            self._complete.add(key)
 
     def _write(self, write: Write, files: list[str | PlacedFile], rows: pa.Table | None) -> CommitResult:
         """One write_deltalake commit ("append", or "overwrite" with the schema) from rows or files."""
@@ -490,6 +501,12 @@ class LocalEngine:
         return tables_in(self.lake, self.options)
 
     # --- kernels -------------------------------------------------------------------------
+
+    def start_workers(self) -> None:
+        """Start the pool's forkserver now (`engine/pool.start_forkserver`): it imports the
+        kernels while the driver lists and plans, instead of after."""
+        if self.workers > 0:
+            start_forkserver()
 
     def stage(self, stage: Stage) -> LocalStaged:
         """Map `kernel` over the inputs in a process pool (`engine/pool.map_kernel`, `workers`

@@ -257,6 +257,8 @@ def ingest_files(
         spec["relabel"] = True
     record = RunRecord(run_id=run_id, job="ingest", engine=engine.name, target_table=table, spec=spec,
                        started_at=started_at, sources=spec["sources"])
+    if not dry_run:
+        engine.start_workers()  # they get ready while the sources are listed
     run = plan_run(engine, lake, sources, table=table, label_from_path=label_from_path,
                    sync_deletes=sync_deletes, options=options, record=record, retry_rejects=retry_rejects,
                    metadata=meta, relabel=relabel)

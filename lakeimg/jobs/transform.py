@@ -243,6 +243,8 @@ def transform_table(
     if not eng.exists(source):
         raise TableNotFoundError(source, lake)
     run_id = new_run_id()
+    if not dry_run:
+        eng.start_workers()  # they get ready while the run is planned
     source_version = eng.version(source)
     target_exists = eng.exists(target)
     key_columns = ["uri", "variant", "source_sha256", "label", "spec_hash"]
