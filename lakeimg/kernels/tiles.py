@@ -60,6 +60,7 @@ from lakeimg.storage import (
 
 __all__ = [
     "STAGED_SCHEMA",
+    "TILES_PER_ROW_GROUP",
     "TILE_TASK_SCHEMA",
     "TileOptions",
     "file_budget_s",
