@@ -48,7 +48,15 @@ from lakeimg.jobs.transform import transform_table
 from lakeimg.jobs.verify import content_mismatches
 from lakeimg.schemas import table_contract
 from lakeimg.storage import remove_prefix, sha256_of, storage_error
-from lakeimg.tables import RUNS_TABLE, RunRecord, TableRef, new_run_id, parse_table_ref, tiles_of, utc_now
+from lakeimg.tables import (
+    RUNS_TABLE,
+    RunRecord,
+    TableRef,
+    new_run_id,
+    parse_table_ref,
+    tiles_of,
+    utc_now,
+)
 
 __all__ = ["ReproduceResult", "reproduce", "row_hashes"]
 
