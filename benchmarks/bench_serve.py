@@ -11,10 +11,11 @@ same windows straight from the source BigTIFF with tifffile, in one run.
 3. lakeimg serve: the CLI's server in its own process, tiles fetched over one keep-alive HTTP
    connection as PNG (`/zoom/images/{version}/{level}/{col}_{row}.png`), by Python's
    http.client ("python" rows, cold and z=1) and, when curl is installed, by one curl process
-   per batch (warm; a native client like a browser's: Python's own spends milliseconds
-   reading a 260 KB body on a loaded machine, curl under one). Cold: a freshly started
-   server, each tile's first request, after the descriptor request the viewer makes first
-   (it builds the image's tile index; its time is printed on its own);
+   per batch (a native client like a browser's: Python's own spends milliseconds reading a
+   260 KB body on a loaded machine, curl under one). Cold: a freshly started server, each
+   tile's first request, after the descriptor request the viewer makes first (it builds the
+   image's tile index; its time is printed on its own); the python cold rows and the curl
+   cold rows each get their own fresh server;
    warm: the same tiles again (full responses, no If-None-Match), which the server's
    rendered-tile cache answers (128 MB of PNG bytes by ETag); the "in-process" rows give the
    uncached path (tile store + PNG encoding, row groups cached). Loopback
@@ -152,7 +153,7 @@ def main() -> None:
         process, port = start_server(lake_path)
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 
-        def fetch_curl(paths: list[str]) -> list[float]:
+        def fetch_curl(paths: list[str], port: int = port) -> list[float]:
             """Per-request total times from one curl process (keep-alive, like a browser's native
             HTTP client): Python's own client takes milliseconds to read a 260 KB body here."""
             args = ["curl", "-s", "--fail", "-w", "%{time_total} %{http_code}\\n"]
@@ -211,6 +212,15 @@ def main() -> None:
         finally:
             conn.close()
             stop(process)
+        if curl:  # cold again with a native client, on another fresh server
+            process, port = start_server(lake_path)
+            try:
+                fetch_curl([f"/api/zoom/images?{query}"], port)
+                for level in LEVELS:
+                    for seconds in fetch_curl(urls[level], port):
+                        add(("lakeimg serve", level, "cold"), seconds)
+            finally:
+                stop(process)
 
         store = TileStore(LocalEngine(lake.path))
         info = store.info("images", version, uri)

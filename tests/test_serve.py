@@ -16,7 +16,7 @@ import urllib.request
 import numpy as np
 import pytest
 import tifffile
-from cli_runs import ROOT
+from cli_runs import ROOT, run_cli
 from PIL import Image
 
 from lakeimg.image.display import to_display_uint8
@@ -271,3 +271,40 @@ def test_a_token_guards_the_server_and_other_hosts_need_one(demo, server):
             assert response.status == 200
     # on loopback, a foreign Host header (DNS rebinding) is refused
     assert _get(server + "/", headers={"Host": "attacker.example"})[0] == 400
+
+
+def test_lineage_shows_the_latest_reproduce_of_each_version(tmp_path):
+    """reproduce records its result as a runs row of its own (and writes nothing else); the
+    lineage page and `lakeimg lineage` show the latest result per table version."""
+    photos = tmp_path / "photos"
+    paths = write_photo_jpegs(photos, 3, width=32, height=24)
+    lake = Lake(tmp_path / "lake")
+    lake.ingest(str(photos), workers=0)
+    lake.transform("images", "small", {"ops": [{"op": "resize", "width": 8, "height": 6}]}, workers=0)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "lakeimg.cli", "serve", "--lake", lake.path, "--port", str(port)]
+    with running_server(command, base + "/static/style.css", cwd=str(ROOT)):
+        _, page, _ = _get(base + "/lineage/small")
+        assert b"not run: lakeimg reproduce small@0" in page and b'data-reproduce="match"' not in page
+
+        data = {t: lake.version(t) for t in ("images", "small")}
+        assert lake.reproduce("small", 0, workers=0).identical
+        assert {t: lake.version(t) for t in ("images", "small")} == data  # only the runs table gained a row
+        _, page, _ = _get(base + "/lineage/small")
+        assert b'data-table="small" data-version="0" data-job="transform"' in page
+        assert page.count(b'data-reproduce="match"') == 1 and b"match: 3 rows (" in page
+        assert b"not run: lakeimg reproduce images@0" in page
+
+        Image.open(paths[0]).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(paths[0], quality=90)  # the source changed
+        assert not lake.reproduce("images", 0).identical
+        _, page, _ = _get(base + "/lineage/small")
+        assert page.count(b'data-reproduce="mismatch"') == 1 and b"mismatch: 1 of 3 rows differ (" in page
+        assert page.count(b'data-reproduce="match"') == 1  # small@0's own check stays
+
+    rows = lake.sql("SELECT job, status, target_table, target_version, counts FROM lakeimg_runs WHERE job = 'reproduce'")
+    found = sorted((r["target_table"], r["target_version"], dict(r["counts"])["differing"]) for r in rows.to_pylist())
+    assert found == [("images", 0, 1), ("small", 0, 0)] and set(rows["status"].to_pylist()) == {"succeeded"}
+    shown = run_cli("lineage", "small", "--lake", lake.path)
+    assert shown.returncode == 0, shown.stderr
+    assert "reproduce match: 0 of 3 rows differ" in shown.stdout and "reproduce mismatch: 1 of 3 rows differ" in shown.stdout

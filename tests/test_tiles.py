@@ -18,6 +18,7 @@ import tifffile
 from cli_runs import run_cli
 
 from lakeimg import Lake
+from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.errors import LakeImgError
 from lakeimg.image.codecs import TILE_ENCODINGS, decode_tile, encode_tile
 from lakeimg.image.decode import decode_image
@@ -30,7 +31,7 @@ from lakeimg.image.pyramid import (
     tile_count,
 )
 from lakeimg.image.sources import open_image
-from lakeimg.kernels.tiles import plan_tile_tasks
+from lakeimg.kernels.tiles import TILES_PER_ROW_GROUP, plan_tile_tasks
 from lakeimg.samples import geotiff_bytes, photo_like, pydicom_test_file
 
 TILE = 512
@@ -185,6 +186,14 @@ def test_tiled_rows_and_levels(tiled_lake):
         assert sum(t["width"] * t["height"] for t in at) == w * h  # no gaps, no overlaps
         assert len(at) == -(-h // TILE) * -(-w // TILE)
     assert {t["dtype"] for t in tiles.to_pylist() if t["uri"].endswith("f32.tif")} == {"float32"}
+    # The layout tile readers rely on: a few tiles per row group, each with uri statistics.
+    engine = LocalEngine(lake.path)
+    for path in engine.data_files("images_tiles"):
+        meta = engine.parquet_file(path).metadata
+        uri_column = meta.schema.to_arrow_schema().get_field_index("uri")
+        for group in range(meta.num_row_groups):
+            assert 0 < meta.row_group(group).num_rows <= TILES_PER_ROW_GROUP
+            assert meta.row_group(group).column(uri_column).statistics.has_min_max
 
 
 @pytest.mark.parametrize(

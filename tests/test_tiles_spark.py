@@ -17,7 +17,7 @@ from lakeimg import Lake
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.jobs.tiling import commit_tiles, tile_images
 from lakeimg.kernels.ingest import ingest_result_schema
-from lakeimg.kernels.tiles import TileOptions
+from lakeimg.kernels.tiles import TILES_PER_ROW_GROUP, TileOptions
 from lakeimg.storage import to_uri
 
 pytestmark = pytest.mark.spark
@@ -62,6 +62,10 @@ def test_one_huge_image_split_across_spark_tasks(spark, tmp_path):
     assert result.committed
     got = LocalEngine(lake).read("images_tiles", columns=COLS).sort_by([(c, "ascending") for c in COLS[1:5]])
     assert got.num_rows == expected.num_rows > 12 and got.equals(expected)
+    local = LocalEngine(lake)  # the same row-group layout as the embedded engine's
+    groups = [m.row_group(g).num_rows for m in (local.parquet_file(p).metadata for p in local.data_files("images_tiles"))
+              for g in range(m.num_row_groups)]
+    assert max(groups) == TILES_PER_ROW_GROUP
 
     # A changed image replaces all of its tiles (a smaller grid leaves no stale ones) in one commit.
     small = arr[:300, :200].copy()

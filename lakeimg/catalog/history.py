@@ -21,7 +21,7 @@ from typing import Any
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.tables import RUN_STATUS_RANK, RUNS_TABLE
 
-__all__ = ["HistoryEntry", "table_history", "run_records", "DATA_NEUTRAL_OPERATIONS"]
+__all__ = ["HistoryEntry", "table_history", "run_records", "reproduce_checks", "DATA_NEUTRAL_OPERATIONS"]
 
 # Commits that leave a table's rows as they were: lineage and reproduce look through them.
 DATA_NEUTRAL_OPERATIONS = frozenset(
@@ -72,6 +72,30 @@ def run_records(engine: LocalEngine) -> dict[str, dict[str, Any]]:
         seen = out.get(row["run_id"])
         if seen is None or RUN_STATUS_RANK.get(row["status"], 0) >= RUN_STATUS_RANK.get(seen["status"], 0):
             out[row["run_id"]] = row
+    return out
+
+
+def reproduce_checks(engine: LocalEngine) -> dict[tuple[str, int], dict[str, Any]]:
+    """The latest `reproduce` of each checked (table, version), from the runs table:
+    {result: "match" or "mismatch", rows, differing, at (finished, UTC), run_id}.
+
+    Example:
+        >>> import tempfile
+        >>> reproduce_checks(LocalEngine(tempfile.mkdtemp()))
+        {}
+    """
+    latest: dict[tuple[str, int], dict[str, Any]] = {}
+    for row in run_records(engine).values():
+        if row["job"] != "reproduce" or row["status"] != "succeeded" or row.get("target_version") is None:
+            continue
+        key = (row["target_table"], int(row["target_version"]))
+        if key not in latest or latest[key]["finished_at"] < row["finished_at"]:
+            latest[key] = row
+    out = {}
+    for key, row in latest.items():
+        differing = int(row["counts"].get("differing") or 0)
+        out[key] = {"result": "match" if differing == 0 else "mismatch", "rows": row["counts"].get("rows"),
+                    "differing": differing, "at": row["finished_at"].isoformat(timespec="seconds"), "run_id": row["run_id"]}
     return out
 
 

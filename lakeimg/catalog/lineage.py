@@ -25,7 +25,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from lakeimg.catalog.history import HistoryEntry, table_history
+from lakeimg.catalog.history import HistoryEntry, reproduce_checks, table_history
 from lakeimg.catalog.trainsets import load_trainset_record
 from lakeimg.engine.base import VersionLike
 from lakeimg.engine.delta_rs import LocalEngine
@@ -43,7 +43,9 @@ class LineageStep:
 
     `made_at_version` is the commit that changed the data (the version itself or an older one
     when later commits only compacted or vacuumed); an ingest step lists every ingest run up to
-    it in `ingest_runs`; `restored_as` is set when the version is a RESTORE of this step.
+    it in `ingest_runs`; `restored_as` is set when the version is a RESTORE of this step;
+    `reproduced` is the latest `reproduce` of this version, when one was run
+    (`catalog.history.reproduce_checks`).
 
     Example:
         >>> step = LineageStep("trainset:s", None, "trainset", "r1", "1.0", "2026-01-01", {}, None, [], [])
@@ -68,10 +70,11 @@ class LineageStep:
     engine: str | None = None
     ingest_runs: list[dict[str, Any]] | None = None
     restored_as: int | None = None
+    reproduced: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)
-        for key in ("ingest_runs", "restored_as"):
+        for key in ("ingest_runs", "restored_as", "reproduced"):
             if out[key] is None:
                 del out[key]
         if self.job == "trainset":
@@ -131,13 +134,15 @@ def producing_step(engine: LocalEngine, table: str, version: int, *, history: _H
 def _walk(engine: LocalEngine, roots: list[tuple[str, int]], history: _HistoryCache, depth: int = 0) -> list[LineageStep]:
     steps: list[LineageStep] = []
     seen: set[tuple[str, int]] = set()
+    checks = reproduce_checks(engine)
     frontier = [(t, v, depth) for t, v in roots]
     while frontier:
         table, version, level = frontier.pop(0)
         if (table, version) in seen:
             continue
         seen.add((table, version))
-        step = dataclasses.replace(producing_step(engine, table, version, history=history), depth=level)
+        step = dataclasses.replace(producing_step(engine, table, version, history=history), depth=level,
+                                   reproduced=checks.get((table, version)))
         steps.append(step)
         for parent in step.inputs:
             if parent.get("version") is None:

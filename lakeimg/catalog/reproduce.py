@@ -9,6 +9,10 @@
   and so is a row whose stored `content` no longer hashes to `content_sha256`
   (`stored_content_differs`: damage in the lake, see `lakeimg verify`).
 
+Each finished comparison is recorded as a row of its own in the runs table (job `reproduce`,
+target_table@target_version the version checked, counts `rows` and `differing`), so the catalog
+shows where a version was reproduced and with what result; nothing else is written.
+
 Example:
     >>> import tempfile; from lakeimg.lake import Lake; from lakeimg.samples import write_photo_jpegs
     >>> photos, lake = tempfile.mkdtemp(), Lake(tempfile.mkdtemp())
@@ -21,6 +25,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import tempfile
@@ -41,8 +46,17 @@ from lakeimg.errors import (
 from lakeimg.jobs.regions import tiles_as_of
 from lakeimg.jobs.transform import transform_table
 from lakeimg.jobs.verify import content_mismatches
+from lakeimg.schemas import table_contract
 from lakeimg.storage import remove_prefix, sha256_of, storage_error
-from lakeimg.tables import TableRef, tiles_of
+from lakeimg.tables import (
+    RUNS_TABLE,
+    RunRecord,
+    TableRef,
+    new_run_id,
+    parse_table_ref,
+    tiles_of,
+    utc_now,
+)
 
 __all__ = ["ReproduceResult", "reproduce", "row_hashes"]
 
@@ -207,6 +221,7 @@ def reproduce(
     `scratch` keeps the re-run's lake in that folder (default: a temporary folder, removed);
     `workers` are the re-run's processes (default: CPU count; 0 runs in this process).
     """
+    started = utc_now()
     resolved = engine.resolve_version(table, version)
     step = producing_step(engine, table, resolved)
     _require_readable(engine, table, resolved, f"{table}@{resolved}")
@@ -220,8 +235,25 @@ def reproduce(
         method = "re-read the recorded source files and the stored content; compared SHA-256 with content_sha256"
     else:
         raise LakeImgError(f"{table}@{resolved} was made by job {step.job!r}, which lakeimg cannot re-run")
-    return ReproduceResult(
+    result = ReproduceResult(
         table=table, version=resolved, ref=str(TableRef(table, resolved)), job=step.job, run_id=step.run_id,
         spec_hash=step.spec_hash, made_at_version=step.made_at_version, method=method, rows=rows,
         identical=not diffs, differing=len(diffs), differences=diffs[:_MAX_REPORTED], **extra,
     )
+    _record(engine, result, started)
+    return result
+
+
+def _record(engine: LocalEngine, result: ReproduceResult, started: dt.datetime) -> None:
+    """The comparison's runs row (its only write): the version checked, and what it found."""
+    inputs = [{"table": result.table, "version": result.version}]
+    if result.input:
+        source = parse_table_ref(result.input)
+        inputs.append({"table": source.name, "version": source.version})
+    run = RunRecord(run_id=new_run_id(), job="reproduce", engine=engine.name, target_table=result.table,
+                    spec={"table": result.table, "version": result.version}, started_at=started,
+                    target_version=result.version, inputs=inputs, sources=list(result.sources or []),
+                    counts={"rows": result.rows, "differing": result.differing}, finished_at=utc_now())
+    if not engine.exists(RUNS_TABLE):
+        engine.create_empty(RUNS_TABLE, table_contract("runs"))
+    engine.append(RUNS_TABLE, run.to_arrow(), table_contract("runs"), run.commit_metadata())

@@ -36,6 +36,10 @@ def run(args) -> int:
             print(f"{indent}  ingest run {ingest['run_id']}{_status(ingest['status'])} (version {ingest['version']}): {', '.join(ingest['sources'])}")
         for parent in step.inputs:
             print(f"{indent}  input {parent['table']}@{parent['version']}")
+        if step.reproduced:
+            found = step.reproduced
+            print(f"{indent}  reproduce {found['result']}: {found['differing']} of {found['rows']} rows differ"
+                  f" (at {found['at']}, run {found['run_id']})")
     return 0
 
 

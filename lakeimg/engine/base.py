@@ -233,7 +233,8 @@ class Write:
     replaces the whole table, schema included. The rows are a stage's output (`staged`), small
     rows from the driver (`rows`) and Parquet files already in the contract's schema (`files`,
     e.g. tiles written by a kernel). `create`: make the (empty) table even with nothing to write.
-    Nothing to do: no commit.
+    `row_group_rows`: at most this many rows per Parquet row group in the files the engine
+    writes itself (files committed as they are keep their own layout). Nothing to do: no commit.
     """
 
     table: str
@@ -245,6 +246,7 @@ class Write:
     replace: frozenset[str] = frozenset()
     metadata: Mapping[str, Any] | None = None
     create: bool = False
+    row_group_rows: int | None = None
 
 
 class Engine(Protocol):

@@ -61,6 +61,7 @@ __all__ = [
 
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 _ALLOW_NESTED_NOT_NULL_CONF = "spark.databricks.delta.constraints.allowUnenforcedNotNull.enabled"
+_ROW_GROUP_ROWS_CONF = "parquet.block.row.count.limit"  # parquet-mr 1.14+
 
 # Delta's SQL extension and catalog: what delta-spark's quickstart sets on every session.
 DELTA_SQL_CONF = {
@@ -944,7 +945,10 @@ class SparkEngine:
             writer = writer.mode("overwrite").option("replaceWhere", f"uri IN ({', '.join(map(_sql_string, sorted(uris)))})")
         else:
             writer = writer.mode("append")
-        with self._user_metadata(write.metadata):
+        # parquet-mr reads its settings from the session's Hadoop configuration (delta-spark
+        # passes no other writer options down): a row-count limit per row group.
+        layout = {_ROW_GROUP_ROWS_CONF: str(write.row_group_rows)} if write.row_group_rows else {}
+        with self._user_metadata(write.metadata), self._session_conf(layout):
             with_retries(name, lambda: writer.save(self._path(name)), _conflicts())
         after = self.version(name)
         return CommitResult(after, after != before)

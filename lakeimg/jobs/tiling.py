@@ -33,6 +33,7 @@ from lakeimg.kernels.rejects import reject_row
 from lakeimg.kernels.tiles import (
     STAGED_SCHEMA,
     TILE_TASK_SCHEMA,
+    TILES_PER_ROW_GROUP,
     TileOptions,
     file_budget_s,
     mark_file_failed,
@@ -210,4 +211,5 @@ def commit_tiles(
     files = tuple(result.files) if result is not None else ()
     uris = frozenset(replace_uris) | frozenset(result.tiled_uris if result is not None else ())
     # The staged files become the table's files as they are (renamed, not rewritten).
-    return engine.commit(Write(tiles_of(table), table_contract("tiles"), files=files, replace=uris, metadata=metadata))
+    return engine.commit(Write(tiles_of(table), table_contract("tiles"), files=files, replace=uris, metadata=metadata,
+                               row_group_rows=TILES_PER_ROW_GROUP))

@@ -91,7 +91,8 @@ def _step_node(step: LineageStep, x: int, y: int, link, run_link) -> str:
     run = step.run_id or "no run recorded"
     made = "" if step.made_at_version in (None, step.version) else f" (made at v{step.made_at_version})"
     lines = [f"{step.job or step.operation or '?'} run {run[:18]}{made}",
-             f"status: {step.status or ('-' if is_trainset else 'unrecorded')}",
+             f"status: {step.status or ('-' if is_trainset else 'unrecorded')}"
+             + (f"; reproduce: {step.reproduced['result']}" if step.reproduced else ""),
              f"spec {step.spec_hash[:12]}" if step.spec_hash else "no spec"]
     if step.inputs:
         lines.append("reads " + ", ".join(f"{p['table']}@{p['version']}" for p in step.inputs))
@@ -100,7 +101,8 @@ def _step_node(step: LineageStep, x: int, y: int, link, run_link) -> str:
     run_anchor = (f'<a href="{escape(run_link(step.run_id))}"><text x="{x + _W - 40}" y="{y + 20}" fill="#1a4fa0">run</text></a>'
                   if step.run_id else "")
     return (f'<g class="node step" data-table="{escape(step.table)}" data-version="{escape(str(step.version))}" '
-            f'data-job="{escape(step.job or "")}" data-run="{escape(step.run_id or "")}">'
+            f'data-job="{escape(step.job or "")}" data-run="{escape(step.run_id or "")}" '
+            f'data-reproduce="{escape(step.reproduced["result"] if step.reproduced else "")}">'
             f'<a href="{escape(href)}"><rect x="{x}" y="{y}" width="{_W}" height="{_H}" rx="6" fill="{colour}" stroke="#4a5a7a"/>'
             f'<text x="{x + 10}" y="{y + 20}" font-weight="bold" fill="#1a4fa0">{escape(title)}</text></a>'
             f'{run_anchor}{texts}</g>')

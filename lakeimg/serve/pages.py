@@ -172,14 +172,33 @@ def runs_page(runs: list[dict[str, Any]], at: Any) -> str:
     return layout("runs", body, at=at)
 
 
+def _reproduce_text(step: Any) -> str | None:
+    """What the latest `reproduce` of a lineage step found, or the command that would check it.
+
+    Example:
+        >>> from lakeimg.catalog.lineage import LineageStep
+        >>> step = LineageStep("small", 2, "transform", "r1", "1.0", None, {}, None, [], [],
+        ...                    reproduced={"result": "mismatch", "rows": 4, "differing": 1, "at": "2026-12-01T10:00:00+00:00", "run_id": "r2"})
+        >>> _reproduce_text(step)
+        'mismatch: 1 of 4 rows differ (2026-12-01T10:00:00+00:00, run r2)'
+    """
+    if step.version is None:
+        return None  # a training set's own step: its table version below is what reproduce checks
+    found = step.reproduced
+    if not found:
+        return f"not run: lakeimg reproduce {step.table}@{step.version}"
+    what = (f"match: {found['rows']} rows" if found["result"] == "match"
+            else f"mismatch: {found['differing']} of {found['rows']} rows differ")
+    return f"{what} ({found['at']}, run {found['run_id']})"
+
+
 def lineage_page(name: str, version: Any, svg: str, steps: list[Any]) -> str:
     rows = [{"table": s.table, "version": s.version, "job": s.job, "run": s.run_id, "status": s.status,
+             "reproduce": _reproduce_text(s),
              "inputs": ", ".join(f'{i["table"]}@{i["version"]}' for i in s.inputs), "sources": ", ".join(s.sources),
              "spec": s.spec} for s in steps]
     body = (f'<div class="graph" id="lineage-graph">{svg}</div>'
-            '<p class="note">reproduce: lakeimg keeps no record of reproduce runs in the lake; run '
-            f'<code>lakeimg reproduce {escape(name)}@{escape(str(version))}</code> to check this version.</p>'
-            + _table(rows, ["table", "version", "job", "run", "status", "inputs", "sources", "spec"], cls="steps"))
+            + _table(rows, ["table", "version", "job", "run", "status", "reproduce", "inputs", "sources", "spec"], cls="steps"))
     return layout(f"lineage of {name}" + ("" if version is None else f"@{version}"), body, at=version)
 
 

@@ -167,7 +167,7 @@ class TileStore:
         self._tiles_version = _Lru(256)
         self._files = _Lru(64)
         self._index = _Lru(64)
-        self._groups = _Lru(16)  # a row group holds 16 tiles (kernels/tiles.py)
+        self._groups = _Lru(64)  # a row group holds a few tiles (kernels/tiles.py)
         self._levels = _Lru(8)
 
     # --- descriptors ---
@@ -202,8 +202,10 @@ class TileStore:
             raise BadRequest(f"{table} holds no images")
         if info.tiled:
             self._uri_index(info)  # built with the descriptor, so no tile request waits for it
+        # Read with the descriptor: the viewer's first view shows it, its window is the default
+        # one, and the first decode's one-time costs (codec imports) land here, not in a tile.
+        top = self.tile(info, info.levels - 1, 0, 0)
         if np.dtype(info.dtype) != np.uint8:
-            top = self.tile(info, info.levels - 1, 0, 0)
             info = ImageInfo(**{**info.to_dict(), "window": display_window(top)})
         return info
 
