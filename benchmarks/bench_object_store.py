@@ -20,7 +20,10 @@ waits that much longer; AWS_ENDPOINT_URL points at it):
   bare S3, 1 GET   the same loop with one GET at a time per process (informational).
 
 The proxy counts the requests it passes (by HTTP method) per measurement: requests per file show
-how many round trips each file costs; `--log-requests FILE` appends each proxied request line
+how many round trips each file costs. Each S3 row also gives the CPU seconds the moto server
+spent on it: moto is a Python process on the same two cores, so what it costs per request and
+per byte (a multipart upload costs it several copies of the object) slows whichever side makes
+it work harder; `--log-requests FILE` appends each proxied request line
 (method and path, no headers) with a timestamp, to see where the latency run's time goes.
 
 Targets: S3 -> S3 >= 0.8x the bare S3 loop's throughput in both settings, and S3 -> S3 with the
@@ -111,8 +114,11 @@ def _proxy_main(upstream_port: int, delay_s: float, counts, max_seconds: float, 
         except OSError:
             client_writer.close()
             return
-        await asyncio.gather(_forward(client_reader, server_writer, delay_s, counts, log),
-                             _forward(server_reader, client_writer, 0.0))
+        try:
+            await asyncio.gather(_forward(client_reader, server_writer, delay_s, counts, log),
+                                 _forward(server_reader, client_writer, 0.0))
+        except (asyncio.CancelledError, SystemExit):  # the proxy is stopping: connections just end
+            pass
 
     async def serve() -> None:
         server = await asyncio.start_server(handle, "127.0.0.1", 0, backlog=256)
@@ -208,6 +214,22 @@ def bare_s3_loop(keys: list[str], out_prefix: str, conn: tuple[str, str, str, st
     return time.perf_counter() - start
 
 
+def _server_process(port: int):
+    """The moto server process listening on `port` (psutil), to read its CPU time."""
+    import psutil
+
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "moto.server" in cmdline and str(port) in cmdline:
+            return process
+    raise RuntimeError(f"no moto server process on port {port}")
+
+
+def _cpu_seconds(process) -> float:
+    times = process.cpu_times()
+    return times.user + times.system
+
+
 # --- lakeimg -----------------------------------------------------------------------------
 
 
@@ -262,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         with moto_s3_server() as server:
             host_port = server.endpoint.split("//", 1)[1]
             moto_port = int(host_port.rsplit(":", 1)[1])
+            moto = _server_process(moto_port)
             with DelayingProxy(moto_port, args.latency_ms, log_path=args.log_requests) as proxy:
                 bucket = server.new_bucket("bench")
                 fs = pafs.S3FileSystem(access_key=server.key_id, secret_key=server.secret, region=S3_REGION, scheme="http",
@@ -287,13 +310,15 @@ def main(argv: list[str] | None = None) -> int:
                                                                          args.workers, 1)))
                     for name, run in runs:
                         proxy.take_counts()
+                        server_cpu = _cpu_seconds(moto)
                         results[f"{name} {label}"] = seconds = run()
+                        server_cpu = _cpu_seconds(moto) - server_cpu
                         counted = proxy.take_counts()
                         if port == proxy.port:
                             requests[f"{name} {label}"] = counted
                         extra = ("  requests: " + ", ".join(f"{m} {c}" for m, c in sorted(counted.items()))
                                  + f" ({sum(counted.values()) / n:.2f}/file)") if counted else ""
-                        print(f"  {name + ' ' + label:<22} {seconds:7.2f} s{extra}", flush=True)
+                        print(f"  {name + ' ' + label:<22} {seconds:7.2f} s  (moto CPU {server_cpu:5.2f} s){extra}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

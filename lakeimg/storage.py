@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import functools
@@ -46,6 +47,7 @@ import stat
 import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
@@ -828,20 +830,34 @@ def list_files(url: str, storage_options: Mapping[str, str] | None = None) -> It
         yield Listed(url, info.size, info.mtime_ns or 0)
         return
     # The store's paged LIST (one request per 1000 keys), not a walk of HEAD requests: one
-    # recursive listing per top-level prefix, so files stream out prefix by prefix. GCS: one
-    # recursive listing (pyarrow's one-level GCS listing can leave the sub-prefixes out).
+    # recursive listing per top-level prefix, a few prefixes listed at once (each request waits
+    # on the store) while files stream out in order, prefix by prefix. GCS: one recursive
+    # listing (pyarrow's one-level GCS listing can leave the sub-prefixes out).
     tops = ([pafs.FileInfo(root, pafs.FileType.Directory)] if isinstance(fs, pafs.GcsFileSystem)
             else fs.get_file_info(pafs.FileSelector(root, allow_not_found=True)))
-    for top in tops:
-        if top.path != root and top.base_name.startswith("."):
-            continue
+
+    def listed(top: pafs.FileInfo) -> list[Listed]:
         if top.type == pafs.FileType.File:
-            yield Listed(base + top.path[len(root):], top.size, top.mtime_ns or 0)
-            continue
+            return [Listed(base + top.path[len(root):], top.size, top.mtime_ns or 0)]
+        found = []
         for info in fs.get_file_info(pafs.FileSelector(top.path, recursive=True, allow_not_found=True)):
             relative = info.path[len(root):]
             if info.type == pafs.FileType.File and not any(p.startswith(".") for p in relative.split("/")):
-                yield Listed(base + relative, info.size, info.mtime_ns or 0)
+                found.append(Listed(base + relative, info.size, info.mtime_ns or 0))
+        return found
+
+    with ThreadPoolExecutor(max_workers=_LISTINGS_AT_ONCE) as pool:
+        pending: collections.deque[Future[list[Listed]]] = collections.deque()
+        for top in tops:
+            if top.path == root or not top.base_name.startswith("."):
+                pending.append(pool.submit(listed, top))
+            while len(pending) > _LISTINGS_AT_ONCE:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()
+
+
+_LISTINGS_AT_ONCE = 8
 
 
 def _walk_local(path: str) -> Iterator[Listed]:

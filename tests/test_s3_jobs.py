@@ -123,17 +123,18 @@ def test_content_read_from_s3_sources_with_the_lakes_options_only(s3_server, s3_
 # manifest is removed). Fault injection only: storage and Delta stay real.
 _KILL_RUNNER = """
 import os, signal, sys
-import lakeimg.engine._delta_txn as txn
+from lakeimg.engine.staged import StagedParquet
 def die(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 if sys.argv[1] == "upload":
-    real = txn.upload
-    def upload(*args, **kwargs):
-        real(*args, **kwargs)
-        die()
-    txn.upload = upload
+    real = StagedParquet._close_file
+    def close_file(self):
+        real(self)
+        if self.placed:
+            die()
+    StagedParquet._close_file = close_file
 else:
-    txn._remove_manifest = die
+    StagedParquet.handed_over = die
 from lakeimg.cli import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -209,3 +210,51 @@ def test_uploads_of_a_writer_that_may_still_commit_are_never_deleted(s3_server, 
     keys = _keys(s3_server, bucket, "lake/")
     assert f"lake/images/part-{mine}-0.parquet" in keys and f"lake/_lakeimg/uploads/{foreign}.json" not in keys
     assert len(lake.read("images", columns=["uri"])) == 2
+
+
+def test_staged_rows_are_written_under_their_final_names_and_a_vanished_one_fails_the_commit(s3_server):
+    import pyarrow as pa
+    from test_staged_commit import CONTRACT, rows
+
+    from lakeimg.engine._delta_txn import begin_placement
+    from lakeimg.engine.base import Write
+    from lakeimg.engine.delta_rs import LocalEngine
+    from lakeimg.engine.staged import LocalStaged
+    from lakeimg.errors import LakeImgError
+
+    bucket = s3_server.new_bucket()
+    engine = LocalEngine(f"s3://{bucket}/lake", storage_options=s3_server.storage_options)
+    engine.append("t", rows(["a", "b"], "v1"), CONTRACT)
+    table_objects = _parquet_keys(s3_server, bucket, "lake/t/")
+
+    def stage(uris: list[str]) -> tuple[LocalStaged, set[str]]:
+        before = _parquet_keys(s3_server, bucket, "lake/t/")
+        staged = LocalStaged("unused-local-folder", CONTRACT, CONTRACT.arrow_schema, placement=begin_placement(engine, "t"))
+        staged.parquet.write(rows(uris, "v2"))  # as output rows (add() would sort these out as rejects)
+        staged.files()  # closed: the object is in the table's folder before any commit
+        return staged, _parquet_keys(s3_server, bucket, "lake/t/") - before
+
+    staged, placed = stage(["b", "c"])
+    assert len(placed) == 1 and len(_manifests(s3_server, bucket)) == 1
+    result = engine.commit(Write("t", CONTRACT, staged=staged, replace=frozenset({"b", "c"})))
+    staged.discard()  # after a commit: the table's objects stay
+    assert result.committed and placed <= _parquet_keys(s3_server, bucket, "lake/t/")
+    assert sorted(zip(*engine.read("t", columns=["uri", "error_message"]).to_pydict().values(), strict=True)) == [
+        ("a", "v1"), ("b", "v2"), ("c", "v2")]
+    names = {k.rsplit("/", 1)[-1] for k in placed}
+    added = [a for a in pa.table(engine._delta_table("t").get_add_actions(flatten=True)).to_pylist() if a["path"] in names]
+    assert [(a["num_records"], a["min.uri"], a["max.uri"]) for a in added] == [(2, "b", "c")]  # statistics written as it went
+    assert _manifests(s3_server, bucket) == []
+    table_objects = _parquet_keys(s3_server, bucket, "lake/t/")
+
+    lost, lost_keys = stage(["a", "d"])
+    for key in lost_keys:
+        s3_server.client().delete_object(Bucket=bucket, Key=key)
+    with pytest.raises(LakeImgError, match="vanished before the commit"):
+        engine.commit(Write("t", CONTRACT, staged=lost, replace=frozenset({"a", "d"})))
+    lost.discard()
+    assert engine.version("t") == result.version and _manifests(s3_server, bucket) == []
+
+    dropped, _ = stage(["e"])  # a failed run: its objects and manifest go, the table is as it was
+    dropped.discard()
+    assert _parquet_keys(s3_server, bucket, "lake/t/") == table_objects and _manifests(s3_server, bucket) == []

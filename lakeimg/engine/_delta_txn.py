@@ -5,10 +5,11 @@ rewrites its input and `merge` needs it in memory. Staged output (GBs of image b
 a kernel already wrote in the contract's schema) is renamed into the table instead, and the
 commit's add/remove actions are built here, with each file's statistics.
 
-An object store has no rename: there each staged file is written once under its final name
-inside the table (a few uploads at a time, to overlap the store's latency), and only the
-Delta log commit makes it part of the table. Objects of a commit that never landed are
-deleted; a killed run's leftovers are unreferenced objects that `maintain`'s vacuum removes.
+An object store has no rename: there a stage writes its files under their final names inside
+the table while it runs (`engine/staged.py: PlacedFile`), any other file is uploaded once under
+its final name here, and only the Delta log commit makes them part of the table. Objects of a
+commit that never landed are deleted; a killed run's leftovers are named by its manifest
+(`begin_placement`), and the next run deletes them (`remove_abandoned_uploads`).
 
 Example:
     >>> import tempfile, os, pyarrow as pa, pyarrow.parquet as pq
@@ -27,6 +28,7 @@ import os
 import re
 import socket
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -41,6 +43,7 @@ import pyarrow.parquet as pq
 
 from lakeimg.engine.base import META_KEY, CommitResult, commit_metadata_json, with_retries
 from lakeimg.engine.layout import delta_file_path, row_group_rows
+from lakeimg.engine.staged import ColumnStats, PlacedFile, Placement
 from lakeimg.errors import LakeImgError
 from lakeimg.schemas import TableContract
 from lakeimg.storage import (
@@ -57,7 +60,8 @@ from lakeimg.storage import (
 )
 from lakeimg.tables import lake_relative
 
-__all__ = ["commit_files_by_uri", "file_stats", "uri_ranges", "as_contract", "cast_to_schema", "remove_abandoned_uploads"]
+__all__ = ["commit_files_by_uri", "file_stats", "uri_ranges", "as_contract", "cast_to_schema", "remove_abandoned_uploads",
+           "begin_placement"]
 
 
 def cast_to_schema(table: pa.Table, schema: pa.Schema, columns: Sequence[str] | None = None) -> pa.Table:
@@ -89,29 +93,24 @@ def as_contract(rows: pa.Table, contract: TableContract) -> pa.Table:
 def file_stats(path: str | pq.ParquetFile) -> str:
     """Delta add-action stats (numRecords, min/max/nullCount of scalar columns) from a Parquet file."""
     meta = path if isinstance(path, pq.ParquetFile) else pq.ParquetFile(path)
-    scalar = [f.name for f in meta.schema_arrow if pa.types.is_integer(f.type) or pa.types.is_string(f.type)]
-    data = meta.read(columns=scalar)
-    mins, maxs, nulls = {}, {}, {}
-    for name in scalar:
-        col = data[name]
-        nulls[name] = col.null_count
-        if len(col) > col.null_count:
-            bounds = pc.min_max(col)
-            mins[name], maxs[name] = bounds["min"].as_py(), bounds["max"].as_py()
-    return json.dumps({"numRecords": data.num_rows, "minValues": mins, "maxValues": maxs, "nullCount": nulls})
+    stats = ColumnStats(meta.schema_arrow)
+    stats.add(meta.read(columns=stats.columns))
+    return stats.json()
 
 
 def commit_files_by_uri(
     engine: Any,
     name: str,
     contract: TableContract,
-    files: Sequence[str],
+    files: Sequence[str | PlacedFile],
     *,
     uris: Sequence[str] = (),
     metadata: Mapping[str, Any] | None = None,
 ) -> tuple[CommitResult, frozenset[str]]:
     """Move finished Parquet `files` into `engine`'s table and drop every row whose uri is in
     `uris`, in one Delta commit; returns the result and which of `uris` the table held.
+    A `PlacedFile` is in the table's folder already: it is added as it is, and stays its
+    stage's to delete if the commit fails.
 
     Old files holding only dropped uris are removed; a file mixing dropped and kept uris is
     rewritten without them. The removals are planned on one snapshot and the commit must land
@@ -140,15 +139,28 @@ def commit_files_by_uri(
     # naming the token is written before the first upload: if this process dies before the commit
     # lands, the next run deletes exactly those objects (`remove_abandoned_uploads`).
     token = uuid.uuid4().hex
-    manifest = _write_manifest(engine, name, token) if remote and (files or drop) else None
+    uploads = [f for f in files if not isinstance(f, PlacedFile)]
+    manifest: str | None = None
+    manifest_lock = threading.Lock()
 
-    def move_in(path: str) -> Any:
+    def before_upload() -> None:
+        nonlocal manifest
+        with manifest_lock:
+            if manifest is None:
+                manifest = _write_manifest(engine, name, token)[0]
+
+    def move_in(path: str | PlacedFile) -> Any:
         """A finished local file as a file of the table: renamed locally; on an object store
         written once under its final name (no rename there)."""
+        if isinstance(path, PlacedFile):
+            if not remote or not path.url.startswith(root + "/") or "/" in path.url[len(root) + 1:]:
+                raise LakeImgError(f"{path.url} was staged outside the table {name} it is committed into")
+            return AddAction(path.url[len(root) + 1:], path.size, {}, now_ms, True, path.stats)
         target = f"part-{token}-{uuid.uuid4().hex[:16]}.parquet" if remote else f"part-{uuid.uuid4().hex}.parquet"
         if remote:
             stats, size = file_stats(path), os.path.getsize(path)
             url = join_url(root, target)
+            before_upload()
             moved.append(url)
             upload(path, url, options)
             return AddAction(target, size, {}, now_ms, True, stats)
@@ -198,7 +210,7 @@ def commit_files_by_uri(
     before = engine.version(name)
     found: set[str] = set()
     try:
-        if remote and len(files) > 1:
+        if remote and len(uploads) > 1:
             # Overlap the uploads: one object store request takes tens of milliseconds.
             with ThreadPoolExecutor(max_workers=min(8, len(files))) as pool:
                 adds = list(pool.map(move_in, files))
@@ -280,12 +292,37 @@ ABANDONED_AFTER_S = 24 * 3600.0
 _TOKEN = re.compile(r"^[0-9a-f]{32}$")
 
 
-def _write_manifest(engine: Any, name: str, token: str) -> str:
+def begin_placement(engine: Any, name: str) -> Placement:
+    """Where a stage writes files for the table `name` of an object-store lake, under their
+    final names: a fresh token and its manifest (written by the stage before each new object),
+    so that the next run can delete the objects if this one dies before its commit.
+
+    Example:
+        >>> import tempfile; from lakeimg.engine.delta_rs import LocalEngine
+        >>> begin_placement(LocalEngine(tempfile.mkdtemp()), "images")
+        Traceback (most recent call last):
+        ...
+        ValueError: files are placed only in tables on an object store
+    """
+    if not is_remote(engine.lake):
+        raise ValueError("files are placed only in tables on an object store")
+    token = uuid.uuid4().hex
+    manifest, body = _manifest(engine, name, token)
+    return Placement(engine.location(name).rstrip("/"), f"part-{token}-", manifest, body, dict(engine.options))
+
+
+def _manifest(engine: Any, name: str, token: str) -> tuple[str, bytes]:
+    """Where the manifest of `token`'s objects goes, and what it says."""
     url = join_url(engine.lake, UPLOADS_FOLDER, f"{token}.json")
     record = {"table": name, "token": token, "after_version": engine.version(name), "host": socket.gethostname(),
               "pid": os.getpid(), "written_at": dt.datetime.now(dt.timezone.utc).isoformat()}
-    write_bytes(url, json.dumps(record, sort_keys=True).encode(), engine.options)
-    return url
+    return url, json.dumps(record, sort_keys=True).encode()
+
+
+def _write_manifest(engine: Any, name: str, token: str) -> tuple[str, bytes]:
+    url, body = _manifest(engine, name, token)
+    write_bytes(url, body, engine.options)
+    return url, body
 
 
 def _remove_manifest(url: str, options: Mapping[str, str] | None) -> None:
@@ -333,7 +370,7 @@ def remove_abandoned_uploads(engine: Any, *, now: float | None = None) -> list[s
     """Delete the objects of commits whose writer died before its commit landed; returns their URLs.
 
     Each manifest under `LAKE/_lakeimg/uploads` names a table and the token of the objects one
-    commit call uploaded (`part-<token>-*`). Only a manifest whose writer is gone (see
+    commit call or stage uploaded (`part-<token>-*`). Only a manifest whose writer is gone (see
     `_writer_gone`) is acted on, and of its objects only those no commit after the manifest's
     version added are deleted (the writer may have died after its commit landed); then the
     manifest goes. A local lake has no manifests (its staged files are renamed in).

@@ -184,7 +184,10 @@ class Stage:
     A row whose kernel crashes or overruns `task_timeout_s` becomes `on_failure(row,
     error_class, message)`; `prepare` runs once per worker before the kernel; `contract` is the
     output table's (rows staged in its schema); `held` names the output column marking rows held
-    back for the driver; `workers` sizes a local pool (0: in this process).
+    back for the driver; `workers` sizes a local pool (0: in this process). `target` names the
+    table a "replace" commit will move the staged rows into: on an object-store lake the
+    embedded engine then writes them straight under their final names there while the stage
+    runs (`engine/staged.py`), so uploading overlaps the work.
 
     `on_progress(done, total)` counts input rows; with `progress_column` it counts units of
     work instead: the column's sum over the input rows is the total, over the output rows done.
@@ -204,6 +207,7 @@ class Stage:
     on_progress: Callable[[int, int], None] | None = None
     workers: int | None = None
     progress_column: str | None = None
+    target: str | None = None
 
     @property
     def total(self) -> int:
@@ -294,6 +298,11 @@ class Engine(Protocol):
     def reader(self) -> Any:
         """The engine for small driver-side reads with row-group pushdown (the catalog's read
         path: region reads): a `LocalEngine` on the same lake, on either engine."""
+        ...
+
+    def start_workers(self) -> None:
+        """Start what `stage` will need (the embedded engine's worker pool) in the background,
+        so that it gets ready while the driver lists and plans; nothing to wait for."""
         ...
 
     def stage(self, stage: Stage) -> Staged:

@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from lakeimg.engine._delta_txn import (
     any_between,
     as_contract,
+    begin_placement,
     cast_to_schema,
     commit_files_by_uri,
     uri_ranges,
@@ -53,13 +54,14 @@ from lakeimg.engine.layout import (
     check_log_tail,
     check_not_before_first,
     delta_file_path,
+    latest_version,
     row_group_rows,
     staging_location,
     table_location,
     tables_in,
 )
-from lakeimg.engine.pool import map_kernel
-from lakeimg.engine.staged import LocalStaged
+from lakeimg.engine.pool import map_kernel, start_forkserver
+from lakeimg.engine.staged import LocalStaged, PlacedFile
 from lakeimg.errors import LakeDamagedError, LakeImgError, TableNotFoundError, VersionNotFoundError
 from lakeimg.schemas import TableContract
 from lakeimg.storage import exists as storage_exists
@@ -89,6 +91,8 @@ class LocalEngine:
         self.options = normalized_storage_options(storage_options)
         # delta-rs gets them only for an object-store lake (a local lake needs none).
         self.storage_options = self.options if self.remote else None
+        # (table, contract columns) known to hold every column of the contract (_add_missing_columns)
+        self._complete: set[tuple[str, tuple[str, ...]]] = set()
 
     # --- reading -------------------------------------------------------------------------
 
@@ -96,9 +100,7 @@ class LocalEngine:
         return table_location(self.lake, name)
 
     def exists(self, name: str) -> bool:
-        from deltalake import DeltaTable
-
-        return DeltaTable.is_deltatable(self.location(name), storage_options=self.storage_options)
+        return latest_version(self.location(name), self.storage_options) is not None
 
     def _delta_table(self, name: str, version: VersionLike = None):
         """delta-rs DeltaTable at a version (int), timestamp (datetime or ISO string) or latest.
@@ -134,10 +136,10 @@ class LocalEngine:
         return table
 
     def version(self, name: str) -> int | None:
-        """Current version of a table, or None when it does not exist."""
-        if not self.exists(name):
-            return None
-        return self._delta_table(name).version()
+        """Current version of a table, or None when it does not exist (one listing of its log;
+        a local table's newest entry is checked whole first, as every latest read does)."""
+        check_log_tail(self.location(name), name)
+        return latest_version(self.location(name), self.storage_options)
 
     def data_files(self, name: str, version: VersionLike = None, *, table: Any = None) -> list[str]:
         """The Parquet files that make up a snapshot: local paths, or URLs on an object store
@@ -346,14 +348,20 @@ class LocalEngine:
 
     def create_empty(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
         """Create a table with the contract's schema and properties (no rows); no-op if it exists."""
-        from deltalake import DeltaTable
+        from deltalake import Schema as DeltaSchema
+        from deltalake.transaction import create_table_with_add_actions
 
-        table = DeltaTable.create(
-            self.location(name), schema=contract.arrow_schema, mode="ignore", name=name.rsplit("/", 1)[-1],
-            description=contract.description, configuration=contract.properties,
+        # Not DeltaTable.create: it loads the new table again only to hand it back, a round of
+        # requests per table on an object store.
+        created = not self.exists(name)
+        create_table_with_add_actions(
+            self.location(name), DeltaSchema.from_arrow(contract.arrow_schema), [], mode="ignore",
+            name=name.rsplit("/", 1)[-1], description=contract.description, configuration=contract.properties,
             storage_options=self.storage_options, commit_properties=_commit_properties(metadata),
         )
-        return table.version()
+        if created:  # by this call or a concurrent twin: either way from this contract
+            self._complete.add((name, tuple(contract.column_names)))
+        return int(self.version(name))
 
     def append(self, name: str, rows: pa.Table, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
         """Append rows (creating the table on first write); returns the new version."""
@@ -396,11 +404,17 @@ class LocalEngine:
                 files.append(os.path.join(root, f".rows-{uuid.uuid4().hex}.parquet"))
                 contracted = as_contract(rows, contract)
                 pq.write_table(contracted, files[-1], row_group_size=row_group_rows(contracted), write_page_checksum=True)
+            lost = write.staged.missing() if write.staged is not None else []
+            if lost:  # deleted by another run's cleanup of a writer it took for dead: never commit a hole
+                raise LakeImgError(f"{name}: {len(lost)} staged file(s) of this run vanished before the commit, "
+                                   f"e.g. {lost[0]}; nothing was committed, run again")
             try:
                 result, _found = commit_files_by_uri(self, name, contract, files, uris=sorted(uris), metadata=write.metadata)
             finally:
                 if scratch is not None:
                     shutil.rmtree(scratch, ignore_errors=True)
+            if write.staged is not None:
+                write.staged.handed_over()
         elif rows is None and not files and write.mode == "append":
             result = CommitResult(before)
         else:
@@ -423,9 +437,12 @@ class LocalEngine:
                 fields = DeltaSchema.from_arrow(pa.schema([f.with_nullable(True) for f in missing])).fields
                 self._delta_table(name).alter.add_columns(fields, commit_properties=_commit_properties(metadata))
 
-        with_retries(name, add, _conflicts())
+        key = (name, tuple(contract.column_names))
+        if key not in self._complete:  # checked once per table and contract in this engine's life
+            with_retries(name, add, _conflicts())
+            self._complete.add(key)
 
-    def _write(self, write: Write, files: list[str], rows: pa.Table | None) -> CommitResult:
+    def _write(self, write: Write, files: list[str | PlacedFile], rows: pa.Table | None) -> CommitResult:
         """One write_deltalake commit ("append", or "overwrite" with the schema) from rows or files."""
         import pyarrow.dataset as ds
         from deltalake import write_deltalake
@@ -433,10 +450,16 @@ class LocalEngine:
         contract, schema = write.contract, write.contract.arrow_schema
         parts = [as_contract(rows, contract)] if rows is not None else []
 
+        local = [f for f in files if not isinstance(f, PlacedFile)]
+        placed = [resolve(f.url, self.options) for f in files if isinstance(f, PlacedFile)]  # staged on the store
+
         def data() -> pa.RecordBatchReader:  # a fresh stream for every attempt: a retry cannot rewind one
             streams = [part.to_batches() for part in parts]
-            if files:
-                streams.append(ds.dataset(files, schema=schema, format="parquet").to_batches())
+            if local:
+                streams.append(ds.dataset(local, schema=schema, format="parquet").to_batches())
+            if placed:
+                streams.append(ds.dataset([path for _fs, path in placed], schema=schema, format="parquet",
+                                          filesystem=placed[0][0]).to_batches())
             return pa.RecordBatchReader.from_batches(schema, itertools.chain.from_iterable(streams))
 
         exists = self.exists(write.table)
@@ -479,6 +502,12 @@ class LocalEngine:
 
     # --- kernels -------------------------------------------------------------------------
 
+    def start_workers(self) -> None:
+        """Start the pool's forkserver now (`engine/pool.start_forkserver`): it imports the
+        kernels while the driver lists and plans, instead of after."""
+        if self.workers > 0:
+            start_forkserver()
+
     def stage(self, stage: Stage) -> LocalStaged:
         """Map `kernel` over the inputs in a process pool (`engine/pool.map_kernel`, `workers`
         processes, 0: in this process) and stage its output as it comes (`LocalStaged`).
@@ -494,8 +523,10 @@ class LocalEngine:
             if stage.on_progress is not None:
                 stage.on_progress(done, total)
 
+        placement = (begin_placement(self, stage.target)
+                     if self.remote and stage.target is not None and stage.contract is not None else None)
         staged = LocalStaged(staging_location(self.lake, stage.label), stage.contract,
-                             stage.output_schema, stage.held)
+                             stage.output_schema, stage.held, placement)
         try:
             for batch in map_kernel(
                 stage.kernel, self._input_pieces(stage.inputs, stage.extra), workers=min(workers, stage.total),

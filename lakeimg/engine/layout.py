@@ -82,7 +82,7 @@ def row_group_rows(table: pa.Table) -> int:
     return max(1, min(ROW_GROUP_ROWS, ROW_GROUP_BYTES // per_row))
 
 __all__ = ["table_location", "ensure_lake", "lake_exists", "require_lake", "check_log_tail", "check_not_before_first",
-           "delta_file_path", "staging_location", "staging_root", "tables_in"]
+           "delta_file_path", "latest_version", "staging_location", "staging_root", "tables_in"]
 
 StorageOptions = Mapping[str, str] | None
 
@@ -150,6 +150,25 @@ def delta_file_path(uri: str) -> str:
     if has_scheme(uri) or uri.startswith("/"):
         return uri_to_path(uri if has_scheme(uri) else "file://" + uri)
     return uri
+
+
+def latest_version(location: str, storage_options: StorageOptions = None) -> int | None:
+    """A table's latest version from one listing of its `_delta_log` (the highest commit
+    entry), or None when it has none: opening the table through delta-rs replays the log from
+    its last checkpoint, several requests and every entry's actions, only to read one number.
+
+    Example:
+        >>> latest_version("/nonexistent/table") is None
+        True
+    """
+    fs, path = resolve(join_url(location, "_delta_log"), dict(storage_options or {}))
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path.rstrip("/"), allow_not_found=True))
+    except NotADirectoryError:
+        return None
+    versions = [int(i.base_name[:20]) for i in infos
+                if len(i.base_name) == 25 and i.base_name.endswith(".json") and i.base_name[:20].isdigit()]
+    return max(versions) if versions else None
 
 
 def check_log_tail(location: str, name: str) -> None:

@@ -260,6 +260,21 @@ def _pool_context():
     return context
 
 
+def start_forkserver() -> None:
+    """Start the decoding pool's forkserver, if the platform has one, without waiting for it:
+    it imports the kernels (`_pool_context`) in its own process, and the first worker forked
+    from it waits for that, not the caller.
+
+    Example:
+        >>> start_forkserver()
+    """
+    context = _pool_context()
+    if isinstance(context, _ForkServerContext):
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
+
+
 def map_kernel(
     kernel: Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]],
     inputs: pa.Table | Iterable[pa.Table | pa.RecordBatch],

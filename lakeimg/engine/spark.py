@@ -694,6 +694,9 @@ class SparkEngine:
             return self.lake.rstrip("/") + path[len(hadoop_lake):]
         return path
 
+    def start_workers(self) -> None:
+        """Nothing: the session's executors are running already."""
+
     def close(self) -> None:
         """Stop the session if this engine built it (`open_engine` without a session)."""
         if self.owns_session:

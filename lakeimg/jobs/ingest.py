@@ -257,6 +257,8 @@ def ingest_files(
         spec["relabel"] = True
     record = RunRecord(run_id=run_id, job="ingest", engine=engine.name, target_table=table, spec=spec,
                        started_at=started_at, sources=spec["sources"])
+    if not dry_run:
+        engine.start_workers()  # they get ready while the sources are listed
     run = plan_run(engine, lake, sources, table=table, label_from_path=label_from_path,
                    sync_deletes=sync_deletes, options=options, record=record, retry_rejects=retry_rejects,
                    metadata=meta, relabel=relabel)
@@ -516,6 +518,7 @@ def decode_files(
         rows_per_task=rows_per_task(run.todo, parallel),
         on_progress=on_progress,
         workers=workers,
+        target=run.table,
     ))
     try:
         tiling = tile_images(engine, staged.held(), tile_options, thumbnail_size=options.thumbnail_size,
@@ -548,6 +551,7 @@ def relabel_rows(engine: Engine, run: IngestRun) -> Staged:
         contract=table_contract("images"),
         rows_per_task=64,
         workers=0,  # a copy of rows: a pool would cost more than it saves
+        target=run.table,
     ))
 
 

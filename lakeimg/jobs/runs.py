@@ -43,7 +43,7 @@ def record_unfinished_runs(engine: Any, tables: Sequence[str], *, current_run_id
         >>> record_unfinished_runs(LocalEngine(tempfile.mkdtemp()), ["images"], current_run_id="x")
         []
     """
-    known = set(engine.read(RUNS_TABLE, columns=["run_id"])["run_id"].to_pylist()) if engine.exists(RUNS_TABLE) else set()
+    known: set[str] | None = None  # the runs table's run ids, read only once a table has commits to check
     found: dict[str, dict[str, Any]] = {}
     for table in tables:
         if not engine.exists(table):
@@ -51,10 +51,15 @@ def record_unfinished_runs(engine: Any, tables: Sequence[str], *, current_run_id
         for entry in engine.history(table, _UNFINISHED_LOOKBACK):
             meta = entry.get("lakeimg")
             run_id = meta.get("run_id") if isinstance(meta, dict) else None
-            if not run_id or run_id in known or run_id == current_run_id or meta.get("job") not in ("ingest", "transform"):
+            if not run_id or run_id == current_run_id or meta.get("job") not in ("ingest", "transform"):
+                continue
+            if known is None:
+                known = (set(engine.read(RUNS_TABLE, columns=["run_id"])["run_id"].to_pylist())
+                         if engine.exists(RUNS_TABLE) else set())
+            if run_id in known:
                 continue
             if run_id not in found and staging_is_live(engine.lake, run_id):
-                known.add(run_id)
+                known.add(run_id)  # alive: it writes its own row
                 continue
             outputs = found.setdefault(run_id, {"meta": meta, "outputs": {}})["outputs"]
             outputs[table] = max(outputs.get(table, -1), int(entry["version"]))

@@ -243,6 +243,8 @@ def transform_table(
     if not eng.exists(source):
         raise TableNotFoundError(source, lake)
     run_id = new_run_id()
+    if not dry_run:
+        eng.start_workers()  # they get ready while the run is planned
     source_version = eng.version(source)
     target_exists = eng.exists(target)
     key_columns = ["uri", "variant", "source_sha256", "label", "spec_hash"]
@@ -279,6 +281,7 @@ def transform_table(
             on_progress=on_progress,
             # a pool costs more than it saves on a handful of images
             workers=0 if parallel > 0 and len(plan.todo) < 2 * parallel else workers,
+            target=target,
         ))
         try:
             version, metrics, rejected, rejects_version = _commit(
