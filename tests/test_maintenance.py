@@ -110,3 +110,35 @@ def test_maintenance_on_spark_compacts_and_refuses_what_it_cannot_keep(spark, tm
     assert after.keys() == before.keys() and all(np.array_equal(after[u], before[u]) for u in before)
     runs = lake.read("_lakeimg/runs").to_pylist()
     assert [r["engine"] for r in runs if r["job"] == "maintain"] == ["spark"]
+
+
+@pytest.mark.parametrize("engine_name", ["local", "spark"])
+def test_compaction_keeps_small_tile_row_groups(engine_name, request, tmp_path):
+    """OPTIMIZE rewrites the tiles table in row groups of a few tiles (what a deep-zoom or
+    region read fetches), not in delta-rs' or parquet-mr's default groups of a whole file."""
+    import pyarrow.parquet as pq
+    import tifffile
+
+    from lakeimg.kernels.tiles import TILES_PER_ROW_GROUP
+    from lakeimg.samples import photo_like
+
+    src = tmp_path / "src"
+    src.mkdir()
+    lake = Lake(tmp_path / "lake")
+    for i in range(2):  # two runs: two tiles files to compact
+        tifffile.imwrite(src / f"big{i}.tif", photo_like(700, 600, seed=i), tile=(128, 128))
+        lake.ingest([str(src)], workers=0, tile_above_pixels=100_000, tile_size=128)
+    region = lake.read_region("images", (src / "big0.tif").as_uri(), 100, 200, 300, 200)
+    engine = LocalEngine(lake.path)
+    assert len(engine.data_files("images_tiles")) == 2
+    on = Lake(lake.path, engine="spark", spark=request.getfixturevalue("spark")) if engine_name == "spark" else lake
+
+    report = on.maintain(optimize=True, tables=["images_tiles"])
+
+    assert report.tables["images_tiles"].optimize["files_removed"] == 2
+    files = engine.data_files("images_tiles")
+    assert len(files) == 1
+    meta = pq.ParquetFile(files[0]).metadata
+    assert meta.num_rows > 3 * TILES_PER_ROW_GROUP
+    assert max(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) <= TILES_PER_ROW_GROUP
+    assert np.array_equal(Lake(lake.path).read_region("images", (src / "big0.tif").as_uri(), 100, 200, 300, 200), region)

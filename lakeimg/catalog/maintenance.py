@@ -30,12 +30,13 @@ from lakeimg.catalog.trainsets import list_trainsets
 from lakeimg.engine._delta_txn import remove_abandoned_uploads
 from lakeimg.engine.base import Engine
 from lakeimg.engine.delta_rs import LocalEngine
-from lakeimg.engine.layout import ensure_lake, require_lake
+from lakeimg.engine.layout import ROW_GROUP_ROWS, ensure_lake, require_lake
 from lakeimg.engine.staging import remove_stale_staging
 from lakeimg.errors import LakeImgError, SpecError
+from lakeimg.kernels.tiles import TILES_PER_ROW_GROUP
 from lakeimg.schemas import table_contract
 from lakeimg.storage import is_remote, join_url
-from lakeimg.tables import RUNS_TABLE, RunRecord, new_run_id, utc_now
+from lakeimg.tables import RUNS_TABLE, RunRecord, new_run_id, tiles_of, utc_now
 
 __all__ = ["MaintenanceReport", "TableMaintenance", "maintain", "protected_versions", "readable_versions"]
 
@@ -77,6 +78,17 @@ class MaintenanceReport:
                 "refused": self.refused, "problems": self.problems, "protected": self.protected,
                 "pinned_sets_readable": self.pinned_sets_readable, "ok": self.ok}
 
+
+
+def _row_group_rows(table: str) -> int:
+    """Rows per row group a compaction keeps: a few tiles in a tiles table (a deep-zoom or
+    region read fetches one small group), the data layout's `ROW_GROUP_ROWS` elsewhere.
+
+    Example:
+        >>> _row_group_rows("images_tiles") == TILES_PER_ROW_GROUP, _row_group_rows("images") == ROW_GROUP_ROWS
+        (True, True)
+    """
+    return TILES_PER_ROW_GROUP if table.endswith(tiles_of("")) else ROW_GROUP_ROWS  # the suffix is reserved
 
 def protected_versions(engine: LocalEngine) -> tuple[dict[str, set[int]], list[str]]:
     """{table: versions to keep} over all training sets, plus problems found on the way.
@@ -156,7 +168,7 @@ def maintain(
             reader.set_table_properties(name, _KEEP_LOGS)
             logs = True
         if optimize and not dry_run and name != RUNS_TABLE:
-            metrics = engine.optimize(name, metadata=metadata)
+            metrics = engine.optimize(name, metadata=metadata, row_group_rows=_row_group_rows(name))
             optimized = {"files_added": int(metrics.get("numFilesAdded", 0)), "files_removed": int(metrics.get("numFilesRemoved", 0))}
         if vacuum_hours is not None:
             vacuumed = _vacuum(engine, reader, name, vacuum_hours, protected, dry_run, problems)

@@ -321,8 +321,10 @@ class Engine(Protocol):
         """Create the table with the contract's schema and properties, if missing; its version."""
         ...
 
-    def optimize(self, name: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, int]:
-        """Compact small files (one commit): numFilesAdded, numFilesRemoved."""
+    def optimize(self, name: str, *, metadata: Mapping[str, Any] | None = None,
+                 row_group_rows: int | None = None) -> dict[str, int]:
+        """Compact small files (one commit): numFilesAdded, numFilesRemoved. `row_group_rows`:
+        at most this many rows per Parquet row group in the files written (the table's layout)."""
         ...
 
     def vacuum(self, name: str, *, retention_hours: float, keep_versions: Sequence[int] = (), dry_run: bool = True) -> list[str]:

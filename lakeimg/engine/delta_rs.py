@@ -293,12 +293,18 @@ class LocalEngine:
 
     # --- maintenance ---------------------------------------------------------------------
 
-    def optimize(self, name: str, *, metadata: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    def optimize(self, name: str, *, metadata: Mapping[str, Any] | None = None,
+                 row_group_rows: int | None = None) -> dict[str, Any]:
         """Compact small files into files of about `layout.TARGET_FILE_BYTES` (a new version with the
-        same rows): the size a replace by uri rewrites at most per changed file."""
+        same rows): the size a replace by uri rewrites at most per changed file. Row groups keep
+        at most `row_group_rows` rows (delta-rs' default is a million)."""
+        from deltalake import WriterProperties
+
+        properties = WriterProperties(max_row_group_size=row_group_rows) if row_group_rows else None
         return with_retries(
             name, lambda: self._delta_table(name).optimize.compact(
-                target_size=TARGET_FILE_BYTES, commit_properties=_commit_properties(metadata)), _conflicts()
+                target_size=TARGET_FILE_BYTES, writer_properties=properties,
+                commit_properties=_commit_properties(metadata)), _conflicts()
         )
 
     def vacuum(

@@ -842,10 +842,13 @@ class SparkEngine:
 
     # --- maintenance ---------------------------------------------------------------------
 
-    def optimize(self, name: str, *, metadata: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Compact small files (delta-spark's OPTIMIZE); metrics as delta-rs names them."""
+    def optimize(self, name: str, *, metadata: dict[str, Any] | None = None,
+                 row_group_rows: int | None = None) -> dict[str, Any]:
+        """Compact small files (delta-spark's OPTIMIZE); metrics as delta-rs names them. Row
+        groups keep at most `row_group_rows` rows (parquet-mr's limit, as in `commit`)."""
         table = self._delta(name)
-        with self._user_metadata(metadata):
+        layout = {_ROW_GROUP_ROWS_CONF: str(row_group_rows)} if row_group_rows else {}
+        with self._user_metadata(metadata), self._session_conf(layout):
             metrics = with_retries(name, lambda: table.optimize().executeCompaction().collect()[0]["metrics"], _conflicts())
         return {"numFilesAdded": int(metrics["numFilesAdded"]), "numFilesRemoved": int(metrics["numFilesRemoved"])}
 
