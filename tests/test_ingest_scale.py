@@ -130,3 +130,35 @@ def test_changing_one_file_rewrites_only_the_data_file_that_held_it(tmp_path):
     assert table.num_rows == 9
     rewritten = [a for a in adds if pq.read_table(lake / "images" / a, columns=["uri"]).num_rows == 2]
     assert len(rewritten) == 1
+
+
+def test_an_incremental_transform_opens_only_the_source_files_holding_changed_rows(tmp_path):
+    """After one changed file, the transform reads the change data feed and the source rows of
+    that uri only: the source's other data files are moved away during the run and never missed."""
+    from lakeimg.jobs.transform import transform_table
+
+    lake = tmp_path / "lake"
+    for name in ("a", "b", "c"):  # one run per folder: three data files, disjoint uri ranges
+        folder = tmp_path / "src" / name
+        folder.mkdir(parents=True)
+        for i in range(3):
+            _png(folder / f"{i}.png", 10 * i + ord(name))
+        ingest_files(lake, [str(folder)], workers=0)
+    spec = {"ops": [{"op": "resize", "width": 4, "height": 4}], "output": {"encoding": "png"}}
+    assert transform_table(lake, "images", "small", spec, workers=0).added == 9
+    _png(tmp_path / "src" / "b" / "1.png", 200)
+    os.utime(tmp_path / "src" / "b" / "1.png", (1e9, 1e9))
+    ingest_files(lake, [str(tmp_path / "src" / "b")], workers=0)
+    changed = (tmp_path / "src" / "b" / "1.png").as_uri()
+    ranges = uri_ranges(LocalEngine(lake)._delta_table("images"))
+    others = [path for path, (low, high) in ranges.items() if not low <= changed <= high]
+    assert len(others) == 2  # a's and c's files
+    for path in others:
+        os.rename(lake / "images" / path, lake / "images" / f".away-{path}")
+    try:
+        summary = transform_table(lake, "images", "small", spec, workers=0)
+    finally:
+        for path in others:
+            os.rename(lake / "images" / f".away-{path}", lake / "images" / path)
+    assert (summary.mode, summary.updated, summary.added, summary.unchanged) == ("incremental", 1, 0, 8)
+    assert LocalEngine(lake).read("small", columns=["uri"]).num_rows == 9
