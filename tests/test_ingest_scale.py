@@ -57,13 +57,13 @@ class KeyReadsEngine(LocalEngine):
         super().__init__(*args, **kwargs)
         self.reads: list[tuple[str, tuple[str, ...] | None]] = []
 
-    def read(self, name, *, version=None, columns=None, filter=None):
+    def read(self, name, *, version=None, columns=None, **options):
         self.reads.append((name, tuple(columns) if columns is not None else None))
-        return super().read(name, version=version, columns=columns, filter=filter)
+        return super().read(name, version=version, columns=columns, **options)
 
-    def read_batches(self, name, *, columns, version=None, batch_rows=64):
+    def read_batches(self, name, *, columns, version=None, **options):
         self.reads.append((name, tuple(columns)))
-        return super().read_batches(name, columns=columns, version=version, batch_rows=batch_rows)
+        return super().read_batches(name, columns=columns, version=version, **options)
 
 
 def test_rerun_reads_only_key_columns(tmp_path):
@@ -162,3 +162,36 @@ def test_an_incremental_transform_opens_only_the_source_files_holding_changed_ro
             os.rename(lake / "images" / f".away-{path}", lake / "images" / path)
     assert (summary.mode, summary.updated, summary.added, summary.unchanged) == ("incremental", 1, 0, 8)
     assert LocalEngine(lake).read("small", columns=["uri"]).num_rows == 9
+
+
+def test_a_run_over_one_folder_opens_only_the_data_files_near_its_uris(tmp_path):
+    """The plan reads the tables' keys only from data files whose uri statistics overlap the
+    sources: the other folders' files are moved away during a no-op re-run of one folder and
+    an ingest of a new one, and neither run misses them."""
+    lake = tmp_path / "lake"
+    for name in ("a", "b", "c"):  # one run per folder: three data files, disjoint uri ranges
+        folder = tmp_path / "src" / name
+        folder.mkdir(parents=True)
+        for i in range(3):
+            _png(folder / f"{i}.png", 10 * i + ord(name))
+        ingest_files(lake, [str(folder)], workers=0)
+    (tmp_path / "src" / "b" / "bad.png").write_bytes(b"not a png")  # and a reject among b's files
+    ingest_files(lake, [str(tmp_path / "src" / "b")], workers=0)
+    ranges = uri_ranges(LocalEngine(lake)._delta_table("images"))
+    b_uri = (tmp_path / "src" / "b" / "0.png").as_uri()
+    others = [path for path, (low, high) in ranges.items() if not low <= b_uri <= high]
+    assert len(others) == 2
+    new = tmp_path / "src" / "bb"  # sorts between b and c
+    new.mkdir()
+    _png(new / "0.png", 99)
+    for path in others:
+        os.rename(lake / "images" / path, lake / "images" / f".away-{path}")
+    try:
+        again = ingest_files(lake, [str(tmp_path / "src" / "b")], workers=0)
+        added = ingest_files(lake, [str(new)], workers=0)
+    finally:
+        for path in others:
+            os.rename(lake / "images" / f".away-{path}", lake / "images" / path)
+    assert (again.added, again.updated, again.unchanged, again.rejected) == (0, 0, 4, 0)
+    assert (added.added, added.unchanged) == (1, 0)
+    assert LocalEngine(lake).read("images", columns=["uri"]).num_rows == 10

@@ -209,14 +209,22 @@ class LocalEngine:
         version: VersionLike = None,
         columns: Sequence[str] | None = None,
         filter: pc.Expression | None = None,
+        uri_range: tuple[str, str] | None = None,
     ) -> pa.Table:
         """A snapshot as an Arrow table, typed by the table's Delta schema; only `columns` are read.
 
         `version` is an int, a datetime (naive means UTC), an ISO timestamp string, or None.
+        `uri_range` (low, high): only rows whose uri lies between the two (inclusive), read from
+        only the data files whose uri statistics in the Delta log overlap that range (a re-run
+        over one folder of a million-row table opens that folder's few files).
         """
         table = self._delta_table(name, version)
         schema = pa.schema(table.schema().to_arrow())
         files = self.data_files(name, version, table=table)
+        if uri_range is not None:
+            files = self._files_overlapping(name, table, files, *uri_range)
+            between = (pc.field("uri") >= uri_range[0]) & (pc.field("uri") <= uri_range[1])
+            filter = between if filter is None else filter & between
         if not files:
             empty = pa.schema([f.with_nullable(True) for f in schema]).empty_table()
             return empty.select(list(columns)) if columns else empty
@@ -244,6 +252,18 @@ class LocalEngine:
             result = cast_to_schema(self.parquet_dataset(files, schema=physical).read(columns=needed), schema, needed)
         result = result.filter(filter)
         return result.select(list(columns)) if columns else result
+
+    def _files_overlapping(self, name: str, table: Any, files: list[str], low: str, high: str) -> list[str]:
+        """The data files whose (min uri, max uri) in the log overlaps [low, high]; files
+        without those statistics are kept."""
+        ranges = uri_ranges(table)
+        root = self.location(name).rstrip("/") if self.remote else uri_to_path(self.location(name))
+        kept = []
+        for path in files:
+            bounds = ranges.get(path[len(root) + 1:] if self.remote else os.path.relpath(path, root))
+            if bounds is None or (bounds[0] <= high and bounds[1] >= low):
+                kept.append(path)
+        return kept
 
     def file_exists(self, path: str) -> bool:
         """Whether a data file (a path or URL from `data_files`) is still there."""

@@ -88,13 +88,30 @@ class IngestSummary(RunSummary):
 TRANSIENT_REJECTS = tuple(str(c) for c in ErrorClass if c.transient)
 
 
-def _keys(engine: Engine, name: str, extra: Sequence[str] = ()) -> pa.Table:
-    """Only the key columns (and `extra`) of a table, as Arrow: a re-run never reads content."""
+def _keys(engine: Engine, name: str, extra: Sequence[str] = (), uri_range: tuple[str, str] | None = None) -> pa.Table:
+    """Only the key columns (and `extra`) of a table, as Arrow: a re-run never reads content.
+    With `uri_range`, only the rows in it, from the data files that can hold them (read
+    driver-side by delta-rs on either engine)."""
     if not engine.exists(name):
         return pa.table({"uri": pa.array([], pa.string()), "size_bytes": pa.array([], pa.int64()),
                          "modified_at": pa.array([], pa.timestamp("us", tz="UTC")),
                          **{c: pa.array([], pa.bool_() if c == "tiled" else pa.string()) for c in extra}})
-    return engine.read(name, columns=[*_KEY_COLUMNS, *extra])
+    return engine.reader().read(name, columns=[*_KEY_COLUMNS, *extra], uri_range=uri_range)
+
+
+def sources_uri_range(sources: Sequence[str], listing: pa.Table) -> tuple[str, str]:
+    """The uris a run over `sources` can touch: from the smallest source root (or listed uri)
+    to the largest root's last possible child. Table rows outside it are left out of the plan.
+
+    Example:
+        >>> import pyarrow as pa
+        >>> sources_uri_range(["/data/b", "/data/a"], pa.table({"uri": ["file:///data/a/1.png"]}))[0]
+        'file:///data/a'
+    """
+    roots = source_roots(sources)
+    low = min([*roots, *([pc.min(listing["uri"]).as_py()] if listing.num_rows else [])])
+    high = max([*(r + "/\U0010ffff" for r in roots), *([pc.max(listing["uri"]).as_py()] if listing.num_rows else [])])
+    return low, high
 
 
 def _among(uris: Iterable[str] | pa.Array | pa.ChunkedArray, known: pa.Array | pa.ChunkedArray) -> set[str]:
@@ -373,7 +390,11 @@ def plan_run(
     if metadata is not None:
         listing = _with_metadata(listing, metadata)
     images_version = engine.version(table)
-    images_keys, rejects_keys = _keys(engine, table, ["tiled"]), _keys(engine, rejects_of(table), ["error_class"])
+    # Only rows under the sources matter to this run: a new folder's run into a million-row
+    # table reads the keys of the few data files near that folder's uris.
+    uri_range = sources_uri_range(sources, listing)
+    images_keys = _keys(engine, table, ["tiled"], uri_range)
+    rejects_keys = _keys(engine, rejects_of(table), ["error_class"], uri_range)
     todo = plan_ingest(listing, images_keys, rejects_keys, retry_rejects=retry_rejects)
     known_images, known_rejects = _plain(images_keys["uri"]), _plain(rejects_keys["uri"])
     vanished_images: list[str] = []
@@ -389,7 +410,8 @@ def plan_run(
     tiled = images_keys.filter(pc.fill_null(images_keys["tiled"], False))["uri"]
     tiles_replace = _among(todo_uris | set(vanished_images), tiled)
     # A run stopped between its rejects and images commits can leave a file in both tables;
-    # the row whose key no longer matches the file goes now (this completes that run).
+    # the row whose key no longer matches the file goes now (this completes that run, for the
+    # files under these sources).
     in_both = _among(known_rejects, known_images) - todo_uris
     current_images: set[str] = set()
     if in_both:
