@@ -31,7 +31,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import unquote
@@ -105,12 +105,15 @@ def commit_files_by_uri(
     files: Sequence[str | PlacedFile],
     *,
     uris: Sequence[str] = (),
+    new_uris: Callable[[], Iterable[str]] | None = None,
     metadata: Mapping[str, Any] | None = None,
 ) -> tuple[CommitResult, frozenset[str]]:
     """Move finished Parquet `files` into `engine`'s table and drop every row whose uri is in
     `uris`, in one Delta commit; returns the result and which of `uris` the table held.
     A `PlacedFile` is in the table's folder already: it is added as it is, and stays its
-    stage's to delete if the commit fails.
+    stage's to delete if the commit fails. `new_uris` gives the uris of the rows in `files`,
+    which are dropped too; it is called only when the table exists (a first commit of a million
+    rows never holds their uris as Python strings).
 
     Old files holding only dropped uris are removed; a file mixing dropped and kept uris is
     rewritten without them. The removals are planned on one snapshot and the commit must land
@@ -229,6 +232,9 @@ def commit_files_by_uri(
                 if not engine.exists(name):
                     raise
                 # Another writer created the table first: commit into it like any other.
+
+        if new_uris is not None:  # the table exists (or another writer just created it)
+            drop.update(new_uris())
 
         def attempt() -> bool:
             nonlocal found

@@ -416,9 +416,9 @@ class LocalEngine:
         rows = write.rows if write.rows is not None and write.rows.num_rows else None
         if write.mode == "replace":
             uris = set(write.replace)
-            for keyed in (write.staged.keys() if write.staged is not None else None, rows):
-                if keyed is not None:
-                    uris.update(keyed["uri"].to_pylist())
+            if rows is not None:
+                uris.update(rows["uri"].to_pylist())
+            staged = write.staged
             scratch = None
             if rows is not None:
                 if self.remote:  # written locally, then once under its final name by the commit
@@ -435,7 +435,9 @@ class LocalEngine:
                 raise LakeImgError(f"{name}: {len(lost)} staged file(s) of this run vanished before the commit, "
                                    f"e.g. {lost[0]}; nothing was committed, run again")
             try:
-                result, _found = commit_files_by_uri(self, name, contract, files, uris=sorted(uris), metadata=write.metadata)
+                result, _found = commit_files_by_uri(
+                    self, name, contract, files, uris=sorted(uris), metadata=write.metadata,
+                    new_uris=(lambda: staged.keys()["uri"].to_pylist()) if staged is not None else None)
             finally:
                 if scratch is not None:
                     shutil.rmtree(scratch, ignore_errors=True)

@@ -350,7 +350,9 @@ class DecodedFiles:
     staged: Staged
     tiling: TilingResult
     rejects: pa.Table
-    image_uris: set[str]
+    # Every uri the run stages an image row for, in Arrow: a million of them as Python strings
+    # would cost the driver hundreds of MB.
+    image_uris: pa.Array
     relabeled: Staged | None = None
 
     def cleanup(self) -> None:
@@ -406,13 +408,14 @@ def plan_run(
             gone = known.filter(pc.invert(pc.is_in(known, value_set=listed)))
             vanished.extend(sorted(u for u in gone.to_pylist() if scope.covers(u)))
     # Old tiles go when their file changed or vanished (or failed); new ones come from tiling.
-    todo_uris = set(todo["uri"].to_pylist())
+    todo_uris = _plain(todo["uri"])  # Arrow: a first ingest reads every listed file
     tiled = images_keys.filter(pc.fill_null(images_keys["tiled"], False))["uri"]
-    tiles_replace = _among(todo_uris | set(vanished_images), tiled)
+    tiles_replace = _among(todo_uris, tiled) | _among(vanished_images, tiled)
     # A run stopped between its rejects and images commits can leave a file in both tables;
     # the row whose key no longer matches the file goes now (this completes that run, for the
     # files under these sources).
-    in_both = _among(known_rejects, known_images) - todo_uris
+    in_both = _among(known_rejects, known_images)
+    in_both -= _among(in_both, todo_uris)
     current_images: set[str] = set()
     if in_both:
         listed_keys = listing.select(_KEY_COLUMNS)
@@ -421,7 +424,7 @@ def plan_run(
     stale_images = sorted(in_both - current_images)
     changed_labels: dict[str, tuple[str | None, tuple[tuple[str, str], ...] | None]] = {}
     if (metadata is not None or relabel) and images_version is not None:
-        skip = todo_uris | set(stale_images)
+        skip = pa.concat_arrays([todo_uris, pa.array(stale_images, pa.string())])
         changed_labels = _label_changes(engine, table, images_version, listing, metadata, relabel, skip)
     return IngestRun(table, options, record, listing, todo, known_images, known_rejects,
                      vanished_images, vanished_rejects, tiles_replace,
@@ -447,7 +450,7 @@ def _with_metadata(listing: pa.Table, metadata: Metadata) -> pa.Table:
 
 
 def _label_changes(engine: Engine, table: str, version: int, listing: pa.Table, metadata: Metadata | None,
-                   relabel: bool, skip: set[str]) -> dict[str, tuple[str | None, tuple[tuple[str, str], ...] | None]]:
+                   relabel: bool, skip: pa.Array) -> dict[str, tuple[str | None, tuple[tuple[str, str], ...] | None]]:
     """Unchanged images (not in `skip`) whose stored label or attributes differ from what the
     rules give now: with `relabel` every listed image, else the ones the metadata file names
     (their label only when the file gives one).
@@ -457,8 +460,8 @@ def _label_changes(engine: Engine, table: str, version: int, listing: pa.Table, 
     """
     wanted = listing.select(["uri", "label", "attributes"])
     wanted = wanted.set_column(0, "uri", _plain(wanted["uri"]))
-    if skip:
-        wanted = wanted.filter(pc.invert(pc.is_in(wanted["uri"], value_set=pa.array(sorted(skip), pa.string()))))
+    if len(skip):
+        wanted = wanted.filter(pc.invert(pc.is_in(wanted["uri"], value_set=skip)))
     keep_stored = None  # rows whose stored label stays (the metadata file gives them none)
     if not relabel:
         named = metadata.rows if metadata is not None else {}
@@ -549,7 +552,8 @@ def decode_files(
         staged.discard()
         raise
     rejects = pa.concat_tables([as_rejects(staged.rejects()), as_rejects(tiling.rejects)])
-    image_uris = {*staged.keys()["uri"].to_pylist(), *tiling.tiled_uris}
+    image_uris = pc.unique(pa.chunked_array([_plain(staged.keys()["uri"]), pa.array(sorted(tiling.tiled_uris), pa.string())],
+                                            pa.string()).combine_chunks())
     try:
         relabeled = relabel_rows(engine, run) if run.relabel else None
     except BaseException:
@@ -625,7 +629,7 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles) -> tupl
     with run_commits(engine, record, [table, rejects_name, tiles_name]) as landed:
         # The rejects table is made with the first images commit, so SQL can name it.
         rejects = engine.commit(Write(rejects_name, table_contract("rejects"), rows=decoded.rejects, replace=frozenset(rejects_delete),
-                                      metadata=metadata, create=bool(decoded.image_uris or images_delete)))
+                                      metadata=metadata, create=bool(len(decoded.image_uris) or images_delete)))
         if rejects.committed:
             landed[rejects_name] = rejects.version
         tiles = commit_tiles(engine, table, decoded.tiling, replace_uris=run.tiles_replace, metadata=metadata)
@@ -640,8 +644,9 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles) -> tupl
             if relabeled.committed:
                 images = relabeled
                 landed[table] = relabeled.version
-        metrics = MergeMetrics.of(old=_among(decoded.image_uris | images_delete, run.known_images),
-                                  new=decoded.image_uris, deleted=images_delete)
+        replaced = _among(decoded.image_uris, run.known_images)
+        gone = _among(images_delete, run.known_images) - _among(images_delete, decoded.image_uris)
+        metrics = MergeMetrics(len(decoded.image_uris) - len(replaced), len(replaced), len(gone))
         rejects_version = engine.version(rejects_name)
         record.status = "succeeded"
         record.target_version = images.version
