@@ -16,7 +16,7 @@ from PIL import Image
 
 from lakeimg import Lake
 from lakeimg.catalog.sql import run_sql, table_refs
-from lakeimg.errors import SpecError, SqlError, TableNotFoundError
+from lakeimg.errors import LakeImgError, SpecError, SqlError, TableNotFoundError
 from lakeimg.samples import photo_like
 
 
@@ -167,6 +167,20 @@ def test_show_html_is_self_contained(lake, tmp_path):
     assert len(sources) == 2 and all(u.startswith("data:image/jpeg;base64,") for u in sources)
     for uri in sources:
         assert Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).size == (20, 20)
+
+
+def test_show_stops_reading_rows_at_its_limit(lake, tmp_path):
+    # Rows from the five-millionth on raise when computed, so the sheet exists only if the limit
+    # stopped the query in the engine instead of cutting a fully fetched result.
+    query = ("SELECT 'img' || i AS uri, NULL::BLOB AS thumbnail, "
+             "CASE WHEN i >= 5000000 THEN error('read past the limit') END AS guard FROM range(10000000) t(i)")
+    with pytest.raises(LakeImgError, match="read past the limit"):
+        lake.sql(query)
+    sheet = lake.show(query, limit=5)
+    assert len(sheet) == 5 and sheet.more
+    done = run_cli("show", "--lake", lake.path, "--out", str(tmp_path / "x.html"), "--limit", "3", query)
+    assert done.returncode == 0, done.stderr
+    assert "3 thumbnails" in done.stdout
 
 
 def test_show_needs_the_thumbnail_column(lake, tmp_path):
