@@ -323,7 +323,12 @@ def _commit(
     # the spec no longer makes.
     rejected_uris = set(rejects["uri"].to_pylist())
     gone_uris = plan.drop | rejected_uris
-    old_keys = set(zip(target_keys["uri"].to_pylist(), target_keys["variant"].to_pylist(), strict=True))
+    overwrite = target_exists and engine.arrow_schema(target).names != contract.column_names
+    # The keys of the rows this run can touch become Python tuples (all of them only when the
+    # whole table is rewritten): an incremental run over a million-row target stays small.
+    touched = target_keys if overwrite else target_keys.filter(
+        pc.is_in(target_keys["uri"], value_set=pa.array(sorted(plan.todo | gone_uris), pa.string())))
+    old_keys = set(zip(touched["uri"].to_pylist(), touched["variant"].to_pylist(), strict=True))
     delete_keys = {(u, v) for u, v in old_keys if u in gone_uris or (u in plan.todo and (u, v) not in produced)}
     existing_rejects = set(engine.read(rejects_name, columns=["uri"])["uri"].to_pylist()) if engine.exists(rejects_name) else set()
     if plan.mode in ("full", "initial", "spec_change"):
@@ -332,7 +337,6 @@ def _commit(
         rejects_delete = existing_rejects & ((plan.todo - rejected_uris) | plan.drop)
     record = RunRecord(run_id=run_id, job="transform", engine=engine.name, target_table=target, spec=spec.to_dict(),
                        started_at=started_at, inputs=[{"table": source, "version": source_version}])
-    overwrite = target_exists and engine.arrow_schema(target).names != contract.column_names
     metadata = record.commit_metadata()
     # Rejects, then the target, then the runs row: a stop in between leaves commits correct on
     # their own, and the next run (planned from the last succeeded run) redoes the rest.
@@ -355,7 +359,7 @@ def _commit(
         record.target_version = result.version
         record.outputs = [{"table": target, "version": result.version}, {"table": rejects_name, "version": rejects_version}]
         record.finished_at = utc_now()
-        record.counts = {"added": metrics.inserted, "updated": metrics.updated, "unchanged": len(old_keys) - metrics.updated - metrics.deleted,
+        record.counts = {"added": metrics.inserted, "updated": metrics.updated, "unchanged": target_keys.num_rows - metrics.updated - metrics.deleted,
                          "deleted": metrics.deleted, "rejected": rejects.num_rows}
         engine.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
     return result.version, metrics, rejects.num_rows, rejects_version
