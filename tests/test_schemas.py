@@ -91,3 +91,27 @@ def test_live_tables_match_their_contract(live_lake, table, contract):
     protocol = delta.protocol()
     assert protocol.min_reader_version == 1
     assert not (protocol.reader_features or [])
+
+
+def test_appends_go_on_when_a_later_contract_rewords_a_column_comment(tmp_path):
+    import copy
+    import dataclasses
+
+    from lakeimg.engine.delta_rs import LocalEngine
+    from lakeimg.engine.base import Write
+    from lakeimg.tables import RunRecord, utc_now
+
+    old = table_contract("runs")
+    struct = copy.deepcopy(old.struct_json)
+    commented = next(f for f in struct["fields"] if f.get("metadata", {}).get("comment"))
+    was = commented["metadata"]["comment"]
+    commented["metadata"]["comment"] = was + " (reworded)"
+    new = dataclasses.replace(old, struct_json=struct)
+    engine = LocalEngine(tmp_path)
+    for run_id, contract in (("r1", old), ("r2", new)):
+        record = RunRecord(run_id=run_id, job="ingest", engine="local", target_table="images", spec={}, started_at=utc_now())
+        engine.commit(Write("runs", contract, "append", rows=record.to_arrow()))
+    table = DeltaTable(str(tmp_path / "runs"))
+    assert sorted(table.to_pyarrow_table(columns=["run_id"])["run_id"].to_pylist()) == ["r1", "r2"]
+    field = next(f for f in json.loads(table.schema().to_json())["fields"] if f["name"] == commented["name"])
+    assert field["metadata"]["comment"] == was  # the table keeps its own comments

@@ -476,7 +476,13 @@ class LocalEngine:
         from deltalake import write_deltalake
 
         contract, schema = write.contract, write.contract.arrow_schema
-        parts = [as_contract(rows, contract)] if rows is not None else []
+        exists = self.exists(write.table)
+        if exists and write.mode == "append":
+            # Column comments are the table's: delta-rs refuses to append data whose field
+            # metadata differs, so a comment reworded in a later contract would stop every
+            # append to a table an older lakeimg created.
+            schema = pa.schema([field.remove_metadata() for field in schema])
+        parts = [as_contract(rows, contract).cast(schema)] if rows is not None else []
 
         local = [f for f in files if not isinstance(f, PlacedFile)]
         placed = [resolve(f.url, self.options) for f in files if isinstance(f, PlacedFile)]  # staged on the store
@@ -490,7 +496,6 @@ class LocalEngine:
                                           filesystem=placed[0][0]).to_batches())
             return pa.RecordBatchReader.from_batches(schema, itertools.chain.from_iterable(streams))
 
-        exists = self.exists(write.table)
         mode = {"mode": "overwrite", "schema_mode": "overwrite"} if write.mode == "overwrite" else {"mode": "append"}
         with_retries(write.table, lambda: write_deltalake(
             self.location(write.table), data(), **mode,
