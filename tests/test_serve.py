@@ -12,6 +12,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ import tifffile
 from cli_runs import ROOT, run_cli
 from PIL import Image
 
+from lakeimg.errors import LakeImgError
 from lakeimg.image.display import to_display_uint8
 from lakeimg.lake import Lake
 from lakeimg.samples import write_photo_jpegs
@@ -302,9 +304,23 @@ def test_lineage_shows_the_latest_reproduce_of_each_version(tmp_path):
         assert page.count(b'data-reproduce="mismatch"') == 1 and b"mismatch: 1 of 3 rows differ (" in page
         assert page.count(b'data-reproduce="match"') == 1  # small@0's own check stays
 
-    rows = lake.sql("SELECT job, status, target_table, target_version, counts FROM lakeimg_runs WHERE job = 'reproduce'")
-    found = sorted((r["target_table"], r["target_version"], dict(r["counts"])["differing"]) for r in rows.to_pylist())
-    assert found == [("images", 0, 1), ("small", 0, 0)] and set(rows["status"].to_pylist()) == {"succeeded"}
+        rows = lake.sql("SELECT job, status, target_table, target_version, counts FROM lakeimg_runs WHERE job = 'reproduce'")
+        found = sorted((r["target_table"], r["target_version"], dict(r["counts"])["differing"]) for r in rows.to_pylist())
+        assert found == [("images", 0, 1), ("small", 0, 0)] and set(rows["status"].to_pylist()) == {"succeeded"}
+        shown = run_cli("lineage", "small", "--lake", lake.path)
+        assert shown.returncode == 0, shown.stderr
+        assert "reproduce match: 0 of 3 rows differ" in shown.stdout and "reproduce mismatch: 1 of 3 rows differ" in shown.stdout
+
+        # A check that cannot run (the version's files are gone) is on record as failed.
+        for data_file in (Path(lake.path) / "images").glob("*.parquet"):
+            data_file.unlink()
+        with pytest.raises(LakeImgError, match="no longer readable"):
+            lake.reproduce("images", 0, workers=0)
+        _, page, _ = _get(base + "/lineage/small")
+        assert page.count(b'data-reproduce="failed"') == 1 and b"failed: the check could not run (" in page
+        assert page.count(b'data-reproduce="mismatch"') == 0 and page.count(b'data-reproduce="match"') == 1
+    status = lake.sql("SELECT status FROM lakeimg_runs WHERE job = 'reproduce' ORDER BY finished_at")["status"].to_pylist()
+    assert status == ["succeeded", "succeeded", "failed"]
     shown = run_cli("lineage", "small", "--lake", lake.path)
     assert shown.returncode == 0, shown.stderr
-    assert "reproduce match: 0 of 3 rows differ" in shown.stdout and "reproduce mismatch: 1 of 3 rows differ" in shown.stdout
+    assert "reproduce failed: the check could not run" in shown.stdout

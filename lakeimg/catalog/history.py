@@ -77,7 +77,8 @@ def run_records(engine: LocalEngine) -> dict[str, dict[str, Any]]:
 
 def reproduce_checks(engine: LocalEngine) -> dict[tuple[str, int], dict[str, Any]]:
     """The latest `reproduce` of each checked (table, version), from the runs table:
-    {result: "match" or "mismatch", rows, differing, at (finished, UTC), run_id}.
+    {result: "match", "mismatch" or "failed" (the check could not run), rows, differing,
+    at (finished, UTC), run_id}.
 
     Example:
         >>> import tempfile
@@ -86,7 +87,7 @@ def reproduce_checks(engine: LocalEngine) -> dict[tuple[str, int], dict[str, Any
     """
     latest: dict[tuple[str, int], dict[str, Any]] = {}
     for row in run_records(engine).values():
-        if row["job"] != "reproduce" or row["status"] != "succeeded" or row.get("target_version") is None:
+        if row["job"] != "reproduce" or row["status"] not in ("succeeded", "failed") or row.get("target_version") is None:
             continue
         key = (row["target_table"], int(row["target_version"]))
         if key not in latest or latest[key]["finished_at"] < row["finished_at"]:
@@ -94,7 +95,8 @@ def reproduce_checks(engine: LocalEngine) -> dict[tuple[str, int], dict[str, Any
     out = {}
     for key, row in latest.items():
         differing = int(row["counts"].get("differing") or 0)
-        out[key] = {"result": "match" if differing == 0 else "mismatch", "rows": row["counts"].get("rows"),
+        result = "failed" if row["status"] == "failed" else "match" if differing == 0 else "mismatch"
+        out[key] = {"result": result, "rows": row["counts"].get("rows"),
                     "differing": differing, "at": row["finished_at"].isoformat(timespec="seconds"), "run_id": row["run_id"]}
     return out
 

@@ -24,6 +24,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -223,6 +224,19 @@ def reproduce(
     """
     started = utc_now()
     resolved = engine.resolve_version(table, version)
+    try:
+        result = _reproduce(engine, table, resolved, scratch, workers)
+    except Exception:
+        # A check that could not run is on record too (lineage shows it failed); recording it
+        # must not hide why it failed.
+        with contextlib.suppress(Exception):
+            _record(engine, table, resolved, started, status="failed")
+        raise
+    _record(engine, table, resolved, started, result=result)
+    return result
+
+
+def _reproduce(engine: LocalEngine, table: str, resolved: int, scratch: str | None, workers: int | None) -> ReproduceResult:
     step = producing_step(engine, table, resolved)
     _require_readable(engine, table, resolved, f"{table}@{resolved}")
     extra: dict[str, Any] = {}
@@ -240,20 +254,21 @@ def reproduce(
         spec_hash=step.spec_hash, made_at_version=step.made_at_version, method=method, rows=rows,
         identical=not diffs, differing=len(diffs), differences=diffs[:_MAX_REPORTED], **extra,
     )
-    _record(engine, result, started)
     return result
 
 
-def _record(engine: LocalEngine, result: ReproduceResult, started: dt.datetime) -> None:
-    """The comparison's runs row (its only write): the version checked, and what it found."""
-    inputs = [{"table": result.table, "version": result.version}]
-    if result.input:
+def _record(engine: LocalEngine, table: str, version: int, started: dt.datetime, *,
+            result: ReproduceResult | None = None, status: str = "succeeded") -> None:
+    """The check's runs row (its only write): the version checked, and what it found (no
+    `result` when it could not run)."""
+    inputs = [{"table": table, "version": version}]
+    if result is not None and result.input:
         source = parse_table_ref(result.input)
         inputs.append({"table": source.name, "version": source.version})
-    run = RunRecord(run_id=new_run_id(), job="reproduce", engine=engine.name, target_table=result.table,
-                    spec={"table": result.table, "version": result.version}, started_at=started,
-                    target_version=result.version, inputs=inputs, sources=list(result.sources or []),
-                    counts={"rows": result.rows, "differing": result.differing}, finished_at=utc_now())
+    run = RunRecord(run_id=new_run_id(), job="reproduce", engine=engine.name, target_table=table,
+                    spec={"table": table, "version": version}, started_at=started, status=status,
+                    target_version=version, inputs=inputs, sources=list(result.sources or []) if result else [],
+                    counts={"rows": result.rows, "differing": result.differing} if result else {}, finished_at=utc_now())
     if not engine.exists(RUNS_TABLE):
         engine.create_empty(RUNS_TABLE, table_contract("runs"))
     engine.append(RUNS_TABLE, run.to_arrow(), table_contract("runs"), run.commit_metadata())

@@ -38,8 +38,9 @@ def run(args) -> int:
             print(f"{indent}  input {parent['table']}@{parent['version']}")
         if step.reproduced:
             found = step.reproduced
-            print(f"{indent}  reproduce {found['result']}: {found['differing']} of {found['rows']} rows differ"
-                  f" (at {found['at']}, run {found['run_id']})")
+            what = ("the check could not run" if found["result"] == "failed"
+                    else f"{found['differing']} of {found['rows']} rows differ")
+            print(f"{indent}  reproduce {found['result']}: {what} (at {found['at']}, run {found['run_id']})")
     return 0
 
 

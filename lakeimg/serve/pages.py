@@ -187,8 +187,8 @@ def _reproduce_text(step: Any) -> str | None:
     found = step.reproduced
     if not found:
         return f"not run: lakeimg reproduce {step.table}@{step.version}"
-    what = (f"match: {found['rows']} rows" if found["result"] == "match"
-            else f"mismatch: {found['differing']} of {found['rows']} rows differ")
+    what = {"match": f"match: {found['rows']} rows", "failed": "failed: the check could not run",
+            }.get(found["result"], f"mismatch: {found['differing']} of {found['rows']} rows differ")
     return f"{what} ({found['at']}, run {found['run_id']})"
 
 
