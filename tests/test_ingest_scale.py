@@ -132,18 +132,25 @@ def test_changing_one_file_rewrites_only_the_data_file_that_held_it(tmp_path):
     assert len(rewritten) == 1
 
 
-def test_an_incremental_transform_opens_only_the_source_files_holding_changed_rows(tmp_path):
-    """After one changed file, the transform reads the change data feed and the source rows of
-    that uri only: the source's other data files are moved away during the run and never missed."""
-    from lakeimg.jobs.transform import transform_table
-
+def _three_folder_lake(tmp_path):
+    """A lake of folders a, b, c (three PNGs each), one ingest run per folder: three data
+    files with disjoint uri ranges."""
     lake = tmp_path / "lake"
-    for name in ("a", "b", "c"):  # one run per folder: three data files, disjoint uri ranges
+    for name in ("a", "b", "c"):
         folder = tmp_path / "src" / name
         folder.mkdir(parents=True)
         for i in range(3):
             _png(folder / f"{i}.png", 10 * i + ord(name))
         ingest_files(lake, [str(folder)], workers=0)
+    return lake
+
+
+def test_an_incremental_transform_opens_only_the_source_files_holding_changed_rows(tmp_path):
+    """After one changed file, the transform reads the change data feed and the source rows of
+    that uri only: the source's other data files are moved away during the run and never missed."""
+    from lakeimg.jobs.transform import transform_table
+
+    lake = _three_folder_lake(tmp_path)
     spec = {"ops": [{"op": "resize", "width": 4, "height": 4}], "output": {"encoding": "png"}}
     assert transform_table(lake, "images", "small", spec, workers=0).added == 9
     _png(tmp_path / "src" / "b" / "1.png", 200)
@@ -168,13 +175,7 @@ def test_a_run_over_one_folder_opens_only_the_data_files_near_its_uris(tmp_path)
     """The plan reads the tables' keys only from data files whose uri statistics overlap the
     sources: the other folders' files are moved away during a no-op re-run of one folder and
     an ingest of a new one, and neither run misses them."""
-    lake = tmp_path / "lake"
-    for name in ("a", "b", "c"):  # one run per folder: three data files, disjoint uri ranges
-        folder = tmp_path / "src" / name
-        folder.mkdir(parents=True)
-        for i in range(3):
-            _png(folder / f"{i}.png", 10 * i + ord(name))
-        ingest_files(lake, [str(folder)], workers=0)
+    lake = _three_folder_lake(tmp_path)
     (tmp_path / "src" / "b" / "bad.png").write_bytes(b"not a png")  # and a reject among b's files
     ingest_files(lake, [str(tmp_path / "src" / "b")], workers=0)
     ranges = uri_ranges(LocalEngine(lake)._delta_table("images"))
