@@ -42,7 +42,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from lakeimg.engine.base import META_KEY, CommitResult, commit_metadata_json, with_retries
-from lakeimg.engine.layout import delta_file_path, row_group_rows
+from lakeimg.engine.layout import delta_file_path, dictionary_columns
 from lakeimg.engine.staged import ColumnStats, PlacedFile, Placement
 from lakeimg.errors import LakeImgError
 from lakeimg.schemas import TableContract
@@ -96,6 +96,32 @@ def file_stats(path: str | pq.ParquetFile) -> str:
     stats = ColumnStats(meta.schema_arrow)
     stats.add(meta.read(columns=stats.columns))
     return stats.json()
+
+
+def write_kept_rows(source: pq.ParquetFile, dropped: Sequence[str], contract: TableContract, path: str) -> None:
+    """Write the rows of `source` whose uri is not in `dropped` to a new Parquet file at `path`,
+    one row group at a time: the memory a rewrite needs is one row group's, not the file's,
+    and each row group keeps its size (the tiles tables' small groups stay small).
+
+    Example:
+        >>> import tempfile
+        >>> from lakeimg.schemas import TableContract
+        >>> c = TableContract("t", 1, "", {"type": "struct", "fields": [{"name": "uri", "type": "string"}]}, (), {})
+        >>> folder = tempfile.mkdtemp(); old, new = f"{folder}/old.parquet", f"{folder}/new.parquet"
+        >>> pq.write_table(pa.table({"uri": ["a", "b", "c"]}), old, row_group_size=2)
+        >>> write_kept_rows(pq.ParquetFile(old), ["b"], c, new)
+        >>> pq.read_table(new)["uri"].to_pylist(), pq.ParquetFile(new).num_row_groups
+        (['a', 'c'], 2)
+    """
+    schema = contract.arrow_schema
+    uri_type = source.schema_arrow.field("uri").type
+    value_set = pa.array(sorted(dropped), uri_type)
+    with pq.ParquetWriter(path, schema, write_page_checksum=True, use_dictionary=dictionary_columns(schema)) as writer:
+        for index in range(source.num_row_groups):
+            group = source.read_row_group(index)
+            kept = group.filter(pc.invert(pc.is_in(group["uri"], value_set=value_set)))
+            if kept.num_rows:
+                writer.write_table(as_contract(kept, contract), row_group_size=kept.num_rows)
 
 
 def commit_files_by_uri(
@@ -198,15 +224,14 @@ def commit_files_by_uri(
             found.update(held.filter(hit).to_pylist())
             actions.append(RemoveAction(relative, True, now_ms, file_size(path, options), {}))
             if not pc.all(hit).as_py():  # keep the other uris' rows in a rewritten file
-                kept = as_contract(engine.parquet_file(path).read().filter(pc.invert(hit)), contract)
                 if remote:
                     with tempfile.TemporaryDirectory(prefix="lakeimg-rewrite-") as scratch:
                         tmp = os.path.join(scratch, "rewrite.parquet")
-                        pq.write_table(kept, tmp, row_group_size=row_group_rows(kept), write_page_checksum=True)
+                        write_kept_rows(engine.parquet_file(path), wanted, contract, tmp)
                         actions.append(move_in(tmp))
                 else:
                     tmp = os.path.join(root, f".rewrite-{uuid.uuid4().hex}.parquet")
-                    pq.write_table(kept, tmp, row_group_size=row_group_rows(kept), write_page_checksum=True)
+                    write_kept_rows(engine.parquet_file(path), wanted, contract, tmp)
                     actions.append(move_in(tmp))
         return actions, found
 
