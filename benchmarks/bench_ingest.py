@@ -92,6 +92,20 @@ def bare_loop(files: list[str], workers: int, out_dir: str) -> float:
 # --- lakeimg -------------------------------------------------------------------------------
 
 
+def tree_cpu() -> float:
+    """CPU seconds of this process and of every process it started that has ended. lakeimg's
+    pool workers are the forkserver's children, so the forkserver is stopped first (it reaps
+    them, and this process reaps it); the next pool starts a new one."""
+    import multiprocessing.forkserver as forkserver
+    import resource
+
+    stop = getattr(getattr(forkserver, "_forkserver", None), "_stop", None)
+    if stop is not None:
+        stop()
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def lakeimg_ingest(src: str, workers: int, lake: str) -> tuple[float, object, int]:
     """Seconds, summary, and how far this (the driver) process's RSS rose above its start."""
     import psutil

@@ -40,6 +40,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bench_ingest import tree_cpu  # noqa: E402 - found through the path above
+
 PER_FOLDER = 1000
 DISTINCT = 300
 
@@ -82,7 +84,7 @@ def _step(lake: str, src: str, workers: int) -> dict:
     seconds = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": seconds, "added": summary.added, "updated": summary.updated, "unchanged": summary.unchanged,
-            "rss_mb": rss, "cpu_s": _tree_cpu()}
+            "rss_mb": rss, "cpu_s": tree_cpu()}
 
 
 def _transform(lake: str, _src: str, workers: int) -> dict:
@@ -94,19 +96,7 @@ def _transform(lake: str, _src: str, workers: int) -> dict:
     seconds = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"seconds": seconds, "mode": summary.mode, "added": summary.added, "updated": summary.updated,
-            "rss_mb": rss, "cpu_s": _tree_cpu()}
-
-
-def _tree_cpu() -> float:
-    """CPU seconds of this process and every process it started (the pool's workers are the
-    forkserver's children: it reaps them, and is reaped by this process once stopped)."""
-    import multiprocessing.forkserver as fs
-
-    stop = getattr(getattr(fs, "_forkserver", None), "_stop", None)
-    if stop is not None:
-        stop()
-    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+            "rss_mb": rss, "cpu_s": tree_cpu()}
 
 
 def _bare(files_from: str, out: str, workers: int) -> dict:
@@ -115,7 +105,7 @@ def _bare(files_from: str, out: str, workers: int) -> dict:
 
     files = sorted(str(p) for p in Path(files_from).rglob("*") if p.is_file())
     seconds = bare_loop(files, workers, out)
-    return {"seconds": seconds, "cpu_s": _tree_cpu()}
+    return {"seconds": seconds, "cpu_s": tree_cpu()}
 
 
 def run_step(lake: str, src: str, workers: int, step: str = "_step") -> dict:
