@@ -93,11 +93,12 @@ def test_live_tables_match_their_contract(live_lake, table, contract):
     assert not (protocol.reader_features or [])
 
 
-def test_appends_go_on_when_a_later_contract_rewords_a_column_comment(tmp_path):
+@pytest.mark.parametrize("engine_name", ["local", pytest.param("spark", marks=pytest.mark.spark)])
+def test_appends_go_on_when_a_later_contract_rewords_a_column_comment(tmp_path, engine_name, request):
     import copy
     import dataclasses
 
-    from lakeimg.engine.delta_rs import LocalEngine
+    from lakeimg.engine import open_engine
     from lakeimg.engine.base import Write
     from lakeimg.tables import RunRecord, utc_now
 
@@ -107,7 +108,8 @@ def test_appends_go_on_when_a_later_contract_rewords_a_column_comment(tmp_path):
     was = commented["metadata"]["comment"]
     commented["metadata"]["comment"] = was + " (reworded)"
     new = dataclasses.replace(old, struct_json=struct)
-    engine = LocalEngine(tmp_path)
+    spark = request.getfixturevalue("spark") if engine_name == "spark" else None
+    engine = open_engine(str(tmp_path), engine_name, spark=spark)
     for run_id, contract in (("r1", old), ("r2", new)):
         record = RunRecord(run_id=run_id, job="ingest", engine="local", target_table="images", spec={}, started_at=utc_now())
         engine.commit(Write("runs", contract, "append", rows=record.to_arrow()))

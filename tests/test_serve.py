@@ -7,6 +7,7 @@ Every page visited is saved to test-artifacts/screenshots/ (tests/browser.py).
 from __future__ import annotations
 
 import io
+import json
 import os
 import sys
 import urllib.error
@@ -175,6 +176,46 @@ def test_deep_zoom_of_a_tiled_16_bit_image_with_a_window(server, browser, demo):
     shown = canvas_rgb(browser, 120, 200)
     assert np.array_equal(shown[:, :, 0], expected[:, :, 0])
     assert np.array_equal(shown[:, :, 0], shown[:, :, 2])
+
+
+def test_deep_zoom_shows_every_page_of_a_multi_page_tiled_tiff(tmp_path, browser):
+    src = tmp_path / "src"
+    src.mkdir()
+    y, x = np.mgrid[0:500, 0:700]
+    tifffile.imwrite(src / "two.tif", ((x + y) % 256).astype(np.uint8))
+    y, x = np.mgrid[0:450, 0:600]  # a second page of another size and pattern
+    tifffile.imwrite(src / "two.tif", ((x * 3 + (y * 7) % 251) % 256).astype(np.uint8), append=True)
+    tifffile.imwrite(src / "small.tif", np.full((30, 40), 7, np.uint8))  # untiled: pages decoded whole
+    tifffile.imwrite(src / "small.tif", np.arange(200, dtype=np.uint8).reshape(10, 20), append=True)
+    lake = Lake(tmp_path / "lake")
+    lake.ingest(str(src), workers=0, tile_above_pixels=100_000, tile_size=256)
+    uri, small = sorted(lake.read("images", columns=["uri"])["uri"].to_pylist(), key=lambda u: "small" in u)
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "lakeimg.cli", "serve", "--lake", lake.path, "--port", str(port)]
+    with running_server(command, base + "/static/style.css", cwd=str(ROOT)):
+        browser.get(base + "/image/images?" + urllib.parse.urlencode({"uri": uri}))
+        wait_for_viewer(browser)
+        assert browser.execute_script("return window.lakeimgViewer.info()")["page"] == 0
+        browser.find_element("css selector", '#pages a[data-page="1"]').click()
+        wait_for_viewer(browser)
+        info = browser.execute_script("return window.lakeimgViewer.info()")
+        assert (info["page"], info["width"], info["height"], info["tiled"], info["levels"]) == (1, 600, 450, True, 3)
+        browser.execute_script("window.lakeimgViewer.goTo(0, 200, 150)")  # four tiles meet at 256, 256
+        wait_for_viewer(browser)
+        screenshot(browser, "deep-zoom-page-1")
+        expected = lake.read_region("images", uri, 200, 150, 120, 200, page=1)
+        assert not np.array_equal(expected, lake.read_region("images", uri, 200, 150, 120, 200, page=0))
+        assert np.array_equal(canvas_rgb(browser, 120, 200)[:, :, 0], expected[:, :, 0])
+        status, body, _ = _get(base + "/api/zoom/images?" + urllib.parse.urlencode({"uri": small, "page": "1"}))
+        assert status == 200 and (json.loads(body)["width"], json.loads(body)["height"]) == (20, 10)
+        status, body, _ = _get(base + "/zoom/images/0/0/0_0.png?" + urllib.parse.urlencode({"uri": small, "page": "1"}))
+        assert status == 200
+        assert np.array_equal(np.asarray(Image.open(io.BytesIO(body)).convert("L")), np.arange(200, dtype=np.uint8).reshape(10, 20))
+        status, body, _ = _get(base + "/api/zoom/images?" + urllib.parse.urlencode({"uri": uri, "page": "2"}))
+        assert status == 400 and b"page 2 does not exist" in body
+        status, _, _ = _get(base + "/zoom/images/0/0/0_0.png?" + urllib.parse.urlencode({"uri": uri, "page": "-1"}))
+        assert status == 400
 
 
 def test_lineage_page_shows_the_transform_run_and_source_version(server, browser, demo):

@@ -1,4 +1,5 @@
-"""Reading a window of an image back from the lake, tiled or not: `read_region`.
+"""Reading a window of an image back from the lake, tiled or not (`read_region`), and a whole
+page of an untiled one (`read_page`).
 
 A tiled image's window is assembled from only the tiles it touches: the tiles table is read with
 a filter on uri, page, level and tile row/column ranges, which pyarrow pushes down to Parquet row
@@ -14,6 +15,8 @@ Example:
     >>> uri = lake.read("images", columns=["uri"])["uri"][0].as_py()
     >>> read_region(LocalEngine(lake.path), "images", uri, 0, 0, 8, 4).shape
     (4, 8, 3)
+    >>> read_page(LocalEngine(lake.path), "images", uri).shape
+    (24, 32, 3)
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from lakeimg.image.pyramid import assemble_region, downsample2, level_shape
 from lakeimg.storage import read_bytes, to_uri
 from lakeimg.tables import tiles_of
 
-__all__ = ["read_region", "image_record", "tiles_as_of"]
+__all__ = ["read_region", "read_page", "image_record", "tiles_as_of"]
 
 _META = ["uri", "content_sha256", "width", "height", "channels", "dtype", "pages", "tiled", "tile_size", "levels"]
 
@@ -124,13 +127,32 @@ def read_region(
     return assemble_region(tiles, x, y, width, height, channels=first["channels"], dtype=first["dtype"])
 
 
-def _from_content(engine, table, row, x, y, width, height, level, page, version) -> np.ndarray:
+def read_page(engine: Any, table: str, uri: str, *, page: int = 0, version: VersionLike = None) -> np.ndarray:
+    """A whole page (TIFF page, DICOM frame) of an untiled image at full resolution, HWC in
+    its native dtype: a multi-page file's pages may each have their own size.
+
+    Raises:
+        SpecError: no such page, or the image is tiled (read it by windows: `read_region`).
+    """
+    row = image_record(engine, table, uri, version)
+    if page < 0 or page >= (row["pages"] or 1):
+        raise SpecError(f"{row['uri']} has {row['pages'] or 1} page(s); page {page} does not exist")
+    if row["tiled"]:
+        raise SpecError(f"{row['uri']} is stored as tiles: read it by windows (read_region)")
+    return _decoded(engine, table, row, page, version)
+
+
+def _decoded(engine, table, row, page, version) -> np.ndarray:
     data = engine.read(table, version=version, columns=["content"], filter=pc.field("uri") == row["uri"])["content"][0].as_py()
     if data is None:  # not inlined: the source file is the content (its hash is checked)
         data = read_bytes(row["uri"], getattr(engine, "options", None))  # a local file or an object
         if hashlib.sha256(data).hexdigest() != row["content_sha256"]:
             raise LakeImgError(f"{row['uri']} changed since it was ingested; re-ingest it to read it")
-    pixels = decode_image(data, row["uri"], page=page)
+    return decode_image(data, row["uri"], page=page)
+
+
+def _from_content(engine, table, row, x, y, width, height, level, page, version) -> np.ndarray:
+    pixels = _decoded(engine, table, row, page, version)
     for _ in range(level):
         pixels = downsample2(pixels)
     h, w = pixels.shape[:2]

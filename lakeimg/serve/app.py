@@ -5,9 +5,10 @@ Routes (all GET; any other method is refused with 405 before a route runs):
 
     /                                   tables: kind, rows, version, last change (`at` picks the time)
     /table/{table}                      grid: thumbnails, `where`, `sort`, `desc`, `page`
-    /image/{table}?uri=                 image page: viewer, metadata, same uri elsewhere, history
-    /api/zoom/{table}?uri=              deep-zoom descriptor (JSON)
-    /zoom/{table}/{version}/{level}/{col}_{row}.png?uri=&window=lo,hi[&z=1]   one tile (ETag, 304;
+    /image/{table}?uri=[&page=]         image page: viewer (of `page`, default 0), metadata, same uri
+                                        elsewhere, history; links to every page of a multi-page file
+    /api/zoom/{table}?uri=[&page=]      deep-zoom descriptor (JSON)
+    /zoom/{table}/{version}/{level}/{col}_{row}.png?uri=[&page=]&window=lo,hi[&z=1]   one tile (ETag, 304;
                                         z=1: deflated PNG, what the viewer asks for off loopback)
     /runs                               the runs table
     /lineage/{table | trainset:NAME}    the lineage graph (SVG drawn server-side)
@@ -52,7 +53,7 @@ from lakeimg.lake import Lake
 from lakeimg.serve import pages
 from lakeimg.serve.catalog import BadRequest, Catalog, check_uri, parse_at
 from lakeimg.serve.graph import lineage_svg
-from lakeimg.serve.zoom import RenderedTiles, TileStore, etag, parse_window, render_png
+from lakeimg.serve.zoom import RenderedTiles, TileStore, etag, parse_page, parse_window, render_png
 from lakeimg.tables import is_table_name
 
 __all__ = ["create_app", "check_bind", "serve", "is_loopback"]
@@ -169,19 +170,22 @@ def create_app(lake: Lake | str, *, token: str | None = None, loopback_only: boo
                                         per_page=per_page, error=(type(exc).__name__, str(exc).splitlines()[0])), 400)
         return html(pages.grid_page(result, version, where=where, sort=sort, descending=descending, page=page, per_page=per_page))
 
-    def image_target(request: Request) -> tuple[str, str, int, str | None]:
-        """(table, uri, version, variant) an image page or zoom descriptor asks for, checked."""
+    def image_target(request: Request) -> tuple[str, str, int, str | None, int]:
+        """(table, uri, version, variant, page) an image page or zoom descriptor asks for, checked."""
         q = request.query_params
         table = catalog.table(request.path_params["table"])
-        return table, check_uri(q.get("uri")), catalog.resolve(table, parse_at(q.get("at"))), q.get("variant") or None
+        return (table, check_uri(q.get("uri")), catalog.resolve(table, parse_at(q.get("at"))), q.get("variant") or None,
+                parse_page(q.get("page")))
 
     def image(request: Request) -> Response:
         q = request.query_params
         try:
-            table, uri, version, variant = image_target(request)
+            table, uri, version, variant, page = image_target(request)
             row = catalog.row(table, version, uri)
+            if page and page >= (row.get("pages") or 1):
+                raise BadRequest(f"{uri} has {row.get('pages') or 1} page(s); page {page} does not exist")
             try:
-                info = store.info(table, version, uri, 0, variant).to_dict()
+                info = store.info(table, version, uri, page, variant).to_dict()
             except BadRequest:
                 info = None  # a row without pixels (a reject, a run): no viewer
             body = pages.image_page(table, version, uri, row, info, catalog.elsewhere(table, uri),
@@ -192,11 +196,12 @@ def create_app(lake: Lake | str, *, token: str | None = None, loopback_only: boo
 
     def descriptor(request: Request) -> Response:
         try:
-            table, uri, version, variant = image_target(request)
-            info = store.info(table, version, uri, 0, variant).to_dict()
+            table, uri, version, variant, page = image_target(request)
+            info = store.info(table, version, uri, page, variant).to_dict()
         except LakeImgError as exc:
             return failure(exc, json_body=True)
-        params = {"uri": uri, **({"variant": variant} if variant else {}), **({"z": "1"} if compress else {})}
+        params = {"uri": uri, **({"page": str(page)} if page else {}), **({"variant": variant} if variant else {}),
+                  **({"z": "1"} if compress else {})}
         info["tile_url"] = (f"/zoom/{urllib.parse.quote(table)}/{version}/{{level}}/{{col}}_{{row}}.png?"
                             + urllib.parse.urlencode(params))
         info["scheme"] = "dzi-like: /zoom/{table}/{version}/{level}/{col}_{row}.png, level 0 = full resolution"
@@ -216,14 +221,15 @@ def create_app(lake: Lake | str, *, token: str | None = None, loopback_only: boo
                 raise BadRequest(f"tile {p['tile']!r}: use COL_ROW.png")
             version, level, col, row = int(p["version"]), int(p["level"]), int(col_text), int(row_text)
             window, variant, deflate = parse_window(q.get("window")), q.get("variant") or None, q.get("z") == "1"
-            tag = etag(table, version, uri, 0, level, col, row, window, variant, deflate)
+            page = parse_page(q.get("page"))
+            tag = etag(table, version, uri, page, level, col, row, window, variant, deflate)
             headers = {"ETag": tag, "Cache-Control": "private, max-age=86400"}
             if tag in [t.strip() for t in request.headers.get("if-none-match", "").split(",")]:
                 return Response(status_code=304, headers=headers)
             data = rendered.get(tag)
             if data is None:
                 def render() -> bytes:
-                    info = store.info(catalog.table(table), version, uri, 0, variant)
+                    info = store.info(catalog.table(table), version, uri, page, variant)
                     return render_png(store.tile(info, level, col, row), window or info.window, compress=deflate)
 
                 data = await run_in_threadpool(render)

@@ -123,10 +123,17 @@ def image_page(table: str, version: int, uri: str, row: dict[str, Any], info: di
                elsewhere: list[dict[str, Any]], history: list[dict[str, Any]], variant: str | None) -> str:
     meta = {k: v for k, v in row.items() if k not in ("exif", "dicom", "geo")}
     parts = ['<div class="image-page">']
+    page = info["page"] if info is not None else 0
+    if info is not None and (row.get("pages") or 1) > 1:
+        current = ' class="current"'
+        links = " ".join(f'<a href="{href("/image/" + table, at=version, uri=uri, variant=variant, page=p or None)}" '
+                         f'data-page="{p}"{current if p == page else ""}>{p}</a>'
+                         for p in range(row["pages"]))
+        parts.append(f'<p class="pages" id="pages">page {page} of {row["pages"]} (0 is the first): {links}</p>')
     if info is not None:
         window = info.get("window")
         parts.append(
-            f'<div class="viewer" id="viewer" data-descriptor="{href("/api/zoom/" + table, at=version, uri=uri, variant=variant)}">'
+            f'<div class="viewer" id="viewer" data-descriptor="{href("/api/zoom/" + table, at=version, uri=uri, variant=variant, page=page or None)}">'
             '<div class="viewer-controls"><button type="button" data-zoom="in">+</button> <button type="button" data-zoom="out">-</button> '
             '<button type="button" data-zoom="fit">fit</button> <span class="viewer-status" id="viewer-status"></span>'
             + ('' if window is None else
@@ -156,7 +163,8 @@ def image_page(table: str, version: int, uri: str, row: dict[str, Any], info: di
     parts.append("<h2>history of this row</h2>" + _table(history, ["version", "change", "timestamp", "job", "run_id", "content_sha256"], cls="history"))
     parts.append("</div>")
     scripts = ["/static/viewer.js"] if info is not None else []
-    return layout(uri.rsplit("/", 1)[-1] + f" in {table}@{version}", "".join(parts), at=version, keep={"uri": uri}, scripts=scripts)
+    return layout(uri.rsplit("/", 1)[-1] + f" in {table}@{version}", "".join(parts), at=version,
+                  keep={"uri": uri, "page": page or None}, scripts=scripts)
 
 
 def runs_page(runs: list[dict[str, Any]], at: Any) -> str:

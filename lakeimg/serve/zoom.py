@@ -37,11 +37,11 @@ from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.image.codecs import decode_pixels, decode_tile
 from lakeimg.image.display import display_window, to_display_uint8
 from lakeimg.image.pyramid import DEFAULT_TILE_SIZE, downsample2, level_count, level_shape
-from lakeimg.jobs.regions import image_record, read_region, tiles_as_of
+from lakeimg.jobs.regions import image_record, read_page, tiles_as_of
 from lakeimg.serve.catalog import BadRequest
 from lakeimg.tables import tiles_of
 
-__all__ = ["ImageInfo", "RenderedTiles", "TileStore", "etag", "render_png", "parse_window"]
+__all__ = ["ImageInfo", "RenderedTiles", "TileStore", "etag", "render_png", "parse_page", "parse_window"]
 
 _TILE_COLUMNS = ["data", "encoding", "x", "y", "width", "height", "channels", "dtype", "overlap"]
 _INDEX_COLUMNS = ["uri", "content_sha256", "page", "level", "tile_row", "tile_col"]
@@ -94,6 +94,21 @@ def parse_window(text: str | None) -> tuple[float, float] | None:
     if not (np.isfinite(lo) and np.isfinite(hi)) or hi <= lo:
         raise BadRequest(f"window {text!r}: low must be below high, both finite")
     return lo, hi
+
+
+def parse_page(text: str | None) -> int:
+    """A page (TIFF page, DICOM frame) number from a query; 0 for empty text. BadRequest when
+    it is not a small non-negative integer.
+
+    Example:
+        >>> parse_page("2"), parse_page(None)
+        (2, 0)
+    """
+    if not text:
+        return 0
+    if not text.isdigit() or len(text) > 6:
+        raise BadRequest(f"page {text!r}: give a page number, 0 for the first")
+    return int(text)
 
 
 def render_png(pixels: np.ndarray, window: tuple[float, float] | None, *, compress: bool = False) -> bytes:
@@ -182,16 +197,23 @@ class TileStore:
                 row = image_record(self.engine, table, uri, version)
             except Exception as exc:  # noqa: BLE001 - an unknown uri is the request's fault
                 raise BadRequest(str(exc)) from exc
-            if page != 0:
-                raise BadRequest("deep zoom shows a file's first page (page 0)")
+            pages = int(row["pages"] or 1)
+            if not 0 <= page < pages:
+                raise BadRequest(f"{uri} has {pages} page(s); page {page} does not exist")
             tiled = bool(row["tiled"])
-            if tiled:
-                height, width = row["height"], row["width"]
-            else:
-                height, width = self._full(table, version, uri, page, 0, variant).shape[:2]
+            channels, dtype = row["channels"] or 1, row["dtype"]  # the images row describes page 0
             tile_size = int(row["tile_size"]) if tiled else self.tile_size
-            levels = int(row["levels"]) if tiled else level_count(height, width, tile_size)
-            info = ImageInfo(table, version, uri, page, width, height, row["channels"] or 1, row["dtype"], tiled,
+            if tiled and page:
+                height, width, channels, dtype, levels = self._page_geometry(table, version, uri, row["content_sha256"], page)
+            elif tiled:
+                height, width, levels = row["height"], row["width"], int(row["levels"])
+            else:
+                pixels = self._full(table, version, uri, page, 0, variant)
+                height, width = pixels.shape[:2]
+                if page:
+                    channels, dtype = (pixels.shape[2] if pixels.ndim == 3 else 1), str(pixels.dtype)
+                levels = level_count(height, width, tile_size)
+            info = ImageInfo(table, version, uri, page, width, height, channels, dtype, tiled,
                              tile_size, levels, row["content_sha256"], None)
         elif "data" in names:  # a derived table
             pixels = self._full(table, version, uri, page, 0, variant)
@@ -237,6 +259,21 @@ class TileStore:
             x0, y0 = col * ts - t["x"], row * ts - t["y"]
             pixels = pixels[y0:y0 + ts, x0:x0 + ts]
         return np.ascontiguousarray(pixels)
+
+    def _page_geometry(self, table: str, version: int, uri: str, sha: str, page: int) -> tuple[int, int, int, str, int]:
+        """(height, width, channels, dtype, levels) of a tiled image's page after the first,
+        from that page's stored tiles (no pixels read): the images row describes page 0."""
+        tiles_table, tiles_version = self._tiles_snapshot(table, version)
+        tiles = self.engine.read(tiles_table, version=tiles_version,
+                                 filter=(pc.field("uri") == uri) & (pc.field("page") == page),
+                                 columns=["content_sha256", "level", "x", "y", "width", "height", "channels", "dtype"])
+        tiles = tiles.filter(pc.equal(tiles["content_sha256"], sha))
+        full = tiles.filter(pc.equal(tiles["level"], 0))
+        if not full.num_rows:
+            raise BadRequest(f"no stored tiles of {uri} page {page}")
+        width = pc.max(pc.add(full["x"], full["width"])).as_py()
+        height = pc.max(pc.add(full["y"], full["height"])).as_py()
+        return height, width, full["channels"][0].as_py() or 1, full["dtype"][0].as_py(), pc.max(tiles["level"]).as_py() + 1
 
     def _tiles_snapshot(self, table: str, version: int) -> tuple[str, int]:
         def make() -> int:
@@ -293,9 +330,8 @@ class TileStore:
                     raise BadRequest(f"{uri} is not in {table} at version {version}")
                 r = rows[0]
                 return decode_pixels(r["data"], r["encoding"], r["width"], r["height"], r["channels"], r["dtype"])
-            row = image_record(self.engine, table, uri, version)
-            if row["tiled"]:
+            if image_record(self.engine, table, uri, version)["tiled"]:
                 raise BadRequest("a tiled image is read from its tiles")
-            return read_region(self.engine, table, uri, 0, 0, row["width"], row["height"], page=page, version=version)
+            return read_page(self.engine, table, uri, page=page, version=version)
 
         return self._levels.get((table, version, uri, page, level, variant), make)
