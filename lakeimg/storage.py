@@ -919,6 +919,9 @@ def _walk_local(path: str) -> Iterator[Listed]:
         except OSError:
             yield Listed(path_to_uri(path), st.st_size, st.st_mtime_ns, ErrorClass.UNREADABLE)
             continue
+        # In name order, and folders popped in name order: a tree whose folders hold either
+        # files or folders lists in uri order, which the listing table then needs not sort.
+        files.sort(key=lambda f: f.url)
         yield from files
         below = (*ancestors, key)
-        stack.extend((os.path.join(path, name), below) for name in others)
+        stack.extend((os.path.join(path, name), below) for name in sorted(others, reverse=True))

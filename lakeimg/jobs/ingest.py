@@ -147,12 +147,25 @@ def plan_ingest(listing: pa.Table, images_keys: pa.Table, rejects_keys: pa.Table
     elif "error_class" in rejects_keys.column_names:
         transient = pc.is_in(rejects_keys["error_class"], pa.array(TRANSIENT_REJECTS, rejects_keys["error_class"].type))
         rejects_keys = rejects_keys.filter(pc.invert(pc.fill_null(transient, False)))
-    known = pa.concat_tables([images_keys.select(_KEY_COLUMNS), rejects_keys.select(_KEY_COLUMNS)]).cast(
-        listing.select(_KEY_COLUMNS).schema
-    )
-    # Joined on the keys alone: Arrow joins carry no map columns (the listing's `attributes`).
-    todo_uris = listing.select(_KEY_COLUMNS).join(known, keys=_KEY_COLUMNS, join_type="left anti")["uri"]
-    return listing.filter(pc.is_in(listing["uri"], value_set=todo_uris.combine_chunks())).sort_by("uri")
+    known = pc.or_(_unchanged(listing, images_keys), _unchanged(listing, rejects_keys))
+    return listing.filter(pc.invert(known)).sort_by("uri")
+
+
+def _unchanged(listing: pa.Table, keys: pa.Table) -> pa.Array | pa.ChunkedArray:
+    """For each listed file: whether `keys` (one row per uri) holds its uri with the same size
+    and modification time. A lookup of each listed uri in a hash of the table's uris, not a
+    join: a join copies both sides into its own rows, over twice the memory at a million."""
+    if keys.num_rows == 0:
+        return pa.nulls(listing.num_rows, pa.bool_()).fill_null(False)
+    at = pc.index_in(listing["uri"], value_set=_plain(keys["uri"]))
+    same = None
+    for column in _KEY_COLUMNS[1:]:
+        theirs = pc.take(keys[column], at)
+        if theirs.type != listing[column].type:
+            theirs = theirs.cast(listing[column].type)
+        equal = pc.equal(theirs, listing[column])
+        same = equal if same is None else pc.and_(same, equal)
+    return pc.fill_null(same, False)
 
 
 def ingest_files(

@@ -198,7 +198,7 @@ class _ListingChunks:
     """Listed files gathered as Arrow record batches of `CHUNK_ROWS` rows: a million files take
     Arrow's ~100 bytes each, never a Python object each (those live for one chunk)."""
 
-    CHUNK_ROWS = 65536
+    CHUNK_ROWS = 16384
 
     def __init__(self, label_from_path: str | None):
         self.label_from_path = label_from_path
@@ -231,12 +231,17 @@ class _ListingChunks:
         self.batches = []
         if table.num_rows < 2:
             return table
-        # Stable sort, so among duplicates (overlapping sources) the last listed one is last.
-        table = table.take(pc.sort_indices(table, [("uri", "ascending")]))
+        # A folder walk lists in uri order already: each copy skipped is ~100 bytes a file.
         uris = table["uri"]
+        if not pc.all(pc.less_equal(uris.slice(0, len(uris) - 1), uris.slice(1))).as_py():
+            # Stable sort, so among duplicates (overlapping sources) the last listed one is last.
+            table = table.take(pc.sort_indices(table, [("uri", "ascending")]))
+            uris = table["uri"]
         last = pc.not_equal(uris.slice(0, len(uris) - 1), uris.slice(1))
-        keep = pa.concat_arrays([*last.chunks, pa.array([True])]) if isinstance(last, pa.ChunkedArray) else pa.concat_arrays([last, pa.array([True])])
-        return table.filter(keep).combine_chunks()
+        if not pc.all(last).as_py():
+            keep = pa.concat_arrays([*last.chunks, pa.array([True])]) if isinstance(last, pa.ChunkedArray) else pa.concat_arrays([last, pa.array([True])])
+            table = table.filter(keep)
+        return table.combine_chunks()
 
 
 def _source_path(source: str) -> str:
