@@ -216,6 +216,8 @@ class TileStore:
             info = ImageInfo(table, version, uri, page, width, height, channels, dtype, tiled,
                              tile_size, levels, row["content_sha256"], None)
         elif "data" in names:  # a derived table
+            if page:
+                raise BadRequest(f"a row of {table} has one page; page {page} does not exist")
             pixels = self._full(table, version, uri, page, 0, variant)
             height, width = pixels.shape[:2]
             info = ImageInfo(table, version, uri, page, width, height, pixels.shape[2], str(pixels.dtype), False,
