@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import datetime as dt
 import itertools
@@ -186,15 +187,22 @@ class LocalEngine:
                 groups = _row_groups_holding(parquet, wanted) if wanted is not None else None
                 if groups == []:
                     continue
+                # Which rows to keep, for the whole file at once: a lookup per small batch would
+                # hash all of `wanted` each time (a million-row transform: quadratic).
+                keep = _rows_holding(parquet, groups, wanted) if wanted is not None else None
+                if keep is not None and not pc.any(keep).as_py():
+                    continue
                 batches = parquet.iter_batches(batch_size=batch_rows, columns=present, row_groups=groups)
+            offset = 0
             while True:
                 with _damage_as_error(name, delta.version(), path, options=self.options):
                     batch = next(batches, None)
                 if batch is None:
                     break
                 piece = pa.Table.from_batches([batch])
-                if wanted is not None:
-                    piece = piece.filter(pc.is_in(piece["uri"].cast(pa.string()), value_set=pa.array(wanted, pa.string())))
+                if keep is not None:
+                    piece = piece.filter(keep.slice(offset, piece.num_rows))
+                    offset += batch.num_rows
                     if not piece.num_rows:
                         continue
                 for c in columns:  # a column added after this file was written reads as nulls
@@ -593,6 +601,18 @@ class LocalEngine:
 
     def close(self) -> None:
         """Nothing to release (the pool lives only as long as a stage)."""
+
+
+def _rows_holding(parquet: pq.ParquetFile, groups: list[int] | None, wanted: Sequence[str]) -> pa.ChunkedArray:
+    """For each row of `groups` (None: every row group) of a data file, in order: whether its uri
+    is one of `wanted` (sorted). Only the wanted uris inside the file's own uri range are hashed."""
+    uris = parquet.read_row_groups(groups if groups is not None else range(parquet.num_row_groups), columns=["uri"])["uri"]
+    uris = uris.cast(pa.string())
+    if len(uris) == 0:
+        return pa.chunked_array([], pa.bool_())
+    low, high = pc.min(uris).as_py(), pc.max(uris).as_py()
+    inside = wanted[bisect.bisect_left(wanted, low):bisect.bisect_right(wanted, high)]
+    return pc.is_in(uris, value_set=pa.array(inside, pa.string()))
 
 
 def _row_groups_holding(parquet: pq.ParquetFile, wanted: Sequence[str]) -> list[int] | None:
