@@ -249,10 +249,11 @@ class SplitData:
             columns = keys + ["content"] + (["content_sha256"] if "content_sha256" in schema.names else [])
         else:
             raise LakeImgError(f"{self.table} has neither content nor data/encoding columns to load pixels from")
-        wanted = pa.array(sorted(set(self.uris)), pa.string())
+        # A set lookup per row: an Arrow `is_in` per batch would hash every wanted uri each time.
+        wanted = set(self.uris)
         parts = []
         for batch in engine.iter_batches(self.table, version=self.version, columns=columns, batch_rows=128):
-            mask = pc.is_in(batch.column("uri"), value_set=wanted)
+            mask = pa.array([uri in wanted for uri in batch.column("uri").to_pylist()], pa.bool_())
             if pc.any(mask).as_py():
                 part = pa.Table.from_batches([batch]).filter(mask)
                 if "content_sha256" in columns:  # hash the split's rows only: they are read anyway
