@@ -98,10 +98,11 @@ def file_stats(path: str | pq.ParquetFile) -> str:
     return stats.json()
 
 
-def write_kept_rows(source: pq.ParquetFile, dropped: Sequence[str], contract: TableContract, path: str) -> None:
-    """Write the rows of `source` whose uri is not in `dropped` to a new Parquet file at `path`,
-    one row group at a time: the memory a rewrite needs is one row group's, not the file's,
-    and each row group keeps its size (the tiles tables' small groups stay small).
+def write_kept_rows(source: pq.ParquetFile, dropped: pa.Array | pa.ChunkedArray, contract: TableContract, path: str) -> None:
+    """Write the rows of `source` not flagged in `dropped` (one bool per row of the file) to a new
+    Parquet file at `path`, one row group at a time: the memory a rewrite needs is one row
+    group's, not the file's, and each row group keeps its size (the tiles tables' small groups
+    stay small).
 
     Example:
         >>> import tempfile
@@ -109,17 +110,17 @@ def write_kept_rows(source: pq.ParquetFile, dropped: Sequence[str], contract: Ta
         >>> c = TableContract("t", 1, "", {"type": "struct", "fields": [{"name": "uri", "type": "string"}]}, (), {})
         >>> folder = tempfile.mkdtemp(); old, new = f"{folder}/old.parquet", f"{folder}/new.parquet"
         >>> pq.write_table(pa.table({"uri": ["a", "b", "c"]}), old, row_group_size=2)
-        >>> write_kept_rows(pq.ParquetFile(old), ["b"], c, new)
+        >>> write_kept_rows(pq.ParquetFile(old), pa.array([False, True, False]), c, new)
         >>> pq.read_table(new)["uri"].to_pylist(), pq.ParquetFile(new).num_row_groups
         (['a', 'c'], 2)
     """
     schema = contract.arrow_schema
-    uri_type = source.schema_arrow.field("uri").type
-    value_set = pa.array(sorted(dropped), uri_type)
+    offset = 0
     with pq.ParquetWriter(path, schema, write_page_checksum=True, use_dictionary=dictionary_columns(schema)) as writer:
         for index in range(source.num_row_groups):
             group = source.read_row_group(index)
-            kept = group.filter(pc.invert(pc.is_in(group["uri"], value_set=value_set)))
+            kept = group.filter(pc.invert(dropped.slice(offset, group.num_rows)))
+            offset += group.num_rows
             if kept.num_rows:
                 writer.write_table(as_contract(kept, contract), row_group_size=kept.num_rows)
 
@@ -218,7 +219,7 @@ def commit_files_by_uri(
             if bounds is not None and not any_between(wanted, *bounds):
                 continue  # the log's uri statistics rule this file out: it is not even opened
             held = engine.parquet_file(path).read(columns=["uri"])["uri"]
-            hit = pc.is_in(held, pa.array(sorted(drop), held.type))
+            hit = pc.is_in(held, pa.array(wanted, held.type))
             if not pc.any(hit).as_py():
                 continue
             found.update(held.filter(hit).to_pylist())
@@ -227,11 +228,11 @@ def commit_files_by_uri(
                 if remote:
                     with tempfile.TemporaryDirectory(prefix="lakeimg-rewrite-") as scratch:
                         tmp = os.path.join(scratch, "rewrite.parquet")
-                        write_kept_rows(engine.parquet_file(path), wanted, contract, tmp)
+                        write_kept_rows(engine.parquet_file(path), hit, contract, tmp)
                         actions.append(move_in(tmp))
                 else:
                     tmp = os.path.join(root, f".rewrite-{uuid.uuid4().hex}.parquet")
-                    write_kept_rows(engine.parquet_file(path), wanted, contract, tmp)
+                    write_kept_rows(engine.parquet_file(path), hit, contract, tmp)
                     actions.append(move_in(tmp))
         return actions, found
 
