@@ -89,8 +89,7 @@ def read_region(
     row = image_record(engine, table, uri, version)
     uri = row["uri"]
     levels = row["levels"] if row["tiled"] else None
-    if page < 0 or page >= (row["pages"] or 1):
-        raise SpecError(f"{uri} has {row['pages'] or 1} page(s); page {page} does not exist")
+    _check_page(row, page)
     if level < 0 or (levels is not None and level >= levels):
         raise SpecError(f"{uri} has {levels} level(s); level {level} does not exist")
     if width <= 0 or height <= 0 or x < 0 or y < 0:
@@ -135,11 +134,15 @@ def read_page(engine: Any, table: str, uri: str, *, page: int = 0, version: Vers
         SpecError: no such page, or the image is tiled (read it by windows: `read_region`).
     """
     row = image_record(engine, table, uri, version)
-    if page < 0 or page >= (row["pages"] or 1):
-        raise SpecError(f"{row['uri']} has {row['pages'] or 1} page(s); page {page} does not exist")
+    _check_page(row, page)
     if row["tiled"]:
         raise SpecError(f"{row['uri']} is stored as tiles: read it by windows (read_region)")
     return _decoded(engine, table, row, page, version)
+
+
+def _check_page(row: dict[str, Any], page: int) -> None:
+    if page < 0 or page >= (row["pages"] or 1):
+        raise SpecError(f"{row['uri']} has {row['pages'] or 1} page(s); page {page} does not exist")
 
 
 def _decoded(engine, table, row, page, version) -> np.ndarray:

@@ -34,6 +34,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from lakeimg.engine.delta_rs import LocalEngine
+from lakeimg.errors import SpecError
 from lakeimg.image.codecs import decode_pixels, decode_tile
 from lakeimg.image.display import display_window, to_display_uint8
 from lakeimg.image.pyramid import DEFAULT_TILE_SIZE, downsample2, level_count, level_shape
@@ -332,8 +333,9 @@ class TileStore:
                     raise BadRequest(f"{uri} is not in {table} at version {version}")
                 r = rows[0]
                 return decode_pixels(r["data"], r["encoding"], r["width"], r["height"], r["channels"], r["dtype"])
-            if image_record(self.engine, table, uri, version)["tiled"]:
-                raise BadRequest("a tiled image is read from its tiles")
-            return read_page(self.engine, table, uri, page=page, version=version)
+            try:  # a tiled image is read from its tiles
+                return read_page(self.engine, table, uri, page=page, version=version)
+            except SpecError as exc:
+                raise BadRequest(str(exc)) from exc
 
         return self._levels.get((table, version, uri, page, level, variant), make)
