@@ -3,8 +3,14 @@
     python benchmarks/bench_object_store.py [--files 520] [--workers N] [--latency-ms 50] [--get-threads 8]
 
 Input: `--files` generated 1024x768 photo-like JPEGs (lakeimg.samples.write_photo_jpegs), also
-uploaded to a bucket of moto's S3 server (started here on 127.0.0.1, as the tests do:
-tests/object_stores.py). Measured, each with `--workers` processes (default: all cores):
+uploaded to a bucket of an S3 server started here on 127.0.0.1: `--server moto` (the default)
+is moto's standalone server, as the tests use it (tests/object_stores.py); `--server gofakes3`
+is gofakes3 v1.2.0 (MIT, Go, in memory), built once with the Go toolchain from the Go module
+proxy into ~/.cache/lakeimg-go (or $LAKEIMG_GOFAKES3). moto is a Python server: each request
+costs it several milliseconds of CPU on the cores the ingest needs, so on a small machine the
+latency run measures moto as much as lakeimg; gofakes3 serves the same requests for a fraction
+of that CPU, closer to a real object store, which runs elsewhere. Measured, each with
+`--workers` processes (default: all cores):
 
   local -> local   lakeimg `ingest_files` from the folder into a fresh local lake.
   bare local       bench_ingest's bare loop on the folder (informational).
@@ -20,10 +26,10 @@ waits that much longer; AWS_ENDPOINT_URL points at it):
   bare S3, 1 GET   the same loop with one GET at a time per process (informational).
 
 The proxy counts the requests it passes (by HTTP method) per measurement: requests per file show
-how many round trips each file costs. Each S3 row also gives the CPU seconds the moto server
-spent on it: moto is a Python process on the same two cores, so what it costs per request and
-per byte (a multipart upload costs it several copies of the object) slows whichever side makes
-it work harder; `--log-requests FILE` appends each proxied request line
+how many round trips each file costs. Each S3 row also gives the CPU seconds the S3 server
+spent on it: the server runs on the same cores, so what it costs per request and per byte (a
+multipart upload costs moto several copies of the object) slows whichever side makes it work
+harder; `--log-requests FILE` appends each proxied request line
 (method and path, no headers) with a timestamp, to see where the latency run's time goes.
 
 Targets: S3 -> S3 >= 0.8x the bare S3 loop's throughput in both settings, and S3 -> S3 with the
@@ -34,11 +40,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import functools
 import multiprocessing
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -215,14 +223,48 @@ def bare_s3_loop(keys: list[str], out_prefix: str, conn: tuple[str, str, str, st
 
 
 def _server_process(port: int):
-    """The moto server process listening on `port` (psutil), to read its CPU time."""
+    """The S3 server process listening on `port` (psutil), to read its CPU time."""
     import psutil
 
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if "moto.server" in cmdline and str(port) in cmdline:
+        if any(str(port) in arg for arg in cmdline) and any("moto.server" in arg or "gofakes3" in arg for arg in cmdline):
             return process
-    raise RuntimeError(f"no moto server process on port {port}")
+    raise RuntimeError(f"no S3 server process on port {port}")
+
+
+GOFAKES3_MODULE = "github.com/johannesboyne/gofakes3/cmd/gofakes3@v1.2.0"
+
+
+def gofakes3_binary() -> str:
+    """$LAKEIMG_GOFAKES3, else ~/.cache/lakeimg-go/gofakes3, built there once with `go install`."""
+    found = os.environ.get("LAKEIMG_GOFAKES3")
+    if found:
+        return found
+    home = Path.home() / ".cache" / "lakeimg-go"
+    binary = home / "gofakes3"
+    if not binary.exists():
+        go = shutil.which("go") or ("/usr/local/go/bin/go" if os.path.exists("/usr/local/go/bin/go") else None)
+        if go is None:
+            raise SystemExit("--server gofakes3 needs the Go toolchain (or LAKEIMG_GOFAKES3 naming a built binary)")
+        print(f"building gofakes3 ({GOFAKES3_MODULE}) into {home} ...", flush=True)
+        subprocess.run([go, "install", GOFAKES3_MODULE], check=True, env={**os.environ, "GOBIN": str(home)})
+    return str(binary)
+
+
+@contextlib.contextmanager
+def gofakes3_server():
+    """gofakes3 on 127.0.0.1 at a free port, in memory, with the tests' S3Server interface."""
+    from object_stores import S3Server, free_port, running_server
+
+    # gofakes3 refuses the AWS SDK's default streamed (aws-chunked) uploads, which carry no
+    # Content-Length; with checksums only where an API requires them, uploads are plain PUTs.
+    os.environ["AWS_REQUEST_CHECKSUM_CALCULATION"] = "WHEN_REQUIRED"
+    os.environ["AWS_RESPONSE_CHECKSUM_VALIDATION"] = "WHEN_REQUIRED"
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    with running_server([gofakes3_binary(), "-backend", "memory", "-host", f"127.0.0.1:{port}", "-quiet"], endpoint + "/"):
+        yield S3Server(endpoint)
 
 
 def _cpu_seconds(process) -> float:
@@ -247,6 +289,7 @@ def lakeimg_ingest(src: str, lake: str, workers: int, storage_options: dict | No
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--files", type=int, default=520)
+    parser.add_argument("--server", choices=("moto", "gofakes3"), default="moto", help="the S3 server on loopback")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--latency-ms", type=float, default=50.0)
     parser.add_argument("--get-threads", type=int, default=8, help="GETs in flight per process in the bare S3 loop")
@@ -261,7 +304,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from lakeimg.samples import write_photo_jpegs
 
-    # A terminated run still stops moto and the proxy and removes its files (the finally blocks).
+    # A terminated run still stops the S3 server and the proxy and removes its files (the finally blocks).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     work = tempfile.mkdtemp(prefix="bench-object-store-")
     results: dict[str, float] = {}
@@ -274,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         files = sorted(write_photo_jpegs(src, n))
         mib = sum(os.path.getsize(f) for f in files) / 2**20
         print(f"{n} JPEGs 1024x768, {mib:.0f} MiB ({time.perf_counter() - t0:.1f} s to generate); workers={args.workers}, "
-              f"latency={args.latency_ms:g} ms, bare loop GETs in flight per process={args.get_threads}", flush=True)
+              f"server={args.server}, latency={args.latency_ms:g} ms, bare loop GETs in flight per process={args.get_threads}", flush=True)
 
         own_cpu = tree_cpu()
         results["local -> local"] = lakeimg_ingest(src, os.path.join(work, "lake-local"), args.workers, None, n)
@@ -285,11 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in ("local -> local", "bare local"):
             print(f"  {name:<22} {results[name]:7.2f} s", flush=True)
 
-        with moto_s3_server() as server:
+        with (moto_s3_server() if args.server == "moto" else gofakes3_server()) as server:
             host_port = server.endpoint.split("//", 1)[1]
-            moto_port = int(host_port.rsplit(":", 1)[1])
-            moto = _server_process(moto_port)
-            with DelayingProxy(moto_port, args.latency_ms, log_path=args.log_requests) as proxy:
+            server_port = int(host_port.rsplit(":", 1)[1])
+            server_process = _server_process(server_port)
+            with DelayingProxy(server_port, args.latency_ms, log_path=args.log_requests) as proxy:
                 bucket = server.new_bucket("bench")
                 fs = pafs.S3FileSystem(access_key=server.key_id, secret_key=server.secret, region=S3_REGION, scheme="http",
                                        endpoint_override=host_port, allow_delayed_open=True)
@@ -300,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 assert len(keys) == n, len(keys)
                 print(f"  uploaded to s3://{bucket}/src/ in {time.perf_counter() - t0:.1f} s", flush=True)
 
-                for label, port in (("as is", moto_port), (f"+{args.latency_ms:g} ms", proxy.port)):
+                for label, port in (("as is", server_port), (f"+{args.latency_ms:g} ms", proxy.port)):
                     endpoint = f"http://127.0.0.1:{port}"
                     options = {**server.storage_options, "AWS_ENDPOINT_URL": endpoint}
                     os.environ.update(options)  # the env is what a CLI user sets; options say the same
@@ -315,9 +358,9 @@ def main(argv: list[str] | None = None) -> int:
                     proxy_process = psutil.Process(proxy.process.pid)
                     for name, run in runs:
                         proxy.take_counts()
-                        server_cpu, proxy_cpu, own_cpu = _cpu_seconds(moto), _cpu_seconds(proxy_process), tree_cpu()
+                        server_cpu, proxy_cpu, own_cpu = _cpu_seconds(server_process), _cpu_seconds(proxy_process), tree_cpu()
                         results[f"{name} {label}"] = seconds = run()
-                        server_cpu = _cpu_seconds(moto) - server_cpu
+                        server_cpu = _cpu_seconds(server_process) - server_cpu
                         cpu[f"{name} {label}"] = (server_cpu + (tree_cpu() - own_cpu)
                                                   + (_cpu_seconds(proxy_process) - proxy_cpu if port == proxy.port else 0.0))
                         counted = proxy.take_counts()
@@ -325,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
                             requests[f"{name} {label}"] = counted
                         extra = ("  requests: " + ", ".join(f"{m} {c}" for m, c in sorted(counted.items()))
                                  + f" ({sum(counted.values()) / n:.2f}/file)") if counted else ""
-                        print(f"  {name + ' ' + label:<22} {seconds:7.2f} s  (moto CPU {server_cpu:5.2f} s){extra}", flush=True)
+                        print(f"  {name + ' ' + label:<22} {seconds:7.2f} s  ({args.server} CPU {server_cpu:5.2f} s){extra}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -348,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     # proxy run on the same cores as the ingest, so this bounds the ratio any client could reach.
     cores = os.cpu_count() or 1
     floor = cpu[f"S3 -> S3 {latency}"] / cores
-    print(f"CPU floor of S3 -> S3 {latency}: {cpu[f'S3 -> S3 {latency}']:.1f} CPU s (lakeimg, moto, proxy) / {cores} cores "
+    print(f"CPU floor of S3 -> S3 {latency}: {cpu[f'S3 -> S3 {latency}']:.1f} CPU s (lakeimg, {args.server}, proxy) / {cores} cores "
           f"= {floor:.2f} s, so at best {results['local -> local'] / floor:.2f}x local -> local "
           f"({cpu['local -> local']:.1f} CPU s); the bare loop's: {cpu[f'bare S3 loop {latency}']:.1f} CPU s")
     print(f"(informational) S3 -> S3 as is / local -> local: {results['local -> local'] / results['S3 -> S3 as is']:.2f}x; "

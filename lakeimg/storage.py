@@ -548,7 +548,8 @@ def check_store(url: str, storage_options: Mapping[str, str] | None = None, *, w
         info = fs.get_file_info(bucket)
         if info.type == pafs.FileType.NotFound:
             raise BucketNotFoundError(url, bucket, what=what)
-        fs.get_file_info(path)
+        if not writable and what != "source":  # a probe below, or the listing that follows, reaches the path anyway
+            fs.get_file_info(path)
         if writable:
             probe = join_url(path, f".lakeimg-write-probe-{os.getpid()}-{uuid.uuid4().hex}")
             with fs.open_output_stream(probe) as sink:

@@ -417,75 +417,98 @@ class LocalEngine:
             0
         """
         name, contract = write.table, write.contract
-        before = self.version(name)
-        if before is not None and write.mode != "overwrite":  # an overwrite replaces the schema itself
-            self._add_missing_columns(name, contract, write.metadata)
         files = [*(write.staged.files() if write.staged is not None else []), *write.files]
         rows = write.rows if write.rows is not None and write.rows.num_rows else None
-        if write.mode == "replace":
-            uris = set(write.replace)
-            if rows is not None:
-                uris.update(rows["uri"].to_pylist())
-            staged = write.staged
-            scratch = None
-            if rows is not None:
-                if self.remote:  # written locally, then once under its final name by the commit
-                    scratch = tempfile.mkdtemp(prefix="lakeimg-rows-")
-                    root = scratch
-                else:
-                    root = uri_to_path(self.location(name))
-                    os.makedirs(root, exist_ok=True)
-                files.append(os.path.join(root, f".rows-{uuid.uuid4().hex}.parquet"))
-                contracted = as_contract(rows, contract)
-                pq.write_table(contracted, files[-1], row_group_size=row_group_rows(contracted), write_page_checksum=True)
-            lost = write.staged.missing() if write.staged is not None else []
-            if lost:  # deleted by another run's cleanup of a writer it took for dead: never commit a hole
-                raise LakeImgError(f"{name}: {len(lost)} staged file(s) of this run vanished before the commit, "
-                                   f"e.g. {lost[0]}; nothing was committed, run again")
-            try:
-                result, _found = commit_files_by_uri(
-                    self, name, contract, files, uris=sorted(uris), metadata=write.metadata,
-                    new_uris=(lambda: staged.keys()["uri"].to_pylist()) if staged is not None else None)
-            finally:
-                if scratch is not None:
-                    shutil.rmtree(scratch, ignore_errors=True)
-            if write.staged is not None:
-                write.staged.handed_over()
-        elif rows is None and not files and write.mode == "append":
-            result = CommitResult(before)
-        else:
+        if rows is None and not files and (write.mode == "append" or (write.mode == "replace" and not write.replace)):
+            result = CommitResult(self.version(name))  # nothing to write: one listing of the log
+        elif write.mode != "replace":
             result = self._write(write, files, rows)
+        else:
+            result = self._replace(write, files, rows)
         if write.create and result.version is None:
             result = CommitResult(self.create_empty(name, contract, write.metadata), True)
         return result
 
-    def _add_missing_columns(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None) -> None:
+    def _replace(self, write: Write, files: list[str | PlacedFile], rows: pa.Table | None) -> CommitResult:
+        """A "replace" `Write`: staged files and rows in, the rows of their uris and
+        `write.replace` out, in one transaction (`commit_files_by_uri`)."""
+        name, contract = write.table, write.contract
+        if self.version(name) is not None:
+            self._add_missing_columns(name, contract, write.metadata)
+        uris = set(write.replace)
+        if rows is not None:
+            uris.update(rows["uri"].to_pylist())
+        staged = write.staged
+        scratch = None
+        if rows is not None:
+            if self.remote:  # written locally, then once under its final name by the commit
+                scratch = tempfile.mkdtemp(prefix="lakeimg-rows-")
+                root = scratch
+            else:
+                root = uri_to_path(self.location(name))
+                os.makedirs(root, exist_ok=True)
+            files.append(os.path.join(root, f".rows-{uuid.uuid4().hex}.parquet"))
+            contracted = as_contract(rows, contract)
+            pq.write_table(contracted, files[-1], row_group_size=row_group_rows(contracted), write_page_checksum=True)
+        lost = write.staged.missing() if write.staged is not None else []
+        if lost:  # deleted by another run's cleanup of a writer it took for dead: never commit a hole
+            raise LakeImgError(f"{name}: {len(lost)} staged file(s) of this run vanished before the commit, "
+                               f"e.g. {lost[0]}; nothing was committed, run again")
+        try:
+            result, _found = commit_files_by_uri(
+                self, name, contract, files, uris=sorted(uris), metadata=write.metadata,
+                new_uris=(lambda: staged.keys()["uri"].to_pylist()) if staged is not None else None)
+        finally:
+            if scratch is not None:
+                shutil.rmtree(scratch, ignore_errors=True)
+        if write.staged is not None:
+            write.staged.handed_over()
+        return result
+
+    def _add_missing_columns(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None,
+                             table: Any = None) -> bool:
         """Schema evolution: the contract's columns a table written under an older contract lacks
         are added (nullable, at the end) in a commit of their own before the data commit, so
         rows written before read those columns as null. A retry looks again: a concurrent
-        writer may have added them first."""
+        writer may have added them first. `table`: the table's DeltaTable, loaded already (it
+        is updated when columns are added). Returns whether any were."""
         from deltalake import Schema as DeltaSchema
 
+        added = False
+
         def add() -> None:
-            have = set(self.arrow_schema(name).names)
+            nonlocal added
+            current = table if table is not None else self._delta_table(name)
+            if added:  # a retry: see what the concurrent writer did
+                current.update_incremental()
+            have = set(current.schema().to_arrow().names)
             missing = [f for f in contract.arrow_schema if f.name not in have]
             if missing:
                 fields = DeltaSchema.from_arrow(pa.schema([f.with_nullable(True) for f in missing])).fields
-                self._delta_table(name).alter.add_columns(fields, commit_properties=_commit_properties(metadata))
+                added = True
+                current.alter.add_columns(fields, commit_properties=_commit_properties(metadata))
 
         key = (name, tuple(contract.column_names))
         if key not in self._complete:  # checked once per table and contract in this engine's life
             with_retries(name, add, _conflicts())
             self._complete.add(key)
+        return added
 
     def _write(self, write: Write, files: list[str | PlacedFile], rows: pa.Table | None) -> CommitResult:
-        """One write_deltalake commit ("append", or "overwrite" with the schema) from rows or files."""
+        """One write_deltalake commit ("append", or "overwrite" with the schema) from rows or files.
+
+        An existing table is loaded once: its schema, the snapshot the commit is made on, and
+        the version it made (on an object store each load or listing is a round trip)."""
         import pyarrow.dataset as ds
         from deltalake import write_deltalake
 
         contract, schema = write.contract, write.contract.arrow_schema
-        exists = self.exists(write.table)
-        if exists and write.mode == "append":
+        try:
+            table = self._delta_table(write.table)
+        except TableNotFoundError:
+            table = None
+        if table is not None and write.mode == "append":
+            self._add_missing_columns(write.table, contract, write.metadata, table)
             # Column comments are the table's: delta-rs refuses to append data whose field
             # metadata differs, so a comment reworded in a later contract would stop every
             # append to a table an older lakeimg created.
@@ -505,14 +528,24 @@ class LocalEngine:
             return pa.RecordBatchReader.from_batches(schema, itertools.chain.from_iterable(streams))
 
         mode = {"mode": "overwrite", "schema_mode": "overwrite"} if write.mode == "overwrite" else {"mode": "append"}
-        with_retries(write.table, lambda: write_deltalake(
-            self.location(write.table), data(), **mode,
-            configuration=None if exists else contract.properties,
-            name=None if exists else write.table.rsplit("/", 1)[-1],
-            description=None if exists else contract.description,
-            storage_options=self.storage_options, commit_properties=_commit_properties(write.metadata),
-        ), _conflicts())  # fmt: skip
-        return CommitResult(self.version(write.table), True)
+        attempts = 0
+
+        def attempt() -> None:
+            nonlocal attempts
+            if attempts and table is not None:  # another writer committed first: write on its version
+                table.update_incremental()
+            attempts += 1
+            write_deltalake(
+                table if table is not None else self.location(write.table), data(), **mode,
+                configuration=None if table is not None else contract.properties,
+                name=None if table is not None else write.table.rsplit("/", 1)[-1],
+                description=None if table is not None else contract.description,
+                storage_options=None if table is not None else self.storage_options,
+                commit_properties=_commit_properties(write.metadata),
+            )
+
+        with_retries(write.table, attempt, _conflicts())
+        return CommitResult(table.version() if table is not None else self.version(write.table), True)
 
     def changes(
         self,

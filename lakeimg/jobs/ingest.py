@@ -23,6 +23,7 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 
@@ -31,18 +32,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from lakeimg.engine._delta_txn import remove_abandoned_uploads
-from lakeimg.engine.base import Engine, MergeMetrics, SnapshotRows, Stage, Staged, Write
+from lakeimg.engine.base import (
+    CommitResult,
+    Engine,
+    MergeMetrics,
+    SnapshotRows,
+    Stage,
+    Staged,
+    Write,
+)
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import ensure_lake
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
-from lakeimg.errors import ErrorClass, SpecError
+from lakeimg.errors import ErrorClass, SpecError, TableNotFoundError
 from lakeimg.image.codecs import DEFAULT_TILE_ENCODING, TILE_ENCODINGS
 from lakeimg.image.info import default_max_decoded_bytes
 from lakeimg.image.pyramid import DEFAULT_TILE_SIZE
 from lakeimg.image.sources import DEFAULT_MAX_TILED_PIXELS, DEFAULT_TILE_ABOVE_PIXELS
 from lakeimg.jobs.listing import list_sources, source_roots, source_scope
 from lakeimg.jobs.metadata import Metadata, read_metadata
-from lakeimg.jobs.runs import run_commits
+from lakeimg.jobs.runs import prepare_run_commits, run_commits
 from lakeimg.jobs.summary import DryRunSummary, RunSummary
 from lakeimg.jobs.tiling import (
     TilingResult,
@@ -92,11 +101,12 @@ def _keys(engine: Engine, name: str, extra: Sequence[str] = (), uri_range: tuple
     """Only the key columns (and `extra`) of a table, as Arrow: a re-run never reads content.
     With `uri_range`, only the rows in it, from the data files that can hold them (read
     driver-side by delta-rs on either engine)."""
-    if not engine.exists(name):
+    try:
+        return engine.reader().read(name, columns=[*_KEY_COLUMNS, *extra], uri_range=uri_range)
+    except TableNotFoundError:
         return pa.table({"uri": pa.array([], pa.string()), "size_bytes": pa.array([], pa.int64()),
                          "modified_at": pa.array([], pa.timestamp("us", tz="UTC")),
                          **{c: pa.array([], pa.bool_() if c == "tiled" else pa.string()) for c in extra}})
-    return engine.reader().read(name, columns=[*_KEY_COLUMNS, *extra], uri_range=uri_range)
 
 
 def sources_uri_range(sources: Sequence[str], listing: pa.Table) -> tuple[str, str]:
@@ -245,8 +255,9 @@ def ingest_files(
     # The engine's object-store settings (env + options): they reach the lake and the sources.
     storage = getattr(engine, "options", None) or {}
     meta = read_metadata(os.fspath(metadata), roots=source_roots(sources), storage_options=storage) if metadata else None
-    if not dry_run:
-        ensure_lake(lake, storage)
+    # The lake's check (a probe object written and deleted: requests in a row on an object
+    # store) runs while the sources are listed; its error wins over the listing's.
+    lake_check = None if dry_run else _in_thread(ensure_lake, lake, storage)
     run_id, started_at = new_run_id(), utc_now()
     options = IngestOptions(
         run_id=run_id,
@@ -289,9 +300,13 @@ def ingest_files(
                        started_at=started_at, sources=spec["sources"])
     if not dry_run:
         engine.start_workers()  # they get ready while the sources are listed
-    run = plan_run(engine, lake, sources, table=table, label_from_path=label_from_path,
-                   sync_deletes=sync_deletes, options=options, record=record, retry_rejects=retry_rejects,
-                   metadata=meta, relabel=relabel)
+    try:
+        run = plan_run(engine, lake, sources, table=table, label_from_path=label_from_path,
+                       sync_deletes=sync_deletes, options=options, record=record, retry_rejects=retry_rejects,
+                       metadata=meta, relabel=relabel)
+    finally:
+        if lake_check is not None:
+            lake_check.result()
 
     if dry_run:
         todo = run.todo["uri"]
@@ -300,13 +315,18 @@ def ingest_files(
                              add=len(todo) - updated, update=updated, delete=run.deleted, unchanged=run.unchanged,
                              relabel=len(run.relabel))
     remove_stale_staging(lake)  # of runs killed before they could clean up
-    remove_abandoned_uploads(engine.reader())  # ... and objects they uploaded but never committed
     staging = claim_staging(lake, run_id)  # marks this run's staging as live (engine/staging.py)
     try:
+        # Neither needs a decoded file, so both run while the workers decode: the objects that
+        # runs killed before their commit uploaded are deleted (a live process's never are),
+        # and the runs-table bookkeeping is done.
+        abandoned = _in_thread(remove_abandoned_uploads, engine.reader())
+        prepared = prepare_run_commits(engine, record, _committed_tables(table))
         decoded = decode_files(engine, run, tile_options, workers=workers, on_progress=on_progress,
                                on_tile_progress=on_tile_progress)
+        abandoned.result()
         try:
-            images_version, metrics, rejects_version = commit_ingest(engine, run, decoded)
+            images_version, metrics, rejects_version = commit_ingest(engine, run, decoded, prepared)
         finally:
             decoded.cleanup()
     finally:
@@ -404,12 +424,15 @@ def plan_run(
                            storage_options=dict(options.storage))
     if metadata is not None:
         listing = _with_metadata(listing, metadata)
-    images_version = engine.version(table)
     # Only rows under the sources matter to this run: a new folder's run into a million-row
-    # table reads the keys of the few data files near that folder's uris.
+    # table reads the keys of the few data files near that folder's uris. The two tables are
+    # read side by side (on an object store each read is requests in a row).
     uri_range = sources_uri_range(sources, listing)
-    images_keys = _keys(engine, table, ["tiled"], uri_range)
-    rejects_keys = _keys(engine, rejects_of(table), ["error_class"], uri_range)
+    with ThreadPoolExecutor(3, thread_name_prefix="lakeimg-plan") as pool:
+        version_read = pool.submit(engine.version, table)
+        images_read = pool.submit(_keys, engine, table, ["tiled"], uri_range)
+        rejects_read = pool.submit(_keys, engine, rejects_of(table), ["error_class"], uri_range)
+        images_version, images_keys, rejects_keys = version_read.result(), images_read.result(), rejects_read.result()
     todo = plan_ingest(listing, images_keys, rejects_keys, retry_rejects=retry_rejects)
     known_images, known_rejects = _plain(images_keys["uri"]), _plain(rejects_keys["uri"])
     vanished_images: list[str] = []
@@ -623,15 +646,32 @@ def worker_time_limit(options: IngestOptions) -> float:
     return options.file_timeout_s + min(30.0, options.file_timeout_s + 5)
 
 
-def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles) -> tuple[int | None, MergeMetrics, int | None]:
-    """Commit a run: rejects, then tiles, then images, then the runs row that marks it complete;
-    returns (images version, images metrics, rejects version).
+def _in_thread(function: Callable[..., object], *args: object) -> Future:
+    """`function(*args)` started in a thread of its own; `.result()` joins it (and raises its error)."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="lakeimg-ingest")
+    try:
+        return pool.submit(function, *args)
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _committed_tables(table: str) -> list[str]:
+    return [table, rejects_of(table), tiles_of(table)]
+
+
+def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles,
+                  prepared: Future[None] | None = None) -> tuple[int | None, MergeMetrics, int | None]:
+    """Commit a run: rejects alongside tiles then images, then the runs row that marks it
+    complete; returns (images version, images metrics, rejects version). `prepared`: the
+    runs-table bookkeeping started by `prepare_run_commits`.
 
     Delta has no multi-table transaction, so the order makes every state a stop can leave
-    correct on its own (DEVELOPERS.md, "What a reader sees during a run"): each commit replaces
-    rows by uri, so a file is at worst in neither table (the next run reads it again) or, for
-    one run, in both (the next run's plan drops the stale row). A failure undoes nothing; see
-    `run_commits`.
+    correct on its own (DEVELOPERS.md, "What a reader sees during a run"): tiles land before
+    the images rows that point at them, and each commit replaces rows by uri, so whichever of
+    the rejects and images commits lands first, a file is at worst in neither table (the next
+    run reads it again) or, for one run, in both (the next run's plan drops the stale row).
+    The rejects commit runs in a thread beside the other two: on an object store each commit
+    is a dozen requests in a row. A failure undoes nothing; see `run_commits`.
     """
     table, record = run.table, run.record
     rejects_name, tiles_name = rejects_of(table), tiles_of(table)
@@ -639,28 +679,31 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles) -> tupl
     reject_uris = set(decoded.rejects["uri"].to_pylist())
     images_delete = {*run.vanished_images, *run.stale_images, *_among(reject_uris, run.known_images)}
     rejects_delete = {*run.vanished_rejects, *run.stale_rejects, *_among(decoded.image_uris, run.known_rejects)}
-    with run_commits(engine, record, [table, rejects_name, tiles_name]) as landed:
+    with run_commits(engine, record, _committed_tables(table), prepared) as landed, \
+            ThreadPoolExecutor(1, thread_name_prefix="lakeimg-rejects") as beside:
         # The rejects table is made with the first images commit, so SQL can name it.
-        rejects = engine.commit(Write(rejects_name, table_contract("rejects"), rows=decoded.rejects, replace=frozenset(rejects_delete),
-                                      metadata=metadata, create=bool(len(decoded.image_uris) or images_delete)))
-        if rejects.committed:
-            landed[rejects_name] = rejects.version
-        tiles = commit_tiles(engine, table, decoded.tiling, replace_uris=run.tiles_replace, metadata=metadata)
-        if tiles.committed:
-            landed[tiles_name] = tiles.version
-        images = engine.commit(Write(table, table_contract("images"), staged=decoded.staged, rows=decoded.tiling.image_rows,
-                                     replace=frozenset(images_delete), metadata=metadata))
-        if images.committed:
-            landed[table] = images.version
-        if decoded.relabeled is not None:  # unchanged images' new labels: rows copied, not decoded
-            relabeled = engine.commit(Write(table, table_contract("images"), staged=decoded.relabeled, metadata=metadata))
-            if relabeled.committed:
-                images = relabeled
-                landed[table] = relabeled.version
+        rejects_commit = beside.submit(engine.commit, Write(
+            rejects_name, table_contract("rejects"), rows=decoded.rejects, replace=frozenset(rejects_delete),
+            metadata=metadata, create=bool(len(decoded.image_uris) or images_delete)))
+        try:
+            tiles = commit_tiles(engine, table, decoded.tiling, replace_uris=run.tiles_replace, metadata=metadata)
+            if tiles.committed:
+                landed[tiles_name] = tiles.version
+            images = engine.commit(Write(table, table_contract("images"), staged=decoded.staged,
+                                         rows=decoded.tiling.image_rows, replace=frozenset(images_delete), metadata=metadata))
+            if images.committed:
+                landed[table] = images.version
+            if decoded.relabeled is not None:  # unchanged images' new labels: rows copied, not decoded
+                relabeled = engine.commit(Write(table, table_contract("images"), staged=decoded.relabeled, metadata=metadata))
+                if relabeled.committed:
+                    images = relabeled
+                    landed[table] = relabeled.version
+        finally:  # what landed is known (and recorded) whichever commit fails
+            rejects = _landed_result(rejects_commit, landed, rejects_name)
         replaced = _among(decoded.image_uris, run.known_images)
         gone = _among(images_delete, run.known_images) - _among(images_delete, decoded.image_uris)
         metrics = MergeMetrics(len(decoded.image_uris) - len(replaced), len(replaced), len(gone))
-        rejects_version = engine.version(rejects_name)
+        rejects_version = rejects.version if rejects.version is not None else engine.version(rejects_name)
         record.status = "succeeded"
         record.target_version = images.version
         record.outputs = [{"table": table, "version": images.version}, {"table": rejects_name, "version": rejects_version}]
@@ -673,3 +716,11 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles) -> tupl
             record.counts["relabeled"] = len(run.relabel)
         engine.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
     return images.version, metrics, rejects_version
+
+
+def _landed_result(commit: Future[CommitResult], landed: dict[str, int], table: str) -> CommitResult:
+    """The result of a commit made in a thread, recorded in `landed` once it committed."""
+    result = commit.result()
+    if result.committed:
+        landed[table] = result.version
+    return result

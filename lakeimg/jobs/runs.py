@@ -11,17 +11,18 @@ import contextlib
 import datetime as dt
 import json
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
 
 from lakeimg._version import __version__
 from lakeimg.engine.staging import staging_is_live
-from lakeimg.errors import PartialRunError
+from lakeimg.errors import PartialRunError, TableNotFoundError
 from lakeimg.schemas import table_contract
 from lakeimg.tables import RUNS_TABLE, RunRecord, utc_now
 
-__all__ = ["record_unfinished_runs", "run_commits"]
+__all__ = ["prepare_run_commits", "record_unfinished_runs", "run_commits"]
 
 # Commits per table a run looks back through for runs that never wrote their row.
 _UNFINISHED_LOOKBACK = 50
@@ -45,10 +46,8 @@ def record_unfinished_runs(engine: Any, tables: Sequence[str], *, current_run_id
     """
     known: set[str] | None = None  # the runs table's run ids, read only once a table has commits to check
     found: dict[str, dict[str, Any]] = {}
-    for table in tables:
-        if not engine.exists(table):
-            continue
-        for entry in engine.history(table, _UNFINISHED_LOOKBACK):
+    for table, entries in zip(tables, _in_threads(lambda t: _recent_commits(engine, t), tables), strict=True):
+        for entry in entries:
             meta = entry.get("lakeimg")
             run_id = meta.get("run_id") if isinstance(meta, dict) else None
             if not run_id or run_id == current_run_id or meta.get("job") not in ("ingest", "transform"):
@@ -68,6 +67,47 @@ def record_unfinished_runs(engine: Any, tables: Sequence[str], *, current_run_id
     rows = [_incomplete_record(run["meta"], run["outputs"]).to_arrow() for run in found.values()]
     engine.append(RUNS_TABLE, pa.concat_tables(rows), table_contract("runs"), {"job": "record_unfinished_runs"})
     return sorted(found)
+
+
+def _recent_commits(engine: Any, table: str) -> list[dict[str, Any]]:
+    try:
+        return engine.history(table, _UNFINISHED_LOOKBACK)
+    except TableNotFoundError:
+        return []
+
+
+def _in_threads(function: Any, items: Sequence[Any]) -> list[Any]:
+    """`function` over `items` in threads: on an object store each call is a few requests in a
+    row, and waiting for them one table after another adds their latencies."""
+    if len(items) <= 1:
+        return [function(item) for item in items]
+    with ThreadPoolExecutor(len(items), thread_name_prefix="lakeimg-runs") as pool:
+        return list(pool.map(function, items))
+
+
+def _before_commits(engine: Any, tables: Sequence[str], run_id: str) -> None:
+    if not engine.exists(RUNS_TABLE):
+        engine.create_empty(RUNS_TABLE, table_contract("runs"))
+    record_unfinished_runs(engine, tables, current_run_id=run_id)
+
+
+def prepare_run_commits(engine: Any, record: RunRecord, tables: Sequence[str]) -> Future[None]:
+    """Start `run_commits`' first step in a thread, for a job to overlap it with its own work
+    (reading and decoding files) and pass to `run_commits` as `prepared`. It writes nothing but
+    the runs table (made if missing) and `incomplete` rows of earlier runs, so a job that fails
+    before its commits leaves nothing of its own behind.
+
+    Example:
+        >>> from lakeimg.engine.delta_rs import LocalEngine
+        >>> import tempfile
+        >>> record = RunRecord(run_id="r1", job="ingest", engine="local", target_table="images", spec={}, started_at=utc_now())
+        >>> prepare_run_commits(LocalEngine(tempfile.mkdtemp()), record, ["images"]).result()
+    """
+    pool = ThreadPoolExecutor(1, thread_name_prefix="lakeimg-runs")
+    try:
+        return pool.submit(_before_commits, engine, list(tables), record.run_id)
+    finally:
+        pool.shutdown(wait=False)
 
 
 def _incomplete_record(meta: dict[str, Any], outputs: dict[str, int]) -> RunRecord:
@@ -91,12 +131,13 @@ def _incomplete_record(meta: dict[str, Any], outputs: dict[str, int]) -> RunReco
 
 
 @contextlib.contextmanager
-def run_commits(engine: Any, record: RunRecord, tables: Sequence[str]) -> Iterator[dict[str, int]]:
+def run_commits(engine: Any, record: RunRecord, tables: Sequence[str],
+                prepared: Future[None] | None = None) -> Iterator[dict[str, int]]:
     """The bookkeeping around a run's commits to `tables` (a `LocalEngine` writes the runs table).
 
     Before: the runs table exists (a lake whose runs table cannot be written fails here, before
     any data commit) and runs that committed to `tables` without a row are recorded
-    `incomplete`. Yields a dict the job fills with table -> version as its commits land; the
+    `incomplete` (done here, or already started by `prepare_run_commits` as `prepared`). Yields a dict the job fills with table -> version as its commits land; the
     job's last step is its own runs row. If the job fails after a commit landed, nothing is
     undone (another writer may have committed on top): the run is recorded `failed` with what
     landed and a `PartialRunError` is raised (a Ctrl-C stays a KeyboardInterrupt).
@@ -109,9 +150,10 @@ def run_commits(engine: Any, record: RunRecord, tables: Sequence[str]) -> Iterat
         ...     landed
         {}
     """
-    if not engine.exists(RUNS_TABLE):
-        engine.create_empty(RUNS_TABLE, table_contract("runs"))
-    record_unfinished_runs(engine, tables, current_run_id=record.run_id)
+    if prepared is not None:
+        prepared.result()
+    else:
+        _before_commits(engine, tables, record.run_id)
     landed: dict[str, int] = {}
     try:
         yield landed
