@@ -253,7 +253,7 @@ def commit_files_by_uri(
                     configuration=contract.properties, storage_options=engine.storage_options,
                     commit_properties=CommitProperties(custom_metadata=custom),
                 )
-                return CommitResult(engine.version(name), True), frozenset()
+                return CommitResult(0, True), frozenset()  # mode="error": this call made version 0
             except Exception:
                 if not engine.exists(name):
                     raise

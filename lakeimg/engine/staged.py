@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -114,6 +115,11 @@ class Placement:
     storage_options: Mapping[str, str]
 
 
+def _delete_quietly(url: str, storage_options: Mapping[str, str] | None) -> None:
+    with contextlib.suppress(OSError):
+        delete_file(url, storage_options)
+
+
 class StagedParquet:
     """Rows streamed to Parquet files in a local staging folder (path or file:// URI), in a
     table contract's schema: a job's output is written as it comes and never has to fit in
@@ -140,6 +146,7 @@ class StagedParquet:
         self._written = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = self._pending_bytes = 0
+        self._tidying: threading.Thread | None = None
 
     def write(self, rows: pa.Table | pa.RecordBatch) -> None:
         """Append rows (any column order; cast to the contract's schema)."""
@@ -222,17 +229,23 @@ class StagedParquet:
             return [p.url for p, lost in zip(self.placed, pool.map(gone, [p.url for p in self.placed]), strict=True) if lost]
 
     def handed_over(self) -> None:
-        """The placed files were committed: they are the table's now, and the manifest goes."""
+        """The placed files were committed: they are the table's now, and the manifest goes.
+
+        Only tidying (a manifest this process leaves behind is removed by the next run's
+        cleanup), so its requests run in a thread while the job goes on; `discard` waits for it."""
         written, self.files, self.placed = bool(self.files), [], []
         if self.placement is not None and written:
-            with contextlib.suppress(OSError):
-                delete_file(self.placement.manifest, self.placement.storage_options)
+            self._tidying = threading.Thread(target=_delete_quietly, name="lakeimg-manifest",
+                                             args=(self.placement.manifest, self.placement.storage_options))
+            self._tidying.start()
 
     def discard(self) -> None:
         """Remove the staging folder and what is left in it (after the commit, or a failure),
         then its parents while they are empty, up to the lake's `_lakeimg` folder. Placed files
         not handed over to a commit are deleted, then their manifest."""
         self._pending = []
+        if self._tidying is not None:
+            self._tidying.join()
         try:
             self._close_file()
         except OSError:

@@ -44,17 +44,20 @@ def record_unfinished_runs(engine: Any, tables: Sequence[str], *, current_run_id
         >>> record_unfinished_runs(LocalEngine(tempfile.mkdtemp()), ["images"], current_run_id="x")
         []
     """
-    known: set[str] | None = None  # the runs table's run ids, read only once a table has commits to check
     found: dict[str, dict[str, Any]] = {}
-    for table, entries in zip(tables, _in_threads(lambda t: _recent_commits(engine, t), tables), strict=True):
+    # Each table's recent commits and the runs table's run ids are read side by side: on an
+    # object store each read is a few requests in a row.
+    with ThreadPoolExecutor(len(tables) + 1, thread_name_prefix="lakeimg-runs") as pool:
+        recent = [pool.submit(_recent_commits, engine, table) for table in tables]
+        recorded = pool.submit(_recorded_run_ids, engine)
+        histories = [future.result() for future in recent]
+        known = recorded.result()
+    for table, entries in zip(tables, histories, strict=True):
         for entry in entries:
             meta = entry.get("lakeimg")
             run_id = meta.get("run_id") if isinstance(meta, dict) else None
             if not run_id or run_id == current_run_id or meta.get("job") not in ("ingest", "transform"):
                 continue
-            if known is None:
-                known = (set(engine.read(RUNS_TABLE, columns=["run_id"])["run_id"].to_pylist())
-                         if engine.exists(RUNS_TABLE) else set())
             if run_id in known:
                 continue
             if run_id not in found and staging_is_live(engine.lake, run_id):
@@ -76,13 +79,11 @@ def _recent_commits(engine: Any, table: str) -> list[dict[str, Any]]:
         return []
 
 
-def _in_threads(function: Any, items: Sequence[Any]) -> list[Any]:
-    """`function` over `items` in threads: on an object store each call is a few requests in a
-    row, and waiting for them one table after another adds their latencies."""
-    if len(items) <= 1:
-        return [function(item) for item in items]
-    with ThreadPoolExecutor(len(items), thread_name_prefix="lakeimg-runs") as pool:
-        return list(pool.map(function, items))
+def _recorded_run_ids(engine: Any) -> set[str]:
+    try:
+        return set(engine.read(RUNS_TABLE, columns=["run_id"])["run_id"].to_pylist())
+    except TableNotFoundError:
+        return set()
 
 
 def _before_commits(engine: Any, tables: Sequence[str], run_id: str) -> None:
