@@ -254,6 +254,10 @@ class Engine(Protocol):
 
     name: EngineName
     lake: str
+    # Whether commits to different tables may run at once in threads of one process: a job
+    # overlaps them on an object store, where each commit is requests in a row. delta-spark takes
+    # a commit's userMetadata from session settings, which threads would share, so Spark says no.
+    commits_in_threads: bool
 
     def location(self, name: str) -> str:
         """Where a table lives (`LAKE/<table>`)."""

@@ -81,6 +81,7 @@ class LocalEngine:
     """delta-rs handle for one lake (`lakeimg.engine.base.Engine`); `workers` processes map kernels."""
 
     name = "local"
+    commits_in_threads = True  # each delta-rs commit carries its own metadata
 
     def __init__(self, lake: str | os.PathLike[str], *, workers: int | None = None,
                  storage_options: Mapping[str, str] | None = None):

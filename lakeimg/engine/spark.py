@@ -642,6 +642,7 @@ class SparkEngine:
     """
 
     name = "spark"
+    commits_in_threads = False  # userMetadata is a session setting (`_user_metadata`)
 
     def __init__(
         self,

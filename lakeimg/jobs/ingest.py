@@ -670,8 +670,8 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles,
     the images rows that point at them, and each commit replaces rows by uri, so whichever of
     the rejects and images commits lands first, a file is at worst in neither table (the next
     run reads it again) or, for one run, in both (the next run's plan drops the stale row).
-    The rejects commit runs in a thread beside the other two: on an object store each commit
-    is a dozen requests in a row. A failure undoes nothing; see `run_commits`.
+    The rejects commit runs in a thread beside the other two (where the engine's
+    `commits_in_threads` allows): on an object store each commit is a dozen requests in a row. A failure undoes nothing; see `run_commits`.
     """
     table, record = run.table, run.record
     rejects_name, tiles_name = rejects_of(table), tiles_of(table)
@@ -682,9 +682,10 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles,
     with run_commits(engine, record, _committed_tables(table), prepared) as landed, \
             ThreadPoolExecutor(1, thread_name_prefix="lakeimg-rejects") as beside:
         # The rejects table is made with the first images commit, so SQL can name it.
-        rejects_commit = beside.submit(engine.commit, Write(
-            rejects_name, table_contract("rejects"), rows=decoded.rejects, replace=frozenset(rejects_delete),
-            metadata=metadata, create=bool(len(decoded.image_uris) or images_delete)))
+        rejects_write = Write(rejects_name, table_contract("rejects"), rows=decoded.rejects, replace=frozenset(rejects_delete),
+                              metadata=metadata, create=bool(len(decoded.image_uris) or images_delete))
+        rejects_commit = (beside.submit(engine.commit, rejects_write) if engine.commits_in_threads
+                          else _done(engine.commit(rejects_write)))
         try:
             tiles = commit_tiles(engine, table, decoded.tiling, replace_uris=run.tiles_replace, metadata=metadata)
             if tiles.committed:
@@ -716,6 +717,12 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles,
             record.counts["relabeled"] = len(run.relabel)
         engine.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
     return images.version, metrics, rejects_version
+
+
+def _done(result: CommitResult) -> Future[CommitResult]:
+    done: Future[CommitResult] = Future()
+    done.set_result(result)
+    return done
 
 
 def _landed_result(commit: Future[CommitResult], landed: dict[str, int], table: str) -> CommitResult:

@@ -92,11 +92,12 @@ def _before_commits(engine: Any, tables: Sequence[str], run_id: str) -> None:
     record_unfinished_runs(engine, tables, current_run_id=run_id)
 
 
-def prepare_run_commits(engine: Any, record: RunRecord, tables: Sequence[str]) -> Future[None]:
+def prepare_run_commits(engine: Any, record: RunRecord, tables: Sequence[str]) -> Future[None] | None:
     """Start `run_commits`' first step in a thread, for a job to overlap it with its own work
     (reading and decoding files) and pass to `run_commits` as `prepared`. It writes nothing but
     the runs table (made if missing) and `incomplete` rows of earlier runs, so a job that fails
-    before its commits leaves nothing of its own behind.
+    before its commits leaves nothing of its own behind. None (`run_commits` does the step
+    itself) on an engine whose commits must not run in threads (`Engine.commits_in_threads`).
 
     Example:
         >>> from lakeimg.engine.delta_rs import LocalEngine
@@ -104,6 +105,8 @@ def prepare_run_commits(engine: Any, record: RunRecord, tables: Sequence[str]) -
         >>> record = RunRecord(run_id="r1", job="ingest", engine="local", target_table="images", spec={}, started_at=utc_now())
         >>> prepare_run_commits(LocalEngine(tempfile.mkdtemp()), record, ["images"]).result()
     """
+    if not engine.commits_in_threads:
+        return None
     pool = ThreadPoolExecutor(1, thread_name_prefix="lakeimg-runs")
     try:
         return pool.submit(_before_commits, engine, list(tables), record.run_id)
