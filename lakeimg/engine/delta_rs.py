@@ -467,12 +467,12 @@ class LocalEngine:
         return result
 
     def _add_missing_columns(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None,
-                             table: Any = None) -> bool:
+                             table: Any = None) -> None:
         """Schema evolution: the contract's columns a table written under an older contract lacks
         are added (nullable, at the end) in a commit of their own before the data commit, so
         rows written before read those columns as null. A retry looks again: a concurrent
         writer may have added them first. `table`: the table's DeltaTable, loaded already (it
-        is updated when columns are added). Returns whether any were."""
+        is updated when columns are added)."""
         from deltalake import Schema as DeltaSchema
 
         added = False
@@ -493,7 +493,6 @@ class LocalEngine:
         if key not in self._complete:  # checked once per table and contract in this engine's life
             with_retries(name, add, _conflicts())
             self._complete.add(key)
-        return added
 
     def _write(self, write: Write, files: list[str | PlacedFile], rows: pa.Table | None) -> CommitResult:
         """One write_deltalake commit ("append", or "overwrite" with the schema) from rows or files.
