@@ -91,7 +91,7 @@ def test_a_lake_written_by_the_previous_code_is_read_and_merged_into(tmp_path):
     # images v2 added `decoder`: the table gained the column, new rows carry it, old rows read null
     decoders = {r["uri"]: r["decoder"] for r in lake.read("images", columns=["uri", "decoder", "tiled"]).to_pylist()
                 if not r["tiled"]}
-    assert decoders[(src / "extra9.png").as_uri()] == decoders[(src / "extra0.png").as_uri()] == "pillow"
+    assert decoders[(src / "extra9.png").as_uri()] == decoders[(src / "extra0.png").as_uri()] == "opencv"
     assert kept and all(decoders[u] is None for u in kept if u in decoders)
     assert "decoder" not in lake.read("images", version=0).column_names
 

@@ -198,14 +198,14 @@ LANDS = {
     "ojpeg.tif": (_old_style_jpeg(), "pillow", _pillow_pixels),
     "u24_gray.tif": (_bits(U24_GRAY, 24), "tifffile", _tifffile_pixels),
     "u24_rgb.tif": (_bits(U24_RGB, 24), "tifffile", _tifffile_pixels),
-    "row_1xN.png": (_png(RNG.integers(0, 255, (1, 700), dtype=np.uint8)), "pillow", _pillow_pixels),
-    "col_Nx1.png": (_png(RNG.integers(0, 255, (700, 1), dtype=np.uint8)), "pillow", _pillow_pixels),
+    "row_1xN.png": (_png(RNG.integers(0, 255, (1, 700), dtype=np.uint8)), "opencv", _pillow_pixels),
+    "col_Nx1.png": (_png(RNG.integers(0, 255, (700, 1), dtype=np.uint8)), "opencv", _pillow_pixels),
     "row_1xN.tif": (_tiff(RNG.random((1, 900)).astype(np.float32)), "tifffile", _tifffile_pixels),
     "col_Nx1.tif": (_tiff(RNG.integers(0, 60000, (900, 1, 3), dtype=np.uint16)), "tifffile", _tifffile_pixels),
     "one_pixel.tif": (_tiff(np.array([[7]], np.int64)), "tifffile", _tifffile_pixels),
-    "café_日本.png": (_png(RNG.integers(0, 255, (9, 11, 3), dtype=np.uint8)), "pillow", _pillow_pixels),
-    # ingest only needs a thumbnail of a JPEG (its bytes are the content): Pillow's DCT-scaled draft
-    "plain.jpg": (_jpeg(RNG.integers(0, 255, (16, 24, 3), dtype=np.uint8)), "pillow", _cv2_pixels),
+    "café_日本.png": (_png(RNG.integers(0, 255, (9, 11, 3), dtype=np.uint8)), "opencv", _pillow_pixels),
+    # 8-bit PNGs and plain JPEGs: Pillow reads the header, OpenCV the pixels (the same samples)
+    "plain.jpg": (_jpeg(RNG.integers(0, 255, (16, 24, 3), dtype=np.uint8)), "opencv", _cv2_pixels),
     "thunderscan.tif": (_thunderscan(RNG.integers(0, 16, (5, 8), dtype=np.uint8)), "pillow", _pillow_pixels),
     "layered.psd": (_psd_with_an_off_canvas_layer(RNG.integers(0, 255, (6, 7, 3), dtype=np.uint8)), "pillow",
                     _pillow_pixels),
@@ -303,7 +303,7 @@ def test_a_claiming_codec_that_fails_falls_back_to_the_format_chain():
             raise ValueError("cannot")
 
     data = _png(np.full((3, 4), 9, np.uint8))
-    assert read_image(data, "x.png", codecs=[Broken()]).decoder == "pillow"
+    assert read_image(data, "x.png", codecs=[Broken()]).decoder == "opencv"
     with pytest.raises(ImageDecodeError) as info:
         read_image(b"II*\x00" + b"\xff" * 64, "x.tif", codecs=[Broken()])
     assert info.value.message.startswith("broken-plugin refused (corrupt: ValueError: cannot)")

@@ -3,7 +3,8 @@
 Pure: no Spark, no Delta. Each format has a chain of readers, tried in order until one decodes
 the file (`_readers`; the winner's name is `DecodedImage.decoder`). Pillow reads the common
 formats; tifffile reads every TIFF (any dtype, float16, BigTIFF, compressed through imagecodecs)
-and Pillow the TIFFs it refuses; OpenCV reads 16-bit PNGs, which Pillow squeezes to 8 bits;
+and Pillow the TIFFs it refuses; OpenCV reads 16-bit PNGs, which Pillow squeezes to 8 bits,
+and the pixels of plain JPEGs and 8-bit PNGs, where it is faster than Pillow;
 pydicom (with the pylibjpeg plugins) reads DICOM (`lakeimg.image.dicom`). EXIF/TIFF orientation
 is applied, so `width` and `height` are as displayed and `decode_image(content)`
 returns the displayed pixels. `probe_image` reads the same header facts without the pixels.
@@ -47,6 +48,8 @@ __all__ = [
     "binary_file",
     "decode_image",
     "decode_plain_jpeg",
+    "decode_plain_png",
+    "draft_scale",
     "exif_orientation",
     "geotiff_info",
     "open_tiff",
@@ -134,7 +137,8 @@ def _readers(data: bytes, uri: str, limits: tuple[int | None, int | None], previ
     DICOM: pydicom alone (Pillow reads no DICOM). TIFF: tifffile (every dtype, BigTIFF, every
     imagecodecs compression), then Pillow (libtiff: YCbCr-subsampled LZW/deflate, old-style
     JPEG, ThunderScan). 16-bit PNG: OpenCV (keeps 16 bits), then Pillow. Everything else:
-    Pillow, whose JPEG path decodes plain JPEGs through OpenCV (`decode_plain_jpeg`).
+    Pillow, which reads the header and hands plain JPEGs and 8-bit PNGs to OpenCV for the
+    pixels (`decode_plain_jpeg`, `decode_plain_png`).
     """
     pillow = ("pillow", lambda: _read_pillow(data, uri, limits=limits, preview=preview))
     kind = sniff_format(data[:132], uri)
@@ -386,10 +390,11 @@ def _read_pillow(data: bytes, uri: str, *, limits: tuple[int | None, int | None]
         im = Image.open(io.BytesIO(data), formats=_pillow_formats(data))
         header, orientation = _pillow_header(im)
         check_decoded_size(uri, *im.size, header.channels, header.dtype, max_bytes=limits[0], max_pixels=limits[1])
-        arr = None if preview else decode_plain_jpeg(im, data)
+        scale = draft_scale(im.size, (preview, preview)) if preview else 1
+        arr = decode_plain_jpeg(im, data, scale) if im.format == "JPEG" else decode_plain_png(im, data)
         decoder = "opencv" if arr is not None else "pillow"
         if arr is None:
-            if preview and im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
+            if scale > 1 and im.format == "JPEG" and im.mode in ("RGB", "L", "YCbCr"):
                 im.draft(im.mode, (preview, preview))
             im.load()
             arr = _pillow_array(im, header.mode, header.channels, header.dtype)
@@ -426,6 +431,44 @@ def decode_plain_jpeg(im: Image.Image, data: bytes | memoryview, scale: int = 1)
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), flags)
     if arr is None or arr.shape[:2] != (-(-im.height // scale), -(-im.width // scale)):
         return None
+    return as_hwc(arr)
+
+
+def draft_scale(size: tuple[int, int], want: tuple[int, int]) -> int:
+    """The DCT scale (8, 4, 2 or 1) at which Pillow's JPEG `draft(mode, want)` decodes an image
+    of `size`: the largest that keeps both sides at least `want`'s.
+
+    Example:
+        >>> draft_scale((1024, 768), (256, 256)), draft_scale((64, 64), (256, 256))
+        (2, 1)
+    """
+    fits = min(size[0] // max(1, want[0]), size[1] // max(1, want[1]))
+    return next((s for s in (8, 4, 2) if fits >= s), 1)
+
+
+_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+
+
+def decode_plain_png(im: Image.Image, data: bytes | memoryview) -> np.ndarray | None:
+    """Pixels of a complete 8-bit gray, RGB or RGBA PNG through OpenCV, else None (use Pillow).
+
+    PNG is lossless, so both libraries give the same samples (tests/test_decode_png.py); for a
+    small image OpenCV takes about a third of Pillow's time, which decodes into its own buffer
+    and copies out. Palettes, transparency chunks, other bit depths, animations and ICC
+    profiles (libpng prints warnings about odd ones on stderr) keep the Pillow path, as does a
+    file without its end chunk (Pillow's messages name what is wrong with it).
+    """
+    if (im.format != "PNG" or im.mode not in ("L", "RGB", "RGBA") or data[24] != 8 or bytes(data[-12:]) != _PNG_END
+            or "transparency" in im.info or "icc_profile" in im.info or getattr(im, "n_frames", 1) != 1):
+        return None
+    import cv2
+
+    arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED | cv2.IMREAD_IGNORE_ORIENTATION)
+    channels = len(im.mode)
+    if arr is None or arr.shape[:2] != (im.height, im.width) or (arr.shape[2] if arr.ndim == 3 else 1) != channels:
+        return None
+    if channels > 1:
+        arr = cv2.cvtColor(arr, cv2.COLOR_BGR2RGB if channels == 3 else cv2.COLOR_BGRA2RGBA)
     return as_hwc(arr)
 
 

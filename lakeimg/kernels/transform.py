@@ -34,7 +34,7 @@ from PIL import Image
 
 from lakeimg.errors import ErrorClass, ImageDecodeError
 from lakeimg.image.codecs import encode_pixels
-from lakeimg.image.decode import decode_image, decode_plain_jpeg, exif_orientation
+from lakeimg.image.decode import decode_image, decode_plain_jpeg, draft_scale, exif_orientation
 from lakeimg.image.info import apply_orientation, as_hwc
 from lakeimg.image.ops import FeatureOp, ImageTransformer
 from lakeimg.kernels._batches import batch_rows, result_schema, warm_up_kernel
@@ -154,8 +154,7 @@ def _reduced_jpeg(content: bytes | memoryview, need: tuple[int, int]) -> np.ndar
         return None
     orientation = exif_orientation(im)
     want = need if orientation < 5 else (need[1], need[0])  # the stored image is transposed
-    fits = min(im.size[0] // max(1, want[0]), im.size[1] // max(1, want[1]))
-    scale = next((s for s in (8, 4, 2) if fits >= s), 1)
+    scale = draft_scale(im.size, want)
     if scale == 1:
         return None  # not even a 1/2 scale fits: a full decode is what is needed
     arr = decode_plain_jpeg(im, content, scale)
