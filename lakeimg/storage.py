@@ -66,9 +66,9 @@ from lakeimg.errors import (
 
 __all__ = [
     "SOURCE_BUFFER_BYTES", "Listed", "NotRegularFileError", "TimeLimitExceeded", "check_store", "delete_file", "exists", "file_size",
-    "has_scheme", "is_remote", "is_secret_option", "join_url", "list_children", "list_files", "local_path_or_none",
+    "has_scheme", "is_remote", "is_secret_option", "join_url", "keep_alarm_handler", "list_children", "list_files", "local_path_or_none",
     "normalized_storage_options", "open_input", "open_output", "open_source", "open_regular_file", "parse_storage_options",
-    "path_to_uri", "printable", "read_bytes", "redact", "remove_prefix", "resolve", "sha256_of", "storage_error",
+    "path_to_uri", "printable", "read_bytes", "read_regular_file", "redact", "remove_prefix", "resolve", "sha256_of", "storage_error",
     "storage_scheme", "time_limit", "to_uri", "upload", "uri_to_path", "write_bytes",
 ]
 
@@ -200,15 +200,47 @@ def open_regular_file(path: str):
         ...     handle.read()
         b''
     """
-    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    fd, _size = _open_regular_fd(path)
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise NotRegularFileError(errno.EINVAL, "not a regular file", path)
         os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
     except BaseException:
         os.close(fd)
         raise
+
+
+def _open_regular_fd(path: str) -> tuple[int, int]:
+    """A read-only descriptor of a regular file (see `open_regular_file`) and its size."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise NotRegularFileError(errno.EINVAL, "not a regular file", path)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st.st_size
+
+
+def read_regular_file(path: str) -> bytes:
+    """A local regular file's whole bytes, refusing anything else without blocking (as
+    `open_regular_file`), with no file object around the descriptor: for many small files that
+    object cost more than the read.
+
+    Example:
+        >>> import tempfile
+        >>> path = os.path.join(tempfile.mkdtemp(), "a.bin"); write_bytes(path, b"abc")
+        >>> read_regular_file(path)
+        b'abc'
+    """
+    fd, size = _open_regular_fd(path)
+    try:  # O_NONBLOCK does not apply to regular files; read until EOF, in case the file grew
+        parts = []
+        while chunk := os.read(fd, max(size + 1, 1 << 16)):
+            parts.append(chunk)
+    finally:
+        os.close(fd)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class NotRegularFileError(OSError):
@@ -653,6 +685,23 @@ def open_source(url: str, storage_options: Mapping[str, str] | None = None):
     return open_input(url, storage_options, buffer_size=SOURCE_BUFFER_BYTES)
 
 
+_ALARM_KEPT = False  # set in lakeimg's own worker processes (`keep_alarm_handler`)
+_alarm_seconds = 0.0  # the limit `time_limit` armed, for the handler's message
+
+
+def _on_alarm(_signum, _frame):
+    raise TimeLimitExceeded(f"took longer than {_alarm_seconds:g} s")
+
+
+def keep_alarm_handler() -> None:
+    """Install `time_limit`'s SIGALRM handler for good in this process, so each limit only arms
+    a timer (swapping the handler in and out cost more than decoding a tiny image). Only for
+    lakeimg's own worker processes: other processes keep their own handler between limits."""
+    global _ALARM_KEPT
+    signal.signal(signal.SIGALRM, _on_alarm)
+    _ALARM_KEPT = True
+
+
 @contextlib.contextmanager
 def time_limit(seconds: float):
     """Raise `TimeLimitExceeded` in the block once `seconds` pass (0: no limit).
@@ -667,20 +716,19 @@ def time_limit(seconds: float):
         ...
         lakeimg.storage.TimeLimitExceeded: took longer than 0.01 s
     """
+    global _alarm_seconds
     if seconds <= 0 or threading.current_thread() is not threading.main_thread():
         yield
         return
-
-    def on_alarm(_signum, _frame):
-        raise TimeLimitExceeded(f"took longer than {seconds:g} s")
-
-    previous = signal.signal(signal.SIGALRM, on_alarm)
+    previous = None if _ALARM_KEPT else signal.signal(signal.SIGALRM, _on_alarm)
+    _alarm_seconds = seconds
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        if not _ALARM_KEPT:
+            signal.signal(signal.SIGALRM, previous)
 
 
 def read_bytes(url: str, storage_options: Mapping[str, str] | None = None, *, time_limit_s: float = 0) -> bytes:
@@ -696,8 +744,12 @@ def read_bytes(url: str, storage_options: Mapping[str, str] | None = None, *, ti
         >>> read_bytes(path_to_uri(path), time_limit_s=60)
         b'abc'
     """
-    with time_limit(time_limit_s), open_input(url, storage_options) as handle:
-        return handle.read()
+    local = local_path_or_none(url)
+    with time_limit(time_limit_s):
+        if local is not None:
+            return read_regular_file(local)
+        with open_input(url, storage_options) as handle:
+            return handle.read()
 
 
 def sha256_of(url: str, storage_options: Mapping[str, str] | None = None) -> str:

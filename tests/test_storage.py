@@ -322,6 +322,34 @@ def test_a_time_limit_stops_a_read_that_takes_too_long(tmp_path):
     assert read_bytes(str(big), time_limit_s=600)[-4:] == b"\0" * 4  # a limit that is not reached changes nothing
 
 
+def test_a_worker_keeps_the_alarm_handler_and_its_limits_still_fire():
+    """lakeimg's own workers install the handler once; each limit then only arms a timer."""
+    import subprocess
+    import sys
+
+    script = (
+        "import signal, time\n"
+        "from lakeimg.engine.pool import start_worker\n"
+        "from lakeimg.storage import TimeLimitExceeded, time_limit\n"
+        "start_worker()\n"
+        "kept = signal.getsignal(signal.SIGALRM)\n"
+        "fired = 0\n"
+        "for _ in range(3):\n"
+        "    try:\n"
+        "        with time_limit(0.01):\n"
+        "            time.sleep(5)\n"
+        "    except TimeLimitExceeded:\n"
+        "        fired += 1\n"
+        "    with time_limit(5):\n"
+        "        pass\n"
+        "time.sleep(0.05)  # a limit left behind would fire here\n"
+        "print(fired, signal.getsignal(signal.SIGALRM) is kept)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["3", "True"]
+
+
 def test_listing_streams_and_sees_every_name(tmp_path):
     root = os.fsencode(tmp_path / "src")
     names = {os.fsencode(n) for n in HOSTILE_NAMES[1:]} | set(NON_UTF8_NAMES)

@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from lakeimg.errors import ErrorClass, LakeImgError, PoolError
 from lakeimg.image._settings import configure_worker
-from lakeimg.storage import delete_file, open_input, open_output, remove_prefix
+from lakeimg.storage import delete_file, keep_alarm_handler, open_input, open_output, remove_prefix
 
 __all__ = ["isolated_kernel", "map_kernel", "remove_stale_spools"]
 
@@ -130,10 +130,11 @@ def keep_freed_memory() -> None:
 
 def start_worker() -> None:
     """Set up one of lakeimg's own worker processes (the pool's initializer, forked children):
-    keep freed memory, and keep lakeimg's image-library settings for good in it (the importing
-    process never gets them; see `lakeimg.image._settings`)."""
+    keep freed memory, and keep lakeimg's image-library settings and its time-limit handler for
+    good in it (the importing process never gets them; see `lakeimg.image._settings`)."""
     keep_freed_memory()
     configure_worker()
+    keep_alarm_handler()
 
 
 def _rechunk(pieces: Iterable[pa.Table | pa.RecordBatch], batch_rows: int) -> Iterator[pa.RecordBatch]:

@@ -172,7 +172,7 @@ def _read_first(uri: str, readers: list[tuple[str, Any]]) -> DecodedImage:
         except Exception as exc:  # noqa: BLE001 - every decoder failure becomes a typed reject
             error = ImageDecodeError(uri, _classify(exc), f"{type(exc).__name__}: {exc}")
         else:
-            return dataclasses.replace(decoded, decoder=decoded.decoder or name)
+            return decoded if decoded.decoder else dataclasses.replace(decoded, decoder=name)
         refusals.append((name, error))
         if error.error_class in _FINAL:
             break

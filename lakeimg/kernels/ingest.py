@@ -60,6 +60,7 @@ from lakeimg.storage import (
     local_path_or_none,
     open_source,
     read_bytes,
+    read_regular_file,
     sha256_of,
     time_limit,
 )
@@ -173,21 +174,22 @@ def _ingest_one_file(listing: dict[str, Any], options: IngestOptions, codecs: It
     if listing.get("kind"):
         return _reject(listing, ImageDecodeError(uri, listing["kind"], _KIND_MESSAGES.get(listing["kind"], listing["kind"])),
                           None, options)
+    path = local_path_or_none(uri)
     try:
         data = _source_bytes(uri, options, fetched) if fetched is not None else None
     except ImageDecodeError as exc:
         return _reject(listing, exc, None, options)
-    if data is None and _read_first(listing, options):
+    if data is None and path is not None and _read_first(listing, options):
         try:  # a small local file is read whole anyway: its header is checked from the bytes
-            data = _source_bytes(uri, options)
+            data = _source_bytes(uri, options, path=path)
         except ImageDecodeError as exc:
             return _reject(listing, exc, None, options)
-    huge = None if data is not None and _surely_small(data, options) else _huge_header(listing, options, data)
+    huge = None if data is not None and _surely_small(data, options) else _huge_header(listing, options, data, path)
     if huge is not None:
         return _tiled_row(listing, huge, options)
     try:
         if data is None:
-            data = _source_bytes(uri, options)
+            data = _source_bytes(uri, options, path=path)
         sha = hashlib.sha256(data).hexdigest()
         with time_limit(options.file_timeout_s):
             decoded = read_image(data, uri, max_bytes=options.max_decoded_bytes, max_pixels=options.max_pixels,
@@ -254,10 +256,13 @@ _KIND_MESSAGES = {
 }
 
 
-def _source_bytes(uri: str, options: IngestOptions, fetched: Future[bytes] | None = None) -> bytes:
-    """A source file's bytes (read now, or by `fetched`), or the reject of a file that cannot be read."""
+def _source_bytes(uri: str, options: IngestOptions, fetched: Future[bytes] | None = None, path: str | None = None) -> bytes:
+    """A source file's bytes (read now, or by `fetched`), or the reject of a file that cannot be
+    read. `path`: the local path of `uri`, when it is a local file."""
     try:
-        return fetched.result() if fetched is not None else read_bytes(uri, dict(options.storage))
+        if fetched is not None:
+            return fetched.result()
+        return read_regular_file(path) if path is not None else read_bytes(uri, dict(options.storage))
     except FileNotFoundError as exc:
         raise ImageDecodeError(uri, ErrorClass.UNREADABLE, f"file vanished before it was read: {exc}") from exc
     except NotRegularFileError as exc:
@@ -266,13 +271,14 @@ def _source_bytes(uri: str, options: IngestOptions, fetched: Future[bytes] | Non
         raise ImageDecodeError(uri, ErrorClass.UNREADABLE, f"{type(exc).__name__}: {exc}") from exc
 
 
-def _huge_header(listing: dict[str, Any], options: IngestOptions, data: bytes | None = None) -> DecodedImage | None:
+def _huge_header(listing: dict[str, Any], options: IngestOptions, data: bytes | None = None,
+                 path: str | None = None) -> DecodedImage | None:
     """The header of a file to tile (too many pixels or bytes, or above the memory limit), or
-    None to ingest it whole. `data`: the file's bytes when they were already fetched."""
+    None to ingest it whole. `data`: the file's bytes when they were already fetched; `path`:
+    the local path of a local file."""
     if options.tile_above_pixels <= 0:
         return None
     uri = listing["uri"]
-    path = local_path_or_none(uri)
     # stat never blocks; open() of a FIFO swapped in after listing would (the read path refuses it).
     if path is not None and not os.path.isfile(path):
         return None
@@ -297,9 +303,9 @@ _MAX_PIXEL_BYTES = 8
 
 
 def _read_first(listing: dict[str, Any], options: IngestOptions) -> bool:
+    """Whether a local file is read before its header is looked at (see `_READ_FIRST_BYTES`)."""
     size = int(listing.get("size_bytes") or 0)
-    return (options.tile_above_pixels > 0 and size <= min(_READ_FIRST_BYTES, options.inline_max_bytes)
-            and local_path_or_none(listing["uri"]) is not None)
+    return options.tile_above_pixels > 0 and size <= min(_READ_FIRST_BYTES, options.inline_max_bytes)
 
 
 def _surely_small(data: bytes, options: IngestOptions) -> bool:
