@@ -11,6 +11,7 @@ from cli_runs import run_cli
 from test_catalog import SPEC_A, SPEC_B, write_pngs
 
 from lakeimg import Lake
+from lakeimg.engine.base import Write
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.jobs.transform import transform_table
 
@@ -142,3 +143,38 @@ def test_compaction_keeps_small_tile_row_groups(engine_name, request, tmp_path):
     assert meta.num_rows > 3 * TILES_PER_ROW_GROUP
     assert max(meta.row_group(i).num_rows for i in range(meta.num_row_groups)) <= TILES_PER_ROW_GROUP
     assert np.array_equal(Lake(lake.path).read_region("images", (src / "big0.tif").as_uri(), 100, 200, 300, 200), region)
+
+
+def test_appends_still_write_checkpoints_and_clean_logs_only_with_them(tmp_path):
+    """lakeimg's own commits skip delta-rs' expired-log listing except when a checkpoint is due."""
+    from deltalake import DeltaTable
+
+    from lakeimg.engine._delta_txn import post_commit_hooks
+    from lakeimg.schemas import table_contract
+
+    engine = LocalEngine(tmp_path / "lake")
+    contract = table_contract("rejects")
+    engine.create_empty("r", contract)
+    engine.set_table_properties("r", {"delta.checkpointInterval": "3"})  # version 1
+    log = tmp_path / "lake" / "r" / "_delta_log"
+    hooks = []
+    for i in range(4):
+        table = DeltaTable(str(tmp_path / "lake" / "r"))
+        hooks.append((table.version() + 1, post_commit_hooks(table).cleanup_expired_logs))
+        engine.commit(Write("r", contract, "append", rows=_reject_rows(contract, f"file:///x{i}.png")))
+    assert engine.version("r") == 5
+    # delta-rs checkpoints version v when v + 1 is a multiple of the interval; None: its default cleanup
+    assert hooks == [(2, None), (3, False), (4, False), (5, None)]
+    assert sorted(p.name for p in log.glob("*.checkpoint.parquet")) == [
+        "00000000000000000002.checkpoint.parquet", "00000000000000000005.checkpoint.parquet"]
+
+
+def _reject_rows(contract, uri):
+    import datetime as dt
+
+    import pyarrow as pa
+
+    row = {f.name: None for f in contract.arrow_schema}
+    row.update(uri=uri, size_bytes=1, modified_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc), error_class="corrupt",
+               error_message="x", run_id="r", rejected_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc))
+    return pa.Table.from_pylist([row]).select([f.name for f in contract.arrow_schema])

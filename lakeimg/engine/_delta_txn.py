@@ -134,13 +134,15 @@ def commit_files_by_uri(
     uris: Sequence[str] = (),
     new_uris: Callable[[], Iterable[str]] | None = None,
     metadata: Mapping[str, Any] | None = None,
+    table_exists: bool | None = None,
 ) -> tuple[CommitResult, frozenset[str]]:
     """Move finished Parquet `files` into `engine`'s table and drop every row whose uri is in
     `uris`, in one Delta commit; returns the result and which of `uris` the table held.
     A `PlacedFile` is in the table's folder already: it is added as it is, and stays its
     stage's to delete if the commit fails. `new_uris` gives the uris of the rows in `files`,
     which are dropped too; it is called only when the table exists (a first commit of a million
-    rows never holds their uris as Python strings).
+    rows never holds their uris as Python strings). `table_exists`: whether the table existed
+    when the caller looked (None: look it up here; on an object store each look is a request).
 
     Old files holding only dropped uris are removed; a file mixing dropped and kept uris is
     rewritten without them. The removals are planned on one snapshot and the commit must land
@@ -153,7 +155,9 @@ def commit_files_by_uri(
     from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
     drop = set(uris)
-    if not files and (not drop or not engine.exists(name)):
+    if table_exists is None:
+        table_exists = engine.exists(name)
+    if not files and (not drop or not table_exists):
         return CommitResult(engine.version(name)), frozenset()
     location = engine.location(name)
     remote = is_remote(location)
@@ -236,7 +240,6 @@ def commit_files_by_uri(
                     actions.append(move_in(tmp))
         return actions, found
 
-    before = engine.version(name)
     found: set[str] = set()
     try:
         if remote and len(uploads) > 1:
@@ -245,7 +248,7 @@ def commit_files_by_uri(
                 adds = list(pool.map(move_in, files))
         else:
             adds = [move_in(path) for path in files]
-        if before is None:
+        if not table_exists:
             try:
                 create_table_with_add_actions(
                     engine.location(name), DeltaSchema.from_arrow(contract.arrow_schema), adds, mode="error",
@@ -271,7 +274,8 @@ def commit_files_by_uri(
                 return False
             try:
                 table.create_write_transaction(actions, mode="append", schema=contract.arrow_schema,
-                                               commit_properties=CommitProperties(custom_metadata=custom, max_commit_retries=0))
+                                               commit_properties=CommitProperties(custom_metadata=custom, max_commit_retries=0),
+                                               post_commithook_properties=post_commit_hooks(table))
             except CommitFailedError:
                 for action in actions:  # this attempt's rewritten files (the new files stay)
                     if isinstance(action, AddAction) and action not in adds:
@@ -288,6 +292,28 @@ def commit_files_by_uri(
     if manifest is not None:
         _remove_manifest(manifest, options)
     return CommitResult(engine.version(name), committed), frozenset(found)
+
+
+def post_commit_hooks(table: Any) -> Any:
+    """delta-rs' steps after a commit on `table` (a loaded DeltaTable): a checkpoint whenever
+    one is due, as by default, but the listing that deletes expired log files only with that
+    checkpoint, as delta-spark does, not after every commit (on an object store it is one more
+    request in a row at the end of every commit). None when no table is loaded.
+
+    Example:
+        >>> import tempfile, pyarrow as pa
+        >>> from deltalake import DeltaTable, write_deltalake
+        >>> path = tempfile.mkdtemp(); write_deltalake(path, pa.table({"a": [1]}))
+        >>> post_commit_hooks(DeltaTable(path)).cleanup_expired_logs
+        False
+    """
+    if table is None:
+        return None
+    from deltalake import PostCommitHookProperties
+
+    interval = int(table.metadata().configuration.get("delta.checkpointInterval") or 100)
+    due = (table.version() + 2) % max(1, interval) == 0  # delta-rs checkpoints version v when v + 1 is a multiple
+    return PostCommitHookProperties(create_checkpoint=True, cleanup_expired_logs=None if due else False)
 
 
 def uri_ranges(table: Any) -> dict[str, tuple[str, str]]:

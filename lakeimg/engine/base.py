@@ -309,6 +309,11 @@ class Engine(Protocol):
         so that it gets ready while the driver lists and plans; nothing to wait for."""
         ...
 
+    def preload(self, name: str) -> None:
+        """Start reading what the next append to table `name` needs (its latest snapshot) in the
+        background, while the job commits elsewhere; nothing to wait for, nothing if it fails."""
+        ...
+
     def stage(self, stage: Stage) -> Staged:
         """Map the stage's kernel over its inputs; its output stays staged until a commit."""
         ...

@@ -24,6 +24,7 @@ import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -36,6 +37,7 @@ from lakeimg.engine._delta_txn import (
     begin_placement,
     cast_to_schema,
     commit_files_by_uri,
+    post_commit_hooks,
     uri_ranges,
 )
 from lakeimg.engine.base import (
@@ -95,6 +97,7 @@ class LocalEngine:
         self.storage_options = self.options if self.remote else None
         # (table, contract columns) known to hold every column of the contract (_add_missing_columns)
         self._complete: set[tuple[str, tuple[str, ...]]] = set()
+        self._preloaded: dict[str, Future[Any]] = {}  # table -> its DeltaTable being loaded (`preload`)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -382,21 +385,27 @@ class LocalEngine:
     # --- writing -------------------------------------------------------------------------
 
     def create_empty(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
-        """Create a table with the contract's schema and properties (no rows); no-op if it exists."""
+        """Create a table with the contract's schema and properties (no rows); no-op if it
+        exists. Returns the table's version."""
         from deltalake import Schema as DeltaSchema
         from deltalake.transaction import create_table_with_add_actions
 
         # Not DeltaTable.create: it loads the new table again only to hand it back, a round of
-        # requests per table on an object store.
-        created = not self.exists(name)
-        create_table_with_add_actions(
-            self.location(name), DeltaSchema.from_arrow(contract.arrow_schema), [], mode="ignore",
-            name=name.rsplit("/", 1)[-1], description=contract.description, configuration=contract.properties,
-            storage_options=self.storage_options, commit_properties=_commit_properties(metadata),
-        )
-        if created:  # by this call or a concurrent twin: either way from this contract
-            self._complete.add((name, tuple(contract.column_names)))
-        return int(self.version(name))
+        # requests per table on an object store. mode="error" says whether this call made
+        # version 0, so neither a look before nor a listing after is needed.
+        try:
+            create_table_with_add_actions(
+                self.location(name), DeltaSchema.from_arrow(contract.arrow_schema), [], mode="error",
+                name=name.rsplit("/", 1)[-1], description=contract.description, configuration=contract.properties,
+                storage_options=self.storage_options, commit_properties=_commit_properties(metadata),
+            )
+        except Exception:
+            version = self.version(name)
+            if version is None:  # not "it exists already": the store or the path refused
+                raise
+            return version
+        self._complete.add((name, tuple(contract.column_names)))
+        return 0
 
     def append(self, name: str, rows: pa.Table, contract: TableContract, metadata: Mapping[str, Any] | None = None) -> int:
         """Append rows (creating the table on first write); returns the new version."""
@@ -434,12 +443,21 @@ class LocalEngine:
         """A "replace" `Write`: staged files and rows in, the rows of their uris and
         `write.replace` out, in one transaction (`commit_files_by_uri`)."""
         name, contract = write.table, write.contract
-        if self.version(name) is not None:
+        staged = write.staged
+        # Two independent looks, side by side (on an object store each is a round trip): is the
+        # table there, and is every file this run placed on the store still there.
+        with ThreadPoolExecutor(1, thread_name_prefix="lakeimg-placed") as pool:
+            lost = pool.submit(staged.missing) if staged is not None else None
+            exists = self.version(name) is not None
+            lost_files = lost.result() if lost is not None else []
+        if lost_files:  # deleted by another run's cleanup of a writer it took for dead: never commit a hole
+            raise LakeImgError(f"{name}: {len(lost_files)} staged file(s) of this run vanished before the commit, "
+                               f"e.g. {lost_files[0]}; nothing was committed, run again")
+        if exists:
             self._add_missing_columns(name, contract, write.metadata)
         uris = set(write.replace)
         if rows is not None:
             uris.update(rows["uri"].to_pylist())
-        staged = write.staged
         scratch = None
         if rows is not None:
             if self.remote:  # written locally, then once under its final name by the commit
@@ -451,13 +469,9 @@ class LocalEngine:
             files.append(os.path.join(root, f".rows-{uuid.uuid4().hex}.parquet"))
             contracted = as_contract(rows, contract)
             pq.write_table(contracted, files[-1], row_group_size=row_group_rows(contracted), write_page_checksum=True)
-        lost = write.staged.missing() if write.staged is not None else []
-        if lost:  # deleted by another run's cleanup of a writer it took for dead: never commit a hole
-            raise LakeImgError(f"{name}: {len(lost)} staged file(s) of this run vanished before the commit, "
-                               f"e.g. {lost[0]}; nothing was committed, run again")
         try:
             result, _found = commit_files_by_uri(
-                self, name, contract, files, uris=sorted(uris), metadata=write.metadata,
+                self, name, contract, files, uris=sorted(uris), metadata=write.metadata, table_exists=exists,
                 new_uris=(lambda: staged.keys()["uri"].to_pylist()) if staged is not None else None)
         finally:
             if scratch is not None:
@@ -494,6 +508,27 @@ class LocalEngine:
             with_retries(name, add, _conflicts())
             self._complete.add(key)
 
+    def preload(self, name: str) -> None:
+        """Load table `name`'s latest snapshot in a thread, for the next `_write` to it: on an
+        object store a load is four requests in a row. That write brings it up to date if
+        another writer committed since (as after any conflict)."""
+        if name not in self._preloaded:
+            pool = ThreadPoolExecutor(1, thread_name_prefix="lakeimg-preload")
+            self._preloaded[name] = pool.submit(self._delta_table, name)
+            pool.shutdown(wait=False)
+
+    def _loaded_table(self, name: str) -> Any:
+        """Table `name`'s DeltaTable: the preloaded one when its load succeeded, else loaded now;
+        None when the table does not exist."""
+        preloaded = self._preloaded.pop(name, None)
+        if preloaded is not None:
+            with contextlib.suppress(Exception):  # a failed preload: load again, and fail here if it must
+                return preloaded.result()
+        try:
+            return self._delta_table(name)
+        except TableNotFoundError:
+            return None
+
     def _write(self, write: Write, files: list[str | PlacedFile], rows: pa.Table | None) -> CommitResult:
         """One write_deltalake commit ("append", or "overwrite" with the schema) from rows or files.
 
@@ -503,10 +538,7 @@ class LocalEngine:
         from deltalake import write_deltalake
 
         contract, schema = write.contract, write.contract.arrow_schema
-        try:
-            table = self._delta_table(write.table)
-        except TableNotFoundError:
-            table = None
+        table = self._loaded_table(write.table)
         if table is not None and write.mode == "append":
             self._add_missing_columns(write.table, contract, write.metadata, table)
             # Column comments are the table's: delta-rs refuses to append data whose field
@@ -542,6 +574,7 @@ class LocalEngine:
                 description=None if table is not None else contract.description,
                 storage_options=None if table is not None else self.storage_options,
                 commit_properties=_commit_properties(write.metadata),
+                post_commithook_properties=post_commit_hooks(table),
             )
 
         with_retries(write.table, attempt, _conflicts())

@@ -698,6 +698,9 @@ class SparkEngine:
     def start_workers(self) -> None:
         """Nothing: the session's executors are running already."""
 
+    def preload(self, name: str) -> None:
+        """Nothing: delta-spark reads a table's snapshot as part of each write."""
+
     def close(self) -> None:
         """Stop the session if this engine built it (`open_engine` without a session)."""
         if self.owns_session:

@@ -671,7 +671,9 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles,
     the rejects and images commits lands first, a file is at worst in neither table (the next
     run reads it again) or, for one run, in both (the next run's plan drops the stale row).
     The rejects commit runs in a thread beside the other two (where the engine's
-    `commits_in_threads` allows): on an object store each commit is a dozen requests in a row. A failure undoes nothing; see `run_commits`.
+    `commits_in_threads` allows), and so does a tiles step with nothing to write (it only looks
+    up the tiles table's version): on an object store each commit is a dozen requests in a row.
+    A failure undoes nothing; see `run_commits`.
     """
     table, record = run.table, run.record
     rejects_name, tiles_name = rejects_of(table), tiles_of(table)
@@ -679,17 +681,23 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles,
     reject_uris = set(decoded.rejects["uri"].to_pylist())
     images_delete = {*run.vanished_images, *run.stale_images, *_among(reject_uris, run.known_images)}
     rejects_delete = {*run.vanished_rejects, *run.stale_rejects, *_among(decoded.image_uris, run.known_rejects)}
+    tiling = decoded.tiling
+    writes_tiles = bool(tiling.files or tiling.tiled_uris or run.tiles_replace)
     with run_commits(engine, record, _committed_tables(table), prepared) as landed, \
-            ThreadPoolExecutor(1, thread_name_prefix="lakeimg-rejects") as beside:
+            ThreadPoolExecutor(2, thread_name_prefix="lakeimg-beside") as beside:
         # The rejects table is made with the first images commit, so SQL can name it.
         rejects_write = Write(rejects_name, table_contract("rejects"), rows=decoded.rejects, replace=frozenset(rejects_delete),
                               metadata=metadata, create=bool(len(decoded.image_uris) or images_delete))
         rejects_commit = (beside.submit(engine.commit, rejects_write) if engine.commits_in_threads
                           else _done(engine.commit(rejects_write)))
+        tiles_commit = None
         try:
-            tiles = commit_tiles(engine, table, decoded.tiling, replace_uris=run.tiles_replace, metadata=metadata)
-            if tiles.committed:
-                landed[tiles_name] = tiles.version
+            if writes_tiles or not engine.commits_in_threads:
+                tiles = commit_tiles(engine, table, tiling, replace_uris=run.tiles_replace, metadata=metadata)
+                if tiles.committed:
+                    landed[tiles_name] = tiles.version
+            else:  # nothing to write: only the tiles table's version is looked up, beside the rest
+                tiles_commit = beside.submit(commit_tiles, engine, table, tiling, metadata=metadata)
             images = engine.commit(Write(table, table_contract("images"), staged=decoded.staged,
                                          rows=decoded.tiling.image_rows, replace=frozenset(images_delete), metadata=metadata))
             if images.committed:
@@ -701,6 +709,8 @@ def commit_ingest(engine: Engine, run: IngestRun, decoded: DecodedFiles,
                     landed[table] = relabeled.version
         finally:  # what landed is known (and recorded) whichever commit fails
             rejects = _landed_result(rejects_commit, landed, rejects_name)
+            if tiles_commit is not None:
+                tiles = tiles_commit.result()
         replaced = _among(decoded.image_uris, run.known_images)
         gone = _among(images_delete, run.known_images) - _among(images_delete, decoded.image_uris)
         metrics = MergeMetrics(len(decoded.image_uris) - len(replaced), len(replaced), len(gone))

@@ -158,6 +158,7 @@ def run_commits(engine: Any, record: RunRecord, tables: Sequence[str],
         prepared.result()
     else:
         _before_commits(engine, tables, record.run_id)
+    engine.preload(RUNS_TABLE)  # read while the job commits: its row is the last write
     landed: dict[str, int] = {}
     try:
         yield landed
