@@ -377,7 +377,12 @@ def redact(text: str, storage_options: Mapping[str, str] | None = None) -> str:
                for v in (value, value.lstrip("?")) if len(v) >= 4}  # a SAS token is given with or without "?"
     for value in sorted(secrets, key=len, reverse=True):  # a connection string before the key inside it
         text = text.replace(value, "***")
-    return text
+    # A SAS token's signature, wherever a library printed the token (its fields reordered, or
+    # encoded differently from how it was given): whoever's token it is, it is a secret.
+    return _SAS_SIGNATURE.sub(r"\1***", text)
+
+
+_SAS_SIGNATURE = re.compile(r"(?i)(\bsig=)[^&\s\"'<>]+")
 
 
 def _filesystem(url: str, storage_options: Mapping[str, str] | None) -> tuple[pafs.FileSystem, str]:
@@ -831,8 +836,17 @@ def remove_prefix(url: str, storage_options: Mapping[str, str] | None = None) ->
     """
     fs, path = resolve(url, storage_options)
     if fs is not _LOCAL:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             fs.delete_dir(path)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            # The bulk delete (Azure's blob batch) can be refused where single deletes are
+            # allowed (Azurite with a SAS token answers it with a 500): one object at a time.
+            found = [info.path for info in fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+                     if info.type == pafs.FileType.File]
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                list(pool.map(lambda p: _delete_if_there(fs, p), sorted(found, reverse=True)))
         # Hadoop's ABFS (Spark on Azure Blob) marks a folder with an empty blob of the folder's
         # own name, which a delete of the prefix leaves behind.
         if fs.get_file_info(path.rstrip("/")).type == pafs.FileType.File:
@@ -844,6 +858,11 @@ def remove_prefix(url: str, storage_options: Mapping[str, str] | None = None) ->
     else:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path)
+
+
+def _delete_if_there(fs: pafs.FileSystem, path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        fs.delete_file(path)
 
 
 class Listed(NamedTuple):

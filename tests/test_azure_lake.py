@@ -88,3 +88,7 @@ def test_azure_settings_map_onto_pyarrow_and_delta_rs_alike():
     text = f"failed with {string} and {key} and ?sv=1&sig=abc%2Bdef"
     assert redact(text, {"AZURE_STORAGE_CONNECTION_STRING": string, "AZURE_STORAGE_SAS_TOKEN": "?sv=1&sig=abc%2Bdef"}) == (
         "failed with *** and *** and ***")
+    # A library that prints the token inside a URL reorders its fields: the signature goes all the same.
+    printed = "GET http://127.0.0.1:10000/devstoreaccount1/c?se=2099-01-01&sig=abc%2Bdef&sp=racwdl&sv=1 failed"
+    assert redact(printed, {"AZURE_STORAGE_SAS_TOKEN": "?sv=1&sp=racwdl&se=2099-01-01&sig=abc%2Bdef"}) == (
+        "GET http://127.0.0.1:10000/devstoreaccount1/c?se=2099-01-01&sig=***&sp=racwdl&sv=1 failed")

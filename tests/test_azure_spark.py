@@ -41,6 +41,14 @@ def test_azure_options_become_per_account_abfs_settings_and_paths():
     china = {"AZURE_STORAGE_ACCOUNT_NAME": "cn1", "AZURE_STORAGE_ENDPOINT": "https://cn1.blob.core.chinacloudapi.cn"}
     assert hadoop_path("az://c/k", china, environ={}) == "abfss://c@cn1.dfs.core.chinacloudapi.cn/k"
     assert spark_storage_conf(china, environ={}) == {}  # no key: ABFS keeps its own auth settings
+    # A SAS token without a key: ABFS' SAS auth with its fixed token ("?" dropped); a key wins over it.
+    sas = {"AZURE_STORAGE_ACCOUNT_NAME": "acct", "AZURE_STORAGE_SAS_TOKEN": "?sv=2019-12-12&sig=abc%2B"}
+    assert spark_storage_conf(sas, environ={}) == {f"spark.hadoop.fs.azure.account.auth.type.{host}": "SAS",
+                                                   f"spark.hadoop.fs.azure.sas.fixed.token.{host}": "sv=2019-12-12&sig=abc%2B"}
+    assert spark_storage_conf({**sas, "AZURE_STORAGE_ACCOUNT_KEY": "a2V5=="}, environ={})[
+        f"spark.hadoop.fs.azure.account.auth.type.{host}"] == "SharedKey"
+    assert spark_storage_conf({}, environ={"AZURE_STORAGE_CONNECTION_STRING": "AccountName=acct;SharedAccessSignature=sv=1&sig=x"})[
+        f"spark.hadoop.fs.azure.sas.fixed.token.{host}"] == "sv=1&sig=x"
     # No account anywhere: a clear error, not a JVM stack trace later.
     with pytest.raises(SpecError, match="no Azure storage account"):
         hadoop_path("az://c/k", {}, environ={})
@@ -146,3 +154,29 @@ def test_spark_and_embedded_engines_ingest_and_transform_one_azure_lake(spark, a
     # Spark's VACUUM dry run names files in the lake's own spelling.
     doomed = on_spark.spark_engine().vacuum("images", retention_hours=0, dry_run=True)
     assert all(p.startswith(url + "/images/") for p in doomed)
+
+
+@pytest.mark.spark
+def test_spark_writes_an_azure_lake_with_a_sas_token_alone(spark, azurite, tmp_path):
+    """ABFS authenticates with the SAS token lakeimg's options carry: no account key reaches it."""
+    from lakeimg.samples import write_photo_jpegs
+
+    src = tmp_path / "src"
+    write_photo_jpegs(src, 2, width=32, height=24)
+    container = azurite.new_container()
+    host = f"{AZURITE_ACCOUNT}.dfs.core.windows.net"
+    for name in (f"fs.azure.account.key.{host}", f"fs.azure.account.key.{AZURITE_ACCOUNT}.blob.core.windows.net"):
+        spark.conf.unset(name)  # other tests' engines set the key on this shared session
+    options = {**{k: v for k, v in azurite.storage_options.items() if k != "AZURE_STORAGE_ACCOUNT_KEY"},
+               "AZURE_STORAGE_SAS_TOKEN": "?" + azurite.sas_token()}
+    lake = Lake(f"az://{container}/lake", engine="spark", spark=spark, storage_options=options)
+    assert lake.ingest([str(src)]).added == 2
+    assert spark.conf.get(f"fs.azure.account.auth.type.{host}") == "SAS"
+    assert spark.conf.get(f"fs.azure.account.key.{host}", None) is None
+    # Spark itself wrote the rows (its own file names), and the embedded engine reads them.
+    keys = azurite.keys(container, "lake/")
+    assert any(k.startswith("lake/images/part-00000-") for k in keys)
+    # Its staged rows were removed (Azurite refuses the bulk delete with a SAS: one object at a time).
+    assert not [k for k in keys if k.startswith("lake/_lakeimg/staging/") and not k.endswith("/")]
+    embedded = Lake(f"az://{container}/lake", storage_options={"AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string})
+    assert sorted(embedded.read("images", columns=["uri"])["uri"].to_pylist()) == sorted(p.as_uri() for p in src.rglob("*.jpg"))

@@ -164,6 +164,7 @@ class AzureSettings(NamedTuple):
     key: str | None  # the shared key (a secret)
     endpoint: str | None  # host:port of a path-style endpoint (an emulator), else None
     http: bool  # the endpoint is plain HTTP
+    sas: str | None = None  # a SAS token without its leading "?" (a secret), used when there is no key
 
     @property
     def emulator(self) -> bool:
@@ -174,9 +175,10 @@ def azure_settings(storage_options: Mapping[str, str] | None = None, *, environ:
                    account: str | None = None) -> AzureSettings | None:
     """The Azure account, key and endpoint lakeimg's options name, as ABFS needs them (None:
     no account). Options over the environment, like delta-rs: AZURE_STORAGE_ACCOUNT_NAME,
-    AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_CONNECTION_STRING (its AccountName, AccountKey
-    and BlobEndpoint), AZURE_STORAGE_ENDPOINT (a sovereign cloud's `https://acct.blob.SUFFIX`
-    or an emulator's path-style `http://127.0.0.1:10000/devstoreaccount1`) and
+    AZURE_STORAGE_ACCOUNT_KEY, AZURE_STORAGE_SAS_TOKEN (used without a key),
+    AZURE_STORAGE_CONNECTION_STRING (its AccountName, AccountKey, SharedAccessSignature and
+    BlobEndpoint), AZURE_STORAGE_ENDPOINT (a sovereign cloud's `https://acct.blob.SUFFIX` or an
+    emulator's path-style `http://127.0.0.1:10000/devstoreaccount1`) and
     AZURE_STORAGE_USE_EMULATOR (Azurite's default endpoint and account).
 
     Example:
@@ -188,14 +190,16 @@ def azure_settings(storage_options: Mapping[str, str] | None = None, *, environ:
     key = _option(options, env, "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_ACCESS_KEY", "AZURE_STORAGE_MASTER_KEY")
     named = _option(options, env, "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT")
     endpoint = _option(options, env, "AZURE_STORAGE_ENDPOINT", "AZURE_ENDPOINT")
+    sas = _option(options, env, "AZURE_STORAGE_SAS_TOKEN", "AZURE_STORAGE_SAS_KEY", "AZURE_SAS_TOKEN", "AZURE_SAS_KEY")
     connection = _option(options, env, "AZURE_STORAGE_CONNECTION_STRING")
     if connection:
         fields = _connection_string(connection)
         named, key = named or fields.get("accountname"), key or fields.get("accountkey")
+        sas = sas or fields.get("sharedaccesssignature")
         endpoint = endpoint or fields.get("blobendpoint")
     if (_option(options, env, "AZURE_STORAGE_USE_EMULATOR", "AZURE_USE_EMULATOR") or "").lower() == "true":
         named = named or _AZURITE_ACCOUNT
-        key = key or _AZURITE_KEY
+        key = key or (None if sas else _AZURITE_KEY)
         endpoint = endpoint or f"http://127.0.0.1:10000/{named}"
     account = account or named
     if not account:
@@ -211,7 +215,7 @@ def azure_settings(storage_options: Mapping[str, str] | None = None, *, environ:
         http = scheme.lower() == "http"
     else:
         http = False
-    return AzureSettings(account, f"{account}.dfs.{suffix}", key, path_style, http)
+    return AzureSettings(account, f"{account}.dfs.{suffix}", key, path_style, http, sas.lstrip("?") if sas and not key else None)
 
 
 def _azure_conf(settings: AzureSettings) -> dict[str, str]:
@@ -222,6 +226,9 @@ def _azure_conf(settings: AzureSettings) -> dict[str, str]:
     if settings.key:
         conf["fs.azure.account.auth.type"] = "SharedKey"
         conf["fs.azure.account.key"] = settings.key
+    elif settings.sas:  # ABFS' own fixed-token provider takes it (hadoop-azure 3.4+)
+        conf["fs.azure.account.auth.type"] = "SAS"
+        conf["fs.azure.sas.fixed.token"] = settings.sas
     if settings.emulator:
         conf.update({
             "fs.azure.abfs.endpoint": settings.endpoint,
@@ -336,7 +343,8 @@ def spark_storage_conf(
     - an access key pair selects S3A's simple credentials provider, plus a session token
       the temporary one; without keys S3A keeps its default chain (instance roles, profiles);
     - Azure (`azure_settings`): the account's shared key, per account
-      (`fs.azure.account.key.ACCOUNT.dfs.core.windows.net`); an emulator's path-style endpoint
+      (`fs.azure.account.key.ACCOUNT.dfs.core.windows.net`), or without one a SAS token
+      (`fs.azure.account.auth.type...=SAS` and ABFS' fixed token); an emulator's path-style endpoint
       (Azurite) adds ABFS' endpoint override, its Blob-API client and no hierarchical namespace
       for that account, and an `http://` endpoint allows HTTP for `abfs://` URLs.
 
@@ -394,7 +402,7 @@ def spark_storage_conf(
     conf = {prefix + k: v for k, v in s3a.items()}
 
     azure = azure_settings(options, environ=env)
-    if azure is not None and (azure.key or azure.emulator):
+    if azure is not None and (azure.key or azure.sas or azure.emulator):
         conf.update(_azure_conf(azure))
     return conf
 
