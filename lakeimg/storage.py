@@ -690,7 +690,7 @@ def open_source(url: str, storage_options: Mapping[str, str] | None = None):
     return open_input(url, storage_options, buffer_size=SOURCE_BUFFER_BYTES)
 
 
-_ALARM_KEPT = False  # set in lakeimg's own worker processes (`keep_alarm_handler`)
+_alarm_kept = False  # set in lakeimg's own worker processes (`keep_alarm_handler`)
 _alarm_seconds = 0.0  # the limit `time_limit` armed, for the handler's message
 
 
@@ -702,9 +702,9 @@ def keep_alarm_handler() -> None:
     """Install `time_limit`'s SIGALRM handler for good in this process, so each limit only arms
     a timer (swapping the handler in and out cost more than decoding a tiny image). Only for
     lakeimg's own worker processes: other processes keep their own handler between limits."""
-    global _ALARM_KEPT
+    global _alarm_kept
     signal.signal(signal.SIGALRM, _on_alarm)
-    _ALARM_KEPT = True
+    _alarm_kept = True
 
 
 @contextlib.contextmanager
@@ -725,14 +725,14 @@ def time_limit(seconds: float):
     if seconds <= 0 or threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = None if _ALARM_KEPT else signal.signal(signal.SIGALRM, _on_alarm)
+    previous = None if _alarm_kept else signal.signal(signal.SIGALRM, _on_alarm)
     _alarm_seconds = seconds
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
-        if not _ALARM_KEPT:
+        if not _alarm_kept:
             signal.signal(signal.SIGALRM, previous)
 
 
