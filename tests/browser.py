@@ -56,11 +56,12 @@ def screenshot(driver, name: str) -> Path:
 
 
 def wait_for_viewer(driver, timeout_s: float = 60.0) -> None:
-    """Until the deep-zoom viewer has drawn every visible tile (no tile failed)."""
+    """Until the deep-zoom viewer has drawn every visible tile; fails as soon as a tile fails."""
     from selenium.webdriver.support.ui import WebDriverWait
 
     WebDriverWait(driver, timeout_s, poll_frequency=0.1).until(
-        lambda d: d.execute_script("return !!(window.lakeimgViewer && window.lakeimgViewer.info() && window.lakeimgViewer.ready())"))
+        lambda d: d.execute_script("var v = window.lakeimgViewer;"
+                                   " return !!(v && ((v.info() && v.ready()) || v.errors() > 0))"))
     errors = driver.execute_script("return window.lakeimgViewer.errors()")
     assert errors == 0, f"{errors} tile(s) failed to load"
 

@@ -218,6 +218,34 @@ def test_deep_zoom_shows_every_page_of_a_multi_page_tiled_tiff(tmp_path, browser
         assert status == 400
 
 
+def test_tiles_read_by_many_threads_at_once_are_the_tiles_read_one_by_one(demo):
+    """The server reads tiles in a thread pool; its open data files are shared between them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lakeimg.engine.delta_rs import LocalEngine
+    from lakeimg.image.pyramid import level_shape
+    from lakeimg.serve.zoom import TileStore
+
+    uri = next(u for u in demo.read("images", columns=["uri"])["uri"].to_pylist() if u.endswith("ramp16.tif"))
+    engine = LocalEngine(demo.path)
+    version = engine.resolve_version("images")
+    one_by_one = TileStore(engine)
+    info = one_by_one.info("images", version, uri)
+    assert info.tiled
+    ts = info.tile_size
+    keys = [(level, col, row) for level in range(info.levels)
+            for height, width in [level_shape(info.height, info.width, level)]
+            for row in range(-(-height // ts)) for col in range(-(-width // ts))]
+    assert len(keys) > 6
+    expected = [one_by_one.tile(info, *key) for key in keys]
+    with ThreadPoolExecutor(8) as pool:
+        for _ in range(40):  # a fresh store each time: every thread opens and reads cold files
+            store = TileStore(engine)
+            fresh = store.info("images", version, uri)
+            got = list(pool.map(lambda key, store=store, fresh=fresh: store.tile(fresh, *key), keys * 2))
+            assert all(np.array_equal(a, b) for a, b in zip(got, expected * 2, strict=True))
+
+
 def test_lineage_page_shows_the_transform_run_and_source_version(server, browser, demo):
     browser.get(server + "/lineage/small")
     screenshot(browser, "lineage")

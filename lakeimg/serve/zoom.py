@@ -30,6 +30,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
@@ -254,7 +255,7 @@ class TileStore:
         if where is None:
             raise BadRequest(f"no stored tile {col}_{row} at level {level} of {info.uri}")
         path, group, index = where
-        rows = self._groups.get((path, group), lambda: self._parquet(path).read_row_group(group, columns=_TILE_COLUMNS, use_threads=False))
+        rows = self._groups.get((path, group), lambda: self._read_row_groups(path, [group], _TILE_COLUMNS))
         t = {name: rows.column(name)[index].as_py() for name in _TILE_COLUMNS}
         pixels = decode_tile(t["data"], t["encoding"], t["height"], t["width"], t["channels"], t["dtype"])
         ts, overlap = info.tile_size, int(t["overlap"] or 0)
@@ -284,8 +285,15 @@ class TileStore:
 
         return tiles_of(table), self._tiles_version.get((table, version), make)
 
-    def _parquet(self, path: str) -> pq.ParquetFile:
-        return self._files.get(path, lambda: self.engine.parquet_file(path))
+    def _parquet(self, path: str) -> tuple[pq.ParquetFile, threading.Lock]:
+        """One data file, opened once, with the lock its reads take: a ParquetFile shares one
+        read cache between calls, so two tile requests reading it at once can fail."""
+        return self._files.get(path, lambda: (self.engine.parquet_file(path), threading.Lock()))
+
+    def _read_row_groups(self, path: str, groups: list[int], columns: list[str]) -> pa.Table:
+        handle, lock = self._parquet(path)
+        with lock:
+            return handle.read_row_groups(groups, columns=columns, use_threads=False)
 
     def _uri_index(self, info: ImageInfo) -> dict[tuple, tuple[str, int, int]]:
         """(sha, page, level, row, col) -> (data file, row group, row) for one uri's tiles."""
@@ -294,7 +302,7 @@ class TileStore:
         def make() -> dict[tuple, tuple[str, int, int]]:
             index: dict[tuple, tuple[str, int, int]] = {}
             for path in self.engine.data_files(tiles_table, tiles_version):
-                handle = self._parquet(path)
+                handle = self._parquet(path)[0]
                 meta = handle.metadata
                 position = handle.schema_arrow.get_field_index("uri")
                 groups = []
@@ -304,7 +312,7 @@ class TileStore:
                         groups.append(group)  # else: this row group holds other images' tiles only
                 if not groups:
                     continue
-                keys = handle.read_row_groups(groups, columns=_INDEX_COLUMNS)  # one read per file
+                keys = self._read_row_groups(path, groups, _INDEX_COLUMNS)  # one read per file
                 where = [(g, i) for g in groups for i in range(meta.row_group(g).num_rows)]
                 hits = pc.indices_nonzero(pc.equal(keys["uri"], info.uri)).to_pylist()
                 picked = keys.take(hits).to_pydict()
