@@ -32,7 +32,7 @@ import pyarrow as pa
 
 from lakeimg.errors import SpecError, SqlError
 
-__all__ = ["confined_connection", "check_statement", "check_spark_query", "parse_where", "filter_table", "WHERE_FUNCTIONS"]
+__all__ = ["confined_connection", "check_statement", "check_spark_query", "parse_where", "where_columns", "filter_table", "WHERE_FUNCTIONS"]
 
 _ROW = "__lakeimg_row"
 
@@ -225,6 +225,20 @@ def parse_where(text: str, columns: Sequence[str] | None = None):
     if isinstance(tree, (exp.Literal, exp.Array, exp.Tuple, exp.Interval)):
         raise SqlError(text, "where: a condition is needed, not a value")
     return tree
+
+
+def where_columns(tree: Any, columns: Sequence[str]) -> list[str]:
+    """The `columns` a filter from `parse_where` reads (SQL names are case-insensitive), in
+    `columns`' order: what a caller must read to evaluate it.
+
+    Example:
+        >>> where_columns(parse_where("Label = 'cat' AND width > 10"), ["uri", "label", "width"])
+        ['label', 'width']
+    """
+    from sqlglot import exp
+
+    used = {node.parts[0].name.lower() for node in tree.find_all(exp.Column)}
+    return [c for c in columns if c.lower() in used]
 
 
 def filter_table(table: pa.Table, where: str | Any, *, columns: Sequence[str] | None = None) -> pa.Table:

@@ -56,6 +56,24 @@ def test_spark_and_embedded_engines_give_bit_identical_data(tmp_path: Path, spar
     assert a == b
 
 
+def test_many_changed_uris_are_read_by_a_join_on_spark(tmp_path: Path, spark, monkeypatch):
+    """Past ISIN_LIMIT uris, the Spark stage reads its snapshot rows through a join with a frame
+    of them, not a filter of literals: the same rows, the same data."""
+    import lakeimg.engine.spark as spark_engine
+
+    src, lake = _four_image_lake(tmp_path)
+    monkeypatch.setattr(spark_engine, "ISIN_LIMIT", 2)
+    joined = lake.transform("images", "spark_t", SPEC, engine="spark", spark=spark)  # 4 uris: a join
+    Image.fromarray(photo_like(24, 32, seed=52)).save(src / "p1.png")  # 1 uri: a filter
+    lake.ingest([str(src)], workers=0)
+    filtered = lake.transform("images", "spark_t", SPEC, engine="spark", spark=spark)
+    assert (joined.added, filtered.updated, filtered.added) == (8, 2, 0)
+    lake.transform("images", "local_t", SPEC, workers=0)
+    a = {(r["uri"], r["variant"]): r["data"] for r in lake.read("local_t").to_pylist()}
+    b = {(r["uri"], r["variant"]): r["data"] for r in lake.read("spark_t").to_pylist()}
+    assert len(a) == 8 and a == b
+
+
 def test_tiled_sources_transform_on_spark_like_the_embedded_engine(tmp_path: Path, spark):
     """A tiled (huge) source row is computed from the pyramid level the resize needs, on Spark
     too, with the same bytes as the embedded engine."""

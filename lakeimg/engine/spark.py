@@ -62,6 +62,8 @@ __all__ = [
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 _ALLOW_NESTED_NOT_NULL_CONF = "spark.databricks.delta.constraints.allowUnenforcedNotNull.enabled"
 _ROW_GROUP_ROWS_CONF = "parquet.block.row.count.limit"  # parquet-mr 1.14+
+# Up to this many uris, the snapshot rows a stage reads are chosen with IN (see _snapshot_rows).
+ISIN_LIMIT = 10_000
 
 # Delta's SQL extension and catalog: what delta-spark's quickstart sets on every session.
 DELTA_SQL_CONF = {
@@ -986,6 +988,20 @@ class SparkEngine:
 
     # --- kernels -------------------------------------------------------------------------
 
+    def _snapshot_rows(self, inputs: SnapshotRows):
+        """The snapshot rows a stage reads, as a DataFrame: a few uris are a filter Delta can
+        skip files with; many are a join with a frame of them (a literal per uri would make
+        a plan of a million literals)."""
+        from pyspark.sql import functions as F
+
+        frame = self.frame(inputs.table, inputs.version)
+        if len(inputs.uris) <= ISIN_LIMIT:
+            frame = frame.where(F.col("uri").isin(sorted(inputs.uris)))
+        else:
+            wanted = self.spark.createDataFrame(pa.table({"uri": pa.array(sorted(inputs.uris), pa.string())}))
+            frame = frame.join(wanted, "uri", "left_semi")
+        return frame.select(*[f"`{c}`" for c in inputs.columns])
+
     def stage(self, stage: Stage) -> SparkStaged:
         """Run a mapInArrow kernel over the inputs on the executors and stage its output as
         Parquet under `LAKE/_lakeimg/staging/<label>` (a location every executor can write).
@@ -1004,8 +1020,7 @@ class SparkEngine:
             return SparkStaged(self, None, stage.output_schema, stage.held)
         parts = [self.spark.createDataFrame(t) for t in (inputs, stage.extra) if isinstance(t, pa.Table) and t.num_rows]
         if isinstance(inputs, SnapshotRows) and inputs.uris:
-            parts.insert(0, self.frame(inputs.table, inputs.version).where(F.col("uri").isin(sorted(inputs.uris)))
-                         .select(*[f"`{c}`" for c in inputs.columns]))
+            parts.insert(0, self._snapshot_rows(inputs))
         frame = parts[0]
         for part in parts[1:]:  # the driver's rows typed like the first part (the snapshot's)
             frame = frame.unionByName(part.select(*[F.col(f"`{f.name}`").cast(f.dataType) for f in frame.schema.fields]))

@@ -64,7 +64,7 @@ from lakeimg.kernels.transform import (
     transform_result_schema,
 )
 from lakeimg.schemas import table_contract
-from lakeimg.sqlguard import filter_table
+from lakeimg.sqlguard import filter_table, parse_where, where_columns
 from lakeimg.tables import RUNS_TABLE, RunRecord, new_run_id, rejects_of, utc_now, validate_name
 from lakeimg.transform_spec import TransformSpec, parse_spec
 
@@ -99,11 +99,11 @@ def last_transform_run(engine: Engine, target: str) -> dict[str, Any] | None:
     return {"run_id": row["run_id"], "source": inputs[0].get("table"), "source_version": inputs[0].get("version"), "spec_hash": row["spec_hash"]}
 
 
-def _where(meta: pa.Table, where: str | None) -> set[str]:
-    """uris of `meta` rows passing the spec's SQL condition (DuckDB over the source's columns)."""
-    if not where:
+def _where(meta: pa.Table, where: Any) -> set[str]:
+    """uris of `meta` rows passing the spec's SQL condition (a tree from `parse_where`, or None
+    for every row), evaluated by DuckDB over the columns it names."""
+    if where is None:
         return set(meta["uri"].to_pylist())
-    # Validated (again: the spec may come from a stored run) and evaluated from its parsed tree.
     return set(filter_table(meta, where)["uri"].to_pylist())
 
 
@@ -152,14 +152,17 @@ def _plan(
     full: bool,
     target_exists: bool,
 ) -> _Plan:
-    meta_columns = [f.name for f in engine.arrow_schema(source, source_version) if f.name not in _SKIP_FOR_WHERE]
+    names = [f.name for f in engine.arrow_schema(source, source_version) if f.name not in _SKIP_FOR_WHERE]
+    # Validated (again: the spec may come from a stored run); only the columns it names are read.
+    where = parse_where(spec.where, names) if spec.where else None
+    where_names = where_columns(where, names) if where is not None else []
 
-    def read_meta(uris: set[str] | None) -> pa.Table:
-        return _read_uris(engine, source, source_version, meta_columns, uris)
+    def read_meta(uris: set[str] | None, columns: tuple[str, ...] = ("uri", "content_sha256", "label")) -> pa.Table:
+        return _read_uris(engine, source, source_version, list(dict.fromkeys([*columns, *where_names])), uris)
 
     if full or not target_exists or last is None or last["source"] != source or last["spec_hash"] != spec.spec_hash:
         mode = "full" if full else ("spec_change" if last is not None and target_exists and last["source"] == source else "initial")
-        selected = _where(read_meta(None), spec.where)
+        selected = _where(read_meta(None, ("uri",)), where)
         return _Plan(mode, selected, set(target_keys["uri"].to_pylist()) - selected)
 
     if last["source_version"] == source_version:
@@ -173,7 +176,7 @@ def _plan(
         meta = read_meta(None)
         upserted, deleted = set(meta["uri"].to_pylist()), set(target_keys["uri"].to_pylist()) - set(meta["uri"].to_pylist())
         mode = "compare"
-    selected = _where(meta, spec.where) if meta is not None else set()
+    selected = _where(meta, where) if meta is not None else set()
     drop = deleted | (upserted - selected)
     # Skip rows whose inputs did not change (same bytes, label and spec for every variant).
     done: dict[str, list[tuple[Any, Any, Any]]] = {}
@@ -318,18 +321,17 @@ def _commit(
     nothing (see `run_commits`). Returns (target version, metrics, rejected, rejects version)."""
     rejects_name, contract = rejects_of(target), spec.contract()
     rejects = as_rejects(staged.rejects(), at=started_at)
-    produced = set(zip(*staged.keys(["uri", "variant"]).to_pydict().values(), strict=True))
     # Target rows to delete: dropped uris, rejected uris (their old rows are stale), variants
     # the spec no longer makes.
     rejected_uris = set(rejects["uri"].to_pylist())
     gone_uris = plan.drop | rejected_uris
     overwrite = target_exists and engine.arrow_schema(target).names != contract.column_names
-    # The keys of the rows this run can touch become Python tuples (all of them only when the
-    # whole table is rewritten): an incremental run over a million-row target stays small.
+    # Only the keys of the rows this run can touch are compared (all of them only when the whole
+    # table is rewritten): an incremental run over a million-row target stays small.
     touched = target_keys if overwrite else target_keys.filter(
         pc.is_in(target_keys["uri"], value_set=pa.array(sorted(plan.todo | gone_uris), pa.string())))
-    old_keys = set(zip(touched["uri"].to_pylist(), touched["variant"].to_pylist(), strict=True))
-    delete_keys = {(u, v) for u, v in old_keys if u in gone_uris or (u in plan.todo and (u, v) not in produced)}
+    metrics = _merge_metrics(staged.keys(["uri", "variant"]), touched.select(_KEY),
+                             None if overwrite else pa.array(sorted(gone_uris), pa.string()))
     existing_rejects = set(engine.read(rejects_name, columns=["uri"])["uri"].to_pylist()) if engine.exists(rejects_name) else set()
     if plan.mode in ("full", "initial", "spec_change"):
         rejects_delete = existing_rejects - rejected_uris
@@ -349,7 +351,6 @@ def _commit(
                                      replace=frozenset(plan.todo | gone_uris), metadata=metadata))
         if result.committed:
             landed[target] = result.version
-        metrics = MergeMetrics(len(produced - old_keys), len(produced & old_keys), len((old_keys - produced) if overwrite else delete_keys))
         rejects_version = engine.version(rejects_name)
         if rejects_version is None and result.version is not None:
             # Create the (empty) rejects table with the first target commit so SQL can name it.
@@ -363,6 +364,30 @@ def _commit(
                          "deleted": metrics.deleted, "rejected": rejects.num_rows}
         engine.append(RUNS_TABLE, record.to_arrow(), table_contract("runs"), metadata)
     return result.version, metrics, rejects.num_rows, rejects_version
+
+
+def _merge_metrics(produced: pa.Table, touched: pa.Table, gone: pa.Array | None) -> MergeMetrics:
+    """Rows inserted, updated and deleted when the `produced` keys (uri, variant) replace the
+    `touched` target keys: a touched key nobody produced is deleted, and so is every key of a
+    `gone` uri (None: the whole table is rewritten, gone is what is not produced). Counted with
+    Arrow joins, so a million keys never become Python tuples.
+
+    Example:
+        >>> keys = lambda *pairs: pa.table({"uri": [u for u, _ in pairs], "variant": [v for _, v in pairs]})
+        >>> _merge_metrics(keys(("a", 0), ("b", 0)), keys(("a", 0), ("a", 1), ("c", 0)), pa.array(["c"]))
+        MergeMetrics(inserted=1, updated=1, deleted=2)
+    """
+    def typed(keys: pa.Table) -> pa.Table:
+        return pa.table({"uri": keys["uri"].cast(pa.string()), "variant": keys["variant"].cast(pa.int32())})
+
+    produced, touched = typed(produced), typed(touched)
+    updated = produced.join(touched, _KEY, join_type="left semi").num_rows
+    not_produced = touched.join(produced, _KEY, join_type="left anti").num_rows
+    produced_but_gone = 0
+    if gone is not None and len(gone):
+        kept = touched.join(produced, _KEY, join_type="left semi")
+        produced_but_gone = pc.sum(pc.is_in(kept["uri"], value_set=gone.cast(pa.string()))).as_py() or 0
+    return MergeMetrics(produced.num_rows - updated, updated, not_produced + produced_but_gone)
 
 
 def pyramid_level(width: int, height: int, levels: int, spec: TransformSpec) -> int:
