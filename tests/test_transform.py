@@ -129,6 +129,21 @@ def test_full_recomputes_all_rows_and_drops_filtered_out_rows(lake: Lake):
     assert set(lake.read("small")["label"].to_pylist()) == {"cats"}
 
 
+@pytest.mark.parametrize("read_whole_above", [50_000, 0], ids=["row-groups-pruned", "columns-read-whole"])
+def test_an_incremental_run_with_a_where_clause_computes_the_changed_rows_it_selects(lake: Lake, monkeypatch, read_whole_above):
+    """The plan reads uri, hash, label and the columns `where` names, for the changed uris: by
+    pruned row groups, or (many uris) the columns whole; either way the same rows."""
+    monkeypatch.setattr("lakeimg.jobs.transform._READ_WHOLE_ABOVE", read_whole_above)
+    cats = {**RESIZE, "where": "label = 'cats' AND Width = 40"}
+    assert lake.transform("images", "small", cats, workers=0).added == 2
+    write_images(lake.src, {"cats/a.png": 11, "dogs/c.png": 13, "cats/f.png": 6})  # type: ignore[attr-defined]
+    lake.ingest([str(lake.src)], workers=0, label_from_path="parent")  # type: ignore[attr-defined]
+    summary = lake.transform("images", "small", cats, workers=0)
+    assert (summary.mode, summary.added, summary.updated, summary.deleted) == ("incremental", 1, 1, 0)
+    sources = {r["uri"]: r["content_sha256"] for r in lake.read("images", columns=["uri", "content_sha256", "label"]).to_pylist() if r["label"] == "cats"}
+    assert {u: r["source_sha256"] for (u, _), r in rows_by_key(lake, "small").items()} == sources
+
+
 def test_failures_go_to_rejects_and_the_run_goes_on(lake: Lake, tmp_path: Path):
     import tifffile
 

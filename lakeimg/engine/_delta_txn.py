@@ -223,7 +223,13 @@ def commit_files_by_uri(
             if bounds is not None and not any_between(wanted, *bounds):
                 continue  # the log's uri statistics rule this file out: it is not even opened
             held = engine.parquet_file(path).read(columns=["uri"])["uri"]
-            hit = pc.is_in(held, pa.array(wanted, held.type))
+            if len(held) == 0:
+                continue
+            # Only the wanted uris inside this file's range are hashed: a million-uri replace
+            # over many files does not hash the million once per file.
+            low, high = pc.min(held).as_py(), pc.max(held).as_py()
+            inside = wanted[bisect.bisect_left(wanted, low):bisect.bisect_right(wanted, high)]
+            hit = pc.is_in(held, pa.array(inside, held.type))
             if not pc.any(hit).as_py():
                 continue
             found.update(held.filter(hit).to_pylist())
