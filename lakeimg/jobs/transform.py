@@ -72,7 +72,6 @@ __all__ = ["TransformSummary", "transform_table", "last_transform_run"]
 
 _KEY = ["uri", "variant"]
 _SKIP_FOR_WHERE = {"content", "thumbnail"}
-_READ_WHOLE_ABOVE = 50_000  # uris; see _read_uris
 
 
 @dataclass(frozen=True)
@@ -113,11 +112,8 @@ def _read_uris(engine: Engine, name: str, version: int, columns: list[str], uris
     keeps the read narrow; with `uris`, only the data files and row groups whose uri statistics
     can hold one of them are opened (`LocalEngine.read_batches`, driver-side on either engine):
     1,000 changed rows of a million-row source read a few row groups."""
-    if uris is None or (len(uris) > _READ_WHOLE_ABOVE and "content" not in columns):
-        # Many uris and narrow columns: reading the columns whole and keeping the wanted rows
-        # costs less than pruning row groups with a sorted Python list of the uris.
-        table = engine.read(name, version=version, columns=columns)
-        return table if uris is None else table.filter(pc.is_in(table["uri"], value_set=pa.array(list(uris), pa.string())))
+    if uris is None:
+        return engine.read(name, version=version, columns=columns)
     pieces = list(engine.reader().read_batches(name, columns=columns, version=version, uris=sorted(uris), batch_rows=4096))
     return pa.concat_tables(pieces) if pieces else engine.arrow_schema(name, version).empty_table().select(columns)
 
