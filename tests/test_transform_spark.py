@@ -56,18 +56,21 @@ def test_spark_and_embedded_engines_give_bit_identical_data(tmp_path: Path, spar
     assert a == b
 
 
-def test_many_changed_uris_are_read_by_a_join_on_spark(tmp_path: Path, spark, monkeypatch):
+def test_many_changed_uris_are_read_by_a_join_and_replaced_by_a_merge_on_spark(tmp_path: Path, spark, monkeypatch):
     """Past ISIN_LIMIT uris, the Spark stage reads its snapshot rows through a join with a frame
-    of them, not a filter of literals: the same rows, the same data."""
+    of them, and the commit replaces their rows with one MERGE, not a predicate of literals: the
+    same rows, the same data, one commit each."""
     import lakeimg.engine.spark as spark_engine
 
     src, lake = _four_image_lake(tmp_path)
     monkeypatch.setattr(spark_engine, "ISIN_LIMIT", 2)
-    joined = lake.transform("images", "spark_t", SPEC, engine="spark", spark=spark)  # 4 uris: a join
-    Image.fromarray(photo_like(24, 32, seed=52)).save(src / "p1.png")  # 1 uri: a filter
+    assert lake.transform("images", "spark_t", SPEC, engine="spark", spark=spark).added == 8  # 4 uris: a join
+    for i in range(3):
+        Image.fromarray(photo_like(24, 32, seed=60 + i)).save(src / f"p{i}.png")
     lake.ingest([str(src)], workers=0)
-    filtered = lake.transform("images", "spark_t", SPEC, engine="spark", spark=spark)
-    assert (joined.added, filtered.updated, filtered.added) == (8, 2, 0)
+    merged = lake.transform("images", "spark_t", SPEC, engine="spark", spark=spark)  # 3 uris: join and MERGE
+    assert (merged.updated, merged.added, merged.deleted) == (6, 0, 0)
+    assert lake.history("spark_t")[0]["operation"] == "MERGE"
     lake.transform("images", "local_t", SPEC, workers=0)
     a = {(r["uri"], r["variant"]): r["data"] for r in lake.read("local_t").to_pylist()}
     b = {(r["uri"], r["variant"]): r["data"] for r in lake.read("spark_t").to_pylist()}

@@ -62,7 +62,8 @@ __all__ = [
 _USER_METADATA_CONF = "spark.databricks.delta.commitInfo.userMetadata"
 _ALLOW_NESTED_NOT_NULL_CONF = "spark.databricks.delta.constraints.allowUnenforcedNotNull.enabled"
 _ROW_GROUP_ROWS_CONF = "parquet.block.row.count.limit"  # parquet-mr 1.14+
-# Up to this many uris, the snapshot rows a stage reads are chosen with IN (see _snapshot_rows).
+# Up to this many uris, a stage's snapshot rows are chosen, and a replace's rows dropped, with IN
+# (see _snapshot_rows, _replace_by_merge).
 ISIN_LIMIT = 10_000
 
 # Delta's SQL extension and catalog: what delta-spark's quickstart sets on every session.
@@ -928,7 +929,8 @@ class SparkEngine:
 
     def commit(self, write: Write) -> CommitResult:
         """One `Write` as one Delta commit (see `lakeimg.engine.base.Write`): "replace" is
-        delta-spark's `replaceWhere` on the uris (dropped rows out, new rows in, one commit)."""
+        delta-spark's `replaceWhere` on the uris (dropped rows out, new rows in, one commit),
+        or one MERGE past ISIN_LIMIT uris."""
         name, contract = write.table, write.contract
         parts = []
         if write.staged is not None and (frame := write.staged.conform(contract)) is not None:
@@ -956,19 +958,38 @@ class SparkEngine:
         for part in parts[1:]:
             df = df.unionByName(part)
         writer = df.write.format("delta")
+        replace = write.mode == "replace" and uris and before is not None  # a new table has no rows to replace
         if write.mode == "overwrite":
             writer = writer.mode("overwrite").option("overwriteSchema", "true")
-        elif write.mode == "replace" and uris and before is not None:  # a new table has no rows to replace
+        elif replace and len(uris) <= ISIN_LIMIT:
             writer = writer.mode("overwrite").option("replaceWhere", f"uri IN ({', '.join(map(_sql_string, sorted(uris)))})")
-        else:
+        elif not replace:
             writer = writer.mode("append")
         # parquet-mr reads its settings from the session's Hadoop configuration (delta-spark
         # passes no other writer options down): a row-count limit per row group.
         layout = {_ROW_GROUP_ROWS_CONF: str(write.row_group_rows)} if write.row_group_rows else {}
         with self._user_metadata(write.metadata), self._session_conf(layout):
-            with_retries(name, lambda: writer.save(self._path(name)), _conflicts())
+            if replace and len(uris) > ISIN_LIMIT:
+                with_retries(name, lambda: self._replace_by_merge(name, df, uris), _conflicts())
+            else:
+                with_retries(name, lambda: writer.save(self._path(name)), _conflicts())
         after = self.version(name)
         return CommitResult(after, after != before)
+
+    def _replace_by_merge(self, name: str, rows, uris: set[str]) -> None:
+        """`replaceWhere` for many uris, as one MERGE: a predicate naming a million uris is
+        more SQL than Spark should parse. A marker row per uri deletes every row of it; the new
+        rows match nothing and are inserted. One commit, like replaceWhere."""
+        from pyspark.sql import functions as F
+
+        new = "__lakeimg_new"
+        markers = self.spark.createDataFrame(pa.table({"uri": pa.array(sorted(uris), pa.string())}))
+        source = rows.withColumn(new, F.lit(True)).unionByName(markers.withColumn(new, F.lit(False)), allowMissingColumns=True)
+        (self._delta(name).alias("t")
+         .merge(source.alias("s"), f"t.uri = s.uri AND NOT s.{new}")
+         .whenMatchedDelete()
+         .whenNotMatchedInsert(condition=f"s.{new}", values={f"`{c}`": f"s.`{c}`" for c in rows.columns})
+         .execute())
 
     def _add_missing_columns(self, name: str, contract: TableContract, metadata: Mapping[str, Any] | None) -> None:
         """Schema evolution: the contract's columns a table written under an older contract lacks
