@@ -363,4 +363,5 @@ def test_net_changes_of_a_commit_that_rewrites_files():
         "_change_type": ["insert", "delete", "insert", "delete", "insert", "update_preimage", "update_postimage"],
         "_commit_version": [3, 3, 2, 3, 3, 4, 4],
     })  # fmt: skip
-    assert _net_changes(changes) == ({"kept", "new", "changed"}, {"gone"})
+    upserted, deleted = _net_changes(changes)
+    assert (upserted.to_pylist(), deleted.to_pylist()) == (["changed", "kept", "new"], ["gone"])

@@ -143,12 +143,12 @@ class MergeMetrics:
 @dataclass(frozen=True)
 class SnapshotRows:
     """Input rows of a stage read by the engine itself from a table snapshot (pixels never pass
-    through the driver): `columns` of the rows whose uri is in `uris`."""
+    through the driver): `columns` of the rows whose uri is in `uris` (`urisets.uri_set`)."""
 
     table: str
     version: int
     columns: tuple[str, ...]
-    uris: frozenset[str]
+    uris: pa.Array
 
 
 class Staged(Protocol):

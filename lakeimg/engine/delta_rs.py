@@ -65,6 +65,7 @@ from lakeimg.engine.layout import (
 )
 from lakeimg.engine.pool import map_kernel, start_forkserver
 from lakeimg.engine.staged import LocalStaged, PlacedFile
+from lakeimg.engine.urisets import SortedUris, uri_set
 from lakeimg.errors import LakeDamagedError, LakeImgError, TableNotFoundError, VersionNotFoundError
 from lakeimg.schemas import TableContract
 from lakeimg.storage import exists as storage_exists
@@ -160,7 +161,7 @@ class LocalEngine:
         return [delta_file_path(uri) for uri in table.file_uris()]
 
     def read_batches(self, name: str, *, columns: Sequence[str], version: VersionLike = None, batch_rows: int = 64,
-                     uris: Sequence[str] | None = None) -> Iterator[pa.Table]:
+                     uris: Sequence[str] | pa.Array | None = None) -> Iterator[pa.Table]:
         """A snapshot as a stream of small tables typed like `read`'s, file by file: the memory
         it takes is a few batches, whatever the table's size (the transform streams its image
         bytes to the workers this way).
@@ -175,7 +176,7 @@ class LocalEngine:
         """
         delta = self._delta_table(name, version)
         schema = pa.schema(delta.schema().to_arrow())
-        wanted = sorted(set(uris)) if uris is not None else None
+        wanted = SortedUris(uri_set(uris)) if uris is not None else None
         ranges = uri_ranges(delta) if wanted is not None else {}
         location = self.location(name).rstrip("/")
         root = location if self.remote else uri_to_path(location)
@@ -655,9 +656,9 @@ class LocalEngine:
         """A stage's input rows, streamed: snapshot rows are read a few at a time."""
         if isinstance(inputs, pa.Table):
             yield inputs
-        elif inputs.uris:
+        elif len(inputs.uris):
             yield from self.read_batches(inputs.table, version=inputs.version, columns=list(inputs.columns),
-                                         uris=sorted(inputs.uris))
+                                         uris=inputs.uris)
         if extra is not None and extra.num_rows:
             yield extra
 
@@ -669,7 +670,7 @@ class LocalEngine:
         """Nothing to release (the pool lives only as long as a stage)."""
 
 
-def _rows_holding(parquet: pq.ParquetFile, groups: list[int] | None, wanted: Sequence[str]) -> pa.ChunkedArray:
+def _rows_holding(parquet: pq.ParquetFile, groups: list[int] | None, wanted: SortedUris) -> pa.ChunkedArray:
     """For each row of `groups` (None: every row group) of a data file, in order: whether its uri
     is one of `wanted` (sorted). Only the wanted uris inside the file's own uri range are hashed."""
     uris = parquet.read_row_groups(groups if groups is not None else range(parquet.num_row_groups), columns=["uri"])["uri"]
@@ -677,11 +678,10 @@ def _rows_holding(parquet: pq.ParquetFile, groups: list[int] | None, wanted: Seq
     if len(uris) == 0:
         return pa.chunked_array([], pa.bool_())
     low, high = pc.min(uris).as_py(), pc.max(uris).as_py()
-    inside = wanted[bisect.bisect_left(wanted, low):bisect.bisect_right(wanted, high)]
-    return pc.is_in(uris, value_set=pa.array(inside, pa.string()))
+    return pc.is_in(uris, value_set=wanted[bisect.bisect_left(wanted, low):bisect.bisect_right(wanted, high)])
 
 
-def _row_groups_holding(parquet: pq.ParquetFile, wanted: Sequence[str]) -> list[int] | None:
+def _row_groups_holding(parquet: pq.ParquetFile, wanted: SortedUris) -> list[int] | None:
     """Row groups of a data file whose uri statistics can hold one of `wanted` (sorted); None
     when the file has no uri statistics (then every row group is read)."""
     meta = parquet.metadata

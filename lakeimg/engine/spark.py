@@ -1017,10 +1017,9 @@ class SparkEngine:
 
         frame = self.frame(inputs.table, inputs.version)
         if len(inputs.uris) <= ISIN_LIMIT:
-            frame = frame.where(F.col("uri").isin(sorted(inputs.uris)))
+            frame = frame.where(F.col("uri").isin(inputs.uris.to_pylist()))
         else:
-            wanted = self.spark.createDataFrame(pa.table({"uri": pa.array(sorted(inputs.uris), pa.string())}))
-            frame = frame.join(wanted, "uri", "left_semi")
+            frame = frame.join(self.spark.createDataFrame(pa.table({"uri": inputs.uris})), "uri", "left_semi")
         return frame.select(*[f"`{c}`" for c in inputs.columns])
 
     def stage(self, stage: Stage) -> SparkStaged:
@@ -1040,7 +1039,7 @@ class SparkEngine:
         if total == 0:
             return SparkStaged(self, None, stage.output_schema, stage.held)
         parts = [self.spark.createDataFrame(t) for t in (inputs, stage.extra) if isinstance(t, pa.Table) and t.num_rows]
-        if isinstance(inputs, SnapshotRows) and inputs.uris:
+        if isinstance(inputs, SnapshotRows) and len(inputs.uris):
             parts.insert(0, self._snapshot_rows(inputs))
         frame = parts[0]
         for part in parts[1:]:  # the driver's rows typed like the first part (the snapshot's)

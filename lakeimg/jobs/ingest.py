@@ -44,6 +44,7 @@ from lakeimg.engine.base import (
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import ensure_lake
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
+from lakeimg.engine.urisets import uri_set
 from lakeimg.errors import ErrorClass, SpecError, TableNotFoundError
 from lakeimg.image.codecs import DEFAULT_TILE_ENCODING, TILE_ENCODINGS
 from lakeimg.image.info import default_max_decoded_bytes
@@ -607,7 +608,7 @@ def relabel_rows(engine: Engine, run: IngestRun) -> Staged:
     labels: Labels = dict(run.relabel)
     return engine.stage(Stage(
         partial(relabel_kernel, labels=labels, run_id=run.options.run_id),
-        SnapshotRows(run.table, run.images_version, columns, frozenset(labels)),
+        SnapshotRows(run.table, run.images_version, columns, uri_set(labels)),
         label=f"{run.options.run_id}-relabel",
         output_schema=relabel_result_schema(),
         contract=table_contract("images"),

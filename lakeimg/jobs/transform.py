@@ -49,6 +49,7 @@ from lakeimg.engine._delta_txn import remove_abandoned_uploads
 from lakeimg.engine.base import Engine, EngineName, MergeMetrics, SnapshotRows, Stage, Staged, Write
 from lakeimg.engine.layout import ensure_lake, require_lake
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
+from lakeimg.engine.urisets import minus, union, uri_set, within
 from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
 from lakeimg.image.codecs import export_bytes
 from lakeimg.image.pyramid import level_shape
@@ -99,45 +100,49 @@ def last_transform_run(engine: Engine, target: str) -> dict[str, Any] | None:
     return {"run_id": row["run_id"], "source": inputs[0].get("table"), "source_version": inputs[0].get("version"), "spec_hash": row["spec_hash"]}
 
 
-def _where(meta: pa.Table, where: Any) -> set[str]:
+def _where(meta: pa.Table, where: Any) -> pa.Array:
     """uris of `meta` rows passing the spec's SQL condition (a tree from `parse_where`, or None
     for every row), evaluated by DuckDB over the columns it names."""
-    if where is None:
-        return set(meta["uri"].to_pylist())
-    return set(filter_table(meta, where)["uri"].to_pylist())
+    return uri_set((meta if where is None else filter_table(meta, where))["uri"])
 
 
-def _read_uris(engine: Engine, name: str, version: int, columns: list[str], uris: set[str] | None) -> pa.Table:
+def _read_uris(engine: Engine, name: str, version: int, columns: list[str], uris: pa.Array | None) -> pa.Table:
     """Rows of a snapshot whose uri is in `uris` (all rows for None). The caller's column list
     keeps the read narrow; with `uris`, only the data files and row groups whose uri statistics
     can hold one of them are opened (`LocalEngine.read_batches`, driver-side on either engine):
     1,000 changed rows of a million-row source read a few row groups."""
     if uris is None:
         return engine.read(name, version=version, columns=columns)
-    pieces = list(engine.reader().read_batches(name, columns=columns, version=version, uris=sorted(uris), batch_rows=4096))
+    pieces = list(engine.reader().read_batches(name, columns=columns, version=version, uris=uris, batch_rows=4096))
     return pa.concat_tables(pieces) if pieces else engine.arrow_schema(name, version).empty_table().select(columns)
 
 
-def _net_changes(changes: pa.Table) -> tuple[set[str], set[str]]:
+def _net_changes(changes: pa.Table) -> tuple[pa.Array, pa.Array]:
     """(upserted uris, deleted uris): each uri's last change in commit order wins.
 
     Within one commit an insert beats a delete: a commit that adds and removes whole files
     (`commit_files_by_uri`) shows the rows it kept from a rewritten file as both.
+
+    Example:
+        >>> feed = pa.table({"uri": ["a", "a", "b", "b", "c"], "_commit_version": [1, 2, 1, 1, 3],
+        ...                  "_change_type": ["insert", "delete", "delete", "insert", "update_postimage"]})
+        >>> [s.to_pylist() for s in _net_changes(feed)]
+        [['b', 'c'], ['a']]
     """
-    rank = {"delete": 0, "insert": 1, "update_postimage": 1}
-    last: dict[str, tuple[int, int]] = {}
     rows = changes.filter(pc.not_equal(changes["_change_type"], "update_preimage"))
-    for uri, kind, version in zip(rows["uri"].to_pylist(), rows["_change_type"].to_pylist(), rows["_commit_version"].to_pylist(), strict=True):
-        last[uri] = max(last.get(uri, (-1, -1)), (version, rank[kind]))
-    deleted = {u for u, (_, r) in last.items() if r == 0}
-    return set(last) - deleted, deleted
+    # 2 * version + (1 for an insert or update, 0 for a delete): the largest is the last change.
+    order = pc.add(pc.multiply(rows["_commit_version"].cast(pa.int64()), 2),
+                   pc.not_equal(rows["_change_type"], "delete").cast(pa.int64()))
+    last = pa.table({"uri": rows["uri"].cast(pa.string()), "order": order}).group_by("uri").aggregate([("order", "max")])
+    upserted = pc.equal(pc.bit_wise_and(last["order_max"], 1), 1)
+    return uri_set(last["uri"].filter(upserted)), uri_set(last["uri"].filter(pc.invert(upserted)))
 
 
 @dataclass
 class _Plan:
     mode: str
-    todo: set[str]  # uris to compute
-    drop: set[str]  # uris whose target rows (every variant) and rejects go
+    todo: pa.Array  # uris to compute (a `uri_set`)
+    drop: pa.Array  # uris whose target rows (every variant) and rejects go
     skipped: int = 0
 
 
@@ -157,41 +162,51 @@ def _plan(
     where = parse_where(spec.where, names) if spec.where else None
     where_names = where_columns(where, names) if where is not None else []
 
-    def read_meta(uris: set[str] | None, columns: tuple[str, ...] = ("uri", "content_sha256", "label")) -> pa.Table:
+    def read_meta(uris: pa.Array | None, columns: tuple[str, ...] = ("uri", "content_sha256", "label")) -> pa.Table:
         return _read_uris(engine, source, source_version, list(dict.fromkeys([*columns, *where_names])), uris)
 
     if full or not target_exists or last is None or last["source"] != source or last["spec_hash"] != spec.spec_hash:
         mode = "full" if full else ("spec_change" if last is not None and target_exists and last["source"] == source else "initial")
         selected = _where(read_meta(None, ("uri",)), where)
-        return _Plan(mode, selected, set(target_keys["uri"].to_pylist()) - selected)
+        return _Plan(mode, selected, minus(uri_set(target_keys["uri"]), selected))
 
     if last["source_version"] == source_version:
-        return _Plan("incremental", set(), set())
+        return _Plan("incremental", uri_set(), uri_set())
     try:
         changes = engine.changes(source, int(last["source_version"]) + 1, source_version, columns=["uri"])
         upserted, deleted = _net_changes(changes)
-        meta = read_meta(upserted) if upserted else None
+        meta = read_meta(upserted) if len(upserted) else None
         mode = "incremental"
     except LakeImgError:  # no readable change feed for this range (e.g. vacuumed): compare everything
         meta = read_meta(None)
-        upserted, deleted = set(meta["uri"].to_pylist()), set(target_keys["uri"].to_pylist()) - set(meta["uri"].to_pylist())
+        upserted = uri_set(meta["uri"])
+        deleted = minus(uri_set(target_keys["uri"]), upserted)
         mode = "compare"
-    selected = _where(meta, where) if meta is not None else set()
-    drop = deleted | (upserted - selected)
-    # Skip rows whose inputs did not change (same bytes, label and spec for every variant).
-    done: dict[str, list[tuple[Any, Any, Any]]] = {}
-    # Only the selected uris' keys become Python rows (a million-row target stays in Arrow).
-    wanted = pa.array(sorted(selected), pa.string())
-    for row in target_keys.filter(pc.is_in(target_keys["uri"], value_set=wanted)).to_pylist():
-        done.setdefault(row["uri"], []).append((row["source_sha256"], row["label"], row["spec_hash"]))
-    current = {r["uri"]: (r["content_sha256"], r["label"]) for r in meta.select(["uri", "content_sha256", "label"]).to_pylist()} if meta is not None else {}
-    todo = set()
-    for uri in selected:
-        rows = done.get(uri, [])
-        if len(rows) == spec.variants and all(r == (*current[uri], spec.spec_hash) for r in rows):
-            continue
-        todo.add(uri)
-    return _Plan(mode, todo, drop, skipped=len(selected) - len(todo))
+    if meta is None:
+        return _Plan(mode, uri_set(), deleted)
+    selected = _where(meta, where)
+    todo = minus(selected, _unchanged(target_keys, meta, selected, spec))
+    return _Plan(mode, todo, union(deleted, minus(upserted, selected)), skipped=len(selected) - len(todo))
+
+
+def _unchanged(target_keys: pa.Table, meta: pa.Table, selected: pa.Array, spec: TransformSpec) -> pa.Array:
+    """The `selected` uris whose target rows need no work: one row per variant, each made by
+    this spec from the same bytes and label as the source row now has (`meta`)."""
+    def text(column: pa.ChunkedArray) -> pa.ChunkedArray:
+        return column.cast(pa.string())
+
+    def same(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:  # null equals null
+        return pc.if_else(pc.is_null(a), pc.is_null(b), pc.fill_null(pc.equal(a, b), False))
+
+    keys = target_keys.filter(pc.is_in(target_keys["uri"], value_set=selected))
+    keys = pa.table({"uri": text(keys["uri"]), "made_from": text(keys["source_sha256"]), "made_label": text(keys["label"]),
+                     "spec_hash": text(keys["spec_hash"])})
+    now = pa.table({"uri": text(meta["uri"]), "sha": text(meta["content_sha256"]), "label": text(meta["label"])})
+    pairs = keys.join(now, "uri", join_type="inner")
+    current = pc.and_(pc.and_(same(pairs["made_from"], pairs["sha"]), same(pairs["made_label"], pairs["label"])),
+                      pc.fill_null(pc.equal(pairs["spec_hash"], spec.spec_hash), False))
+    per_uri = pa.table({"uri": pairs["uri"], "current": current}).group_by("uri").aggregate([("current", "all"), ("current", "count")])
+    return uri_set(per_uri["uri"].filter(pc.and_(per_uri["current_all"], pc.equal(per_uri["current_count"], spec.variants))))
 
 
 def transform_table(
@@ -254,25 +269,25 @@ def transform_table(
     plan = _plan(eng, source, source_version, spec, target_keys, last_transform_run(eng, target), full=full, target_exists=target_exists)
 
     if dry_run:
-        existing = set(target_keys["uri"].to_pylist())
-        recomputed = len(plan.todo & existing)
+        existing = uri_set(target_keys["uri"])
+        recomputed = len(within(plan.todo, existing))
         return DryRunSummary("transform", target, eng.version(target) if target_exists else None,
-                             add=len(plan.todo) - recomputed, update=recomputed, delete=len(plan.drop & existing - plan.todo),
-                             unchanged=len(existing - plan.todo - plan.drop), mode=plan.mode)
+                             add=len(plan.todo) - recomputed, update=recomputed, delete=len(minus(within(plan.drop, existing), plan.todo)),
+                             unchanged=len(minus(minus(existing, plan.todo), plan.drop)), mode=plan.mode)
     options = TransformOptions(spec=spec, run_id=run_id, storage=tuple((storage or {}).items()))
     remove_stale_staging(lake)  # of runs killed before they could clean up
     remove_abandoned_uploads(eng.reader())  # ... and objects they uploaded but never committed
     staging = claim_staging(lake, run_id)  # marks this run's staging as live (engine/staging.py)
     try:
-        tiled: set[str] = set()
-        if plan.todo:
+        tiled = uri_set()
+        if len(plan.todo):
             meta = _read_uris(eng, source, source_version, ["uri", "tiled"], plan.todo)
-            tiled = set(meta.filter(pc.fill_null(meta["tiled"], False))["uri"].to_pylist())
-        inlined = _inline_tiled(eng, source, source_version, _read_uris(eng, source, source_version, [*SOURCE_COLUMNS, "levels"], tiled), spec) if tiled else None
+            tiled = uri_set(meta.filter(pc.fill_null(meta["tiled"], False))["uri"])
+        inlined = _inline_tiled(eng, source, source_version, _read_uris(eng, source, source_version, [*SOURCE_COLUMNS, "levels"], tiled), spec) if len(tiled) else None
         parallel = (os.cpu_count() or 1) if workers is None else workers
         staged = eng.stage(Stage(
             partial(transform_kernel, options=options),
-            SnapshotRows(source, source_version, tuple(SOURCE_COLUMNS), frozenset(plan.todo - tiled)),
+            SnapshotRows(source, source_version, tuple(SOURCE_COLUMNS), minus(plan.todo, tiled)),
             extra=inlined.select(SOURCE_COLUMNS) if inlined is not None else None,
             label=f"{run_id}-rows",
             output_schema=transform_result_schema(spec),
@@ -323,32 +338,31 @@ def _commit(
     rejects = as_rejects(staged.rejects(), at=started_at)
     # Target rows to delete: dropped uris, rejected uris (their old rows are stale), variants
     # the spec no longer makes.
-    rejected_uris = set(rejects["uri"].to_pylist())
-    gone_uris = plan.drop | rejected_uris
+    rejected_uris = uri_set(rejects["uri"])
+    gone_uris = union(plan.drop, rejected_uris)
+    replaced = union(plan.todo, gone_uris)
     overwrite = target_exists and engine.arrow_schema(target).names != contract.column_names
     # Only the keys of the rows this run can touch are compared (all of them only when the whole
     # table is rewritten): an incremental run over a million-row target stays small.
-    touched = target_keys if overwrite else target_keys.filter(
-        pc.is_in(target_keys["uri"], value_set=pa.array(sorted(plan.todo | gone_uris), pa.string())))
-    metrics = _merge_metrics(staged.keys(["uri", "variant"]), touched.select(_KEY),
-                             None if overwrite else pa.array(sorted(gone_uris), pa.string()))
-    existing_rejects = set(engine.read(rejects_name, columns=["uri"])["uri"].to_pylist()) if engine.exists(rejects_name) else set()
+    touched = target_keys if overwrite else target_keys.filter(pc.is_in(target_keys["uri"], value_set=replaced))
+    metrics = _merge_metrics(staged.keys(["uri", "variant"]), touched.select(_KEY), None if overwrite else gone_uris)
+    existing_rejects = uri_set(engine.read(rejects_name, columns=["uri"])["uri"]) if engine.exists(rejects_name) else uri_set()
     if plan.mode in ("full", "initial", "spec_change"):
-        rejects_delete = existing_rejects - rejected_uris
+        rejects_delete = minus(existing_rejects, rejected_uris)
     else:
-        rejects_delete = existing_rejects & ((plan.todo - rejected_uris) | plan.drop)
+        rejects_delete = within(existing_rejects, union(minus(plan.todo, rejected_uris), plan.drop))
     record = RunRecord(run_id=run_id, job="transform", engine=engine.name, target_table=target, spec=spec.to_dict(),
                        started_at=started_at, inputs=[{"table": source, "version": source_version}])
     metadata = record.commit_metadata()
     # Rejects, then the target, then the runs row: a stop in between leaves commits correct on
     # their own, and the next run (planned from the last succeeded run) redoes the rest.
     with run_commits(engine, record, [target, rejects_name]) as landed:
-        rej = engine.commit(Write(rejects_name, table_contract("rejects"), rows=rejects, replace=frozenset(rejects_delete), metadata=metadata))
+        rej = engine.commit(Write(rejects_name, table_contract("rejects"), rows=rejects, replace=frozenset(rejects_delete.to_pylist()), metadata=metadata))
         if rej.committed:
             landed[rejects_name] = rej.version
         # The columns changed (other feature ops): replace the table, schema included.
         result = engine.commit(Write(target, contract, "overwrite" if overwrite else "replace", staged=staged,
-                                     replace=frozenset(plan.todo | gone_uris), metadata=metadata))
+                                     replace=frozenset(replaced.to_pylist()), metadata=metadata))
         if result.committed:
             landed[target] = result.version
         rejects_version = engine.version(rejects_name)
@@ -386,7 +400,7 @@ def _merge_metrics(produced: pa.Table, touched: pa.Table, gone: pa.Array | None)
     produced_but_gone = 0
     if gone is not None and len(gone):
         kept = touched.join(produced, _KEY, join_type="left semi")
-        produced_but_gone = pc.sum(pc.is_in(kept["uri"], value_set=gone.cast(pa.string()))).as_py() or 0
+        produced_but_gone = pc.sum(pc.is_in(kept["uri"], value_set=gone)).as_py() or 0
     return MergeMetrics(produced.num_rows - updated, updated, not_produced + produced_but_gone)
 
 
