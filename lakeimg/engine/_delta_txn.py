@@ -44,6 +44,7 @@ import pyarrow.parquet as pq
 from lakeimg.engine.base import META_KEY, CommitResult, commit_metadata_json, with_retries
 from lakeimg.engine.layout import delta_file_path, dictionary_columns
 from lakeimg.engine.staged import ColumnStats, PlacedFile, Placement
+from lakeimg.engine.urisets import SortedUris, union, uri_set
 from lakeimg.errors import LakeImgError
 from lakeimg.schemas import TableContract
 from lakeimg.storage import (
@@ -131,8 +132,8 @@ def commit_files_by_uri(
     contract: TableContract,
     files: Sequence[str | PlacedFile],
     *,
-    uris: Sequence[str] = (),
-    new_uris: Callable[[], Iterable[str]] | None = None,
+    uris: Sequence[str] | pa.Array = (),
+    new_uris: Callable[[], pa.Array | pa.ChunkedArray | Iterable[str]] | None = None,
     metadata: Mapping[str, Any] | None = None,
     table_exists: bool | None = None,
 ) -> tuple[CommitResult, frozenset[str]]:
@@ -154,10 +155,10 @@ def commit_files_by_uri(
     from deltalake.exceptions import CommitFailedError
     from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
-    drop = set(uris)
+    drop = uri_set(uris)
     if table_exists is None:
         table_exists = engine.exists(name)
-    if not files and (not drop or not table_exists):
+    if not files and (not len(drop) or not table_exists):
         return CommitResult(engine.version(name)), frozenset()
     location = engine.location(name)
     remote = is_remote(location)
@@ -214,22 +215,21 @@ def commit_files_by_uri(
     def removals(table: Any) -> tuple[list[Any], set[str]]:
         actions: list[Any] = []
         found: set[str] = set()
-        ranges = uri_ranges(table) if drop else {}
-        wanted = sorted(drop)
-        for uri in table.file_uris() if drop else []:
+        ranges = uri_ranges(table) if len(drop) else {}
+        wanted = SortedUris(drop)
+        for uri in table.file_uris() if len(drop) else []:
             path = delta_file_path(uri)
             relative = path[len(root) + 1:] if remote else os.path.relpath(path, root)
             bounds = ranges.get(relative)
             if bounds is not None and not any_between(wanted, *bounds):
                 continue  # the log's uri statistics rule this file out: it is not even opened
-            held = engine.parquet_file(path).read(columns=["uri"])["uri"]
+            held = engine.parquet_file(path).read(columns=["uri"])["uri"].cast(pa.string())
             if len(held) == 0:
                 continue
             # Only the wanted uris inside this file's range are hashed: a million-uri replace
             # over many files does not hash the million once per file.
             low, high = pc.min(held).as_py(), pc.max(held).as_py()
-            inside = wanted[bisect.bisect_left(wanted, low):bisect.bisect_right(wanted, high)]
-            hit = pc.is_in(held, pa.array(inside, held.type))
+            hit = pc.is_in(held, value_set=wanted[bisect.bisect_left(wanted, low):bisect.bisect_right(wanted, high)])
             if not pc.any(hit).as_py():
                 continue
             found.update(held.filter(hit).to_pylist())
@@ -269,7 +269,7 @@ def commit_files_by_uri(
                 # Another writer created the table first: commit into it like any other.
 
         if new_uris is not None:  # the table exists (or another writer just created it)
-            drop.update(new_uris())
+            drop = union(drop, uri_set(new_uris()))
 
         def attempt() -> bool:
             nonlocal found

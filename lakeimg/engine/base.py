@@ -243,7 +243,7 @@ class Write:
     staged: Staged | None = None
     rows: pa.Table | None = None
     files: tuple[str, ...] = ()
-    replace: frozenset[str] = frozenset()
+    replace: frozenset[str] | pa.Array = frozenset()  # a `urisets.uri_set` when there are many
     metadata: Mapping[str, Any] | None = None
     create: bool = False
     row_group_rows: int | None = None

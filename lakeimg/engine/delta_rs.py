@@ -65,7 +65,7 @@ from lakeimg.engine.layout import (
 )
 from lakeimg.engine.pool import map_kernel, start_forkserver
 from lakeimg.engine.staged import LocalStaged, PlacedFile
-from lakeimg.engine.urisets import SortedUris, uri_set
+from lakeimg.engine.urisets import SortedUris, union, uri_set
 from lakeimg.errors import LakeDamagedError, LakeImgError, TableNotFoundError, VersionNotFoundError
 from lakeimg.schemas import TableContract
 from lakeimg.storage import exists as storage_exists
@@ -430,7 +430,7 @@ class LocalEngine:
         name, contract = write.table, write.contract
         files = [*(write.staged.files() if write.staged is not None else []), *write.files]
         rows = write.rows if write.rows is not None and write.rows.num_rows else None
-        if rows is None and not files and (write.mode == "append" or (write.mode == "replace" and not write.replace)):
+        if rows is None and not files and (write.mode == "append" or (write.mode == "replace" and len(write.replace) == 0)):
             result = CommitResult(self.version(name))  # nothing to write: one listing of the log
         elif write.mode != "replace":
             result = self._write(write, files, rows)
@@ -456,9 +456,9 @@ class LocalEngine:
                                f"e.g. {lost_files[0]}; nothing was committed, run again")
         if exists:
             self._add_missing_columns(name, contract, write.metadata)
-        uris = set(write.replace)
+        uris = uri_set(write.replace)
         if rows is not None:
-            uris.update(rows["uri"].to_pylist())
+            uris = union(uris, uri_set(rows["uri"]))
         scratch = None
         if rows is not None:
             if self.remote:  # written locally, then once under its final name by the commit
@@ -472,8 +472,8 @@ class LocalEngine:
             pq.write_table(contracted, files[-1], row_group_size=row_group_rows(contracted), write_page_checksum=True)
         try:
             result, _found = commit_files_by_uri(
-                self, name, contract, files, uris=sorted(uris), metadata=write.metadata, table_exists=exists,
-                new_uris=(lambda: staged.keys()["uri"].to_pylist()) if staged is not None else None)
+                self, name, contract, files, uris=uris, metadata=write.metadata, table_exists=exists,
+                new_uris=(lambda: staged.keys()["uri"]) if staged is not None else None)
         finally:
             if scratch is not None:
                 shutil.rmtree(scratch, ignore_errors=True)

@@ -49,6 +49,7 @@ from lakeimg.engine.base import (
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import check_log_tail, table_location, tables_in
 from lakeimg.engine.pool import isolated_kernel
+from lakeimg.engine.urisets import uri_set
 from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
 from lakeimg.schemas import TableContract, arrow_type
 from lakeimg.storage import local_path_or_none, remove_prefix
@@ -939,7 +940,7 @@ class SparkEngine:
             parts.append(self.conform(write.rows, contract))
         if write.files:
             parts.append(self.conform(self.spark.read.parquet(*map(self.hadoop, write.files)), contract))
-        uris = set(write.replace)
+        uris = set(uri_set(write.replace).to_pylist())
         if write.mode == "replace" and parts:
             keys = [write.staged.keys() if write.staged is not None else None, write.rows]
             uris.update(u for k in keys if k is not None for u in k["uri"].to_pylist())

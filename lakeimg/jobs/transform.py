@@ -357,12 +357,12 @@ def _commit(
     # Rejects, then the target, then the runs row: a stop in between leaves commits correct on
     # their own, and the next run (planned from the last succeeded run) redoes the rest.
     with run_commits(engine, record, [target, rejects_name]) as landed:
-        rej = engine.commit(Write(rejects_name, table_contract("rejects"), rows=rejects, replace=frozenset(rejects_delete.to_pylist()), metadata=metadata))
+        rej = engine.commit(Write(rejects_name, table_contract("rejects"), rows=rejects, replace=rejects_delete, metadata=metadata))
         if rej.committed:
             landed[rejects_name] = rej.version
         # The columns changed (other feature ops): replace the table, schema included.
         result = engine.commit(Write(target, contract, "overwrite" if overwrite else "replace", staged=staged,
-                                     replace=frozenset(replaced.to_pylist()), metadata=metadata))
+                                     replace=replaced, metadata=metadata))
         if result.committed:
             landed[target] = result.version
         rejects_version = engine.version(rejects_name)
