@@ -959,7 +959,7 @@ class SparkEngine:
         for part in parts[1:]:
             df = df.unionByName(part)
         writer = df.write.format("delta")
-        replace = write.mode == "replace" and uris and before is not None  # a new table has no rows to replace
+        replace = write.mode == "replace" and bool(uris) and before is not None  # a new table has no rows to replace
         if write.mode == "overwrite":
             writer = writer.mode("overwrite").option("overwriteSchema", "true")
         elif replace and len(uris) <= ISIN_LIMIT:
