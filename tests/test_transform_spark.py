@@ -71,6 +71,7 @@ def test_many_changed_uris_are_read_by_a_join_and_replaced_by_a_merge_on_spark(t
     merged = lake.transform("images", "spark_t", SPEC, engine="spark", spark=spark)  # 3 uris: join and MERGE
     assert (merged.updated, merged.added, merged.deleted) == (6, 0, 0)
     assert lake.history("spark_t")[0]["operation"] == "MERGE"
+    assert lake.read("spark_t").num_rows == 8  # the replaced rows are gone, not kept beside the new
     lake.transform("images", "local_t", SPEC, workers=0)
     a = {(r["uri"], r["variant"]): r["data"] for r in lake.read("local_t").to_pylist()}
     b = {(r["uri"], r["variant"]): r["data"] for r in lake.read("spark_t").to_pylist()}
