@@ -1,6 +1,6 @@
 """Sets of uris as sorted, distinct Arrow string arrays: a plan over a million rows holds a few
 tens of megabytes of Arrow instead of a Python string per uri, and set algebra is Arrow's
-hash lookups (`pyarrow.compute.is_in`).
+hash lookups (`pyarrow.compute.is_in`). Plus the null-safe comparison plans make of key columns.
 
 Example:
     >>> done, todo = uri_set(["b", "a", "b"]), uri_set(["c", "b"])
@@ -16,7 +16,7 @@ from typing import overload
 import pyarrow as pa
 import pyarrow.compute as pc
 
-__all__ = ["SortedUris", "uri_set", "union", "minus", "within"]
+__all__ = ["SortedUris", "uri_set", "union", "minus", "within", "same"]
 
 
 def uri_set(values: pa.Array | pa.ChunkedArray | Iterable[str] | None = None) -> pa.Array:
@@ -44,6 +44,16 @@ def minus(a: pa.Array, b: pa.Array) -> pa.Array:
 def within(a: pa.Array, b: pa.Array) -> pa.Array:
     """The uris of `a` that are in `b`."""
     return a.filter(pc.is_in(a, value_set=b)) if len(a) and len(b) else a.slice(0, 0)
+
+
+def same(a: pa.Array | pa.ChunkedArray, b: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
+    """Row by row: equal values, or both null.
+
+    Example:
+        >>> same(pa.array(["x", None, None]), pa.array(["x", None, "y"])).to_pylist()
+        [True, True, False]
+    """
+    return pc.fill_null(pc.equal(a, b), pc.and_(pc.is_null(a), pc.is_null(b)))
 
 
 class SortedUris:

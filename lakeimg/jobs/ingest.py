@@ -44,7 +44,7 @@ from lakeimg.engine.base import (
 from lakeimg.engine.delta_rs import LocalEngine
 from lakeimg.engine.layout import ensure_lake
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
-from lakeimg.engine.urisets import uri_set
+from lakeimg.engine.urisets import same, uri_set
 from lakeimg.errors import ErrorClass, SpecError, TableNotFoundError
 from lakeimg.image.codecs import DEFAULT_TILE_ENCODING, TILE_ENCODINGS
 from lakeimg.image.info import default_max_decoded_bytes
@@ -517,18 +517,13 @@ def _label_changes(engine: Engine, table: str, version: int, listing: pa.Table, 
     new_label, old_label = wanted["label"].take(w).cast(pa.string()), stored["label"].take(st).cast(pa.string())
     if keep_stored is not None:
         new_label = pc.if_else(keep_stored.take(w), old_label, new_label)
-    changed = pc.invert(_same(new_label, old_label))
+    changed = pc.invert(same(new_label, old_label))
     new_attrs, old_attrs = wanted["attributes"].take(w), stored["attributes"].take(st)
     differs = _map_differs(new_attrs.combine_chunks(), old_attrs.combine_chunks().cast(new_attrs.type))
     changed = pc.or_(changed, pc.is_in(pa.array(np.arange(pairs.num_rows, dtype=np.int64)), value_set=differs))
     rows = pa.table({"uri": pairs["uri"], "label": new_label, "attributes": new_attrs}).filter(changed)
     return {row["uri"]: (row["label"], tuple(sorted(row["attributes"])) if row["attributes"] else None)
             for row in rows.to_pylist()}
-
-
-def _same(a: pa.Array | pa.ChunkedArray, b: pa.Array | pa.ChunkedArray) -> pa.Array | pa.ChunkedArray:
-    """Equal values, or both null."""
-    return pc.fill_null(pc.equal(a, b), pc.and_(pc.is_null(a), pc.is_null(b)))
 
 
 def _map_differs(a: pa.MapArray, b: pa.MapArray) -> pa.Array:
@@ -546,7 +541,7 @@ def _map_differs(a: pa.MapArray, b: pa.MapArray) -> pa.Array:
         return pa.table({"row": rows, "key": pairs.field(0), "value": pairs.field(1)})
 
     joined = entries(a).join(entries(b), keys=["row", "key"], join_type="full outer", left_suffix="_a", right_suffix="_b")
-    return pc.unique(joined.filter(pc.invert(_same(joined["value_a"], joined["value_b"])))["row"].combine_chunks())
+    return pc.unique(joined.filter(pc.invert(same(joined["value_a"], joined["value_b"])))["row"].combine_chunks())
 
 
 def decode_files(

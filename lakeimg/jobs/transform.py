@@ -49,7 +49,7 @@ from lakeimg.engine._delta_txn import remove_abandoned_uploads
 from lakeimg.engine.base import Engine, EngineName, MergeMetrics, SnapshotRows, Stage, Staged, Write
 from lakeimg.engine.layout import ensure_lake, require_lake
 from lakeimg.engine.staging import claim_staging, remove_stale_staging
-from lakeimg.engine.urisets import minus, union, uri_set, within
+from lakeimg.engine.urisets import minus, same, union, uri_set, within
 from lakeimg.errors import LakeImgError, SpecError, TableNotFoundError
 from lakeimg.image.codecs import export_bytes
 from lakeimg.image.pyramid import level_shape
@@ -194,9 +194,6 @@ def _unchanged(target_keys: pa.Table, meta: pa.Table, selected: pa.Array, spec: 
     this spec from the same bytes and label as the source row now has (`meta`)."""
     def text(column: pa.ChunkedArray) -> pa.ChunkedArray:
         return column.cast(pa.string())
-
-    def same(a: pa.ChunkedArray, b: pa.ChunkedArray) -> pa.ChunkedArray:  # null equals null
-        return pc.if_else(pc.is_null(a), pc.is_null(b), pc.fill_null(pc.equal(a, b), False))
 
     keys = target_keys.filter(pc.is_in(target_keys["uri"], value_set=selected))
     keys = pa.table({"uri": text(keys["uri"]), "made_from": text(keys["source_sha256"]), "made_label": text(keys["label"]),
